@@ -1,0 +1,170 @@
+/* The format-driver interface: every image format (raw, qcow2, vhdx) is one
+ * table of operations behind which its metadata lives. A driver maps guest
+ * ranges to extents; the generic image I/O code (image-io.c) turns extents into
+ * io_uring requests, so drivers never do data I/O themselves. */
+#ifndef VDISKFS_FORMAT_H
+#define VDISKFS_FORMAT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct vd_image;
+struct json_writer;
+
+/* What one piece of a guest range is, as a driver maps it. */
+enum vd_ext_type {
+	VD_EXT_DATA,	   /* bytes live in a host file: fd @ host_off */
+	VD_EXT_ZERO,	   /* reads as zeroes, no I/O */
+	VD_EXT_UNALLOC,	   /* read from the backing image at the same guest offset */
+	VD_EXT_COMPRESSED, /* read csize bytes @ host_off, inflate a whole cluster */
+};
+
+enum vd_compress { VD_COMPRESS_DEFLATE, VD_COMPRESS_ZSTD };
+
+/* Where old bytes come from when a write covers only part of a newly placed
+ * cluster or block. The write then covers the whole [cow_off, cow_off+cow_len)
+ * guest range at host_off - (off - cow_off): old bytes from this source with
+ * the guest's bytes merged in, in one I/O. */
+struct vd_cow {
+	uint64_t off, len;   /* guest range written as a whole (contains the extent) */
+	enum vd_ext_type src; /* DATA (old host copy), ZERO, UNALLOC, COMPRESSED */
+	int src_fd;
+	uint64_t src_host_off; /* DATA: host offset of guest byte cow.off; COMPRESSED: descriptor */
+	uint32_t src_csize;
+	enum vd_compress src_algo;
+	uint64_t src_cluster_off; /* COMPRESSED: guest offset the inflated cluster starts at */
+	uint32_t src_cluster_size;
+};
+
+struct vd_extent {
+	uint64_t off, len; /* guest range */
+	enum vd_ext_type type;
+	int fd;		   /* DATA, COMPRESSED */
+	uint64_t host_off; /* DATA: host offset of guest byte off; COMPRESSED: start of the blob */
+	/* COMPRESSED only: the blob is csize bytes (may reach past EOF: short reads are fine)
+	 * and inflates to cluster_size bytes holding guest bytes from cluster_off on. */
+	uint32_t csize;
+	enum vd_compress algo;
+	uint64_t cluster_off;
+	uint32_t cluster_size;
+	/* Writes only: non-zero cow.len means merge-and-write the whole cow range. */
+	struct vd_cow cow;
+};
+
+/* A request blocked on another request's allocation (see VD_MAP_WAIT below). The
+ * driver queues it under its lock; after it drops the lock on complete() it calls
+ * wake() once for each waiter it queued. */
+struct vd_waiter {
+	struct vd_waiter *next;
+	void (*wake)(struct vd_waiter *w);
+};
+
+#define VD_MAP_INLINE 4
+
+/* The result of one map call: extents covering the whole range in order, and
+ * a driver ticket completed once all data I/O for them has finished. */
+struct vd_map {
+	struct vd_extent *ext;
+	unsigned n, cap;
+	void *ticket;	/* driver state to pass to complete(); NULL if none */
+	struct vd_waiter *waiter; /* set by the caller; queued by the driver with -EAGAIN */
+	struct vd_extent inline_ext[VD_MAP_INLINE];
+};
+
+void vd_map_init(struct vd_map *m);
+void vd_map_reset(struct vd_map *m);
+void vd_map_free(struct vd_map *m);
+/* Append an extent (merged with the previous one when contiguous and alike).
+ * Returns 0 or -ENOMEM. */
+int vd_map_add(struct vd_map *m, const struct vd_extent *e);
+
+/* What block status reports for a run of guest bytes. */
+enum vd_bs {
+	VD_BS_DATA,	/* allocated in this layer, reads as data */
+	VD_BS_ZERO,	/* reads as zeroes (allocated or not) in this layer */
+	VD_BS_UNALLOC, /* not in this layer: the backing image decides */
+};
+
+enum vd_map_flags {
+	VD_MAP_WRITE = 1 << 0, /* allocate; return DATA extents only (with cow where needed) */
+};
+
+/* Options for creating a new image (mirror destinations, tests). */
+struct vd_create_opts {
+	uint64_t size;
+	uint32_t cluster_size;	/* qcow2 cluster / vhdx block size; 0 = format default */
+	uint32_t sector_size;	/* vhdx logical sector size; 0 = 512 */
+	const char *backing;	/* backing file / parent, or NULL */
+	const char *backing_fmt;
+	bool fixed;		/* vhdx fixed / fully preallocated */
+};
+
+/*
+ * One format. Every function returns 0 or a negative errno. Drivers log a message
+ * naming the image, offset and structure (vd_err() in util/log.h) before
+ * returning an error a user must understand.
+ */
+struct vd_format {
+	const char *name;
+
+	/* Score how well the first bytes of a file (len >= 4096 unless the file is
+	 * shorter) match this format: 0 = not at all, 100 = magic matched. */
+	int (*probe)(const uint8_t *buf, size_t len, const char *path);
+
+	/* Open img->fd (already open, O_RDWR unless img->read_only) and fill
+	 * img->size, img->cluster_size, img->backing_name/backing_fmt, img->priv.
+	 * May set img->read_only with a logged reason (corrupt bit, ...). */
+	int (*open)(struct vd_image *img);
+	/* Mark clean, flush, free priv. Does not close img->fd. */
+	void (*close)(struct vd_image *img);
+
+	/* Map [off, off+len) (within img->size). Reads may return any extent type;
+	 * with VD_MAP_WRITE only DATA extents (allocating as needed, under the
+	 * driver's lock, never holding it across data I/O). A write that must wait
+	 * for another request's allocation queues m->waiter and returns -EAGAIN
+	 * without having changed anything; the caller retries on wake. */
+	int (*map)(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags,
+		   struct vd_map *m);
+	/* Called once for every map that returned a ticket, after all its data
+	 * I/O finished: err == 0 links new allocations, err < 0 rolls them back. */
+	void (*complete)(struct vd_image *img, void *ticket, int err);
+
+	/* Status of the run starting at off: *pnum (1..len) bytes of one kind. */
+	int (*block_status)(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
+			    enum vd_bs *status);
+
+	/* Deallocate / zero [off, off+len), both multiples of img->zero_align
+	 * (the generic code writes zeroes for unaligned heads and tails). After
+	 * discard the range reads as zeroes. NULL = not supported. */
+	int (*discard)(struct vd_image *img, uint64_t off, uint64_t len);
+	int (*write_zeroes)(struct vd_image *img, uint64_t off, uint64_t len);
+
+	/* Make all metadata for completed writes durable in the safe order
+	 * (including the syncs that order it). The caller then fsyncs the data
+	 * files through io_uring. */
+	int (*flush)(struct vd_image *img);
+
+	/* Change the virtual size; -ENOTSUP / -EBUSY with a logged reason. */
+	int (*truncate)(struct vd_image *img, uint64_t size);
+
+	/* Write a fresh image at path (which must not exist). */
+	int (*create)(const char *path, const struct vd_create_opts *o);
+
+	/* Extra facts for the info JSON (already inside an object). Optional. */
+	void (*info)(struct vd_image *img, struct json_writer *j);
+
+	/* Optional: is parent the right backing for img (vhdx linkage GUID)? */
+	int (*check_backing)(struct vd_image *img, struct vd_image *parent);
+};
+
+extern const struct vd_format vd_format_raw;
+extern const struct vd_format vd_format_qcow2;
+extern const struct vd_format vd_format_vhdx;
+
+/* All formats in probing order (NULL-terminated). */
+extern const struct vd_format *const vd_formats[];
+const struct vd_format *vd_format_by_name(const char *name);
+
+#endif

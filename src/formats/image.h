@@ -1,0 +1,111 @@
+/* An open image: one host file, its format driver and its backing chain, plus
+ * the generic asynchronous I/O on guest ranges (image-io.c) that every format
+ * shares: map, submit through io_uring, copy-on-write merge, backing reads,
+ * decompression, fsync coalescing. */
+#ifndef VDISKFS_IMAGE_H
+#define VDISKFS_IMAGE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "format.h"
+
+enum vd_backing_policy {
+	VD_BACKING_FOLLOW,	  /* open whatever the image names */
+	VD_BACKING_DENY,	  /* refuse images that have a backing file */
+	VD_BACKING_WITHIN_SOURCE, /* only files under a given directory */
+};
+
+#define VD_BACKING_MAX_DEPTH 16
+#define VD_BACKING_MAX_NAMES 4
+
+struct vd_open_opts {
+	bool read_only;
+	const char *format; /* force a driver by name, or NULL to probe */
+	enum vd_backing_policy backing;
+	const char *within; /* directory for VD_BACKING_WITHIN_SOURCE */
+	uint64_t cache_size; /* metadata cache bytes per image; 0 = driver default */
+	const char *vhdx_parent; /* override for a vhdx differencing parent path */
+	bool raw_by_default; /* no magic matched: raw (single-image mounts) */
+};
+
+struct vd_image {
+	char *path; /* as given (absolute for backing files) */
+	char *name; /* base name, for messages */
+	int fd;
+	dev_t dev;
+	ino_t ino;
+	const struct vd_format *fmt;
+	void *priv; /* the driver's state */
+	bool read_only;
+	const struct vd_open_opts *opts; /* valid during open only */
+
+	uint64_t size;	       /* virtual size in bytes */
+	uint32_t cluster_size; /* cluster / block size; 0 for raw */
+	uint32_t zero_align;   /* discard/write_zeroes granularity (>= 512) */
+
+	/* Backing file: drivers fill the names at open; image.c opens it. */
+	char *backing_names[VD_BACKING_MAX_NAMES]; /* candidates, first match wins */
+	char *backing_fmt;
+	struct vd_image *backing;
+	int depth;
+
+	/* A runtime inconsistency (EIO from a driver) marks the image broken. */
+	atomic_bool broken;
+	atomic_int refs;
+
+	/* fsync coalescing (image-io.c) */
+	pthread_mutex_t sync_lock;
+	struct img_sync *sync_running, *sync_next;
+};
+
+/* Open an image and its backing chain. On failure logs one line naming the
+ * cause and returns -errno. */
+int image_open(const char *path, const struct vd_open_opts *o, struct vd_image **out);
+void image_ref(struct vd_image *img);
+/* Drop a reference; the last one flushes and closes the whole chain. */
+void image_unref(struct vd_image *img);
+/* Probe a file: the driver whose magic matches, or NULL. */
+const struct vd_format *image_probe(int fd, const char *path, bool raw_by_default);
+/* Bytes the host file allocates (st_blocks * 512). */
+uint64_t image_allocated(struct vd_image *img);
+/* Mark broken after a runtime inconsistency; logs once. */
+void image_mark_broken(struct vd_image *img, const char *why);
+
+/* ---- asynchronous I/O on guest ranges (image-io.c) ----
+ * Each call completes exactly once through done(opaque, err), possibly before it
+ * returns, on the calling thread or on the thread whose completion finished it.
+ * The calling thread must have an io_uring context (uring_thread_init()). */
+typedef void (*vd_done_fn)(void *opaque, int err);
+
+void image_read(struct vd_image *img, void *buf, uint64_t len, uint64_t off, vd_done_fn done,
+		void *opaque);
+void image_write(struct vd_image *img, const void *buf, uint64_t len, uint64_t off,
+		 vd_done_fn done, void *opaque);
+/* Zero a range; with unmap, deallocate where the format can (punch hole). */
+void image_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unmap, vd_done_fn done,
+		void *opaque);
+/* Metadata flush in the safe order, then IORING_OP_FSYNC (datasync) on the data
+ * file; concurrent calls are coalesced. */
+void image_fsync(struct vd_image *img, vd_done_fn done, void *opaque);
+
+/* Status of the whole chain at off: DATA or ZERO (UNALLOC resolved through the
+ * backing images; past the backing's end reads as ZERO). */
+int image_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
+		       enum vd_bs *status);
+int image_truncate(struct vd_image *img, uint64_t size);
+
+/* Blocking wrappers for tests, tools and start-up: run the calling thread's ring
+ * until the request is done. Return 0 or -errno. */
+int image_pread_sync(struct vd_image *img, void *buf, uint64_t len, uint64_t off);
+int image_pwrite_sync(struct vd_image *img, const void *buf, uint64_t len, uint64_t off);
+int image_zero_sync(struct vd_image *img, uint64_t len, uint64_t off, bool unmap);
+int image_fsync_sync(struct vd_image *img);
+
+/* Decompress one cluster (compress.c). Returns 0 or -EIO. */
+int vd_decompress(enum vd_compress algo, const void *in, size_t inlen, void *out, size_t outlen);
+
+#endif

@@ -1,0 +1,75 @@
+/* The io_uring engine: one ring per thread, operations with completion
+ * callbacks, transparent resubmission of short transfers, and the fault hook.
+ * Every data read, write and fsync in vdiskfs goes through here. */
+#ifndef VDISKFS_URING_H
+#define VDISKFS_URING_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct uring_op;
+/* res: bytes transferred (reads may be short only at end of file) or -errno. */
+typedef void (*uring_cb)(struct uring_op *op, int res);
+
+struct uring_op {
+	uring_cb cb;
+	void *data; /* for the owner */
+	int fd;
+	uint8_t opcode;
+	bool multishot;
+	int fault; /* injected error to report instead of doing the I/O */
+	void *buf;
+	uint32_t len;
+	uint32_t done;
+	uint64_t off;
+	uint32_t flags;
+};
+
+/* Create the calling thread's ring (entries SQEs). Idempotent. */
+int uring_thread_init(unsigned entries);
+void uring_thread_exit(void);
+bool uring_thread_ready(void);
+
+/* Queue an operation on the calling thread's ring; cb runs on this thread from
+ * uring_run(). An SQ that is full is submitted first, never dropped. */
+void uring_read(struct uring_op *op, int fd, void *buf, uint32_t len, uint64_t off, uring_cb cb);
+void uring_write(struct uring_op *op, int fd, const void *buf, uint32_t len, uint64_t off,
+		 uring_cb cb);
+void uring_fsync(struct uring_op *op, int fd, bool datasync, uring_cb cb);
+/* Poll fd for events; multishot keeps firing until cancelled or an error. */
+void uring_poll(struct uring_op *op, int fd, unsigned events, bool multishot, uring_cb cb);
+
+/* Submit queued SQEs; then, if wait, sleep until at least one completion;
+ * run all available completion callbacks. Returns completions handled or -errno. */
+int uring_run(bool wait);
+/* Operations submitted on this thread and not yet completed (polls excluded). */
+unsigned uring_inflight(void);
+
+/* ---- fault injection (tests): fail the Nth counted I/O with err ---- */
+enum fault_kind {
+	FAULT_READ = 1 << 0,
+	FAULT_WRITE = 1 << 1,
+	FAULT_SYNC = 1 << 2,
+	FAULT_ALL = 7,
+};
+/* Count I/Os of the given kinds from now on; fail the nth (1-based) and the
+ * count-1 after it (count 0 = every one from nth on). nth 0 disarms. */
+void fault_set(unsigned long nth, int err, unsigned kinds, unsigned long count);
+/* Parse VDISKFS_FAULT="nth=N,errno=EIO|ENOSPC|number,kinds=rws,count=C". */
+int fault_set_from_env(void);
+/* Called once per I/O by the engine and the sync helpers: 0 or -errno to inject. */
+int fault_check(unsigned kind);
+/* I/Os counted since fault_set (for sweeps). */
+unsigned long fault_counted(void);
+
+/* ---- synchronous helpers for metadata I/O (sync-io.c) ----
+ * Full transfers or -errno; reads past EOF return -EIO unless noted. */
+int sync_pread(int fd, void *buf, size_t len, uint64_t off);
+/* Like sync_pread, but zero-fills past end of file. */
+int sync_pread_zfill(int fd, void *buf, size_t len, uint64_t off);
+int sync_pwrite(int fd, const void *buf, size_t len, uint64_t off);
+int sync_fdatasync(int fd);
+int sync_fallocate(int fd, int mode, uint64_t off, uint64_t len);
+int sync_ftruncate(int fd, uint64_t size);
+
+#endif

@@ -1,0 +1,106 @@
+# Shared helpers for the bats integration tests: a scratch directory per test,
+# mounting and unmounting vdiskfs for real, and waiting with time limits.
+# Each test file does: load helpers
+
+: "${VDISKFS:?VDISKFS must name the vdiskfs binary (meson test sets it)}"
+: "${VDISKFS_SRC:=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
+
+# A fresh scratch directory for each test, on the same filesystem as the build
+# (not tmpfs: tests rely on SEEK_HOLE, punch hole and O_DIRECT of a real fs).
+setup_scratch() {
+	T=$(mktemp -d "${VDISKFS_TESTDIR:-/var/tmp}/vdiskfs-test.XXXXXX")
+	export T
+}
+
+teardown_scratch() {
+	local m
+	for m in "${VD_MOUNTS[@]}"; do
+		vd_umount "$m" 2>/dev/null || true
+	done
+	VD_MOUNTS=()
+	[ -n "${T:-}" ] && rm -rf "$T"
+}
+
+setup() { setup_scratch; }
+teardown() { teardown_scratch; }
+
+VD_MOUNTS=()
+
+# is_mounted PATH: true while a vdiskfs (fuse) mount sits on PATH
+is_mounted() {
+	findmnt -n -t fuse.vdiskfs --mountpoint "$1" >/dev/null 2>&1 ||
+		findmnt -n -t fuse --mountpoint "$1" >/dev/null 2>&1
+}
+
+# vd_mount SOURCE MOUNTPOINT [vdiskfs args...]
+# Starts the daemon in the foreground in the background (so tests see its pid
+# in VD_PID and its log in $T/vdiskfs.log) and waits until the mount is up.
+vd_mount() {
+	local src=$1 mnt=$2
+	shift 2
+	"$VDISKFS" -f "$@" "$src" "$mnt" >>"$T/vdiskfs.log" 2>&1 &
+	VD_PID=$!
+	VD_MOUNTS+=("$mnt")
+	local i
+	for i in $(seq 1 200); do
+		if is_mounted "$mnt"; then
+			return 0
+		fi
+		if ! kill -0 "$VD_PID" 2>/dev/null; then
+			echo "vdiskfs exited before mounting; log:" >&2
+			cat "$T/vdiskfs.log" >&2
+			return 1
+		fi
+		sleep 0.05
+	done
+	echo "vdiskfs did not mount $mnt within 10 s; log:" >&2
+	cat "$T/vdiskfs.log" >&2
+	return 1
+}
+
+# vd_umount MOUNTPOINT: unmount and wait for the daemon to exit (status in VD_STATUS)
+vd_umount() {
+	local mnt=$1
+	if is_mounted "$mnt"; then
+		fusermount3 -u "$mnt" 2>/dev/null || umount "$mnt"
+	fi
+	vd_wait_exit
+}
+
+# vd_wait_exit: wait (up to 30 s) for the daemon started by vd_mount to exit
+vd_wait_exit() {
+	VD_STATUS=0
+	[ -n "${VD_PID:-}" ] || return 0
+	local i
+	for i in $(seq 1 600); do
+		kill -0 "$VD_PID" 2>/dev/null || break
+		sleep 0.05
+	done
+	if kill -0 "$VD_PID" 2>/dev/null; then
+		echo "vdiskfs $VD_PID did not exit" >&2
+		kill -9 "$VD_PID"
+		VD_STATUS=124
+	else
+		wait "$VD_PID" 2>/dev/null && VD_STATUS=0 || VD_STATUS=$?
+	fi
+	VD_PID=
+	return 0
+}
+
+# vd_kill9 MOUNTPOINT: SIGKILL the daemon (crash tests), then lazily unmount
+vd_kill9() {
+	kill -9 "$VD_PID" 2>/dev/null || true
+	wait "$VD_PID" 2>/dev/null || true
+	VD_PID=
+	umount -l "$1" 2>/dev/null || fusermount3 -uz "$1" 2>/dev/null || true
+}
+
+# qemu_check IMAGE: qemu-img check, failing the test with its output on errors
+qemu_check() {
+	run qemu-img check "$@"
+	if [ "$status" -ne 0 ]; then
+		echo "qemu-img check $* exited $status:" >&2
+		echo "$output" >&2
+		return 1
+	fi
+}
