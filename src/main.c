@@ -1,1 +1,310 @@
-int main(void){return 0;}
+/* vdiskfs: command line → configuration → images opened → mount → event
+ * loops; signals and unmount end it cleanly, with every image flushed. */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "size.h"
+#include "uring.h"
+#include "vfs.h"
+
+struct cmdline {
+	char *source, *mountpoint;
+	char *backing, *format, *vhdx_parent, *cache_size;
+	unsigned threads;
+	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms;
+	int nargs;
+};
+
+enum { KEY_HELP, KEY_VERSION, KEY_FG, KEY_DEBUG, KEY_RO, KEY_RW, KEY_ALLOW_OTHER, KEY_DEFPERM };
+
+#define OPT(t, p) {t, offsetof(struct cmdline, p), 1}
+static const struct fuse_opt cmd_opts[] = {
+	{"threads=%u", offsetof(struct cmdline, threads), 0},
+	{"backing=%s", offsetof(struct cmdline, backing), 0},
+	{"format=%s", offsetof(struct cmdline, format), 0},
+	{"vhdx_parent=%s", offsetof(struct cmdline, vhdx_parent), 0},
+	{"cache_size=%s", offsetof(struct cmdline, cache_size), 0},
+	OPT("direct_io", direct_io),
+	FUSE_OPT_KEY("-h", KEY_HELP),
+	FUSE_OPT_KEY("--help", KEY_HELP),
+	FUSE_OPT_KEY("-V", KEY_VERSION),
+	FUSE_OPT_KEY("--version", KEY_VERSION),
+	FUSE_OPT_KEY("-f", KEY_FG),
+	FUSE_OPT_KEY("-d", KEY_DEBUG),
+	FUSE_OPT_KEY("debug", KEY_DEBUG),
+	FUSE_OPT_KEY("ro", KEY_RO),
+	FUSE_OPT_KEY("rw", KEY_RW),
+	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
+	FUSE_OPT_KEY("default_permissions", KEY_DEFPERM),
+	FUSE_OPT_END,
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: vdiskfs [-f] [-d] [-o OPTIONS] SOURCE MOUNTPOINT\n"
+		"\n"
+		"Show qcow2, vhdx and raw disk images as flat raw files.\n"
+		"  SOURCE an image file: MOUNTPOINT is a regular file that becomes its raw view\n"
+		"  SOURCE a directory:   MOUNTPOINT is a directory listing every image's view\n"
+		"\n"
+		"  -f                     stay in the foreground\n"
+		"  -d                     debug output (implies -f)\n"
+		"  -h, --help             this help\n"
+		"  -V, --version          version\n"
+		"  -o ro                  read-only views\n"
+		"  -o allow_other         let other users at the views (permissions checked)\n"
+		"  -o direct_io           no page cache on the views\n"
+		"  -o threads=N           event-loop threads (default: one per CPU)\n"
+		"  -o cache_size=SIZE     metadata cache per image (e.g. 64M)\n"
+		"  -o backing=POLICY      follow | deny | within-source (default: follow,\n"
+		"                         within-source with allow_other)\n"
+		"  -o format=FMT          force raw, qcow2 or vhdx (single image)\n"
+		"  -o vhdx_parent=PATH    parent of a vhdx differencing disk\n"
+		"\n"
+		"See vdiskfs(1).\n");
+}
+
+static int cmd_proc(void *data, const char *arg, int key, struct fuse_args *out)
+{
+	struct cmdline *c = data;
+
+	switch (key) {
+	case FUSE_OPT_KEY_NONOPT:
+		c->nargs++;
+		if (!c->source)
+			c->source = strdup(arg);
+		else if (!c->mountpoint)
+			c->mountpoint = strdup(arg);
+		else {
+			fprintf(stderr, "vdiskfs: unexpected argument \"%s\" (want SOURCE MOUNTPOINT)\n",
+				arg);
+			return -1;
+		}
+		return 0;
+	case KEY_HELP:
+		c->help = 1;
+		return 0;
+	case KEY_VERSION:
+		c->version = 1;
+		return 0;
+	case KEY_FG:
+		c->foreground = 1;
+		return 0;
+	case KEY_DEBUG:
+		c->debug = c->foreground = 1;
+		return 0;
+	case KEY_RO:
+		c->ro = 1;
+		return 1; /* and the kernel mounts read-only too */
+	case KEY_RW:
+		c->ro = 0;
+		return 1;
+	case KEY_ALLOW_OTHER:
+		c->allow_other = 1;
+		return 1;
+	case KEY_DEFPERM:
+		c->default_perms = 1;
+		return 1;
+	default:
+		return 1; /* mount options for libfuse (it refuses unknown ones) */
+	}
+}
+
+static int configure(struct cmdline *c, struct fuse_args *args)
+{
+	struct stat sst, mst;
+	char real[PATH_MAX];
+
+	if (!c->source || !c->mountpoint) {
+		fprintf(stderr, "vdiskfs: missing %s (usage: vdiskfs [-o OPTIONS] SOURCE "
+				"MOUNTPOINT)\n",
+			c->source ? "MOUNTPOINT" : "SOURCE and MOUNTPOINT");
+		return -EINVAL;
+	}
+	if (!realpath(c->source, real) || stat(real, &sst) < 0) {
+		fprintf(stderr, "vdiskfs: source %s: %s\n", c->source, strerror(errno));
+		return -ENOENT;
+	}
+	vfs_cfg.source = strdup(real);
+	if (!S_ISREG(sst.st_mode) && !S_ISDIR(sst.st_mode)) {
+		fprintf(stderr, "vdiskfs: source %s is neither an image file nor a directory\n",
+			c->source);
+		return -EINVAL;
+	}
+	vfs_cfg.single = S_ISREG(sst.st_mode);
+	if (!realpath(c->mountpoint, real) || stat(real, &mst) < 0) {
+		fprintf(stderr, "vdiskfs: mountpoint %s: %s\n", c->mountpoint, strerror(errno));
+		return -ENOENT;
+	}
+	vfs_cfg.mountpoint = strdup(real);
+	if (vfs_cfg.single && !S_ISREG(mst.st_mode)) {
+		fprintf(stderr, "vdiskfs: mountpoint %s must be a regular file when SOURCE is an "
+				"image (it becomes the raw view)\n",
+			c->mountpoint);
+		return -EINVAL;
+	}
+	if (!vfs_cfg.single && !S_ISDIR(mst.st_mode)) {
+		fprintf(stderr, "vdiskfs: mountpoint %s must be a directory when SOURCE is a "
+				"directory\n",
+			c->mountpoint);
+		return -EINVAL;
+	}
+	vfs_cfg.read_only = c->ro;
+	vfs_cfg.direct_io = c->direct_io;
+	vfs_cfg.allow_other = c->allow_other;
+	vfs_cfg.owner = getuid();
+	vfs_cfg.threads = c->threads ? c->threads : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+	if (vfs_cfg.threads < 1 || vfs_cfg.threads > 64) {
+		fprintf(stderr, "vdiskfs: threads=%u: want 1 to 64\n", vfs_cfg.threads);
+		return -EINVAL;
+	}
+
+	vfs_cfg.open.read_only = c->ro;
+	vfs_cfg.open.raw_by_default = vfs_cfg.single;
+	vfs_cfg.open.vhdx_parent = c->vhdx_parent;
+	vfs_cfg.open.within = vfs_cfg.single ? g_path_get_dirname(vfs_cfg.source) : vfs_cfg.source;
+	if (c->format) {
+		if (!vd_format_by_name(c->format)) {
+			fprintf(stderr, "vdiskfs: format=%s: want raw, qcow2 or vhdx\n", c->format);
+			return -EINVAL;
+		}
+		vfs_cfg.open.format = c->format;
+	}
+	if (!c->backing)
+		vfs_cfg.open.backing = c->allow_other ? VD_BACKING_WITHIN_SOURCE : VD_BACKING_FOLLOW;
+	else if (!strcmp(c->backing, "follow"))
+		vfs_cfg.open.backing = VD_BACKING_FOLLOW;
+	else if (!strcmp(c->backing, "deny"))
+		vfs_cfg.open.backing = VD_BACKING_DENY;
+	else if (!strcmp(c->backing, "within-source"))
+		vfs_cfg.open.backing = VD_BACKING_WITHIN_SOURCE;
+	else {
+		fprintf(stderr, "vdiskfs: backing=%s: want follow, deny or within-source\n",
+			c->backing);
+		return -EINVAL;
+	}
+	if (c->cache_size && parse_size(c->cache_size, &vfs_cfg.open.cache_size)) {
+		fprintf(stderr, "vdiskfs: cache_size=%s: not a size (e.g. 64M)\n", c->cache_size);
+		return -EINVAL;
+	}
+
+	/* How the mount shows in /proc/mounts: SOURCE on MOUNTPOINT type fuse.vdiskfs. */
+	char *o = g_strdup_printf("-osubtype=vdiskfs,fsname=%s", vfs_cfg.source);
+	fuse_opt_add_arg(args, o);
+	g_free(o);
+	if (c->allow_other && !c->default_perms)
+		fuse_opt_add_arg(args, "-odefault_permissions");
+	if (c->debug)
+		fuse_opt_add_arg(args, "-odebug");
+	return 0;
+}
+
+static void *signal_thread(void *arg)
+{
+	sigset_t *set = arg;
+	int sig;
+
+	for (;;) {
+		if (sigwait(set, &sig) == 0) {
+			vd_info("signal %d: unmounting", sig);
+			loop_stop();
+		}
+	}
+	return NULL;
+}
+
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct cmdline c = {0};
+	struct fuse_session *se;
+	static sigset_t sigs;
+	pthread_t sigt;
+	int ret;
+
+	vd_log_init("vdiskfs", false, false);
+	if (fuse_opt_parse(&args, &c, cmd_opts, cmd_proc) < 0)
+		return 2;
+	if (c.help) {
+		usage(stdout);
+		return 0;
+	}
+	if (c.version) {
+		printf("vdiskfs %s (libfuse %s)\n", VDISKFS_VERSION, fuse_pkgversion());
+		return 0;
+	}
+	if (configure(&c, &args))
+		return 2;
+	vd_log_init("vdiskfs", false, c.debug);
+	raise_fd_limit();
+	if (fault_set_from_env())
+		return 2;
+
+	ret = tree_init();
+	if (ret) {
+		fprintf(stderr, "vdiskfs: cannot serve %s: %s\n", c.source, strerror(-ret));
+		return 1;
+	}
+	se = fuse_session_new(&args, &vfs_ops, sizeof(vfs_ops), NULL);
+	if (!se) {
+		fprintf(stderr, "vdiskfs: bad mount options\n");
+		tree_shutdown();
+		return 2;
+	}
+	if (fuse_session_mount(se, vfs_cfg.mountpoint)) {
+		fprintf(stderr, "vdiskfs: cannot mount on %s\n", vfs_cfg.mountpoint);
+		fuse_session_destroy(se);
+		tree_shutdown();
+		return 1;
+	}
+	if (!c.foreground) {
+		vd_log_init("vdiskfs", true, c.debug);
+		if (fuse_daemonize(0)) {
+			fuse_session_unmount(se);
+			fuse_session_destroy(se);
+			tree_shutdown();
+			return 1;
+		}
+	}
+	vd_info("serving %s on %s", vfs_cfg.source, vfs_cfg.mountpoint);
+
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	pthread_create(&sigt, NULL, signal_thread, &sigs);
+	pthread_detach(sigt);
+
+	ret = loop_run(se, vfs_cfg.threads);
+	if (ret)
+		vd_err("event loop failed: %s", strerror(-ret));
+	tree_shutdown();
+	fuse_session_unmount(se);
+	fuse_session_destroy(se);
+	uring_thread_exit();
+	fuse_opt_free_args(&args);
+	vd_info("unmounted %s", vfs_cfg.mountpoint);
+	return ret ? 1 : 0;
+}

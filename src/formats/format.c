@@ -1,1 +1,81 @@
-/* placeholder */
+/* The list of format drivers and the extent-list helpers they share. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "format.h"
+
+/* Probing order: formats with magic first; raw last (it matches by name). */
+const struct vd_format *const vd_formats[] = {
+	&vd_format_qcow2,
+	&vd_format_vhdx,
+	&vd_format_raw,
+	NULL,
+};
+
+const struct vd_format *vd_format_by_name(const char *name)
+{
+	for (int i = 0; vd_formats[i]; i++)
+		if (!strcmp(vd_formats[i]->name, name))
+			return vd_formats[i];
+	return NULL;
+}
+
+void vd_map_init(struct vd_map *m)
+{
+	memset(m, 0, sizeof(*m));
+	m->ext = m->inline_ext;
+	m->cap = VD_MAP_INLINE;
+}
+
+void vd_map_reset(struct vd_map *m)
+{
+	m->n = 0;
+	m->ticket = NULL;
+}
+
+void vd_map_free(struct vd_map *m)
+{
+	if (m->ext != m->inline_ext)
+		free(m->ext);
+	m->ext = m->inline_ext;
+	m->cap = VD_MAP_INLINE;
+	m->n = 0;
+}
+
+/* Can e continue p without changing what either means? */
+static bool vd_extent_joins(const struct vd_extent *p, const struct vd_extent *e)
+{
+	if (p->type != e->type || p->off + p->len != e->off || p->cow.len || e->cow.len)
+		return false;
+	switch (e->type) {
+	case VD_EXT_ZERO:
+	case VD_EXT_UNALLOC:
+		return true;
+	case VD_EXT_DATA:
+		return p->fd == e->fd && p->host_off + p->len == e->host_off;
+	default:
+		return false;
+	}
+}
+
+int vd_map_add(struct vd_map *m, const struct vd_extent *e)
+{
+	if (m->n && vd_extent_joins(&m->ext[m->n - 1], e)) {
+		m->ext[m->n - 1].len += e->len;
+		return 0;
+	}
+	if (m->n == m->cap) {
+		unsigned cap = m->cap * 2;
+		struct vd_extent *n = malloc(cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		memcpy(n, m->ext, m->n * sizeof(*n));
+		if (m->ext != m->inline_ext)
+			free(m->ext);
+		m->ext = n;
+		m->cap = cap;
+	}
+	m->ext[m->n++] = *e;
+	return 0;
+}

@@ -1,1 +1,713 @@
-/* placeholder */
+/* Asynchronous I/O on guest ranges, the same for every format: the driver maps
+ * a range to extents, and this file turns them into io_uring operations
+ * (backing reads, decompression, copy-on-write merges), commits the driver's
+ * ticket once all data landed, and answers the caller once. */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "image.h"
+#include "log.h"
+#include "uring.h"
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+/* ---- filling a buffer from one source (used by reads and by COW) ---- */
+
+struct img_src {
+	enum vd_ext_type type;
+	int fd;
+	uint64_t host_off; /* DATA: host offset of guest byte goff; COMPRESSED: the blob */
+	uint32_t csize;
+	enum vd_compress algo;
+	uint64_t cluster_off;
+	uint32_t cluster_size;
+};
+
+struct img_fill {
+	struct vd_image *img;
+	vd_done_fn cb;
+	void *opaque;
+	struct uring_op op;
+	char *dst;
+	uint64_t goff, len;
+	struct img_src src;
+	char *blob;
+};
+
+static void fill_finish(struct img_fill *f, int err)
+{
+	vd_done_fn cb = f->cb;
+	void *opaque = f->opaque;
+
+	free(f->blob);
+	free(f);
+	cb(opaque, err);
+}
+
+static void fill_data_done(struct uring_op *op, int res)
+{
+	struct img_fill *f = container_of(op, struct img_fill, op);
+
+	if (res >= 0 && (uint64_t)res < f->len)
+		memset(f->dst + res, 0, f->len - res); /* past the host file's end */
+	fill_finish(f, res < 0 ? res : 0);
+}
+
+static void fill_blob_done(struct uring_op *op, int res)
+{
+	struct img_fill *f = container_of(op, struct img_fill, op);
+	uint64_t skip = f->goff - f->src.cluster_off;
+	char *out;
+	int ret;
+
+	if (res < 0) {
+		fill_finish(f, res);
+		return;
+	}
+	if (skip == 0 && f->len == f->src.cluster_size) {
+		ret = vd_decompress(f->src.algo, f->blob, res, f->dst, f->len);
+	} else {
+		out = malloc(f->src.cluster_size);
+		if (!out) {
+			fill_finish(f, -ENOMEM);
+			return;
+		}
+		ret = vd_decompress(f->src.algo, f->blob, res, out, f->src.cluster_size);
+		if (!ret)
+			memcpy(f->dst, out + skip, f->len);
+		free(out);
+	}
+	if (ret) {
+		vd_err("%s: compressed cluster at host offset 0x%llx (guest 0x%llx) does not "
+		       "inflate",
+		       f->img->path, (unsigned long long)f->src.host_off,
+		       (unsigned long long)f->src.cluster_off);
+		ret = -EIO;
+	}
+	fill_finish(f, ret);
+}
+
+static void fill_backing_done(void *opaque, int err)
+{
+	fill_finish(opaque, err);
+}
+
+/* Read guest bytes [goff, goff+len) of img, which src describes, into dst. */
+static void img_fill(struct vd_image *img, const struct img_src *src, uint64_t goff, char *dst,
+		     uint64_t len, vd_done_fn cb, void *opaque)
+{
+	struct img_fill *f;
+	struct vd_image *b = img->backing;
+
+	if (src->type == VD_EXT_ZERO || (src->type == VD_EXT_UNALLOC && (!b || goff >= b->size))) {
+		memset(dst, 0, len);
+		cb(opaque, 0);
+		return;
+	}
+	f = calloc(1, sizeof(*f));
+	if (!f) {
+		cb(opaque, -ENOMEM);
+		return;
+	}
+	f->img = img;
+	f->cb = cb;
+	f->opaque = opaque;
+	f->dst = dst;
+	f->goff = goff;
+	f->len = len;
+	f->src = *src;
+	switch (src->type) {
+	case VD_EXT_DATA:
+		uring_read(&f->op, src->fd, dst, len, src->host_off, fill_data_done);
+		break;
+	case VD_EXT_COMPRESSED:
+		if (goff < src->cluster_off || goff + len > src->cluster_off + src->cluster_size) {
+			fill_finish(f, -EIO);
+			return;
+		}
+		f->blob = malloc(src->csize);
+		if (!f->blob) {
+			fill_finish(f, -ENOMEM);
+			return;
+		}
+		uring_read(&f->op, src->fd, f->blob, src->csize, src->host_off, fill_blob_done);
+		break;
+	default: /* UNALLOC with a backing image */
+		if (goff + len > b->size) {
+			memset(dst + (b->size - goff), 0, goff + len - b->size);
+			len = b->size - goff;
+		}
+		image_read(b, dst, len, goff, fill_backing_done, f);
+		break;
+	}
+}
+
+/* ---- read and write requests ---- */
+
+struct img_part {
+	struct img_req *req;
+	struct vd_extent *e;
+	struct uring_op op;
+	char *bounce;
+	int pending;
+	int err;
+};
+
+struct img_req {
+	struct vd_image *img;
+	bool write;
+	char *buf;
+	uint64_t off, len;
+	vd_done_fn done;
+	void *opaque;
+	int pending;
+	int err;
+	struct vd_map map;
+	struct vd_waiter waiter;
+	struct img_part *parts;
+};
+
+static void req_finish(struct img_req *r)
+{
+	struct vd_image *img = r->img;
+
+	if (r->map.ticket)
+		img->fmt->complete(img, r->map.ticket, r->err);
+	if (r->parts) {
+		for (unsigned i = 0; i < r->map.n; i++)
+			free(r->parts[i].bounce);
+		free(r->parts);
+	}
+	vd_map_free(&r->map);
+	r->done(r->opaque, r->err);
+	free(r);
+}
+
+static void req_put(struct img_req *r, int err)
+{
+	if (err && !r->err)
+		r->err = err;
+	if (--r->pending == 0)
+		req_finish(r);
+}
+
+static struct img_src src_from_extent(const struct vd_extent *e)
+{
+	struct img_src s = {
+		.type = e->type,
+		.fd = e->fd,
+		.host_off = e->host_off,
+		.csize = e->csize,
+		.algo = e->algo,
+		.cluster_off = e->cluster_off,
+		.cluster_size = e->cluster_size,
+	};
+	return s;
+}
+
+static void read_part_done(void *opaque, int err)
+{
+	req_put(opaque, err);
+}
+
+static void write_part_done(struct uring_op *op, int res)
+{
+	struct img_part *p = container_of(op, struct img_part, op);
+
+	req_put(p->req, res < 0 ? res : 0);
+}
+
+/* Both old-data fills of a COW part are in: merge the guest bytes, write once. */
+static void cow_fill_done(void *opaque, int err)
+{
+	struct img_part *p = opaque;
+	struct vd_extent *e = p->e;
+	uint64_t head = e->off - e->cow.off;
+
+	if (err && !p->err)
+		p->err = err;
+	if (--p->pending)
+		return;
+	if (p->err) {
+		req_put(p->req, p->err);
+		return;
+	}
+	memcpy(p->bounce + head, p->req->buf + (e->off - p->req->off), e->len);
+	uring_write(&p->op, e->fd, p->bounce, e->cow.len, e->host_off - head, write_part_done);
+}
+
+static void write_part_start(struct img_req *r, struct img_part *p)
+{
+	struct vd_extent *e = p->e;
+	struct img_src src;
+	uint64_t head, tail;
+
+	if (!e->cow.len) {
+		uring_write(&p->op, e->fd, r->buf + (e->off - r->off), e->len, e->host_off,
+			    write_part_done);
+		return;
+	}
+	head = e->off - e->cow.off;
+	tail = e->cow.off + e->cow.len - (e->off + e->len);
+	p->bounce = malloc(e->cow.len);
+	if (!p->bounce) {
+		req_put(r, -ENOMEM);
+		return;
+	}
+	src = (struct img_src){
+		.type = e->cow.src,
+		.fd = e->cow.src_fd,
+		.host_off = e->cow.src_host_off,
+		.csize = e->cow.src_csize,
+		.algo = e->cow.src_algo,
+		.cluster_off = e->cow.src_cluster_off,
+		.cluster_size = e->cow.src_cluster_size,
+	};
+	p->pending = 1;
+	if (head) {
+		p->pending++;
+		img_fill(r->img, &src, e->cow.off, p->bounce, head, cow_fill_done, p);
+	}
+	if (tail) {
+		struct img_src t = src;
+		if (t.type == VD_EXT_DATA)
+			t.host_off += e->cow.len - tail;
+		p->pending++;
+		img_fill(r->img, &t, e->off + e->len, p->bounce + e->cow.len - tail, tail,
+			 cow_fill_done, p);
+	}
+	cow_fill_done(p, 0);
+}
+
+static bool extent_valid(const struct img_req *r, const struct vd_extent *e, uint64_t expect)
+{
+	if (e->off != expect || !e->len || e->off + e->len > r->off + r->len)
+		return false;
+	if (r->write && e->type != VD_EXT_DATA)
+		return false;
+	if (e->cow.len && (e->cow.off > e->off || e->cow.off + e->cow.len < e->off + e->len ||
+			   e->host_off < e->off - e->cow.off))
+		return false;
+	return true;
+}
+
+static void req_start(struct img_req *r)
+{
+	struct vd_image *img = r->img;
+	uint64_t expect = r->off;
+	int ret;
+
+	vd_map_reset(&r->map);
+	r->map.waiter = &r->waiter;
+	ret = img->fmt->map(img, r->off, r->len, r->write ? VD_MAP_WRITE : 0, &r->map);
+	if (ret == -EAGAIN && r->write)
+		return; /* parked on another request's allocation: waiter->wake resumes */
+	r->pending = 1;
+	if (ret) {
+		req_put(r, ret);
+		return;
+	}
+	for (unsigned i = 0; i < r->map.n; i++) {
+		if (!extent_valid(r, &r->map.ext[i], expect)) {
+			image_mark_broken(img, "format driver returned an invalid mapping");
+			req_put(r, -EIO);
+			return;
+		}
+		expect += r->map.ext[i].len;
+	}
+	if (expect != r->off + r->len) {
+		image_mark_broken(img, "format driver mapped a range only partly");
+		req_put(r, -EIO);
+		return;
+	}
+	r->parts = calloc(r->map.n, sizeof(*r->parts));
+	if (!r->parts) {
+		req_put(r, -ENOMEM);
+		return;
+	}
+	for (unsigned i = 0; i < r->map.n; i++) {
+		struct img_part *p = &r->parts[i];
+		struct vd_extent *e = &r->map.ext[i];
+		struct img_src src;
+
+		p->req = r;
+		p->e = e;
+		r->pending++;
+		if (r->write) {
+			write_part_start(r, p);
+		} else {
+			src = src_from_extent(e);
+			img_fill(img, &src, e->off, r->buf + (e->off - r->off), e->len,
+				 read_part_done, r);
+		}
+	}
+	req_put(r, 0);
+}
+
+static void req_wake(struct vd_waiter *w)
+{
+	req_start(container_of(w, struct img_req, waiter));
+}
+
+static int img_check(struct vd_image *img, uint64_t len, uint64_t off, bool write)
+{
+	if (atomic_load(&img->broken))
+		return -EIO;
+	if (write && img->read_only)
+		return -EROFS;
+	if (off > img->size || len > img->size - off)
+		return write ? -ENOSPC : -EINVAL;
+	return 0;
+}
+
+static void img_rw(struct vd_image *img, char *buf, uint64_t len, uint64_t off, bool write,
+		   vd_done_fn done, void *opaque)
+{
+	struct img_req *r;
+	int ret = img_check(img, len, off, write);
+
+	if (ret || !len) {
+		done(opaque, ret);
+		return;
+	}
+	r = calloc(1, sizeof(*r));
+	if (!r) {
+		done(opaque, -ENOMEM);
+		return;
+	}
+	r->img = img;
+	r->write = write;
+	r->buf = buf;
+	r->off = off;
+	r->len = len;
+	r->done = done;
+	r->opaque = opaque;
+	r->waiter.wake = req_wake;
+	vd_map_init(&r->map);
+	req_start(r);
+}
+
+void image_read(struct vd_image *img, void *buf, uint64_t len, uint64_t off, vd_done_fn done,
+		void *opaque)
+{
+	img_rw(img, buf, len, off, false, done, opaque);
+}
+
+void image_write(struct vd_image *img, const void *buf, uint64_t len, uint64_t off,
+		 vd_done_fn done, void *opaque)
+{
+	img_rw(img, (char *)buf, len, off, true, done, opaque);
+}
+
+/* ---- zeroing: the driver for aligned ranges, written zeroes for the rest ---- */
+
+#define ZERO_CHUNK (1u << 20)
+#define ZERO_DEPTH 4
+static const char zero_buf[ZERO_CHUNK];
+
+struct zero_job {
+	struct vd_image *img;
+	uint64_t ranges[2][2]; /* [off, end) pairs to write zeroes over */
+	int nranges, cur;
+	uint64_t next;
+	int inflight, err;
+	vd_done_fn done;
+	void *opaque;
+};
+
+static void zero_pump(struct zero_job *z);
+
+static void zero_job_add(struct zero_job *z, uint64_t off, uint64_t end)
+{
+	if (off >= end)
+		return;
+	z->ranges[z->nranges][0] = off;
+	z->ranges[z->nranges][1] = end;
+	z->nranges++;
+}
+
+static void zero_chunk_done(void *opaque, int err)
+{
+	struct zero_job *z = opaque;
+
+	z->inflight--;
+	if (err && !z->err)
+		z->err = err;
+	zero_pump(z);
+}
+
+static void zero_pump(struct zero_job *z)
+{
+	while (!z->err && z->inflight < ZERO_DEPTH && z->cur < z->nranges) {
+		uint64_t end = z->ranges[z->cur][1];
+		uint64_t n;
+
+		if (z->next >= end) {
+			if (++z->cur < z->nranges)
+				z->next = z->ranges[z->cur][0];
+			continue;
+		}
+		n = end - z->next < ZERO_CHUNK ? end - z->next : ZERO_CHUNK;
+		z->inflight++;
+		z->next += n;
+		image_write(z->img, zero_buf, n, z->next - n, zero_chunk_done, z);
+	}
+	if (z->inflight == 0 && (z->err || z->cur >= z->nranges)) {
+		vd_done_fn done = z->done;
+		void *opaque = z->opaque;
+		int err = z->err;
+
+		free(z);
+		done(opaque, err);
+	}
+}
+
+void image_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unmap, vd_done_fn done,
+		void *opaque)
+{
+	const struct vd_format *f = img->fmt;
+	uint64_t za = img->zero_align ? img->zero_align : 1;
+	uint64_t end = off + len;
+	uint64_t a = (off + za - 1) / za * za, b = end / za * za;
+	struct zero_job *z;
+	int ret = img_check(img, len, off, true);
+
+	if (ret || !len) {
+		done(opaque, ret);
+		return;
+	}
+	z = calloc(1, sizeof(*z));
+	if (!z) {
+		done(opaque, -ENOMEM);
+		return;
+	}
+	z->img = img;
+	z->done = done;
+	z->opaque = opaque;
+	if (a < b && (f->write_zeroes || (unmap && f->discard))) {
+		ret = unmap && f->discard ? f->discard(img, a, b - a) : f->write_zeroes(img, a, b - a);
+		if (ret == -ENOTSUP && unmap && f->discard && f->write_zeroes)
+			ret = f->write_zeroes(img, a, b - a);
+		if (ret && ret != -ENOTSUP) {
+			free(z);
+			done(opaque, ret);
+			return;
+		}
+	} else {
+		ret = -ENOTSUP;
+	}
+	if (ret) { /* no driver help: write zeroes over everything */
+		zero_job_add(z, off, end);
+	} else {
+		zero_job_add(z, off, a);
+		zero_job_add(z, b, end);
+	}
+	if (!z->nranges) {
+		free(z);
+		done(opaque, 0);
+		return;
+	}
+	z->next = z->ranges[0][0];
+	zero_pump(z);
+}
+
+/* ---- fsync: metadata in the driver's order, then a data-file fsync; calls
+ * that arrive while one runs share the next one ---- */
+
+struct sync_waiter {
+	struct sync_waiter *next;
+	vd_done_fn done;
+	void *opaque;
+};
+
+struct img_sync {
+	struct vd_image *img;
+	struct sync_waiter *waiters;
+	struct uring_op op;
+};
+
+static void sync_start(struct img_sync *s);
+
+static void sync_finish(struct img_sync *s, int err)
+{
+	struct vd_image *img = s->img;
+	struct sync_waiter *w = s->waiters, *next;
+	struct img_sync *n;
+
+	pthread_mutex_lock(&img->sync_lock);
+	n = img->sync_next;
+	img->sync_running = n;
+	img->sync_next = NULL;
+	pthread_mutex_unlock(&img->sync_lock);
+	free(s);
+	for (; w; w = next) {
+		next = w->next;
+		w->done(w->opaque, err);
+		free(w);
+	}
+	if (n)
+		sync_start(n);
+}
+
+static void sync_fsync_done(struct uring_op *op, int res)
+{
+	sync_finish(container_of(op, struct img_sync, op), res < 0 ? res : 0);
+}
+
+static void sync_start(struct img_sync *s)
+{
+	struct vd_image *img = s->img;
+	int ret = img->fmt->flush ? img->fmt->flush(img) : 0;
+
+	if (ret) {
+		sync_finish(s, ret);
+		return;
+	}
+	uring_fsync(&s->op, img->fd, true, sync_fsync_done);
+}
+
+void image_fsync(struct vd_image *img, vd_done_fn done, void *opaque)
+{
+	struct sync_waiter *w;
+	struct img_sync **slot;
+	bool start = false;
+
+	if (img->read_only) {
+		done(opaque, 0);
+		return;
+	}
+	w = calloc(1, sizeof(*w));
+	if (!w) {
+		done(opaque, -ENOMEM);
+		return;
+	}
+	w->done = done;
+	w->opaque = opaque;
+	pthread_mutex_lock(&img->sync_lock);
+	slot = img->sync_running ? &img->sync_next : &img->sync_running;
+	if (!*slot) {
+		*slot = calloc(1, sizeof(**slot));
+		if (!*slot) {
+			pthread_mutex_unlock(&img->sync_lock);
+			free(w);
+			done(opaque, -ENOMEM);
+			return;
+		}
+		(*slot)->img = img;
+		start = slot == &img->sync_running;
+	}
+	w->next = (*slot)->waiters;
+	(*slot)->waiters = w;
+	pthread_mutex_unlock(&img->sync_lock);
+	if (start)
+		sync_start(img->sync_running);
+}
+
+/* ---- block status through the chain, truncate ---- */
+
+int image_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
+		       enum vd_bs *status)
+{
+	int ret;
+
+	if (off >= img->size)
+		return -EINVAL;
+	if (len > img->size - off)
+		len = img->size - off;
+	ret = img->fmt->block_status(img, off, len, pnum, status);
+	if (ret)
+		return ret;
+	if (*pnum == 0 || *pnum > len) {
+		image_mark_broken(img, "format driver returned an invalid block status");
+		return -EIO;
+	}
+	if (*status != VD_BS_UNALLOC)
+		return 0;
+	if (!img->backing || off >= img->backing->size) {
+		*status = VD_BS_ZERO;
+		return 0;
+	}
+	if (*pnum > img->backing->size - off)
+		*pnum = img->backing->size - off;
+	return image_block_status(img->backing, off, *pnum, pnum, status);
+}
+
+int image_truncate(struct vd_image *img, uint64_t size)
+{
+	if (img->read_only)
+		return -EROFS;
+	if (!img->fmt->truncate)
+		return -ENOTSUP;
+	return img->fmt->truncate(img, size);
+}
+
+/* ---- blocking wrappers ---- */
+
+struct sync_wait {
+	atomic_bool done;
+	int err;
+};
+
+static void sync_wait_cb(void *opaque, int err)
+{
+	struct sync_wait *w = opaque;
+
+	w->err = err;
+	atomic_store(&w->done, true);
+}
+
+enum sync_op { SYNC_READ, SYNC_WRITE, SYNC_ZERO, SYNC_UNMAP, SYNC_FSYNC };
+
+static int image_sync_call(enum sync_op op, struct vd_image *img, void *buf, uint64_t len,
+			   uint64_t off)
+{
+	struct sync_wait w = {.done = false};
+	int ret = uring_thread_init(64);
+
+	if (ret)
+		return ret;
+	switch (op) {
+	case SYNC_READ:
+		image_read(img, buf, len, off, sync_wait_cb, &w);
+		break;
+	case SYNC_WRITE:
+		image_write(img, buf, len, off, sync_wait_cb, &w);
+		break;
+	case SYNC_ZERO:
+	case SYNC_UNMAP:
+		image_zero(img, len, off, op == SYNC_UNMAP, sync_wait_cb, &w);
+		break;
+	case SYNC_FSYNC:
+		image_fsync(img, sync_wait_cb, &w);
+		break;
+	}
+	while (!atomic_load(&w.done)) {
+		/* A request parked on another thread's allocation finishes there. */
+		ret = uring_run(uring_inflight() ? 100 : 10);
+		if (ret < 0)
+			return ret;
+	}
+	return w.err;
+}
+
+int image_pread_sync(struct vd_image *img, void *buf, uint64_t len, uint64_t off)
+{
+	return image_sync_call(SYNC_READ, img, buf, len, off);
+}
+
+int image_pwrite_sync(struct vd_image *img, const void *buf, uint64_t len, uint64_t off)
+{
+	return image_sync_call(SYNC_WRITE, img, (void *)buf, len, off);
+}
+
+int image_zero_sync(struct vd_image *img, uint64_t len, uint64_t off, bool unmap)
+{
+	return image_sync_call(unmap ? SYNC_UNMAP : SYNC_ZERO, img, NULL, len, off);
+}
+
+int image_fsync_sync(struct vd_image *img)
+{
+	return image_sync_call(SYNC_FSYNC, img, NULL, 0, 0);
+}

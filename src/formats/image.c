@@ -1,1 +1,359 @@
-/* placeholder */
+/* Opening images: probing the format, the driver's open, and the backing
+ * chain (resolution relative to the image, the backing policy, the depth limit
+ * and loop detection). Images are shared by (device, inode): a file that is
+ * another open image's backing file is one image, served read-only. */
+#include <errno.h>
+#include <glib.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "image.h"
+#include "log.h"
+#include "uring.h"
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct vd_image **registry;
+static size_t registry_n, registry_cap;
+
+static struct vd_image *registry_find(dev_t dev, ino_t ino)
+{
+	for (size_t i = 0; i < registry_n; i++)
+		if (registry[i]->dev == dev && registry[i]->ino == ino)
+			return registry[i];
+	return NULL;
+}
+
+static int registry_add(struct vd_image *img)
+{
+	if (registry_n == registry_cap) {
+		size_t cap = registry_cap ? registry_cap * 2 : 16;
+		struct vd_image **n = realloc(registry, cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		registry = n;
+		registry_cap = cap;
+	}
+	registry[registry_n++] = img;
+	return 0;
+}
+
+static void registry_del(struct vd_image *img)
+{
+	for (size_t i = 0; i < registry_n; i++) {
+		if (registry[i] == img) {
+			registry[i] = registry[--registry_n];
+			return;
+		}
+	}
+}
+
+const struct vd_format *image_probe(int fd, const char *path, bool raw_by_default)
+{
+	uint8_t buf[4096];
+	const struct vd_format *best = NULL;
+	int best_score = 0;
+	ssize_t n = pread(fd, buf, sizeof(buf), 0);
+
+	if (n < 0)
+		return NULL;
+	for (int i = 0; vd_formats[i]; i++) {
+		int score = vd_formats[i]->probe(buf, n, path);
+		if (score > best_score) {
+			best = vd_formats[i];
+			best_score = score;
+		}
+	}
+	if (!best && raw_by_default)
+		best = &vd_format_raw;
+	return best;
+}
+
+uint64_t image_allocated(struct vd_image *img)
+{
+	struct stat st;
+
+	if (fstat(img->fd, &st) < 0)
+		return 0;
+	return (uint64_t)st.st_blocks * 512;
+}
+
+void image_mark_broken(struct vd_image *img, const char *why)
+{
+	bool was = atomic_exchange(&img->broken, true);
+
+	if (!was)
+		vd_err("%s: %s; further I/O to this image fails with EIO", img->path, why);
+}
+
+static void image_free(struct vd_image *img)
+{
+	for (int i = 0; i < VD_BACKING_MAX_NAMES; i++)
+		free(img->backing_names[i]);
+	free(img->backing_fmt);
+	if (img->fd >= 0)
+		close(img->fd);
+	pthread_mutex_destroy(&img->sync_lock);
+	free(img->path);
+	free(img);
+}
+
+/* Is real (a resolved path) inside the directory dir (also resolved)? */
+static bool path_within(const char *real, const char *dir)
+{
+	size_t n = strlen(dir);
+
+	if (n == 1 && dir[0] == '/')
+		return true;
+	return !strncmp(real, dir, n) && (real[n] == '/' || real[n] == '\0');
+}
+
+struct open_chain {
+	dev_t dev[VD_BACKING_MAX_DEPTH + 1];
+	ino_t ino[VD_BACKING_MAX_DEPTH + 1];
+	int n;
+};
+
+static int image_open_chain(const char *path, const struct vd_open_opts *o, bool read_only,
+			    const char *force_fmt, struct open_chain *chain,
+			    struct vd_image **out);
+
+/* Resolve a backing name as the format stores it: relative to the image. */
+static char *backing_resolve(struct vd_image *img, const char *name)
+{
+	char *dir, *copy, *res;
+
+	if (name[0] == '/')
+		return strdup(name);
+	copy = strdup(img->path);
+	if (!copy)
+		return NULL;
+	dir = dirname(copy);
+	res = g_strdup_printf("%s/%s", dir, name);
+	free(copy);
+	return res;
+}
+
+static int backing_allowed(struct vd_image *img, const char *path, const struct vd_open_opts *o)
+{
+	char real[PATH_MAX], within[PATH_MAX];
+
+	if (o->backing == VD_BACKING_DENY) {
+		vd_err("%s: has a backing file (%s), refused by backing=deny", img->path, path);
+		return -EPERM;
+	}
+	if (o->backing != VD_BACKING_WITHIN_SOURCE)
+		return 0;
+	if (!realpath(path, real))
+		return -errno;
+	if (!o->within || !realpath(o->within, within))
+		return -EPERM;
+	if (!path_within(real, within)) {
+		vd_err("%s: backing file %s resolves to %s, outside %s: refused by "
+		       "backing=within-source",
+		       img->path, path, real, within);
+		return -EPERM;
+	}
+	return 0;
+}
+
+static int image_open_backing(struct vd_image *img, const struct vd_open_opts *o,
+			      struct open_chain *chain)
+{
+	int ret = -ENOENT;
+
+	if (!img->backing_names[0])
+		return 0;
+	if (chain->n > VD_BACKING_MAX_DEPTH) {
+		vd_err("%s: backing chain deeper than %d images", img->path, VD_BACKING_MAX_DEPTH);
+		return -ELOOP;
+	}
+	for (int i = 0; i < VD_BACKING_MAX_NAMES && img->backing_names[i]; i++) {
+		char *path = backing_resolve(img, img->backing_names[i]);
+		struct vd_image *b = NULL;
+
+		if (!path)
+			return -ENOMEM;
+		if (access(path, F_OK) < 0) {
+			ret = -errno;
+			g_free(path);
+			continue;
+		}
+		ret = backing_allowed(img, path, o);
+		if (!ret)
+			ret = image_open_chain(path, o, true, img->backing_fmt, chain, &b);
+		g_free(path);
+		if (ret == -ELOOP || ret == -EPERM)
+			return ret;
+		if (ret)
+			continue;
+		if (img->fmt->check_backing) {
+			ret = img->fmt->check_backing(img, b);
+			if (ret) {
+				image_unref(b);
+				continue;
+			}
+		}
+		img->backing = b;
+		return 0;
+	}
+	vd_err("%s: cannot open backing file %s: %s", img->path, img->backing_names[0],
+	       strerror(-ret));
+	return ret;
+}
+
+static int image_open_chain(const char *path, const struct vd_open_opts *o, bool read_only,
+			    const char *force_fmt, struct open_chain *chain,
+			    struct vd_image **out)
+{
+	struct vd_image *img, *found;
+	struct stat st;
+	int fd, ret;
+
+	fd = open(path, (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+	if (fd < 0 && errno == EROFS && !read_only) {
+		read_only = true;
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+	}
+	if (fd < 0) {
+		ret = -errno;
+		vd_err("%s: cannot open: %s", path, strerror(errno));
+		return ret;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		vd_err("%s: not a regular file", path);
+		close(fd);
+		return -EINVAL;
+	}
+	for (int i = 0; i < chain->n; i++) {
+		if (chain->dev[i] == st.st_dev && chain->ino[i] == st.st_ino) {
+			vd_err("%s: backing chain loops back to an image already in it", path);
+			close(fd);
+			return -ELOOP;
+		}
+	}
+
+	pthread_mutex_lock(&registry_lock);
+	found = registry_find(st.st_dev, st.st_ino);
+	if (found) {
+		image_ref(found);
+		if (chain->n && !found->read_only) {
+			vd_warn("%s: is the backing file of another image: now served read-only",
+				found->path);
+			found->read_only = true;
+		}
+		pthread_mutex_unlock(&registry_lock);
+		close(fd);
+		*out = found;
+		return 0;
+	}
+	pthread_mutex_unlock(&registry_lock);
+
+	img = calloc(1, sizeof(*img));
+	if (!img) {
+		close(fd);
+		return -ENOMEM;
+	}
+	img->fd = fd;
+	img->path = strdup(path);
+	img->name = strrchr(img->path, '/') ? strrchr(img->path, '/') + 1 : img->path;
+	img->dev = st.st_dev;
+	img->ino = st.st_ino;
+	img->read_only = read_only;
+	img->depth = chain->n;
+	img->zero_align = 512;
+	atomic_init(&img->refs, 1);
+	pthread_mutex_init(&img->sync_lock, NULL);
+
+	if (force_fmt) {
+		img->fmt = vd_format_by_name(force_fmt);
+		if (!img->fmt) {
+			vd_err("%s: unknown format \"%s\"", path, force_fmt);
+			ret = -EINVAL;
+			goto out_free;
+		}
+	} else {
+		img->fmt = image_probe(fd, path, chain->n > 0 || o->raw_by_default);
+		if (!img->fmt) {
+			vd_err("%s: not a qcow2, vhdx or raw image", path);
+			ret = -EMEDIUMTYPE;
+			goto out_free;
+		}
+	}
+	img->opts = o;
+	ret = img->fmt->open(img);
+	if (ret)
+		goto out_free;
+
+	chain->dev[chain->n] = st.st_dev;
+	chain->ino[chain->n] = st.st_ino;
+	chain->n++;
+	ret = image_open_backing(img, o, chain);
+	chain->n--;
+	if (ret)
+		goto out_close;
+	img->opts = NULL;
+
+	pthread_mutex_lock(&registry_lock);
+	ret = registry_add(img);
+	pthread_mutex_unlock(&registry_lock);
+	if (ret)
+		goto out_close;
+	*out = img;
+	return 0;
+
+out_close:
+	if (img->backing)
+		image_unref(img->backing);
+	img->fmt->close(img);
+out_free:
+	image_free(img);
+	return ret;
+}
+
+int image_open(const char *path, const struct vd_open_opts *o, struct vd_image **out)
+{
+	struct open_chain chain = {.n = 0};
+	char *cwd, *abs;
+	int ret;
+
+	if (path[0] == '/') {
+		abs = g_strdup(path);
+	} else {
+		cwd = g_get_current_dir();
+		abs = g_build_filename(cwd, path, NULL);
+		g_free(cwd);
+	}
+	ret = image_open_chain(abs, o, o->read_only, o->format, &chain, out);
+	g_free(abs);
+	return ret;
+}
+
+void image_ref(struct vd_image *img)
+{
+	atomic_fetch_add(&img->refs, 1);
+}
+
+void image_unref(struct vd_image *img)
+{
+	struct vd_image *backing;
+
+	if (!img)
+		return;
+	pthread_mutex_lock(&registry_lock);
+	if (atomic_fetch_sub(&img->refs, 1) != 1) {
+		pthread_mutex_unlock(&registry_lock);
+		return;
+	}
+	registry_del(img);
+	pthread_mutex_unlock(&registry_lock);
+
+	backing = img->backing;
+	img->fmt->close(img);
+	image_free(img);
+	image_unref(backing);
+}

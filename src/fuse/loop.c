@@ -1,1 +1,166 @@
-/* placeholder */
+/* The event loops: each thread owns an io_uring, polls the shared /dev/fuse fd
+ * (non-blocking) through it, runs the handler, and reaps the data I/O of the
+ * requests it started, so a request is never handed between threads. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "uring.h"
+#include "vfs.h"
+
+/* libfuse 3.14 reads at most 256 pages plus a 4 KiB header. */
+#define LOOP_BUFSIZE ((256 + 16) * 4096)
+
+struct loop_thread {
+	pthread_t tid;
+	struct fuse_session *se;
+	struct fuse_buf buf;
+	bool buf_taken;
+	struct uring_op poll_fuse, poll_stop;
+};
+
+static __thread struct loop_thread *cur_loop;
+static atomic_bool stopping;
+static atomic_long requests_out; /* answered later, not yet answered */
+static int stop_fd = -1;
+
+void loop_req_begin(void)
+{
+	atomic_fetch_add(&requests_out, 1);
+}
+
+void loop_req_end(void)
+{
+	atomic_fetch_sub(&requests_out, 1);
+}
+
+void *loop_take_buffer(void)
+{
+	cur_loop->buf_taken = true;
+	return cur_loop->buf.mem;
+}
+
+void loop_stop(void)
+{
+	uint64_t one = 1;
+
+	atomic_store(&stopping, true);
+	if (stop_fd >= 0 && write(stop_fd, &one, sizeof(one)) < 0)
+		vd_warn("cannot wake the event loops: %s", strerror(errno));
+}
+
+static void loop_on_stop(struct uring_op *op, int res)
+{
+	/* Nothing to do: the loop condition reads the flag. */
+}
+
+static void loop_on_fuse(struct uring_op *op, int res)
+{
+	struct loop_thread *t = op->data;
+	int i;
+
+	if (res > 0 && (res & (POLLERR | POLLHUP | POLLNVAL))) {
+		/* The kernel side is gone: unmounted. */
+		fuse_session_exit(t->se);
+		loop_stop();
+		return;
+	}
+	for (i = 0; i < 32 && !fuse_session_exited(t->se); i++) {
+		int n;
+
+		if (t->buf_taken || !t->buf.mem) {
+			t->buf.mem = malloc(LOOP_BUFSIZE);
+			t->buf.size = LOOP_BUFSIZE;
+			t->buf_taken = false;
+			if (!t->buf.mem)
+				break;
+		}
+		t->buf.flags = 0;
+		n = fuse_session_receive_buf(t->se, &t->buf);
+		if (n == -EAGAIN || n == -EINTR)
+			break;
+		if (n <= 0) {
+			fuse_session_exit(t->se);
+			loop_stop();
+			return;
+		}
+		fuse_session_process_buf(t->se, &t->buf);
+	}
+	if (fuse_session_exited(t->se)) {
+		loop_stop();
+		return;
+	}
+	if (!op->multishot && !atomic_load(&stopping))
+		uring_poll(op, fuse_session_fd(t->se), POLLIN, true, loop_on_fuse);
+}
+
+static void *loop_thread_main(void *arg)
+{
+	struct loop_thread *t = arg;
+	int ret;
+
+	cur_loop = t;
+	ret = uring_thread_init(256);
+	if (ret) {
+		vd_err("cannot set up io_uring: %s", strerror(-ret));
+		fuse_session_exit(t->se);
+		loop_stop();
+		return NULL;
+	}
+	t->poll_fuse.data = t;
+	t->poll_stop.data = t;
+	uring_poll(&t->poll_fuse, fuse_session_fd(t->se), POLLIN, true, loop_on_fuse);
+	uring_poll(&t->poll_stop, stop_fd, POLLIN, true, loop_on_stop);
+	while (!atomic_load(&stopping)) {
+		ret = uring_run(-1);
+		if (ret < 0 && ret != -EINTR) {
+			vd_err("io_uring wait failed: %s", strerror(-ret));
+			break;
+		}
+	}
+	/* Finish what was started: every request in flight gets its answer. */
+	while (uring_inflight() || atomic_load(&requests_out) > 0)
+		uring_run(20);
+	uring_thread_exit();
+	free(t->buf.mem);
+	return NULL;
+}
+
+int loop_run(struct fuse_session *se, unsigned nthreads)
+{
+	struct loop_thread *threads;
+	int fd = fuse_session_fd(se);
+	unsigned i, started = 0;
+
+	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
+		return -errno;
+	stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (stop_fd < 0)
+		return -errno;
+	threads = calloc(nthreads, sizeof(*threads));
+	if (!threads)
+		return -ENOMEM;
+	for (i = 0; i < nthreads; i++) {
+		threads[i].se = se;
+		if (pthread_create(&threads[i].tid, NULL, loop_thread_main, &threads[i]))
+			break;
+		started++;
+	}
+	if (!started) {
+		free(threads);
+		return -EAGAIN;
+	}
+	for (i = 0; i < started; i++)
+		pthread_join(threads[i].tid, NULL);
+	free(threads);
+	close(stop_fd);
+	stop_fd = -1;
+	return 0;
+}

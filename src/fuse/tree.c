@@ -1,1 +1,403 @@
-/* placeholder */
+/* The node tree: in a single-image mount the root is the view; in a directory
+ * mount the root lists every image of SOURCE (qcow2/vhdx by magic, raw by
+ * extension) plus the control file, rescanned on lookup and readdir so that
+ * images added to or removed from SOURCE appear or vanish. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "vfs.h"
+
+struct vfs_config vfs_cfg;
+
+static pthread_mutex_t tree_lock = PTHREAD_MUTEX_INITIALIZER;
+static GHashTable *by_ino;  /* fuse_ino_t -> struct vnode */
+static GHashTable *by_name; /* name -> struct vnode (visible images only) */
+static GHashTable *failed;  /* name -> struct failed_file */
+static fuse_ino_t next_ino = 3;
+static struct vnode root_node = {.ino = VFS_ROOT_INO, .kind = VN_DIR, .nlookup = 1};
+static struct vnode control_node = {.ino = VFS_CONTROL_INO, .kind = VN_CONTROL, .nlookup = 1};
+
+/* A file that is not served: not an image (err NULL), or an image that failed. */
+struct failed_file {
+	dev_t dev;
+	ino_t ino;
+	struct timespec mtime;
+	off_t size;
+	char *err;
+};
+
+static void failed_free(gpointer p)
+{
+	struct failed_file *f = p;
+
+	g_free(f->err);
+	g_free(f);
+}
+
+static void vnode_free(struct vnode *n)
+{
+	image_unref(n->img);
+	g_free(n->name);
+	g_free(n);
+}
+
+/* Drop a node from the name table; free it once the kernel forgot it. */
+static void vnode_unlink(struct vnode *n)
+{
+	if (n->gone)
+		return;
+	n->gone = true;
+	g_hash_table_remove(by_name, n->name);
+	if (!n->nlookup && !n->opens) {
+		g_hash_table_remove(by_ino, &n->ino);
+		vnode_free(n);
+	}
+}
+
+static struct vnode *vnode_new(const char *name, struct vd_image *img, const struct stat *st)
+{
+	struct vnode *n = g_new0(struct vnode, 1);
+
+	n->ino = next_ino++;
+	n->kind = VN_IMAGE;
+	n->name = g_strdup(name);
+	n->img = img;
+	n->sdev = st->st_dev;
+	n->sino = st->st_ino;
+	g_hash_table_insert(by_ino, &n->ino, n);
+	if (name)
+		g_hash_table_insert(by_name, n->name, n);
+	return n;
+}
+
+static bool failed_same(const struct failed_file *f, const struct stat *st)
+{
+	return f->dev == st->st_dev && f->ino == st->st_ino && f->size == st->st_size &&
+	       f->mtime.tv_sec == st->st_mtim.tv_sec && f->mtime.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+static void failed_note(const char *name, const struct stat *st, const char *err)
+{
+	struct failed_file *f = g_new0(struct failed_file, 1);
+
+	f->dev = st->st_dev;
+	f->ino = st->st_ino;
+	f->size = st->st_size;
+	f->mtime = st->st_mtim;
+	f->err = err ? g_strdup(err) : NULL;
+	g_hash_table_replace(failed, g_strdup(name), f);
+}
+
+/* Bring the node for name up to date with SOURCE/name. Called with tree_lock. */
+static struct vnode *tree_scan_name(const char *name, int *err)
+{
+	struct vnode *n = g_hash_table_lookup(by_name, name);
+	struct failed_file *f;
+	struct vd_image *img;
+	struct stat st;
+	char *path;
+	int fd, ret;
+
+	*err = -ENOENT;
+	if (name[0] == '.' || strchr(name, '/'))
+		return NULL;
+	path = g_build_filename(vfs_cfg.source, name, NULL);
+	if (stat(path, &st) < 0 || !S_ISREG(st.st_mode)) {
+		if (n)
+			vnode_unlink(n);
+		g_hash_table_remove(failed, name);
+		g_free(path);
+		return NULL;
+	}
+	if (n && n->sdev == st.st_dev && n->sino == st.st_ino) {
+		g_free(path);
+		*err = 0;
+		return n;
+	}
+	if (n)
+		vnode_unlink(n); /* replaced by another file */
+	f = g_hash_table_lookup(failed, name);
+	if (f && failed_same(f, &st)) {
+		g_free(path);
+		return NULL;
+	}
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		g_free(path);
+		return NULL;
+	}
+	if (!image_probe(fd, path, false)) {
+		close(fd);
+		failed_note(name, &st, NULL);
+		g_free(path);
+		return NULL;
+	}
+	close(fd);
+	vd_log_clear_error();
+	ret = image_open(path, &vfs_cfg.open, &img);
+	g_free(path);
+	if (ret) {
+		const char *msg = vd_log_last_error();
+		failed_note(name, &st, *msg ? msg : strerror(-ret));
+		vd_err("%s: not served: %s", name, strerror(-ret));
+		return NULL;
+	}
+	g_hash_table_remove(failed, name);
+	*err = 0;
+	return vnode_new(name, img, &st);
+}
+
+static void tree_rescan(void)
+{
+	DIR *d = opendir(vfs_cfg.source);
+	GHashTableIter it;
+	struct dirent *de;
+	GPtrArray *names;
+	gpointer key, val;
+	int err;
+
+	if (!d) {
+		vd_err("%s: cannot read directory: %s", vfs_cfg.source, strerror(errno));
+		return;
+	}
+	while ((de = readdir(d)))
+		tree_scan_name(de->d_name, &err);
+	closedir(d);
+	/* Names no longer in the directory. */
+	names = g_ptr_array_new_with_free_func(g_free);
+	g_hash_table_iter_init(&it, by_name);
+	while (g_hash_table_iter_next(&it, &key, &val))
+		g_ptr_array_add(names, g_strdup(key));
+	g_hash_table_iter_init(&it, failed);
+	while (g_hash_table_iter_next(&it, &key, &val))
+		g_ptr_array_add(names, g_strdup(key));
+	for (guint i = 0; i < names->len; i++)
+		tree_scan_name(names->pdata[i], &err);
+	g_ptr_array_free(names, TRUE);
+}
+
+int tree_init(void)
+{
+	by_ino = g_hash_table_new(g_int64_hash, g_int64_equal);
+	by_name = g_hash_table_new(g_str_hash, g_str_equal);
+	failed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, failed_free);
+	if (vfs_cfg.single) {
+		struct vd_image *img;
+		struct stat st;
+		int ret = image_open(vfs_cfg.source, &vfs_cfg.open, &img);
+
+		if (ret)
+			return ret;
+		if (fstat(img->fd, &st) < 0) {
+			image_unref(img);
+			return -errno;
+		}
+		root_node.kind = VN_IMAGE;
+		root_node.img = img;
+		root_node.sdev = st.st_dev;
+		root_node.sino = st.st_ino;
+		g_hash_table_insert(by_ino, &root_node.ino, &root_node);
+		return 0;
+	}
+	g_hash_table_insert(by_ino, &root_node.ino, &root_node);
+	g_hash_table_insert(by_ino, &control_node.ino, &control_node);
+	control_node.name = VFS_CONTROL_NAME;
+	root_node.name = "";
+	pthread_mutex_lock(&tree_lock);
+	tree_rescan();
+	pthread_mutex_unlock(&tree_lock);
+	return 0;
+}
+
+void tree_shutdown(void)
+{
+	GHashTableIter it;
+	gpointer key, val;
+
+	if (!by_ino)
+		return;
+	pthread_mutex_lock(&tree_lock);
+	g_hash_table_iter_init(&it, by_ino);
+	while (g_hash_table_iter_next(&it, &key, &val)) {
+		struct vnode *n = val;
+		if (n->img) {
+			int ret = image_fsync_sync(n->img);
+			if (ret)
+				vd_err("%s: flush at unmount failed: %s", n->img->path,
+				       strerror(-ret));
+		}
+		if (n == &root_node) {
+			image_unref(n->img);
+			n->img = NULL;
+		} else if (n != &control_node) {
+			g_hash_table_iter_remove(&it);
+			vnode_free(n);
+		}
+	}
+	pthread_mutex_unlock(&tree_lock);
+	g_hash_table_destroy(by_ino);
+	g_hash_table_destroy(by_name);
+	g_hash_table_destroy(failed);
+	by_ino = NULL;
+}
+
+struct vnode *tree_lookup(const char *name, int *err)
+{
+	struct vnode *n;
+
+	if (vfs_cfg.single) {
+		*err = -ENOTDIR;
+		return NULL;
+	}
+	pthread_mutex_lock(&tree_lock);
+	if (!strcmp(name, VFS_CONTROL_NAME)) {
+		n = &control_node;
+		*err = 0;
+	} else {
+		n = tree_scan_name(name, err);
+	}
+	if (n)
+		n->nlookup++;
+	pthread_mutex_unlock(&tree_lock);
+	return n;
+}
+
+struct vnode *tree_get(fuse_ino_t ino)
+{
+	struct vnode *n;
+
+	pthread_mutex_lock(&tree_lock);
+	n = g_hash_table_lookup(by_ino, &ino);
+	pthread_mutex_unlock(&tree_lock);
+	return n;
+}
+
+void tree_forget(fuse_ino_t ino, uint64_t count)
+{
+	struct vnode *n;
+
+	pthread_mutex_lock(&tree_lock);
+	n = g_hash_table_lookup(by_ino, &ino);
+	if (n && n->ino > VFS_CONTROL_INO) {
+		n->nlookup = count > n->nlookup ? 0 : n->nlookup - count;
+		if (!n->nlookup && !n->opens && n->gone) {
+			g_hash_table_remove(by_ino, &n->ino);
+			vnode_free(n);
+		}
+	}
+	pthread_mutex_unlock(&tree_lock);
+}
+
+void tree_open(struct vnode *n)
+{
+	pthread_mutex_lock(&tree_lock);
+	n->opens++;
+	pthread_mutex_unlock(&tree_lock);
+}
+
+void tree_release(struct vnode *n)
+{
+	pthread_mutex_lock(&tree_lock);
+	n->opens--;
+	if (!n->nlookup && !n->opens && n->gone) {
+		g_hash_table_remove(by_ino, &n->ino);
+		vnode_free(n);
+	}
+	pthread_mutex_unlock(&tree_lock);
+}
+
+static gint name_cmp(gconstpointer a, gconstpointer b)
+{
+	const struct vnode *x = *(struct vnode *const *)a, *y = *(struct vnode *const *)b;
+
+	return strcmp(x->name, y->name);
+}
+
+void tree_foreach(void (*fn)(struct vnode *n, void *opaque), void *opaque, bool rescan)
+{
+	GPtrArray *nodes = g_ptr_array_new();
+	GHashTableIter it;
+	gpointer key, val;
+
+	pthread_mutex_lock(&tree_lock);
+	if (vfs_cfg.single) {
+		fn(&root_node, opaque);
+		pthread_mutex_unlock(&tree_lock);
+		g_ptr_array_free(nodes, TRUE);
+		return;
+	}
+	if (rescan)
+		tree_rescan();
+	g_hash_table_iter_init(&it, by_name);
+	while (g_hash_table_iter_next(&it, &key, &val))
+		g_ptr_array_add(nodes, val);
+	g_ptr_array_sort(nodes, name_cmp);
+	for (guint i = 0; i < nodes->len; i++)
+		fn(nodes->pdata[i], opaque);
+	pthread_mutex_unlock(&tree_lock);
+	g_ptr_array_free(nodes, TRUE);
+}
+
+void tree_foreach_error(void (*fn)(const char *name, const char *err, void *opaque),
+			void *opaque)
+{
+	GHashTableIter it;
+	gpointer key, val;
+
+	pthread_mutex_lock(&tree_lock);
+	g_hash_table_iter_init(&it, failed);
+	while (g_hash_table_iter_next(&it, &key, &val)) {
+		struct failed_file *f = val;
+		if (f->err)
+			fn(key, f->err, opaque);
+	}
+	pthread_mutex_unlock(&tree_lock);
+}
+
+void vnode_stat(struct vnode *n, struct stat *st)
+{
+	struct stat host;
+
+	memset(st, 0, sizeof(*st));
+	st->st_ino = n->ino;
+	st->st_nlink = 1;
+	st->st_uid = getuid();
+	st->st_gid = getgid();
+	st->st_blksize = 4096;
+	switch (n->kind) {
+	case VN_DIR:
+		if (stat(vfs_cfg.source, &host) == 0) {
+			*st = host;
+			st->st_ino = n->ino;
+		}
+		st->st_mode = S_IFDIR | 0755;
+		st->st_nlink = 2;
+		break;
+	case VN_CONTROL:
+		st->st_mode = S_IFREG | 0600;
+		st->st_uid = vfs_cfg.owner;
+		st->st_size = 0;
+		break;
+	case VN_IMAGE:
+		if (fstat(n->img->fd, &host) == 0) {
+			st->st_uid = host.st_uid;
+			st->st_gid = host.st_gid;
+			st->st_mode = S_IFREG | (host.st_mode & 0777);
+			st->st_atim = host.st_atim;
+			st->st_mtim = host.st_mtim;
+			st->st_ctim = host.st_ctim;
+			st->st_blocks = host.st_blocks;
+		}
+		if (n->img->read_only || vfs_cfg.read_only)
+			st->st_mode &= ~0222;
+		st->st_size = n->img->size;
+		st->st_blksize = 4096;
+		break;
+	}
+}

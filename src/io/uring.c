@@ -1,1 +1,223 @@
-/* placeholder */
+/* The io_uring engine: a ring per thread, callbacks on completion, short
+ * transfers resubmitted until done (reads stop at end of file), and the fault
+ * hook applied to every operation before it reaches the kernel. */
+#include <errno.h>
+#include <liburing.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "uring.h"
+
+struct uring_ctx {
+	struct io_uring ring;
+	unsigned inflight; /* data operations not yet completed */
+	unsigned queued;   /* SQEs prepared but not submitted */
+};
+
+static __thread struct uring_ctx *ctx;
+
+int uring_thread_init(unsigned entries)
+{
+	struct io_uring_params p;
+	int ret;
+
+	if (ctx)
+		return 0;
+	ctx = calloc(1, sizeof(*ctx));
+	if (!ctx)
+		return -ENOMEM;
+	memset(&p, 0, sizeof(p));
+	p.flags = IORING_SETUP_CQSIZE;
+	p.cq_entries = entries * 4;
+	ret = io_uring_queue_init_params(entries, &ctx->ring, &p);
+	if (ret < 0) {
+		free(ctx);
+		ctx = NULL;
+		return ret;
+	}
+	return 0;
+}
+
+void uring_thread_exit(void)
+{
+	if (!ctx)
+		return;
+	io_uring_queue_exit(&ctx->ring);
+	free(ctx);
+	ctx = NULL;
+}
+
+bool uring_thread_ready(void)
+{
+	return ctx != NULL;
+}
+
+unsigned uring_inflight(void)
+{
+	return ctx ? ctx->inflight : 0;
+}
+
+static struct io_uring_sqe *uring_get_sqe(void)
+{
+	struct io_uring_sqe *sqe;
+
+	while (!(sqe = io_uring_get_sqe(&ctx->ring))) {
+		/* SQ full: hand what we have to the kernel, then retry. */
+		io_uring_submit(&ctx->ring);
+		ctx->queued = 0;
+	}
+	ctx->queued++;
+	return sqe;
+}
+
+/* (Re)issue the remaining part of a read or write. */
+static void uring_issue(struct uring_op *op)
+{
+	struct io_uring_sqe *sqe = uring_get_sqe();
+	char *buf = (char *)op->buf + op->done;
+
+	if (op->fault) {
+		io_uring_prep_nop(sqe);
+	} else {
+		switch (op->opcode) {
+		case IORING_OP_READ:
+			io_uring_prep_read(sqe, op->fd, buf, op->len - op->done, op->off + op->done);
+			break;
+		case IORING_OP_WRITE:
+			io_uring_prep_write(sqe, op->fd, buf, op->len - op->done, op->off + op->done);
+			break;
+		case IORING_OP_FSYNC:
+			io_uring_prep_fsync(sqe, op->fd, op->flags);
+			break;
+		case IORING_OP_POLL_ADD:
+			if (op->multishot)
+				io_uring_prep_poll_multishot(sqe, op->fd, op->flags);
+			else
+				io_uring_prep_poll_add(sqe, op->fd, op->flags);
+			break;
+		}
+	}
+	io_uring_sqe_set_data(sqe, op);
+}
+
+static void uring_start(struct uring_op *op, int fd, void *buf, uint32_t len, uint64_t off,
+			uint8_t opcode, unsigned kind, uring_cb cb)
+{
+	op->cb = cb;
+	op->fd = fd;
+	op->buf = buf;
+	op->len = len;
+	op->off = off;
+	op->done = 0;
+	op->opcode = opcode;
+	op->multishot = false;
+	op->fault = fault_check(kind);
+	ctx->inflight++;
+	uring_issue(op);
+}
+
+void uring_read(struct uring_op *op, int fd, void *buf, uint32_t len, uint64_t off, uring_cb cb)
+{
+	uring_start(op, fd, buf, len, off, IORING_OP_READ, FAULT_READ, cb);
+}
+
+void uring_write(struct uring_op *op, int fd, const void *buf, uint32_t len, uint64_t off,
+		 uring_cb cb)
+{
+	uring_start(op, fd, (void *)buf, len, off, IORING_OP_WRITE, FAULT_WRITE, cb);
+}
+
+void uring_fsync(struct uring_op *op, int fd, bool datasync, uring_cb cb)
+{
+	op->flags = datasync ? IORING_FSYNC_DATASYNC : 0;
+	uring_start(op, fd, NULL, 0, 0, IORING_OP_FSYNC, FAULT_SYNC, cb);
+}
+
+void uring_poll(struct uring_op *op, int fd, unsigned events, bool multishot, uring_cb cb)
+{
+	op->cb = cb;
+	op->fd = fd;
+	op->opcode = IORING_OP_POLL_ADD;
+	op->flags = events;
+	op->multishot = multishot;
+	op->fault = 0;
+	uring_issue(op);
+}
+
+/* One completion: finish, resubmit the rest of a short transfer, or report. */
+static void uring_complete(struct uring_op *op, int res, unsigned cqe_flags)
+{
+	if (op->opcode == IORING_OP_POLL_ADD) {
+		if (!(cqe_flags & IORING_CQE_F_MORE))
+			op->multishot = false; /* ended: the owner re-arms */
+		op->cb(op, res);
+		return;
+	}
+	if (op->fault) {
+		res = op->fault;
+	} else if (res > 0 && op->opcode != IORING_OP_FSYNC) {
+		op->done += res;
+		if (op->done < op->len) {
+			uring_issue(op);
+			return;
+		}
+		res = op->done;
+	} else if (res == 0 && op->opcode == IORING_OP_READ) {
+		res = op->done; /* end of file: a short read */
+	} else if (res == 0 && op->opcode == IORING_OP_WRITE && op->len) {
+		res = -EIO;
+	} else if (res == -EAGAIN || res == -EINTR) {
+		uring_issue(op);
+		return;
+	}
+	ctx->inflight--;
+	op->cb(op, res);
+}
+
+int uring_run(int wait_ms)
+{
+	struct io_uring_cqe *cqe;
+	unsigned head, n = 0;
+	int ret;
+
+	if (!ctx)
+		return -EINVAL;
+	if (wait_ms < 0) {
+		ret = io_uring_submit_and_wait(&ctx->ring, 1);
+	} else if (wait_ms > 0) {
+		struct __kernel_timespec ts = {.tv_sec = wait_ms / 1000,
+					       .tv_nsec = (wait_ms % 1000) * 1000000L};
+		ret = io_uring_submit_and_wait_timeout(&ctx->ring, &cqe, 1, &ts, NULL);
+		if (ret == -ETIME)
+			ret = 0;
+	} else {
+		ret = io_uring_submit(&ctx->ring);
+	}
+	ctx->queued = 0;
+	if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME)
+		return ret;
+	for (;;) {
+		struct uring_op *ops[64];
+		int res[64];
+		unsigned flags[64], i, got = 0;
+
+		/* Copy out first: callbacks may queue new SQEs and reap nothing. */
+		io_uring_for_each_cqe(&ctx->ring, head, cqe)
+		{
+			ops[got] = io_uring_cqe_get_data(cqe);
+			res[got] = cqe->res;
+			flags[got] = cqe->flags;
+			if (++got == 64)
+				break;
+		}
+		if (!got)
+			break;
+		io_uring_cq_advance(&ctx->ring, got);
+		for (i = 0; i < got; i++)
+			if (ops[i])
+				uring_complete(ops[i], res[i], flags[i]);
+		n += got;
+	}
+	return n;
+}

@@ -39,9 +39,10 @@ void uring_fsync(struct uring_op *op, int fd, bool datasync, uring_cb cb);
 /* Poll fd for events; multishot keeps firing until cancelled or an error. */
 void uring_poll(struct uring_op *op, int fd, unsigned events, bool multishot, uring_cb cb);
 
-/* Submit queued SQEs; then, if wait, sleep until at least one completion;
- * run all available completion callbacks. Returns completions handled or -errno. */
-int uring_run(bool wait);
+/* Submit queued SQEs; then wait up to wait_ms (-1: no limit, 0: not at all)
+ * for at least one completion; run all available completion callbacks.
+ * Returns completions handled or -errno. */
+int uring_run(int wait_ms);
 /* Operations submitted on this thread and not yet completed (polls excluded). */
 unsigned uring_inflight(void);
 

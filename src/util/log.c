@@ -10,7 +10,7 @@
 static bool log_syslog;
 static bool log_debug;
 static const char *log_prog = "vdiskfs";
-static __thread char last_error[512];
+static __thread char last_error[1024];
 
 void vd_log_init(const char *prog, bool to_syslog, bool debug)
 {

@@ -1,0 +1,96 @@
+/* The FUSE front: configuration, the node tree (single image or directory of
+ * images plus the control file), the low-level operations and the event loop.
+ * It knows images only through formats/image.h, never a format's internals. */
+#ifndef VDISKFS_VFS_H
+#define VDISKFS_VFS_H
+
+#define FUSE_USE_VERSION 34
+#include <fuse_lowlevel.h>
+#include <glib.h>
+#include <stdbool.h>
+
+#include "image.h"
+#include "json.h"
+
+#define VFS_ROOT_INO	1
+#define VFS_CONTROL_INO 2
+#define VFS_CONTROL_NAME ".vdiskfs"
+
+struct vfs_config {
+	char *source;	  /* absolute path of the image or directory */
+	char *mountpoint; /* absolute path */
+	bool single;	  /* SOURCE is one image; the mountpoint is the view */
+	bool read_only;
+	bool direct_io;
+	bool allow_other;
+	unsigned threads;
+	uid_t owner;	  /* who mounted: may use the control file and mirror verbs */
+	struct vd_open_opts open;
+};
+
+extern struct vfs_config vfs_cfg;
+
+enum vnode_kind { VN_DIR, VN_IMAGE, VN_CONTROL };
+
+struct vnode {
+	fuse_ino_t ino;
+	enum vnode_kind kind;
+	char *name;
+	struct vd_image *img;
+	dev_t sdev; /* the source file's identity, to notice replacement */
+	ino_t sino;
+	uint64_t nlookup;
+	unsigned opens;
+	bool gone; /* removed from the source directory */
+};
+
+/* ---- tree.c ---- */
+int tree_init(void); /* open the single image, or scan the directory */
+void tree_shutdown(void); /* flush and close every image */
+/* Look a name up in the root directory (rescanning it); takes a lookup ref. */
+struct vnode *tree_lookup(const char *name, int *err);
+struct vnode *tree_get(fuse_ino_t ino);
+void tree_forget(fuse_ino_t ino, uint64_t n);
+void tree_open(struct vnode *n);
+void tree_release(struct vnode *n);
+/* Rescan the source directory; call fn for each visible image in name order. */
+void tree_foreach(void (*fn)(struct vnode *n, void *opaque), void *opaque, bool rescan);
+/* Images that failed to open: fn(name, error message). */
+void tree_foreach_error(void (*fn)(const char *name, const char *err, void *opaque),
+			void *opaque);
+void vnode_stat(struct vnode *n, struct stat *st);
+
+/* ---- vfs.c ---- */
+extern const struct fuse_lowlevel_ops vfs_ops;
+
+/* ---- xattr.c ---- */
+void xattr_get(fuse_req_t req, struct vnode *n, const char *name, size_t size);
+void xattr_list(fuse_req_t req, struct vnode *n, size_t size);
+void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *value,
+	       size_t size, int flags);
+/* Everything about one image as a JSON object (used by .info and the control file). */
+void image_info_json(struct vnode *n, struct json_writer *j);
+
+/* ---- control.c ---- */
+struct control_fh {
+	GString *text; /* what a read returns: status JSON or the last command's reply */
+};
+void control_open(fuse_req_t req, struct fuse_file_info *fi);
+void control_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
+void control_write(fuse_req_t req, const char *buf, size_t size, struct fuse_file_info *fi);
+void control_release(fuse_req_t req, struct fuse_file_info *fi);
+
+/* ---- loop.c ---- */
+/* Run nthreads event loops (each its own io_uring, /dev/fuse polled through
+ * it) until the session ends or loop_stop(); returns once all requests in
+ * flight have been answered. */
+int loop_run(struct fuse_session *se, unsigned nthreads);
+void loop_stop(void);
+/* Keep the buffer the current request arrived in until the caller frees it
+ * with free() (WRITE payloads answered later). */
+void *loop_take_buffer(void);
+/* Count requests answered asynchronously, so shutdown can wait for them. */
+void loop_req_begin(void);
+void loop_req_end(void);
+
+#endif
