@@ -3,6 +3,7 @@
  * (VDISKFS_FAULT) or by unit tests; costs one relaxed atomic when disarmed. */
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,8 +45,22 @@ int fault_check(unsigned kind)
 	return -atomic_load(&fault_err);
 }
 
+/* A whole decimal number, or false. */
+static bool fault_parse_num(const char *v, unsigned long *out)
+{
+	char *end;
+
+	if (!*v)
+		return false;
+	errno = 0;
+	*out = strtoul(v, &end, 10);
+	return !errno && !*end;
+}
+
 static int fault_parse_errno(const char *v)
 {
+	unsigned long n;
+
 	if (!strcmp(v, "EIO"))
 		return EIO;
 	if (!strcmp(v, "ENOSPC"))
@@ -54,7 +69,7 @@ static int fault_parse_errno(const char *v)
 		return EDQUOT;
 	if (!strcmp(v, "EROFS"))
 		return EROFS;
-	return atoi(v);
+	return fault_parse_num(v, &n) && n > 0 && n < 4096 ? (int)n : -1;
 }
 
 int fault_set_from_env(void)
@@ -76,11 +91,15 @@ int fault_set_from_env(void)
 			goto bad;
 		*eq++ = '\0';
 		if (!strcmp(tok, "nth")) {
-			nth = strtoul(eq, NULL, 0);
+			if (!fault_parse_num(eq, &nth) || !nth)
+				goto bad;
 		} else if (!strcmp(tok, "errno")) {
 			err = fault_parse_errno(eq);
+			if (err < 0)
+				goto bad;
 		} else if (!strcmp(tok, "count")) {
-			count = strtoul(eq, NULL, 0);
+			if (!fault_parse_num(eq, &count))
+				goto bad;
 		} else if (!strcmp(tok, "kinds")) {
 			for (const char *k = eq; *k; k++)
 				kinds |= *k == 'r' ? FAULT_READ : *k == 'w' ? FAULT_WRITE
@@ -90,14 +109,15 @@ int fault_set_from_env(void)
 		}
 	}
 	free(s);
-	if (err <= 0)
-		err = EIO;
+	if (!nth)
+		goto bad_nofree;
 	vd_info("fault injection armed: I/O #%lu fails with %s (count %lu)", nth, strerror(err),
 		count);
 	fault_set(nth, err, kinds, count);
 	return 0;
 bad:
 	free(s);
+bad_nofree:
 	vd_err("VDISKFS_FAULT: cannot parse \"%s\" (want nth=N,errno=EIO,kinds=rws,count=C)", env);
 	return -EINVAL;
 }

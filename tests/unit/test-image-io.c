@@ -1,1 +1,347 @@
-int main(void){return 0;}
+/* The generic image I/O over a fake driver that mixes every extent kind:
+ * multi-extent requests answered once, backing reads, copy-on-write merges,
+ * tickets, parked writes, error propagation, zeroing and fsync coalescing. */
+#include <errno.h>
+#include <fcntl.h>
+#include <glib.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "image.h"
+#include "uring.h"
+
+#define U     4096
+#define UNITS 16
+#define VSIZE (UNITS * U)
+#define BSIZE (10 * U) /* the backing image is shorter: zeroes past its end */
+
+static struct {
+	int completes, complete_err, flushes, zeroes_calls;
+	bool park_next, bad_map;
+	struct vd_waiter *parked;
+	uint64_t zero_off, zero_len;
+} fake;
+
+static int host_fd;
+
+static uint64_t unit_host(uint64_t u)
+{
+	return (UNITS - 1 - u) * U; /* reversed: extents never merge by accident */
+}
+
+static enum vd_ext_type unit_type(uint64_t u)
+{
+	static const enum vd_ext_type t[4] = {VD_EXT_DATA, VD_EXT_ZERO, VD_EXT_UNALLOC,
+					      VD_EXT_DATA};
+	return t[u % 4];
+}
+
+static int fake_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags,
+		    struct vd_map *m)
+{
+	if (fake.bad_map) {
+		struct vd_extent e = {.off = off + 1, .len = len - 1, .type = VD_EXT_ZERO};
+		return vd_map_add(m, &e);
+	}
+	if ((flags & VD_MAP_WRITE) && fake.park_next) {
+		fake.park_next = false;
+		fake.parked = m->waiter;
+		return -EAGAIN;
+	}
+	while (len) {
+		uint64_t u = off / U, n = MIN(len, (u + 1) * U - off);
+		struct vd_extent e = {.off = off, .len = n, .type = unit_type(u), .fd = host_fd,
+				      .host_off = unit_host(u) + off % U};
+		if (flags & VD_MAP_WRITE) {
+			e.type = VD_EXT_DATA;
+			if (n < U) {
+				e.cow.off = u * U;
+				e.cow.len = U;
+				e.cow.src = unit_type(u);
+				e.cow.src_fd = host_fd;
+				e.cow.src_host_off = unit_host(u);
+			}
+		}
+		if (vd_map_add(m, &e))
+			return -ENOMEM;
+		off += n;
+		len -= n;
+	}
+	if (flags & VD_MAP_WRITE)
+		m->ticket = &fake;
+	return 0;
+}
+
+static void fake_complete(struct vd_image *img, void *ticket, int err)
+{
+	fake.completes++;
+	fake.complete_err = err;
+}
+
+static int fake_flush(struct vd_image *img)
+{
+	fake.flushes++;
+	return 0;
+}
+
+static int fake_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len)
+{
+	char z[U] = {0};
+
+	fake.zeroes_calls++;
+	fake.zero_off = off;
+	fake.zero_len = len;
+	for (uint64_t o = off; o < off + len; o += U)
+		if (pwrite(host_fd, z, U, unit_host(o / U)) != U)
+			return -EIO;
+	return 0;
+}
+
+static const struct vd_format fake_format = {
+	.name = "fake",
+	.map = fake_map,
+	.complete = fake_complete,
+	.flush = fake_flush,
+	.write_zeroes = fake_write_zeroes,
+};
+
+static struct vd_image *img, *backing;
+static char expect[VSIZE];
+
+static int make_file(size_t len, int seed)
+{
+	char path[] = "/var/tmp/vdiskfs-imgio-XXXXXX";
+	int fd = mkstemp(path);
+	char *buf = malloc(len);
+
+	g_assert_cmpint(fd, >=, 0);
+	unlink(path);
+	for (size_t i = 0; i < len; i++)
+		buf[i] = (char)(i * 13 + seed);
+	g_assert_cmpint(pwrite(fd, buf, len, 0), ==, (ssize_t)len);
+	free(buf);
+	return fd;
+}
+
+static void setup_images(void)
+{
+	static struct vd_image raw_backing, top;
+	char host[VSIZE], back[BSIZE];
+
+	memset(&fake, 0, sizeof(fake));
+	host_fd = make_file(VSIZE, 1);
+	raw_backing = (struct vd_image){.path = "backing.raw", .fmt = &vd_format_raw,
+					.fd = make_file(BSIZE, 5), .size = BSIZE};
+	pthread_mutex_init(&raw_backing.sync_lock, NULL);
+	top = (struct vd_image){.path = "fake", .fmt = &fake_format, .fd = host_fd,
+				.size = VSIZE, .zero_align = U, .backing = &raw_backing};
+	pthread_mutex_init(&top.sync_lock, NULL);
+	img = &top;
+	backing = &raw_backing;
+	g_assert_cmpint(pread(host_fd, host, VSIZE, 0), ==, VSIZE);
+	g_assert_cmpint(pread(raw_backing.fd, back, BSIZE, 0), ==, BSIZE);
+	for (uint64_t u = 0; u < UNITS; u++) {
+		char *dst = expect + u * U;
+		switch (unit_type(u)) {
+		case VD_EXT_DATA:
+			memcpy(dst, host + unit_host(u), U);
+			break;
+		case VD_EXT_ZERO:
+			memset(dst, 0, U);
+			break;
+		default:
+			if (u * U < BSIZE)
+				memcpy(dst, back + u * U, U);
+			else
+				memset(dst, 0, U);
+		}
+	}
+}
+
+static void teardown_images(void)
+{
+	close(img->fd);
+	close(backing->fd);
+	fault_set(0, 0, 0, 0);
+}
+
+static void test_read_all_kinds(void)
+{
+	char buf[VSIZE];
+
+	setup_images();
+	g_assert_cmpint(image_pread_sync(img, buf, VSIZE, 0), ==, 0);
+	g_assert_cmpmem(buf, VSIZE, expect, VSIZE);
+	/* An unaligned range across every kind, and one ending past the backing. */
+	g_assert_cmpint(image_pread_sync(img, buf, 50000, 1000), ==, 0);
+	g_assert_cmpmem(buf, 50000, expect + 1000, 50000);
+	g_assert_cmpint(image_pread_sync(img, buf, 3 * U, 9 * U + 7), ==, 0);
+	g_assert_cmpmem(buf, 3 * U, expect + 9 * U + 7, 3 * U);
+	g_assert_cmpint(fake.completes, ==, 0);
+	teardown_images();
+}
+
+static void test_cow_write(void)
+{
+	char data[5000], buf[VSIZE];
+
+	setup_images();
+	memset(data, 0x5a, sizeof(data));
+	/* Partial units 2 (backing), 3 (data) and whole none: old bytes merged. */
+	g_assert_cmpint(image_pwrite_sync(img, data, sizeof(data), 2 * U + 100), ==, 0);
+	g_assert_cmpint(fake.completes, ==, 1);
+	g_assert_cmpint(fake.complete_err, ==, 0);
+	memcpy(expect + 2 * U + 100, data, sizeof(data));
+	/* The fake driver now maps units 2 and 3 to host bytes: read them there. */
+	g_assert_cmpint(pread(host_fd, buf, U, unit_host(2)), ==, U);
+	g_assert_cmpmem(buf, U, expect + 2 * U, U);
+	g_assert_cmpint(pread(host_fd, buf, U, unit_host(3)), ==, U);
+	g_assert_cmpmem(buf, U, expect + 3 * U, U);
+	/* A partial write over a ZERO unit keeps zeroes around the data. */
+	g_assert_cmpint(image_pwrite_sync(img, data, 10, 5 * U + 50), ==, 0);
+	g_assert_cmpint(pread(host_fd, buf, U, unit_host(5)), ==, U);
+	for (int i = 0; i < U; i++)
+		g_assert_cmpint(buf[i], ==, (i >= 50 && i < 60) ? 0x5a : 0);
+	teardown_images();
+}
+
+struct counter {
+	int calls, err;
+};
+
+static void count_done(void *opaque, int err)
+{
+	struct counter *c = opaque;
+
+	c->calls++;
+	c->err = err;
+}
+
+static void drain(struct counter *c, int want)
+{
+	for (int i = 0; i < 1000 && (c->calls < want || uring_inflight()); i++)
+		uring_run(uring_inflight() ? -1 : 1);
+}
+
+static void test_fault_answered_once(void)
+{
+	struct counter c = {0};
+	char buf[VSIZE];
+
+	setup_images();
+	fault_set(3, EIO, FAULT_READ, 1);
+	image_read(img, buf, VSIZE, 0, count_done, &c);
+	drain(&c, 1);
+	g_assert_cmpint(c.calls, ==, 1);
+	g_assert_cmpint(c.err, ==, -EIO);
+	/* A failed write rolls its ticket back with the error. */
+	fault_set(2, ENOSPC, FAULT_WRITE, 1);
+	memset(&c, 0, sizeof(c));
+	image_write(img, buf, 3 * U, 0, count_done, &c);
+	drain(&c, 1);
+	g_assert_cmpint(c.calls, ==, 1);
+	g_assert_cmpint(c.err, ==, -ENOSPC);
+	g_assert_cmpint(fake.completes, ==, 1);
+	g_assert_cmpint(fake.complete_err, ==, -ENOSPC);
+	teardown_images();
+}
+
+static void test_parked_write(void)
+{
+	struct counter c = {0};
+	char data[U];
+
+	setup_images();
+	memset(data, 0x11, sizeof(data));
+	fake.park_next = true;
+	image_write(img, data, U, 4 * U, count_done, &c);
+	drain(&c, 0);
+	g_assert_cmpint(c.calls, ==, 0);
+	g_assert_nonnull(fake.parked);
+	fake.parked->wake(fake.parked);
+	drain(&c, 1);
+	g_assert_cmpint(c.calls, ==, 1);
+	g_assert_cmpint(c.err, ==, 0);
+	g_assert_cmpint(fake.completes, ==, 1);
+	teardown_images();
+}
+
+static void test_invalid_map(void)
+{
+	char buf[U];
+
+	setup_images();
+	fake.bad_map = true;
+	g_assert_cmpint(image_pread_sync(img, buf, U, 0), ==, -EIO);
+	g_assert_true(atomic_load(&img->broken));
+	fake.bad_map = false;
+	g_assert_cmpint(image_pread_sync(img, buf, U, 0), ==, -EIO);
+	atomic_store(&img->broken, false);
+	teardown_images();
+}
+
+static void test_zero_split(void)
+{
+	char buf[VSIZE];
+
+	setup_images();
+	/* Unaligned: the driver zeroes units 1..3, writes cover the edges. */
+	g_assert_cmpint(image_zero_sync(img, 3 * U + 200, U - 100, false), ==, 0);
+	g_assert_cmpint(fake.zeroes_calls, ==, 1);
+	g_assert_cmpuint(fake.zero_off, ==, U);
+	g_assert_cmpuint(fake.zero_len, ==, 3 * U);
+	memset(expect + U - 100, 0, 3 * U + 200);
+	g_assert_cmpint(pread(host_fd, buf, U, unit_host(0)), ==, U);
+	g_assert_cmpmem(buf, U, expect, U);
+	g_assert_cmpint(pread(host_fd, buf, U, unit_host(4)), ==, U);
+	g_assert_cmpmem(buf, U, expect + 4 * U, U);
+	/* Out of range and read-only requests are refused. */
+	g_assert_cmpint(image_zero_sync(img, U, VSIZE, false), ==, -ENOSPC);
+	img->read_only = true;
+	g_assert_cmpint(image_pwrite_sync(img, buf, 1, 0), ==, -EROFS);
+	img->read_only = false;
+	teardown_images();
+}
+
+static void test_fsync_coalesced(void)
+{
+	struct counter c = {0};
+
+	setup_images();
+	image_fsync(img, count_done, &c); /* starts at once */
+	image_fsync(img, count_done, &c); /* these two share the next one */
+	image_fsync(img, count_done, &c);
+	drain(&c, 3);
+	g_assert_cmpint(c.calls, ==, 3);
+	g_assert_cmpint(c.err, ==, 0);
+	g_assert_cmpint(fake.flushes, ==, 2);
+	teardown_images();
+}
+
+static void test_block_status_chain(void)
+{
+	uint64_t pnum;
+	enum vd_bs st;
+
+	setup_images();
+	/* The raw backing file is fully written: DATA through the chain. */
+	g_assert_cmpint(image_block_status(backing, 0, BSIZE, &pnum, &st), ==, 0);
+	g_assert_cmpint(st, ==, VD_BS_DATA);
+	g_assert_cmpuint(pnum, ==, BSIZE);
+	teardown_images();
+}
+
+int main(int argc, char **argv)
+{
+	g_test_init(&argc, &argv, NULL);
+	g_test_add_func("/image-io/read-all-kinds", test_read_all_kinds);
+	g_test_add_func("/image-io/cow-write", test_cow_write);
+	g_test_add_func("/image-io/fault-answered-once", test_fault_answered_once);
+	g_test_add_func("/image-io/parked-write", test_parked_write);
+	g_test_add_func("/image-io/invalid-map", test_invalid_map);
+	g_test_add_func("/image-io/zero-split", test_zero_split);
+	g_test_add_func("/image-io/fsync-coalesced", test_fsync_coalesced);
+	g_test_add_func("/image-io/block-status", test_block_status_chain);
+	return g_test_run();
+}
