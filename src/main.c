@@ -18,8 +18,7 @@
 
 struct cmdline {
 	char *source, *mountpoint;
-	char *backing, *format, *vhdx_parent, *cache_size;
-	unsigned threads;
+	char *backing, *format, *vhdx_parent, *cache_size, *threads;
 	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms;
 	int nargs;
 };
@@ -28,7 +27,7 @@ enum { KEY_HELP, KEY_VERSION, KEY_FG, KEY_DEBUG, KEY_RO, KEY_RW, KEY_ALLOW_OTHER
 
 #define OPT(t, p) {t, offsetof(struct cmdline, p), 1}
 static const struct fuse_opt cmd_opts[] = {
-	{"threads=%u", offsetof(struct cmdline, threads), 0},
+	{"threads=%s", offsetof(struct cmdline, threads), 0},
 	{"backing=%s", offsetof(struct cmdline, backing), 0},
 	{"format=%s", offsetof(struct cmdline, format), 0},
 	{"vhdx_parent=%s", offsetof(struct cmdline, vhdx_parent), 0},
@@ -163,10 +162,15 @@ static int configure(struct cmdline *c, struct fuse_args *args)
 	vfs_cfg.direct_io = c->direct_io;
 	vfs_cfg.allow_other = c->allow_other;
 	vfs_cfg.owner = getuid();
-	vfs_cfg.threads = c->threads ? c->threads : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
-	if (vfs_cfg.threads < 1 || vfs_cfg.threads > 64) {
-		fprintf(stderr, "vdiskfs: threads=%u: want 1 to 64\n", vfs_cfg.threads);
-		return -EINVAL;
+	vfs_cfg.threads = sysconf(_SC_NPROCESSORS_ONLN);
+	if (c->threads) {
+		char *end;
+		unsigned long n = strtoul(c->threads, &end, 10);
+		if (*end || !*c->threads || n < 1 || n > 64) {
+			fprintf(stderr, "vdiskfs: threads=%s: want 1 to 64\n", c->threads);
+			return -EINVAL;
+		}
+		vfs_cfg.threads = n;
 	}
 
 	vfs_cfg.open.read_only = c->ro;

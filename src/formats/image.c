@@ -285,6 +285,11 @@ static int image_open_chain(const char *path, const struct vd_open_opts *o, bool
 		}
 	}
 	img->opts = o;
+	if (!img->fmt->open) {
+		vd_err("%s: the %s driver is not available", path, img->fmt->name);
+		ret = -ENOTSUP;
+		goto out_free;
+	}
 	ret = img->fmt->open(img);
 	if (ret)
 		goto out_free;

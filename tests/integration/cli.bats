@@ -1,1 +1,105 @@
 #!/usr/bin/env bats
+# The command line: help, version, and every bad-argument case gives a
+# one-line error naming the cause, a non-zero status, and mounts nothing.
+
+load helpers
+
+# expect_refusal EXPECTED_TEXT MOUNTPOINT ARGS...: vdiskfs must fail without mounting
+expect_refusal() {
+	local text=$1 mnt=$2
+	shift 2
+	run timeout 20 "$VDISKFS" -f "$@"
+	echo "status=$status output=$output"
+	[ "$status" -ne 0 ]
+	[ "$status" -ne 124 ]
+	[[ "$output" == *"$text"* ]]
+	[ -z "$mnt" ] || ! is_mounted "$mnt"
+}
+
+@test "--help and --version succeed" {
+	run "$VDISKFS" --help
+	[ "$status" -eq 0 ]
+	[[ "$output" == *"usage: vdiskfs"* ]]
+	run "$VDISKFS" --version
+	[ "$status" -eq 0 ]
+	[[ "$output" == "vdiskfs "* ]]
+}
+
+@test "no arguments: names what is missing" {
+	expect_refusal "missing SOURCE and MOUNTPOINT" ""
+	truncate -s 1M "$T/a.raw"
+	expect_refusal "missing MOUNTPOINT" "" "$T/a.raw"
+}
+
+@test "a missing SOURCE is named" {
+	touch "$T/view"
+	expect_refusal "$T/nope.qcow2" "$T/view" "$T/nope.qcow2" "$T/view"
+}
+
+@test "a missing MOUNTPOINT is named" {
+	truncate -s 1M "$T/a.raw"
+	expect_refusal "$T/nope" "" "$T/a.raw" "$T/nope"
+}
+
+@test "an image onto a directory is refused" {
+	truncate -s 1M "$T/a.raw"
+	mkdir "$T/mnt"
+	expect_refusal "must be a regular file" "$T/mnt" "$T/a.raw" "$T/mnt"
+}
+
+@test "a directory onto a file is refused" {
+	mkdir "$T/src"
+	touch "$T/view"
+	expect_refusal "must be a directory" "$T/view" "$T/src" "$T/view"
+}
+
+@test "a SOURCE that is neither file nor directory is refused" {
+	touch "$T/view"
+	expect_refusal "neither an image file nor a directory" "$T/view" /dev/null "$T/view"
+}
+
+@test "unknown and malformed options are refused" {
+	truncate -s 1M "$T/a.raw"
+	touch "$T/view"
+	expect_refusal "" "$T/view" -o no_such_option "$T/a.raw" "$T/view"
+	expect_refusal "threads=0" "$T/view" -o threads=0 "$T/a.raw" "$T/view"
+	expect_refusal "backing=sideways" "$T/view" -o backing=sideways "$T/a.raw" "$T/view"
+	expect_refusal "cache_size=lots" "$T/view" -o cache_size=lots "$T/a.raw" "$T/view"
+	expect_refusal "format=vmdk" "$T/view" -o format=vmdk "$T/a.raw" "$T/view"
+	expect_refusal "unexpected argument" "$T/view" "$T/a.raw" "$T/view" extra
+}
+
+@test "an image that cannot be opened is refused with the reason" {
+	printf 'QFI\xfbgarbage' >"$T/bad.qcow2"
+	truncate -s 64K "$T/bad.qcow2"
+	touch "$T/view"
+	expect_refusal "bad.qcow2" "$T/view" -o format=qcow2 "$T/bad.qcow2" "$T/view"
+	expect_refusal "cannot serve" "$T/view" -o format=qcow2 "$T/bad.qcow2" "$T/view"
+}
+
+@test "without -f it daemonises and the mount works" {
+	truncate -s 1M "$T/a.raw"
+	touch "$T/view"
+	run "$VDISKFS" "$T/a.raw" "$T/view"
+	[ "$status" -eq 0 ]
+	is_mounted "$T/view"
+	[ "$(stat -c %s "$T/view")" -eq 1048576 ]
+	findmnt -n -o FSTYPE --mountpoint "$T/view" | grep -qx fuse.vdiskfs
+	fusermount3 -u "$T/view"
+	! is_mounted "$T/view"
+}
+
+@test "mount.fuse3 mounts type fuse.vdiskfs (the fstab path)" {
+	truncate -s 1M "$T/a.raw"
+	touch "$T/view"
+	mkdir -p "$T/bin"
+	ln -s "$VDISKFS" "$T/bin/vdiskfs"
+	# what mount(8) runs for an fstab line of type fuse.vdiskfs
+	PATH="$T/bin:$PATH" run mount.fuse3 "$T/a.raw" "$T/view" -t vdiskfs -o ro
+	echo "$output"
+	[ "$status" -eq 0 ]
+	is_mounted "$T/view"
+	run sh -c "echo x > '$T/view'"
+	[ "$status" -ne 0 ]
+	umount "$T/view"
+}

@@ -1,1 +1,58 @@
 #!/usr/bin/env bats
+# Clean shutdown: fusermount3 -u, umount, SIGTERM and SIGINT flush and exit 0.
+
+load helpers
+
+write_and() {
+	head -c 4M /dev/urandom >"$T/data"
+	truncate -s 16M "$T/disk.raw"
+	touch "$T/view"
+	vd_mount "$T/disk.raw" "$T/view"
+	dd if="$T/data" of="$T/view" bs=1M conv=notrunc status=none
+}
+
+@test "SIGTERM unmounts cleanly with the data on disk" {
+	write_and
+	kill -TERM "$VD_PID"
+	vd_wait_exit
+	[ "$VD_STATUS" -eq 0 ]
+	! is_mounted "$T/view"
+	cmp -n 4M "$T/data" "$T/disk.raw"
+}
+
+@test "SIGINT unmounts cleanly" {
+	write_and
+	kill -INT "$VD_PID"
+	vd_wait_exit
+	[ "$VD_STATUS" -eq 0 ]
+	! is_mounted "$T/view"
+	cmp -n 4M "$T/data" "$T/disk.raw"
+}
+
+@test "fusermount3 -u and umount end the daemon with status 0" {
+	write_and
+	fusermount3 -u "$T/view"
+	vd_wait_exit
+	[ "$VD_STATUS" -eq 0 ]
+	cmp -n 4M "$T/data" "$T/disk.raw"
+	vd_mount "$T/disk.raw" "$T/view"
+	umount "$T/view"
+	vd_wait_exit
+	[ "$VD_STATUS" -eq 0 ]
+}
+
+@test "SIGTERM while I/O is in flight answers it and exits 0" {
+	truncate -s 256M "$T/disk.raw"
+	touch "$T/view"
+	vd_mount "$T/disk.raw" "$T/view"
+	fio --name=busy --filename="$T/view" --rw=randwrite --bs=4k --iodepth=16 \
+		--ioengine=io_uring --direct=1 --size=256M --time_based --runtime=10 \
+		>/dev/null 2>&1 &
+	fio_pid=$!
+	sleep 1
+	kill -TERM "$VD_PID"
+	vd_wait_exit
+	[ "$VD_STATUS" -eq 0 ]
+	wait "$fio_pid" || true
+	! is_mounted "$T/view"
+}

@@ -1,1 +1,74 @@
 #!/usr/bin/env bats
+# Extended attributes on the raw view and the control file of a directory mount.
+
+load helpers
+
+@test "the read-only facts are there and true" {
+	truncate -s 8M "$T/disk.raw"
+	dd if=/dev/urandom of="$T/disk.raw" bs=64k count=2 conv=notrunc status=none
+	touch "$T/view"
+	vd_mount "$T/disk.raw" "$T/view"
+	[ "$(getfattr --only-values -n user.vdiskfs.format "$T/view")" = raw ]
+	[ "$(getfattr --only-values -n user.vdiskfs.virtual-size "$T/view")" = 8388608 ]
+	[ "$(getfattr --only-values -n user.vdiskfs.image "$T/view")" = "$T/disk.raw" ]
+	alloc=$(getfattr --only-values -n user.vdiskfs.allocated "$T/view")
+	[ "$alloc" -eq $(( $(stat -c %b "$T/disk.raw") * 512 )) ]
+	run getfattr -d -m - "$T/view"
+	for k in format virtual-size cluster-size backing allocated image info; do
+		[[ "$output" == *"user.vdiskfs.$k="* ]]
+	done
+	getfattr --only-values -n user.vdiskfs.info "$T/view" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+assert d["format"] == "raw" and d["virtual-size"] == 8388608, d
+assert d["read-only"] is False and d["backing"] is None, d'
+}
+
+@test "setting attributes is refused with the right errno and changes nothing" {
+	truncate -s 1M "$T/disk.raw"
+	touch "$T/view"
+	vd_mount "$T/disk.raw" "$T/view"
+	run setfattr -n user.vdiskfs.format -v qcow2 "$T/view"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Operation not permitted"* ]]
+	run setfattr -n user.vdiskfs.nonsense -v 1 "$T/view"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Invalid argument"* ]]
+	run setfattr -n user.other -v 1 "$T/view"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Operation not supported"* ]]
+	run getfattr -n user.vdiskfs.nonsense "$T/view"
+	[ "$status" -ne 0 ]
+	[ "$(getfattr --only-values -n user.vdiskfs.format "$T/view")" = raw ]
+	grep -q "user.vdiskfs.nonsense" "$T/vdiskfs.log"
+}
+
+@test "the control file reads as JSON status and runs commands" {
+	mkdir "$T/src" "$T/mnt"
+	truncate -s 1M "$T/src/a.raw"
+	truncate -s 2M "$T/src/b.img"
+	vd_mount "$T/src" "$T/mnt"
+	python3 - "$T/mnt/.vdiskfs" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+names = [i["name"] for i in d["images"]]
+assert names == ["a.raw", "b.img"], names
+assert d["images"][1]["virtual-size"] == 2 << 20
+assert d["errors"] == []
+PY
+	# a command and its reply through one open file
+	python3 - "$T/mnt/.vdiskfs" <<'PY'
+import errno, json, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+os.write(fd, b"status\n")
+reply = os.pread(fd, 1 << 20, 0)
+assert json.loads(reply)["images"], reply
+try:
+    os.write(fd, b"frobnicate a.raw\n")
+    raise SystemExit("unknown command accepted")
+except OSError as e:
+    assert e.errno == errno.EINVAL, e
+reply = os.pread(fd, 1 << 20, 0).decode()
+assert "unknown command" in reply, reply
+PY
+}
