@@ -15,6 +15,7 @@
 
 #define VFS_TIMEOUT 86400.0 /* sizes only change through us */
 #define VFS_DIR_TIMEOUT 1.0 /* directory mounts notice added and removed images */
+#define VFS_WRITE_COPY_MAX (128 * 1024)
 
 static bool vfs_writable(struct vnode *n)
 {
@@ -274,8 +275,20 @@ static void vfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t si
 		fuse_reply_err(req, ENOSPC); /* a disk does not grow by writing past its end */
 		return;
 	}
-	/* The payload lives in the loop's receive buffer: keep it until done. */
-	io = vfs_io_new(req, loop_take_buffer(), size);
+	/* The payload lives in the loop's receive buffer, which the next request
+	 * reuses: small payloads are copied, large ones keep the whole buffer. */
+	if (size <= VFS_WRITE_COPY_MAX) {
+		char *copy = malloc(size);
+		if (!copy) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		memcpy(copy, buf, size);
+		buf = copy;
+		io = vfs_io_new(req, copy, size);
+	} else {
+		io = vfs_io_new(req, loop_take_buffer(), size);
+	}
 	if (io)
 		image_write(n->img, buf, size, off, vfs_write_done, io);
 }
