@@ -237,60 +237,25 @@ static void raise_fd_limit(void)
 	}
 }
 
-int main(int argc, char *argv[])
+static void cmdline_free(struct cmdline *c)
 {
-	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	struct cmdline c = {0};
-	struct fuse_session *se;
+	free(c->source);
+	free(c->mountpoint);
+	free(c->backing);
+	free(c->format);
+	free(c->vhdx_parent);
+	free(c->cache_size);
+	free(c->threads);
+	if (vfs_cfg.single)
+		g_free((char *)vfs_cfg.open.within);
+	free(vfs_cfg.source);
+	free(vfs_cfg.mountpoint);
+}
+
+static void start_signal_thread(void)
+{
 	static sigset_t sigs;
 	pthread_t sigt;
-	int ret;
-
-	vd_log_init("vdiskfs", false, false);
-	if (fuse_opt_parse(&args, &c, cmd_opts, cmd_proc) < 0)
-		return 2;
-	if (c.help) {
-		usage(stdout);
-		return 0;
-	}
-	if (c.version) {
-		printf("vdiskfs %s (libfuse %s)\n", VDISKFS_VERSION, fuse_pkgversion());
-		return 0;
-	}
-	if (configure(&c, &args))
-		return 2;
-	vd_log_init("vdiskfs", false, c.debug);
-	raise_fd_limit();
-	if (fault_set_from_env())
-		return 2;
-
-	ret = tree_init();
-	if (ret) {
-		fprintf(stderr, "vdiskfs: cannot serve %s: %s\n", c.source, strerror(-ret));
-		return 1;
-	}
-	se = fuse_session_new(&args, &vfs_ops, sizeof(vfs_ops), NULL);
-	if (!se) {
-		fprintf(stderr, "vdiskfs: bad mount options\n");
-		tree_shutdown();
-		return 2;
-	}
-	if (fuse_session_mount(se, vfs_cfg.mountpoint)) {
-		fprintf(stderr, "vdiskfs: cannot mount on %s\n", vfs_cfg.mountpoint);
-		fuse_session_destroy(se);
-		tree_shutdown();
-		return 1;
-	}
-	if (!c.foreground) {
-		vd_log_init("vdiskfs", true, c.debug);
-		if (fuse_daemonize(0)) {
-			fuse_session_unmount(se);
-			fuse_session_destroy(se);
-			tree_shutdown();
-			return 1;
-		}
-	}
-	vd_info("serving %s on %s", vfs_cfg.source, vfs_cfg.mountpoint);
 
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
@@ -300,15 +265,69 @@ int main(int argc, char *argv[])
 	signal(SIGPIPE, SIG_IGN);
 	pthread_create(&sigt, NULL, signal_thread, &sigs);
 	pthread_detach(sigt);
+}
 
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct cmdline c = {0};
+	struct fuse_session *se = NULL;
+	int ret, status = 2;
+
+	vd_log_init("vdiskfs", false, false);
+	if (fuse_opt_parse(&args, &c, cmd_opts, cmd_proc) < 0)
+		goto out;
+	if (c.help || c.version) {
+		if (c.help)
+			usage(stdout);
+		else
+			printf("vdiskfs %s (libfuse %s)\n", VDISKFS_VERSION, fuse_pkgversion());
+		status = 0;
+		goto out;
+	}
+	if (configure(&c, &args) || fault_set_from_env())
+		goto out;
+	vd_log_init("vdiskfs", false, c.debug);
+	raise_fd_limit();
+
+	status = 1;
+	ret = tree_init();
+	if (ret) {
+		fprintf(stderr, "vdiskfs: cannot serve %s: %s\n", c.source, strerror(-ret));
+		goto out;
+	}
+	se = fuse_session_new(&args, &vfs_ops, sizeof(vfs_ops), NULL);
+	if (!se) {
+		fprintf(stderr, "vdiskfs: bad mount options\n");
+		status = 2;
+		goto out_tree;
+	}
+	if (fuse_session_mount(se, vfs_cfg.mountpoint)) {
+		fprintf(stderr, "vdiskfs: cannot mount on %s\n", vfs_cfg.mountpoint);
+		goto out_session;
+	}
+	if (!c.foreground) {
+		vd_log_init("vdiskfs", true, c.debug);
+		if (fuse_daemonize(0))
+			goto out_unmount;
+	}
+	vd_info("serving %s on %s", vfs_cfg.source, vfs_cfg.mountpoint);
+	start_signal_thread();
 	ret = loop_run(se, vfs_cfg.threads);
 	if (ret)
 		vd_err("event loop failed: %s", strerror(-ret));
+	status = ret ? 1 : 0;
+	vd_info("unmounting %s", vfs_cfg.mountpoint);
 	tree_shutdown();
+out_unmount:
 	fuse_session_unmount(se);
+out_session:
 	fuse_session_destroy(se);
+out_tree:
+	tree_shutdown();
 	uring_thread_exit();
+out:
 	fuse_opt_free_args(&args);
-	vd_info("unmounted %s", vfs_cfg.mountpoint);
-	return ret ? 1 : 0;
+	cmdline_free(&c);
+	return status;
 }
