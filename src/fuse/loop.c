@@ -64,7 +64,6 @@ static void loop_on_stop(struct uring_op *op, int res)
 static void loop_on_fuse(struct uring_op *op, int res)
 {
 	struct loop_thread *t = op->data;
-	int i;
 
 	if (res > 0 && (res & (POLLERR | POLLHUP | POLLNVAL))) {
 		/* The kernel side is gone: unmounted. */
@@ -72,7 +71,8 @@ static void loop_on_fuse(struct uring_op *op, int res)
 		loop_stop();
 		return;
 	}
-	for (i = 0; i < 32 && !fuse_session_exited(t->se); i++) {
+	/* Drain until EAGAIN: the poll fires on new arrivals, not on what is left. */
+	while (!fuse_session_exited(t->se)) {
 		int n;
 
 		if (t->buf_taken || !t->buf.mem) {
