@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# Benchmark vdiskfs against the host raw file (the limit) and
+# qemu-storage-daemon's FUSE export (the peer), interleaved in one run
+# (A B C A B C ...), and print medians and ratios.
+#
+#   contrib/bench/run.sh [--vdiskfs PATH] [--format qcow2|vhdx|raw] [--quick]
+#                        [--reps N] [--runtime SEC] [--size SIZE] [--dir DIR]
+#                        [--out FILE.json] [--only WORKLOAD[,WORKLOAD...]]
+#
+# Needs root (FUSE mounts, dropping caches), fio, qemu-img and
+# qemu-storage-daemon (packages fio qemu-utils qemu-system-common).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+vdiskfs=$top/build/vdiskfs
+format=qcow2
+reps=3
+runtime=10
+size=1G
+dir=/var/tmp/vdiskfs-bench
+out=
+only=
+quick=0
+
+while [ $# -gt 0 ]; do
+	case $1 in
+	--vdiskfs) vdiskfs=$2; shift ;;
+	--format) format=$2; shift ;;
+	--reps) reps=$2; shift ;;
+	--runtime) runtime=$2; shift ;;
+	--size) size=$2; shift ;;
+	--dir) dir=$2; shift ;;
+	--out) out=$2; shift ;;
+	--only) only=$2; shift ;;
+	--quick) quick=1 ;;
+	-h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+	*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
+	esac
+	shift
+done
+if [ "$quick" = 1 ]; then
+	reps=3 runtime=2 size=256M
+fi
+case $format in qcow2|vhdx|raw) ;; *) echo "run.sh: --format qcow2|vhdx|raw" >&2; exit 2 ;; esac
+for t in fio qemu-img qemu-storage-daemon python3; do
+	command -v "$t" >/dev/null || { echo "run.sh: $t is missing (apt-get install fio qemu-utils qemu-system-common)" >&2; exit 2; }
+done
+[ -x "$vdiskfs" ] || { echo "run.sh: no vdiskfs binary at $vdiskfs (build it or pass --vdiskfs)" >&2; exit 2; }
+[ -n "$out" ] || out=$dir/results-$format.json
+
+mkdir -p "$dir"
+work=$(mktemp -d "$dir/run.XXXXXX")
+results=$work/results.jsonl
+: >"$results"
+pids=()
+
+cleanup() {
+	for m in "$work"/mnt-*; do
+		[ -e "$m" ] && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; }
+	done
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+# workload name -> fio arguments (O_DIRECT unless noted)
+declare -A wl=(
+	[randread-qd1]="--rw=randread --bs=4k --iodepth=1"
+	[randread-qd16]="--rw=randread --bs=4k --iodepth=16"
+	[randwrite-qd16]="--rw=randwrite --bs=4k --iodepth=16"
+	[randwrite-qd16-empty]="--rw=randwrite --bs=4k --iodepth=16"
+	[randrw-70-30-qd16]="--rw=randrw --rwmixread=70 --bs=4k --iodepth=16"
+	[seqread-1m-qd8]="--rw=read --bs=1M --iodepth=8"
+	[seqwrite-1m-qd8]="--rw=write --bs=1M --iodepth=8"
+	[fdatasync-4k]="--rw=randwrite --bs=4k --iodepth=1 --fdatasync=1"
+	[buffered-seqread]="--rw=read --bs=1M --iodepth=1 --direct=0"
+)
+order=(randread-qd1 randread-qd16 randwrite-qd16 randwrite-qd16-empty randrw-70-30-qd16
+       seqread-1m-qd8 seqwrite-1m-qd8 fdatasync-4k buffered-seqread)
+if [ -n "$only" ]; then
+	IFS=, read -r -a order <<<"$only"
+fi
+targets=(host vdiskfs qsd)
+
+# make_image NAME full|empty: NAME.raw for the host target, else an image of
+# $format (each target gets its own file: two writers never share an image)
+make_image() {
+	local name=$1 kind=$2
+	rm -f "$work/$name".*
+	case $name-$format in
+	*host-*|*-raw)
+		if [ "$kind" = full ]; then
+			# written blocks, not unwritten extents that read without I/O
+			dd if=/dev/zero of="$work/$name.raw" bs=1M count=$(( $(numfmt --from=iec "$size") >> 20 )) \
+				conv=fsync status=none
+		else
+			truncate -s "$size" "$work/$name.raw"
+		fi ;;
+	*-qcow2)
+		qemu-img create -q -f qcow2 -o preallocation=$([ "$kind" = full ] && echo full || echo off) \
+			"$work/$name.qcow2" "$size" ;;
+	*-vhdx)
+		qemu-img create -q -f vhdx -o subformat=$([ "$kind" = full ] && echo fixed || echo dynamic) \
+			"$work/$name.vhdx" "$size" ;;
+	esac
+}
+
+image_path() { # NAME
+	if [ "$format" = raw ]; then echo "$work/$1.raw"; else echo "$work/$1.$format"; fi
+}
+
+wait_mounted() {
+	local i
+	for i in $(seq 1 200); do
+		findmnt -n --mountpoint "$1" >/dev/null 2>&1 && return 0
+		sleep 0.05
+	done
+	echo "run.sh: $1 did not mount" >&2
+	return 1
+}
+
+# mount_target TARGET NAME: prints the file fio should use; sets tpid
+mount_target() {
+	local t=$1 name=$2 img mnt
+	img=$(image_path "$name")
+	mnt=$work/mnt-$t-$name
+	case $t in
+	host)
+		tpid=
+		echo "$work/$name.raw"
+		return
+		;;
+	vdiskfs)
+		touch "$mnt"
+		"$vdiskfs" -f "$img" "$mnt" >>"$work/vdiskfs.log" 2>&1 &
+		tpid=$!
+		;;
+	qsd)
+		touch "$mnt"
+		qemu-storage-daemon \
+			--blockdev driver=file,node-name=file0,filename="$img",cache.direct=on,aio=io_uring \
+			--blockdev driver=$format,node-name=fmt0,file=file0 \
+			--export type=fuse,id=exp0,node-name=fmt0,mountpoint="$mnt",writable=on \
+			>>"$work/qsd.log" 2>&1 &
+		tpid=$!
+		;;
+	esac
+	pids+=("$tpid")
+	wait_mounted "$mnt"
+	echo "$mnt"
+}
+
+unmount_target() { # TARGET NAME PID
+	local mnt=$work/mnt-$1-$2
+	[ "$1" = host ] && return 0
+	fusermount3 -u "$mnt" 2>/dev/null || umount "$mnt" 2>/dev/null || true
+	kill "$3" 2>/dev/null || true
+	wait "$3" 2>/dev/null || true
+}
+
+cpu_ticks() { # PID -> utime+stime in clock ticks (0 for none)
+	[ -n "$1" ] && [ -r "/proc/$1/stat" ] || { echo 0; return; }
+	awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+# run_fio TARGET WORKLOAD FILE PID REP
+run_fio() {
+	local t=$1 w=$2 file=$3 pid=$4 rep=$5 c0 c1 json
+	json=$work/$w-$t-$rep.json
+	sync
+	echo 3 >/proc/sys/vm/drop_caches
+	c0=$(cpu_ticks "$pid")
+	# shellcheck disable=SC2086
+	fio --name="$w" --filename="$file" --ioengine=io_uring --direct=1 ${wl[$w]} \
+		--size="$size" --time_based --runtime="$runtime" --ramp_time=1 \
+		--randrepeat=0 --norandommap --output-format=json --output="$json" >/dev/null
+	c1=$(cpu_ticks "$pid")
+	python3 - "$json" "$t" "$w" "$rep" "$((c1 - c0))" "$(getconf CLK_TCK)" >>"$results" <<'PY'
+import json, sys
+path, target, wl, rep, ticks, hz = sys.argv[1:]
+job = json.load(open(path))["jobs"][0]
+r, w, s = job["read"], job["write"], job.get("sync", {})
+iops = r["iops"] + w["iops"]
+bw = (r["bw_bytes"] + w["bw_bytes"]) / 2**20
+lat = (r if r["iops"] else w)["clat_ns"]
+pct = lat.get("percentile", {})
+sp = s.get("lat_ns", {}).get("percentile", {})
+cpu = int(ticks) / int(hz)
+print(json.dumps({
+    "target": target, "workload": wl, "rep": int(rep), "iops": iops, "mib_s": bw,
+    "lat_mean_us": lat["mean"] / 1000, "lat_p50_us": pct.get("50.000000", 0) / 1000,
+    "sync_p50_us": sp.get("50.000000", 0) / 1000, "sync_p99_us": sp.get("99.000000", 0) / 1000,
+    "cpu_s": cpu, "iops_per_cpu_s": (iops * job["job_runtime"] / 1000 / cpu) if cpu else None,
+}))
+PY
+}
+
+echo "== vdiskfs benchmark: format=$format size=$size runtime=${runtime}s reps=$reps"
+echo "== vdiskfs: $vdiskfs ($("$vdiskfs" --version))"
+echo "== $(qemu-storage-daemon --version | head -1)"
+echo "== work dir $work ($(findmnt -n -o FSTYPE --target "$work"))"
+
+declare -A file pid
+for t in "${targets[@]}"; do
+	make_image "full-$t" full
+	mount_target "$t" "full-$t" >"$work/file"
+	file[$t]=$(cat "$work/file")
+	pid[$t]=$tpid
+done
+
+for rep in $(seq 1 "$reps"); do
+	for w in "${order[@]}"; do
+		[ -n "${wl[$w]:-}" ] || { echo "run.sh: unknown workload $w" >&2; exit 2; }
+		for t in "${targets[@]}"; do
+			echo "-- rep $rep $w $t" >&2
+			if [ "$w" = randwrite-qd16-empty ]; then
+				make_image "empty-$t" empty
+				mount_target "$t" "empty-$t" >"$work/file"
+				f=$(cat "$work/file")
+				p=$tpid
+				run_fio "$t" "$w" "$f" "$p" "$rep"
+				unmount_target "$t" "empty-$t" "$p"
+			else
+				run_fio "$t" "$w" "${file[$t]}" "${pid[$t]}" "$rep"
+			fi
+		done
+	done
+done
+
+python3 "$here/report.py" "$results" "$out" "$format" "$size" "$runtime" "$reps"
