@@ -72,3 +72,21 @@ reply = os.pread(fd, 1 << 20, 0).decode()
 assert "unknown command" in reply, reply
 PY
 }
+
+@test "with allow_other, permissions are checked and only the owner uses the control file" {
+	chmod 755 "$T"
+	mkdir "$T/src" "$T/mnt"
+	head -c 1M /dev/urandom >"$T/src/a.raw"
+	chmod 644 "$T/src/a.raw"
+	vd_mount "$T/src" "$T/mnt" -o allow_other
+	as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+	# others may read a 0644 image's view, not write it
+	as_nobody cmp "$T/src/a.raw" "$T/mnt/a.raw"
+	run as_nobody dd if=/dev/zero of="$T/mnt/a.raw" bs=4k count=1 conv=notrunc status=none
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Permission denied"* ]]
+	run as_nobody cat "$T/mnt/.vdiskfs"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Permission denied"* ]]
+	python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$T/mnt/.vdiskfs"
+}
