@@ -18,7 +18,7 @@
 
 struct cmdline {
 	char *source, *mountpoint;
-	char *backing, *format, *vhdx_parent, *cache_size, *threads;
+	char *backing, *format, *vhdx_parent, *cache_size, *threads, *cache;
 	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms;
 	int nargs;
 };
@@ -32,6 +32,7 @@ static const struct fuse_opt cmd_opts[] = {
 	{"format=%s", offsetof(struct cmdline, format), 0},
 	{"vhdx_parent=%s", offsetof(struct cmdline, vhdx_parent), 0},
 	{"cache_size=%s", offsetof(struct cmdline, cache_size), 0},
+	{"cache=%s", offsetof(struct cmdline, cache), 0},
 	OPT("direct_io", direct_io),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
@@ -65,6 +66,8 @@ static void usage(FILE *f)
 		"  -o direct_io           no page cache on the views\n"
 		"  -o threads=N           event-loop threads (default: one per CPU)\n"
 		"  -o cache_size=SIZE     metadata cache per image (e.g. 64M)\n"
+		"  -o cache=MODE          none (default: image data bypasses the host page\n"
+		"                         cache) or writeback (through the page cache)\n"
 		"  -o backing=POLICY      follow | deny | within-source (default: follow,\n"
 		"                         within-source with allow_other)\n"
 		"  -o format=FMT          force raw, qcow2 or vhdx (single image)\n"
@@ -197,6 +200,12 @@ static int configure(struct cmdline *c, struct fuse_args *args)
 			c->backing);
 		return -EINVAL;
 	}
+	if (!c->cache || !strcmp(c->cache, "none")) {
+		vfs_cfg.open.cache_direct = true;
+	} else if (strcmp(c->cache, "writeback")) {
+		fprintf(stderr, "vdiskfs: cache=%s: want none or writeback\n", c->cache);
+		return -EINVAL;
+	}
 	if (c->cache_size && parse_size(c->cache_size, &vfs_cfg.open.cache_size)) {
 		fprintf(stderr, "vdiskfs: cache_size=%s: not a size (e.g. 64M)\n", c->cache_size);
 		return -EINVAL;
@@ -246,6 +255,7 @@ static void cmdline_free(struct cmdline *c)
 	free(c->vhdx_parent);
 	free(c->cache_size);
 	free(c->threads);
+	free(c->cache);
 	if (vfs_cfg.single)
 		g_free((char *)vfs_cfg.open.within);
 	free(vfs_cfg.source);

@@ -13,6 +13,19 @@
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
+#define DIO_ALIGN 4096
+
+/* The fd for a data transfer: the image's O_DIRECT twin when everything is
+ * aligned for it, else the buffered fd (the kernel keeps the two coherent). */
+static int data_fd(struct vd_image *img, int fd, const void *buf, uint64_t len, uint64_t off)
+{
+	if (fd != img->fd || img->dio_fd < 0)
+		return fd;
+	if (((uintptr_t)buf | len | off) & (DIO_ALIGN - 1))
+		return fd;
+	return img->dio_fd;
+}
+
 /* ---- filling a buffer from one source (used by reads and by COW) ---- */
 
 struct img_src {
@@ -120,7 +133,8 @@ static void img_fill(struct vd_image *img, const struct img_src *src, uint64_t g
 	f->src = *src;
 	switch (src->type) {
 	case VD_EXT_DATA:
-		uring_read(&f->op, src->fd, dst, len, src->host_off, fill_data_done);
+		uring_read(&f->op, data_fd(img, src->fd, dst, len, src->host_off), dst, len,
+			   src->host_off, fill_data_done);
 		break;
 	case VD_EXT_COMPRESSED:
 		if (goff < src->cluster_off || goff + len > src->cluster_off + src->cluster_size) {
@@ -235,7 +249,8 @@ static void cow_fill_done(void *opaque, int err)
 		return;
 	}
 	memcpy(p->bounce + head, p->req->buf + (e->off - p->req->off), e->len);
-	uring_write(&p->op, e->fd, p->bounce, e->cow.len, e->host_off - head, write_part_done);
+	uring_write(&p->op, data_fd(p->req->img, e->fd, p->bounce, e->cow.len, e->host_off - head),
+		    p->bounce, e->cow.len, e->host_off - head, write_part_done);
 }
 
 static void write_part_start(struct img_req *r, struct img_part *p)
@@ -245,13 +260,15 @@ static void write_part_start(struct img_req *r, struct img_part *p)
 	uint64_t head, tail;
 
 	if (!e->cow.len) {
-		uring_write(&p->op, e->fd, r->buf + (e->off - r->off), e->len, e->host_off,
-			    write_part_done);
+		char *buf = r->buf + (e->off - r->off);
+		uring_write(&p->op, data_fd(r->img, e->fd, buf, e->len, e->host_off), buf, e->len,
+			    e->host_off, write_part_done);
 		return;
 	}
 	head = e->off - e->cow.off;
 	tail = e->cow.off + e->cow.len - (e->off + e->len);
-	p->bounce = malloc(e->cow.len);
+	if (posix_memalign((void **)&p->bounce, DIO_ALIGN, e->cow.len))
+		p->bounce = NULL;
 	if (!p->bounce) {
 		req_put(r, -ENOMEM);
 		return;
@@ -405,7 +422,7 @@ void image_write(struct vd_image *img, const void *buf, uint64_t len, uint64_t o
 
 #define ZERO_CHUNK (1u << 20)
 #define ZERO_DEPTH 4
-static const char zero_buf[ZERO_CHUNK];
+static const char zero_buf[ZERO_CHUNK] __attribute__((aligned(DIO_ALIGN)));
 
 struct zero_job {
 	struct vd_image *img;

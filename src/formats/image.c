@@ -97,6 +97,8 @@ static void image_free(struct vd_image *img)
 	free(img->backing_fmt);
 	if (img->fd >= 0)
 		close(img->fd);
+	if (img->dio_fd >= 0)
+		close(img->dio_fd);
 	pthread_mutex_destroy(&img->sync_lock);
 	free(img->path);
 	free(img);
@@ -259,6 +261,14 @@ static int image_open_chain(const char *path, const struct vd_open_opts *o, bool
 		return -ENOMEM;
 	}
 	img->fd = fd;
+	img->dio_fd = -1;
+	if (o->cache_direct) {
+		/* Data bypasses the host page cache where the file system allows it. */
+		img->dio_fd = open(path, (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_DIRECT);
+		if (img->dio_fd < 0)
+			vd_debug("%s: no O_DIRECT (%s): data goes through the page cache", path,
+				 strerror(errno));
+	}
 	img->path = strdup(path);
 	img->name = strrchr(img->path, '/') ? strrchr(img->path, '/') + 1 : img->path;
 	img->dev = st.st_dev;

@@ -30,12 +30,14 @@ struct vd_open_opts {
 	uint64_t cache_size; /* metadata cache bytes per image; 0 = driver default */
 	const char *vhdx_parent; /* override for a vhdx differencing parent path */
 	bool raw_by_default; /* no magic matched: raw (single-image mounts) */
+	bool cache_direct;   /* aligned data I/O bypasses the host page cache */
 };
 
 struct vd_image {
 	char *path; /* as given (absolute for backing files) */
 	char *name; /* base name, for messages */
 	int fd;
+	int dio_fd; /* O_DIRECT twin of fd for aligned data I/O, or -1 */
 	dev_t dev;
 	ino_t ino;
 	const struct vd_format *fmt;

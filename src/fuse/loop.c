@@ -18,10 +18,16 @@
 /* libfuse 3.14 reads at most 256 pages plus a 4 KiB header. */
 #define LOOP_BUFSIZE ((256 + 16) * 4096)
 
+/* A WRITE's payload follows fuse_in_header and fuse_write_in (80 bytes): the
+ * receive buffer starts that far before a page boundary, so the payload is
+ * page-aligned and can go to an O_DIRECT fd as it is. */
+#define LOOP_PAYLOAD_SKEW 80
+
 struct loop_thread {
 	pthread_t tid;
 	struct fuse_session *se;
 	struct fuse_buf buf;
+	void *buf_base; /* what to free: buf.mem is LOOP_PAYLOAD_SKEW before a page */
 	bool buf_taken;
 	struct uring_op poll_fuse, poll_stop;
 };
@@ -44,7 +50,7 @@ void loop_req_end(void)
 void *loop_take_buffer(void)
 {
 	cur_loop->buf_taken = true;
-	return cur_loop->buf.mem;
+	return cur_loop->buf_base;
 }
 
 void loop_stop(void)
@@ -75,12 +81,14 @@ static void loop_on_fuse(struct uring_op *op, int res)
 	while (!fuse_session_exited(t->se)) {
 		int n;
 
-		if (t->buf_taken || !t->buf.mem) {
-			t->buf.mem = malloc(LOOP_BUFSIZE);
-			t->buf.size = LOOP_BUFSIZE;
+		if (t->buf_taken || !t->buf_base) {
 			t->buf_taken = false;
-			if (!t->buf.mem)
+			if (posix_memalign(&t->buf_base, 4096, LOOP_BUFSIZE + 4096)) {
+				t->buf_base = NULL;
 				break;
+			}
+			t->buf.mem = (char *)t->buf_base + 4096 - LOOP_PAYLOAD_SKEW;
+			t->buf.size = LOOP_BUFSIZE;
 		}
 		t->buf.flags = 0;
 		n = fuse_session_receive_buf(t->se, &t->buf);
@@ -129,7 +137,8 @@ static void *loop_thread_main(void *arg)
 	while (uring_inflight() || atomic_load(&requests_out) > 0)
 		uring_run(20);
 	uring_thread_exit();
-	free(t->buf.mem);
+	if (!t->buf_taken)
+		free(t->buf_base);
 	return NULL;
 }
 

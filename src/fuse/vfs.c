@@ -177,6 +177,14 @@ static void vfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 
 /* ---- data requests, answered on completion ---- */
 
+/* Data buffers are page-aligned so that the image's O_DIRECT fd can take them. */
+static void *vfs_alloc(size_t size)
+{
+	void *p;
+
+	return posix_memalign(&p, 4096, size ? size : 1) ? NULL : p;
+}
+
 struct vfs_io {
 	fuse_req_t req;
 	char *buf;	/* read buffer, or the request buffer a WRITE arrived in */
@@ -235,7 +243,7 @@ static void vfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	if (size > n->img->size - off)
 		size = n->img->size - off; /* a short read at the end */
-	buf = malloc(size);
+	buf = vfs_alloc(size);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;
@@ -278,7 +286,7 @@ static void vfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t si
 	/* The payload lives in the loop's receive buffer, which the next request
 	 * reuses: small payloads are copied, large ones keep the whole buffer. */
 	if (size <= VFS_WRITE_COPY_MAX) {
-		char *copy = malloc(size);
+		char *copy = vfs_alloc(size);
 		if (!copy) {
 			fuse_reply_err(req, ENOMEM);
 			return;

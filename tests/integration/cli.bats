@@ -66,6 +66,7 @@ expect_refusal() {
 	expect_refusal "backing=sideways" "$T/view" -o backing=sideways "$T/a.raw" "$T/view"
 	expect_refusal "cache_size=lots" "$T/view" -o cache_size=lots "$T/a.raw" "$T/view"
 	expect_refusal "format=vmdk" "$T/view" -o format=vmdk "$T/a.raw" "$T/view"
+	expect_refusal "cache=sometimes" "$T/view" -o cache=sometimes "$T/a.raw" "$T/view"
 	expect_refusal "unexpected argument" "$T/view" "$T/a.raw" "$T/view" extra
 }
 

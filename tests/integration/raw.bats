@@ -141,3 +141,18 @@ PY
 	[[ "$output" == *"Input/output error"* ]]
 	dd if=/dev/zero of="$T/view" bs=4k count=1 oflag=direct conv=notrunc status=none
 }
+
+@test "cache=writeback and cache=none both read back what was written, unaligned too" {
+	for mode in writeback none; do
+		truncate -s 8M "$T/disk-$mode.raw"
+		touch "$T/view-$mode"
+		vd_mount "$T/disk-$mode.raw" "$T/view-$mode" -o cache=$mode,direct_io
+		head -c 1M /dev/urandom >"$T/data"
+		dd if="$T/data" of="$T/view-$mode" bs=1M seek=1 conv=notrunc status=none
+		dd if="$T/data" of="$T/view-$mode" bs=1000 count=3 seek=7 conv=notrunc status=none
+		cmp -n 1M "$T/data" <(dd if="$T/view-$mode" bs=1M skip=1 count=1 status=none)
+		cmp -n 3000 "$T/data" <(dd if="$T/view-$mode" bs=1000 skip=7 count=3 status=none)
+		vd_umount "$T/view-$mode"
+		cmp -n 1M "$T/data" <(dd if="$T/disk-$mode.raw" bs=1M skip=1 count=1 status=none)
+	done
+}

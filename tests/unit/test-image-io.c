@@ -132,10 +132,12 @@ static void setup_images(void)
 	memset(&fake, 0, sizeof(fake));
 	host_fd = make_file(VSIZE, 1);
 	raw_backing = (struct vd_image){.path = "backing.raw", .fmt = &vd_format_raw,
-					.fd = make_file(BSIZE, 5), .size = BSIZE};
+					.fd = make_file(BSIZE, 5), .dio_fd = -1,
+					.size = BSIZE};
 	pthread_mutex_init(&raw_backing.sync_lock, NULL);
 	top = (struct vd_image){.path = "fake", .fmt = &fake_format, .fd = host_fd,
-				.size = VSIZE, .zero_align = U, .backing = &raw_backing};
+				.dio_fd = -1, .size = VSIZE, .zero_align = U,
+				.backing = &raw_backing};
 	pthread_mutex_init(&top.sync_lock, NULL);
 	img = &top;
 	backing = &raw_backing;
