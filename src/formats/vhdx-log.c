@@ -1,0 +1,555 @@
+/* The VHDX log: header updates (FileWriteGuid / DataWriteGuid / LogGuid),
+ * finding the active sequence and replaying it at open, and writing dirty
+ * BAT and sector-bitmap pages through the log (data flush, entry, flush,
+ * apply, flush). Log space is reused only after an entry was applied. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include "log.h"
+#include "uring.h"
+#include "vhdx.h"
+
+#define LOG_HDR 64
+#define LOG_DESC 32
+#define LOG_MAX (1ull << 30)
+
+/* ---- header updates ---- */
+
+static int header_write_once(struct vhdx *v, struct vhdx_header *h)
+{
+	int slot = !v->hdr_slot;
+	uint8_t buf[VHDX_HEADER_SIZE];
+	int ret;
+
+	if (v->hdr.seq == UINT64_MAX) {
+		vd_err("%s: header sequence number would overflow", v->img->path);
+		return -EINVAL;
+	}
+	h->seq = v->hdr.seq + 1;
+	memcpy(buf, v->hdr_raw, sizeof(buf));
+	vhdx_header_build(buf, h);
+	ret = sync_pwrite(v->img->fd, buf, sizeof(buf), slot ? VHDX_HEADER2_OFF : VHDX_HEADER1_OFF);
+	if (!ret)
+		ret = sync_fdatasync(v->img->fd);
+	if (ret) {
+		vd_err("%s: cannot write header %d: %s", v->img->path, slot + 1, strerror(-ret));
+		return ret;
+	}
+	v->hdr_slot = slot;
+	memcpy(v->hdr_raw, buf, sizeof(buf));
+	v->hdr = *h;
+	return 0;
+}
+
+/* Write both header slots with this session's FileWriteGuid (and a new
+ * DataWriteGuid if asked) and the given LogGuid. */
+int vhdx_header_update(struct vhdx *v, bool new_data_guid, const vhdx_guid *log_guid)
+{
+	struct vhdx_header h = v->hdr;
+	int ret;
+
+	if (!v->session_file_guid) {
+		vhdx_guid_random(&v->file_guid);
+		v->session_file_guid = true;
+	}
+	if (new_data_guid && !v->session_data_guid) {
+		vhdx_guid_random(&v->data_guid);
+		v->session_data_guid = true;
+	}
+	h.file_write = v->file_guid;
+	if (v->session_data_guid)
+		h.data_write = v->data_guid;
+	h.log_guid = *log_guid;
+	ret = header_write_once(v, &h);
+	if (!ret)
+		ret = header_write_once(v, &h);
+	return ret;
+}
+
+/* Before the first change of the session: a new FileWriteGuid; before the
+ * first change a read could see: a new DataWriteGuid as well. */
+int vhdx_begin_write(struct vhdx *v, bool data)
+{
+	if (v->img->read_only)
+		return -EROFS;
+	if (v->session_file_guid && (!data || v->session_data_guid))
+		return 0;
+	return vhdx_header_update(v, data, &v->hdr.log_guid);
+}
+
+/* ---- reading log entries ---- */
+
+struct log_ring {
+	uint8_t *buf;
+	uint64_t len;
+	vhdx_guid guid;
+};
+
+struct log_entry {
+	uint64_t off, len, seq, flushed, last;
+	uint32_t tail, ndesc, ndata;
+	uint8_t *data; /* a linear copy of the entry */
+};
+
+static void ring_copy(const struct log_ring *r, uint8_t *dst, uint64_t off, uint64_t len)
+{
+	while (len) {
+		uint64_t o = off % r->len, n = r->len - o < len ? r->len - o : len;
+		memcpy(dst, r->buf + o, n);
+		dst += n;
+		off += n;
+		len -= n;
+	}
+}
+
+static bool log_descs_valid(struct log_entry *e)
+{
+	const uint8_t *d = e->data + LOG_HDR;
+	uint64_t dsec;
+
+	e->ndata = 0;
+	for (uint32_t i = 0; i < e->ndesc; i++, d += LOG_DESC) {
+		bool zero = !memcmp(d, "zero", 4);
+		if (!zero && memcmp(d, "desc", 4))
+			return false;
+		if (vhdx_get64(d + 24) != e->seq || vhdx_get64(d + 16) % VHDX_LOG_SECTOR)
+			return false;
+		if (zero && vhdx_get64(d + 8) % VHDX_LOG_SECTOR)
+			return false;
+		e->ndata += !zero;
+	}
+	dsec = (LOG_HDR + (uint64_t)LOG_DESC * e->ndesc + VHDX_LOG_SECTOR - 1) / VHDX_LOG_SECTOR;
+	if ((dsec + e->ndata) * VHDX_LOG_SECTOR > e->len)
+		return false;
+	for (uint32_t i = 0; i < e->ndata; i++) {
+		const uint8_t *s = e->data + (dsec + i) * VHDX_LOG_SECTOR;
+		uint64_t seq = (uint64_t)vhdx_get32(s + 4) << 32 | vhdx_get32(s + 4092);
+		if (memcmp(s, "data", 4) || seq != e->seq)
+			return false;
+	}
+	return true;
+}
+
+/* Is there a valid entry at off? Fills e (e->data owned by the caller). */
+static bool log_entry_read(const struct log_ring *r, uint64_t off, struct log_entry *e)
+{
+	uint8_t h[LOG_HDR];
+
+	free(e->data);
+	memset(e, 0, sizeof(*e));
+	ring_copy(r, h, off, LOG_HDR);
+	e->off = off;
+	e->len = vhdx_get32(h + 8);
+	e->tail = vhdx_get32(h + 12);
+	e->seq = vhdx_get64(h + 16);
+	e->ndesc = vhdx_get32(h + 24);
+	e->flushed = vhdx_get64(h + 48);
+	e->last = vhdx_get64(h + 56);
+	if (memcmp(h, "loge", 4) || memcmp(h + 32, r->guid.b, 16) || !e->seq ||
+	    e->len < VHDX_LOG_SECTOR || e->len % VHDX_LOG_SECTOR || e->len > r->len ||
+	    e->tail % VHDX_LOG_SECTOR || e->tail >= r->len ||
+	    LOG_HDR + (uint64_t)LOG_DESC * e->ndesc > e->len)
+		return false;
+	e->data = malloc(e->len);
+	if (!e->data)
+		return false;
+	ring_copy(r, e->data, off, e->len);
+	if (vhdx_get32(e->data + 4) != vhdx_checksum(e->data, e->len, 4))
+		return false;
+	return log_descs_valid(e);
+}
+
+struct log_seq {
+	bool valid;
+	uint64_t tail, last_seq;
+	struct log_entry last; /* header fields of the last entry (data freed) */
+};
+
+/* Walk entries from tail while they are valid and consecutive; the run is a
+ * valid sequence if the last entry's Tail is the start of one of its entries. */
+static uint64_t log_walk(const struct log_ring *r, uint64_t tail, struct log_seq *s)
+{
+	struct log_entry e = {0};
+	uint64_t head = tail, walked = 0, *starts = NULL;
+	unsigned n = 0;
+
+	memset(s, 0, sizeof(*s));
+	while (walked < r->len && log_entry_read(r, head, &e)) {
+		if (n && e.seq != s->last_seq + 1)
+			break;
+		starts = g_realloc_n(starts, n + 1, sizeof(*starts));
+		starts[n++] = head;
+		s->last_seq = e.seq;
+		s->last = e;
+		s->last.data = NULL;
+		walked += e.len;
+		head = (head + e.len) % r->len;
+	}
+	free(e.data);
+	for (unsigned i = 0; n && i < n; i++)
+		if (starts[i] == s->last.tail)
+			s->valid = true;
+	s->tail = s->last.tail;
+	g_free(starts);
+	return n ? head : tail;
+}
+
+static int log_find_active(const struct log_ring *r, struct log_seq *best)
+{
+	uint64_t tail = 0, old_tail = 0;
+	struct log_seq cur;
+
+	memset(best, 0, sizeof(*best));
+	for (;;) {
+		uint64_t head = log_walk(r, tail, &cur);
+
+		if (cur.valid && cur.last_seq > best->last_seq)
+			*best = cur;
+		if (cur.last_seq && head != tail)
+			tail = head;
+		else
+			tail += VHDX_LOG_SECTOR;
+		if (tail >= r->len)
+			break;
+		if (tail < old_tail)
+			break;
+		old_tail = tail;
+	}
+	return best->valid ? 0 : -ENOENT;
+}
+
+/* ---- replay ---- */
+
+static int log_apply_entry(struct vhdx *v, const struct log_entry *e)
+{
+	uint64_t dsec = (LOG_HDR + (uint64_t)LOG_DESC * e->ndesc + VHDX_LOG_SECTOR - 1) /
+			VHDX_LOG_SECTOR;
+	const uint8_t *d = e->data + LOG_HDR;
+	uint8_t *page = calloc(1, VHDX_LOG_SECTOR);
+	unsigned data_i = 0;
+	int ret = 0;
+
+	if (!page)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < e->ndesc && !ret; i++, d += LOG_DESC) {
+		bool zero = !memcmp(d, "zero", 4);
+		uint64_t off = vhdx_get64(d + 16);
+		uint64_t len = zero ? vhdx_get64(d + 8) : VHDX_LOG_SECTOR;
+
+		if (off < VHDX_RT1_OFF || off + len < off ||
+		    (off < v->hdr.log_offset + v->hdr.log_length && v->hdr.log_offset < off + len)) {
+			vd_err("%s: log entry at 0x%" PRIx64 " writes to 0x%" PRIx64 " (headers or "
+			       "log)",
+			       v->img->path, v->hdr.log_offset + e->off, off);
+			ret = -EINVAL;
+			break;
+		}
+		if (zero) {
+			memset(page, 0, VHDX_LOG_SECTOR);
+			for (uint64_t o = 0; o < len && !ret; o += VHDX_LOG_SECTOR)
+				ret = sync_pwrite(v->img->fd, page, VHDX_LOG_SECTOR, off + o);
+			continue;
+		}
+		const uint8_t *s = e->data + (dsec + data_i++) * VHDX_LOG_SECTOR;
+		memcpy(page, d + 8, 8);			 /* leading bytes */
+		memcpy(page + 8, s + 8, 4084);		 /* payload */
+		memcpy(page + 4092, d + 4, 4);		 /* trailing bytes */
+		ret = sync_pwrite(v->img->fd, page, VHDX_LOG_SECTOR, off);
+	}
+	free(page);
+	return ret;
+}
+
+static int log_replay(struct vhdx *v, const struct log_ring *r, const struct log_seq *s,
+		      uint64_t file_size)
+{
+	static const vhdx_guid zero;
+	struct log_entry e = {0};
+	uint64_t off = s->tail;
+	int ret;
+
+	/* FileWriteGuid changes before the first modification, replay included. */
+	ret = vhdx_header_update(v, false, &v->hdr.log_guid);
+	for (unsigned guard = 0; !ret; guard++) {
+		if (guard > r->len / VHDX_LOG_SECTOR || !log_entry_read(r, off, &e)) {
+			ret = -EINVAL;
+			break;
+		}
+		ret = log_apply_entry(v, &e);
+		if (ret || e.seq == s->last_seq)
+			break;
+		off = (off + e.len) % r->len;
+	}
+	free(e.data);
+	if (!ret && file_size < s->last.last)
+		ret = sync_ftruncate(v->img->fd, s->last.last);
+	if (!ret)
+		ret = sync_fdatasync(v->img->fd);
+	if (!ret)
+		ret = vhdx_header_update(v, false, &zero);
+	if (ret)
+		vd_err("%s: replaying the log at 0x%" PRIx64 " failed: %s", v->img->path,
+		       v->hdr.log_offset, strerror(-ret));
+	return ret;
+}
+
+static int log_check_fields(struct vhdx *v, uint64_t file_size)
+{
+	const struct vhdx_header *h = &v->hdr;
+
+	if (h->log_version != 0 && !vhdx_guid_zero(&h->log_guid)) {
+		vd_err("%s: header at 0x%llx: log version %u is not supported", v->img->path,
+		       v->hdr_slot ? VHDX_HEADER2_OFF : VHDX_HEADER1_OFF, h->log_version);
+		return -ENOTSUP;
+	}
+	if (h->log_offset % VHDX_MiB || h->log_offset < VHDX_MiB || h->log_length % VHDX_MiB ||
+	    !h->log_length || h->log_offset + h->log_length > file_size) {
+		vd_err("%s: header at 0x%llx: log at 0x%" PRIx64 " length 0x%x is misaligned or "
+		       "past the end of the file",
+		       v->img->path, v->hdr_slot ? VHDX_HEADER2_OFF : VHDX_HEADER1_OFF,
+		       h->log_offset, h->log_length);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int log_read_and_replay(struct vhdx *v, uint64_t file_size)
+{
+	struct vd_image *img = v->img;
+	struct log_ring r = {.len = v->hdr.log_length, .guid = v->hdr.log_guid};
+	struct log_seq s;
+	int ret;
+
+	if (r.len > LOG_MAX) {
+		vd_err("%s: log of 0x%" PRIx64 " bytes to replay is too large", img->path, r.len);
+		return -ENOTSUP;
+	}
+	r.buf = malloc(r.len);
+	if (!r.buf)
+		return -ENOMEM;
+	ret = sync_pread(img->fd, r.buf, r.len, v->hdr.log_offset);
+	if (ret)
+		goto out;
+	if (log_find_active(&r, &s)) {
+		/* Nothing valid was ever written under this LogGuid (e.g. a torn
+		 * first entry): nothing to replay. */
+		vd_warn("%s: log at 0x%" PRIx64 " has a LogGuid but no valid entry; ignoring it",
+			img->path, v->hdr.log_offset);
+		goto out;
+	}
+	if (file_size < s.last.flushed) {
+		vd_err("%s: file is 0x%" PRIx64 " bytes, shorter than the log entry at 0x%" PRIx64
+		       " requires (0x%" PRIx64 "): truncated",
+		       img->path, file_size, v->hdr.log_offset + s.last.off, s.last.flushed);
+		ret = -EINVAL;
+		goto out;
+	}
+	if (img->read_only) {
+		vd_err("%s: the log at 0x%" PRIx64 " must be replayed before the image can be read; "
+		       "open it read-write once or repair it with \"qemu-img check -r all %s\"",
+		       img->path, v->hdr.log_offset, img->path);
+		ret = -EPERM;
+		goto out;
+	}
+	ret = log_replay(v, &r, &s, file_size);
+	if (!ret) {
+		v->replayed = true;
+		vd_info("%s: replayed the log (sequence up to %" PRIu64 ")", img->path, s.last_seq);
+	}
+out:
+	free(r.buf);
+	return ret;
+}
+
+/* Validate the log fields, register the log range, replay a dirty log. */
+int vhdx_log_open(struct vhdx *v, uint64_t file_size)
+{
+	int ret = log_check_fields(v, file_size);
+
+	if (ret)
+		return ret;
+	v->used[v->nused++] = (struct vhdx_range){v->hdr.log_offset, v->hdr.log_length, "log"};
+	if (vhdx_guid_zero(&v->hdr.log_guid))
+		return 0;
+	return log_read_and_replay(v, file_size);
+}
+
+/* ---- writing through the log ---- */
+
+struct log_pages {
+	uint64_t n, cap;
+	uint64_t *off;
+	uint8_t *data;
+};
+
+static int collect_page(struct vhdx *v, uint64_t file_off, const uint8_t *page, void *arg)
+{
+	struct log_pages *p = arg;
+
+	if (p->n == p->cap) {
+		uint64_t cap = p->cap ? p->cap * 2 : 64;
+		uint64_t *o = realloc(p->off, cap * sizeof(*o));
+		uint8_t *d;
+		if (!o)
+			return -ENOMEM;
+		p->off = o;
+		d = realloc(p->data, cap * VHDX_LOG_SECTOR);
+		if (!d)
+			return -ENOMEM;
+		p->data = d;
+		p->cap = cap;
+	}
+	p->off[p->n] = file_off;
+	memcpy(p->data + p->n * VHDX_LOG_SECTOR, page, VHDX_LOG_SECTOR);
+	p->n++;
+	return 0;
+}
+
+static uint64_t log_desc_sectors(uint64_t n)
+{
+	return (LOG_HDR + LOG_DESC * n + VHDX_LOG_SECTOR - 1) / VHDX_LOG_SECTOR;
+}
+
+/* Build one entry for pages [first, first+n) into buf (len bytes). */
+static void log_build(struct vhdx *v, const struct log_pages *p, uint64_t first, uint64_t n,
+		      uint8_t *buf, uint64_t len, uint64_t flushed, uint64_t last)
+{
+	uint64_t dsec = log_desc_sectors(n);
+	uint64_t seq = v->log_seq;
+
+	memset(buf, 0, len);
+	memcpy(buf, "loge", 4);
+	vhdx_put32(buf + 8, len);
+	vhdx_put32(buf + 12, v->log_head); /* every entry is its own sequence */
+	vhdx_put64(buf + 16, seq);
+	vhdx_put32(buf + 24, n);
+	memcpy(buf + 32, v->hdr.log_guid.b, 16);
+	vhdx_put64(buf + 48, flushed);
+	vhdx_put64(buf + 56, last);
+	for (uint64_t i = 0; i < n; i++) {
+		uint8_t *d = buf + LOG_HDR + LOG_DESC * i;
+		uint8_t *s = buf + (dsec + i) * VHDX_LOG_SECTOR;
+		const uint8_t *page = p->data + (first + i) * VHDX_LOG_SECTOR;
+
+		memcpy(d, "desc", 4);
+		memcpy(d + 4, page + 4092, 4);
+		memcpy(d + 8, page, 8);
+		vhdx_put64(d + 16, p->off[first + i]);
+		vhdx_put64(d + 24, seq);
+		memcpy(s, "data", 4);
+		vhdx_put32(s + 4, seq >> 32);
+		memcpy(s + 8, page + 8, 4084);
+		vhdx_put32(s + 4092, (uint32_t)seq);
+	}
+	vhdx_put32(buf + 4, vhdx_checksum(buf, len, 4));
+}
+
+static int log_write_entry(struct vhdx *v, const struct log_pages *p, uint64_t first,
+			   uint64_t n, uint64_t flushed, uint64_t last)
+{
+	uint64_t len = (log_desc_sectors(n) + n) * VHDX_LOG_SECTOR;
+	uint8_t *buf = malloc(len);
+	int fd = v->img->fd, ret;
+
+	if (!buf)
+		return -ENOMEM;
+	if (v->log_head + len > v->hdr.log_length)
+		v->log_head = 0;
+	log_build(v, p, first, n, buf, len, flushed, last);
+	ret = sync_pwrite(fd, buf, len, v->hdr.log_offset + v->log_head);
+	free(buf);
+	if (!ret)
+		ret = sync_fdatasync(fd);
+	for (uint64_t i = 0; i < n && !ret; i++)
+		ret = sync_pwrite(fd, p->data + (first + i) * VHDX_LOG_SECTOR, VHDX_LOG_SECTOR,
+				  p->off[first + i]);
+	if (!ret)
+		ret = sync_fdatasync(fd);
+	if (!ret) {
+		v->log_seq++;
+		v->log_head = (v->log_head + len) % v->hdr.log_length;
+	}
+	return ret;
+}
+
+static int log_activate(struct vhdx *v)
+{
+	vhdx_guid g;
+	int ret;
+
+	if (v->log_active)
+		return 0;
+	vhdx_guid_random(&g);
+	ret = vhdx_header_update(v, false, &g);
+	if (ret)
+		return ret;
+	v->log_active = true;
+	v->log_seq = 1;
+	v->log_head = 0;
+	return 0;
+}
+
+static int log_write_pages(struct vhdx *v, const struct log_pages *p)
+{
+	/* An entry takes at most half the log, so the previous (applied) entry
+	 * stays intact while the next one is written. */
+	uint64_t max_pages = v->hdr.log_length / 2 / VHDX_LOG_SECTOR - 2;
+	struct stat st;
+	uint64_t flushed, last;
+	int ret = 0;
+
+	if (fstat(v->img->fd, &st) < 0)
+		return -errno;
+	flushed = (uint64_t)st.st_size / VHDX_MiB * VHDX_MiB;
+	last = vhdx_align_up(st.st_size, VHDX_MiB);
+	if (last < v->file_end)
+		last = v->file_end;
+	for (uint64_t i = 0; i < p->n && !ret; i += max_pages) {
+		uint64_t n = p->n - i < max_pages ? p->n - i : max_pages;
+		ret = log_write_entry(v, p, i, n, flushed, last);
+	}
+	return ret;
+}
+
+/* Make the metadata of every completed write durable: flush the data, then
+ * log, flush, apply, flush the dirty BAT and sector-bitmap pages. */
+int vhdx_flush_locked(struct vhdx *v)
+{
+	struct log_pages p = {0};
+	int ret;
+
+	if (!v->ndirty)
+		return 0;
+	ret = vhdx_begin_write(v, false);
+	if (!ret)
+		ret = sync_fdatasync(v->img->fd);
+	if (!ret)
+		ret = log_activate(v);
+	if (!ret)
+		ret = vhdx_dirty_pages(v, collect_page, &p);
+	if (!ret)
+		ret = log_write_pages(v, &p);
+	if (!ret)
+		vhdx_dirty_clear(v);
+	else
+		vd_err("%s: writing metadata through the log at 0x%" PRIx64 " failed: %s",
+		       v->img->path, v->hdr.log_offset, strerror(-ret));
+	free(p.off);
+	free(p.data);
+	return ret;
+}
+
+/* Clean unmount: everything applied, LogGuid cleared. */
+int vhdx_close_log(struct vhdx *v)
+{
+	static const vhdx_guid zero;
+	int ret = vhdx_flush_locked(v);
+
+	if (!ret && v->log_active) {
+		ret = vhdx_header_update(v, false, &zero);
+		v->log_active = false;
+	}
+	return ret;
+}
