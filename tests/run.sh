@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 top=$(pwd)
 
 pkgs=(meson ninja-build pkg-config gcc libfuse3-dev liburing-dev zlib1g-dev libzstd-dev
-      libglib2.0-dev fuse3 bats qemu-utils fio attr fdisk e2fsprogs python3)
+      libglib2.0-dev fuse3 bats qemu-utils fio attr fdisk e2fsprogs python3
+      clang-14 libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -62,6 +63,41 @@ ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:detect_stack_use_af
 UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
 LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$top/tests/lsan.supp:print_suppressions=0} \
 	run_build build-asan -Db_sanitize=address,undefined -Db_lundef=false
+
+# The libFuzzer targets, each for a bounded time (FUZZ_SECONDS, default 60),
+# from the committed seeds; a crash fails the run and keeps its input.
+fuzz_seconds=${FUZZ_SECONDS:-60}
+echo "== fuzz build"
+if [ -d build-fuzz ]; then
+	CC=clang-14 meson setup --reconfigure build-fuzz -Dfuzz=true \
+		-Db_sanitize=address,undefined -Db_lundef=false >/dev/null
+else
+	CC=clang-14 meson setup build-fuzz -Dfuzz=true -Db_sanitize=address,undefined \
+		-Db_lundef=false >/dev/null
+fi
+meson compile -C build-fuzz
+fp=0 ff=0
+for t in qcow2 vhdx; do
+	corpus=$(mktemp -d)
+	art=build-fuzz/fuzz-artifacts/$t/
+	mkdir -p "$art"
+	cp tests/fuzz/corpus/"$t"/* "$corpus"/
+	echo "== fuzz-$t for ${fuzz_seconds}s"
+	if build-fuzz/tests/fuzz/fuzz-"$t" -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 \
+		-timeout=10 -artifact_prefix="$art" -print_final_stats=1 "$corpus" \
+		>build-fuzz/fuzz-"$t".log 2>&1; then
+		fp=$((fp + 1))
+		tail -n 3 build-fuzz/fuzz-"$t".log
+	else
+		ff=$((ff + 1))
+		echo "fuzz-$t found a crash (input kept in $art):"
+		grep -A30 "ERROR:" build-fuzz/fuzz-"$t".log | head -60 || tail -40 build-fuzz/fuzz-"$t".log
+	fi
+	rm -rf "$corpus"
+done
+summary+=("build-fuzz: $fp passed, $ff failed")
+total_pass=$((total_pass + fp))
+total_fail=$((total_fail + ff))
 
 echo
 printf '%s\n' "${summary[@]}"

@@ -9,6 +9,7 @@
 
 static bool log_syslog;
 static bool log_debug;
+static bool log_quiet;
 static const char *log_prog = "vdiskfs";
 static __thread char last_error[1024];
 
@@ -19,6 +20,11 @@ void vd_log_init(const char *prog, bool to_syslog, bool debug)
 	log_debug = debug;
 	if (to_syslog)
 		openlog(prog, LOG_PID, LOG_DAEMON);
+}
+
+void vd_log_quiet(bool quiet)
+{
+	log_quiet = quiet;
 }
 
 void vd_log(enum vd_log_level lvl, const char *fmt, ...)
@@ -34,6 +40,8 @@ void vd_log(enum vd_log_level lvl, const char *fmt, ...)
 	va_end(ap);
 	if (lvl == VD_LOG_ERR)
 		snprintf(last_error, sizeof(last_error), "%s", msg);
+	if (log_quiet)
+		return;
 	if (log_syslog)
 		syslog(prio[lvl], "%s", msg);
 	else

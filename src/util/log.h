@@ -8,6 +8,8 @@
 enum vd_log_level { VD_LOG_ERR, VD_LOG_WARN, VD_LOG_INFO, VD_LOG_DEBUG };
 
 void vd_log_init(const char *prog, bool to_syslog, bool debug);
+/* Print nothing (fuzzing); the last error is still kept. */
+void vd_log_quiet(bool quiet);
 void vd_log(enum vd_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The last error message logged on this thread (for control-file replies). */
 const char *vd_log_last_error(void);

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Run the libFuzzer targets for as long as asked.
+#   contrib/fuzz.sh [TARGET...] [-t SECONDS] [-j JOBS]
+# TARGET: qcow2, vhdx (default: all). Builds build-fuzz with clang first.
+# A crash leaves its input in build-fuzz/fuzz-artifacts/TARGET/: copy it to
+# tests/fuzz/regressions/TARGET/ (every build replays that folder) and fix it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=600
+jobs=1
+targets=()
+while [ $# -gt 0 ]; do
+	case $1 in
+	-t) seconds=$2; shift ;;
+	-j) jobs=$2; shift ;;
+	-h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+	*) targets+=("$1") ;;
+	esac
+	shift
+done
+[ ${#targets[@]} -gt 0 ] || targets=(qcow2 vhdx)
+if [ ! -d build-fuzz ]; then
+	CC=clang-14 meson setup build-fuzz -Dfuzz=true -Db_sanitize=address,undefined \
+		-Db_lundef=false
+fi
+meson compile -C build-fuzz
+rc=0
+for t in "${targets[@]}"; do
+	corpus=build-fuzz/fuzz-corpus/$t
+	art=build-fuzz/fuzz-artifacts/$t/
+	mkdir -p "$corpus" "$art"
+	cp -n tests/fuzz/corpus/"$t"/* "$corpus"/ 2>/dev/null || true
+	echo "== fuzz-$t for ${seconds}s"
+	build-fuzz/tests/fuzz/fuzz-"$t" -max_total_time="$seconds" -jobs="$jobs" -workers="$jobs" \
+		-rss_limit_mb=2048 -timeout=10 -artifact_prefix="$art" "$corpus" \
+		tests/fuzz/regressions/"$t" || { rc=1; echo "fuzz-$t: crash, see $art" >&2; }
+done
+exit $rc
