@@ -1,0 +1,409 @@
+/* VHDX reads: images qemu-img makes (dynamic and fixed, block sizes 1 to
+ * 256 MiB, block_state_zero on and off, sparse > 4 GiB with data above 4 GiB)
+ * read like `qemu-img convert -O raw`; header and region-table choice; a
+ * QEMU log left dirty is replayed; 4K-sector images; bad images refused. */
+#include <errno.h>
+#include <glib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "uring.h"
+#include "vhdx-fixture.h"
+#include "vhdx.h"
+
+/* Make NAME with qemu-img, write patterns with qemu-io, convert to NAME.raw. */
+static char *qemu_image(const char *name, const char *opts, const char *size, const char *io)
+{
+	fx_sh("qemu-img create -q -f vhdx -o %s %s %s", opts, name, size);
+	if (io)
+		fx_sh("qemu-io -f vhdx %s %s", io, name);
+	fx_sh("qemu-img convert -f vhdx -O raw %s %s.raw", name, name);
+	return fx_path(name);
+}
+
+static void compare_whole(const char *path)
+{
+	struct vd_image *img;
+	char *raw = g_strdup_printf("%s.raw", path);
+
+	g_assert_cmpint(fx_open(path, true, &img), ==, 0);
+	g_assert_cmpstr(img->fmt->name, ==, "vhdx");
+	fx_compare(img, raw, 0, img->size);
+	image_unref(img);
+	g_free(raw);
+}
+
+static const char *patterns =
+	"-c 'write -P 0xa1 0 4k' -c 'write -P 0xb2 1000k 2M' -c 'write -P 0xc3 20M 300k' "
+	"-c 'write -P 0xd4 63M 1M'";
+
+static void test_block_sizes(void)
+{
+	static const char *const bs[] = {"1M", "8M", "32M", "256M"};
+
+	for (unsigned i = 0; i < G_N_ELEMENTS(bs); i++) {
+		char name[64], opts[128];
+		char *p;
+
+		g_snprintf(name, sizeof(name), "dyn-%s.vhdx", bs[i]);
+		g_snprintf(opts, sizeof(opts), "block_size=%s", bs[i]);
+		p = qemu_image(name, opts, "64M", patterns);
+		compare_whole(p);
+		g_free(p);
+		g_snprintf(name, sizeof(name), "fixed-%s.vhdx", bs[i]);
+		g_snprintf(opts, sizeof(opts), "subformat=fixed,block_state_zero=off,block_size=%s",
+			   bs[i]);
+		p = qemu_image(name, opts, "64M", patterns);
+		compare_whole(p);
+		g_free(p);
+	}
+}
+
+static void test_block_state_zero(void)
+{
+	char *a = qemu_image("bsz-on.vhdx", "block_size=1M,block_state_zero=on", "16M",
+			     "-c 'write -P 0x11 3M 1536k'");
+	char *b = qemu_image("bsz-off.vhdx", "block_size=1M,block_state_zero=off", "16M",
+			     "-c 'write -P 0x22 3M 1536k'");
+	char *c = qemu_image("fixed-zero.vhdx", "subformat=fixed,block_size=1M", "16M",
+			     "-c 'write -P 0x33 5M 4k'");
+
+	compare_whole(a);
+	compare_whole(b);
+	compare_whole(c);
+	g_free(a);
+	g_free(b);
+	g_free(c);
+}
+
+/* Past 4 GiB the BAT interleaves a sector-bitmap entry every chunk. */
+static void test_above_4g(void)
+{
+	char *p = qemu_image("big.vhdx", "block_size=1M", "9G",
+			     "-c 'write -P 0x5a 4095M 2M' -c 'write -P 0x5b 5G 1M' "
+			     "-c 'write -P 0x5c 8200M 3M' -c 'write -P 0x5d 9215M 1M'");
+	char *raw = g_strdup_printf("%s.raw", p);
+	struct vd_image *img;
+	uint64_t G = 1ull << 30, M = 1 << 20;
+
+	g_assert_cmpint(fx_open(p, true, &img), ==, 0);
+	fx_compare(img, raw, 0, 8 * M);
+	fx_compare(img, raw, 4 * G - 8 * M, 16 * M);
+	fx_compare(img, raw, 5 * G - 4 * M, 8 * M);
+	fx_compare(img, raw, 8200 * M - 2 * M, 8 * M);
+	fx_compare(img, raw, 9 * G - 16 * M, 16 * M);
+	image_unref(img);
+	g_free(raw);
+	g_free(p);
+}
+
+static void test_block_status(void)
+{
+	char *p = qemu_image("bs.vhdx", "block_size=1M", "16M", "-c 'write -P 0x44 2M 1M'");
+	struct vd_image *img;
+	uint64_t pnum;
+	enum vd_bs st;
+
+	g_assert_cmpint(fx_open(p, true, &img), ==, 0);
+	g_assert_cmpint(image_block_status(img, 0, img->size, &pnum, &st), ==, 0);
+	g_assert_cmpint(st, ==, VD_BS_ZERO);
+	g_assert_cmpuint(pnum, ==, 2 << 20);
+	g_assert_cmpint(image_block_status(img, 2 << 20, img->size - (2 << 20), &pnum, &st), ==, 0);
+	g_assert_cmpint(st, ==, VD_BS_DATA);
+	g_assert_cmpuint(pnum, ==, 1 << 20);
+	image_unref(img);
+	g_free(p);
+}
+
+/* ---- headers and region tables ---- */
+
+static void corrupt(const char *path, uint64_t off)
+{
+	uint8_t b;
+
+	fx_pread(path, &b, 1, off);
+	b ^= 0xff;
+	fx_pwrite(path, &b, 1, off);
+}
+
+static void test_one_bad_header(void)
+{
+	char *p = qemu_image("h1.vhdx", "block_size=1M", "8M", "-c 'write -P 0x61 1M 64k'");
+
+	uint64_t cur = fx_current_header(p);
+
+	corrupt(p, cur + 100);
+	compare_whole(p);
+	/* Both bad: refused. */
+	corrupt(p, cur == VHDX_HEADER1_OFF ? VHDX_HEADER2_OFF + 100 : VHDX_HEADER1_OFF + 100);
+	{
+		struct vd_image *img;
+		g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+	}
+	g_free(p);
+}
+
+static void test_identical_headers(void)
+{
+	char *p = qemu_image("same.vhdx", "block_size=1M", "8M", "-c 'write -P 0x62 1M 64k'");
+	uint8_t h[4096];
+	struct vd_image *img;
+
+	fx_pread(p, h, sizeof(h), fx_current_header(p));
+	fx_pwrite(p, h, sizeof(h), VHDX_HEADER1_OFF);
+	fx_pwrite(p, h, sizeof(h), VHDX_HEADER2_OFF);
+	compare_whole(p);
+	/* Same sequence number but different contents: refused. */
+	h[200] ^= 1;
+	vhdx_put32(h + 4, vhdx_checksum(h, sizeof(h), 4));
+	fx_pwrite(p, h, sizeof(h), VHDX_HEADER2_OFF);
+	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+	g_free(p);
+}
+
+static void test_region_table_fallback(void)
+{
+	char *p = qemu_image("rt.vhdx", "block_size=1M", "8M", "-c 'write -P 0x63 2M 64k'");
+	struct vd_image *img;
+
+	corrupt(p, VHDX_RT1_OFF + 20);
+	compare_whole(p);
+	corrupt(p, VHDX_RT2_OFF + 20);
+	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+	g_free(p);
+}
+
+static void add_region(const char *p, bool required)
+{
+	uint8_t rt[VHDX_RT_SIZE];
+	uint32_t n;
+
+	fx_pread(p, rt, sizeof(rt), VHDX_RT1_OFF);
+	n = vhdx_get32(rt + 8);
+	memset(rt + 16 + 32 * n, 0x7e, 16);
+	vhdx_put64(rt + 16 + 32 * n + 16, 100ull << 20);
+	vhdx_put32(rt + 16 + 32 * n + 24, 1 << 20);
+	vhdx_put32(rt + 16 + 32 * n + 28, required);
+	vhdx_put32(rt + 8, n + 1);
+	vhdx_put32(rt + 4, vhdx_checksum(rt, sizeof(rt), 4));
+	fx_pwrite(p, rt, sizeof(rt), VHDX_RT1_OFF);
+}
+
+static void test_unknown_regions(void)
+{
+	char *p = qemu_image("ur.vhdx", "block_size=1M", "8M", "-c 'write -P 0x64 0 64k'");
+	struct vd_image *img;
+
+	add_region(p, false);
+	compare_whole(p);
+	g_free(p);
+	p = qemu_image("ur2.vhdx", "block_size=1M", "8M", NULL);
+	add_region(p, true);
+	g_assert_cmpint(fx_open(p, true, &img), ==, -ENOTSUP);
+	g_free(p);
+}
+
+static void add_meta_item(const char *p, uint32_t flags)
+{
+	uint64_t meta = fx_region(p, vhdx_guid_meta.b);
+	uint8_t t[4096];
+	uint16_t n;
+
+	fx_pread(p, t, sizeof(t), meta);
+	n = vhdx_get16(t + 10);
+	memset(t + 32 + 32 * n, 0x5c, 16);
+	vhdx_put32(t + 32 + 32 * n + 16, 128 << 10);
+	vhdx_put32(t + 32 + 32 * n + 20, 8);
+	vhdx_put32(t + 32 + 32 * n + 24, flags);
+	vhdx_put16(t + 10, n + 1);
+	fx_pwrite(p, t, sizeof(t), meta);
+}
+
+static void test_unknown_metadata(void)
+{
+	char *p = qemu_image("um.vhdx", "block_size=1M", "8M", "-c 'write -P 0x65 0 64k'");
+	struct vd_image *img;
+
+	add_meta_item(p, 2); /* optional: ignored and kept */
+	compare_whole(p);
+	g_free(p);
+	p = qemu_image("um2.vhdx", "block_size=1M", "8M", NULL);
+	add_meta_item(p, 4); /* required */
+	g_assert_cmpint(fx_open(p, true, &img), ==, -ENOTSUP);
+	g_free(p);
+}
+
+static void test_bad_params(void)
+{
+	struct {
+		const uint8_t *guid;
+		uint32_t off, val;
+	} cases[] = {
+		{vhdx_guid_file_params.b, 0, 3 << 20},	  /* block size not a power of two */
+		{vhdx_guid_file_params.b, 0, 512 << 20}, /* too large */
+		{vhdx_guid_file_params.b, 4, 8},	  /* reserved flag */
+		{vhdx_guid_lss.b, 0, 1024},
+		{vhdx_guid_pss.b, 0, 0},
+		{vhdx_guid_disk_size.b, 0, 1000},	  /* not a multiple of 512 */
+	};
+
+	for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
+		char name[32];
+		char *p;
+		uint8_t v[4];
+		struct vd_image *img;
+
+		g_snprintf(name, sizeof(name), "bp%u.vhdx", i);
+		p = qemu_image(name, "block_size=1M", "8M", NULL);
+		vhdx_put32(v, cases[i].val);
+		fx_pwrite(p, v, 4, fx_meta_item(p, cases[i].guid) + cases[i].off);
+		g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+		g_free(p);
+	}
+}
+
+static void test_bat_past_eof(void)
+{
+	char *p = qemu_image("eof.vhdx", "block_size=1M", "8M",
+			     "-c 'write -P 0x66 0 1M' -c 'write -P 0x67 5M 1M'");
+	struct vd_image *img;
+	uint8_t e[8];
+	uint64_t bat = fx_region(p, vhdx_guid_bat.b);
+	struct stat st;
+
+	/* A block pointing into the log, then one past the end of the file. */
+	fx_pread(p, e, 8, bat);
+	vhdx_put64(e, (1ull << 20) | VHDX_BAT_FULLY_PRESENT);
+	fx_pwrite(p, e, 8, bat);
+	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+	g_assert_cmpint(stat(p, &st), ==, 0);
+	vhdx_put64(e, vhdx_align_up(st.st_size + 1, 1 << 20) | VHDX_BAT_FULLY_PRESENT);
+	fx_pwrite(p, e, 8, bat);
+	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+	/* Reserved bits. */
+	vhdx_put64(e, VHDX_BAT_ZERO | 0x100);
+	fx_pwrite(p, e, 8, bat);
+	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+	/* Truncated file: the second block is cut off. */
+	vhdx_put64(e, VHDX_BAT_ZERO);
+	fx_pwrite(p, e, 8, bat);
+	g_assert_cmpint(truncate(p, st.st_size - (3 << 20)), ==, 0);
+	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+	g_free(p);
+}
+
+static void test_garbage(void)
+{
+	struct vd_image *img;
+
+	/* Random bytes after the identifier: no valid header, refused cleanly. */
+	fx_sh("{ printf vhdxfile; head -c 4M /dev/urandom; } > junk.vhdx");
+	{
+		char *p = fx_path("junk.vhdx");
+		g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+		g_free(p);
+	}
+}
+
+/* ---- a log QEMU left behind ---- */
+
+/* QEMU leaves its last log entry in the ring: point the header at its GUID
+ * and put the BAT page back as it was before the entry, as after a crash
+ * between the log write and its application. */
+static char *dirty_image(void)
+{
+	char *p = qemu_image("dirty.vhdx", "block_size=1M", "16M", NULL);
+	uint64_t bat = fx_region(p, vhdx_guid_bat.b), h = fx_current_header(p);
+	uint8_t page[4096], hdr[4096], log[4096];
+
+	fx_pread(p, page, sizeof(page), bat);
+	fx_sh("qemu-io -f vhdx -c 'write -P 0xa5 3M 512k' -c 'write -P 0xa6 7M 4k' dirty.vhdx");
+	fx_sh("qemu-img convert -f vhdx -O raw dirty.vhdx dirty.vhdx.raw");
+	h = fx_current_header(p);
+	fx_pread(p, hdr, sizeof(hdr), h);
+	/* The second write's entry follows the first one in the ring. */
+	for (uint64_t off = 0;; off += 4096) {
+		g_assert_cmpuint(off, <, 1 << 20);
+		fx_pread(p, log, sizeof(log), vhdx_get64(hdr + 72) + off);
+		if (!memcmp(log, "loge", 4) && vhdx_get64(log + 16) == 2)
+			break;
+	}
+	memcpy(hdr + 48, log + 32, 16); /* LogGuid of that entry */
+	vhdx_put64(hdr + 8, vhdx_get64(hdr + 8) + 1);
+	vhdx_put32(hdr + 4, vhdx_checksum(hdr, sizeof(hdr), 4));
+	fx_pwrite(p, hdr, sizeof(hdr), h == VHDX_HEADER1_OFF ? VHDX_HEADER2_OFF : VHDX_HEADER1_OFF);
+	fx_pwrite(p, page, sizeof(page), bat);
+	return p;
+}
+
+static void test_dirty_log(void)
+{
+	char *p = dirty_image();
+	char *raw = g_strdup_printf("%s.raw", p);
+	struct vd_image *img;
+
+	/* Read-only: refused with a hint. */
+	g_assert_cmpint(fx_open(p, true, &img), ==, -EPERM);
+	/* Read-write: replayed at open, the data shows. */
+	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
+	fx_compare(img, raw, 0, img->size);
+	image_unref(img);
+	g_assert_cmpint(fx_sh_rc("qemu-img check -q dirty.vhdx"), ==, 0);
+	g_assert_cmpint(fx_sh_rc("qemu-img compare -q dirty.vhdx dirty.vhdx.raw"), ==, 0);
+	compare_whole(p);
+	g_free(raw);
+	g_free(p);
+}
+
+/* ---- 4K logical sectors ---- */
+
+static void test_4k_patched(void)
+{
+	char *p = qemu_image("4k.vhdx", "block_size=1M,block_state_zero=off", "6G", NULL);
+	uint8_t v[4], *buf = g_malloc(3 << 20), *back = g_malloc(3 << 20);
+	struct vd_image *img;
+
+	vhdx_put32(v, 4096);
+	fx_pwrite(p, v, 4, fx_meta_item(p, vhdx_guid_lss.b));
+	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
+	g_assert_cmpuint(img->zero_align, ==, 4096);
+	fx_pattern(buf, 3 << 20, 0, 7);
+	g_assert_cmpint(image_pwrite_sync(img, buf, 3 << 20, (5ull << 30) + 12345), ==, 0);
+	g_assert_cmpint(image_pwrite_sync(img, buf, 4096, 0), ==, 0);
+	image_unref(img);
+	g_assert_cmpint(fx_open(p, true, &img), ==, 0);
+	g_assert_cmpint(image_pread_sync(img, back, 3 << 20, (5ull << 30) + 12345), ==, 0);
+	g_assert_cmpmem(buf, 3 << 20, back, 3 << 20);
+	g_assert_cmpint(image_pread_sync(img, back, 8192, 0), ==, 0);
+	g_assert_cmpmem(buf, 4096, back, 4096);
+	g_assert_cmpint(back[4096] | back[8191], ==, 0);
+	image_unref(img);
+	g_free(buf);
+	g_free(back);
+	g_free(p);
+}
+
+int main(int argc, char **argv)
+{
+	int ret;
+
+	g_test_init(&argc, &argv, NULL);
+	fx_setup();
+	g_test_add_func("/vhdx/read/block-sizes", test_block_sizes);
+	g_test_add_func("/vhdx/read/block-state-zero", test_block_state_zero);
+	g_test_add_func("/vhdx/read/above-4g", test_above_4g);
+	g_test_add_func("/vhdx/read/block-status", test_block_status);
+	g_test_add_func("/vhdx/read/one-bad-header", test_one_bad_header);
+	g_test_add_func("/vhdx/read/identical-headers", test_identical_headers);
+	g_test_add_func("/vhdx/read/region-table-fallback", test_region_table_fallback);
+	g_test_add_func("/vhdx/read/unknown-regions", test_unknown_regions);
+	g_test_add_func("/vhdx/read/unknown-metadata", test_unknown_metadata);
+	g_test_add_func("/vhdx/read/bad-params", test_bad_params);
+	g_test_add_func("/vhdx/read/bat-past-eof", test_bat_past_eof);
+	g_test_add_func("/vhdx/read/garbage", test_garbage);
+	g_test_add_func("/vhdx/read/dirty-log", test_dirty_log);
+	g_test_add_func("/vhdx/read/4k-sectors", test_4k_patched);
+	ret = g_test_run();
+	fx_teardown();
+	return ret;
+}
