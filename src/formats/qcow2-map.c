@@ -1,0 +1,742 @@
+/* qcow2 guest-to-host mapping: L2 lookups, read extents for every cluster and
+ * subcluster type, allocating writes with copy-on-write plans and tickets,
+ * linking on completion (the in-flight list makes overlapping writers wait),
+ * discard, write-zeroes and block status. All under the image lock. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "qcow2.h"
+
+enum qcow2_ctype qcow2_classify(const struct qcow2 *q, uint64_t e)
+{
+	if (e & QCOW2_COMPRESSED)
+		return QC_COMPRESSED;
+	if (!q->ext_l2 && (e & QCOW2_ZERO))
+		return (e & QCOW2_OFF_MASK) ? QC_ZERO_ALLOC : QC_ZERO_PLAIN;
+	return (e & QCOW2_OFF_MASK) ? QC_NORMAL : QC_UNALLOC;
+}
+
+static int corrupt(struct qcow2 *q, const char *what, uint64_t gcl, uint64_t val)
+{
+	vd_err("%s: L2 entry for guest offset 0x%llx (0x%llx): %s", q->img->path,
+	       (unsigned long long)(gcl << q->cluster_bits), (unsigned long long)val, what);
+	image_mark_broken(q->img, "qcow2 metadata is inconsistent");
+	return -EIO;
+}
+
+/* A host cluster an entry points at: aligned and inside the file. */
+static int check_host(struct qcow2 *q, uint64_t gcl, uint64_t host)
+{
+	if (host & (q->cluster_size - 1))
+		return corrupt(q, "host offset is not cluster aligned", gcl, host);
+	if (qcow2_cl(q, host) >= q->host_end)
+		return corrupt(q, "host offset points past the end of the file", gcl, host);
+	return 0;
+}
+
+static void l2_read(const struct qcow2 *q, const struct qcow2_cache_entry *ce, unsigned idx,
+		    uint64_t *e, uint64_t *bm)
+{
+	const uint8_t *p = (const uint8_t *)ce->buf + ((uint64_t)idx << (q->ext_l2 ? 4 : 3));
+
+	*e = qcow2_be64(p);
+	*bm = q->ext_l2 ? qcow2_be64(p + 8) : 0;
+}
+
+static void l2_write(struct qcow2 *q, struct qcow2_cache_entry *ce, unsigned idx, uint64_t e,
+		     uint64_t bm)
+{
+	uint8_t *p = (uint8_t *)ce->buf + ((uint64_t)idx << (q->ext_l2 ? 4 : 3));
+	uint64_t v = htobe64(e);
+
+	memcpy(p, &v, 8);
+	if (q->ext_l2) {
+		v = htobe64(bm);
+		memcpy(p + 8, &v, 8);
+	}
+	qcow2_cache_dirty(&q->l2c, ce);
+}
+
+/* Give guest cluster range l1i an L2 table this image alone owns. */
+static int l2_make_writable(struct qcow2 *q, uint64_t l1i, struct qcow2_cache_entry **out)
+{
+	uint64_t old = q->l1[l1i] & QCOW2_OFF_MASK, noff;
+	struct qcow2_cache_entry *oe, *ne;
+	void *copy = NULL;
+	bool fresh;
+	int ret;
+
+	if (old) {
+		ret = qcow2_cache_get(&q->l2c, old, &oe);
+		if (ret)
+			return ret;
+		copy = malloc(q->cluster_size);
+		if (!copy)
+			return -ENOMEM;
+		memcpy(copy, oe->buf, q->cluster_size);
+	}
+	ret = qcow2_alloc_clusters(q, 1, &noff, &fresh);
+	if (!ret)
+		ret = qcow2_cache_get_new(&q->l2c, noff, &ne);
+	if (ret) {
+		free(copy);
+		return ret;
+	}
+	if (copy)
+		memcpy(ne->buf, copy, q->cluster_size);
+	free(copy);
+	q->l1[l1i] = noff | QCOW2_COPIED;
+	q->l1_dirty[l1i / 64] = 1;
+	if (old)
+		qcow2_defer_free(q, old, q->cluster_size);
+	*out = ne;
+	return 0;
+}
+
+int qcow2_l2_get(struct qcow2 *q, uint64_t gcl, bool write, struct qcow2_cache_entry **e,
+		 unsigned *idx)
+{
+	uint64_t l1i = gcl >> q->l2_bits, l1e, off;
+	int ret;
+
+	*idx = gcl & (q->l2_entries - 1);
+	*e = NULL;
+	if (l1i >= q->l1_size)
+		return corrupt(q, "beyond the L1 table", gcl, l1i);
+	l1e = q->l1[l1i];
+	off = l1e & QCOW2_OFF_MASK;
+	if (write && (!off || !(l1e & QCOW2_COPIED)))
+		return l2_make_writable(q, l1i, e);
+	if (!off)
+		return 0;
+	if (off & (q->cluster_size - 1) || qcow2_cl(q, off) >= q->host_end) {
+		vd_err("%s: L1 entry %llu points to an L2 table at 0x%llx: unaligned or past the "
+		       "end of the file",
+		       q->img->path, (unsigned long long)l1i, (unsigned long long)off);
+		image_mark_broken(q->img, "qcow2 metadata is inconsistent");
+		return -EIO;
+	}
+	ret = qcow2_cache_get(&q->l2c, off, e);
+	return ret;
+}
+
+/* ---- reads ---- */
+
+static int add(struct vd_map *m, uint64_t off, uint64_t len, enum vd_ext_type t, int fd,
+	       uint64_t host)
+{
+	struct vd_extent e = {.off = off, .len = len, .type = t, .fd = fd, .host_off = host};
+
+	return vd_map_add(m, &e);
+}
+
+static int compressed_desc(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t *coff,
+			   uint32_t *csize)
+{
+	uint64_t nsect = ((e >> q->csize_shift) & q->csize_mask) + 1;
+
+	*coff = e & q->coff_mask;
+	if (*coff >> 56 || qcow2_cl(q, *coff) >= q->host_end)
+		return corrupt(q, "compressed data lies past the end of the file", gcl, e);
+	*csize = nsect * 512 - (*coff & 511);
+	return 0;
+}
+
+static int add_compressed(struct qcow2 *q, struct vd_map *m, uint64_t gcl, uint64_t e,
+			  uint64_t off, uint64_t len)
+{
+	struct vd_extent x = {.off = off, .len = len, .type = VD_EXT_COMPRESSED,
+			      .fd = q->img->fd, .algo = q->compression ? VD_COMPRESS_ZSTD
+								      : VD_COMPRESS_DEFLATE,
+			      .cluster_off = gcl << q->cluster_bits,
+			      .cluster_size = q->cluster_size};
+	int ret = compressed_desc(q, gcl, e, &x.host_off, &x.csize);
+
+	return ret ? ret : vd_map_add(m, &x);
+}
+
+/* Subcluster sc of an extended entry: what it reads as. */
+static int subcluster_type(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, unsigned sc,
+			   enum vd_ext_type *t)
+{
+	bool a = bm >> sc & 1, z = bm >> (32 + sc) & 1;
+
+	if ((bm & QCOW2_EXTL2_ALL_ALLOC) & (bm >> 32))
+		return corrupt(q, "subcluster both allocated and zero", gcl, bm);
+	if (!(e & QCOW2_OFF_MASK) && (bm & QCOW2_EXTL2_ALL_ALLOC))
+		return corrupt(q, "allocated subclusters without a host cluster", gcl, bm);
+	*t = a ? VD_EXT_DATA : z ? VD_EXT_ZERO : VD_EXT_UNALLOC;
+	return 0;
+}
+
+static int map_read_cluster(struct qcow2 *q, struct vd_map *m, uint64_t off, uint64_t n)
+{
+	uint64_t gcl = qcow2_cl(q, off), in = off & (q->cluster_size - 1), e, bm, host;
+	struct qcow2_cache_entry *ce;
+	unsigned idx;
+	int fd = q->img->fd, ret;
+
+	ret = qcow2_l2_get(q, gcl, false, &ce, &idx);
+	if (ret)
+		return ret;
+	if (!ce)
+		return add(m, off, n, VD_EXT_UNALLOC, -1, 0);
+	l2_read(q, ce, idx, &e, &bm);
+	host = e & QCOW2_OFF_MASK;
+	switch (qcow2_classify(q, e)) {
+	case QC_UNALLOC:
+		if (!q->ext_l2)
+			return add(m, off, n, VD_EXT_UNALLOC, -1, 0);
+		break;
+	case QC_ZERO_PLAIN:
+	case QC_ZERO_ALLOC:
+		return add(m, off, n, VD_EXT_ZERO, -1, 0);
+	case QC_COMPRESSED:
+		if (q->ext_l2 && bm)
+			return corrupt(q, "compressed cluster with a subcluster bitmap", gcl, bm);
+		return add_compressed(q, m, gcl, e, off, n);
+	case QC_NORMAL:
+		ret = check_host(q, gcl, host);
+		if (ret)
+			return ret;
+		if (!q->ext_l2)
+			return add(m, off, n, VD_EXT_DATA, fd, host + in);
+		break;
+	}
+	/* extended L2: one run per subcluster state */
+	while (n) {
+		unsigned sc = in >> q->sc_bits;
+		uint64_t k = ((uint64_t)(sc + 1) << q->sc_bits) - in;
+		enum vd_ext_type t;
+
+		k = k < n ? k : n;
+		ret = subcluster_type(q, gcl, e, bm, sc, &t);
+		if (!ret)
+			ret = add(m, off, k, t, t == VD_EXT_DATA ? fd : -1, host + in);
+		if (ret)
+			return ret;
+		off += k;
+		in += k;
+		n -= k;
+	}
+	return 0;
+}
+
+/* ---- writes: copy-on-write plans ---- */
+
+enum plan_mode {
+	PLAN_NONE,   /* nothing to copy */
+	PLAN_SRC,    /* the whole cluster comes from one source */
+	PLAN_SUBCL,  /* extended L2: per subcluster (allocated: none, zero, backing) */
+};
+
+struct plan {
+	enum plan_mode mode;
+	uint64_t unit, gbase, host;
+	bool fresh; /* newly allocated never-written host space: zeroes need no copy */
+	struct vd_cow src; /* PLAN_SRC: the source (off/len unset) */
+	uint64_t bm;	   /* PLAN_SUBCL: the bitmap before the write */
+};
+
+/* Source for the unit starting at cluster offset u; false when no copy is needed. */
+static bool plan_src(struct qcow2 *q, const struct plan *p, uint64_t u, struct vd_cow *c)
+{
+	unsigned sc = u >> q->sc_bits;
+
+	memset(c, 0, sizeof(*c));
+	switch (p->mode) {
+	case PLAN_NONE:
+		return false;
+	case PLAN_SRC:
+		*c = p->src;
+		break;
+	case PLAN_SUBCL:
+		if (p->bm >> sc & 1)
+			return false;
+		c->src = (p->bm >> (32 + sc) & 1) ? VD_EXT_ZERO : VD_EXT_UNALLOC;
+		break;
+	}
+	if (p->fresh && (c->src == VD_EXT_ZERO || (c->src == VD_EXT_UNALLOC && !q->img->backing)))
+		return false;
+	return true;
+}
+
+static int emit(struct vd_map *m, const struct plan *p, int fd, uint64_t ws, uint64_t we,
+		const struct vd_cow *src, uint64_t cs, uint64_t ce)
+{
+	struct vd_extent x = {.off = p->gbase + ws, .len = we - ws, .type = VD_EXT_DATA,
+			      .fd = fd, .host_off = p->host + ws};
+
+	if (src) {
+		x.cow = *src;
+		x.cow.off = p->gbase + cs;
+		x.cow.len = ce - cs;
+		if (x.cow.src == VD_EXT_DATA)
+			x.cow.src_host_off += cs;
+	}
+	return vd_map_add(m, &x);
+}
+
+/* Extents for cluster bytes [ws, we): plain where whole units are written or no
+ * copy is needed, merged with old bytes for partly written units. */
+static int plan_emit(struct qcow2 *q, struct vd_map *m, const struct plan *p, uint64_t ws,
+		     uint64_t we)
+{
+	uint64_t u = p->unit, hs = ws / u * u, ts = (we - 1) / u * u;
+	uint64_t he = hs + u, te = ts + u;
+	struct vd_cow hc, tc;
+	bool hcow = ws != hs && plan_src(q, p, hs, &hc);
+	bool tcow = we != te && plan_src(q, p, ts, &tc);
+	int fd = q->img->fd, ret = 0;
+
+	if (hs == ts) {
+		if (!hcow && !tcow)
+			return emit(m, p, fd, ws, we, NULL, 0, 0);
+		return emit(m, p, fd, ws, we, hcow ? &hc : &tc, hs, te);
+	}
+	if (hcow) {
+		ret = emit(m, p, fd, ws, he, &hc, hs, he);
+		ws = he;
+	}
+	if (!ret && tcow) {
+		if (ws < ts)
+			ret = emit(m, p, fd, ws, ts, NULL, 0, 0);
+		if (!ret)
+			ret = emit(m, p, fd, ts, we, &tc, ts, te);
+	} else if (!ret) {
+		ret = emit(m, p, fd, ws, we, NULL, 0, 0);
+	}
+	return ret;
+}
+
+static int ticket_add(struct qcow2_ticket *t, const struct qcow2_item *it)
+{
+	if (t->n == t->cap) {
+		unsigned cap = t->cap ? t->cap * 2 : 8;
+		struct qcow2_item *n = realloc(t->items, cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		t->items = n;
+		t->cap = cap;
+	}
+	t->items[t->n++] = *it;
+	if (it->kind != QI_INPLACE) {
+		if (!t->has_meta || it->gcl < t->meta_first)
+			t->meta_first = it->gcl;
+		if (!t->has_meta || it->gcl > t->meta_last)
+			t->meta_last = it->gcl;
+		t->has_meta = true;
+	}
+	return 0;
+}
+
+static uint32_t touched_mask(const struct qcow2 *q, uint64_t ws, uint64_t we)
+{
+	unsigned a = ws >> q->sc_bits, b = (we - 1) >> q->sc_bits;
+
+	return (uint32_t)((b == 31 ? ~0ull : (2ull << b) - 1) & ~((1ull << a) - 1));
+}
+
+/* Where the old bytes of a cluster that is being replaced come from. */
+static int plan_old(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, struct plan *p,
+		    struct qcow2_item *it)
+{
+	enum qcow2_ctype t = qcow2_classify(q, e);
+	uint64_t host = e & QCOW2_OFF_MASK;
+	int ret;
+
+	p->mode = PLAN_SRC;
+	p->unit = q->cluster_size;
+	switch (t) {
+	case QC_UNALLOC:
+		if (q->ext_l2) {
+			p->mode = PLAN_SUBCL;
+			p->unit = q->sc_size;
+			p->bm = bm;
+		}
+		p->src.src = VD_EXT_UNALLOC;
+		return 0;
+	case QC_ZERO_PLAIN:
+	case QC_ZERO_ALLOC:
+		p->src.src = VD_EXT_ZERO;
+		return 0;
+	case QC_COMPRESSED:
+		p->src.src = VD_EXT_COMPRESSED;
+		p->src.src_fd = q->img->fd;
+		ret = compressed_desc(q, gcl, e, &p->src.src_host_off, &p->src.src_csize);
+		p->src.src_algo = q->compression ? VD_COMPRESS_ZSTD : VD_COMPRESS_DEFLATE;
+		p->src.src_cluster_off = gcl << q->cluster_bits;
+		p->src.src_cluster_size = q->cluster_size;
+		qcow2_compressed_range(q, e, &it->src_off, &it->src_len);
+		return ret;
+	case QC_NORMAL:
+		ret = check_host(q, gcl, host);
+		p->src.src = VD_EXT_DATA;
+		p->src.src_fd = q->img->fd;
+		p->src.src_host_off = host;
+		it->src_off = host;
+		it->src_len = q->cluster_size;
+		return ret;
+	}
+	return 0;
+}
+
+/* A shared extended cluster can only be copied whole from its host cluster,
+ * which is wrong for a partly written subcluster that is not allocated there. */
+static bool extl2_copy_ok(const struct qcow2 *q, uint64_t bm, uint64_t ws, uint64_t we)
+{
+	unsigned hs = ws >> q->sc_bits, ts = (we - 1) >> q->sc_bits;
+
+	if ((ws & (q->sc_size - 1)) && !(bm >> hs & 1))
+		return false;
+	if ((we & (q->sc_size - 1)) && !(bm >> ts & 1))
+		return false;
+	return true;
+}
+
+static int write_cluster(struct qcow2 *q, struct qcow2_ticket *t, struct vd_map *m,
+			 uint64_t off, uint64_t n)
+{
+	uint64_t gcl = qcow2_cl(q, off), ws = off & (q->cluster_size - 1), we = ws + n;
+	struct qcow2_item it = {.gcl = gcl};
+	struct plan p = {.gbase = gcl << q->cluster_bits};
+	struct qcow2_cache_entry *ce;
+	enum qcow2_ctype type;
+	uint64_t e, bm;
+	unsigned idx;
+	int ret;
+
+	ret = qcow2_l2_get(q, gcl, true, &ce, &idx);
+	if (ret)
+		return ret;
+	l2_read(q, ce, idx, &e, &bm);
+	type = qcow2_classify(q, e);
+	if (q->ext_l2)
+		it.set_alloc = touched_mask(q, ws, we);
+	if ((type == QC_NORMAL || type == QC_ZERO_ALLOC) && (e & QCOW2_COPIED)) {
+		p.host = it.host = e & QCOW2_OFF_MASK;
+		ret = check_host(q, gcl, p.host);
+		if (ret)
+			return ret;
+		it.kind = QI_INPLACE;
+		p.mode = PLAN_NONE;
+		p.unit = q->cluster_size;
+		if (type == QC_ZERO_ALLOC) {
+			it.kind = QI_INPLACE_META;
+			p.mode = PLAN_SRC;
+			p.src.src = VD_EXT_ZERO;
+		} else if (q->ext_l2 && (it.set_alloc & ~bm)) {
+			it.kind = QI_INPLACE_META;
+			p.mode = PLAN_SUBCL;
+			p.unit = q->sc_size;
+			p.bm = bm;
+		}
+	} else {
+		if (q->ext_l2 && type == QC_NORMAL && !extl2_copy_ok(q, bm, ws, we)) {
+			vd_err("%s: partial write at 0x%llx into an unallocated subcluster of a "
+			       "cluster shared with a snapshot is not supported",
+			       q->img->path, (unsigned long long)off);
+			return -ENOTSUP;
+		}
+		ret = plan_old(q, gcl, e, bm, &p, &it);
+		if (ret)
+			return ret;
+		ret = qcow2_alloc_clusters(q, 1, &p.host, &p.fresh);
+		if (ret)
+			return ret;
+		it.kind = QI_NEW;
+		it.host = p.host;
+	}
+	ret = ticket_add(t, &it);
+	if (ret) {
+		if (it.kind == QI_NEW)
+			qcow2_alloc_rollback(q, it.host, 1);
+		return ret;
+	}
+	return plan_emit(q, m, &p, ws, we);
+}
+
+static void ticket_free(struct qcow2_ticket *t)
+{
+	free(t->items);
+	free(t);
+}
+
+static void ticket_unlink(struct qcow2 *q, struct qcow2_ticket *t)
+{
+	for (struct qcow2_ticket **pp = &q->inflight; *pp; pp = &(*pp)->next) {
+		if (*pp == t) {
+			*pp = t->next;
+			return;
+		}
+	}
+}
+
+static void ticket_rollback(struct qcow2 *q, struct qcow2_ticket *t)
+{
+	for (unsigned i = 0; i < t->n; i++)
+		if (t->items[i].kind == QI_NEW)
+			qcow2_alloc_rollback(q, t->items[i].host, 1);
+}
+
+static int map_write(struct qcow2 *q, uint64_t off, uint64_t len, struct vd_map *m)
+{
+	uint64_t first = qcow2_cl(q, off), last = qcow2_cl(q, off + len - 1);
+	struct qcow2_ticket *t;
+	int ret;
+
+	for (t = q->inflight; t; t = t->next) {
+		if (t->has_meta && t->meta_first <= last && t->meta_last >= first && m->waiter) {
+			m->waiter->next = t->waiters;
+			t->waiters = m->waiter;
+			return -EAGAIN;
+		}
+	}
+	ret = qcow2_prepare_write(q);
+	if (ret)
+		return ret;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	while (len) {
+		uint64_t n = q->cluster_size - (off & (q->cluster_size - 1));
+		n = n < len ? n : len;
+		ret = write_cluster(q, t, m, off, n);
+		if (ret) {
+			ticket_rollback(q, t);
+			ticket_free(t);
+			return ret;
+		}
+		off += n;
+		len -= n;
+	}
+	t->next = q->inflight;
+	q->inflight = t;
+	m->ticket = t;
+	return 0;
+}
+
+int qcow2_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags, struct vd_map *m)
+{
+	struct qcow2 *q = img->priv;
+	int ret = 0;
+
+	if (!len)
+		return 0;
+	pthread_mutex_lock(&q->lock);
+	if (flags & VD_MAP_WRITE) {
+		ret = map_write(q, off, len, m);
+	} else {
+		while (len && !ret) {
+			uint64_t n = q->cluster_size - (off & (q->cluster_size - 1));
+			n = n < len ? n : len;
+			ret = map_read_cluster(q, m, off, n);
+			off += n;
+			len -= n;
+		}
+	}
+	pthread_mutex_unlock(&q->lock);
+	return ret;
+}
+
+/* ---- completion: link what the data writes filled ---- */
+
+static int link_item(struct qcow2 *q, const struct qcow2_item *it)
+{
+	struct qcow2_cache_entry *ce;
+	uint64_t e, bm, sa = it->set_alloc;
+	unsigned idx;
+	int ret;
+
+	ret = qcow2_l2_get(q, it->gcl, true, &ce, &idx);
+	if (ret)
+		return ret;
+	l2_read(q, ce, idx, &e, &bm);
+	if (it->kind == QI_INPLACE_META) {
+		if ((e & QCOW2_OFF_MASK) != it->host || (e & QCOW2_COMPRESSED))
+			return 0; /* discarded while the data was landing */
+		l2_write(q, ce, idx, it->host | QCOW2_COPIED, (bm | sa) & ~(sa << 32));
+		return 0;
+	}
+	if (qcow2_classify(q, e) == QC_COMPRESSED)
+		bm = QCOW2_EXTL2_ALL_ALLOC;
+	else
+		bm = (bm | sa) & ~(sa << 32);
+	l2_write(q, ce, idx, it->host | QCOW2_COPIED, bm);
+	return qcow2_free_entry(q, e);
+}
+
+void qcow2_complete(struct vd_image *img, void *ticket, int err)
+{
+	struct qcow2 *q = img->priv;
+	struct qcow2_ticket *t = ticket;
+	struct vd_waiter *w, *next;
+	int ret = 0;
+
+	pthread_mutex_lock(&q->lock);
+	ticket_unlink(q, t);
+	if (err) {
+		ticket_rollback(q, t);
+	} else {
+		for (unsigned i = 0; i < t->n && !ret; i++)
+			if (t->items[i].kind != QI_INPLACE)
+				ret = link_item(q, &t->items[i]);
+		if (ret)
+			image_mark_broken(img, "cannot link newly written qcow2 clusters");
+	}
+	w = t->waiters;
+	pthread_mutex_unlock(&q->lock);
+	ticket_free(t);
+	for (; w; w = next) {
+		next = w->next;
+		w->wake(w);
+	}
+}
+
+/* ---- discard and zeroing of whole clusters ---- */
+
+/* The entry a cluster gets (ne, nbm); keep: its allocation stays. */
+static void zero_target(struct qcow2 *q, uint64_t e, uint64_t bm, bool discard, uint64_t *ne,
+			uint64_t *nbm, bool *keep)
+{
+	enum qcow2_ctype t = qcow2_classify(q, e);
+	bool own = (t == QC_NORMAL || t == QC_ZERO_ALLOC) && (e & QCOW2_COPIED);
+
+	*keep = !discard && own && q->version >= 3;
+	if (q->ext_l2) {
+		*ne = *keep ? e : 0;
+		*nbm = *keep || q->has_backing ? QCOW2_EXTL2_ALL_ZERO : 0;
+		return;
+	}
+	if (*keep)
+		*ne = e | QCOW2_ZERO;
+	else
+		*ne = q->version >= 3 && q->has_backing ? QCOW2_ZERO : 0;
+	*nbm = 0;
+}
+
+static int zero_cluster(struct qcow2 *q, uint64_t gcl, bool discard)
+{
+	struct qcow2_cache_entry *ce;
+	uint64_t e = 0, bm = 0, ne, nbm;
+	unsigned idx;
+	bool keep;
+	int ret;
+
+	ret = qcow2_l2_get(q, gcl, false, &ce, &idx);
+	if (ret)
+		return ret;
+	if (ce)
+		l2_read(q, ce, idx, &e, &bm);
+	zero_target(q, e, bm, discard, &ne, &nbm, &keep);
+	if (ne == e && nbm == bm)
+		return 0;
+	ret = qcow2_l2_get(q, gcl, true, &ce, &idx);
+	if (ret)
+		return ret;
+	l2_write(q, ce, idx, ne, nbm);
+	return keep ? 0 : qcow2_free_entry(q, e);
+}
+
+static int zero_range(struct vd_image *img, uint64_t off, uint64_t len, bool discard)
+{
+	struct qcow2 *q = img->priv;
+	uint64_t c0 = qcow2_cl(q, off), c1 = qcow2_cl(q, off + len);
+	int ret;
+
+	if ((off | len) & (q->cluster_size - 1))
+		return -EINVAL;
+	if (q->version == 2 && q->has_backing)
+		return -ENOTSUP; /* no zero flag: the generic code writes zeroes */
+	pthread_mutex_lock(&q->lock);
+	ret = qcow2_prepare_write(q);
+	for (uint64_t c = c0; c < c1 && !ret; c++)
+		ret = zero_cluster(q, c, discard);
+	/* Let the host file shrink now: flush, then drop and punch the clusters. */
+	if (!ret && discard)
+		ret = qcow2_flush_locked(q);
+	pthread_mutex_unlock(&q->lock);
+	return ret;
+}
+
+int qcow2_discard(struct vd_image *img, uint64_t off, uint64_t len)
+{
+	return zero_range(img, off, len, true);
+}
+
+int qcow2_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len)
+{
+	return zero_range(img, off, len, false);
+}
+
+/* ---- block status ---- */
+
+static int cluster_status(struct qcow2 *q, uint64_t off, uint64_t max, uint64_t *n,
+			  enum vd_bs *st)
+{
+	uint64_t gcl = qcow2_cl(q, off), in = off & (q->cluster_size - 1), e, bm;
+	struct qcow2_cache_entry *ce;
+	enum vd_ext_type t;
+	unsigned idx;
+	int ret;
+
+	*n = q->cluster_size - in < max ? q->cluster_size - in : max;
+	ret = qcow2_l2_get(q, gcl, false, &ce, &idx);
+	if (ret || !ce) {
+		*st = VD_BS_UNALLOC;
+		return ret;
+	}
+	l2_read(q, ce, idx, &e, &bm);
+	switch (qcow2_classify(q, e)) {
+	case QC_ZERO_PLAIN:
+	case QC_ZERO_ALLOC:
+		*st = VD_BS_ZERO;
+		return 0;
+	case QC_COMPRESSED:
+		*st = VD_BS_DATA;
+		return 0;
+	case QC_NORMAL:
+		if (!q->ext_l2) {
+			*st = VD_BS_DATA;
+			return 0;
+		}
+		break;
+	case QC_UNALLOC:
+		if (!q->ext_l2) {
+			*st = VD_BS_UNALLOC;
+			return 0;
+		}
+		break;
+	}
+	/* extended L2: this subcluster only */
+	ret = subcluster_type(q, gcl, e, bm, in >> q->sc_bits, &t);
+	*st = t == VD_EXT_DATA ? VD_BS_DATA : t == VD_EXT_ZERO ? VD_BS_ZERO : VD_BS_UNALLOC;
+	*n = q->sc_size - (in & (q->sc_size - 1));
+	*n = *n < max ? *n : max;
+	return ret;
+}
+
+int qcow2_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
+		       enum vd_bs *status)
+{
+	struct qcow2 *q = img->priv;
+	uint64_t done = 0, n;
+	enum vd_bs st;
+	int ret = 0;
+
+	pthread_mutex_lock(&q->lock);
+	while (done < len) {
+		ret = cluster_status(q, off + done, len - done, &n, &st);
+		if (ret)
+			break;
+		if (done && st != *status)
+			break;
+		*status = st;
+		done += n;
+	}
+	pthread_mutex_unlock(&q->lock);
+	*pnum = done;
+	return done ? 0 : ret;
+}

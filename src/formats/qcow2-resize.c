@@ -1,0 +1,200 @@
+/* qcow2 virtual resize: growing (a larger L1 table written elsewhere, then the
+ * header switched in one write; zero clusters where a longer backing file would
+ * show through) and shrinking when the dropped tail holds no allocation. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "qcow2.h"
+#include "uring.h"
+
+static int l1_grow(struct qcow2 *q, uint32_t need)
+{
+	uint64_t bytes = (uint64_t)need * 8, ncl = qcow2_align_up(bytes, q->cluster_size) >>
+						   q->cluster_bits;
+	uint64_t old_off = q->l1_offset, old_ncl, noff;
+	uint64_t *buf, *nl1 = NULL;
+	uint8_t *ndirty = NULL, hdr[12];
+	uint32_t be32;
+	bool fresh;
+	int ret;
+
+	if (bytes > QCOW2_MAX_L1_BYTES) {
+		vd_err("%s: L1 table would exceed %u bytes", q->img->path, QCOW2_MAX_L1_BYTES);
+		return -EFBIG;
+	}
+	old_ncl = qcow2_align_up((uint64_t)q->l1_size * 8, q->cluster_size) >> q->cluster_bits;
+	ret = qcow2_flush_locked(q); /* no dirty L1 entries pointing at unwritten tables */
+	if (ret)
+		return ret;
+	buf = calloc(ncl, q->cluster_size);
+	nl1 = calloc(need, 8);
+	ndirty = calloc((bytes + 511) / 512, 1);
+	if (!buf || !nl1 || !ndirty) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = qcow2_alloc_clusters(q, ncl, &noff, &fresh);
+	if (ret)
+		goto out;
+	memcpy(nl1, q->l1, (uint64_t)q->l1_size * 8);
+	for (uint32_t i = 0; i < need; i++)
+		buf[i] = htobe64(nl1[i]);
+	ret = qcow2_refcount_sync(q);
+	if (!ret)
+		ret = sync_pwrite(q->img->fd, buf, ncl << q->cluster_bits, noff);
+	if (!ret)
+		ret = sync_fdatasync(q->img->fd);
+	if (ret) {
+		qcow2_alloc_rollback(q, noff, ncl);
+		goto out;
+	}
+	be32 = htobe32(need);
+	memcpy(hdr, &be32, 4);
+	{
+		uint64_t o = htobe64(noff);
+		memcpy(hdr + 4, &o, 8);
+	}
+	ret = qcow2_write_header_field(q, QCOW2_HDR_L1, hdr, 12);
+	if (ret)
+		goto out;
+	free(q->l1);
+	free(q->l1_dirty);
+	q->l1 = nl1;
+	q->l1_dirty = ndirty;
+	nl1 = NULL;
+	ndirty = NULL;
+	q->l1_size = need;
+	q->l1_offset = noff;
+	for (uint64_t i = 0; i < old_ncl && old_off; i++)
+		qcow2_refcount_add(q, qcow2_cl(q, old_off) + i, -1);
+out:
+	free(buf);
+	free(nl1);
+	free(ndirty);
+	return ret;
+}
+
+/* Does guest cluster gcl hold a host allocation? */
+static int cluster_allocated(struct qcow2 *q, uint64_t gcl, bool *alloc, bool *unalloc)
+{
+	struct qcow2_cache_entry *ce;
+	uint64_t e, bm = 0;
+	unsigned idx;
+	int ret = qcow2_l2_get(q, gcl, false, &ce, &idx);
+
+	*alloc = false;
+	*unalloc = true;
+	if (ret || !ce)
+		return ret;
+	if (q->ext_l2) {
+		memcpy(&e, (uint8_t *)ce->buf + idx * 16, 8);
+		memcpy(&bm, (uint8_t *)ce->buf + idx * 16 + 8, 8);
+		bm = be64toh(bm);
+	} else {
+		memcpy(&e, (uint8_t *)ce->buf + idx * 8, 8);
+	}
+	e = be64toh(e);
+	*alloc = (e & (QCOW2_OFF_MASK | QCOW2_COMPRESSED)) != 0;
+	*unalloc = qcow2_classify(q, e) == QC_UNALLOC && !(bm >> 32);
+	return 0;
+}
+
+static int write_size(struct qcow2 *q, uint64_t size)
+{
+	uint64_t v = htobe64(size);
+	int ret = qcow2_write_header_field(q, QCOW2_HDR_SIZE, &v, 8);
+
+	if (!ret) {
+		q->size = size;
+		q->img->size = size;
+	}
+	return ret;
+}
+
+static int shrink(struct qcow2 *q, uint64_t size)
+{
+	uint64_t c0 = qcow2_cl(q, size), c1 = qcow2_cl(q, q->size + q->cluster_size - 1);
+	bool alloc, unalloc;
+	int ret;
+
+	for (uint64_t c = c0; c < c1; c++) {
+		ret = cluster_allocated(q, c, &alloc, &unalloc);
+		if (ret)
+			return ret;
+		if (alloc) {
+			vd_err("%s: cannot shrink to %llu bytes: guest offset 0x%llx is allocated",
+			       q->img->path, (unsigned long long)size,
+			       (unsigned long long)(c << q->cluster_bits));
+			return -EBUSY;
+		}
+	}
+	return write_size(q, size);
+}
+
+/* Growing over a longer backing file: the new range must read as zeroes. */
+static int hide_backing(struct qcow2 *q, uint64_t old, uint64_t size)
+{
+	struct vd_image *b = q->img->backing;
+	uint64_t end = b && b->size < size ? b->size : size;
+	uint64_t c0, c1;
+	bool alloc, unalloc;
+	int ret;
+
+	if (!q->has_backing || !b || b->size <= old)
+		return 0;
+	if (q->version < 3) {
+		vd_err("%s: cannot grow a v2 image over a longer backing file", q->img->path);
+		return -ENOTSUP;
+	}
+	if (old & (q->cluster_size - 1)) {
+		ret = cluster_allocated(q, qcow2_cl(q, old), &alloc, &unalloc);
+		if (ret)
+			return ret;
+		if (!alloc) {
+			vd_err("%s: cannot grow: the cluster at the old end 0x%llx would show "
+			       "backing data",
+			       q->img->path, (unsigned long long)old);
+			return -ENOTSUP;
+		}
+	}
+	c0 = qcow2_cl(q, qcow2_align_up(old, q->cluster_size));
+	c1 = qcow2_cl(q, qcow2_align_up(end, q->cluster_size));
+	if (c0 >= c1)
+		return 0;
+	pthread_mutex_unlock(&q->lock);
+	ret = qcow2_write_zeroes(q->img, c0 << q->cluster_bits, (c1 - c0) << q->cluster_bits);
+	pthread_mutex_lock(&q->lock);
+	return ret;
+}
+
+int qcow2_truncate(struct vd_image *img, uint64_t size)
+{
+	struct qcow2 *q = img->priv;
+	uint64_t per_l2 = (uint64_t)q->cluster_size * q->l2_entries;
+	uint64_t need = size / per_l2 + !!(size % per_l2), old;
+	int ret;
+
+	pthread_mutex_lock(&q->lock);
+	old = q->size;
+	ret = qcow2_prepare_write(q);
+	if (ret || size == old)
+		goto out;
+	if (size < old) {
+		ret = shrink(q, size);
+		goto out;
+	}
+	if (need > q->l1_size) {
+		ret = need > UINT32_MAX ? -EFBIG : l1_grow(q, need);
+		if (ret)
+			goto out;
+	}
+	/* Zero clusters first (entries past the size are legal), then the size. */
+	ret = hide_backing(q, old, size);
+	if (!ret)
+		ret = write_size(q, size);
+out:
+	pthread_mutex_unlock(&q->lock);
+	return ret;
+}

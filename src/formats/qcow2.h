@@ -1,0 +1,234 @@
+/* The qcow2 driver's private state and the functions its files share:
+ * qcow2.c (open, header, ops table), qcow2-cache.c (L2 / refcount block cache),
+ * qcow2-refcount.c (refcounts, allocation, deferred frees, flush order, rebuild),
+ * qcow2-map.c (map, complete, discard, zeroing, block status), qcow2-create.c. */
+#ifndef VDISKFS_QCOW2_H
+#define VDISKFS_QCOW2_H
+
+#include <endian.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "image.h"
+
+#define QCOW2_MAGIC 0x514649fbu
+
+#define QCOW2_INCOMPAT_DIRTY	 (1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT	 (1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE (1ull << 2)
+#define QCOW2_INCOMPAT_COMPRESS	 (1ull << 3)
+#define QCOW2_INCOMPAT_EXTL2	 (1ull << 4)
+#define QCOW2_INCOMPAT_KNOWN                                                                   \
+	(QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT | QCOW2_INCOMPAT_COMPRESS |             \
+	 QCOW2_INCOMPAT_EXTL2)
+#define QCOW2_COMPAT_LAZY	 (1ull << 0)
+#define QCOW2_AUTOCLEAR_BITMAPS	 (1ull << 0)
+
+#define QCOW2_EXT_END	    0x00000000u
+#define QCOW2_EXT_BACKFMT   0xe2792acau
+#define QCOW2_EXT_FEATURES  0x6803f857u
+#define QCOW2_EXT_BITMAPS   0x23852875u
+#define QCOW2_EXT_CRYPTO    0x0537be77u
+#define QCOW2_EXT_DATA_FILE 0x44415441u
+
+#define QCOW2_OFF_MASK	      0x00fffffffffffe00ull
+#define QCOW2_COPIED	      (1ull << 63)
+#define QCOW2_COMPRESSED      (1ull << 62)
+#define QCOW2_ZERO	      1ull
+#define QCOW2_RT_OFF_MASK     0xfffffffffffffe00ull
+#define QCOW2_EXTL2_ALL_ALLOC 0xffffffffull
+#define QCOW2_EXTL2_ALL_ZERO  0xffffffff00000000ull
+
+/* Header field offsets for field-sized rewrites. */
+#define QCOW2_HDR_SIZE	    24
+#define QCOW2_HDR_L1	    36
+#define QCOW2_HDR_RT	    48
+#define QCOW2_HDR_INCOMPAT  72
+#define QCOW2_HDR_AUTOCLEAR 88
+
+/* Limits QEMU enforces at open. */
+#define QCOW2_MAX_L1_BYTES (32u << 20)
+#define QCOW2_MAX_RT_BYTES (8u << 20)
+#define QCOW2_MAX_SNAPSHOTS 65536
+
+enum qcow2_ctype { QC_UNALLOC, QC_ZERO_PLAIN, QC_ZERO_ALLOC, QC_NORMAL, QC_COMPRESSED };
+
+struct qcow2_cache_entry {
+	uint64_t off; /* host offset of the table; 0 = empty slot */
+	uint64_t lru;
+	bool dirty;
+	void *buf;
+};
+
+struct qcow2;
+
+/* A small write-back cache of one-cluster tables. */
+struct qcow2_cache {
+	struct qcow2 *q;
+	const char *what;
+	unsigned n, last;
+	uint64_t tick;
+	struct qcow2_cache_entry *e;
+	/* Ordering: called before a dirty entry is written back on eviction. */
+	int (*before_writeback)(struct qcow2 *q);
+};
+
+/* One guest cluster a write touches. */
+enum qcow2_item_kind {
+	QI_INPLACE,	 /* COPIED cluster, no metadata change */
+	QI_INPLACE_META, /* COPIED cluster whose entry changes (zero flag, subclusters) */
+	QI_NEW,		 /* a freshly allocated cluster replaces the entry */
+};
+
+struct qcow2_item {
+	enum qcow2_item_kind kind;
+	uint64_t gcl;	   /* guest cluster index */
+	uint64_t host;	   /* host cluster written */
+	uint32_t set_alloc; /* extended L2: subclusters the write makes allocated */
+	uint64_t src_off, src_len; /* host bytes read for copy-on-write (busy) */
+};
+
+struct qcow2_ticket {
+	struct qcow2_ticket *next;
+	uint64_t meta_first, meta_last; /* guest clusters whose entries change */
+	bool has_meta;
+	struct vd_waiter *waiters;
+	unsigned n, cap;
+	struct qcow2_item *items;
+};
+
+/* A reference dropped in memory whose refcount decrement waits until the
+ * metadata that stopped referencing it is on disk. Bytes [off, off+len): every
+ * host cluster they touch loses one reference. */
+struct qcow2_free {
+	uint64_t off, len;
+};
+
+struct qcow2_snapshot {
+	uint64_t l1_offset;
+	uint32_t l1_size;
+};
+
+struct qcow2 {
+	struct vd_image *img;
+	pthread_mutex_t lock;
+
+	uint32_t version, header_length;
+	uint32_t cluster_bits, cluster_size;
+	uint64_t size;
+	uint64_t incompat, compat, autoclear;
+	uint32_t refcount_order, refcount_bits;
+	uint64_t refcount_max;
+	uint8_t compression;
+	bool ext_l2;
+	uint32_t l2_entries, l2_bits, sc_size, sc_bits;
+	uint32_t rb_entries, rb_bits;
+	uint32_t csize_shift;
+	uint64_t csize_mask, coff_mask;
+	bool has_backing;
+
+	uint64_t l1_offset;
+	uint32_t l1_size;
+	uint64_t *l1;	  /* host order */
+	uint8_t *l1_dirty; /* one flag per 512-byte sector of the table */
+
+	uint64_t rt_offset;
+	uint32_t rt_clusters;
+	uint64_t rt_entries;
+	uint64_t *rt; /* host order */
+
+	uint32_t nb_snapshots;
+	uint64_t snapshots_offset, snapshots_bytes;
+	struct qcow2_snapshot *snaps;
+
+	bool has_bitmaps;
+	uint32_t nb_bitmaps;
+	uint64_t bm_dir_offset, bm_dir_size;
+
+	bool write_ready; /* autoclear bits handled for writing */
+	uint64_t host_end; /* clusters: everything at or past is never-written host space */
+	uint64_t free_hint;
+	uint32_t *rebuild_counts; /* during a refcount rebuild */
+	uint64_t rebuild_n;
+
+	struct qcow2_cache l2c, rbc;
+	struct qcow2_ticket *inflight;
+	struct qcow2_free *frees;
+	size_t nfrees, cap_frees;
+};
+
+static inline uint64_t qcow2_be64(const void *p)
+{
+	uint64_t v;
+	__builtin_memcpy(&v, p, 8);
+	return be64toh(v);
+}
+
+static inline uint32_t qcow2_be32(const void *p)
+{
+	uint32_t v;
+	__builtin_memcpy(&v, p, 4);
+	return be32toh(v);
+}
+
+static inline uint16_t qcow2_be16(const void *p)
+{
+	uint16_t v;
+	__builtin_memcpy(&v, p, 2);
+	return be16toh(v);
+}
+
+static inline uint64_t qcow2_cl(const struct qcow2 *q, uint64_t off)
+{
+	return off >> q->cluster_bits;
+}
+
+static inline uint64_t qcow2_align_up(uint64_t v, uint64_t a)
+{
+	return (v + a - 1) / a * a;
+}
+
+/* qcow2.c */
+int qcow2_write_header_field(struct qcow2 *q, unsigned off, const void *buf, unsigned len);
+
+/* qcow2-cache.c */
+int qcow2_cache_init(struct qcow2_cache *c, struct qcow2 *q, unsigned n, const char *what);
+void qcow2_cache_destroy(struct qcow2_cache *c);
+int qcow2_cache_get(struct qcow2_cache *c, uint64_t off, struct qcow2_cache_entry **out);
+int qcow2_cache_get_new(struct qcow2_cache *c, uint64_t off, struct qcow2_cache_entry **out);
+void qcow2_cache_dirty(struct qcow2_cache *c, struct qcow2_cache_entry *e);
+int qcow2_cache_flush(struct qcow2_cache *c, bool *wrote);
+bool qcow2_cache_has_dirty(const struct qcow2_cache *c);
+void qcow2_cache_forget(struct qcow2_cache *c, uint64_t off);
+
+/* qcow2-refcount.c */
+int qcow2_refcount_get(struct qcow2 *q, uint64_t cl, uint64_t *rc);
+int qcow2_refcount_add(struct qcow2 *q, uint64_t cl, int delta);
+int qcow2_refcount_set(struct qcow2 *q, uint64_t cl, uint64_t v);
+int qcow2_alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off, bool *fresh);
+void qcow2_alloc_rollback(struct qcow2 *q, uint64_t off, uint64_t n);
+int qcow2_defer_free(struct qcow2 *q, uint64_t off, uint64_t len);
+int qcow2_free_entry(struct qcow2 *q, uint64_t entry);
+int qcow2_refcount_sync(struct qcow2 *q);
+int qcow2_flush_locked(struct qcow2 *q);
+int qcow2_rebuild_refcounts(struct qcow2 *q);
+void qcow2_compressed_range(const struct qcow2 *q, uint64_t entry, uint64_t *off, uint64_t *len);
+
+/* qcow2-map.c */
+enum qcow2_ctype qcow2_classify(const struct qcow2 *q, uint64_t entry);
+int qcow2_l2_get(struct qcow2 *q, uint64_t gcl, bool write, struct qcow2_cache_entry **e,
+		 unsigned *idx);
+int qcow2_prepare_write(struct qcow2 *q);
+int qcow2_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags, struct vd_map *m);
+void qcow2_complete(struct vd_image *img, void *ticket, int err);
+int qcow2_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
+		       enum vd_bs *status);
+int qcow2_discard(struct vd_image *img, uint64_t off, uint64_t len);
+int qcow2_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len);
+int qcow2_truncate(struct vd_image *img, uint64_t size);
+
+/* qcow2-create.c */
+int qcow2_create(const char *path, const struct vd_create_opts *o);
+
+#endif
