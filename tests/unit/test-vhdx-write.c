@@ -1,6 +1,430 @@
+/* VHDX writes through image_pwrite_sync / image_zero_sync: workloads on
+ * images from qemu-img and from our own create, then `qemu-img check` and
+ * `qemu-img compare` against a raw file that received the same writes;
+ * header GUIDs, concurrent allocation, a crash without close, injected I/O
+ * errors, discard on dynamic and fixed disks, 4K sectors. */
+#include <errno.h>
+#include <fcntl.h>
 #include <glib.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "uring.h"
+#include "vhdx-fixture.h"
+#include "vhdx.h"
+
+#define M (1ull << 20)
+
+/* Apply the same writes to img and to the raw reference. */
+struct twin {
+	struct vd_image *img;
+	int raw;
+};
+
+static void twin_write(struct twin *t, uint64_t off, uint64_t len, unsigned seed)
+{
+	char *buf = g_malloc(len);
+
+	fx_pattern(buf, len, off, seed);
+	g_assert_cmpint(image_pwrite_sync(t->img, buf, len, off), ==, 0);
+	g_assert_cmpint(pwrite(t->raw, buf, len, off), ==, (ssize_t)len);
+	g_free(buf);
+}
+
+static void twin_zero(struct twin *t, uint64_t off, uint64_t len, bool unmap)
+{
+	char *buf = g_malloc0(len);
+
+	g_assert_cmpint(image_zero_sync(t->img, len, off, unmap), ==, 0);
+	g_assert_cmpint(pwrite(t->raw, buf, len, off), ==, (ssize_t)len);
+	g_free(buf);
+}
+
+static void twin_open(struct twin *t, const char *img, const char *raw, uint64_t size)
+{
+	char *p = fx_path(img), *r = fx_path(raw);
+
+	g_assert_cmpint(fx_open(p, false, &t->img), ==, 0);
+	t->raw = open(r, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	g_assert_cmpint(t->raw, >=, 0);
+	g_assert_cmpint(ftruncate(t->raw, size ? size : t->img->size), ==, 0);
+	g_free(p);
+	g_free(r);
+}
+
+static void twin_close(struct twin *t)
+{
+	image_unref(t->img);
+	close(t->raw);
+}
+
+/* A mixed workload: unaligned writes into fresh and present blocks, block and
+ * BAT-page boundaries, zeroing, fsyncs. */
+static void workload(struct twin *t, unsigned seed)
+{
+	uint64_t size = t->img->size, bs = t->img->cluster_size;
+	GRand *r = g_rand_new_with_seed(seed);
+
+	twin_write(t, 0, 4096, seed);
+	twin_write(t, bs - 100, 300, seed + 1);		 /* across a block boundary */
+	twin_write(t, (3 * bs + 777) % (size - 5000), 5000, seed + 2); /* inside a fresh block */
+	twin_write(t, size - 1000, 1000, seed + 3);	 /* the very end */
+	for (int i = 0; i < 40; i++) {
+		uint64_t len = g_rand_int_range(r, 1, 3 * M);
+		uint64_t off = (uint64_t)g_rand_double_range(r, 0, size - len);
+		if (i % 4 == 0)
+			off &= ~4095ull;
+		if (i % 9 == 8)
+			twin_zero(t, off / 512 * 512, (len + 511) / 512 * 512 < size - off / 512 * 512
+							   ? (len + 511) / 512 * 512 : 512,
+				  i % 2);
+		else
+			twin_write(t, off, len, seed + 10 + i);
+		if (i % 10 == 0)
+			g_assert_cmpint(image_fsync_sync(t->img), ==, 0);
+	}
+	g_rand_free(r);
+}
+
+static void check_with_qemu(const char *img, const char *raw)
+{
+	g_assert_cmpint(fx_sh_rc("qemu-img check -q %s", img), ==, 0);
+	g_assert_cmpint(fx_sh_rc("qemu-img compare -q -f vhdx -F raw %s %s", img, raw), ==, 0);
+	g_assert_cmpint(fx_sh_rc("qemu-img info %s | grep -q 'file format: vhdx'", img), ==, 0);
+}
+
+static void run_qemu_image(const char *name, const char *opts, const char *size, unsigned seed)
+{
+	struct twin t;
+	char raw[64];
+
+	g_snprintf(raw, sizeof(raw), "%s.ref", name);
+	fx_sh("qemu-img create -q -f vhdx -o %s %s %s", opts, name, size);
+	twin_open(&t, name, raw, 0);
+	workload(&t, seed);
+	twin_close(&t);
+	check_with_qemu(name, raw);
+}
+
+static void test_qemu_dynamic(void)
+{
+	run_qemu_image("w-dyn1.vhdx", "block_size=1M", "48M", 1);
+	run_qemu_image("w-dyn32.vhdx", "block_size=32M,block_state_zero=off", "100M", 2);
+}
+
+static void test_qemu_fixed(void)
+{
+	char *p;
+	uint8_t before[4096], after[4096];
+
+	run_qemu_image("w-fix.vhdx", "subformat=fixed,block_state_zero=off,block_size=8M", "64M", 3);
+	/* Fixed disks never change block states: the BAT is unchanged. */
+	fx_sh("qemu-img create -q -f vhdx -o subformat=fixed,block_state_zero=off,block_size=1M "
+	      "w-fix2.vhdx 16M");
+	p = fx_path("w-fix2.vhdx");
+	fx_pread(p, before, sizeof(before), fx_region(p, vhdx_guid_bat.b));
+	{
+		struct twin t;
+		twin_open(&t, "w-fix2.vhdx", "w-fix2.ref", 0);
+		twin_write(&t, 5 * M + 3, 2 * M, 9);
+		twin_zero(&t, 2 * M, 4 * M, true);
+		twin_zero(&t, 9 * M + 512, 4096, false);
+		twin_close(&t);
+	}
+	fx_pread(p, after, sizeof(after), fx_region(p, vhdx_guid_bat.b));
+	g_assert_cmpmem(before, sizeof(before), after, sizeof(after));
+	check_with_qemu("w-fix2.vhdx", "w-fix2.ref");
+	g_free(p);
+}
+
+/* BAT pages hold 512 entries: change the first and last of a page (QEMU
+ * once shifted a page by one entry here), and blocks past 4 GiB. */
+static void test_bat_pages_and_4g(void)
+{
+	struct twin t;
+
+	fx_sh("qemu-img create -q -f vhdx -o block_size=1M w-big.vhdx 5G");
+	twin_open(&t, "w-big.vhdx", "w-big.ref", 0);
+	twin_write(&t, 511 * M + 10, 100, 21);
+	twin_write(&t, 512 * M, 4096, 22);
+	twin_write(&t, 1023 * M + M - 4096, 8192, 23);
+	twin_write(&t, 4 * 1024 * M - 4096, 2 * M, 24); /* across the first chunk */
+	twin_write(&t, 4500 * M + 12345, 3 * M, 25);
+	twin_close(&t);
+	g_assert_cmpint(fx_sh_rc("qemu-img check -q w-big.vhdx"), ==, 0);
+	g_assert_cmpint(fx_sh_rc("qemu-img compare -q -f vhdx -F raw w-big.vhdx w-big.ref"), ==, 0);
+}
+
+static void test_own_create(void)
+{
+	struct vd_create_opts o = {.size = 40 * M + 512, .cluster_size = 2 * M};
+	char *p = fx_path("c-dyn.vhdx"), *q = fx_path("c-fix.vhdx");
+	struct twin t;
+
+	g_assert_cmpint(vd_format_vhdx.create(p, &o), ==, 0);
+	g_assert_cmpint(vd_format_vhdx.create(p, &o), ==, -EEXIST);
+	g_assert_cmpint(fx_sh_rc("qemu-img info c-dyn.vhdx | grep -q 'cluster_size: 2097152'"), ==,
+			0);
+	g_assert_cmpint(fx_sh_rc("qemu-img check -q c-dyn.vhdx"), ==, 0);
+	twin_open(&t, "c-dyn.vhdx", "c-dyn.ref", 0);
+	workload(&t, 31);
+	twin_close(&t);
+	check_with_qemu("c-dyn.vhdx", "c-dyn.ref");
+	o.fixed = true;
+	o.cluster_size = 0;
+	g_assert_cmpint(vd_format_vhdx.create(q, &o), ==, 0);
+	twin_open(&t, "c-fix.vhdx", "c-fix.ref", 0);
+	workload(&t, 32);
+	twin_close(&t);
+	check_with_qemu("c-fix.vhdx", "c-fix.ref");
+	g_free(p);
+	g_free(q);
+}
+
+static void test_own_4k(void)
+{
+	struct vd_create_opts o = {.size = 64 * M, .cluster_size = M, .sector_size = 4096};
+	char *p = fx_path("c-4k.vhdx"), *r = fx_path("c-4k.ref");
+	struct vd_image *img;
+	struct twin t;
+
+	g_assert_cmpint(vd_format_vhdx.create(p, &o), ==, 0);
+	twin_open(&t, "c-4k.vhdx", "c-4k.ref", 0);
+	workload(&t, 41);
+	twin_close(&t);
+	/* QEMU refuses 4K sectors: read back through our own driver. */
+	g_assert_cmpint(fx_open(p, true, &img), ==, 0);
+	fx_compare(img, r, 0, img->size);
+	image_unref(img);
+	g_free(p);
+	g_free(r);
+}
+
+/* ---- header GUIDs ---- */
+
+static void test_guids(void)
+{
+	char *p;
+	uint8_t h0[2][4096], h1[2][4096];
+	struct vd_image *img;
+	uint8_t buf[512] = {1};
+	uint64_t cur;
+
+	fx_sh("qemu-img create -q -f vhdx -o block_size=1M g.vhdx 8M");
+	p = fx_path("g.vhdx");
+	fx_pread(p, h0[0], 4096, VHDX_HEADER1_OFF);
+	fx_pread(p, h0[1], 4096, VHDX_HEADER2_OFF);
+	/* Read-only and read-write opens without writes leave the headers alone. */
+	g_assert_cmpint(fx_open(p, true, &img), ==, 0);
+	image_unref(img);
+	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
+	g_assert_cmpint(image_pread_sync(img, buf, 512, 0), ==, 0);
+	image_unref(img);
+	fx_pread(p, h1[0], 4096, VHDX_HEADER1_OFF);
+	fx_pread(p, h1[1], 4096, VHDX_HEADER2_OFF);
+	g_assert_cmpmem(h0, sizeof(h0), h1, sizeof(h1));
+	/* A write: new FileWriteGuid and DataWriteGuid, LogGuid clear after close. */
+	cur = fx_current_header(p);
+	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
+	g_assert_cmpint(image_pwrite_sync(img, buf, 512, 4096), ==, 0);
+	image_unref(img);
+	fx_pread(p, h1[0], 4096, fx_current_header(p));
+	g_assert_cmpmem(h0[cur == VHDX_HEADER2_OFF], 4, h1[0], 4); /* signature */
+	g_assert_true(memcmp(h0[cur == VHDX_HEADER2_OFF] + 16, h1[0] + 16, 16));
+	g_assert_true(memcmp(h0[cur == VHDX_HEADER2_OFF] + 32, h1[0] + 32, 16));
+	for (int i = 48; i < 64; i++)
+		g_assert_cmpint(h1[0][i], ==, 0);
+	g_assert_cmpuint(vhdx_get64(h1[0] + 8), >, vhdx_get64(h0[cur == VHDX_HEADER2_OFF] + 8));
+	g_free(p);
+}
+
+/* ---- concurrency ---- */
+
+struct racer {
+	struct vd_image *img;
+	int id;
+};
+
+static void *race_thread(void *arg)
+{
+	struct racer *r = arg;
+	char buf[4096];
+
+	g_assert_cmpint(uring_thread_init(64), ==, 0);
+	/* Every thread writes its own 4 KiB slot of the same fresh blocks. */
+	for (int b = 0; b < 16; b++) {
+		memset(buf, 'A' + r->id, sizeof(buf));
+		g_assert_cmpint(image_pwrite_sync(r->img, buf, sizeof(buf),
+						  b * M + r->id * 8192 + 512),
+				==, 0);
+	}
+	uring_thread_exit();
+	return NULL;
+}
+
+static void test_concurrent_alloc(void)
+{
+	char *p, *expect = g_malloc0(16 * M), *got = g_malloc(16 * M);
+	struct racer r[4];
+	pthread_t th[4];
+	struct vd_image *img;
+	struct stat st;
+
+	fx_sh("qemu-img create -q -f vhdx -o block_size=1M race.vhdx 16M");
+	p = fx_path("race.vhdx");
+	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
+	for (int i = 0; i < 4; i++) {
+		r[i] = (struct racer){img, i};
+		pthread_create(&th[i], NULL, race_thread, &r[i]);
+	}
+	for (int i = 0; i < 4; i++)
+		pthread_join(th[i], NULL);
+	for (int b = 0; b < 16; b++)
+		for (int i = 0; i < 4; i++)
+			memset(expect + b * M + i * 8192 + 512, 'A' + i, 4096);
+	g_assert_cmpint(image_pread_sync(img, got, 16 * M, 0), ==, 0);
+	g_assert_cmpmem(expect, 16 * M, got, 16 * M);
+	image_unref(img);
+	/* One allocation per block: the file grew by 16 blocks, not more. */
+	g_assert_cmpint(stat(p, &st), ==, 0);
+	g_assert_cmpint(fx_sh_rc("qemu-img check -q race.vhdx"), ==, 0);
+	g_assert_cmpint(fx_open(p, true, &img), ==, 0);
+	g_assert_cmpint(image_pread_sync(img, got, 16 * M, 0), ==, 0);
+	g_assert_cmpmem(expect, 16 * M, got, 16 * M);
+	g_assert_cmpuint(st.st_size, <=, ((struct vhdx *)img->priv)->file_end);
+	g_assert_cmpuint(st.st_size, ==, 8 * M + 16 * M);
+	image_unref(img);
+	g_free(p);
+	g_free(expect);
+	g_free(got);
+}
+
+/* ---- crash: the process dies without closing ---- */
+
+static void test_crash_without_close(void)
+{
+	char *p;
+	pid_t pid;
+	int status;
+
+	fx_sh("qemu-img create -q -f vhdx -o block_size=1M crash.vhdx 64M && "
+	      "truncate -s 64M crash.ref");
+	p = fx_path("crash.vhdx");
+	pid = fork();
+	if (pid == 0) {
+		struct twin t;
+		uring_thread_exit();
+		uring_thread_init(64);
+		twin_open(&t, "crash.vhdx", "crash.ref", 0);
+		workload(&t, 51);
+		image_fsync_sync(t.img);
+		close(t.raw);
+		/* Unsynced writes after the last fsync may or may not survive. */
+		{
+			char buf[4096] = {0x7f};
+			image_pwrite_sync(t.img, buf, sizeof(buf), 60 * M);
+		}
+		_exit(0);
+	}
+	g_assert_cmpint(waitpid(pid, &status, 0), ==, pid);
+	g_assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	fx_sh("cp crash.vhdx crash2.vhdx");
+	/* QEMU repairs (replays) it, and so do we; data before the fsync intact. */
+	g_assert_cmpint(fx_sh_rc("qemu-img check -q -r all crash2.vhdx"), ==, 0);
+	g_assert_cmpint(fx_sh_rc("qemu-img compare -q -f vhdx -F raw crash2.vhdx crash.ref"), ==,
+			1); /* 60M was written after the fsync... */
+	{
+		struct vd_image *img;
+		char *ref = fx_path("crash.ref");
+		g_assert_cmpint(fx_open(p, false, &img), ==, 0);
+		fx_compare(img, ref, 0, 60 * M);
+		image_unref(img);
+		g_free(ref);
+	}
+	g_assert_cmpint(fx_sh_rc("qemu-img check -q crash.vhdx"), ==, 0);
+	g_free(p);
+}
+
+/* ---- injected I/O errors ---- */
+
+static void test_fault_sweep(void)
+{
+	char buf[8192];
+	char *p;
+
+	fx_sh("qemu-img create -q -f vhdx -o block_size=1M fault.vhdx 32M");
+	p = fx_path("fault.vhdx");
+	for (unsigned long nth = 1; nth < 40; nth += 3) {
+		struct vd_image *img;
+		int ret = 0;
+
+		g_assert_cmpint(fx_open(p, false, &img), ==, 0);
+		fault_set(nth, EIO, FAULT_ALL, 1);
+		for (int i = 0; i < 6 && !ret; i++) {
+			memset(buf, i + 1, sizeof(buf));
+			ret = image_pwrite_sync(img, buf, sizeof(buf), (i * 5 + nth) * 512 * 7);
+			if (!ret)
+				ret = image_fsync_sync(img);
+		}
+		fault_set(0, 0, 0, 0);
+		image_unref(img);
+		/* Whatever failed, the image still opens and checks clean. */
+		g_assert_cmpint(fx_open(p, true, &img), ==, 0);
+		image_unref(img);
+		g_assert_cmpint(fx_sh_rc("qemu-img check -q -r all fault.vhdx"), ==, 0);
+	}
+	g_free(p);
+}
+
+/* ---- discard ---- */
+
+static void test_discard(void)
+{
+	struct twin t;
+	struct stat a, b;
+	uint64_t pnum;
+	enum vd_bs st;
+	char *p = fx_path("disc.vhdx");
+
+	fx_sh("qemu-img create -q -f vhdx -o block_size=1M disc.vhdx 32M");
+	twin_open(&t, "disc.vhdx", "disc.ref", 0);
+	twin_write(&t, 0, 16 * M, 61);
+	g_assert_cmpint(image_fsync_sync(t.img), ==, 0);
+	g_assert_cmpint(stat(p, &a), ==, 0);
+	twin_zero(&t, 2 * M, 4 * M, true);		/* whole blocks */
+	twin_zero(&t, 8 * M + 4096, 8192, true);	/* part of a block */
+	twin_zero(&t, 10 * M + 512, 3 * M, false);	/* write zeroes, unaligned ends */
+	g_assert_cmpint(image_block_status(t.img, 2 * M, 4 * M, &pnum, &st), ==, 0);
+	g_assert_cmpint(st, ==, VD_BS_ZERO);
+	g_assert_cmpuint(pnum, ==, 4 * M);
+	g_assert_cmpint(image_fsync_sync(t.img), ==, 0);
+	g_assert_cmpint(stat(p, &b), ==, 0);
+	g_assert_cmpuint(b.st_blocks, <, a.st_blocks - 4 * M / 512 + 1);
+	twin_close(&t);
+	check_with_qemu("disc.vhdx", "disc.ref");
+	g_free(p);
+}
+
 int main(int argc, char **argv)
 {
+	int ret;
+
 	g_test_init(&argc, &argv, NULL);
-	return g_test_run();
+	fx_setup();
+	g_test_add_func("/vhdx/write/qemu-dynamic", test_qemu_dynamic);
+	g_test_add_func("/vhdx/write/qemu-fixed", test_qemu_fixed);
+	g_test_add_func("/vhdx/write/bat-pages-and-4g", test_bat_pages_and_4g);
+	g_test_add_func("/vhdx/write/own-create", test_own_create);
+	g_test_add_func("/vhdx/write/own-4k", test_own_4k);
+	g_test_add_func("/vhdx/write/guids", test_guids);
+	g_test_add_func("/vhdx/write/concurrent-alloc", test_concurrent_alloc);
+	g_test_add_func("/vhdx/write/crash-without-close", test_crash_without_close);
+	g_test_add_func("/vhdx/write/fault-sweep", test_fault_sweep);
+	g_test_add_func("/vhdx/write/discard", test_discard);
+	ret = g_test_run();
+	fx_teardown();
+	return ret;
 }
