@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "mirror.h"
 #include "vfs.h"
 
 struct vfs_config vfs_cfg;
@@ -42,6 +43,7 @@ static void failed_free(gpointer p)
 
 static void vnode_free(struct vnode *n)
 {
+	mirror_free(n->mirror); /* cancels a job: the source stays the image */
 	image_unref(n->img);
 	g_free(n->name);
 	g_free(n);
@@ -68,6 +70,7 @@ static struct vnode *vnode_new(const char *name, struct vd_image *img, const str
 	n->kind = VN_IMAGE;
 	n->name = g_strdup(name);
 	n->img = img;
+	n->mirror = mirror_new(&n->img);
 	n->sdev = st->st_dev;
 	n->sino = st->st_ino;
 	g_hash_table_insert(by_ino, &n->ino, n);
@@ -200,6 +203,7 @@ int tree_init(void)
 		}
 		root_node.kind = VN_IMAGE;
 		root_node.img = img;
+		root_node.mirror = mirror_new(&root_node.img);
 		root_node.sdev = st.st_dev;
 		root_node.sino = st.st_ino;
 		g_hash_table_insert(by_ino, &root_node.ino, &root_node);
@@ -226,6 +230,9 @@ void tree_shutdown(void)
 	g_hash_table_iter_init(&it, by_ino);
 	while (g_hash_table_iter_next(&it, &key, &val)) {
 		struct vnode *n = val;
+		/* Cancel mirrors first: the source stays the image of record. */
+		mirror_free(n->mirror);
+		n->mirror = NULL;
 		if (n->img) {
 			int ret = image_fsync_sync(n->img);
 			if (ret)

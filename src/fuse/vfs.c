@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "mirror.h"
 #include "uring.h"
 #include "vfs.h"
 
@@ -115,6 +116,11 @@ static void vfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 			fuse_reply_err(req, EROFS);
 			return;
 		}
+		if ((uint64_t)attr->st_size != n->img->size && mirror_busy(n->mirror)) {
+			vd_err("%s: cannot change the size while a mirror runs", n->img->path);
+			fuse_reply_err(req, EBUSY);
+			return;
+		}
 		if ((uint64_t)attr->st_size != n->img->size) {
 			ret = image_truncate(n->img, attr->st_size);
 			if (ret) {
@@ -189,6 +195,7 @@ struct vfs_io {
 	fuse_req_t req;
 	char *buf;	/* read buffer, or the request buffer a WRITE arrived in */
 	size_t len;
+	struct mirror *gate; /* passed the mirror gate straight to the image */
 };
 
 static struct vfs_io *vfs_io_new(fuse_req_t req, char *buf, size_t len)
@@ -203,15 +210,47 @@ static struct vfs_io *vfs_io_new(fuse_req_t req, char *buf, size_t len)
 	io->req = req;
 	io->buf = buf;
 	io->len = len;
+	io->gate = NULL;
 	loop_req_begin();
 	return io;
 }
 
 static void vfs_io_end(struct vfs_io *io)
 {
+	if (io->gate)
+		mirror_leave(io->gate);
 	free(io->buf);
 	free(io);
 	loop_req_end();
+}
+
+/* Hand a data request to the view's image, or to the mirror layer while a
+ * mirror job runs (it fans writes out to both sides). */
+static void vfs_submit(struct vnode *n, struct vfs_io *io, enum mirror_op op, void *buf,
+		       uint64_t len, uint64_t off, vd_done_fn done)
+{
+	struct vd_image *img = n->img;
+
+	if (n->mirror && !mirror_enter(n->mirror, &img)) {
+		mirror_io(n->mirror, op, buf, len, off, done, io);
+		return;
+	}
+	io->gate = n->mirror;
+	switch (op) {
+	case MIRROR_READ:
+		image_read(img, buf, len, off, done, io);
+		break;
+	case MIRROR_WRITE:
+		image_write(img, buf, len, off, done, io);
+		break;
+	case MIRROR_ZERO:
+	case MIRROR_DISCARD:
+		image_zero(img, len, off, op == MIRROR_DISCARD, done, io);
+		break;
+	case MIRROR_FSYNC:
+		image_fsync(img, done, io);
+		break;
+	}
 }
 
 static void vfs_read_done(void *opaque, int err)
@@ -250,7 +289,7 @@ static void vfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	io = vfs_io_new(req, buf, size);
 	if (io)
-		image_read(n->img, buf, size, off, vfs_read_done, io);
+		vfs_submit(n, io, MIRROR_READ, buf, size, off, vfs_read_done);
 }
 
 static void vfs_write_done(void *opaque, int err)
@@ -298,7 +337,7 @@ static void vfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t si
 		io = vfs_io_new(req, loop_take_buffer(), size);
 	}
 	if (io)
-		image_write(n->img, buf, size, off, vfs_write_done, io);
+		vfs_submit(n, io, MIRROR_WRITE, (void *)buf, size, off, vfs_write_done);
 }
 
 static void vfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -325,7 +364,7 @@ static void vfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_
 	}
 	io = vfs_io_new(req, NULL, 0);
 	if (io)
-		image_fsync(n->img, vfs_err_done, io);
+		vfs_submit(n, io, MIRROR_FSYNC, NULL, 0, 0, vfs_err_done);
 }
 
 static void vfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
@@ -376,7 +415,8 @@ static void vfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, o
 	}
 	io = vfs_io_new(req, NULL, 0);
 	if (io)
-		image_zero(n->img, len, off, unmap, vfs_err_done, io);
+		vfs_submit(n, io, unmap ? MIRROR_DISCARD : MIRROR_ZERO, NULL, len, off,
+			   vfs_err_done);
 }
 
 static void vfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,

@@ -32,11 +32,14 @@ extern struct vfs_config vfs_cfg;
 
 enum vnode_kind { VN_DIR, VN_IMAGE, VN_CONTROL };
 
+struct mirror;
+
 struct vnode {
 	fuse_ino_t ino;
 	enum vnode_kind kind;
 	char *name;
 	struct vd_image *img;
+	struct mirror *mirror; /* images: the view's mirror slot (mirror.h) */
 	dev_t sdev; /* the source file's identity, to notice replacement */
 	ino_t sino;
 	uint64_t nlookup;
@@ -70,6 +73,9 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 	       size_t size, int flags);
 /* Everything about one image as a JSON object (used by .info and the control file). */
 void image_info_json(struct vnode *n, struct json_writer *j);
+/* Start a mirror of the view with this mount's settings: 0 or -errno (logged). */
+struct mirror_opts;
+int xattr_mirror_start(struct vnode *n, const struct mirror_opts *o);
 
 /* ---- control.c ---- */
 struct control_fh {

@@ -3,15 +3,18 @@
  * verbs join them here. */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
+#include "mirror.h"
 #include "vfs.h"
 
 #define XATTR_PREFIX "user.vdiskfs."
 
 static const char *const xattr_names[] = {
 	"format", "virtual-size", "cluster-size", "backing", "allocated", "image", "info",
+	"mirror.status",
 };
 
 void image_info_json(struct vnode *n, struct json_writer *j)
@@ -43,6 +46,11 @@ void image_info_json(struct vnode *n, struct json_writer *j)
 		img->fmt->info(img, j);
 		json_end_object(j);
 	}
+	if (n->mirror) {
+		json_begin_object(j, "mirror");
+		mirror_status_json(n->mirror, j);
+		json_end_object(j);
+	}
 }
 
 /* The value of one attribute, or NULL if there is no such attribute. */
@@ -63,6 +71,11 @@ static GString *xattr_value(struct vnode *n, const char *key)
 		g_string_append_printf(s, "%" PRIu64, image_allocated(img));
 	} else if (!strcmp(key, "image")) {
 		g_string_append(s, img->path);
+	} else if (!strcmp(key, "mirror.status")) {
+		if (n->mirror)
+			mirror_status_line(n->mirror, s);
+		else
+			g_string_append(s, "phase=none");
 	} else if (!strcmp(key, "info")) {
 		struct json_writer j;
 		json_init(&j, s);
@@ -118,6 +131,77 @@ void xattr_list(fuse_req_t req, struct vnode *n, size_t size)
 	g_string_free(s, TRUE);
 }
 
+int xattr_mirror_start(struct vnode *n, const struct mirror_opts *o)
+{
+	struct mirror_env env = {
+		.mountpoint = vfs_cfg.mountpoint,
+		.read_only = vfs_cfg.read_only,
+		.open = &vfs_cfg.open,
+	};
+
+	if (!n->mirror)
+		return -ENOMEM;
+	return mirror_start(n->mirror, o, &env);
+}
+
+struct xattr_wait {
+	fuse_req_t req;
+};
+
+static void xattr_verb_done(void *opaque, int err)
+{
+	struct xattr_wait *w = opaque;
+
+	fuse_reply_err(w->req, -err);
+	free(w);
+	loop_req_end();
+}
+
+/* The mirror verbs: start (value: target or options), complete, cancel. */
+static void xattr_mirror(fuse_req_t req, struct vnode *n, const char *verb, const char *value,
+			 size_t size)
+{
+	const struct fuse_ctx *c = fuse_req_ctx(req);
+	struct xattr_wait *w;
+	int ret;
+
+	if (c->uid != 0 && c->uid != vfs_cfg.owner) {
+		vd_err("%s: mirror %s: only the owner of the mount may run mirrors",
+		       n->img->path, verb);
+		fuse_reply_err(req, EACCES);
+		return;
+	}
+	if (!strcmp(verb, "start")) {
+		struct mirror_opts o;
+		char *v = g_strndup(value, size);
+
+		g_strchomp(v);
+		mirror_opts_init(&o);
+		ret = mirror_opts_parse(&o, v);
+		if (!ret)
+			ret = xattr_mirror_start(n, &o);
+		mirror_opts_free(&o);
+		g_free(v);
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	if (!n->mirror) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	w = malloc(sizeof(*w));
+	if (!w) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	w->req = req;
+	loop_req_begin(); /* answered when the swap or the drop is done */
+	if (!strcmp(verb, "complete"))
+		mirror_complete(n->mirror, xattr_verb_done, w);
+	else
+		mirror_cancel(n->mirror, xattr_verb_done, w);
+}
+
 void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *value,
 	       size_t size, int flags)
 {
@@ -128,6 +212,11 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 		return;
 	}
 	key = name + strlen(XATTR_PREFIX);
+	if (!strcmp(key, "mirror.start") || !strcmp(key, "mirror.complete") ||
+	    !strcmp(key, "mirror.cancel")) {
+		xattr_mirror(req, n, key + strlen("mirror."), value, size);
+		return;
+	}
 	for (size_t i = 0; i < G_N_ELEMENTS(xattr_names); i++) {
 		if (!strcmp(key, xattr_names[i])) {
 			vd_err("%s: %s is read-only", n->img->path, name);

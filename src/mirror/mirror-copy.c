@@ -1,0 +1,372 @@
+/* The copier: one thread per job with its own io_uring. It walks the
+ * source's block status through the backing chain, copies DATA runs in
+ * granularity-sized chunks with several in flight, writes ZERO runs as
+ * unmapped zeroes only where the destination is not already zero, holds each
+ * chunk's range in the job's range lock while reading and writing it, and
+ * meters copied data with a token bucket. */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "mirror-int.h"
+
+#define COPY_ZERO_MAX (64ull << 20) /* one zeroing op locks at most this much */
+#define COPY_GRACE_MS 2000	    /* old source kept open after complete */
+
+struct mirror_chunk {
+	struct mirror_job *job;
+	uint64_t off, len;
+	bool zero; /* zero the destination rather than copy */
+	void *buf;
+	struct rl_range range;
+	struct mirror_chunk *next;
+};
+
+static __thread struct mirror_job *copy_self;
+
+void mirror_copy_kick(struct mirror_job *job)
+{
+	uint64_t one = 1;
+
+	if (job->efd >= 0 && write(job->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		vd_warn("mirror: cannot wake the copier: %s", strerror(errno));
+}
+
+static void chunk_end(struct mirror_chunk *c, bool copied)
+{
+	struct mirror_job *job = c->job;
+	struct mirror *m = job->m;
+	void (*cont)(struct mirror *m);
+
+	rangelock_unlock(&job->rl, &c->range);
+	if (copied)
+		atomic_fetch_add(&job->copied, c->len);
+	pthread_mutex_lock(&m->lock);
+	job->copy_inflight--;
+	cont = mirror_drain_check(m);
+	pthread_mutex_unlock(&m->lock);
+	free(c->buf);
+	free(c);
+	if (copy_self != job)
+		mirror_copy_kick(job);
+	if (cont)
+		cont(m);
+}
+
+static void chunk_written(void *opaque, int err)
+{
+	struct mirror_chunk *c = opaque;
+
+	if (err)
+		mirror_fail(c->job, "writing %" PRIu64 " bytes at offset %" PRIu64
+				    " of the destination: %s",
+			    c->len, c->off, strerror(-err));
+	chunk_end(c, !err);
+}
+
+static bool buf_is_zero(const void *buf, size_t len)
+{
+	const uint64_t *p = buf;
+	size_t n = len / 8;
+
+	for (size_t i = 0; i < n; i++)
+		if (p[i])
+			return false;
+	return !memcmp((const char *)buf + n * 8, "\0\0\0\0\0\0\0", len % 8);
+}
+
+static void chunk_read(void *opaque, int err)
+{
+	struct mirror_chunk *c = opaque;
+	struct mirror_job *job = c->job;
+
+	if (err) {
+		mirror_fail(job, "reading %" PRIu64 " bytes at offset %" PRIu64
+				 " of the source: %s",
+			    c->len, c->off, strerror(-err));
+		chunk_end(c, false);
+		return;
+	}
+	if (job->dst_zero && buf_is_zero(c->buf, c->len)) {
+		chunk_end(c, true); /* allocated zeroes: the destination stays sparse */
+		return;
+	}
+	image_write(job->dst, c->buf, c->len, c->off, chunk_written, c);
+}
+
+/* The chunk holds its range: do its I/O, unless the job stopped meanwhile. */
+static void chunk_go(struct mirror_chunk *c)
+{
+	struct mirror_job *job = c->job;
+	bool stop;
+
+	pthread_mutex_lock(&job->m->lock);
+	stop = job->stop;
+	pthread_mutex_unlock(&job->m->lock);
+	if (stop)
+		chunk_end(c, false);
+	else if (c->zero)
+		image_zero(job->dst, c->len, c->off, true, chunk_written, c);
+	else
+		image_read(job->src, c->buf, c->len, c->off, chunk_read, c);
+}
+
+/* Granted by another thread's unlock: hand it to the copier's own ring. */
+static void chunk_wake(struct rl_range *r)
+{
+	struct mirror_chunk *c = container_of(r, struct mirror_chunk, range);
+	struct mirror_job *job = c->job;
+
+	if (copy_self == job) {
+		chunk_go(c);
+		return;
+	}
+	pthread_mutex_lock(&job->m->lock);
+	c->next = job->ready;
+	job->ready = c;
+	pthread_mutex_unlock(&job->m->lock);
+	mirror_copy_kick(job);
+}
+
+static void copy_flushed(void *opaque, int err)
+{
+	struct mirror_job *job = opaque;
+
+	if (err)
+		mirror_fail(job, "flushing the destination: %s", strerror(-err));
+	else
+		mirror_copy_ready(job);
+}
+
+/* Refill the bucket; return 0 if a chunk may go now, else ms to wait. */
+static int copy_throttle(struct mirror_job *job)
+{
+	uint64_t now = mirror_now_ns();
+
+	if (!job->speed)
+		return 0;
+	job->tokens += (double)(now - job->last_ns) * job->speed / 1e9;
+	job->last_ns = now;
+	if (job->tokens > job->granularity)
+		job->tokens = job->granularity;
+	if (job->tokens >= 0)
+		return 0;
+	return (int)(-job->tokens * 1000 / job->speed) + 1;
+}
+
+/* The next run to copy from job->pos: DATA coalesced up to the next
+ * granularity boundary, or a ZERO run. 0 or -errno. */
+static int copy_next(struct mirror_job *job, uint64_t *len, bool *zero)
+{
+	uint64_t pos = job->pos, pnum, boundary, n;
+	enum vd_bs st;
+	int ret;
+
+	ret = image_block_status(job->src, pos, job->total - pos, &pnum, &st);
+	if (ret)
+		return ret;
+	if (st != VD_BS_DATA) {
+		*zero = true;
+		*len = job->dst_zero || pnum <= COPY_ZERO_MAX ? pnum : COPY_ZERO_MAX;
+		return 0;
+	}
+	*zero = false;
+	boundary = (pos / job->granularity + 1) * job->granularity;
+	if (boundary > job->total)
+		boundary = job->total;
+	n = pnum < boundary - pos ? pnum : boundary - pos;
+	while (pos + n < boundary) {
+		ret = image_block_status(job->src, pos + n, boundary - pos - n, &pnum, &st);
+		if (ret)
+			return ret;
+		if (st != VD_BS_DATA)
+			break;
+		n += pnum;
+	}
+	*len = n;
+	return 0;
+}
+
+/* Start what may start; return ms until the bucket allows more, or -1. */
+static int copy_pump(struct mirror_job *job)
+{
+	struct mirror *m = job->m;
+	struct mirror_chunk *ready, *c;
+	bool flush = false;
+
+	pthread_mutex_lock(&m->lock);
+	ready = job->ready;
+	job->ready = NULL;
+	pthread_mutex_unlock(&m->lock);
+	for (; ready; ready = c) {
+		c = ready->next;
+		chunk_go(ready);
+	}
+	for (;;) {
+		uint64_t len;
+		bool zero, go;
+		int ret, wait;
+
+		pthread_mutex_lock(&m->lock);
+		go = job->phase == MP_RUNNING && !job->stop && job->copy_inflight < job->depth &&
+		     job->pos < job->total;
+		pthread_mutex_unlock(&m->lock);
+		if (!go)
+			break;
+		wait = copy_throttle(job);
+		if (wait)
+			return wait;
+		ret = copy_next(job, &len, &zero);
+		if (ret) {
+			mirror_fail(job, "block status of the source at offset %" PRIu64 ": %s",
+				    job->pos, strerror(-ret));
+			break;
+		}
+		if (zero && job->dst_zero) {
+			/* A fresh destination already reads as zeroes here. */
+			atomic_fetch_add(&job->copied, len);
+			job->pos += len;
+			continue;
+		}
+		c = calloc(1, sizeof(*c));
+		if (!c || (!zero && posix_memalign(&c->buf, 4096, len))) {
+			free(c);
+			mirror_fail(job, "out of memory for a %" PRIu64 "-byte chunk", len);
+			break;
+		}
+		c->job = job;
+		c->off = job->pos;
+		c->len = len;
+		c->zero = zero;
+		job->pos += len;
+		if (!zero && job->speed)
+			job->tokens -= len;
+		pthread_mutex_lock(&m->lock);
+		job->copy_inflight++;
+		pthread_mutex_unlock(&m->lock);
+		if (rangelock_lock(&job->rl, &c->range, c->off, c->len, chunk_wake))
+			chunk_go(c);
+	}
+	pthread_mutex_lock(&m->lock);
+	if (job->phase == MP_RUNNING && !job->stop && job->pos >= job->total &&
+	    !job->copy_inflight && !job->flushing) {
+		job->flushing = true;
+		flush = true;
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (flush)
+		image_fsync(job->dst, copy_flushed, job);
+	return -1;
+}
+
+static void copy_on_kick(struct uring_op *op, int res)
+{
+	struct mirror_job *job = op->data;
+	uint64_t v;
+
+	if (read(job->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		vd_warn("mirror: copier eventfd: %s", strerror(errno));
+	if (!op->multishot)
+		uring_poll(op, job->efd, POLLIN, true, copy_on_kick);
+}
+
+static void *copy_main(void *arg)
+{
+	struct mirror_job *job = arg;
+	struct mirror *m = job->m;
+	struct vd_image *retired;
+	int ret;
+
+	copy_self = job;
+	ret = uring_thread_init(256);
+	if (ret) {
+		mirror_fail(job, "cannot set up the copier's io_uring: %s", strerror(-ret));
+		/* Nothing can run here; wait to be told to leave. */
+		for (;;) {
+			bool leave;
+
+			pthread_mutex_lock(&m->lock);
+			leave = job->exit && !job->copy_inflight;
+			pthread_mutex_unlock(&m->lock);
+			if (leave)
+				break;
+			usleep(10000);
+		}
+		goto out;
+	}
+	/* Requests that went straight to the source before the job existed
+	 * must land before the copy reads what they wrote. */
+	while (atomic_load(&m->direct) > 0)
+		usleep(200);
+	job->last_ns = mirror_now_ns();
+	job->poll.data = job;
+	uring_poll(&job->poll, job->efd, POLLIN, true, copy_on_kick);
+	for (;;) {
+		int wait = copy_pump(job);
+		bool leave;
+
+		pthread_mutex_lock(&m->lock);
+		leave = job->exit && !job->copy_inflight;
+		pthread_mutex_unlock(&m->lock);
+		/* Guest requests resumed on this thread complete on its ring. */
+		if (leave && !uring_inflight())
+			break;
+		ret = uring_run(wait < 0 || wait > 100 ? 100 : wait);
+		if (ret < 0 && ret != -EINTR && ret != -ETIME) {
+			vd_err("mirror: copier io_uring wait failed: %s", strerror(-ret));
+			usleep(1000);
+		}
+	}
+	pthread_mutex_lock(&m->lock);
+	retired = job->retired;
+	job->retired = NULL;
+	pthread_mutex_unlock(&m->lock);
+	if (retired) {
+		/* Metadata requests (stat, lseek, xattrs) that read the view's
+		 * image just before the swap finish within the grace period. */
+		for (int i = 0; i < COPY_GRACE_MS / 20; i++) {
+			bool hurry;
+
+			pthread_mutex_lock(&m->lock);
+			hurry = job->hurry;
+			pthread_mutex_unlock(&m->lock);
+			if (hurry)
+				break;
+			usleep(20000);
+		}
+		image_unref(retired);
+	}
+	uring_thread_exit();
+out:
+	atomic_store(&job->finished, true);
+	return NULL;
+}
+
+int mirror_copy_start(struct mirror_job *job)
+{
+	int ret;
+
+	job->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (job->efd < 0)
+		return -errno;
+	ret = pthread_create(&job->thread, NULL, copy_main, job);
+	if (ret) {
+		atomic_store(&job->finished, true);
+		return -ret;
+	}
+	pthread_setname_np(job->thread, "vdiskfs-mirror");
+	job->thread_started = true;
+	return 0;
+}
+
+void mirror_copy_join(struct mirror_job *job)
+{
+	if (job->thread_started)
+		pthread_join(job->thread, NULL);
+	job->thread_started = false;
+}

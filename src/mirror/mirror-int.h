@@ -1,0 +1,112 @@
+/* Inside the mirror: the job, its phases and the copier's state, shared by
+ * mirror.c (start, phases, guest-write fan-out), mirror-copy.c (the copier
+ * thread) and mirror-start.c (destination checks and creation). */
+#ifndef VDISKFS_MIRROR_INT_H
+#define VDISKFS_MIRROR_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <time.h>
+
+#include "mirror.h"
+#include "rangelock.h"
+#include "uring.h"
+
+#ifndef container_of
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+#endif
+
+enum mirror_phase {
+	MP_NONE,
+	MP_RUNNING,
+	MP_READY,
+	MP_COMPLETING,
+	MP_COMPLETED,
+	MP_CANCELLING,
+	MP_FAILED,
+};
+
+struct mirror_chunk;
+struct mirror_req;
+
+struct mirror_job {
+	struct mirror *m;
+	struct vd_image *src, *dst;
+	char *target;
+	uint64_t total, granularity, speed;
+	unsigned depth;	    /* copier chunks in flight */
+	bool dst_zero;	    /* a fresh destination: reads as zeroes until written */
+	atomic_ullong copied; /* bytes known identical on both sides */
+	struct rangelock rl;
+
+	/* Under m->lock. */
+	enum mirror_phase phase;
+	char error[256];
+	uint64_t guest_bytes; /* guest writes in flight to both sides */
+	unsigned copy_inflight;
+	struct mirror_chunk *ready; /* chunks granted their range by another thread */
+	bool stop;		    /* copier: issue nothing more */
+	bool exit;		    /* copier thread: leave once idle */
+	bool hurry;		    /* no grace period before closing the old source */
+	struct vd_image *retired;   /* the old source after complete */
+	vd_done_fn op_done;	    /* the complete / cancel waiting for drain */
+	void *op_opaque;
+
+	/* The copier thread (mirror-copy.c). */
+	pthread_t thread;
+	int efd;
+	struct uring_op poll;
+	uint64_t pos;
+	double tokens;
+	uint64_t last_ns;
+	bool flushing;
+	bool thread_started;
+	atomic_bool finished; /* the copier thread has returned (or never ran) */
+};
+
+struct mirror {
+	pthread_mutex_t lock;
+	struct vd_image **slot;
+	struct mirror_job *_Atomic job; /* non-NULL from start to the end of complete/cancel */
+	atomic_long direct;		/* requests in flight that bypassed the mirror */
+	long inflight;			/* requests in flight through mirror_io */
+	bool quiesce;			/* park new requests until the drain finishes */
+	bool starting;			/* a start is opening the destination */
+	void (*drained)(struct mirror *m);
+	struct mirror_req *parked, **parked_tail;
+	/* A finished job whose copier thread is closing down (it drops the old
+	 * source after a grace period); joined and freed by the next start. */
+	struct mirror_job *old;
+	/* What status shows after a job ended. */
+	enum mirror_phase last_phase;
+	char *last_target, *last_format;
+	uint64_t last_total;
+};
+
+/* mirror.c */
+void mirror_fail(struct mirror_job *job, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Called with m->lock held after inflight or copy_inflight dropped: runs the
+ * drain continuation (returned, to be called after unlocking) when idle. */
+void (*mirror_drain_check(struct mirror *m))(struct mirror *m);
+void mirror_copy_ready(struct mirror_job *job); /* phase running -> ready */
+
+/* mirror-copy.c */
+int mirror_copy_start(struct mirror_job *job);
+void mirror_copy_kick(struct mirror_job *job);
+/* Join a copier thread that has been told to exit. */
+void mirror_copy_join(struct mirror_job *job);
+
+/* mirror-start.c */
+int mirror_open_target(struct mirror *m, const struct mirror_opts *o,
+		       const struct mirror_env *env, struct mirror_job *job);
+
+static inline uint64_t mirror_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+#endif

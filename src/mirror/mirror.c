@@ -1,0 +1,676 @@
+/* The mirror job: the I/O gate every data request of a view passes, the
+ * guest-request fan-out to source and destination (acknowledged when both
+ * are done, under the job's range lock), the phases and their verbs, and the
+ * status. The copier is in mirror-copy.c, destination checks in
+ * mirror-start.c. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "mirror-int.h"
+
+static const char *const phase_names[] = {
+	[MP_NONE] = "none",		[MP_RUNNING] = "running",
+	[MP_READY] = "ready",		[MP_COMPLETING] = "completing",
+	[MP_COMPLETED] = "completed",	[MP_CANCELLING] = "cancelling",
+	[MP_FAILED] = "failed",
+};
+
+struct mirror_req {
+	struct mirror *m;
+	struct mirror_job *job; /* set when the request also goes to the destination */
+	enum mirror_op op;
+	void *buf;
+	uint64_t len, off;
+	vd_done_fn done;
+	void *opaque;
+	struct vd_image *src, *dst;
+	atomic_int pending;
+	int src_err, dst_err;
+	bool locked;
+	struct rl_range range;
+	struct mirror_req *next; /* parked while the view drains */
+};
+
+struct mirror *mirror_new(struct vd_image **slot)
+{
+	struct mirror *m = calloc(1, sizeof(*m));
+
+	if (!m)
+		return NULL;
+	pthread_mutex_init(&m->lock, NULL);
+	m->slot = slot;
+	m->parked_tail = &m->parked;
+	return m;
+}
+
+static void job_free(struct mirror_job *job)
+{
+	if (!job)
+		return;
+	rangelock_destroy(&job->rl);
+	if (job->efd >= 0)
+		close(job->efd);
+	g_free(job->target);
+	free(job);
+}
+
+/* Join and free a finished job's thread (it may still hold the old source
+ * for its grace period: hurry tells it to drop it now). */
+static void mirror_reap(struct mirror_job *job)
+{
+	pthread_mutex_lock(&job->m->lock);
+	job->hurry = true;
+	job->exit = true;
+	pthread_mutex_unlock(&job->m->lock);
+	mirror_copy_kick(job);
+	mirror_copy_join(job);
+	job_free(job);
+}
+
+void mirror_free(struct mirror *m)
+{
+	struct mirror_job *job, *old;
+
+	if (!m)
+		return;
+	pthread_mutex_lock(&m->lock);
+	job = atomic_load(&m->job);
+	if (job) {
+		job->phase = MP_CANCELLING;
+		job->stop = true;
+		job->exit = true;
+		job->hurry = true;
+	}
+	old = m->old;
+	m->old = NULL;
+	pthread_mutex_unlock(&m->lock);
+	if (job) {
+		mirror_copy_kick(job);
+		mirror_copy_join(job); /* after the copier's last chunk */
+		atomic_store(&m->job, NULL);
+		image_unref(job->dst);
+		vd_info("%s: mirror to %s cancelled at shutdown; the source stays the image of "
+			"record; the partial destination is left at %s",
+			job->src->path, job->target, job->target);
+		job_free(job);
+	}
+	if (old)
+		mirror_reap(old);
+	g_free(m->last_target);
+	g_free(m->last_format);
+	pthread_mutex_destroy(&m->lock);
+	free(m);
+}
+
+bool mirror_busy(struct mirror *m)
+{
+	return m && atomic_load(&m->job);
+}
+
+void mirror_fail(struct mirror_job *job, const char *fmt, ...)
+{
+	struct mirror *m = job->m;
+	char why[256];
+	bool now = false;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	pthread_mutex_lock(&m->lock);
+	if (job->phase == MP_RUNNING || job->phase == MP_READY) {
+		job->phase = MP_FAILED;
+		snprintf(job->error, sizeof(job->error), "%s", why);
+		now = true;
+	}
+	job->stop = true;
+	pthread_mutex_unlock(&m->lock);
+	if (now)
+		vd_err("%s: mirror to %s failed: %s; the view keeps working on the source",
+		       job->src->path, job->target, why);
+	mirror_copy_kick(job);
+}
+
+void mirror_copy_ready(struct mirror_job *job)
+{
+	struct mirror *m = job->m;
+	bool now = false;
+
+	pthread_mutex_lock(&m->lock);
+	if (job->phase == MP_RUNNING) {
+		job->phase = MP_READY;
+		now = true;
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (now)
+		vd_info("%s: mirror to %s is ready (%" PRIu64 " bytes copied)", job->src->path,
+			job->target, (uint64_t)atomic_load(&job->copied));
+}
+
+void (*mirror_drain_check(struct mirror *m))(struct mirror *m)
+{
+	struct mirror_job *job = atomic_load(&m->job);
+	void (*fn)(struct mirror *m);
+
+	if (!m->quiesce || !m->drained || m->inflight)
+		return NULL;
+	if (job && job->copy_inflight)
+		return NULL;
+	fn = m->drained;
+	m->drained = NULL;
+	return fn;
+}
+
+/* ---- the gate and the fan-out ---- */
+
+bool mirror_enter(struct mirror *m, struct vd_image **img)
+{
+	/* Pairs with start storing the job and then waiting for direct == 0:
+	 * either start sees this request, or this request sees the job. */
+	atomic_fetch_add(&m->direct, 1);
+	if (atomic_load(&m->job)) {
+		atomic_fetch_sub(&m->direct, 1);
+		return false;
+	}
+	*img = __atomic_load_n(m->slot, __ATOMIC_ACQUIRE);
+	return true;
+}
+
+void mirror_leave(struct mirror *m)
+{
+	atomic_fetch_sub(&m->direct, 1);
+}
+
+static const char *op_name(enum mirror_op op)
+{
+	switch (op) {
+	case MIRROR_READ:
+		return "read";
+	case MIRROR_WRITE:
+		return "write";
+	case MIRROR_ZERO:
+		return "write-zeroes";
+	case MIRROR_DISCARD:
+		return "discard";
+	default:
+		return "fsync";
+	}
+}
+
+static void req_finish(struct mirror_req *r)
+{
+	struct mirror *m = r->m;
+	struct mirror_job *job = r->job;
+	void (*cont)(struct mirror *m);
+
+	if (job) {
+		if (r->dst_err)
+			mirror_fail(job, "destination %s of %" PRIu64 " bytes at offset %" PRIu64
+					 " failed: %s",
+				    op_name(r->op), r->len, r->off, strerror(-r->dst_err));
+		else if (r->src_err)
+			mirror_fail(job, "source %s at offset %" PRIu64 " failed (%s): the two "
+					 "sides may differ",
+				    op_name(r->op), r->off, strerror(-r->src_err));
+		if (r->locked)
+			rangelock_unlock(&job->rl, &r->range);
+	}
+	r->done(r->opaque, r->src_err);
+	pthread_mutex_lock(&m->lock);
+	m->inflight--;
+	if (job && r->op != MIRROR_FSYNC)
+		job->guest_bytes -= r->len;
+	cont = mirror_drain_check(m);
+	pthread_mutex_unlock(&m->lock);
+	free(r);
+	if (cont)
+		cont(m);
+}
+
+static void req_put(struct mirror_req *r)
+{
+	if (atomic_fetch_sub(&r->pending, 1) == 1)
+		req_finish(r);
+}
+
+static void req_src_done(void *opaque, int err)
+{
+	struct mirror_req *r = opaque;
+
+	r->src_err = err;
+	req_put(r);
+}
+
+static void req_dst_done(void *opaque, int err)
+{
+	struct mirror_req *r = opaque;
+
+	r->dst_err = err;
+	req_put(r);
+}
+
+static void req_submit(struct mirror_req *r, struct vd_image *img, vd_done_fn cb)
+{
+	switch (r->op) {
+	case MIRROR_READ:
+		image_read(img, r->buf, r->len, r->off, cb, r);
+		break;
+	case MIRROR_WRITE:
+		image_write(img, r->buf, r->len, r->off, cb, r);
+		break;
+	case MIRROR_ZERO:
+	case MIRROR_DISCARD:
+		image_zero(img, r->len, r->off, r->op == MIRROR_DISCARD, cb, r);
+		break;
+	case MIRROR_FSYNC:
+		image_fsync(img, cb, r);
+		break;
+	}
+}
+
+static void req_go(struct mirror_req *r)
+{
+	atomic_store(&r->pending, r->dst ? 3 : 2); /* one for this function */
+	req_submit(r, r->src, req_src_done);
+	if (r->dst)
+		req_submit(r, r->dst, req_dst_done);
+	req_put(r);
+}
+
+static void req_wake(struct rl_range *range)
+{
+	req_go(container_of(range, struct mirror_req, range));
+}
+
+static void req_dispatch(struct mirror_req *r)
+{
+	struct mirror *m = r->m;
+	struct mirror_job *job;
+
+	pthread_mutex_lock(&m->lock);
+	if (m->quiesce) {
+		r->next = NULL;
+		*m->parked_tail = r;
+		m->parked_tail = &r->next;
+		pthread_mutex_unlock(&m->lock);
+		return;
+	}
+	m->inflight++;
+	job = atomic_load(&m->job);
+	r->job = NULL;
+	r->dst = NULL;
+	r->src = job ? job->src : *m->slot;
+	if (job && r->op != MIRROR_READ &&
+	    (job->phase == MP_RUNNING || job->phase == MP_READY)) {
+		r->job = job;
+		r->dst = job->dst;
+		if (r->op != MIRROR_FSYNC)
+			job->guest_bytes += r->len;
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (r->dst && r->op != MIRROR_FSYNC && r->len) {
+		r->locked = true;
+		if (!rangelock_lock(&job->rl, &r->range, r->off, r->len, req_wake))
+			return; /* parked: resumed by whoever releases the range */
+	}
+	req_go(r);
+}
+
+void mirror_io(struct mirror *m, enum mirror_op op, void *buf, uint64_t len, uint64_t off,
+	       vd_done_fn done, void *opaque)
+{
+	struct mirror_req *r = calloc(1, sizeof(*r));
+
+	if (!r) {
+		done(opaque, -ENOMEM);
+		return;
+	}
+	r->m = m;
+	r->op = op;
+	r->buf = buf;
+	r->len = len;
+	r->off = off;
+	r->done = done;
+	r->opaque = opaque;
+	req_dispatch(r);
+}
+
+/* Take the parked requests and end the quiesce (with m->lock held). */
+static struct mirror_req *unquiesce_locked(struct mirror *m)
+{
+	struct mirror_req *list = m->parked;
+
+	m->parked = NULL;
+	m->parked_tail = &m->parked;
+	m->quiesce = false;
+	m->drained = NULL;
+	return list;
+}
+
+static void resume_parked(struct mirror_req *list)
+{
+	struct mirror_req *next;
+
+	for (; list; list = next) {
+		next = list->next;
+		req_dispatch(list);
+	}
+}
+
+/* Quiesce the view and run fn once nothing is in flight (m->lock held on
+ * entry, dropped on return). */
+static void quiesce_then(struct mirror *m, void (*fn)(struct mirror *m))
+{
+	void (*cont)(struct mirror *m);
+
+	m->quiesce = true;
+	m->drained = fn;
+	cont = mirror_drain_check(m);
+	pthread_mutex_unlock(&m->lock);
+	if (cont)
+		cont(m);
+}
+
+/* ---- complete ---- */
+
+static void complete_flushed(void *opaque, int err)
+{
+	struct mirror_job *job = opaque;
+	struct mirror *m = job->m;
+	struct mirror_req *parked;
+	vd_done_fn done;
+	void *done_opaque;
+
+	pthread_mutex_lock(&m->lock);
+	done = job->op_done;
+	done_opaque = job->op_opaque;
+	job->op_done = NULL;
+	if (err) {
+		job->phase = MP_FAILED;
+		job->stop = true;
+		snprintf(job->error, sizeof(job->error),
+			 "flushing the destination at complete failed: %s", strerror(-err));
+		parked = unquiesce_locked(m);
+		pthread_mutex_unlock(&m->lock);
+		vd_err("%s: mirror to %s failed: %s; the view stays on the source",
+		       job->src->path, job->target, job->error);
+		resume_parked(parked);
+		done(done_opaque, err);
+		return;
+	}
+	/* Nothing is in flight and new requests are parked: swap. */
+	__atomic_store_n(m->slot, job->dst, __ATOMIC_RELEASE);
+	job->retired = job->src;
+	job->phase = MP_COMPLETED;
+	job->exit = true;
+	g_free(m->last_target);
+	g_free(m->last_format);
+	m->last_target = g_strdup(job->target);
+	m->last_format = g_strdup(job->dst->fmt->name);
+	m->last_total = job->total;
+	m->last_phase = MP_COMPLETED;
+	m->old = job;
+	atomic_store(&m->job, NULL);
+	parked = unquiesce_locked(m);
+	pthread_mutex_unlock(&m->lock);
+	vd_info("%s: mirror complete: the view now reads and writes %s; the source is no "
+		"longer used",
+		job->src->path, job->target);
+	mirror_copy_kick(job);
+	resume_parked(parked);
+	done(done_opaque, 0);
+}
+
+static void complete_drained(struct mirror *m)
+{
+	struct mirror_job *job = atomic_load(&m->job);
+
+	image_fsync(job->dst, complete_flushed, job);
+}
+
+/* Can the verb run in this phase? 0 or -errno with a message. */
+static int verb_check(struct mirror *m, struct mirror_job *job, const char *verb)
+{
+	if (!job) {
+		vd_err("%s: mirror %s: no mirror is running", (*m->slot)->path, verb);
+		return -ENOENT;
+	}
+	if (job->phase == MP_COMPLETING || job->phase == MP_CANCELLING) {
+		vd_err("%s: mirror %s: the mirror is already %s", job->src->path, verb,
+		       phase_names[job->phase]);
+		return -EBUSY;
+	}
+	if (!strcmp(verb, "complete") && job->phase != MP_READY) {
+		if (job->phase == MP_FAILED) {
+			vd_err("%s: mirror complete: the mirror failed (%s); cancel it",
+			       job->src->path, job->error);
+			return -EIO;
+		}
+		vd_err("%s: mirror complete: not ready yet (phase %s, %" PRIu64 " of %" PRIu64
+		       " bytes copied)",
+		       job->src->path, phase_names[job->phase],
+		       (uint64_t)atomic_load(&job->copied), job->total);
+		return -EBUSY;
+	}
+	return 0;
+}
+
+void mirror_complete(struct mirror *m, vd_done_fn done, void *opaque)
+{
+	struct mirror_job *job;
+	int ret;
+
+	pthread_mutex_lock(&m->lock);
+	job = atomic_load(&m->job);
+	ret = verb_check(m, job, "complete");
+	if (ret) {
+		pthread_mutex_unlock(&m->lock);
+		done(opaque, ret);
+		return;
+	}
+	job->phase = MP_COMPLETING;
+	job->op_done = done;
+	job->op_opaque = opaque;
+	quiesce_then(m, complete_drained);
+}
+
+/* ---- cancel ---- */
+
+static void cancel_drained(struct mirror *m)
+{
+	struct mirror_job *job = atomic_load(&m->job);
+	struct mirror_req *parked;
+	struct vd_image *dst;
+	vd_done_fn done;
+	void *done_opaque;
+
+	pthread_mutex_lock(&m->lock);
+	done = job->op_done;
+	done_opaque = job->op_opaque;
+	job->op_done = NULL;
+	job->exit = true;
+	dst = job->dst;
+	job->dst = NULL;
+	m->last_phase = MP_NONE;
+	m->old = job;
+	atomic_store(&m->job, NULL);
+	parked = unquiesce_locked(m);
+	pthread_mutex_unlock(&m->lock);
+	image_unref(dst);
+	vd_info("%s: mirror cancelled; the view stays on the source; the destination is left "
+		"at %s",
+		job->src->path, job->target);
+	mirror_copy_kick(job);
+	resume_parked(parked);
+	done(done_opaque, 0);
+}
+
+void mirror_cancel(struct mirror *m, vd_done_fn done, void *opaque)
+{
+	struct mirror_job *job;
+	int ret;
+
+	pthread_mutex_lock(&m->lock);
+	job = atomic_load(&m->job);
+	ret = verb_check(m, job, "cancel");
+	if (ret) {
+		pthread_mutex_unlock(&m->lock);
+		done(opaque, ret);
+		return;
+	}
+	job->phase = MP_CANCELLING;
+	job->stop = true;
+	job->op_done = done;
+	job->op_opaque = opaque;
+	mirror_copy_kick(job);
+	quiesce_then(m, cancel_drained);
+}
+
+/* ---- status ---- */
+
+struct mirror_snap {
+	enum mirror_phase phase;
+	const char *target, *format;
+	uint64_t copied, total, dirty, speed;
+	char error[256];
+};
+
+/* Called with m->lock held; strings stay valid while it is. */
+static void mirror_snap(struct mirror *m, struct mirror_snap *s)
+{
+	struct mirror_job *job = atomic_load(&m->job);
+
+	memset(s, 0, sizeof(*s));
+	if (job) {
+		s->phase = job->phase;
+		s->target = job->target;
+		s->format = job->dst ? job->dst->fmt->name : "";
+		s->copied = atomic_load(&job->copied);
+		s->total = job->total;
+		s->dirty = s->total - s->copied + job->guest_bytes;
+		s->speed = job->speed;
+		snprintf(s->error, sizeof(s->error), "%s", job->error);
+	} else if (m->last_phase == MP_COMPLETED) {
+		s->phase = MP_COMPLETED;
+		s->target = m->last_target;
+		s->format = m->last_format;
+		s->copied = s->total = m->last_total;
+	}
+}
+
+void mirror_status_line(struct mirror *m, GString *out)
+{
+	struct mirror_snap s;
+
+	pthread_mutex_lock(&m->lock);
+	mirror_snap(m, &s);
+	if (s.phase == MP_NONE)
+		g_string_append(out, "phase=none");
+	else
+		g_string_append_printf(out,
+				       "phase=%s target=%s format=%s copied=%" PRIu64
+				       " total=%" PRIu64 " dirty=%" PRIu64 " speed=%" PRIu64
+				       " error=%s",
+				       phase_names[s.phase], s.target, s.format, s.copied, s.total,
+				       s.dirty, s.speed, s.error);
+	pthread_mutex_unlock(&m->lock);
+}
+
+void mirror_status_json(struct mirror *m, struct json_writer *j)
+{
+	struct mirror_snap s;
+
+	pthread_mutex_lock(&m->lock);
+	mirror_snap(m, &s);
+	json_str(j, "phase", phase_names[s.phase]);
+	if (s.phase != MP_NONE) {
+		json_str(j, "target", s.target);
+		json_str(j, "format", s.format);
+		json_u64(j, "copied", s.copied);
+		json_u64(j, "total", s.total);
+		json_u64(j, "dirty", s.dirty);
+		json_u64(j, "speed", s.speed);
+		json_str(j, "error", s.error[0] ? s.error : NULL);
+	}
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* ---- start ---- */
+
+int mirror_start(struct mirror *m, const struct mirror_opts *o, const struct mirror_env *env)
+{
+	struct mirror_job *job, *old;
+	struct vd_image *src;
+	int ret;
+
+	pthread_mutex_lock(&m->lock);
+	src = *m->slot;
+	if (env->read_only || src->read_only) {
+		pthread_mutex_unlock(&m->lock);
+		vd_err("%s: cannot mirror a read-only %s", src->path,
+		       env->read_only ? "mount" : "image");
+		return -EROFS;
+	}
+	job = atomic_load(&m->job);
+	if (job || m->starting) {
+		pthread_mutex_unlock(&m->lock);
+		vd_err("%s: already has a mirror (to %s, phase %s)", src->path,
+		       job ? job->target : "?", job ? phase_names[job->phase] : "starting");
+		return -EBUSY;
+	}
+	old = m->old;
+	if (old && !atomic_load(&old->finished)) {
+		pthread_mutex_unlock(&m->lock);
+		vd_err("%s: the previous mirror is still closing down; retry in a moment",
+		       src->path);
+		return -EBUSY;
+	}
+	m->old = NULL;
+	m->starting = true; /* no second start meanwhile */
+	pthread_mutex_unlock(&m->lock);
+	if (old)
+		mirror_reap(old);
+
+	ret = -ENOMEM;
+	job = calloc(1, sizeof(*job));
+	if (!job)
+		goto out_unbusy;
+	job->m = m;
+	job->efd = -1;
+	job->src = src;
+	job->total = src->size;
+	job->speed = o->speed;
+	job->granularity = o->granularity ? o->granularity : MIRROR_DEFAULT_GRANULARITY;
+	job->depth = job->granularity <= (1u << 20) ? 8 : 4;
+	rangelock_init(&job->rl);
+	ret = mirror_open_target(m, o, env, job);
+	if (ret)
+		goto out_free;
+
+	pthread_mutex_lock(&m->lock);
+	job->phase = MP_RUNNING;
+	m->last_phase = MP_NONE;
+	atomic_store(&m->job, job);
+	m->starting = false;
+	pthread_mutex_unlock(&m->lock);
+	ret = mirror_copy_start(job);
+	if (ret) /* guest writes may already go to both sides: fail, not undo */
+		mirror_fail(job, "cannot start the copier thread: %s", strerror(-ret));
+	vd_info("%s: mirroring %" PRIu64 " bytes to %s (%s, %s)", src->path, job->total,
+		job->target, job->dst->fmt->name, job->dst_zero ? "new" : "existing");
+	return 0;
+
+out_free:
+	job_free(job);
+out_unbusy:
+	pthread_mutex_lock(&m->lock);
+	m->starting = false;
+	pthread_mutex_unlock(&m->lock);
+	return ret;
+}

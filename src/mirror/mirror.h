@@ -1,0 +1,80 @@
+/* The live mirror: copies a view's image to a destination while the guest
+ * keeps writing (every write goes to both sides under a shared range lock),
+ * then swaps the destination in. One struct mirror lives with each view for
+ * the view's whole life; a job exists in it from start to complete/cancel. */
+#ifndef VDISKFS_MIRROR_H
+#define VDISKFS_MIRROR_H
+
+#include <glib.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "image.h"
+#include "json.h"
+
+#define MIRROR_DEFAULT_GRANULARITY (1u << 20)
+#define MIRROR_MIN_GRANULARITY	   (4u << 10)
+#define MIRROR_MAX_GRANULARITY	   (64u << 20)
+
+/* ---- options (mirror-opts.c) ---- */
+struct mirror_opts {
+	char *target;	      /* absolute path */
+	char *format;	      /* "raw", "qcow2", "vhdx"; NULL = the source's */
+	uint64_t speed;	      /* bytes/s of copied data; 0 = unlimited */
+	uint64_t granularity; /* copy chunk; 0 = MIRROR_DEFAULT_GRANULARITY */
+	bool existing;	      /* open an existing destination instead of creating */
+};
+
+void mirror_opts_init(struct mirror_opts *o);
+void mirror_opts_free(struct mirror_opts *o);
+/* One key=value option. 0 or -EINVAL with a logged message naming it. */
+int mirror_opts_set(struct mirror_opts *o, const char *key, const char *val);
+/* An xattr value: a plain absolute path, or "target=PATH,format=...,speed=...,
+ * granularity=...,existing=0|1". 0 or -EINVAL with a logged message. */
+int mirror_opts_parse(struct mirror_opts *o, const char *value);
+
+/* ---- the per-view mirror (mirror.c) ---- */
+struct mirror;
+
+enum mirror_op { MIRROR_READ, MIRROR_WRITE, MIRROR_ZERO, MIRROR_DISCARD, MIRROR_FSYNC };
+
+/* What start needs to know about the mount it runs in. */
+struct mirror_env {
+	const char *mountpoint;		/* our own mount: no destination inside it */
+	bool read_only;			/* the mount is read-only */
+	const struct vd_open_opts *open; /* for existing destinations */
+};
+
+/* slot is where the view keeps its image (node->img): complete swaps it. */
+struct mirror *mirror_new(struct vd_image **slot);
+/* Cancel a job synchronously (unmount, view removed) and free. Call with no
+ * request in flight on the view. */
+void mirror_free(struct mirror *m);
+
+/* Start a job. 0, or -errno with a logged message and nothing changed. */
+int mirror_start(struct mirror *m, const struct mirror_opts *o, const struct mirror_env *env);
+/* Complete (from ready only) or cancel; done(opaque, err) runs once the swap
+ * or the drop is done, possibly before the call returns. */
+void mirror_complete(struct mirror *m, vd_done_fn done, void *opaque);
+void mirror_cancel(struct mirror *m, vd_done_fn done, void *opaque);
+/* Is a job running (truncate and the like must wait)? */
+bool mirror_busy(struct mirror *m);
+
+/* Status: "phase=... target=... format=... copied=N total=N dirty=N speed=N
+ * error=..." (phase=none when there never was a job or it was cancelled). */
+void mirror_status_line(struct mirror *m, GString *s);
+/* The same as members of the current JSON object. */
+void mirror_status_json(struct mirror *m, struct json_writer *j);
+
+/* ---- the I/O gate ----
+ * Without a job a data request goes straight to the image: mirror_enter()
+ * returns true with the image, and the caller calls mirror_leave() after the
+ * request completed. With a job it returns false and the request must go
+ * through mirror_io(), which fans writes out to both sides. */
+bool mirror_enter(struct mirror *m, struct vd_image **img);
+void mirror_leave(struct mirror *m);
+/* buf: READ/WRITE only. done(opaque, err) once, with the source's result. */
+void mirror_io(struct mirror *m, enum mirror_op op, void *buf, uint64_t len, uint64_t off,
+	       vd_done_fn done, void *opaque);
+
+#endif
