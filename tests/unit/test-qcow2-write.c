@@ -1,0 +1,416 @@
+/* qcow2 writes: random workloads (writes, zeroing, discard, fsync) on fresh and
+ * qemu-made images of every kind, mirrored into a raw file; after close
+ * `qemu-img check` must be clean (exit 0) and `qemu-img compare` equal.
+ * Also snapshots kept intact, dirty-image repair, autoclear bits, resize,
+ * discard shrinking the host file, and concurrent writers on one cluster. */
+#include <pthread.h>
+
+#include "test-qcow2-common.c"
+
+static void zero_both(struct vd_image *img, int rawfd, uint64_t len, uint64_t off, bool unmap)
+{
+	uint8_t *z = g_malloc0(len);
+
+	g_assert_cmpint(image_zero_sync(img, len, off, unmap), ==, 0);
+	g_assert_cmpint(pwrite(rawfd, z, len, off), ==, (ssize_t)len);
+	g_free(z);
+}
+
+/* nops random operations, byte-granular, crossing clusters and tables. */
+static void workload(struct vd_image *img, int rawfd, unsigned seed, int nops, uint64_t maxlen)
+{
+	GRand *r = g_rand_new_with_seed(seed);
+	uint8_t *buf = g_malloc(maxlen);
+
+	for (int i = 0; i < nops; i++) {
+		uint64_t len = g_rand_int_range(r, 1, maxlen);
+		uint64_t off = (uint64_t)g_rand_double_range(r, 0, img->size - 1);
+		int op = g_rand_int_range(r, 0, 100);
+
+		len = MIN(len, img->size - off);
+		if (op < 70) {
+			fill_pattern(buf, len, seed + i);
+			both_write(img, rawfd, buf, len, off);
+		} else if (op < 85) {
+			zero_both(img, rawfd, len, off, false);
+		} else if (op < 97) {
+			zero_both(img, rawfd, len, off, true);
+		} else {
+			g_assert_cmpint(image_fsync_sync(img), ==, 0);
+		}
+	}
+	g_free(buf);
+	g_rand_free(r);
+}
+
+/* Copy a fixture, run a workload, close, check, compare. */
+static void write_fixture(const char *name, int nops)
+{
+	char *q = g_strdup_printf("w-%s.qcow2", name), *r = g_strdup_printf("w-%s.raw", name);
+	char *src = g_strdup_printf("%s.qcow2", name), *srcraw = g_strdup_printf("%s.raw", name);
+	struct vd_image *img;
+	int fd;
+
+	g_assert_cmpint(sh("cp '%s' '%s'", src, q), ==, 0);
+	fd = raw_open_copy(srcraw, r);
+	img = img_open(q, false);
+	g_assert_false(img->read_only);
+	workload(img, fd, g_str_hash(name), nops, 3 * img->cluster_size + 1000);
+	compare_raw(img, r);
+	image_unref(img);
+	close(fd);
+	if (qemu_check(q) != 0) {
+		sh("cat check.log >&2");
+		g_assert_not_reached();
+	}
+	g_assert_cmpint(qemu_compare(q, r), ==, 0);
+	g_free(q);
+	g_free(r);
+	g_free(src);
+	g_free(srcraw);
+}
+
+static void test_fixture_workload(gconstpointer name)
+{
+	write_fixture(name, 150);
+}
+
+static void test_create(void)
+{
+	static const uint32_t cs[] = {512, 4096, 65536, 2 << 20};
+
+	for (unsigned i = 0; i < G_N_ELEMENTS(cs); i++) {
+		struct vd_create_opts o = {.size = 24 << 20, .cluster_size = cs[i]};
+		char *q = g_strdup_printf("new%u.qcow2", cs[i]), *r = g_strdup_printf("new%u.raw",
+										     cs[i]);
+		char *p = tpath(q), *rp = tpath(r);
+		struct vd_image *img;
+		int fd;
+
+		g_assert_cmpint(vd_format_qcow2.create(p, &o), ==, 0);
+		g_assert_cmpint(qemu_check(q), ==, 0);
+		fd = open(rp, O_RDWR | O_CREAT | O_TRUNC, 0644);
+		g_assert_cmpint(ftruncate(fd, o.size), ==, 0);
+		img = img_open(q, false);
+		workload(img, fd, cs[i], 120, MIN(4 * cs[i] + 3000, 1 << 20));
+		image_unref(img);
+		close(fd);
+		if (qemu_check(q) != 0) {
+			sh("cat check.log >&2");
+			g_assert_not_reached();
+		}
+		g_assert_cmpint(qemu_compare(q, r), ==, 0);
+		g_free(q);
+		g_free(r);
+		g_free(p);
+		g_free(rp);
+	}
+}
+
+/* 512-byte clusters over many MiB: new refcount blocks and a larger refcount table. */
+static void test_reftable_growth(void)
+{
+	struct vd_create_opts o = {.size = 64 << 20, .cluster_size = 512};
+	char *p = tpath("grow.qcow2"), *rp = tpath("grow.raw");
+	struct vd_image *img;
+	uint8_t *buf = g_malloc(1 << 20);
+	int fd = open(rp, O_RDWR | O_CREAT | O_TRUNC, 0644);
+
+	g_assert_cmpint(ftruncate(fd, o.size), ==, 0);
+	g_assert_cmpint(vd_format_qcow2.create(p, &o), ==, 0);
+	img = img_open("grow.qcow2", false);
+	for (int i = 0; i < 20; i++) {
+		fill_pattern(buf, 1 << 20, i);
+		both_write(img, fd, buf, 1 << 20, (uint64_t)i * (3 << 20) % o.size);
+	}
+	image_unref(img);
+	close(fd);
+	g_assert_cmpint(qemu_check("grow.qcow2"), ==, 0);
+	g_assert_cmpint(qemu_compare("grow.qcow2", "grow.raw"), ==, 0);
+	g_free(buf);
+	g_free(p);
+	g_free(rp);
+}
+
+static void test_create_backing(void)
+{
+	struct vd_create_opts o = {.size = 6 << 20, .cluster_size = 65536,
+				   .backing = "top.qcow2", .backing_fmt = "qcow2"};
+	char *p = tpath("ov.qcow2");
+	struct vd_image *img;
+	uint8_t buf[100];
+	int fd;
+
+	g_assert_cmpint(vd_format_qcow2.create(p, &o), ==, 0);
+	g_assert_cmpint(qemu_check("ov.qcow2"), ==, 0);
+	fd = raw_open_copy("top.raw", "ov.raw");
+	img = img_open("ov.qcow2", false);
+	compare_raw(img, "top.raw");
+	/* one byte into clusters over backing data: the rest comes from the chain */
+	memset(buf, 0xee, sizeof(buf));
+	both_write(img, fd, buf, 1, 70000);
+	both_write(img, fd, buf, 100, 5 * 65536 - 50);
+	compare_raw(img, "ov.raw");
+	image_unref(img);
+	close(fd);
+	g_assert_cmpint(qemu_check("ov.qcow2"), ==, 0);
+	g_assert_cmpint(qemu_compare("ov.qcow2", "ov.raw"), ==, 0);
+	g_free(p);
+}
+
+/* Writes into clusters shared with snapshots leave the snapshots as they were. */
+static void test_snapshots_kept(void)
+{
+	g_assert_cmpint(sh("cp snap.qcow2 ws.qcow2 && qemu-img snapshot -l ws.qcow2 >s-before && "
+			   "qemu-img convert -l snapshot.name=s1 -O raw ws.qcow2 s1-before.raw && "
+			   "qemu-img convert -l snapshot.name=s2 -O raw ws.qcow2 s2-before.raw"),
+			==, 0);
+	g_assert_cmpint(sh("cp snap.raw ws.raw"), ==, 0);
+	{
+		struct vd_image *img = img_open("ws.qcow2", false);
+		char *rp = tpath("ws.raw");
+		int fd = open(rp, O_RDWR);
+		uint8_t buf[5000];
+
+		memset(buf, 0xab, sizeof(buf));
+		both_write(img, fd, buf, 10, 65536 + 100);	/* shared data, shared L2 */
+		both_write(img, fd, buf, 5000, (3 << 20) + 4000); /* shared with s2 only */
+		zero_both(img, fd, 65536 * 2, 0, true);		/* discard shared clusters */
+		zero_both(img, fd, 65536, 512 << 10, false);
+		workload(img, fd, 7, 60, 200000);
+		image_unref(img);
+		close(fd);
+		g_free(rp);
+	}
+	g_assert_cmpint(qemu_check("ws.qcow2"), ==, 0);
+	g_assert_cmpint(qemu_compare("ws.qcow2", "ws.raw"), ==, 0);
+	g_assert_cmpint(sh("qemu-img snapshot -l ws.qcow2 >s-after && cmp s-before s-after && "
+			   "qemu-img convert -l snapshot.name=s1 -O raw ws.qcow2 s1-after.raw && "
+			   "qemu-img convert -l snapshot.name=s2 -O raw ws.qcow2 s2-after.raw && "
+			   "cmp s1-before.raw s1-after.raw && cmp s2-before.raw s2-after.raw"),
+			==, 0);
+}
+
+/* The lazy-refcounts image left dirty by qemu-io abort: repaired at open. */
+static void test_dirty_rebuild(void)
+{
+	g_assert_cmpint(sh("cp lazy.qcow2 wl.qcow2"), ==, 0);
+	g_assert_cmpint(qemu_check("wl.qcow2"), ==, 2);
+	write_fixture("lazy", 40);
+	g_assert_cmpint(sh("qemu-img info w-lazy.qcow2 | grep -q 'corrupt: false'"), ==, 0);
+	g_assert_cmpint(sh("! od -An -tx1 -j72 -N8 w-lazy.qcow2 | grep -q '01 *$'"), ==, 0);
+}
+
+static uint64_t be64_at(const char *name, uint64_t off)
+{
+	char *p = tpath(name);
+	int fd = open(p, O_RDONLY);
+	uint64_t v = 0;
+
+	g_assert_cmpint(pread(fd, &v, 8, off), ==, 8);
+	close(fd);
+	g_free(p);
+	return GUINT64_FROM_BE(v);
+}
+
+static void test_feature_bits(void)
+{
+	struct vd_image *img;
+	uint8_t b = 1;
+	char *p;
+	int fd;
+
+	/* unknown autoclear bit 5 and compatible bit 5: the first is cleared on the
+	 * first write, the second kept */
+	g_assert_cmpint(sh("cp c65536.qcow2 fb.qcow2 && printf '\\040' | dd of=fb.qcow2 bs=1 "
+			   "seek=95 conv=notrunc status=none && printf '\\040' | dd of=fb.qcow2 "
+			   "bs=1 seek=87 conv=notrunc status=none"),
+			==, 0);
+	g_assert_cmpuint(be64_at("fb.qcow2", 88), ==, 32);
+	img = img_open("fb.qcow2", false);
+	g_assert_cmpuint(be64_at("fb.qcow2", 88), ==, 32); /* opening alone changes nothing */
+	g_assert_cmpint(image_pwrite_sync(img, &b, 1, 12345), ==, 0);
+	image_unref(img);
+	g_assert_cmpuint(be64_at("fb.qcow2", 88), ==, 0);
+	g_assert_cmpuint(be64_at("fb.qcow2", 80), ==, 32);
+	g_assert_cmpint(qemu_check("fb.qcow2"), ==, 0);
+
+	/* bitmaps: flagged in use before the first write, check stays clean */
+	g_assert_cmpint(sh("cp bitmap.qcow2 bm.qcow2"), ==, 0);
+	img = img_open("bm.qcow2", false);
+	g_assert_cmpint(image_pwrite_sync(img, &b, 1, 0), ==, 0);
+	image_unref(img);
+	g_assert_cmpint(qemu_check("bm.qcow2"), ==, 0);
+	g_assert_cmpint(sh("qemu-img info bm.qcow2 | grep -q in-use"), ==, 0);
+
+	/* header_length 120 with an unknown trailing field: kept */
+	p = tpath("hl.qcow2");
+	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -o cluster_size=65536 hl.qcow2 1M"), ==, 0);
+	fd = open(p, O_RDWR);
+	{
+		uint32_t hl = GUINT32_TO_BE(120);
+		uint64_t junk = GUINT64_TO_BE(0x1122334455667788ull);
+		uint8_t ext[8] = {0};
+		g_assert_cmpint(pwrite(fd, &hl, 4, 100), ==, 4);
+		g_assert_cmpint(pwrite(fd, &junk, 8, 112), ==, 8);
+		g_assert_cmpint(pwrite(fd, ext, 8, 120), ==, 8);
+	}
+	close(fd);
+	img = img_open("hl.qcow2", false);
+	g_assert_cmpint(image_pwrite_sync(img, &b, 1, 70000), ==, 0);
+	g_assert_cmpint(image_truncate(img, 3 << 20), ==, 0);
+	image_unref(img);
+	g_assert_cmpuint(be64_at("hl.qcow2", 112), ==, 0x1122334455667788ull);
+	g_assert_cmpint(qemu_check("hl.qcow2"), ==, 0);
+	g_free(p);
+}
+
+static void test_discard_shrinks_file(void)
+{
+	struct vd_create_opts o = {.size = 16 << 20};
+	char *p = tpath("d.qcow2");
+	struct vd_image *img;
+	uint8_t *buf = g_malloc(4 << 20);
+	struct stat a, b;
+	uint64_t pnum;
+	enum vd_bs st;
+
+	g_assert_cmpint(vd_format_qcow2.create(p, &o), ==, 0);
+	img = img_open("d.qcow2", false);
+	fill_pattern(buf, 4 << 20, 3);
+	g_assert_cmpint(image_pwrite_sync(img, buf, 4 << 20, 1 << 20), ==, 0);
+	g_assert_cmpint(image_fsync_sync(img), ==, 0);
+	g_assert_cmpint(stat(p, &a), ==, 0);
+	g_assert_cmpint(image_zero_sync(img, 3 << 20, 1 << 20, true), ==, 0);
+	g_assert_cmpint(stat(p, &b), ==, 0);
+	g_assert_cmpint(b.st_blocks, <, a.st_blocks - (2 << 20) / 512);
+	g_assert_cmpint(img->fmt->block_status(img, 1 << 20, 1 << 20, &pnum, &st), ==, 0);
+	g_assert_cmpint(st, !=, VD_BS_DATA);
+	g_assert_cmpint(image_pread_sync(img, buf, 1 << 20, 2 << 20), ==, 0);
+	for (int i = 0; i < 1 << 20; i++)
+		g_assert_cmpint(buf[i], ==, 0);
+	/* freed clusters are reused and their stale bytes never show */
+	g_assert_cmpint(image_pwrite_sync(img, "x", 1, 10 << 20), ==, 0);
+	g_assert_cmpint(image_pread_sync(img, buf, 65536, 10 << 20), ==, 0);
+	g_assert_cmpint(buf[0], ==, 'x');
+	for (int i = 1; i < 65536; i++)
+		g_assert_cmpint(buf[i], ==, 0);
+	image_unref(img);
+	g_assert_cmpint(qemu_check("d.qcow2"), ==, 0);
+	g_free(buf);
+	g_free(p);
+}
+
+static void test_resize(void)
+{
+	struct vd_image *img;
+	uint8_t buf[4096];
+
+	/* grow an overlay over a longer backing file: the new range reads zero */
+	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -b base.raw -F raw rs.qcow2 1M"), ==, 0);
+	img = img_open("rs.qcow2", false);
+	g_assert_cmpint(image_truncate(img, 4ull << 30), ==, 0); /* L1 grows too */
+	g_assert_cmpuint(img->size, ==, 4ull << 30);
+	g_assert_cmpint(image_pread_sync(img, buf, sizeof(buf), 2 << 20), ==, 0);
+	for (unsigned i = 0; i < sizeof(buf); i++)
+		g_assert_cmpint(buf[i], ==, 0);
+	g_assert_cmpint(image_pwrite_sync(img, "abc", 3, (3ull << 30) + 5), ==, 0);
+	/* shrink over allocated data: refused; over an unallocated tail: fine */
+	g_assert_cmpint(image_truncate(img, 1ull << 30), ==, -EBUSY);
+	g_assert_cmpint(image_truncate(img, (3ull << 30) + 65536), ==, 0);
+	image_unref(img);
+	g_assert_cmpint(qemu_check("rs.qcow2"), ==, 0);
+	g_assert_cmpint(sh("qemu-img info rs.qcow2 | grep -q 'virtual size: 3 GiB (3221291008 "
+			   "bytes)'"),
+			==, 0);
+	g_assert_cmpint(sh("qemu-io -f qcow2 -c 'read -P 0 2M 1M' -c 'read -P 0x61 3G+5 1' "
+			   "rs.qcow2 | grep -q -v Pattern"),
+			==, 0);
+}
+
+/* ---- concurrency: several threads, each with its own ring ---- */
+
+struct writer {
+	struct vd_image *img;
+	int idx;
+	uint64_t base;
+};
+
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+	uint8_t buf[4096];
+
+	g_assert_cmpint(uring_thread_init(64), ==, 0);
+	for (int round = 0; round < 8; round++) {
+		memset(buf, 0x10 + w->idx, sizeof(buf));
+		/* every writer hits the same fresh cluster of each round, its own slice */
+		g_assert_cmpint(image_pwrite_sync(w->img, buf, sizeof(buf),
+						  w->base + round * 65536 + w->idx * 4096),
+				==, 0);
+	}
+	uring_thread_exit();
+	return NULL;
+}
+
+static void test_concurrent_one_cluster(void)
+{
+	struct vd_create_opts o = {.size = 8 << 20};
+	char *p = tpath("cc.qcow2");
+	struct writer w[4];
+	pthread_t th[4];
+	struct vd_image *img;
+	uint8_t buf[65536];
+
+	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -b base.raw -F raw cc.qcow2 8M"), ==, 0);
+	(void)o;
+	img = img_open("cc.qcow2", false);
+	for (int i = 0; i < 4; i++) {
+		w[i] = (struct writer){.img = img, .idx = i, .base = 1 << 20};
+		pthread_create(&th[i], NULL, writer_main, &w[i]);
+	}
+	for (int i = 0; i < 4; i++)
+		pthread_join(th[i], NULL);
+	for (int round = 0; round < 8; round++) {
+		g_assert_cmpint(image_pread_sync(img, buf, sizeof(buf), (1 << 20) + round * 65536),
+				==, 0);
+		for (int i = 0; i < 4; i++)
+			for (int j = 0; j < 4096; j++)
+				g_assert_cmpint(buf[i * 4096 + j], ==, 0x10 + i);
+	}
+	image_unref(img);
+	g_assert_cmpint(qemu_check("cc.qcow2"), ==, 0);
+	g_assert_cmpint(sh("qemu-img map --output=json cc.qcow2 | grep -c '\"data\": true, "
+			   "\"offset\"' >/dev/null"),
+			==, 0);
+	g_free(p);
+}
+
+int main(int argc, char **argv)
+{
+	static const char *fx[] = {"c512",    "c4096",	 "c65536", "c2097152", "v2",
+				   "rc1",     "rc2",	 "rc4",	   "rc8",      "rc32",
+				   "rc64",    "zlib",	 "zstd",   "zlib4k",   "extl2",
+				   "top",     "mid",	 "bitmap", "big",      "prealloc-metadata",
+				   "prealloc-falloc", "prealloc-full"};
+	int ret;
+
+	common_init(&argc, &argv);
+	for (unsigned i = 0; i < G_N_ELEMENTS(fx); i++) {
+		char *n = g_strdup_printf("/qcow2/write/fixture/%s", fx[i]);
+		g_test_add_data_func(n, fx[i], test_fixture_workload);
+		g_free(n);
+	}
+	g_test_add_func("/qcow2/write/create", test_create);
+	g_test_add_func("/qcow2/write/reftable-growth", test_reftable_growth);
+	g_test_add_func("/qcow2/write/create-backing", test_create_backing);
+	g_test_add_func("/qcow2/write/snapshots-kept", test_snapshots_kept);
+	g_test_add_func("/qcow2/write/dirty-rebuild", test_dirty_rebuild);
+	g_test_add_func("/qcow2/write/feature-bits", test_feature_bits);
+	g_test_add_func("/qcow2/write/discard-shrinks-file", test_discard_shrinks_file);
+	g_test_add_func("/qcow2/write/resize", test_resize);
+	g_test_add_func("/qcow2/write/concurrent-one-cluster", test_concurrent_one_cluster);
+	ret = g_test_run();
+	fixtures_remove();
+	return ret;
+}
