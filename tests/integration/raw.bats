@@ -36,16 +36,16 @@ mount_raw() {
 	mount_raw 256M
 	fio --name=direct --filename="$T/view" --rw=randwrite --bs=4k --iodepth=16 \
 		--ioengine=io_uring --direct=1 --size=96M --offset=0 --verify=crc32c \
-		--verify_fatal=1 --randrepeat=1 --do_verify=1 \
+		--verify_fatal=1 --verify_state_save=0 --randrepeat=1 --do_verify=1 \
 		--name=buffered --filename="$T/view" --rw=randwrite --bs=16k --iodepth=16 \
 		--ioengine=io_uring --direct=0 --size=96M --offset=128M --verify=crc32c \
-		--verify_fatal=1 --do_verify=1 >"$T/fio.log" 2>&1 || { cat "$T/fio.log"; false; }
+		--verify_fatal=1 --verify_state_save=0 --do_verify=1 >"$T/fio.log" 2>&1 || { cat "$T/fio.log"; false; }
 	vd_umount "$T/view"
 	[ "$VD_STATUS" -eq 0 ]
 	vd_mount "$T/disk.raw" "$T/view"
 	fio --name=direct --filename="$T/view" --rw=randwrite --bs=4k --iodepth=16 \
 		--ioengine=io_uring --direct=1 --size=96M --offset=0 --verify=crc32c \
-		--verify_fatal=1 --randrepeat=1 --verify_only=1 \
+		--verify_fatal=1 --verify_state_save=0 --randrepeat=1 --verify_only=1 \
 		>"$T/fio2.log" 2>&1 || { cat "$T/fio2.log"; false; }
 	cmp "$T/disk.raw" "$T/view"
 }
