@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Guest load for the mirror tests: random O_DIRECT writes, punch-holes and
+zero-ranges on [OFF, OFF+LEN) of VIEW, mirrored into the plain file REF, until
+STOPFILE exists. REF is the oracle the destination is compared with."""
+import ctypes, mmap, os, random, sys
+
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 1, 2, 16
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def falloc(fd, mode, off, ln):
+    if libc.fallocate(fd, mode, off, ln) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+view, ref, off, ln, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+vfd = os.open(view, os.O_RDWR | os.O_DIRECT)
+rfd = os.open(ref, os.O_RDWR)
+buf = mmap.mmap(-1, 64 << 10)
+rnd = random.Random(int(sys.argv[6]) if len(sys.argv) > 6 else 1)
+ops = 0
+while not os.path.exists(stop) or ops < 50:
+    blocks = rnd.randint(1, 16)
+    pos = off + rnd.randrange(0, ln // 4096 - blocks) * 4096
+    n = blocks * 4096
+    kind = rnd.random()
+    if kind < 0.6:
+        data = os.urandom(n)
+        buf[:n] = data
+        assert os.pwritev(vfd, [memoryview(buf)[:n]], pos) == n
+        os.pwrite(rfd, data, pos)
+    elif kind < 0.8:
+        falloc(vfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, pos, n)
+        falloc(rfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, pos, n)
+    else:
+        falloc(vfd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, pos, n)
+        falloc(rfd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, pos, n)
+    ops += 1
+os.fsync(vfd)
+print(ops)

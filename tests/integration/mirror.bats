@@ -1,0 +1,291 @@
+#!/usr/bin/env bats
+# The live mirror (DESIGN §1, issue 5): start, ready, complete and cancel
+# while a guest writes, failures, refusals, sparseness and the speed limit.
+
+load helpers
+
+WRITER="$BATS_TEST_DIRNAME/mirror-writer.py"
+
+mstatus() { getfattr --only-values -n user.vdiskfs.mirror.status "$1"; }
+
+# wait_phase VIEW PHASE [SECONDS]
+wait_phase() {
+	local i
+	for i in $(seq 1 $((${3:-30} * 20))); do
+		[[ "$(mstatus "$1")" == "phase=$2"* ]] && return 0
+		sleep 0.05
+	done
+	echo "phase $2 not reached within ${3:-30} s: $(mstatus "$1")" >&2
+	cat "$T/vdiskfs.log" >&2
+	return 1
+}
+
+# make_image FILE FORMAT SIZE_MB DATA_MB: random data in the first DATA_MB,
+# the rest a hole; $T/ref.raw gets the same content as a raw oracle.
+make_image() {
+	local file=$1 fmt=$2 size=$3 data=$4
+	truncate -s "${size}M" "$T/ref.raw"
+	dd if=/dev/urandom of="$T/ref.raw" bs=1M count="$data" conv=notrunc status=none
+	if [ "$fmt" = raw ]; then
+		cp --sparse=always "$T/ref.raw" "$file"
+	else
+		qemu-img convert -f raw -O "$fmt" "$T/ref.raw" "$file"
+	fi
+}
+
+# start_writer VIEW OFF_MB LEN_MB: the python writer on that region, mirrored
+# into $T/ref.raw; stop_writer waits for it (and fails the test if it failed).
+start_writer() {
+	rm -f "$T/stop"
+	python3 "$WRITER" "$1" "$T/ref.raw" $(($2 << 20)) $(($3 << 20)) "$T/stop" \
+		>"$T/writer.out" 2>&1 &
+	WRITER_PID=$!
+}
+stop_writer() {
+	touch "$T/stop"
+	wait "$WRITER_PID" || { cat "$T/writer.out" >&2; return 1; }
+}
+
+FIO_ARGS=(--name=w --rw=randwrite --bs=4k --iodepth=16 --ioengine=io_uring --direct=1
+	--size=16M --verify=crc32c --randrepeat=1 --output-format=terse)
+
+@test "raw to raw under load: start, ready, complete; destination equals the reference" {
+	make_image "$T/src.raw" raw 64 32
+	touch "$T/view"
+	vd_mount "$T/src.raw" "$T/view"
+	setfattr -n user.vdiskfs.mirror.start -v "target=$T/dst.raw,speed=8M" "$T/view"
+	[[ "$(mstatus "$T/view")" == "phase=running target=$T/dst.raw format=raw "* ]]
+	# fio on [0, 16M) (verified later through the destination), the writer
+	# with writes, punches and zero-ranges on [32M, 64M) the whole time
+	fio "${FIO_ARGS[@]}" --filename="$T/view" --do_verify=0 --rate_iops=1000 >"$T/fio.out" &
+	FIO_PID=$!
+	start_writer "$T/view" 32 32
+	run setfattr -n user.vdiskfs.mirror.complete -v 1 "$T/view"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Device or resource busy"* ]]
+	wait_phase "$T/view" ready 30
+	[[ "$(mstatus "$T/view")" == *"copied=67108864 total=67108864"* ]]
+	setfattr -n user.vdiskfs.mirror.complete -v 1 "$T/view"
+	[[ "$(mstatus "$T/view")" == "phase=completed target=$T/dst.raw"* ]]
+	[ "$(getfattr --only-values -n user.vdiskfs.image "$T/view")" = "$T/dst.raw" ]
+	sleep 0.5
+	stop_writer
+	wait "$FIO_PID"
+	# every fio block reads back through the view, now the destination
+	fio "${FIO_ARGS[@]}" --filename="$T/view" --verify_only >"$T/fio-verify.out"
+	dd if="$T/view" of="$T/ref.raw" bs=1M count=16 conv=notrunc status=none
+	cmp "$T/view" "$T/ref.raw"
+	vd_umount "$T/view"
+	[ "$VD_STATUS" -eq 0 ]
+	qemu-img compare -q -f raw -F raw "$T/ref.raw" "$T/dst.raw"
+	grep -q "mirror complete" "$T/vdiskfs.log"
+}
+
+@test "cancel while running and while ready: the view stays on the source" {
+	make_image "$T/src.raw" raw 64 32
+	touch "$T/view"
+	vd_mount "$T/src.raw" "$T/view"
+	start_writer "$T/view" 32 32
+	setfattr -n user.vdiskfs.mirror.start -v "target=$T/d1.raw,speed=4M" "$T/view"
+	sleep 1
+	[[ "$(mstatus "$T/view")" == "phase=running"* ]]
+	setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/view"
+	[ "$(mstatus "$T/view")" = "phase=none" ]
+	[ -f "$T/d1.raw" ]
+	grep -q "destination is left at $T/d1.raw" "$T/vdiskfs.log"
+	# again, cancelled once ready
+	setfattr -n user.vdiskfs.mirror.start -v "$T/d2.raw" "$T/view"
+	wait_phase "$T/view" ready 30
+	sleep 0.5
+	setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/view"
+	[ "$(mstatus "$T/view")" = "phase=none" ]
+	run setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/view"
+	[[ "$output" == *"No such file or directory"* ]]
+	sleep 0.5
+	stop_writer
+	[ "$(getfattr --only-values -n user.vdiskfs.image "$T/view")" = "$T/src.raw" ]
+	cmp "$T/view" "$T/ref.raw"
+	vd_umount "$T/view"
+	qemu-img compare -q -f raw -F raw "$T/ref.raw" "$T/src.raw"
+}
+
+@test "a failing destination: phase=failed, guest writes intact on the source, cancel" {
+	make_image "$T/src.raw" raw 64 32
+	touch "$T/view"
+	# the 5th counted write fails: the copier's, as nothing else writes yet
+	VDISKFS_FAULT="nth=5,kinds=w,errno=EIO" vd_mount "$T/src.raw" "$T/view"
+	setfattr -n user.vdiskfs.mirror.start -v "target=$T/dst.raw,granularity=64K" "$T/view"
+	wait_phase "$T/view" failed 30
+	[[ "$(mstatus "$T/view")" == *"error=writing"*"Input/output error"* ]]
+	run setfattr -n user.vdiskfs.mirror.complete -v 1 "$T/view"
+	[ "$status" -ne 0 ]
+	start_writer "$T/view" 0 64
+	sleep 1
+	stop_writer
+	setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/view"
+	[ "$(mstatus "$T/view")" = "phase=none" ]
+	cmp "$T/view" "$T/ref.raw"
+	vd_umount "$T/view"
+	qemu-img compare -q -f raw -F raw "$T/ref.raw" "$T/src.raw"
+}
+
+@test "every refused start returns its errno and changes nothing" {
+	qemu-img create -q -f raw "$T/base.raw" 16M
+	make_image "$T/src.raw" raw 16 4
+	truncate -s 8M "$T/small.raw"
+	touch "$T/exists.raw" "$T/view"
+	vd_mount "$T/src.raw" "$T/view"
+	run setfattr -n user.vdiskfs.mirror.start -v "$T/exists.raw" "$T/view"
+	[[ "$output" == *"File exists"* ]]
+	run setfattr -n user.vdiskfs.mirror.start -v "$T/src.raw" "$T/view"
+	[[ "$output" == *"Invalid argument"* ]]
+	run setfattr -n user.vdiskfs.mirror.start -v "target=$T/src.raw,existing=1" "$T/view"
+	[[ "$output" == *"Invalid argument"* ]]
+	run setfattr -n user.vdiskfs.mirror.start -v "target=$T/small.raw,existing=1" "$T/view"
+	[[ "$output" == *"No space left on device"* ]]
+	run setfattr -n user.vdiskfs.mirror.start -v "target=$T/new.raw,colour=blue" "$T/view"
+	[[ "$output" == *"Invalid argument"* ]]
+	run setfattr -n user.vdiskfs.mirror.start -v "target=$T/new.raw,speed=fast" "$T/view"
+	[[ "$output" == *"Invalid argument"* ]]
+	run setfattr -n user.vdiskfs.mirror.start -v "target=$T/new.raw,format=vmdk" "$T/view"
+	[[ "$output" == *"Invalid argument"* ]]
+	run setfattr -n user.vdiskfs.mirror.start -v "relative.raw" "$T/view"
+	[[ "$output" == *"Invalid argument"* ]]
+	# inside this mount, and inside another vdiskfs mount
+	run setfattr -n user.vdiskfs.mirror.start -v "$T/view/x.raw" "$T/view"
+	[[ "$output" == *"Invalid argument"* ]]
+	mkdir "$T/dir" "$T/mnt2"
+	truncate -s 1M "$T/dir/a.raw"
+	"$VDISKFS" -f "$T/dir" "$T/mnt2" >>"$T/vdiskfs2.log" 2>&1 &
+	local pid2=$!
+	for i in $(seq 1 100); do is_mounted "$T/mnt2" && break; sleep 0.05; done
+	run setfattr -n user.vdiskfs.mirror.start -v "$T/mnt2/x.raw" "$T/view"
+	fusermount3 -u "$T/mnt2"; wait "$pid2" || true
+	[[ "$output" == *"Invalid argument"* ]]
+	[ "$(mstatus "$T/view")" = "phase=none" ]
+	[ ! -e "$T/new.raw" ] && [ ! -e "$T/x.raw" ]
+	[ "$(stat -c %s "$T/small.raw")" -eq $((8 << 20)) ]
+	# a second mirror of the same image
+	setfattr -n user.vdiskfs.mirror.start -v "target=$T/d1.raw,speed=1M" "$T/view"
+	run setfattr -n user.vdiskfs.mirror.start -v "$T/d2.raw" "$T/view"
+	[[ "$output" == *"Device or resource busy"* ]]
+	[ ! -e "$T/d2.raw" ]
+	run truncate -s 32M "$T/view"
+	[ "$status" -ne 0 ]
+	setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/view"
+	vd_umount "$T/view"
+	grep -q "exists (use existing=1" "$T/vdiskfs.log"
+	grep -q "unknown option \"colour\"" "$T/vdiskfs.log"
+	# a read-only mount
+	vd_mount "$T/src.raw" "$T/view" -o ro
+	run setfattr -n user.vdiskfs.mirror.start -v "$T/d3.raw" "$T/view"
+	[[ "$output" == *"Read-only file system"* ]]
+	[ ! -e "$T/d3.raw" ]
+}
+
+@test "the speed limit holds within 20%" {
+	make_image "$T/src.raw" raw 24 24
+	touch "$T/view"
+	vd_mount "$T/src.raw" "$T/view"
+	local t0 t1
+	t0=$(date +%s.%N)
+	setfattr -n user.vdiskfs.mirror.start -v "target=$T/dst.raw,speed=6M,granularity=256K" \
+		"$T/view"
+	wait_phase "$T/view" ready 30
+	t1=$(date +%s.%N)
+	python3 -c "
+import sys
+rate = 24 / ($t1 - $t0)
+print('rate', rate, 'MiB/s')
+sys.exit(0 if 6 * 0.8 <= rate <= 6 * 1.2 else 1)"
+	setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/view"
+	cmp "$T/src.raw" "$T/dst.raw"
+}
+
+@test "a sparse source stays sparse on raw and qcow2 destinations" {
+	truncate -s 256M "$T/src.raw"
+	for i in 0 7 19 40 77 130 200 250; do
+		dd if=/dev/urandom of="$T/src.raw" bs=1M count=1 seek=$i conv=notrunc status=none
+	done
+	touch "$T/view"
+	vd_mount "$T/src.raw" "$T/view"
+	setfattr -n user.vdiskfs.mirror.start -v "$T/dst.raw" "$T/view"
+	wait_phase "$T/view" ready 30
+	setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/view"
+	setfattr -n user.vdiskfs.mirror.start -v "target=$T/dst.qcow2,format=qcow2" "$T/view"
+	wait_phase "$T/view" ready 30
+	setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/view"
+	vd_umount "$T/view"
+	local src dst dstq
+	src=$(($(stat -c %b "$T/src.raw") * 512))
+	dst=$(($(stat -c %b "$T/dst.raw") * 512))
+	dstq=$(($(stat -c %b "$T/dst.qcow2") * 512))
+	echo "src $src raw $dst qcow2 $dstq"
+	[ "$dst" -le $((src * 11 / 10)) ] && [ "$dst" -ge $((src * 9 / 10)) ]
+	[ "$dstq" -le $((src * 11 / 10)) ]
+	qemu-img compare -q -f raw -F raw "$T/src.raw" "$T/dst.raw"
+	qemu-img compare -q -f raw -F qcow2 "$T/src.raw" "$T/dst.qcow2"
+	qemu_check "$T/dst.qcow2"
+}
+
+@test "unmount and SIGTERM during a mirror cancel it; the source stays the image" {
+	make_image "$T/src.raw" raw 64 32
+	touch "$T/view"
+	vd_mount "$T/src.raw" "$T/view"
+	setfattr -n user.vdiskfs.mirror.start -v "target=$T/d1.raw,speed=2M" "$T/view"
+	start_writer "$T/view" 32 32
+	sleep 1
+	stop_writer
+	vd_umount "$T/view"
+	[ "$VD_STATUS" -eq 0 ]
+	grep -q "cancelled at shutdown" "$T/vdiskfs.log"
+	qemu-img compare -q -f raw -F raw "$T/ref.raw" "$T/src.raw"
+	vd_mount "$T/src.raw" "$T/view"
+	setfattr -n user.vdiskfs.mirror.start -v "target=$T/d2.raw,speed=2M" "$T/view"
+	start_writer "$T/view" 32 32
+	sleep 1
+	stop_writer
+	kill -TERM "$VD_PID"
+	vd_wait_exit
+	[ "$VD_STATUS" -eq 0 ]
+	[ "$(grep -c "cancelled at shutdown" "$T/vdiskfs.log")" -eq 2 ]
+	qemu-img compare -q -f raw -F raw "$T/ref.raw" "$T/src.raw"
+}
+
+@test "the control file runs mirror commands and shows the mirror in its JSON" {
+	mkdir "$T/src" "$T/mnt"
+	make_image "$T/src/a.raw" raw 16 8
+	vd_mount "$T/src" "$T/mnt"
+	python3 - "$T/mnt/.vdiskfs" "$T/dst.raw" <<'PY'
+import errno, json, os, sys, time
+ctl, dst = sys.argv[1], sys.argv[2]
+fd = os.open(ctl, os.O_RDWR)
+def cmd(line):
+    os.write(fd, line.encode() + b"\n")
+    return os.pread(fd, 1 << 20, 0).decode()
+try:
+    cmd("mirror-start nosuch.raw " + dst)
+    raise SystemExit("unknown image accepted")
+except OSError as e:
+    assert e.errno == errno.ENOENT, e
+print(cmd("mirror-start a.raw " + dst + " speed=64M granularity=64K"))
+for _ in range(200):
+    if cmd("mirror-status a.raw").startswith("phase=ready"):
+        break
+    time.sleep(0.05)
+st = json.loads(cmd("status"))
+m = st["images"][0]["mirror"]
+assert m["phase"] == "ready" and m["target"] == dst and m["copied"] == 16 << 20, m
+print(cmd("mirror-complete a.raw"))
+assert cmd("mirror-status a.raw").startswith("phase=completed"), cmd("mirror-status a.raw")
+assert json.loads(cmd("status"))["images"][0]["image"] == dst
+try:
+    cmd("mirror-cancel a.raw")
+    raise SystemExit("cancel after complete accepted")
+except OSError as e:
+    assert e.errno == errno.ENOENT, e
+PY
+	cmp "$T/mnt/a.raw" "$T/ref.raw"
+	vd_umount "$T/mnt"
+	cmp "$T/dst.raw" "$T/ref.raw"
+}
