@@ -1,0 +1,139 @@
+#!/usr/bin/env bats
+# VHDX images through the FUSE view: images from qemu-img read like
+# `qemu-img convert -O raw`; fio verify writes leave an image that
+# `qemu-img check` passes and that compares equal; a dirty log is replayed;
+# SIGKILL during writes + fsync keeps every write acknowledged before the
+# last completed fsync (repeated).
+
+load helpers
+
+# qimg NAME OPTS SIZE [qemu-io commands...]: make $T/NAME and $T/NAME.raw
+qimg() {
+	local name=$1 opts=$2 size=$3
+	shift 3
+	qemu-img create -q -f vhdx -o "$opts" "$T/$name" "$size"
+	if [ $# -gt 0 ]; then
+		qemu-io -f vhdx "$@" "$T/$name" >/dev/null
+	fi
+	qemu-img convert -f vhdx -O raw "$T/$name" "$T/$name.raw"
+}
+
+@test "vhdx: dynamic and fixed images read like qemu-img convert" {
+	qimg dyn.vhdx block_size=32M 200M -c 'write -P 0x5a 1M 3M' -c 'write -P 0x5b 100M 40M'
+	qimg fix.vhdx subformat=fixed,block_state_zero=off,block_size=1M 64M \
+		-c 'write -P 0x6a 0 2M' -c 'write -P 0x6b 63M 1M'
+	touch "$T/v1" "$T/v2"
+	vd_mount "$T/dyn.vhdx" "$T/v1" -o ro
+	vd_mount "$T/fix.vhdx" "$T/v2" -o ro
+	cmp "$T/dyn.vhdx.raw" "$T/v1"
+	cmp "$T/fix.vhdx.raw" "$T/v2"
+	[ "$(stat -c %s "$T/v1")" -eq $((200 << 20)) ]
+	# Holes come from the BAT.
+	run qemu-img map -f raw --output=json "$T/v1"
+	[[ "$output" == *'"data": false'* ]]
+}
+
+@test "vhdx: data above 4 GiB in a sparse image" {
+	qimg big.vhdx block_size=1M 6G -c 'write -P 0x71 4095M 2M' -c 'write -P 0x72 5G 1M'
+	touch "$T/v"
+	vd_mount "$T/big.vhdx" "$T/v" -o ro
+	cmp <(dd if="$T/big.vhdx.raw" bs=1M skip=4090 count=20 status=none) \
+		<(dd if="$T/v" bs=1M skip=4090 count=20 status=none)
+	cmp <(dd if="$T/big.vhdx.raw" bs=1M skip=5119 count=3 status=none) \
+		<(dd if="$T/v" bs=1M skip=5119 count=3 status=none)
+}
+
+@test "vhdx: fio verify writes, then qemu-img check and compare" {
+	qemu-img create -q -f vhdx -o block_size=1M "$T/w.vhdx" 128M
+	touch "$T/v"
+	vd_mount "$T/w.vhdx" "$T/v"
+	fio --name=direct --filename="$T/v" --rw=randwrite --bs=4k --iodepth=16 \
+		--ioengine=io_uring --direct=1 --size=48M --offset=0 --verify=crc32c \
+		--verify_fatal=1 --randrepeat=1 --do_verify=1 \
+		--name=buffered --filename="$T/v" --rw=randwrite --bs=64k --iodepth=8 \
+		--ioengine=io_uring --direct=0 --size=48M --offset=64M --verify=crc32c \
+		--verify_fatal=1 --do_verify=1 >"$T/fio.log" 2>&1 || { cat "$T/fio.log"; false; }
+	cp "$T/v" "$T/ref.raw"
+	vd_umount "$T/v"
+	[ "$VD_STATUS" -eq 0 ]
+	qemu_check "$T/w.vhdx"
+	run qemu-img compare -f vhdx -F raw "$T/w.vhdx" "$T/ref.raw"
+	[ "$status" -eq 0 ]
+	vd_mount "$T/w.vhdx" "$T/v" -o ro
+	cmp "$T/ref.raw" "$T/v"
+}
+
+@test "vhdx: punch hole and zero range" {
+	qemu-img create -q -f vhdx -o block_size=1M "$T/z.vhdx" 32M
+	touch "$T/v"
+	vd_mount "$T/z.vhdx" "$T/v"
+	dd if=/dev/urandom of="$T/v" bs=1M count=16 conv=notrunc,fsync status=none
+	fallocate --punch-hole -o 2M -l 4M "$T/v"
+	fallocate --zero-range -o $((9 << 20)) -l 12345 "$T/v"
+	cp "$T/v" "$T/ref.raw"
+	cmp <(dd if="$T/ref.raw" bs=1M skip=2 count=4 status=none) <(head -c 4M /dev/zero)
+	vd_umount "$T/v"
+	qemu_check "$T/z.vhdx"
+	run qemu-img compare -f vhdx -F raw "$T/z.vhdx" "$T/ref.raw"
+	[ "$status" -eq 0 ]
+}
+
+# crash_once SEED: SIGKILL while a writer does pattern writes with fsync; every
+# block whose fsync returned must read back, in vdiskfs and in qemu-img.
+crash_once() {
+	local i pat
+	rm -f "$T/c.vhdx" "$T/done" "$T/done.ready"
+	qemu-img create -q -f vhdx -o block_size=1M "$T/c.vhdx" 64M
+	touch "$T/v" "$T/done"
+	vd_mount "$T/c.vhdx" "$T/v"
+	# One process keeps the view open: after the kill its writes fail instead
+	# of landing in the plain file under the lazily unmounted mountpoint.
+	python3 - "$T/v" "$T/done" "$1" <<'PY' &
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+done = open(sys.argv[2], "a")
+open(sys.argv[2] + ".ready", "w").close()
+for i in range(400):
+    pat = (i * 7 + int(sys.argv[3])) % 250 + 1
+    try:
+        os.pwrite(fd, bytes([pat]) * 65536, (i * 17 % 1000) * 65536)
+        os.fsync(fd)
+    except OSError:
+        break
+    done.write("%d\n" % i)
+    done.flush()
+PY
+	local writer=$!
+	for i in $(seq 1 100); do
+		[ -e "$T/done.ready" ] && break
+		sleep 0.05
+	done
+	sleep "0.$((RANDOM % 6 + 2))"
+	vd_kill9 "$T/v"
+	wait "$writer" || true
+	[ -s "$T/done" ] || return 0
+	cp "$T/c.vhdx" "$T/c2.vhdx"
+	run qemu-img check -r all "$T/c2.vhdx"
+	echo "$output"
+	[ "$status" -eq 0 ]
+	qemu-img convert -f vhdx -O raw "$T/c2.vhdx" "$T/c2.raw"
+	vd_mount "$T/c.vhdx" "$T/v"
+	python3 - "$T/done" "$1" "$T/v" "$T/c2.raw" <<'PY'
+import sys
+views = [open(p, "rb") for p in sys.argv[3:]]
+for line in open(sys.argv[1]):
+    i = int(line)
+    pat = (i * 7 + int(sys.argv[2])) % 250 + 1
+    for v in views:
+        v.seek((i * 17 % 1000) * 65536)
+        if v.read(65536) != bytes([pat]) * 65536:
+            sys.exit("%s: write %d acknowledged by fsync is lost" % (v.name, i))
+PY
+	vd_umount "$T/v"
+}
+
+@test "vhdx: SIGKILL during writes and fsync loses nothing acknowledged (repeated)" {
+	crash_once 1
+	crash_once 2
+	crash_once 3
+}
