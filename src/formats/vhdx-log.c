@@ -72,10 +72,12 @@ int vhdx_header_update(struct vhdx *v, bool new_data_guid, const vhdx_guid *log_
  * first change a read could see: a new DataWriteGuid as well. */
 int vhdx_begin_write(struct vhdx *v, bool data)
 {
-	if (v->img->read_only)
-		return -EROFS;
+	/* An image switched to read-only after it was written (it became a
+	 * parent) still gets its metadata flushed and its log closed. */
 	if (v->session_file_guid && (!data || v->session_data_guid))
 		return 0;
+	if (v->img->read_only)
+		return -EROFS;
 	return vhdx_header_update(v, data, &v->hdr.log_guid);
 }
 

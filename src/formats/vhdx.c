@@ -731,7 +731,7 @@ static void vhdx_close(struct vd_image *img)
 	if (!v)
 		return;
 	pthread_mutex_lock(&v->lock);
-	if (!img->read_only)
+	if (v->session_file_guid)
 		vhdx_close_log(v);
 	pthread_mutex_unlock(&v->lock);
 	vhdx_free(v);
