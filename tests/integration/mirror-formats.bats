@@ -4,6 +4,19 @@
 
 load helpers
 
+# Unmount first, then fail on any sanitizer report the daemon wrote on exit.
+teardown() {
+	local m bad=0
+	for m in "${VD_MOUNTS[@]}"; do
+		vd_umount "$m" 2>/dev/null || true
+	done
+	if grep -hE "Sanitizer|runtime error" "$T"/vdiskfs*.log >&2 2>/dev/null; then
+		bad=1
+	fi
+	teardown_scratch
+	[ "$bad" -eq 0 ]
+}
+
 WRITER="$BATS_TEST_DIRNAME/mirror-writer.py"
 
 mstatus() { getfattr --only-values -n user.vdiskfs.mirror.status "$1"; }

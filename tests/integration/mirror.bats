@@ -4,6 +4,19 @@
 
 load helpers
 
+# Unmount first, then fail on any sanitizer report the daemon wrote on exit.
+teardown() {
+	local m bad=0
+	for m in "${VD_MOUNTS[@]}"; do
+		vd_umount "$m" 2>/dev/null || true
+	done
+	if grep -hE "Sanitizer|runtime error" "$T"/vdiskfs*.log >&2 2>/dev/null; then
+		bad=1
+	fi
+	teardown_scratch
+	[ "$bad" -eq 0 ]
+}
+
 WRITER="$BATS_TEST_DIRNAME/mirror-writer.py"
 
 mstatus() { getfattr --only-values -n user.vdiskfs.mirror.status "$1"; }
@@ -288,4 +301,17 @@ PY
 	cmp "$T/mnt/a.raw" "$T/ref.raw"
 	vd_umount "$T/mnt"
 	cmp "$T/dst.raw" "$T/ref.raw"
+}
+
+@test "existing=1 writes over a larger existing image, holes included" {
+	make_image "$T/src.raw" raw 32 8
+	head -c 40M /dev/urandom >"$T/old.raw" # junk where the source has holes
+	touch "$T/view"
+	vd_mount "$T/src.raw" "$T/view"
+	setfattr -n user.vdiskfs.mirror.start -v "target=$T/old.raw,existing=1,format=raw" "$T/view"
+	wait_phase "$T/view" ready 30
+	setfattr -n user.vdiskfs.mirror.complete -v 1 "$T/view"
+	[ "$(getfattr --only-values -n user.vdiskfs.virtual-size "$T/view")" -eq $((40 << 20)) ]
+	vd_umount "$T/view"
+	cmp -n $((32 << 20)) "$T/old.raw" "$T/ref.raw"
 }
