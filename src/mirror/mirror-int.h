@@ -62,6 +62,7 @@ struct mirror_job {
 	uint64_t last_ns;
 	bool flushing;
 	bool thread_started;
+	struct mirror_job *old_next; /* on m->old once ended */
 	atomic_bool finished; /* the copier thread has returned (or never ran) */
 };
 
@@ -75,8 +76,8 @@ struct mirror {
 	bool starting;			/* a start is opening the destination */
 	void (*drained)(struct mirror *m);
 	struct mirror_req *parked, **parked_tail;
-	/* A finished job whose copier thread is closing down (it drops the old
-	 * source after a grace period); joined and freed by the next start. */
+	/* Ended jobs whose copier threads are closing down (one may hold an
+	 * old source for its grace period); joined and freed by a later start. */
 	struct mirror_job *old;
 	/* What status shows after a job ended. */
 	enum mirror_phase last_phase;

@@ -100,8 +100,11 @@ void mirror_free(struct mirror *m)
 			job->src->path, job->target, job->target);
 		job_free(job);
 	}
-	if (old)
+	while (old) {
+		struct mirror_job *next = old->old_next;
 		mirror_reap(old);
+		old = next;
+	}
 	g_free(m->last_target);
 	g_free(m->last_format);
 	pthread_mutex_destroy(&m->lock);
@@ -415,6 +418,7 @@ static void complete_flushed(void *opaque, int err)
 	m->last_format = g_strdup(job->dst->fmt->name);
 	m->last_total = job->total;
 	m->last_phase = MP_COMPLETED;
+	job->old_next = m->old;
 	m->old = job;
 	atomic_store(&m->job, NULL);
 	parked = unquiesce_locked(m);
@@ -498,6 +502,7 @@ static void cancel_drained(struct mirror *m)
 	dst = job->dst;
 	job->dst = NULL;
 	m->last_phase = MP_NONE;
+	job->old_next = m->old;
 	m->old = job;
 	atomic_store(&m->job, NULL);
 	parked = unquiesce_locked(m);
@@ -624,18 +629,26 @@ int mirror_start(struct mirror *m, const struct mirror_opts *o, const struct mir
 		       job ? job->target : "?", job ? phase_names[job->phase] : "starting");
 		return -EBUSY;
 	}
-	old = m->old;
-	if (old && !atomic_load(&old->finished)) {
-		pthread_mutex_unlock(&m->lock);
-		vd_err("%s: the previous mirror is still closing down; retry in a moment",
-		       src->path);
-		return -EBUSY;
+	/* Take the finished jobs whose threads are done; the others (an old
+	 * source in its grace period) stay on the list. */
+	old = NULL;
+	for (struct mirror_job **pp = &m->old; *pp;) {
+		struct mirror_job *o = *pp;
+		if (atomic_load(&o->finished)) {
+			*pp = o->old_next;
+			o->old_next = old;
+			old = o;
+		} else {
+			pp = &o->old_next;
+		}
 	}
-	m->old = NULL;
 	m->starting = true; /* no second start meanwhile */
 	pthread_mutex_unlock(&m->lock);
-	if (old)
+	while (old) {
+		struct mirror_job *next = old->old_next;
 		mirror_reap(old);
+		old = next;
+	}
 
 	ret = -ENOMEM;
 	job = calloc(1, sizeof(*job));

@@ -60,7 +60,7 @@ stop_writer() {
 }
 
 FIO_ARGS=(--name=w --rw=randwrite --bs=4k --iodepth=16 --ioengine=io_uring --direct=1
-	--size=16M --verify=crc32c --randrepeat=1 --output-format=terse)
+	--size=16M --verify=crc32c --randrepeat=1 --verify_state_save=0 --output-format=terse)
 
 @test "raw to raw under load: start, ready, complete; destination equals the reference" {
 	make_image "$T/src.raw" raw 64 32
@@ -314,4 +314,28 @@ PY
 	[ "$(getfattr --only-values -n user.vdiskfs.virtual-size "$T/view")" -eq $((40 << 20)) ]
 	vd_umount "$T/view"
 	cmp -n $((32 << 20)) "$T/old.raw" "$T/ref.raw"
+}
+
+@test "a second mirror right after complete moves the disk again" {
+	make_image "$T/src.raw" raw 16 8
+	touch "$T/view"
+	vd_mount "$T/src.raw" "$T/view"
+	setfattr -n user.vdiskfs.mirror.start -v "$T/d1.raw" "$T/view"
+	wait_phase "$T/view" ready 30
+	setfattr -n user.vdiskfs.mirror.complete -v 1 "$T/view"
+	setfattr -n user.vdiskfs.mirror.start -v "target=$T/d2.qcow2,format=qcow2" "$T/view"
+	run setfattr -n user.vdiskfs.mirror.start -v "target=$T/d1.raw,existing=1" "$T/view"
+	[[ "$output" == *"Device or resource busy"* ]]
+	wait_phase "$T/view" ready 30
+	setfattr -n user.vdiskfs.mirror.complete -v 1 "$T/view"
+	[ "$(getfattr --only-values -n user.vdiskfs.image "$T/view")" = "$T/d2.qcow2" ]
+	[ "$(getfattr --only-values -n user.vdiskfs.format "$T/view")" = qcow2 ]
+	rm "$T/src.raw" "$T/d1.raw" # neither is used any more
+	dd if=/dev/urandom of="$T/ref.raw" bs=64k count=4 seek=3 conv=notrunc status=none
+	dd if="$T/ref.raw" of="$T/view" bs=64k count=4 skip=3 seek=3 conv=notrunc oflag=direct status=none
+	cmp "$T/view" "$T/ref.raw"
+	vd_umount "$T/view"
+	[ "$VD_STATUS" -eq 0 ]
+	qemu-img compare -q -f raw -F qcow2 "$T/ref.raw" "$T/d2.qcow2"
+	qemu_check "$T/d2.qcow2"
 }
