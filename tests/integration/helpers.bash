@@ -10,6 +10,7 @@
 setup_scratch() {
 	T=$(mktemp -d "${VDISKFS_TESTDIR:-/var/tmp}/vdiskfs-test.XXXXXX")
 	export T
+	cd "$T" # whatever a tool leaves in its working directory goes with the scratch
 }
 
 teardown_scratch() {
@@ -18,6 +19,7 @@ teardown_scratch() {
 		vd_umount "$m" 2>/dev/null || true
 	done
 	VD_MOUNTS=()
+	cd /
 	[ -n "${T:-}" ] && rm -rf "$T"
 }
 
