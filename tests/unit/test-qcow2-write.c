@@ -328,6 +328,27 @@ static void test_resize(void)
 			==, 0);
 }
 
+/* A cache of 4 tables: dirty L2 tables and refcount blocks are evicted and
+ * written back (after the refcount sync) all the time. */
+static void test_small_cache(void)
+{
+	struct vd_open_opts o = {.backing = VD_BACKING_FOLLOW, .cache_size = 4096};
+	struct vd_image *img;
+	char *p = tpath("sc.qcow2");
+	int fd;
+
+	g_assert_cmpint(sh("cp c512.qcow2 sc.qcow2"), ==, 0);
+	fd = raw_open_copy("c512.raw", "sc.raw");
+	g_assert_cmpint(image_open(p, &o, &img), ==, 0);
+	workload(img, fd, 99, 200, 20000);
+	compare_raw(img, "sc.raw");
+	image_unref(img);
+	close(fd);
+	g_assert_cmpint(qemu_check("sc.qcow2"), ==, 0);
+	g_assert_cmpint(qemu_compare("sc.qcow2", "sc.raw"), ==, 0);
+	g_free(p);
+}
+
 /* ---- concurrency: several threads, each with its own ring ---- */
 
 struct writer {
@@ -410,6 +431,7 @@ int main(int argc, char **argv)
 	g_test_add_func("/qcow2/write/discard-shrinks-file", test_discard_shrinks_file);
 	g_test_add_func("/qcow2/write/resize", test_resize);
 	g_test_add_func("/qcow2/write/concurrent-one-cluster", test_concurrent_one_cluster);
+	g_test_add_func("/qcow2/write/small-cache", test_small_cache);
 	ret = g_test_run();
 	fixtures_remove();
 	return ret;
