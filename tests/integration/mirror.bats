@@ -339,3 +339,24 @@ PY
 	qemu-img compare -q -f raw -F qcow2 "$T/ref.raw" "$T/d2.qcow2"
 	qemu_check "$T/d2.qcow2"
 }
+
+@test "guest writes racing the copier's chunks never leave stale data behind" {
+	make_image "$T/src.raw" raw 32 32
+	touch "$T/view"
+	vd_mount "$T/src.raw" "$T/view"
+	local i
+	for i in 1 2 3; do
+		fio --name=race --filename="$T/view" --rw=randwrite --bs=4k --iodepth=16 \
+			--ioengine=io_uring --direct=1 --size=32M --time_based --runtime=30 \
+			--verify_state_save=0 --output=/dev/null &
+		local fpid=$!
+		sleep 0.3
+		setfattr -n user.vdiskfs.mirror.start -v "target=$T/d$i.raw,granularity=64K" "$T/view"
+		wait_phase "$T/view" ready 30
+		sleep 0.3
+		kill "$fpid"; wait "$fpid" || true
+		# quiet now: both sides must be identical
+		cmp "$T/src.raw" "$T/d$i.raw"
+		setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/view"
+	done
+}
