@@ -97,6 +97,28 @@ static void failed_note(const char *name, const struct stat *st, const char *err
 	g_hash_table_replace(failed, g_strdup(name), f);
 }
 
+/* Does path lead into our own mount? Looking at it would ask this daemon, whose
+ * thread is the one asking: a mount inside its own source directory, or a
+ * symlink there pointing into the mount, must not be stat()ed. */
+static bool tree_is_own_mount(const char *path)
+{
+	size_t n = strlen(vfs_cfg.mountpoint);
+	char *target, *abs;
+	bool own;
+
+	if (!strcmp(path, vfs_cfg.mountpoint))
+		return true;
+	target = g_file_read_link(path, NULL);
+	if (!target)
+		return false;
+	abs = g_path_is_absolute(target) ? g_strdup(target)
+					 : g_build_filename(vfs_cfg.source, target, NULL);
+	own = !strncmp(abs, vfs_cfg.mountpoint, n) && (abs[n] == '\0' || abs[n] == '/');
+	g_free(target);
+	g_free(abs);
+	return own;
+}
+
 /* Bring the node for name up to date with SOURCE/name. Called with tree_lock. */
 static struct vnode *tree_scan_name(const char *name, int *err)
 {
@@ -111,7 +133,7 @@ static struct vnode *tree_scan_name(const char *name, int *err)
 	if (name[0] == '.' || strchr(name, '/'))
 		return NULL;
 	path = g_build_filename(vfs_cfg.source, name, NULL);
-	if (stat(path, &st) < 0 || !S_ISREG(st.st_mode)) {
+	if (tree_is_own_mount(path) || stat(path, &st) < 0 || !S_ISREG(st.st_mode)) {
 		if (n)
 			vnode_unlink(n);
 		g_hash_table_remove(failed, name);

@@ -71,3 +71,15 @@ with open(view, "rb") as f:
     assert f.read() == open(ref, "rb").read()
 PY
 }
+
+@test "a directory mounted on a folder inside itself does not look at its own mount" {
+	mkdir "$T/src" "$T/src/mnt"
+	truncate -s 1M "$T/src/a.raw"
+	ln -s mnt "$T/src/loop.raw"
+	vd_mount "$T/src" "$T/src/mnt" -o threads=1
+	run timeout -s KILL 10 ls "$T/src/mnt"
+	[ "$status" -eq 0 ]
+	[ "$output" = "a.raw" ]
+	run timeout -s KILL 10 cat "$T/src/mnt/.vdiskfs"
+	[ "$status" -eq 0 ]
+}
