@@ -13,14 +13,20 @@ setup_scratch() {
 	cd "$T" # whatever a tool leaves in its working directory goes with the scratch
 }
 
+# Unmount what the test mounted, then fail on any sanitizer report a daemon
+# wrote to its log on the way out (ASan/UBSan builds).
 teardown_scratch() {
-	local m
+	local m bad=0
 	for m in "${VD_MOUNTS[@]}"; do
 		vd_umount "$m" 2>/dev/null || true
 	done
 	VD_MOUNTS=()
 	cd /
+	if [ -n "${T:-}" ] && grep -hE "Sanitizer|runtime error" "$T"/vdiskfs*.log >&2 2>/dev/null; then
+		bad=1
+	fi
 	[ -n "${T:-}" ] && rm -rf "$T"
+	[ "$bad" -eq 0 ]
 }
 
 setup() { setup_scratch; }

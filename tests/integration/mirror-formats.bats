@@ -3,56 +3,11 @@
 # with a backing chain: the destination gets the full content.
 
 load helpers
-
-# Unmount first, then fail on any sanitizer report the daemon wrote on exit.
-teardown() {
-	local m bad=0
-	for m in "${VD_MOUNTS[@]}"; do
-		vd_umount "$m" 2>/dev/null || true
-	done
-	if grep -hE "Sanitizer|runtime error" "$T"/vdiskfs*.log >&2 2>/dev/null; then
-		bad=1
-	fi
-	teardown_scratch
-	[ "$bad" -eq 0 ]
-}
-
-WRITER="$BATS_TEST_DIRNAME/mirror-writer.py"
-
-mstatus() { getfattr --only-values -n user.vdiskfs.mirror.status "$1"; }
-
-wait_phase() {
-	local i
-	for i in $(seq 1 $((${3:-30} * 20))); do
-		[[ "$(mstatus "$1")" == "phase=$2"* ]] && return 0
-		sleep 0.05
-	done
-	echo "phase $2 not reached: $(mstatus "$1")" >&2
-	cat "$T/vdiskfs.log" >&2
-	return 1
-}
-
-# require_format FMT: skip while the driver cannot serve qemu-img's images.
-require_format() {
-	local p="$T/probe.$1" pid i
-	qemu-img create -q -f "$1" "$p" 1M || skip "qemu-img cannot create $1"
-	touch "$T/probe-view"
-	"$VDISKFS" -f "$p" "$T/probe-view" >"$T/probe.log" 2>&1 &
-	pid=$!
-	for i in $(seq 1 60); do is_mounted "$T/probe-view" && break; sleep 0.05; done
-	if ! is_mounted "$T/probe-view"; then
-		kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
-		skip "the $1 driver cannot serve a qemu-img image yet: $(cat "$T/probe.log")"
-	fi
-	fusermount3 -u "$T/probe-view"; wait "$pid" 2>/dev/null || true
-	rm -f "$p" "$T/probe-view"
-}
+load mirror-helpers
 
 # mirror_under_load SRCFMT DSTFMT
 mirror_under_load() {
 	local sf=$1 df=$2
-	require_format "$sf"
-	require_format "$df"
 	truncate -s 48M "$T/ref.raw"
 	dd if=/dev/urandom of="$T/ref.raw" bs=1M count=12 conv=notrunc status=none
 	dd if=/dev/urandom of="$T/ref.raw" bs=1M count=4 seek=30 conv=notrunc status=none
@@ -103,7 +58,6 @@ mirror_under_load() {
 }
 
 @test "a source with a backing chain: the destination gets the full content" {
-	require_format qcow2
 	truncate -s 32M "$T/ref.raw"
 	dd if=/dev/urandom of="$T/ref.raw" bs=1M count=8 conv=notrunc status=none
 	qemu-img convert -f raw -O qcow2 "$T/ref.raw" "$T/base.qcow2"

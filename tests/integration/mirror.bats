@@ -3,35 +3,8 @@
 # while a guest writes, failures, refusals, sparseness and the speed limit.
 
 load helpers
+load mirror-helpers
 
-# Unmount first, then fail on any sanitizer report the daemon wrote on exit.
-teardown() {
-	local m bad=0
-	for m in "${VD_MOUNTS[@]}"; do
-		vd_umount "$m" 2>/dev/null || true
-	done
-	if grep -hE "Sanitizer|runtime error" "$T"/vdiskfs*.log >&2 2>/dev/null; then
-		bad=1
-	fi
-	teardown_scratch
-	[ "$bad" -eq 0 ]
-}
-
-WRITER="$BATS_TEST_DIRNAME/mirror-writer.py"
-
-mstatus() { getfattr --only-values -n user.vdiskfs.mirror.status "$1"; }
-
-# wait_phase VIEW PHASE [SECONDS]
-wait_phase() {
-	local i
-	for i in $(seq 1 $((${3:-30} * 20))); do
-		[[ "$(mstatus "$1")" == "phase=$2"* ]] && return 0
-		sleep 0.05
-	done
-	echo "phase $2 not reached within ${3:-30} s: $(mstatus "$1")" >&2
-	cat "$T/vdiskfs.log" >&2
-	return 1
-}
 
 # make_image FILE FORMAT SIZE_MB DATA_MB: random data in the first DATA_MB,
 # the rest a hole; $T/ref.raw gets the same content as a raw oracle.
