@@ -4,8 +4,10 @@
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "uring.h"
@@ -15,6 +17,7 @@ static atomic_ulong fault_seen;	 /* I/Os counted */
 static atomic_ulong fault_count; /* how many to fail from nth on; 0 = all */
 static atomic_int fault_err;
 static atomic_uint fault_kinds;
+static char *fault_path; /* set before arming, read while armed */
 
 void fault_set(unsigned long nth, int err, unsigned kinds, unsigned long count)
 {
@@ -26,17 +29,39 @@ void fault_set(unsigned long nth, int err, unsigned kinds, unsigned long count)
 	atomic_store(&fault_nth, nth);
 }
 
+void fault_set_path(const char *substr)
+{
+	free(fault_path);
+	fault_path = substr ? strdup(substr) : NULL;
+}
+
+/* Is fd a file whose path contains the filter? */
+static bool fault_path_matches(int fd)
+{
+	char link[64], target[4096];
+	ssize_t n;
+
+	if (!fault_path)
+		return true;
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	n = readlink(link, target, sizeof(target) - 1);
+	if (n < 0)
+		return false;
+	target[n] = '\0';
+	return strstr(target, fault_path) != NULL;
+}
+
 unsigned long fault_counted(void)
 {
 	return atomic_load(&fault_seen);
 }
 
-int fault_check(unsigned kind)
+int fault_check(unsigned kind, int fd)
 {
 	unsigned long nth = atomic_load_explicit(&fault_nth, memory_order_relaxed);
 	unsigned long n, count;
 
-	if (!nth || !(atomic_load(&fault_kinds) & kind))
+	if (!nth || !(atomic_load(&fault_kinds) & kind) || !fault_path_matches(fd))
 		return 0;
 	n = atomic_fetch_add(&fault_seen, 1) + 1;
 	count = atomic_load(&fault_count);
@@ -100,6 +125,10 @@ int fault_set_from_env(void)
 		} else if (!strcmp(tok, "count")) {
 			if (!fault_parse_num(eq, &count))
 				goto bad;
+		} else if (!strcmp(tok, "path")) {
+			if (!*eq)
+				goto bad;
+			fault_set_path(eq);
 		} else if (!strcmp(tok, "kinds")) {
 			for (const char *k = eq; *k; k++)
 				kinds |= *k == 'r' ? FAULT_READ : *k == 'w' ? FAULT_WRITE
@@ -118,6 +147,8 @@ int fault_set_from_env(void)
 bad:
 	free(s);
 bad_nofree:
-	vd_err("VDISKFS_FAULT: cannot parse \"%s\" (want nth=N,errno=EIO,kinds=rws,count=C)", env);
+	vd_err("VDISKFS_FAULT: cannot parse \"%s\" (want nth=N,errno=EIO,kinds=rws,count=C,"
+	       "path=SUBSTR)",
+	       env);
 	return -EINVAL;
 }

@@ -11,7 +11,7 @@
 static int sync_pread_common(int fd, void *buf, size_t len, uint64_t off, bool zfill)
 {
 	size_t done = 0;
-	int err = fault_check(FAULT_READ);
+	int err = fault_check(FAULT_READ, fd);
 
 	if (err)
 		return err;
@@ -46,7 +46,7 @@ int sync_pread_zfill(int fd, void *buf, size_t len, uint64_t off)
 int sync_pwrite(int fd, const void *buf, size_t len, uint64_t off)
 {
 	size_t done = 0;
-	int err = fault_check(FAULT_WRITE);
+	int err = fault_check(FAULT_WRITE, fd);
 
 	if (err)
 		return err;
@@ -66,7 +66,7 @@ int sync_pwrite(int fd, const void *buf, size_t len, uint64_t off)
 
 int sync_fdatasync(int fd)
 {
-	int err = fault_check(FAULT_SYNC);
+	int err = fault_check(FAULT_SYNC, fd);
 
 	if (err)
 		return err;
@@ -75,7 +75,7 @@ int sync_fdatasync(int fd)
 
 int sync_fallocate(int fd, int mode, uint64_t off, uint64_t len)
 {
-	int err = fault_check(FAULT_WRITE);
+	int err = fault_check(FAULT_WRITE, fd);
 
 	if (err)
 		return err;
@@ -84,7 +84,7 @@ int sync_fallocate(int fd, int mode, uint64_t off, uint64_t len)
 
 int sync_ftruncate(int fd, uint64_t size)
 {
-	int err = fault_check(FAULT_WRITE);
+	int err = fault_check(FAULT_WRITE, fd);
 
 	if (err)
 		return err;

@@ -112,7 +112,7 @@ static void uring_start(struct uring_op *op, int fd, void *buf, uint32_t len, ui
 	op->done = 0;
 	op->opcode = opcode;
 	op->multishot = false;
-	op->fault = fault_check(kind);
+	op->fault = fault_check(kind, fd);
 	ctx->inflight++;
 	uring_issue(op);
 }

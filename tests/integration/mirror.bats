@@ -333,3 +333,15 @@ PY
 		setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/view"
 	done
 }
+
+@test "a source write error reaches the guest as its errno during a mirror" {
+	truncate -s 8M "$T/src.raw"
+	touch "$T/view"
+	VDISKFS_FAULT="nth=1,errno=EIO,kinds=w,count=0,path=/src.raw" vd_mount "$T/src.raw" "$T/view"
+	setfattr -n user.vdiskfs.mirror.start -v "$T/dst.raw" "$T/view"
+	run dd if=/dev/zero of="$T/view" bs=4k count=1 oflag=direct conv=notrunc status=none
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Input/output error"* ]]
+	# reads still work, from the source
+	dd if="$T/view" of=/dev/null bs=1M status=none
+}

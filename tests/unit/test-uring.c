@@ -136,16 +136,34 @@ static void test_fault_nth(void)
 	close(fd);
 }
 
+static void test_fault_path(void)
+{
+	int a = tmpfile_with(4096);
+	int b = open("/proc/self/exe", O_RDONLY);
+	char buf[16];
+
+	/* Only files whose path contains the filter count: here the temp file. */
+	fault_set_path("vdiskfs-uring-");
+	fault_set(1, EIO, FAULT_READ, 0);
+	g_assert_cmpint(sync_pread(b, buf, sizeof(buf), 0), ==, 0);
+	g_assert_cmpint(sync_pread(a, buf, sizeof(buf), 0), ==, -EIO);
+	g_assert_cmpuint(fault_counted(), ==, 1);
+	fault_set(0, 0, 0, 0);
+	fault_set_path(NULL);
+	close(a);
+	close(b);
+}
+
 static void test_fault_env(void)
 {
 	g_setenv("VDISKFS_FAULT", "nth=3,errno=ENOSPC,kinds=w,count=2", TRUE);
 	g_assert_cmpint(fault_set_from_env(), ==, 0);
-	g_assert_cmpint(fault_check(FAULT_READ), ==, 0);
-	g_assert_cmpint(fault_check(FAULT_WRITE), ==, 0);
-	g_assert_cmpint(fault_check(FAULT_WRITE), ==, 0);
-	g_assert_cmpint(fault_check(FAULT_WRITE), ==, -ENOSPC);
-	g_assert_cmpint(fault_check(FAULT_WRITE), ==, -ENOSPC);
-	g_assert_cmpint(fault_check(FAULT_WRITE), ==, 0);
+	g_assert_cmpint(fault_check(FAULT_READ, 0), ==, 0);
+	g_assert_cmpint(fault_check(FAULT_WRITE, 0), ==, 0);
+	g_assert_cmpint(fault_check(FAULT_WRITE, 0), ==, 0);
+	g_assert_cmpint(fault_check(FAULT_WRITE, 0), ==, -ENOSPC);
+	g_assert_cmpint(fault_check(FAULT_WRITE, 0), ==, -ENOSPC);
+	g_assert_cmpint(fault_check(FAULT_WRITE, 0), ==, 0);
 	g_setenv("VDISKFS_FAULT", "nth=x=y", TRUE);
 	g_assert_cmpint(fault_set_from_env(), ==, -EINVAL);
 	g_setenv("VDISKFS_FAULT", "bogus=1", TRUE);
@@ -162,6 +180,7 @@ int main(int argc, char **argv)
 	g_test_add_func("/uring/short-read-at-eof", test_short_read_at_eof);
 	g_test_add_func("/uring/many-in-flight", test_many_in_flight);
 	g_test_add_func("/uring/fault-nth", test_fault_nth);
+	g_test_add_func("/uring/fault-path", test_fault_path);
 	g_test_add_func("/uring/fault-env", test_fault_env);
 	return g_test_run();
 }
