@@ -114,6 +114,30 @@ static bool path_within(const char *real, const char *dir)
 	return !strncmp(real, dir, n) && (real[n] == '/' || real[n] == '\0');
 }
 
+/* An open-file-description lock on the whole image, shared for read-only use
+ * and exclusive for writing, so that a second writer (another vdiskfs, or QEMU,
+ * which takes byte-range locks on the same file) is refused instead of
+ * corrupting it. The kernel drops it when the last fd closes, even on SIGKILL. */
+static int image_lock(int fd, const char *path, bool read_only)
+{
+	struct flock fl = {
+		.l_type = read_only ? F_RDLCK : F_WRLCK,
+		.l_whence = SEEK_SET,
+	};
+
+	if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
+		return 0;
+	if (errno == EAGAIN || errno == EACCES) {
+		vd_err("%s: in use by another process (it holds a lock on the file); not opened "
+		       "%s",
+		       path, read_only ? "for reading" : "for writing");
+		return -EBUSY;
+	}
+	if (errno == EINVAL || errno == ENOLCK || errno == EOPNOTSUPP)
+		return 0; /* a file system without locks: nothing to enforce */
+	return -errno;
+}
+
 struct open_chain {
 	dev_t dev[VD_BACKING_MAX_DEPTH + 1];
 	ino_t ino[VD_BACKING_MAX_DEPTH + 1];
@@ -241,6 +265,11 @@ static int image_open_chain(const char *path, const struct vd_open_opts *o, bool
 
 	pthread_mutex_lock(&registry_lock);
 	found = registry_find(st.st_dev, st.st_ino);
+	if (!found && (ret = image_lock(fd, path, read_only))) {
+		pthread_mutex_unlock(&registry_lock);
+		close(fd);
+		return ret;
+	}
 	if (found) {
 		image_ref(found);
 		if (chain->n && !found->read_only) {
