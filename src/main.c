@@ -23,7 +23,18 @@ struct cmdline {
 	int nargs;
 };
 
-enum { KEY_HELP, KEY_VERSION, KEY_FG, KEY_DEBUG, KEY_RO, KEY_RW, KEY_ALLOW_OTHER, KEY_DEFPERM };
+enum {
+	KEY_HELP,
+	KEY_VERSION,
+	KEY_FG,
+	KEY_DEBUG,
+	KEY_RO,
+	KEY_RW,
+	KEY_ALLOW_OTHER,
+	KEY_ALLOW_ROOT,
+	KEY_DEFPERM,
+	KEY_UNSUPPORTED,
+};
 
 #define OPT(t, p) {t, offsetof(struct cmdline, p), 1}
 static const struct fuse_opt cmd_opts[] = {
@@ -44,6 +55,8 @@ static const struct fuse_opt cmd_opts[] = {
 	FUSE_OPT_KEY("ro", KEY_RO),
 	FUSE_OPT_KEY("rw", KEY_RW),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
+	FUSE_OPT_KEY("allow_root", KEY_ALLOW_ROOT),
+	FUSE_OPT_KEY("max_read=", KEY_UNSUPPORTED),
 	FUSE_OPT_KEY("default_permissions", KEY_DEFPERM),
 	FUSE_OPT_END,
 };
@@ -112,8 +125,12 @@ static int cmd_proc(void *data, const char *arg, int key, struct fuse_args *out)
 		c->ro = 0;
 		return 1;
 	case KEY_ALLOW_OTHER:
+	case KEY_ALLOW_ROOT: /* others than the owner: the same safe defaults */
 		c->allow_other = 1;
 		return 1;
+	case KEY_UNSUPPORTED:
+		fprintf(stderr, "vdiskfs: option %s is not supported\n", arg);
+		return -1;
 	case KEY_DEFPERM:
 		c->default_perms = 1;
 		return 1;

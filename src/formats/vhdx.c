@@ -785,7 +785,6 @@ static void vhdx_info(struct vd_image *img, struct json_writer *j)
 	struct vhdx *v = img->priv;
 	char g[39];
 
-	json_begin_object(j, "vhdx");
 	json_str(j, "type", v->has_parent ? "differencing" : v->leave_alloc ? "fixed" : "dynamic");
 	json_u64(j, "block-size", v->block_size);
 	json_u64(j, "logical-sector-size", v->lss);
@@ -796,7 +795,6 @@ static void vhdx_info(struct vd_image *img, struct json_writer *j)
 		json_str(j, "parent-linkage", g);
 		json_str(j, "parent", img->backing ? img->backing->path : img->backing_names[0]);
 	}
-	json_end_object(j);
 }
 
 const struct vd_format vd_format_vhdx = {

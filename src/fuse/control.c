@@ -80,17 +80,23 @@ void control_open(fuse_req_t req, struct fuse_file_info *fi)
 void control_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct control_fh *fh = (struct control_fh *)(uintptr_t)fi->fh;
+	size_t pos;
 
-	if (off == 0 && !fh->text) {
+	/* The reply is read from its start at offset 0, and by the first read
+	 * after a command whatever the file position (`echo cmd >&3; cat <&3`);
+	 * later reads continue where the previous one stopped. */
+	if (off == 0 && !fh->text)
 		fh->text = control_status();
-	}
-	if (!fh->text || (size_t)off >= fh->text->len) {
+	pos = off == 0 || fh->fresh ? 0 : fh->cursor;
+	fh->fresh = false;
+	if (!fh->text || pos >= fh->text->len) {
 		fuse_reply_buf(req, NULL, 0);
 		return;
 	}
-	if (size > fh->text->len - off)
-		size = fh->text->len - off;
-	fuse_reply_buf(req, fh->text->str + off, size);
+	if (size > fh->text->len - pos)
+		size = fh->text->len - pos;
+	fh->cursor = pos + size;
+	fuse_reply_buf(req, fh->text->str + pos, size);
 }
 
 /* A command answered when a mirror verb finishes. */
@@ -249,6 +255,8 @@ void control_write(fuse_req_t req, const char *buf, size_t size, struct fuse_fil
 		g_string_truncate(fh->text, 0);
 	else
 		fh->text = g_string_new(NULL);
+	fh->fresh = true;
+	fh->cursor = 0;
 	w->req = req;
 	w->fh = fh;
 	w->size = size;

@@ -80,6 +80,8 @@ int xattr_mirror_start(struct vnode *n, const struct mirror_opts *o);
 /* ---- control.c ---- */
 struct control_fh {
 	GString *text; /* what a read returns: status JSON or the last command's reply */
+	size_t cursor; /* where the next sequential read continues */
+	bool fresh;    /* a command just ran: the next read starts its reply */
 };
 void control_open(fuse_req_t req, struct fuse_file_info *fi);
 void control_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);

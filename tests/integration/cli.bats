@@ -67,6 +67,7 @@ expect_refusal() {
 	expect_refusal "cache_size=lots" "$T/view" -o cache_size=lots "$T/a.raw" "$T/view"
 	expect_refusal "format=vmdk" "$T/view" -o format=vmdk "$T/a.raw" "$T/view"
 	expect_refusal "cache=sometimes" "$T/view" -o cache=sometimes "$T/a.raw" "$T/view"
+	expect_refusal "max_read=65536 is not supported" "$T/view" -o max_read=65536 "$T/a.raw" "$T/view"
 	expect_refusal "unexpected argument" "$T/view" "$T/a.raw" "$T/view" extra
 }
 
@@ -103,4 +104,19 @@ expect_refusal() {
 	run sh -c "echo x > '$T/view'"
 	[ "$status" -ne 0 ]
 	umount "$T/view"
+}
+
+@test "an image in use is locked: a second writer is refused" {
+	qemu-img create -q -f qcow2 "$T/a.qcow2" 8M
+	touch "$T/view" "$T/view2"
+	vd_mount "$T/a.qcow2" "$T/view"
+	run timeout 20 "$VDISKFS" -f "$T/a.qcow2" "$T/view2"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"in use by another process"* ]]
+	! is_mounted "$T/view2"
+	# QEMU's own locking sees ours too
+	run qemu-io -f qcow2 -c 'write 0 4k' "$T/a.qcow2"
+	[ "$status" -ne 0 ]
+	vd_umount "$T/view"
+	qemu-io -f qcow2 -c 'write 0 4k' "$T/a.qcow2"
 }

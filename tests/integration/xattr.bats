@@ -90,3 +90,14 @@ PY
 	[[ "$output" == *"Permission denied"* ]]
 	python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$T/mnt/.vdiskfs"
 }
+
+@test "the control file reply reads back on the same descriptor from the shell" {
+	mkdir "$T/src" "$T/mnt"
+	truncate -s 1M "$T/src/a.raw"
+	vd_mount "$T/src" "$T/mnt"
+	exec 5<>"$T/mnt/.vdiskfs"
+	echo status >&5
+	reply=$(cat <&5)
+	exec 5>&-
+	echo "$reply" | python3 -c 'import json,sys; assert json.load(sys.stdin)["images"][0]["name"] == "a.raw"'
+}
