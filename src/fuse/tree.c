@@ -132,6 +132,12 @@ static struct vnode *tree_scan_name(const char *name, int *err)
 	*err = -ENOENT;
 	if (name[0] == '.' || strchr(name, '/'))
 		return NULL;
+	if (n && (n->img->dev != n->sdev || n->img->ino != n->sino)) {
+		/* A completed mirror moved this view to another file: the name now
+		 * stands for that image, whatever becomes of the source file. */
+		*err = 0;
+		return n;
+	}
 	path = g_build_filename(vfs_cfg.source, name, NULL);
 	if (tree_is_own_mount(path) || stat(path, &st) < 0 || !S_ISREG(st.st_mode)) {
 		if (n)

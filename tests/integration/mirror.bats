@@ -272,6 +272,11 @@ except OSError as e:
     assert e.errno == errno.ENOENT, e
 PY
 	cmp "$T/mnt/a.raw" "$T/ref.raw"
+	# the old source may go: the name stays, now the destination's
+	rm "$T/src/a.raw"
+	sleep 1.1
+	[ "$(ls "$T/mnt")" = a.raw ]
+	cmp "$T/mnt/a.raw" "$T/ref.raw"
 	vd_umount "$T/mnt"
 	cmp "$T/dst.raw" "$T/ref.raw"
 }
