@@ -95,8 +95,13 @@ static void image_free(struct vd_image *img)
 	for (int i = 0; i < VD_BACKING_MAX_NAMES; i++)
 		free(img->backing_names[i]);
 	free(img->backing_fmt);
-	if (img->fd >= 0)
+	if (img->fd >= 0) {
+		/* Unlock explicitly: io_uring may hold the file a little longer than
+		 * the fd, and the lock lives as long as the file does. */
+		struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
+		fcntl(img->fd, F_OFD_SETLK, &fl);
 		close(img->fd);
+	}
 	if (img->dio_fd >= 0)
 		close(img->dio_fd);
 	pthread_mutex_destroy(&img->sync_lock);
