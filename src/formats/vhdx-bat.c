@@ -405,6 +405,23 @@ static struct vhdx_tblock *ticket_block(struct wctx *w, uint64_t b)
 	return tb;
 }
 
+/* Place a new block at the end of the file and record in the ticket that its
+ * BAT entry becomes host | state once the data has landed. */
+static int new_block(struct vhdx *v, struct wctx *w, uint64_t b, uint64_t state, uint64_t *host)
+{
+	struct vhdx_tblock *tb;
+	int ret = alloc_space(v, v->block_size, host);
+
+	if (ret)
+		return ret;
+	tb = ticket_block(w, b);
+	if (!tb)
+		return -ENOMEM;
+	tb->set_entry = true;
+	tb->entry = *host | state;
+	return 0;
+}
+
 /* Write [s, e) of a block whose sectors are partly in this file. A partial
  * sector whose bit is clear is written whole, its other bytes read from the
  * parent; the touched sectors get their bits set on complete(). */
@@ -454,7 +471,6 @@ static int map_write_block(struct vhdx *v, uint64_t b, uint64_t s, uint64_t e,
 	uint64_t bstart = b * v->block_size, bend = min64(bstart + v->block_size, v->disk_size);
 	uint64_t ent = v->bat[vhdx_bat_index(v, b)], host;
 	unsigned st = VHDX_BAT_STATE(ent);
-	struct vhdx_tblock *tb;
 	uint8_t *bits;
 	int ret;
 
@@ -468,25 +484,15 @@ static int map_write_block(struct vhdx *v, uint64_t b, uint64_t s, uint64_t e,
 		/* Part of a block the parent shows through: partially present. */
 		ret = sb_get(v, b / v->chunk_ratio, true, &bits);
 		if (!ret)
-			ret = alloc_space(v, v->block_size, &host);
+			ret = new_block(v, w, b, VHDX_BAT_PARTIALLY_PRESENT, &host);
 		if (ret)
 			return ret;
-		tb = ticket_block(w, b);
-		if (!tb)
-			return -ENOMEM;
-		tb->set_entry = true;
-		tb->entry = host | VHDX_BAT_PARTIALLY_PRESENT;
 		return map_write_partial(v, b, host, NULL, s, e, m, w);
 	}
 	/* Zeroes (or the whole block) before: a fresh block, the rest reads zero. */
-	ret = alloc_space(v, v->block_size, &host);
+	ret = new_block(v, w, b, VHDX_BAT_FULLY_PRESENT, &host);
 	if (ret)
 		return ret;
-	tb = ticket_block(w, b);
-	if (!tb)
-		return -ENOMEM;
-	tb->set_entry = true;
-	tb->entry = host | VHDX_BAT_FULLY_PRESENT;
 	return add_ext(m, VD_EXT_DATA, v->img->fd, s, e - s, host + s - bstart);
 }
 

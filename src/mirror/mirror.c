@@ -465,23 +465,33 @@ static int verb_check(struct mirror *m, struct mirror_job *job, const char *verb
 	return 0;
 }
 
-void mirror_complete(struct mirror *m, vd_done_fn done, void *opaque)
+/* Start a verb: with m->lock held, move the job to phase and remember who to
+ * answer; returns the job with the lock still held. If the verb cannot run,
+ * drops the lock, answers done with the errno and returns NULL. */
+static struct mirror_job *verb_begin(struct mirror *m, const char *verb, enum mirror_phase phase,
+				     vd_done_fn done, void *opaque)
 {
 	struct mirror_job *job;
 	int ret;
 
 	pthread_mutex_lock(&m->lock);
 	job = atomic_load(&m->job);
-	ret = verb_check(m, job, "complete");
+	ret = verb_check(m, job, verb);
 	if (ret) {
 		pthread_mutex_unlock(&m->lock);
 		done(opaque, ret);
-		return;
+		return NULL;
 	}
-	job->phase = MP_COMPLETING;
+	job->phase = phase;
 	job->op_done = done;
 	job->op_opaque = opaque;
-	quiesce_then(m, complete_drained);
+	return job;
+}
+
+void mirror_complete(struct mirror *m, vd_done_fn done, void *opaque)
+{
+	if (verb_begin(m, "complete", MP_COMPLETING, done, opaque))
+		quiesce_then(m, complete_drained);
 }
 
 /* ---- cancel ---- */
@@ -518,21 +528,11 @@ static void cancel_drained(struct mirror *m)
 
 void mirror_cancel(struct mirror *m, vd_done_fn done, void *opaque)
 {
-	struct mirror_job *job;
-	int ret;
+	struct mirror_job *job = verb_begin(m, "cancel", MP_CANCELLING, done, opaque);
 
-	pthread_mutex_lock(&m->lock);
-	job = atomic_load(&m->job);
-	ret = verb_check(m, job, "cancel");
-	if (ret) {
-		pthread_mutex_unlock(&m->lock);
-		done(opaque, ret);
+	if (!job)
 		return;
-	}
-	job->phase = MP_CANCELLING;
 	job->stop = true;
-	job->op_done = done;
-	job->op_opaque = opaque;
 	mirror_copy_kick(job);
 	quiesce_then(m, cancel_drained);
 }
