@@ -18,7 +18,7 @@
 
 struct cmdline {
 	char *source, *mountpoint;
-	char *backing, *format, *vhdx_parent, *cache_size, *threads, *cache;
+	char *backing, *format, *vhdx_parent, *cache_size, *threads, *cache, *uring;
 	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms;
 	int nargs;
 };
@@ -44,6 +44,7 @@ static const struct fuse_opt cmd_opts[] = {
 	{"vhdx_parent=%s", offsetof(struct cmdline, vhdx_parent), 0},
 	{"cache_size=%s", offsetof(struct cmdline, cache_size), 0},
 	{"cache=%s", offsetof(struct cmdline, cache), 0},
+	{"uring=%s", offsetof(struct cmdline, uring), 0},
 	OPT("direct_io", direct_io),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
@@ -81,6 +82,8 @@ static void usage(FILE *f)
 		"  -o cache_size=SIZE     metadata cache per image (e.g. 64M)\n"
 		"  -o cache=MODE          none (default: image data bypasses the host page\n"
 		"                         cache) or writeback (through the page cache)\n"
+		"  -o uring=MODE          auto (default: FUSE over io_uring when the kernel\n"
+		"                         offers it), on (required) or off\n"
 		"  -o backing=POLICY      follow | deny | within-source (default: follow,\n"
 		"                         within-source with allow_other)\n"
 		"  -o format=FMT          force raw, qcow2 or vhdx (single image)\n"
@@ -223,6 +226,16 @@ static int configure(struct cmdline *c, struct fuse_args *args)
 		fprintf(stderr, "vdiskfs: cache=%s: want none or writeback\n", c->cache);
 		return -EINVAL;
 	}
+	if (!c->uring || !strcmp(c->uring, "auto")) {
+		vfs_cfg.ring = RING_AUTO;
+	} else if (!strcmp(c->uring, "on")) {
+		vfs_cfg.ring = RING_ON;
+	} else if (!strcmp(c->uring, "off")) {
+		vfs_cfg.ring = RING_OFF;
+	} else {
+		fprintf(stderr, "vdiskfs: uring=%s: want auto, on or off\n", c->uring);
+		return -EINVAL;
+	}
 	if (c->cache_size && parse_size(c->cache_size, &vfs_cfg.open.cache_size)) {
 		fprintf(stderr, "vdiskfs: cache_size=%s: not a size (e.g. 64M)\n", c->cache_size);
 		return -EINVAL;
@@ -273,6 +286,7 @@ static void cmdline_free(struct cmdline *c)
 	free(c->cache_size);
 	free(c->threads);
 	free(c->cache);
+	free(c->uring);
 	if (vfs_cfg.single)
 		g_free((char *)vfs_cfg.open.within);
 	free(vfs_cfg.source);

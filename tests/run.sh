@@ -26,21 +26,15 @@ summary=()
 total_pass=0
 total_fail=0
 
-run_build() {
-	local dir=$1
-	shift
-	echo "== build $dir"
-	if [ -d "$dir" ]; then
-		meson setup --reconfigure "$dir" --werror "$@" >/dev/null
-	else
-		meson setup "$dir" --werror "$@" >/dev/null
-	fi
-	meson compile -C "$dir"
-	echo "== test $dir"
+# run_tests DIR LABEL [meson test args...]: one meson test pass, counted.
+run_tests() {
+	local dir=$1 label=$2
+	shift 2
+	echo "== test $label"
 	local rc=0
-	meson test -C "$dir" --print-errorlogs --num-processes "$jobs" || rc=$?
+	meson test -C "$dir" --print-errorlogs --num-processes "$jobs" --logbase "$label" "$@" || rc=$?
 	local counts
-	counts=$(python3 - "$dir/meson-logs/testlog.json" <<'PY'
+	counts=$(python3 - "$dir/meson-logs/$label.json" <<'PY'
 import json, sys
 p = f = s = 0
 for line in open(sys.argv[1]):
@@ -52,10 +46,39 @@ print(p, f, s)
 PY
 )
 	read -r p f s <<<"$counts"
-	summary+=("$dir: $p passed, $f failed, $s skipped")
+	summary+=("$label: $p passed, $f failed, $s skipped")
 	total_pass=$((total_pass + p))
 	total_fail=$((total_fail + f))
 	[ "$rc" -eq 0 ] || [ "$f" -gt 0 ] || total_fail=$((total_fail + 1))
+}
+
+# FUSE over io_uring is a kernel switch (off by default): the first pass runs
+# with it off, then every mount test runs once more with it on, so both
+# transports are covered; the switch is put back as it was.
+uring_param=/sys/module/fuse/parameters/enable_uring
+uring_saved=$( [ -r "$uring_param" ] && cat "$uring_param" || true)
+set_uring() { [ ! -w "$uring_param" ] || echo "$1" >"$uring_param"; }
+trap 'set_uring "${uring_saved:-N}"' EXIT
+
+run_build() {
+	local dir=$1
+	shift
+	echo "== build $dir"
+	if [ -d "$dir" ]; then
+		meson setup --reconfigure "$dir" --werror "$@" >/dev/null
+	else
+		meson setup "$dir" --werror "$@" >/dev/null
+	fi
+	meson compile -C "$dir"
+	set_uring 0
+	run_tests "$dir" "$dir"
+	if [ -w "$uring_param" ]; then
+		set_uring 1
+		run_tests "$dir" "$dir-ring" --suite integration
+		set_uring 0
+	else
+		echo "== no FUSE over io_uring in this kernel: the ring pass is skipped"
+	fi
 }
 
 run_build build-ci

@@ -25,6 +25,7 @@
 
 struct loop_thread {
 	pthread_t tid;
+	unsigned idx;
 	struct fuse_session *se;
 	struct fuse_buf buf;
 	void *buf_base; /* what to free: buf.mem is LOOP_PAYLOAD_SKEW before a page */
@@ -45,6 +46,11 @@ void loop_req_begin(void)
 void loop_req_end(void)
 {
 	atomic_fetch_sub(&requests_out, 1);
+}
+
+bool loop_stopping(void)
+{
+	return atomic_load(&stopping);
 }
 
 void *loop_take_buffer(void)
@@ -77,8 +83,10 @@ static void loop_on_fuse(struct uring_op *op, int res)
 		loop_stop();
 		return;
 	}
-	/* Drain until EAGAIN: the poll fires on new arrivals, not on what is left. */
-	while (!fuse_session_exited(t->se)) {
+	/* Drain until EAGAIN: the poll fires on new arrivals, not on what is left.
+	 * Once stopping, take nothing new: what is in flight is answered, what
+	 * waits is ended by the kernel when the connection goes. */
+	while (!fuse_session_exited(t->se) && !atomic_load(&stopping)) {
 		int n;
 
 		if (t->buf_taken || !t->buf_base) {
@@ -115,7 +123,7 @@ static void *loop_thread_main(void *arg)
 	int ret;
 
 	cur_loop = t;
-	ret = uring_thread_init(256);
+	ret = ring_active() ? uring_thread_init_cmd(512) : uring_thread_init(256);
 	if (ret) {
 		vd_err("cannot set up io_uring: %s", strerror(-ret));
 		fuse_session_exit(t->se);
@@ -126,6 +134,7 @@ static void *loop_thread_main(void *arg)
 	t->poll_stop.data = t;
 	uring_poll(&t->poll_fuse, fuse_session_fd(t->se), POLLIN, true, loop_on_fuse);
 	uring_poll(&t->poll_stop, stop_fd, POLLIN, true, loop_on_stop);
+	ring_thread_start(t->idx);
 	while (!atomic_load(&stopping)) {
 		ret = uring_run(-1);
 		if (ret < 0 && ret != -EINTR) {
@@ -136,10 +145,35 @@ static void *loop_thread_main(void *arg)
 	/* Finish what was started: every request in flight gets its answer. */
 	while (uring_inflight() || atomic_load(&requests_out) > 0)
 		uring_run(20);
+	uring_run(0); /* hand the kernel the last replies still queued as SQEs */
 	uring_thread_exit();
 	if (!t->buf_taken)
 		free(t->buf_base);
 	return NULL;
+}
+
+/* The first request is INIT: answer it here, before the loops start, so they
+ * know whether to serve FUSE over io_uring. */
+static int loop_init(struct fuse_session *se, unsigned nthreads)
+{
+	struct fuse_buf buf = {0};
+	int n, ret;
+
+	ret = ring_setup(se, vfs_cfg.ring);
+	if (ret)
+		return ret;
+	do {
+		n = fuse_session_receive_buf(se, &buf);
+	} while (n == -EINTR);
+	if (n <= 0) {
+		free(buf.mem);
+		return n ? n : -ENODEV;
+	}
+	fuse_session_process_buf(se, &buf);
+	free(buf.mem);
+	if (fuse_session_exited(se))
+		return -ENODEV;
+	return ring_prepare(nthreads);
 }
 
 int loop_run(struct fuse_session *se, unsigned nthreads)
@@ -147,7 +181,11 @@ int loop_run(struct fuse_session *se, unsigned nthreads)
 	struct loop_thread *threads;
 	int fd = fuse_session_fd(se);
 	unsigned i, started = 0;
+	int ret;
 
+	ret = loop_init(se, nthreads);
+	if (ret)
+		return ret;
 	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
 		return -errno;
 	stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -158,6 +196,7 @@ int loop_run(struct fuse_session *se, unsigned nthreads)
 		return -ENOMEM;
 	for (i = 0; i < nthreads; i++) {
 		threads[i].se = se;
+		threads[i].idx = i;
 		if (pthread_create(&threads[i].tid, NULL, loop_thread_main, &threads[i]))
 			break;
 		started++;

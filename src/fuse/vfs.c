@@ -194,6 +194,7 @@ static void *vfs_alloc(size_t size)
 struct vfs_io {
 	fuse_req_t req;
 	char *buf;	/* read buffer, or the request buffer a WRITE arrived in */
+	bool own_buf;	/* free buf at the end (not a FUSE ring payload buffer) */
 	size_t len;
 	struct mirror *gate; /* passed the mirror gate straight to the image */
 };
@@ -201,14 +202,17 @@ struct vfs_io {
 static struct vfs_io *vfs_io_new(fuse_req_t req, char *buf, size_t len)
 {
 	struct vfs_io *io = malloc(sizeof(*io));
+	bool own = buf && buf != ring_req_payload();
 
 	if (!io) {
-		free(buf);
+		if (own)
+			free(buf);
 		fuse_reply_err(req, ENOMEM);
 		return NULL;
 	}
 	io->req = req;
 	io->buf = buf;
+	io->own_buf = own;
 	io->len = len;
 	io->gate = NULL;
 	loop_req_begin();
@@ -219,7 +223,8 @@ static void vfs_io_end(struct vfs_io *io)
 {
 	if (io->gate)
 		mirror_leave(io->gate);
-	free(io->buf);
+	if (io->own_buf)
+		free(io->buf);
 	free(io);
 	loop_req_end();
 }
@@ -282,7 +287,10 @@ static void vfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	if (size > n->img->size - off)
 		size = n->img->size - off; /* a short read at the end */
-	buf = vfs_alloc(size);
+	/* Over the FUSE ring, read straight into the reply's payload buffer. */
+	buf = ring_req_payload();
+	if (!buf)
+		buf = vfs_alloc(size);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;
@@ -323,8 +331,11 @@ static void vfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t si
 		return;
 	}
 	/* The payload lives in the loop's receive buffer, which the next request
-	 * reuses: small payloads are copied, large ones keep the whole buffer. */
-	if (size <= VFS_WRITE_COPY_MAX) {
+	 * reuses: small payloads are copied, large ones keep the whole buffer. A
+	 * FUSE ring payload buffer stays ours until the reply. */
+	if (ring_req_payload()) {
+		io = vfs_io_new(req, (char *)buf, size);
+	} else if (size <= VFS_WRITE_COPY_MAX) {
 		char *copy = vfs_alloc(size);
 		if (!copy) {
 			fuse_reply_err(req, ENOMEM);

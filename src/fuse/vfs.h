@@ -16,6 +16,9 @@
 #define VFS_CONTROL_INO 2
 #define VFS_CONTROL_NAME ".vdiskfs"
 
+/* -o uring=: FUSE over io_uring when the kernel offers it, required, or never. */
+enum ring_mode { RING_AUTO, RING_ON, RING_OFF };
+
 struct vfs_config {
 	char *source;	  /* absolute path of the image or directory */
 	char *mountpoint; /* absolute path */
@@ -24,6 +27,7 @@ struct vfs_config {
 	bool direct_io;
 	bool allow_other;
 	unsigned threads;
+	enum ring_mode ring; /* -o uring= */
 	uid_t owner;	  /* who mounted: may use the control file and mirror verbs */
 	struct vd_open_opts open;
 };
@@ -88,12 +92,27 @@ void control_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info 
 void control_write(fuse_req_t req, const char *buf, size_t size, struct fuse_file_info *fi);
 void control_release(fuse_req_t req, struct fuse_file_info *fi);
 
+/* ---- ring.c: FUSE over io_uring (see the file's header) ---- */
+/* Before the first request: hook libfuse's I/O so INIT can ask for the ring. */
+int ring_setup(struct fuse_session *se, enum ring_mode mode);
+/* After INIT: lay out the ring for nthreads loops (-EOPNOTSUPP if RING_ON and
+ * the kernel did not offer it). */
+int ring_prepare(unsigned nthreads);
+bool ring_active(void);
+/* On loop thread idx, whose io_uring came from uring_thread_init_cmd(). */
+void ring_thread_start(unsigned idx);
+/* The current request's ring payload buffer (page-aligned, 1 MiB, valid until
+ * the reply), or NULL when it came through /dev/fuse. */
+void *ring_req_payload(void);
+
 /* ---- loop.c ---- */
 /* Run nthreads event loops (each its own io_uring, /dev/fuse polled through
  * it) until the session ends or loop_stop(); returns once all requests in
  * flight have been answered. */
 int loop_run(struct fuse_session *se, unsigned nthreads);
 void loop_stop(void);
+/* loop_stop() was called: no new request is taken. */
+bool loop_stopping(void);
 /* Keep the buffer the current request arrived in until the caller frees it
  * with free() (WRITE payloads answered later). */
 void *loop_take_buffer(void);

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "uring.h"
 
@@ -16,19 +17,24 @@ struct uring_ctx {
 };
 
 static __thread struct uring_ctx *ctx;
+static long spin_ns = -1;
 
-int uring_thread_init(unsigned entries)
+static int ring_init(unsigned entries, unsigned flags)
 {
 	struct io_uring_params p;
 	int ret;
 
 	if (ctx)
 		return 0;
+	if (spin_ns < 0) {
+		const char *e = getenv("VDISKFS_SPIN_US");
+		spin_ns = e ? atol(e) * 1000 : 0;
+	}
 	ctx = calloc(1, sizeof(*ctx));
 	if (!ctx)
 		return -ENOMEM;
 	memset(&p, 0, sizeof(p));
-	p.flags = IORING_SETUP_CQSIZE;
+	p.flags = IORING_SETUP_CQSIZE | flags;
 	p.cq_entries = entries * 4;
 	ret = io_uring_queue_init_params(entries, &ctx->ring, &p);
 	if (ret < 0) {
@@ -37,6 +43,16 @@ int uring_thread_init(unsigned entries)
 		return ret;
 	}
 	return 0;
+}
+
+int uring_thread_init(unsigned entries)
+{
+	return ring_init(entries, 0);
+}
+
+int uring_thread_init_cmd(unsigned entries)
+{
+	return ring_init(entries, IORING_SETUP_SQE128);
 }
 
 void uring_thread_exit(void)
@@ -89,6 +105,12 @@ static void uring_issue(struct uring_op *op)
 			break;
 		case IORING_OP_FSYNC:
 			io_uring_prep_fsync(sqe, op->fd, op->flags);
+			break;
+		case IORING_OP_URING_CMD:
+			io_uring_prep_rw(IORING_OP_URING_CMD, sqe, op->fd, op->buf, op->len, 0);
+			sqe->cmd_op = op->flags;
+			memset(sqe->cmd, 0, 80);
+			memcpy(sqe->cmd, op->cmd, op->cmd_len);
 			break;
 		case IORING_OP_POLL_ADD:
 			if (op->multishot)
@@ -145,9 +167,29 @@ void uring_poll(struct uring_op *op, int fd, unsigned events, bool multishot, ur
 	uring_issue(op);
 }
 
+void uring_cmd(struct uring_op *op, int fd, uint32_t cmd_op, const void *addr, uint32_t len,
+	       const void *cmd, size_t cmd_len, uring_cb cb)
+{
+	op->cb = cb;
+	op->fd = fd;
+	op->buf = (void *)addr;
+	op->len = len;
+	op->opcode = IORING_OP_URING_CMD;
+	op->flags = cmd_op;
+	op->multishot = false;
+	op->fault = 0;
+	op->cmd_len = cmd_len < sizeof(op->cmd) ? cmd_len : sizeof(op->cmd);
+	memcpy(op->cmd, cmd, op->cmd_len);
+	uring_issue(op);
+}
+
 /* One completion: finish, resubmit the rest of a short transfer, or report. */
 static void uring_complete(struct uring_op *op, int res, unsigned cqe_flags)
 {
+	if (op->opcode == IORING_OP_URING_CMD) {
+		op->cb(op, res);
+		return;
+	}
 	if (op->opcode == IORING_OP_POLL_ADD) {
 		if (!(cqe_flags & IORING_CQE_F_MORE))
 			op->multishot = false; /* ended: the owner re-arms */
@@ -183,6 +225,21 @@ int uring_run(int wait_ms)
 
 	if (!ctx)
 		return -EINVAL;
+	if (wait_ms < 0 && spin_ns) {
+		/* Submit, then watch the completion queue a moment before sleeping:
+		 * in a VM a wake-up costs tens of microseconds. */
+		struct timespec t0, t;
+
+		ret = io_uring_submit(&ctx->ring);
+		ctx->queued = 0;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		while (!io_uring_cq_ready(&ctx->ring)) {
+			clock_gettime(CLOCK_MONOTONIC, &t);
+			if ((t.tv_sec - t0.tv_sec) * 1000000000L + t.tv_nsec - t0.tv_nsec > spin_ns)
+				break;
+			__builtin_ia32_pause();
+		}
+	}
 	if (wait_ms < 0) {
 		ret = io_uring_submit_and_wait(&ctx->ring, 1);
 	} else if (wait_ms > 0) {

@@ -23,10 +23,14 @@ struct uring_op {
 	uint32_t done;
 	uint64_t off;
 	uint32_t flags;
+	uint8_t cmd_len; /* IORING_OP_URING_CMD: command bytes for the SQE */
+	uint8_t cmd[32];
 };
 
 /* Create the calling thread's ring (entries SQEs). Idempotent. */
 int uring_thread_init(unsigned entries);
+/* The same, with 128-byte SQEs so the ring can carry uring_cmd(). */
+int uring_thread_init_cmd(unsigned entries);
 void uring_thread_exit(void);
 bool uring_thread_ready(void);
 
@@ -38,6 +42,12 @@ void uring_write(struct uring_op *op, int fd, const void *buf, uint32_t len, uin
 void uring_fsync(struct uring_op *op, int fd, bool datasync, uring_cb cb);
 /* Poll fd for events; multishot keeps firing until cancelled or an error. */
 void uring_poll(struct uring_op *op, int fd, unsigned events, bool multishot, uring_cb cb);
+
+/* A driver command (IORING_OP_URING_CMD) on fd: cmd_op, an address and length,
+ * and up to 32 bytes of command data. Not counted in uring_inflight(); the
+ * ring must come from uring_thread_init_cmd(). */
+void uring_cmd(struct uring_op *op, int fd, uint32_t cmd_op, const void *addr, uint32_t len,
+	       const void *cmd, size_t cmd_len, uring_cb cb);
 
 /* Submit queued SQEs; then wait up to wait_ms (-1: no limit, 0: not at all)
  * for at least one completion; run all available completion callbacks.

@@ -1,0 +1,413 @@
+/* FUSE over io_uring (kernel 6.14+, fuse module parameter enable_uring=1).
+ *
+ * libfuse 3.14 knows nothing of it, so libfuse keeps parsing requests and
+ * building replies while this file moves them: the INIT reply is amended to
+ * ask for the ring, each event-loop thread then registers ring entries for
+ * the per-CPU queues it owns, and a request arrives as a completion on that
+ * thread's own io_uring. Its headers are copied in front of the payload so
+ * that libfuse sees the usual contiguous request; the reply that libfuse
+ * would write to /dev/fuse is caught in the custom-io writev hook and
+ * committed through the ring instead (COMMIT_AND_FETCH), which also fetches
+ * the entry's next request.
+ *
+ * What stays on /dev/fuse: INIT itself, FORGET, INTERRUPT and notifications.
+ * The kernel routes a request to the queue of the CPU it was issued on, so a
+ * VMM thread and the loop thread serving its CPU meet without a cross-CPU
+ * hand-off. */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/sysinfo.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "uring.h"
+#include "vfs.h"
+
+/* The kernel ABI of protocol 7.42, which Debian 12's headers predate. */
+#define RING_HDR_SZ 128
+#define RING_OP_SZ 128
+#define RING_CMD_REGISTER 1
+#define RING_CMD_COMMIT_AND_FETCH 2
+#define RING_INIT_EXT (1u << 30)       /* init flags: flags2 is valid */
+#define RING_INIT_OVER_URING (1u << 9) /* init flags2: bit 41 of the 64-bit flags */
+#define RING_FUSE_INIT 26
+
+struct ring_ent_in_out {
+	uint64_t flags;
+	uint64_t commit_id;
+	uint32_t payload_sz;
+	uint32_t padding;
+	uint64_t reserved;
+};
+
+struct ring_req_header {
+	char in_out[RING_HDR_SZ]; /* fuse_in_header in, fuse_out_header out */
+	char op_in[RING_OP_SZ];	  /* the opcode's fixed argument */
+	struct ring_ent_in_out ent;
+};
+
+struct ring_cmd_req {
+	uint64_t flags;
+	uint64_t commit_id;
+	uint16_t qid;
+	uint8_t padding[6];
+};
+
+/* Entries per queue: requests a CPU can have at the daemon at once (more wait
+ * in the kernel). Payload buffers are reserved, not touched, until used. */
+#define RING_DEPTH 32
+/* Room in front of each payload for the in-header and the opcode argument. */
+#define RING_LEAD 4096
+
+struct ring_owner;
+
+struct ring_ent {
+	struct uring_op op;
+	struct ring_req_header *hdr;
+	char *payload; /* page-aligned, ring_payload_sz bytes */
+	struct iovec iov[2];
+	uint16_t qid;
+	unsigned idx;	  /* in ring_uniques */
+	struct ring_owner *owner;
+	struct ring_ent *next_commit;
+};
+
+/* One per event-loop thread: the entries it registered, and commits other
+ * threads hand it so that an entry's next request comes back here. */
+struct ring_owner {
+	pthread_mutex_t lock;
+	struct ring_ent *pending;
+	int efd;
+	struct uring_op poll;
+	unsigned first, count; /* its entries in ring_ents */
+};
+
+static struct fuse_session *ring_se;
+static enum ring_mode ring_mode = RING_AUTO;
+static bool ring_on; /* INIT asked the kernel for the ring */
+static uint64_t init_unique;
+static bool init_offered;
+static unsigned ring_nqueues, ring_nthreads;
+static size_t ring_payload_sz;
+static struct ring_ent *ring_ents;
+static _Atomic uint64_t *ring_uniques; /* request in each entry, 0 when free */
+static struct ring_owner *ring_owners;
+static char *ring_mem;
+static size_t ring_mem_sz;
+static __thread struct ring_owner *my_owner;
+static __thread struct ring_ent *cur_ent;
+
+bool ring_active(void)
+{
+	return ring_on;
+}
+
+void *ring_req_payload(void)
+{
+	return cur_ent ? cur_ent->payload : NULL;
+}
+
+/* ---- the INIT exchange ---- */
+
+/* Called with every request read from /dev/fuse before libfuse sees it. */
+static void ring_inspect(const void *buf, size_t len)
+{
+	const struct fuse_in_header *in = buf;
+	const struct fuse_init_in *arg = (const void *)(in + 1);
+
+	if (len < sizeof(*in) + offsetof(struct fuse_init_in, flags2) + 4 ||
+	    in->opcode != RING_FUSE_INIT)
+		return;
+	init_unique = in->unique;
+	init_offered = (arg->flags & RING_INIT_EXT) && (arg->flags2 & RING_INIT_OVER_URING);
+}
+
+static void ring_patch_init(struct iovec *iov, int count)
+{
+	struct fuse_init_out *out;
+
+	if (count < 2 || iov[1].iov_len < offsetof(struct fuse_init_out, flags2) + 4)
+		return;
+	out = iov[1].iov_base;
+	if (ring_mode == RING_OFF || !init_offered)
+		return;
+	out->flags |= RING_INIT_EXT;
+	out->flags2 |= RING_INIT_OVER_URING;
+	ring_on = true;
+}
+
+/* ---- requests ---- */
+
+static void ring_on_request(struct uring_op *op, int res);
+
+static void ring_submit(struct ring_ent *e, uint32_t cmd_op, uint64_t commit_id)
+{
+	struct ring_cmd_req req = {.commit_id = commit_id, .qid = e->qid};
+
+	uring_cmd(&e->op, fuse_session_fd(ring_se), cmd_op, e->iov, 2, &req, sizeof(req),
+		  ring_on_request);
+}
+
+static void ring_on_request(struct uring_op *op, int res)
+{
+	struct ring_ent *e = op->data;
+	struct fuse_in_header *in = (void *)e->hdr->in_out;
+	uint32_t psz = e->hdr->ent.payload_sz;
+	struct ring_ent *saved = cur_ent;
+	struct fuse_buf buf = {0};
+	size_t opsz;
+	char *start;
+
+	if (res < 0) {
+		/* Unmounted or the daemon is going away: the entry is retired. */
+		if (res != -ENOTCONN && res != -ECANCELED && res != -ENODEV)
+			vd_warn("fuse ring entry %u: %s", e->idx, strerror(-res));
+		return;
+	}
+	if (loop_stopping())
+		return; /* shutting down: the kernel ends it with the connection */
+	if (in->len < sizeof(*in) + psz || in->len - sizeof(*in) - psz > RING_OP_SZ ||
+	    psz > ring_payload_sz) {
+		vd_err("fuse ring: malformed request (len %u, payload %u)", in->len, psz);
+		return;
+	}
+	opsz = in->len - sizeof(*in) - psz;
+	start = e->payload - opsz - sizeof(*in);
+	memcpy(start, in, sizeof(*in));
+	memcpy(start + sizeof(*in), e->hdr->op_in, opsz);
+	atomic_store_explicit(&ring_uniques[e->idx], in->unique, memory_order_release);
+	buf.mem = start;
+	buf.size = in->len;
+	cur_ent = e;
+	fuse_session_process_buf(ring_se, &buf);
+	cur_ent = saved;
+}
+
+static struct ring_ent *ring_find(uint64_t unique)
+{
+	unsigned i;
+
+	if (!unique)
+		return NULL;
+	if (cur_ent && atomic_load_explicit(&ring_uniques[cur_ent->idx],
+					    memory_order_acquire) == unique)
+		return cur_ent;
+	for (i = 0; i < ring_nqueues * RING_DEPTH; i++)
+		if (atomic_load_explicit(&ring_uniques[i], memory_order_acquire) == unique)
+			return &ring_ents[i];
+	return NULL;
+}
+
+static void ring_commit_pending(struct uring_op *op, int res)
+{
+	struct ring_owner *o = op->data;
+	struct ring_ent *e;
+	uint64_t v;
+
+	if (read(o->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		vd_warn("fuse ring: eventfd: %s", strerror(errno));
+	pthread_mutex_lock(&o->lock);
+	e = o->pending;
+	o->pending = NULL;
+	pthread_mutex_unlock(&o->lock);
+	while (e) {
+		struct ring_ent *next = e->next_commit;
+
+		ring_submit(e, RING_CMD_COMMIT_AND_FETCH, e->hdr->ent.commit_id);
+		e = next;
+	}
+	if (!op->multishot)
+		uring_poll(op, o->efd, POLLIN, true, ring_commit_pending);
+}
+
+/* libfuse's reply path: replies to ring requests go back through the ring. */
+static ssize_t ring_writev(int fd, struct iovec *iov, int count, void *userdata)
+{
+	struct fuse_out_header *oh = iov[0].iov_base;
+	struct ring_ent *e;
+	size_t total = iov[0].iov_len, psz = 0;
+	int i;
+
+	if (count < 1 || iov[0].iov_len < sizeof(*oh))
+		return writev(fd, iov, count);
+	e = ring_on ? ring_find(oh->unique) : NULL;
+	if (!e) {
+		if (oh->unique && oh->unique == init_unique)
+			ring_patch_init(iov, count);
+		return writev(fd, iov, count);
+	}
+	for (i = 1; i < count; i++)
+		total += iov[i].iov_len;
+	if (total - sizeof(*oh) > ring_payload_sz) {
+		/* Cannot happen with libfuse's limits; answer EIO rather than hang. */
+		vd_err("fuse ring: reply of %zu bytes does not fit", total);
+		oh->error = -EIO;
+		count = 1;
+		total = sizeof(*oh);
+	}
+	/* A READ answered from the payload buffer itself needs no copy. */
+	for (i = 1; i < count; i++) {
+		if (iov[i].iov_base != e->payload + psz)
+			memmove(e->payload + psz, iov[i].iov_base, iov[i].iov_len);
+		psz += iov[i].iov_len;
+	}
+	memcpy(e->hdr->in_out, oh, sizeof(*oh));
+	e->hdr->ent.payload_sz = psz;
+	e->hdr->ent.commit_id = oh->unique;
+	atomic_store_explicit(&ring_uniques[e->idx], 0, memory_order_release);
+	if (my_owner == e->owner) {
+		ring_submit(e, RING_CMD_COMMIT_AND_FETCH, oh->unique);
+	} else {
+		uint64_t one = 1;
+
+		pthread_mutex_lock(&e->owner->lock);
+		e->next_commit = e->owner->pending;
+		e->owner->pending = e;
+		pthread_mutex_unlock(&e->owner->lock);
+		if (write(e->owner->efd, &one, sizeof(one)) < 0)
+			vd_warn("fuse ring: eventfd: %s", strerror(errno));
+	}
+	return total;
+}
+
+static ssize_t ring_read(int fd, void *buf, size_t len, void *userdata)
+{
+	ssize_t n = read(fd, buf, len);
+
+	if (n > 0)
+		ring_inspect(buf, n);
+	return n;
+}
+
+/* ---- setup ---- */
+
+static unsigned possible_cpus(void)
+{
+	FILE *f = fopen("/sys/devices/system/cpu/possible", "re");
+	unsigned a, b, last = 0;
+	int c;
+
+	if (!f)
+		return get_nprocs_conf();
+	/* "0-3,8-11": the kernel has a queue for every CPU number up to the last. */
+	while (fscanf(f, "%u", &a) == 1) {
+		b = a;
+		c = fgetc(f);
+		if (c == '-' && fscanf(f, "%u", &b) == 1)
+			c = fgetc(f);
+		if (b > last)
+			last = b;
+		if (c != ',')
+			break;
+	}
+	fclose(f);
+	return last + 1;
+}
+
+int ring_setup(struct fuse_session *se, enum ring_mode mode)
+{
+	static const struct fuse_custom_io io = {.writev = ring_writev, .read = ring_read};
+
+	ring_se = se;
+	ring_mode = mode;
+	if (fuse_session_custom_io(se, &io, fuse_session_fd(se)))
+		return -EINVAL;
+	return 0;
+}
+
+/* After INIT: the ring was asked for; lay out the entries for nthreads loops. */
+int ring_prepare(unsigned nthreads)
+{
+	size_t stride;
+	unsigned q, k, i;
+
+	if (!ring_on) {
+		if (ring_mode == RING_ON) {
+			vd_err("FUSE over io_uring is not offered by the kernel "
+			       "(needs Linux 6.14+ and: echo 1 > "
+			       "/sys/module/fuse/parameters/enable_uring)");
+			return -EOPNOTSUPP;
+		}
+		return 0;
+	}
+	ring_nqueues = possible_cpus();
+	ring_nthreads = nthreads;
+	/* The kernel wants room for a full max_write (1 MiB with libfuse 3.14). */
+	ring_payload_sz = 1024 * 1024 + 4096;
+	stride = RING_LEAD + ring_payload_sz;
+	ring_mem_sz = stride * ring_nqueues * RING_DEPTH;
+	ring_mem = mmap(NULL, ring_mem_sz, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (ring_mem == MAP_FAILED)
+		return -errno;
+	ring_ents = calloc(ring_nqueues * RING_DEPTH, sizeof(*ring_ents));
+	ring_uniques = calloc(ring_nqueues * RING_DEPTH, sizeof(*ring_uniques));
+	ring_owners = calloc(nthreads, sizeof(*ring_owners));
+	if (!ring_ents || !ring_uniques || !ring_owners)
+		return -ENOMEM;
+	for (i = 0; i < nthreads; i++) {
+		pthread_mutex_init(&ring_owners[i].lock, NULL);
+		ring_owners[i].efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (ring_owners[i].efd < 0)
+			return -errno;
+	}
+	for (q = 0; q < ring_nqueues; q++) {
+		for (k = 0; k < RING_DEPTH; k++) {
+			struct ring_ent *e;
+
+			i = q * RING_DEPTH + k;
+			e = &ring_ents[i];
+			e->idx = i;
+			e->qid = q;
+			e->owner = &ring_owners[q % nthreads];
+			e->payload = ring_mem + i * stride + RING_LEAD;
+			e->hdr = calloc(1, sizeof(*e->hdr));
+			if (!e->hdr)
+				return -ENOMEM;
+			e->iov[0].iov_base = e->hdr;
+			e->iov[0].iov_len = sizeof(*e->hdr);
+			e->iov[1].iov_base = e->payload;
+			e->iov[1].iov_len = ring_payload_sz;
+			e->op.data = e;
+		}
+	}
+	vd_info("FUSE over io_uring: %u queues of %u entries on %u threads", ring_nqueues,
+		RING_DEPTH, nthreads);
+	return 0;
+}
+
+/* On loop thread idx (with a ring from uring_thread_init_cmd()): register the
+ * entries of the queues this thread serves. */
+void ring_thread_start(unsigned idx)
+{
+	struct ring_owner *o;
+	unsigned q, k;
+
+	if (!ring_on || idx >= ring_nthreads)
+		return;
+	o = &ring_owners[idx];
+	my_owner = o;
+	o->poll.data = o;
+	uring_poll(&o->poll, o->efd, POLLIN, true, ring_commit_pending);
+	if (getenv("VDISKFS_RING_PIN") && ring_nthreads == ring_nqueues) {
+		cpu_set_t set;
+
+		CPU_ZERO(&set);
+		CPU_SET(idx, &set);
+		pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	}
+	for (q = idx; q < ring_nqueues; q += ring_nthreads)
+		for (k = 0; k < RING_DEPTH; k++)
+			ring_submit(&ring_ents[q * RING_DEPTH + k], RING_CMD_REGISTER, 0);
+}
