@@ -233,7 +233,7 @@ static void write_part_done(struct uring_op *op, int res)
 	req_put(p->req, res < 0 ? res : 0);
 }
 
-/* Both old-data fills of a COW part are in: merge the guest bytes, write once. */
+/* Every old-byte fill of a COW part is in: merge the guest bytes, write once. */
 static void cow_fill_done(void *opaque, int err)
 {
 	struct img_part *p = opaque;
@@ -253,11 +253,33 @@ static void cow_fill_done(void *opaque, int err)
 		    p->bounce, e->cow.len, e->host_off - head, write_part_done);
 }
 
+/* Read guest bytes [from, to) of segment s into their place in the bounce buffer. */
+static void cow_fill(struct img_part *p, const struct vd_cow_seg *s, uint64_t from, uint64_t to)
+{
+	struct vd_extent *e = p->e;
+	struct img_src src = {
+		.type = s->type,
+		.fd = s->fd,
+		.host_off = s->host_off,
+		.csize = s->csize,
+		.algo = s->algo,
+		.cluster_off = s->cluster_off,
+		.cluster_size = s->cluster_size,
+	};
+
+	if (from >= to)
+		return;
+	if (src.type == VD_EXT_DATA)
+		src.host_off += from - s->off;
+	p->pending++;
+	img_fill(p->req->img, &src, from, p->bounce + (from - e->cow.off), to - from, cow_fill_done,
+		 p);
+}
+
 static void write_part_start(struct img_req *r, struct img_part *p)
 {
 	struct vd_extent *e = p->e;
-	struct img_src src;
-	uint64_t head, tail;
+	uint64_t end = e->off + e->len;
 
 	if (!e->cow.len) {
 		char *buf = r->buf + (e->off - r->off);
@@ -265,37 +287,48 @@ static void write_part_start(struct img_req *r, struct img_part *p)
 			    e->host_off, write_part_done);
 		return;
 	}
-	head = e->off - e->cow.off;
-	tail = e->cow.off + e->cow.len - (e->off + e->len);
 	if (posix_memalign((void **)&p->bounce, DIO_ALIGN, e->cow.len))
 		p->bounce = NULL;
 	if (!p->bounce) {
 		req_put(r, -ENOMEM);
 		return;
 	}
-	src = (struct img_src){
-		.type = e->cow.src,
-		.fd = e->cow.src_fd,
-		.host_off = e->cow.src_host_off,
-		.csize = e->cow.src_csize,
-		.algo = e->cow.src_algo,
-		.cluster_off = e->cow.src_cluster_off,
-		.cluster_size = e->cow.src_cluster_size,
-	};
+	/* Each segment's bytes before and after the guest's; pending holds one
+	 * reference of its own so fills that finish at once cannot write early. */
 	p->pending = 1;
-	if (head) {
-		p->pending++;
-		img_fill(r->img, &src, e->cow.off, p->bounce, head, cow_fill_done, p);
-	}
-	if (tail) {
-		struct img_src t = src;
-		if (t.type == VD_EXT_DATA)
-			t.host_off += e->cow.len - tail;
-		p->pending++;
-		img_fill(r->img, &t, e->off + e->len, p->bounce + e->cow.len - tail, tail,
-			 cow_fill_done, p);
+	for (unsigned i = 0; i < e->cow.n; i++) {
+		const struct vd_cow_seg *s = &e->cow.seg[i];
+		uint64_t s_end = s->off + s->len;
+
+		cow_fill(p, s, s->off, s_end < e->off ? s_end : e->off);
+		cow_fill(p, s, s->off > end ? s->off : end, s_end);
 	}
 	cow_fill_done(p, 0);
+}
+
+/* The cow segments are ordered, inside the cow range, and leave no byte
+ * outside the extent without a source. */
+static bool cow_valid(const struct vd_extent *e)
+{
+	const struct vd_cow *c = &e->cow;
+	uint64_t pos = c->off, end = c->off + c->len, eend = e->off + e->len;
+
+	if (c->off > e->off || end < eend || e->host_off < e->off - c->off || c->n > VD_COW_SEGS)
+		return false;
+	for (unsigned i = 0; i <= c->n; i++) {
+		const struct vd_cow_seg *s = i < c->n ? &c->seg[i] : NULL;
+		uint64_t next = s ? s->off : end;
+
+		/* a gap before the next segment must lie inside the extent */
+		if (next < pos || (next > pos && (pos < e->off || next > eend)))
+			return false;
+		if (!s)
+			break;
+		if (!s->len || s->len > end - s->off || s->type > VD_EXT_COMPRESSED)
+			return false;
+		pos = s->off + s->len;
+	}
+	return true;
 }
 
 static bool extent_valid(const struct img_req *r, const struct vd_extent *e, uint64_t expect)
@@ -304,8 +337,7 @@ static bool extent_valid(const struct img_req *r, const struct vd_extent *e, uin
 		return false;
 	if (r->write && e->type != VD_EXT_DATA)
 		return false;
-	if (e->cow.len && (e->cow.off > e->off || e->cow.off + e->cow.len < e->off + e->len ||
-			   e->host_off < e->off - e->cow.off))
+	if (e->cow.len && !cow_valid(e))
 		return false;
 	return true;
 }

@@ -191,6 +191,96 @@ static void test_snapshots_kept(void)
 			==, 0);
 }
 
+/* Partial writes into clusters of an extended-L2 image that a snapshot shares:
+ * the new cluster takes allocated subclusters from the old host cluster and the
+ * rest of a partly written unallocated subcluster from the backing file (or
+ * zeroes past its end, or zeroes for a zero subcluster). Checked against the
+ * same writes done by qemu-io on a copy; subclusters the writes do not touch
+ * keep their state, and the snapshot keeps its data. */
+static void extl2_shared_case(const char *name, const char *backing)
+{
+	/* guest offset, length: 64 KiB clusters, 2 KiB subclusters */
+	static const uint64_t w[][2] = {
+		{1000, 100},		   /* cl 0: unallocated sc 0, backing */
+		{65536 + 1000, 3000},	   /* cl 1: unallocated sc 0 and 1 */
+		{131072 + 2048, 100},	   /* cl 2: all allocated, head of a subcluster */
+		{196608 + 3000, 6000},	   /* cl 3: unallocated sc 1 and 4 around whole ones */
+		{262144 + 5000, 100},	   /* cl 4: zero sc 2 */
+		{262144 + 9000, 40000},	   /* cl 4 again: now its own, in place */
+		{327680 - 1000, 2000},	   /* cl 4 / cl 5 (never allocated) */
+		{(3 << 20) + 100, 10},	   /* cl 48: past the 3 MiB backing file */
+		{(3 << 20) + 65536 - 5, 5}, /* cl 48: the end of its last subcluster */
+	};
+	char *q = g_strdup_printf("%s.qcow2", name), *qq = g_strdup_printf("%s-qemu.qcow2", name);
+	char *r = g_strdup_printf("%s.raw", name), *rp = tpath(r);
+	GString *cmds = g_string_new(NULL);
+	struct vd_image *img;
+	uint8_t buf[40000];
+	uint64_t pnum;
+	enum vd_bs st;
+	int fd;
+
+	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k %s%s "
+			   "%s 4M",
+			   backing ? "-F raw -b " : "", backing ? backing : "", q),
+			==, 0);
+	g_assert_cmpint(sh("qemu-io -f qcow2 -c 'write -P 0x41 8k 4k' -c 'write -z 20k 4k' "
+			   "-c 'write -P 0x42 94k 2k' -c 'write -P 0x43 128k 64k' "
+			   "-c 'write -P 0x44 202k 2k' -c 'write -P 0x45 256k 2k' "
+			   "-c 'write -z 260k 4k' -c 'write -P 0x46 3080k 2k' %s >/dev/null && "
+			   "qemu-img snapshot -c s1 %s && "
+			   "qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1.raw && "
+			   "qemu-img convert -O raw %s %s && cp %s %s",
+			   q, q, q, name, q, r, q, qq),
+			==, 0);
+	fd = open(rp, O_RDWR);
+	g_assert_cmpint(fd, >=, 0);
+	img = img_open(q, false);
+	for (unsigned i = 0; i < G_N_ELEMENTS(w); i++) {
+		uint8_t pat = 0x60 + i;
+
+		memset(buf, pat, w[i][1]);
+		both_write(img, fd, buf, w[i][1], w[i][0]);
+		g_string_append_printf(cmds, " -c 'write -P %u %llu %llu'", pat,
+				       (unsigned long long)w[i][0], (unsigned long long)w[i][1]);
+	}
+	compare_raw(img, r);
+	/* untouched subclusters keep their state: unallocated, zero, allocated */
+	g_assert_cmpint(img->fmt->block_status(img, 30 << 10, 2048, &pnum, &st), ==, 0);
+	g_assert_cmpint(st, ==, VD_BS_UNALLOC);
+	g_assert_cmpint(img->fmt->block_status(img, 22 << 10, 2048, &pnum, &st), ==, 0);
+	g_assert_cmpint(st, ==, VD_BS_ZERO);
+	g_assert_cmpint(img->fmt->block_status(img, 202 << 10, 2048, &pnum, &st), ==, 0);
+	g_assert_cmpint(st, ==, VD_BS_DATA);
+	g_assert_cmpint(img->fmt->block_status(img, 206 << 10, 2048, &pnum, &st), ==, 0);
+	g_assert_cmpint(st, ==, VD_BS_UNALLOC);
+	image_unref(img);
+	close(fd);
+	if (qemu_check(q) != 0) {
+		sh("cat check.log >&2");
+		g_assert_not_reached();
+	}
+	g_assert_cmpint(qemu_compare(q, r), ==, 0);
+	g_assert_cmpint(sh("qemu-io -f qcow2%s %s >/dev/null && qemu-img compare %s %s >/dev/null",
+			   cmds->str, qq, q, qq),
+			==, 0);
+	g_assert_cmpint(sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-after.raw && "
+			   "cmp %s-s1.raw %s-s1-after.raw",
+			   q, name, name, name),
+			==, 0);
+	g_string_free(cmds, true);
+	g_free(q);
+	g_free(qq);
+	g_free(r);
+	g_free(rp);
+}
+
+static void test_extl2_shared_cow(void)
+{
+	extl2_shared_case("xs-backing", "base.raw");
+	extl2_shared_case("xs-alone", NULL);
+}
+
 /* The lazy-refcounts image left dirty by qemu-io abort: repaired at open. */
 static void test_dirty_rebuild(void)
 {
@@ -426,6 +516,7 @@ int main(int argc, char **argv)
 	g_test_add_func("/qcow2/write/reftable-growth", test_reftable_growth);
 	g_test_add_func("/qcow2/write/create-backing", test_create_backing);
 	g_test_add_func("/qcow2/write/snapshots-kept", test_snapshots_kept);
+	g_test_add_func("/qcow2/write/extl2-shared-cow", test_extl2_shared_cow);
 	g_test_add_func("/qcow2/write/dirty-rebuild", test_dirty_rebuild);
 	g_test_add_func("/qcow2/write/feature-bits", test_feature_bits);
 	g_test_add_func("/qcow2/write/discard-shrinks-file", test_discard_shrinks_file);
