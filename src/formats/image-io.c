@@ -400,22 +400,25 @@ static void req_wake(struct vd_waiter *w)
 	req_start(container_of(w, struct img_req, waiter));
 }
 
-static int img_check(struct vd_image *img, uint64_t len, uint64_t off, bool write)
+/* limit: the end of the guest range a request may touch, img->size except
+ * while a truncate() zeroes what a grow is about to show. */
+static int img_check(struct vd_image *img, uint64_t len, uint64_t off, bool write,
+		     uint64_t limit)
 {
 	if (atomic_load(&img->broken))
 		return -EIO;
 	if (write && img->read_only)
 		return -EROFS;
-	if (off > img->size || len > img->size - off)
+	if (off > limit || len > limit - off)
 		return write ? -ENOSPC : -EINVAL;
 	return 0;
 }
 
 static void img_rw(struct vd_image *img, char *buf, uint64_t len, uint64_t off, bool write,
-		   vd_done_fn done, void *opaque)
+		   uint64_t limit, vd_done_fn done, void *opaque)
 {
 	struct img_req *r;
-	int ret = img_check(img, len, off, write);
+	int ret = img_check(img, len, off, write, limit);
 
 	if (ret || !len) {
 		done(opaque, ret);
@@ -441,13 +444,13 @@ static void img_rw(struct vd_image *img, char *buf, uint64_t len, uint64_t off, 
 void image_read(struct vd_image *img, void *buf, uint64_t len, uint64_t off, vd_done_fn done,
 		void *opaque)
 {
-	img_rw(img, buf, len, off, false, done, opaque);
+	img_rw(img, buf, len, off, false, img->size, done, opaque);
 }
 
 void image_write(struct vd_image *img, const void *buf, uint64_t len, uint64_t off,
 		 vd_done_fn done, void *opaque)
 {
-	img_rw(img, (char *)buf, len, off, true, done, opaque);
+	img_rw(img, (char *)buf, len, off, true, img->size, done, opaque);
 }
 
 /* ---- zeroing: the driver for aligned ranges, written zeroes for the rest ---- */
@@ -458,6 +461,7 @@ static const char zero_buf[ZERO_CHUNK] __attribute__((aligned(DIO_ALIGN)));
 
 struct zero_job {
 	struct vd_image *img;
+	uint64_t limit;	       /* see img_check(); 0: img->size when each chunk starts */
 	uint64_t ranges[2][2]; /* [off, end) pairs to write zeroes over */
 	int nranges, cur;
 	uint64_t next;
@@ -501,7 +505,8 @@ static void zero_pump(struct zero_job *z)
 		n = end - z->next < ZERO_CHUNK ? end - z->next : ZERO_CHUNK;
 		z->inflight++;
 		z->next += n;
-		image_write(z->img, zero_buf, n, z->next - n, zero_chunk_done, z);
+		img_rw(z->img, (char *)zero_buf, n, z->next - n, true,
+		       z->limit ? z->limit : z->img->size, zero_chunk_done, z);
 	}
 	if (z->inflight == 0 && (z->err || z->cur >= z->nranges)) {
 		vd_done_fn done = z->done;
@@ -513,15 +518,15 @@ static void zero_pump(struct zero_job *z)
 	}
 }
 
-void image_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unmap, vd_done_fn done,
-		void *opaque)
+static void img_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unmap,
+		     uint64_t limit, vd_done_fn done, void *opaque)
 {
 	const struct vd_format *f = img->fmt;
 	uint64_t za = img->zero_align ? img->zero_align : 1;
 	uint64_t end = off + len;
 	uint64_t a = (off + za - 1) / za * za, b = end / za * za;
 	struct zero_job *z;
-	int ret = img_check(img, len, off, true);
+	int ret = img_check(img, len, off, true, limit ? limit : img->size);
 
 	if (ret || !len) {
 		done(opaque, ret);
@@ -533,6 +538,7 @@ void image_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unmap, vd
 		return;
 	}
 	z->img = img;
+	z->limit = limit;
 	z->done = done;
 	z->opaque = opaque;
 	if (a < b && (f->write_zeroes || (unmap && f->discard))) {
@@ -560,6 +566,12 @@ void image_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unmap, vd
 	}
 	z->next = z->ranges[0][0];
 	zero_pump(z);
+}
+
+void image_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unmap, vd_done_fn done,
+		void *opaque)
+{
+	img_zero(img, len, off, unmap, 0, done, opaque);
 }
 
 /* ---- fsync: metadata in the driver's order, then a data-file fsync; calls
@@ -707,7 +719,7 @@ static void sync_wait_cb(void *opaque, int err)
 	atomic_store(&w->done, true);
 }
 
-enum sync_op { SYNC_READ, SYNC_WRITE, SYNC_ZERO, SYNC_UNMAP, SYNC_FSYNC };
+enum sync_op { SYNC_READ, SYNC_WRITE, SYNC_ZERO, SYNC_UNMAP, SYNC_FSYNC, SYNC_ZERO_GROW };
 
 static int image_sync_call(enum sync_op op, struct vd_image *img, void *buf, uint64_t len,
 			   uint64_t off)
@@ -730,6 +742,9 @@ static int image_sync_call(enum sync_op op, struct vd_image *img, void *buf, uin
 		break;
 	case SYNC_FSYNC:
 		image_fsync(img, sync_wait_cb, &w);
+		break;
+	case SYNC_ZERO_GROW:
+		img_zero(img, len, off, false, off + len, sync_wait_cb, &w);
 		break;
 	}
 	while (!atomic_load(&w.done)) {
@@ -759,4 +774,9 @@ int image_zero_sync(struct vd_image *img, uint64_t len, uint64_t off, bool unmap
 int image_fsync_sync(struct vd_image *img)
 {
 	return image_sync_call(SYNC_FSYNC, img, NULL, 0, 0);
+}
+
+int image_zero_grow_sync(struct vd_image *img, uint64_t len, uint64_t off)
+{
+	return image_sync_call(SYNC_ZERO_GROW, img, NULL, len, off);
 }
