@@ -418,6 +418,93 @@ static void test_resize(void)
 			==, 0);
 }
 
+/* Grow an overlay of base.raw (3 MiB) from old to 4 MiB + 1000 through the
+ * driver after the qemu-io commands prep (may be "") and, with snap, an
+ * internal snapshot s1: the old bytes stay, the new range reads as zeroes, not
+ * backing data, through vdiskfs and qemu-img; qemu-img check is clean; s1
+ * keeps its data. */
+static void grow_case(const char *name, const char *opts, uint64_t old, const char *prep,
+		      bool snap)
+{
+	uint64_t size = (4 << 20) + 1000;
+	char *q = g_strdup_printf("%s.qcow2", name), *r = g_strdup_printf("%s.raw", name);
+	struct vd_image *img;
+
+	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -o %s -b base.raw -F raw %s %llu", opts, q,
+			   (unsigned long long)old),
+			==, 0);
+	if (*prep)
+		g_assert_cmpint(sh("qemu-io -f qcow2 %s %s >/dev/null", prep, q), ==, 0);
+	if (snap)
+		g_assert_cmpint(sh("qemu-img snapshot -c s1 %s && qemu-img convert -l "
+				   "snapshot.name=s1 -O raw %s %s-s1.raw",
+				   q, q, name),
+				==, 0);
+	g_assert_cmpint(sh("qemu-img convert -O raw %s %s && truncate -s %llu %s", q, r,
+			   (unsigned long long)size, r),
+			==, 0);
+	img = img_open(q, false);
+	g_assert_cmpint(image_truncate(img, size), ==, 0);
+	g_assert_cmpuint(img->size, ==, size);
+	compare_raw(img, r);
+	image_unref(img);
+	if (qemu_check(q) != 0) {
+		sh("cat check.log >&2");
+		g_assert_not_reached();
+	}
+	g_assert_cmpint(qemu_compare(q, r), ==, 0);
+	if (snap)
+		/* (convert shows a snapshot at the current size: compare its own bytes) */
+		g_assert_cmpint(sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-after.raw "
+				   "&& cmp -n %llu %s-s1.raw %s-s1-after.raw",
+				   q, name, (unsigned long long)old, name, name),
+				==, 0);
+	/* and once more, from the new unaligned end */
+	img = img_open(q, false);
+	g_assert_cmpint(image_truncate(img, size + 70000), ==, 0);
+	image_unref(img);
+	g_assert_cmpint(sh("truncate -s %llu %s", (unsigned long long)size + 70000, r), ==, 0);
+	g_assert_cmpint(qemu_check(q), ==, 0);
+	g_assert_cmpint(qemu_compare(q, r), ==, 0);
+	g_free(q);
+	g_free(r);
+}
+
+/* The old end is not cluster aligned and its cluster holds no data (or data
+ * that a copy-on-write filled past the old end with backing bytes). */
+static void test_grow_unaligned(void)
+{
+	uint64_t old = 999936; /* 15 clusters + 16896 bytes */
+
+	grow_case("gu-unalloc", "compat=1.1", old, "", false);
+	grow_case("gu-cow", "compat=1.1", old, "-c 'write -P 0x61 983040 100'", false);
+	grow_case("gu-full", "compat=1.1", old, "-c 'write -P 0x62 983040 16896'", false);
+	grow_case("gu-zero", "compat=1.1", old, "-c 'write -z 983040 16896'", false);
+	grow_case("gu-small", "cluster_size=4096", 1000448, "", false);
+	grow_case("gu-snap", "compat=1.1", old,
+		  "-c 'write -P 0x63 983040 100' -c 'write -P 0x64 900000 5000'", true);
+	grow_case("gu-extl2", "extended_l2=on", old, "", false);
+	grow_case("gu-extl2-snap", "extended_l2=on", old,
+		  "-c 'write -P 0x65 983040 3000' -c 'write -z 990000 2000'", true);
+}
+
+/* v2 has no zero flag: the new range over the backing file gets real clusters
+ * of zeroes; past the backing file's end it stays unallocated. */
+static void test_grow_v2(void)
+{
+	grow_case("gv-aligned", "compat=0.10", 1 << 20, "", false);
+	grow_case("gv-unaligned", "compat=0.10", 999936, "-c 'write -P 0x66 983040 10'", false);
+	grow_case("gv-snap", "compat=0.10", 999936, "-c 'write -P 0x67 983040 10'", true);
+	/* allocated up to the backing file's end, nothing past it */
+	g_assert_cmpint(sh("qemu-img map --output=json gv-aligned.qcow2 | grep -q '\"start\": "
+			   "1048576, \"length\": 2097152, \"depth\": 0, \"present\": true, "
+			   "\"zero\": false, \"data\": true'"),
+			==, 0);
+	g_assert_cmpint(sh("qemu-img map --output=json gv-aligned.qcow2 | grep -q '\"start\": "
+			   "3145728, [^}]*\"present\": false'"),
+			==, 0);
+}
+
 /* A cache of 4 tables: dirty L2 tables and refcount blocks are evicted and
  * written back (after the refcount sync) all the time. */
 static void test_small_cache(void)
@@ -521,6 +608,8 @@ int main(int argc, char **argv)
 	g_test_add_func("/qcow2/write/feature-bits", test_feature_bits);
 	g_test_add_func("/qcow2/write/discard-shrinks-file", test_discard_shrinks_file);
 	g_test_add_func("/qcow2/write/resize", test_resize);
+	g_test_add_func("/qcow2/write/grow-unaligned", test_grow_unaligned);
+	g_test_add_func("/qcow2/write/grow-v2", test_grow_v2);
 	g_test_add_func("/qcow2/write/concurrent-one-cluster", test_concurrent_one_cluster);
 	g_test_add_func("/qcow2/write/small-cache", test_small_cache);
 	ret = g_test_run();
