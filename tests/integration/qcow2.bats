@@ -216,7 +216,12 @@ PY
 		# the view, not the plain mountpoint file underneath
 		[ "$(stat -c %s "$T/view")" -eq $((64 << 20)) ] || { cat "$T/vdiskfs.log"; false; }
 		writer "$T/view" "$T/acked.$round" &
-		local wpid=$!
+		local wpid=$! i
+		# on a loaded machine python may take a while to open the view
+		for i in $(seq 1 200); do
+			[ -s "$T/acked.$round" ] && break
+			sleep 0.05
+		done
 		sleep "0.$((RANDOM % 5 + 5))"
 		vd_kill9 "$T/view"
 		wait "$wpid" || true
