@@ -230,8 +230,9 @@ static void extl2_shared_case(const char *name, const char *backing)
 			   "-c 'write -z 260k 4k' -c 'write -P 0x46 3080k 2k' %s >/dev/null && "
 			   "qemu-img snapshot -c s1 %s && "
 			   "qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1.raw && "
-			   "qemu-img convert -O raw %s %s && cp %s %s",
-			   q, q, q, name, q, r, q, qq),
+			   "qemu-img convert -O raw %s %s && cp %s %s && cp %s %s-wl.qcow2 && "
+			   "cp %s %s-wl.raw",
+			   q, q, q, name, q, r, q, qq, q, name, r, name),
 			==, 0);
 	fd = open(rp, O_RDWR);
 	g_assert_cmpint(fd, >=, 0);
@@ -271,6 +272,29 @@ static void extl2_shared_case(const char *name, const char *backing)
 	g_string_free(cmds, true);
 	g_free(q);
 	g_free(qq);
+	g_free(r);
+	g_free(rp);
+
+	/* Random byte-granular writes, zeroing and discards over the same start. */
+	q = g_strdup_printf("%s-wl.qcow2", name);
+	r = g_strdup_printf("%s-wl.raw", name);
+	rp = tpath(r);
+	fd = open(rp, O_RDWR);
+	img = img_open(q, false);
+	workload(img, fd, g_str_hash(name), 150, 70000);
+	compare_raw(img, r);
+	image_unref(img);
+	close(fd);
+	if (qemu_check(q) != 0) {
+		sh("cat check.log >&2");
+		g_assert_not_reached();
+	}
+	g_assert_cmpint(qemu_compare(q, r), ==, 0);
+	g_assert_cmpint(sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-wl.raw && "
+			   "cmp %s-s1.raw %s-s1-wl.raw",
+			   q, name, name, name),
+			==, 0);
+	g_free(q);
 	g_free(r);
 	g_free(rp);
 }
