@@ -79,3 +79,40 @@ int vd_map_add(struct vd_map *m, const struct vd_extent *e)
 	m->ext[m->n++] = *e;
 	return 0;
 }
+
+/* Does s read on from where p ends, from the same source? */
+static bool vd_cow_seg_joins(const struct vd_cow_seg *p, const struct vd_cow_seg *s)
+{
+	if (p->type != s->type || p->off + p->len != s->off)
+		return false;
+	switch (s->type) {
+	case VD_EXT_ZERO:
+	case VD_EXT_UNALLOC:
+		return true;
+	case VD_EXT_DATA:
+		return p->fd == s->fd && p->host_off + p->len == s->host_off;
+	case VD_EXT_COMPRESSED:
+		return p->fd == s->fd && p->host_off == s->host_off && p->csize == s->csize &&
+		       p->algo == s->algo && p->cluster_off == s->cluster_off &&
+		       p->cluster_size == s->cluster_size;
+	}
+	return false;
+}
+
+int vd_cow_add(struct vd_cow *c, const struct vd_cow_seg *s)
+{
+	struct vd_cow_seg *p = c->n ? &c->seg[c->n - 1] : NULL;
+
+	if (!s->len)
+		return 0;
+	if (p && s->off < p->off + p->len)
+		return -EINVAL;
+	if (p && vd_cow_seg_joins(p, s)) {
+		p->len += s->len;
+		return 0;
+	}
+	if (c->n == VD_COW_SEGS)
+		return -EINVAL;
+	c->seg[c->n++] = *s;
+	return 0;
+}

@@ -23,20 +23,37 @@ enum vd_ext_type {
 
 enum vd_compress { VD_COMPRESS_DEFLATE, VD_COMPRESS_ZSTD };
 
-/* Where old bytes come from when a write covers only part of a newly placed
- * cluster or block. The write then covers the whole [cow_off, cow_off+cow_len)
- * guest range at host_off - (off - cow_off): old bytes from this source with
- * the guest's bytes merged in, in one I/O. */
-struct vd_cow {
-	uint64_t off, len;   /* guest range written as a whole (contains the extent) */
-	enum vd_ext_type src; /* DATA (old host copy), ZERO, UNALLOC, COMPRESSED */
-	int src_fd;
-	uint64_t src_host_off; /* DATA: host offset of guest byte cow.off; COMPRESSED: descriptor */
-	uint32_t src_csize;
-	enum vd_compress src_algo;
-	uint64_t src_cluster_off; /* COMPRESSED: guest offset the inflated cluster starts at */
-	uint32_t src_cluster_size;
+/* One run of old bytes for a copy-on-write: guest [off, off+len) reads from
+ * this source, described like a read extent. */
+struct vd_cow_seg {
+	uint64_t off, len;
+	enum vd_ext_type type; /* DATA (old host copy), ZERO, UNALLOC, COMPRESSED */
+	int fd;
+	uint64_t host_off; /* DATA: host offset of guest byte off; COMPRESSED: the blob */
+	uint32_t csize;
+	enum vd_compress algo;
+	uint64_t cluster_off; /* COMPRESSED: guest offset the inflated cluster starts at */
+	uint32_t cluster_size;
 };
+
+#define VD_COW_SEGS 4
+
+/* A write that covers only part of a newly placed cluster or block writes the
+ * whole [off, off+len) guest range at host_off - (extent off - cow.off) in one
+ * I/O: old bytes with the guest's bytes merged in. The old bytes may come from
+ * several sources (an extended-L2 cluster mixes old host data, backing data and
+ * zeroes): seg[0..n) are in guest order, do not overlap, lie inside the cow
+ * range and together with the extent cover it. Only their bytes outside the
+ * extent are read, so one segment may span the extent. */
+struct vd_cow {
+	uint64_t off, len; /* guest range written as a whole (contains the extent) */
+	unsigned n;
+	struct vd_cow_seg seg[VD_COW_SEGS];
+};
+
+/* Append a segment after the last one (joined with it when it continues the
+ * same source). Returns 0, or -EINVAL if out of order or full (a driver bug). */
+int vd_cow_add(struct vd_cow *c, const struct vd_cow_seg *s);
 
 struct vd_extent {
 	uint64_t off, len; /* guest range */

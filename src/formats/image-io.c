@@ -233,7 +233,7 @@ static void write_part_done(struct uring_op *op, int res)
 	req_put(p->req, res < 0 ? res : 0);
 }
 
-/* Both old-data fills of a COW part are in: merge the guest bytes, write once. */
+/* Every old-byte fill of a COW part is in: merge the guest bytes, write once. */
 static void cow_fill_done(void *opaque, int err)
 {
 	struct img_part *p = opaque;
@@ -253,11 +253,33 @@ static void cow_fill_done(void *opaque, int err)
 		    p->bounce, e->cow.len, e->host_off - head, write_part_done);
 }
 
+/* Read guest bytes [from, to) of segment s into their place in the bounce buffer. */
+static void cow_fill(struct img_part *p, const struct vd_cow_seg *s, uint64_t from, uint64_t to)
+{
+	struct vd_extent *e = p->e;
+	struct img_src src = {
+		.type = s->type,
+		.fd = s->fd,
+		.host_off = s->host_off,
+		.csize = s->csize,
+		.algo = s->algo,
+		.cluster_off = s->cluster_off,
+		.cluster_size = s->cluster_size,
+	};
+
+	if (from >= to)
+		return;
+	if (src.type == VD_EXT_DATA)
+		src.host_off += from - s->off;
+	p->pending++;
+	img_fill(p->req->img, &src, from, p->bounce + (from - e->cow.off), to - from, cow_fill_done,
+		 p);
+}
+
 static void write_part_start(struct img_req *r, struct img_part *p)
 {
 	struct vd_extent *e = p->e;
-	struct img_src src;
-	uint64_t head, tail;
+	uint64_t end = e->off + e->len;
 
 	if (!e->cow.len) {
 		char *buf = r->buf + (e->off - r->off);
@@ -265,37 +287,48 @@ static void write_part_start(struct img_req *r, struct img_part *p)
 			    e->host_off, write_part_done);
 		return;
 	}
-	head = e->off - e->cow.off;
-	tail = e->cow.off + e->cow.len - (e->off + e->len);
 	if (posix_memalign((void **)&p->bounce, DIO_ALIGN, e->cow.len))
 		p->bounce = NULL;
 	if (!p->bounce) {
 		req_put(r, -ENOMEM);
 		return;
 	}
-	src = (struct img_src){
-		.type = e->cow.src,
-		.fd = e->cow.src_fd,
-		.host_off = e->cow.src_host_off,
-		.csize = e->cow.src_csize,
-		.algo = e->cow.src_algo,
-		.cluster_off = e->cow.src_cluster_off,
-		.cluster_size = e->cow.src_cluster_size,
-	};
+	/* Each segment's bytes before and after the guest's; pending holds one
+	 * reference of its own so fills that finish at once cannot write early. */
 	p->pending = 1;
-	if (head) {
-		p->pending++;
-		img_fill(r->img, &src, e->cow.off, p->bounce, head, cow_fill_done, p);
-	}
-	if (tail) {
-		struct img_src t = src;
-		if (t.type == VD_EXT_DATA)
-			t.host_off += e->cow.len - tail;
-		p->pending++;
-		img_fill(r->img, &t, e->off + e->len, p->bounce + e->cow.len - tail, tail,
-			 cow_fill_done, p);
+	for (unsigned i = 0; i < e->cow.n; i++) {
+		const struct vd_cow_seg *s = &e->cow.seg[i];
+		uint64_t s_end = s->off + s->len;
+
+		cow_fill(p, s, s->off, s_end < e->off ? s_end : e->off);
+		cow_fill(p, s, s->off > end ? s->off : end, s_end);
 	}
 	cow_fill_done(p, 0);
+}
+
+/* The cow segments are ordered, inside the cow range, and leave no byte
+ * outside the extent without a source. */
+static bool cow_valid(const struct vd_extent *e)
+{
+	const struct vd_cow *c = &e->cow;
+	uint64_t pos = c->off, end = c->off + c->len, eend = e->off + e->len;
+
+	if (c->off > e->off || end < eend || e->host_off < e->off - c->off || c->n > VD_COW_SEGS)
+		return false;
+	for (unsigned i = 0; i <= c->n; i++) {
+		const struct vd_cow_seg *s = i < c->n ? &c->seg[i] : NULL;
+		uint64_t next = s ? s->off : end;
+
+		/* a gap before the next segment must lie inside the extent */
+		if (next < pos || (next > pos && (pos < e->off || next > eend)))
+			return false;
+		if (!s)
+			break;
+		if (!s->len || s->len > end - s->off || s->type > VD_EXT_COMPRESSED)
+			return false;
+		pos = s->off + s->len;
+	}
+	return true;
 }
 
 static bool extent_valid(const struct img_req *r, const struct vd_extent *e, uint64_t expect)
@@ -304,8 +337,7 @@ static bool extent_valid(const struct img_req *r, const struct vd_extent *e, uin
 		return false;
 	if (r->write && e->type != VD_EXT_DATA)
 		return false;
-	if (e->cow.len && (e->cow.off > e->off || e->cow.off + e->cow.len < e->off + e->len ||
-			   e->host_off < e->off - e->cow.off))
+	if (e->cow.len && !cow_valid(e))
 		return false;
 	return true;
 }
@@ -368,22 +400,25 @@ static void req_wake(struct vd_waiter *w)
 	req_start(container_of(w, struct img_req, waiter));
 }
 
-static int img_check(struct vd_image *img, uint64_t len, uint64_t off, bool write)
+/* limit: the end of the guest range a request may touch, img->size except
+ * while a truncate() zeroes what a grow is about to show. */
+static int img_check(struct vd_image *img, uint64_t len, uint64_t off, bool write,
+		     uint64_t limit)
 {
 	if (atomic_load(&img->broken))
 		return -EIO;
 	if (write && img->read_only)
 		return -EROFS;
-	if (off > img->size || len > img->size - off)
+	if (off > limit || len > limit - off)
 		return write ? -ENOSPC : -EINVAL;
 	return 0;
 }
 
 static void img_rw(struct vd_image *img, char *buf, uint64_t len, uint64_t off, bool write,
-		   vd_done_fn done, void *opaque)
+		   uint64_t limit, vd_done_fn done, void *opaque)
 {
 	struct img_req *r;
-	int ret = img_check(img, len, off, write);
+	int ret = img_check(img, len, off, write, limit);
 
 	if (ret || !len) {
 		done(opaque, ret);
@@ -409,13 +444,13 @@ static void img_rw(struct vd_image *img, char *buf, uint64_t len, uint64_t off, 
 void image_read(struct vd_image *img, void *buf, uint64_t len, uint64_t off, vd_done_fn done,
 		void *opaque)
 {
-	img_rw(img, buf, len, off, false, done, opaque);
+	img_rw(img, buf, len, off, false, img->size, done, opaque);
 }
 
 void image_write(struct vd_image *img, const void *buf, uint64_t len, uint64_t off,
 		 vd_done_fn done, void *opaque)
 {
-	img_rw(img, (char *)buf, len, off, true, done, opaque);
+	img_rw(img, (char *)buf, len, off, true, img->size, done, opaque);
 }
 
 /* ---- zeroing: the driver for aligned ranges, written zeroes for the rest ---- */
@@ -426,6 +461,7 @@ static const char zero_buf[ZERO_CHUNK] __attribute__((aligned(DIO_ALIGN)));
 
 struct zero_job {
 	struct vd_image *img;
+	uint64_t limit;	       /* see img_check(); 0: img->size when each chunk starts */
 	uint64_t ranges[2][2]; /* [off, end) pairs to write zeroes over */
 	int nranges, cur;
 	uint64_t next;
@@ -469,7 +505,8 @@ static void zero_pump(struct zero_job *z)
 		n = end - z->next < ZERO_CHUNK ? end - z->next : ZERO_CHUNK;
 		z->inflight++;
 		z->next += n;
-		image_write(z->img, zero_buf, n, z->next - n, zero_chunk_done, z);
+		img_rw(z->img, (char *)zero_buf, n, z->next - n, true,
+		       z->limit ? z->limit : z->img->size, zero_chunk_done, z);
 	}
 	if (z->inflight == 0 && (z->err || z->cur >= z->nranges)) {
 		vd_done_fn done = z->done;
@@ -481,15 +518,15 @@ static void zero_pump(struct zero_job *z)
 	}
 }
 
-void image_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unmap, vd_done_fn done,
-		void *opaque)
+static void img_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unmap,
+		     uint64_t limit, vd_done_fn done, void *opaque)
 {
 	const struct vd_format *f = img->fmt;
 	uint64_t za = img->zero_align ? img->zero_align : 1;
 	uint64_t end = off + len;
 	uint64_t a = (off + za - 1) / za * za, b = end / za * za;
 	struct zero_job *z;
-	int ret = img_check(img, len, off, true);
+	int ret = img_check(img, len, off, true, limit ? limit : img->size);
 
 	if (ret || !len) {
 		done(opaque, ret);
@@ -501,6 +538,7 @@ void image_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unmap, vd
 		return;
 	}
 	z->img = img;
+	z->limit = limit;
 	z->done = done;
 	z->opaque = opaque;
 	if (a < b && (f->write_zeroes || (unmap && f->discard))) {
@@ -528,6 +566,12 @@ void image_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unmap, vd
 	}
 	z->next = z->ranges[0][0];
 	zero_pump(z);
+}
+
+void image_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unmap, vd_done_fn done,
+		void *opaque)
+{
+	img_zero(img, len, off, unmap, 0, done, opaque);
 }
 
 /* ---- fsync: metadata in the driver's order, then a data-file fsync; calls
@@ -675,7 +719,7 @@ static void sync_wait_cb(void *opaque, int err)
 	atomic_store(&w->done, true);
 }
 
-enum sync_op { SYNC_READ, SYNC_WRITE, SYNC_ZERO, SYNC_UNMAP, SYNC_FSYNC };
+enum sync_op { SYNC_READ, SYNC_WRITE, SYNC_ZERO, SYNC_UNMAP, SYNC_FSYNC, SYNC_ZERO_GROW };
 
 static int image_sync_call(enum sync_op op, struct vd_image *img, void *buf, uint64_t len,
 			   uint64_t off)
@@ -698,6 +742,9 @@ static int image_sync_call(enum sync_op op, struct vd_image *img, void *buf, uin
 		break;
 	case SYNC_FSYNC:
 		image_fsync(img, sync_wait_cb, &w);
+		break;
+	case SYNC_ZERO_GROW:
+		img_zero(img, len, off, false, off + len, sync_wait_cb, &w);
 		break;
 	}
 	while (!atomic_load(&w.done)) {
@@ -727,4 +774,9 @@ int image_zero_sync(struct vd_image *img, uint64_t len, uint64_t off, bool unmap
 int image_fsync_sync(struct vd_image *img)
 {
 	return image_sync_call(SYNC_FSYNC, img, NULL, 0, 0);
+}
+
+int image_zero_grow_sync(struct vd_image *img, uint64_t len, uint64_t off)
+{
+	return image_sync_call(SYNC_ZERO_GROW, img, NULL, len, off);
 }

@@ -107,6 +107,12 @@ int image_pwrite_sync(struct vd_image *img, const void *buf, uint64_t len, uint6
 int image_zero_sync(struct vd_image *img, uint64_t len, uint64_t off, bool unmap);
 int image_fsync_sync(struct vd_image *img);
 
+/* For a driver's truncate() while it grows the view: zero [off, off+len), which
+ * may lie past img->size since the new size is not visible yet, through the
+ * same paths as image_zero() (the driver's write_zeroes for aligned parts, or
+ * written zeroes). Called without the driver's lock; blocks like the above. */
+int image_zero_grow_sync(struct vd_image *img, uint64_t len, uint64_t off);
+
 /* Decompress one cluster (compress.c). Returns 0 or -EIO. */
 int vd_decompress(enum vd_compress algo, const void *in, size_t inlen, void *out, size_t outlen);
 

@@ -229,84 +229,123 @@ static int map_read_cluster(struct qcow2 *q, struct vd_map *m, uint64_t off, uin
 enum plan_mode {
 	PLAN_NONE,   /* nothing to copy */
 	PLAN_SRC,    /* the whole cluster comes from one source */
-	PLAN_SUBCL,  /* extended L2: per subcluster (allocated: none, zero, backing) */
+	PLAN_SUBCL,  /* extended L2, own cluster: per subcluster (allocated: none, zero, backing) */
+	PLAN_SHARED, /* extended L2, shared cluster copied: see plan_shared() */
 };
 
 struct plan {
 	enum plan_mode mode;
 	uint64_t unit, gbase, host;
-	bool fresh; /* newly allocated never-written host space: zeroes need no copy */
-	struct vd_cow src; /* PLAN_SRC: the source (off/len unset) */
-	uint64_t bm;	   /* PLAN_SUBCL: the bitmap before the write */
+	uint64_t ws, we;       /* the cluster bytes the write covers */
+	bool fresh;	       /* newly allocated never-written host space: zeroes need no copy */
+	struct vd_cow_seg src; /* PLAN_SRC: the source (off/len unset); PLAN_SHARED: old host */
+	uint64_t bm;	       /* PLAN_SUBCL, PLAN_SHARED: the bitmap before the write */
 };
 
-/* Source for the unit starting at cluster offset u; false when no copy is needed. */
-static bool plan_src(struct qcow2 *q, const struct plan *p, uint64_t u, struct vd_cow *c)
+static enum vd_ext_type subcl_src(const struct plan *p, unsigned sc)
 {
-	unsigned sc = u >> q->sc_bits;
+	if (p->bm >> sc & 1)
+		return VD_EXT_DATA;
+	return (p->bm >> (32 + sc) & 1) ? VD_EXT_ZERO : VD_EXT_UNALLOC;
+}
+
+/* A shared extended-L2 cluster moves to a new host cluster that keeps the old
+ * bitmap plus the written subclusters: allocated subclusters are copied from
+ * the old host cluster, a partly written subcluster that was not allocated gets
+ * the rest of its bytes from where they read until now (zeroes or the backing
+ * file). Unallocated and zero subclusters the write does not touch stay so in
+ * the bitmap, so what lands in their bytes does not matter: they come with the
+ * old host copy, which keeps the segments few (at most 4). */
+static int plan_shared(struct qcow2 *q, const struct plan *p, struct vd_cow *c)
+{
+	int ret = 0;
+
+	for (uint64_t cs = 0; cs < q->cluster_size && !ret; cs += q->sc_size) {
+		uint64_t ce = cs + q->sc_size;
+		struct vd_cow_seg s = p->src;
+
+		if (cs >= p->ws && ce <= p->we)
+			continue; /* written whole */
+		if (ce > p->ws && cs < p->we)
+			s.type = subcl_src(p, cs >> q->sc_bits); /* written in part */
+		s.off = p->gbase + cs;
+		s.len = q->sc_size;
+		s.host_off += cs;
+		ret = vd_cow_add(c, &s);
+	}
+	return ret;
+}
+
+/* The old bytes of the unit at cluster bytes [u, u + p->unit) as a cow range;
+ * 0 with c->len == 0 when no copy is needed. */
+static int plan_cow(struct qcow2 *q, const struct plan *p, uint64_t u, struct vd_cow *c)
+{
+	struct vd_cow_seg s = p->src;
 
 	memset(c, 0, sizeof(*c));
 	switch (p->mode) {
 	case PLAN_NONE:
-		return false;
+		return 0;
 	case PLAN_SRC:
-		*c = p->src;
 		break;
 	case PLAN_SUBCL:
-		if (p->bm >> sc & 1)
-			return false;
-		c->src = (p->bm >> (32 + sc) & 1) ? VD_EXT_ZERO : VD_EXT_UNALLOC;
+		s.type = subcl_src(p, u >> q->sc_bits);
+		if (s.type == VD_EXT_DATA)
+			return 0;
 		break;
+	case PLAN_SHARED:
+		c->off = p->gbase + u;
+		c->len = p->unit;
+		return plan_shared(q, p, c);
 	}
-	if (p->fresh && (c->src == VD_EXT_ZERO || (c->src == VD_EXT_UNALLOC && !q->img->backing)))
-		return false;
-	return true;
+	if (p->fresh && (s.type == VD_EXT_ZERO || (s.type == VD_EXT_UNALLOC && !q->img->backing)))
+		return 0;
+	s.off = c->off = p->gbase + u;
+	s.len = c->len = p->unit;
+	if (s.type == VD_EXT_DATA)
+		s.host_off += u;
+	return vd_cow_add(c, &s);
 }
 
-static int emit(struct vd_map *m, const struct plan *p, int fd, uint64_t ws, uint64_t we,
-		const struct vd_cow *src, uint64_t cs, uint64_t ce)
+static int emit(struct qcow2 *q, struct vd_map *m, const struct plan *p, uint64_t ws, uint64_t we,
+		const struct vd_cow *cow)
 {
 	struct vd_extent x = {.off = p->gbase + ws, .len = we - ws, .type = VD_EXT_DATA,
-			      .fd = fd, .host_off = p->host + ws};
+			      .fd = q->img->fd, .host_off = p->host + ws};
 
-	if (src) {
-		x.cow = *src;
-		x.cow.off = p->gbase + cs;
-		x.cow.len = ce - cs;
-		if (x.cow.src == VD_EXT_DATA)
-			x.cow.src_host_off += cs;
-	}
+	if (cow)
+		x.cow = *cow;
 	return vd_map_add(m, &x);
 }
 
 /* Extents for cluster bytes [ws, we): plain where whole units are written or no
  * copy is needed, merged with old bytes for partly written units. */
-static int plan_emit(struct qcow2 *q, struct vd_map *m, const struct plan *p, uint64_t ws,
-		     uint64_t we)
+static int plan_emit(struct qcow2 *q, struct vd_map *m, const struct plan *p)
 {
-	uint64_t u = p->unit, hs = ws / u * u, ts = (we - 1) / u * u;
+	uint64_t u = p->unit, ws = p->ws, we = p->we, hs = ws / u * u, ts = (we - 1) / u * u;
 	uint64_t he = hs + u, te = ts + u;
-	struct vd_cow hc, tc;
-	bool hcow = ws != hs && plan_src(q, p, hs, &hc);
-	bool tcow = we != te && plan_src(q, p, ts, &tc);
-	int fd = q->img->fd, ret = 0;
+	struct vd_cow hc = {0}, tc = {0};
+	int ret = 0;
 
-	if (hs == ts) {
-		if (!hcow && !tcow)
-			return emit(m, p, fd, ws, we, NULL, 0, 0);
-		return emit(m, p, fd, ws, we, hcow ? &hc : &tc, hs, te);
-	}
-	if (hcow) {
-		ret = emit(m, p, fd, ws, he, &hc, hs, he);
+	if (ws != hs)
+		ret = plan_cow(q, p, hs, &hc);
+	if (!ret && we != te && (hs != ts || !hc.len))
+		ret = plan_cow(q, p, ts, &tc);
+	if (ret)
+		return ret;
+	if (hs == ts)
+		return emit(q, m, p, ws, we, hc.len ? &hc : tc.len ? &tc : NULL);
+	if (hc.len) {
+		ret = emit(q, m, p, ws, he, &hc);
 		ws = he;
 	}
-	if (!ret && tcow) {
+	if (!ret && tc.len) {
 		if (ws < ts)
-			ret = emit(m, p, fd, ws, ts, NULL, 0, 0);
+			ret = emit(q, m, p, ws, ts, NULL);
 		if (!ret)
-			ret = emit(m, p, fd, ts, we, &tc, ts, te);
+			ret = emit(q, m, p, ts, we, &tc);
 	} else if (!ret) {
-		ret = emit(m, p, fd, ws, we, NULL, 0, 0);
+		ret = emit(q, m, p, ws, we, NULL);
 	}
 	return ret;
 }
@@ -356,26 +395,30 @@ static int plan_old(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, stru
 			p->unit = q->sc_size;
 			p->bm = bm;
 		}
-		p->src.src = VD_EXT_UNALLOC;
+		p->src.type = VD_EXT_UNALLOC;
 		return 0;
 	case QC_ZERO_PLAIN:
 	case QC_ZERO_ALLOC:
-		p->src.src = VD_EXT_ZERO;
+		p->src.type = VD_EXT_ZERO;
 		return 0;
 	case QC_COMPRESSED:
-		p->src.src = VD_EXT_COMPRESSED;
-		p->src.src_fd = q->img->fd;
-		ret = compressed_desc(q, gcl, e, &p->src.src_host_off, &p->src.src_csize);
-		p->src.src_algo = q->compression ? VD_COMPRESS_ZSTD : VD_COMPRESS_DEFLATE;
-		p->src.src_cluster_off = gcl << q->cluster_bits;
-		p->src.src_cluster_size = q->cluster_size;
+		p->src.type = VD_EXT_COMPRESSED;
+		p->src.fd = q->img->fd;
+		ret = compressed_desc(q, gcl, e, &p->src.host_off, &p->src.csize);
+		p->src.algo = q->compression ? VD_COMPRESS_ZSTD : VD_COMPRESS_DEFLATE;
+		p->src.cluster_off = gcl << q->cluster_bits;
+		p->src.cluster_size = q->cluster_size;
 		qcow2_compressed_range(q, e, &it->src_off, &it->src_len);
 		return ret;
 	case QC_NORMAL:
 		ret = check_host(q, gcl, host);
-		p->src.src = VD_EXT_DATA;
-		p->src.src_fd = q->img->fd;
-		p->src.src_host_off = host;
+		if (q->ext_l2) {
+			p->mode = PLAN_SHARED;
+			p->bm = bm;
+		}
+		p->src.type = VD_EXT_DATA;
+		p->src.fd = q->img->fd;
+		p->src.host_off = host;
 		it->src_off = host;
 		it->src_len = q->cluster_size;
 		return ret;
@@ -383,25 +426,12 @@ static int plan_old(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, stru
 	return 0;
 }
 
-/* A shared extended cluster can only be copied whole from its host cluster,
- * which is wrong for a partly written subcluster that is not allocated there. */
-static bool extl2_copy_ok(const struct qcow2 *q, uint64_t bm, uint64_t ws, uint64_t we)
-{
-	unsigned hs = ws >> q->sc_bits, ts = (we - 1) >> q->sc_bits;
-
-	if ((ws & (q->sc_size - 1)) && !(bm >> hs & 1))
-		return false;
-	if ((we & (q->sc_size - 1)) && !(bm >> ts & 1))
-		return false;
-	return true;
-}
-
 static int write_cluster(struct qcow2 *q, struct qcow2_ticket *t, struct vd_map *m,
 			 uint64_t off, uint64_t n)
 {
 	uint64_t gcl = qcow2_cl(q, off), ws = off & (q->cluster_size - 1), we = ws + n;
 	struct qcow2_item it = {.gcl = gcl};
-	struct plan p = {.gbase = gcl << q->cluster_bits};
+	struct plan p = {.gbase = gcl << q->cluster_bits, .ws = ws, .we = we};
 	struct qcow2_cache_entry *ce;
 	enum qcow2_ctype type;
 	uint64_t e, bm;
@@ -426,7 +456,7 @@ static int write_cluster(struct qcow2 *q, struct qcow2_ticket *t, struct vd_map 
 		if (type == QC_ZERO_ALLOC) {
 			it.kind = QI_INPLACE_META;
 			p.mode = PLAN_SRC;
-			p.src.src = VD_EXT_ZERO;
+			p.src.type = VD_EXT_ZERO;
 		} else if (q->ext_l2 && (it.set_alloc & ~bm)) {
 			it.kind = QI_INPLACE_META;
 			p.mode = PLAN_SUBCL;
@@ -434,12 +464,6 @@ static int write_cluster(struct qcow2 *q, struct qcow2_ticket *t, struct vd_map 
 			p.bm = bm;
 		}
 	} else {
-		if (q->ext_l2 && type == QC_NORMAL && !extl2_copy_ok(q, bm, ws, we)) {
-			vd_err("%s: partial write at 0x%llx into an unallocated subcluster of a "
-			       "cluster shared with a snapshot is not supported",
-			       q->img->path, (unsigned long long)off);
-			return -ENOTSUP;
-		}
 		ret = plan_old(q, gcl, e, bm, &p, &it);
 		if (ret)
 			return ret;
@@ -455,7 +479,7 @@ static int write_cluster(struct qcow2 *q, struct qcow2_ticket *t, struct vd_map 
 			qcow2_alloc_rollback(q, it.host, 1);
 		return ret;
 	}
-	return plan_emit(q, m, &p, ws, we);
+	return plan_emit(q, m, &p);
 }
 
 static void ticket_free(struct qcow2_ticket *t)

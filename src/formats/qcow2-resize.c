@@ -1,6 +1,7 @@
 /* qcow2 virtual resize: growing (a larger L1 table written elsewhere, then the
- * header switched in one write; zero clusters where a longer backing file would
- * show through) and shrinking when the dropped tail holds no allocation. */
+ * header switched in one write; zeroes written or flagged where a longer
+ * backing file would show through) and shrinking when the dropped tail holds
+ * no allocation. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,27 +78,18 @@ out:
 }
 
 /* Does guest cluster gcl hold a host allocation? */
-static int cluster_allocated(struct qcow2 *q, uint64_t gcl, bool *alloc, bool *unalloc)
+static int cluster_allocated(struct qcow2 *q, uint64_t gcl, bool *alloc)
 {
 	struct qcow2_cache_entry *ce;
-	uint64_t e, bm = 0;
+	uint64_t e;
 	unsigned idx;
 	int ret = qcow2_l2_get(q, gcl, false, &ce, &idx);
 
 	*alloc = false;
-	*unalloc = true;
 	if (ret || !ce)
 		return ret;
-	if (q->ext_l2) {
-		memcpy(&e, (uint8_t *)ce->buf + idx * 16, 8);
-		memcpy(&bm, (uint8_t *)ce->buf + idx * 16 + 8, 8);
-		bm = be64toh(bm);
-	} else {
-		memcpy(&e, (uint8_t *)ce->buf + idx * 8, 8);
-	}
-	e = be64toh(e);
+	e = qcow2_be64((uint8_t *)ce->buf + ((uint64_t)idx << (q->ext_l2 ? 4 : 3)));
 	*alloc = (e & (QCOW2_OFF_MASK | QCOW2_COMPRESSED)) != 0;
-	*unalloc = qcow2_classify(q, e) == QC_UNALLOC && !(bm >> 32);
 	return 0;
 }
 
@@ -116,11 +108,11 @@ static int write_size(struct qcow2 *q, uint64_t size)
 static int shrink(struct qcow2 *q, uint64_t size)
 {
 	uint64_t c0 = qcow2_cl(q, size), c1 = qcow2_cl(q, q->size + q->cluster_size - 1);
-	bool alloc, unalloc;
+	bool alloc;
 	int ret;
 
 	for (uint64_t c = c0; c < c1; c++) {
-		ret = cluster_allocated(q, c, &alloc, &unalloc);
+		ret = cluster_allocated(q, c, &alloc);
 		if (ret)
 			return ret;
 		if (alloc) {
@@ -133,39 +125,34 @@ static int shrink(struct qcow2 *q, uint64_t size)
 	return write_size(q, size);
 }
 
-/* Growing over a longer backing file: the new range must read as zeroes. */
+/* Growing over a longer backing file: the new range must read as zeroes, not
+ * as the backing file, and must do so before the new size is visible (on disk
+ * too). Zero [old, cluster end of min(size, backing size)) through the generic
+ * path, as QEMU does: whole clusters get the zero flag (v3), or, on v2 which
+ * has none, real clusters filled with written zeroes (1 MiB at a time); the
+ * cluster at an unaligned old end gets zeroes past the old end written into
+ * it, a copy-on-write if it is not ours yet. That write is needed even when
+ * the cluster is allocated: a copy-on-write may have brought backing bytes
+ * past the old end into it. Called and returns with the lock held; drops it
+ * while the zeroes are written, which q->resizing keeps other resizes out of. */
 static int hide_backing(struct qcow2 *q, uint64_t old, uint64_t size)
 {
 	struct vd_image *b = q->img->backing;
-	uint64_t end = b && b->size < size ? b->size : size;
-	uint64_t c0, c1;
-	bool alloc, unalloc;
+	uint64_t end;
 	int ret;
 
 	if (!q->has_backing || !b || b->size <= old)
 		return 0;
-	if (q->version < 3) {
-		vd_err("%s: cannot grow a v2 image over a longer backing file", q->img->path);
-		return -ENOTSUP;
-	}
-	if (old & (q->cluster_size - 1)) {
-		ret = cluster_allocated(q, qcow2_cl(q, old), &alloc, &unalloc);
-		if (ret)
-			return ret;
-		if (!alloc) {
-			vd_err("%s: cannot grow: the cluster at the old end 0x%llx would show "
-			       "backing data",
-			       q->img->path, (unsigned long long)old);
-			return -ENOTSUP;
-		}
-	}
-	c0 = qcow2_cl(q, qcow2_align_up(old, q->cluster_size));
-	c1 = qcow2_cl(q, qcow2_align_up(end, q->cluster_size));
-	if (c0 >= c1)
-		return 0;
+	end = qcow2_align_up(b->size < size ? b->size : size, q->cluster_size);
 	pthread_mutex_unlock(&q->lock);
-	ret = qcow2_write_zeroes(q->img, c0 << q->cluster_bits, (c1 - c0) << q->cluster_bits);
+	ret = image_zero_grow_sync(q->img, end - old, old);
 	pthread_mutex_lock(&q->lock);
+	/* The zeroes' data and entries are durable before the header says the
+	 * range is part of the disk. */
+	if (!ret)
+		ret = qcow2_flush_locked(q);
+	if (!ret)
+		ret = sync_fdatasync(q->img->fd);
 	return ret;
 }
 
@@ -177,10 +164,16 @@ int qcow2_truncate(struct vd_image *img, uint64_t size)
 	int ret;
 
 	pthread_mutex_lock(&q->lock);
+	if (q->resizing) {
+		vd_err("%s: cannot change the size: another resize is running", img->path);
+		pthread_mutex_unlock(&q->lock);
+		return -EBUSY;
+	}
 	old = q->size;
 	ret = qcow2_prepare_write(q);
 	if (ret || size == old)
 		goto out;
+	q->resizing = true;
 	if (size < old) {
 		ret = shrink(q, size);
 		goto out;
@@ -195,6 +188,7 @@ int qcow2_truncate(struct vd_image *img, uint64_t size)
 	if (!ret)
 		ret = write_size(q, size);
 out:
+	q->resizing = false;
 	pthread_mutex_unlock(&q->lock);
 	return ret;
 }

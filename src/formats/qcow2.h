@@ -147,6 +147,7 @@ struct qcow2 {
 	uint64_t bm_dir_offset, bm_dir_size;
 
 	bool write_ready; /* autoclear bits handled for writing */
+	bool resizing;	  /* a truncate runs (it drops the lock while zeroing) */
 	uint64_t host_end; /* clusters: everything at or past is never-written host space */
 	uint64_t free_hint;
 	uint32_t *rebuild_counts; /* during a refcount rebuild */

@@ -444,8 +444,10 @@ static int map_write_partial(struct vhdx *v, uint64_t b, uint64_t host, const ui
 		} else {
 			pend = min64(e, send);
 			if (!here)
-				x.cow = (struct vd_cow){.off = sstart, .len = lss,
-							.src = VD_EXT_UNALLOC};
+				x.cow = (struct vd_cow){
+					.off = sstart, .len = lss, .n = 1,
+					.seg = {{.off = sstart, .len = lss,
+						 .type = VD_EXT_UNALLOC}}};
 		}
 		x.off = pos;
 		x.len = pend - pos;

@@ -1,8 +1,10 @@
 #!/usr/bin/env bats
 # qcow2 through the FUSE view: every fixture reads like `qemu-img convert -O
 # raw`; fio verify writes then a clean `qemu-img check` and `qemu-img compare`;
-# overlapping writers; SIGKILL during random writes + fsync never corrupts
-# (check exits 0 or 3) and loses no write acknowledged before an fsync.
+# overlapping writers; partial writes into snapshot-shared extended-L2
+# clusters against qemu-io; growing over a longer backing file (v3, v2);
+# SIGKILL during random writes + fsync never corrupts (check exits 0 or 3) and
+# loses no write acknowledged before an fsync.
 
 load helpers
 
@@ -63,6 +65,72 @@ fixtures() {
 	qemu-img compare -f qcow2 -F raw "$T/ov.qcow2" "$T/ref.raw"
 	qemu-img convert -l snapshot.name=s1 -O raw "$T/ov.qcow2" "$T/s1-after.raw"
 	cmp "$T/s1.raw" "$T/s1-after.raw"
+}
+
+# pwrite_view VIEW PATTERN OFFSET LENGTH: one write of LENGTH bytes of PATTERN
+pwrite_view() {
+	python3 -c 'import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+os.pwrite(fd, bytes([int(sys.argv[2], 0)]) * int(sys.argv[4]), int(sys.argv[3]))
+os.close(fd)' "$@"
+}
+
+@test "qcow2: partial writes into unallocated subclusters shared with a snapshot" {
+	head -c 3M /dev/urandom >"$T/base.raw"
+	qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k -b base.raw -F raw \
+		"$T/ov.qcow2" 4M
+	qemu-io -f qcow2 -c 'write -P 0x11 8k 4k' -c 'write -z 20k 4k' -c 'write -P 0x12 94k 2k' \
+		-c 'write -P 0x13 200k 2k' -c 'write -P 0x15 256k 2k' -c 'write -z 260k 4k' \
+		-c 'write -P 0x14 3080k 2k' "$T/ov.qcow2" >/dev/null
+	qemu-img snapshot -c s1 "$T/ov.qcow2"
+	qemu-img convert -l snapshot.name=s1 -O raw "$T/ov.qcow2" "$T/s1.raw"
+	cp "$T/ov.qcow2" "$T/ref.qcow2"
+	touch "$T/view"
+	# direct_io: the writes reach vdiskfs with their own offsets and lengths
+	vd_mount "$T/ov.qcow2" "$T/view" -o direct_io
+	local w cmds=()
+	# pattern offset length: backed, two subclusters, around whole ones,
+	# a zero subcluster, past the backing file, across two clusters
+	for w in "0x61 1000 100" "0x62 66536 3000" "0x63 199608 6000" "0x64 267144 100" \
+		"0x65 3146828 10" "0x66 326680 2000"; do
+		set -- $w
+		pwrite_view "$T/view" "$1" "$2" "$3"
+		cmds+=(-c "write -P $1 $2 $3")
+	done
+	cp "$T/view" "$T/view.raw"
+	vd_umount "$T/view"
+	[ "$VD_STATUS" -eq 0 ]
+	qemu_check "$T/ov.qcow2"
+	qemu-io -f qcow2 "${cmds[@]}" "$T/ref.qcow2" >/dev/null
+	qemu-img compare "$T/ov.qcow2" "$T/ref.qcow2"
+	qemu-img compare -f qcow2 -F raw "$T/ov.qcow2" "$T/view.raw"
+	qemu-img convert -l snapshot.name=s1 -O raw "$T/ov.qcow2" "$T/s1-after.raw"
+	cmp "$T/s1.raw" "$T/s1-after.raw"
+}
+
+@test "qcow2: truncate grows over a longer backing file: the new range reads zeroes" {
+	mkdir "$T/src" "$T/mnt"
+	head -c 3M /dev/urandom >"$T/src/base.raw"
+	local v old=999936 new=$((4 << 20))
+	# v3 and v2 overlays whose old end is inside a cluster the guest wrote
+	for v in 1.1 0.10; do
+		qemu-img create -q -f qcow2 -o compat=$v -b base.raw -F raw "$T/src/v$v.qcow2" $old
+		qemu-io -f qcow2 -c 'write -P 0x71 983040 100' "$T/src/v$v.qcow2" >/dev/null
+		qemu-img convert -O raw "$T/src/v$v.qcow2" "$T/v$v.ref"
+		truncate -s $new "$T/v$v.ref"
+	done
+	vd_mount "$T/src" "$T/mnt"
+	for v in 1.1 0.10; do
+		truncate -s $new "$T/mnt/v$v.qcow2"
+		[ "$(stat -c %s "$T/mnt/v$v.qcow2")" -eq $new ]
+		cmp "$T/mnt/v$v.qcow2" "$T/v$v.ref"
+	done
+	vd_umount "$T/mnt"
+	[ "$VD_STATUS" -eq 0 ]
+	for v in 1.1 0.10; do
+		qemu_check "$T/src/v$v.qcow2"
+		qemu-img compare -f qcow2 -F raw "$T/src/v$v.qcow2" "$T/v$v.ref"
+	done
 }
 
 # The writer: slot i of 256 KiB gets a pattern write of random length. Each
@@ -148,7 +216,12 @@ PY
 		# the view, not the plain mountpoint file underneath
 		[ "$(stat -c %s "$T/view")" -eq $((64 << 20)) ] || { cat "$T/vdiskfs.log"; false; }
 		writer "$T/view" "$T/acked.$round" &
-		local wpid=$!
+		local wpid=$! i
+		# on a loaded machine python may take a while to open the view
+		for i in $(seq 1 200); do
+			[ -s "$T/acked.$round" ] && break
+			sleep 0.05
+		done
 		sleep "0.$((RANDOM % 5 + 5))"
 		vd_kill9 "$T/view"
 		wait "$wpid" || true

@@ -1,5 +1,6 @@
 /* The generic image I/O over a fake driver that mixes every extent kind:
- * multi-extent requests answered once, backing reads, copy-on-write merges,
+ * multi-extent requests answered once, backing reads, copy-on-write merges
+ * (one source, several sources, invalid segment lists),
  * tickets, parked writes, error propagation, zeroing and fsync coalescing. */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,7 +19,8 @@
 
 static struct {
 	int completes, complete_err, flushes, zeroes_calls;
-	bool park_next, bad_map;
+	bool park_next, bad_map, mixed_cow;
+	struct vd_cow bad_cow; /* used when its len is set */
 	struct vd_waiter *parked;
 	uint64_t zero_off, zero_len;
 } fake;
@@ -35,6 +37,30 @@ static enum vd_ext_type unit_type(uint64_t u)
 	static const enum vd_ext_type t[4] = {VD_EXT_DATA, VD_EXT_ZERO, VD_EXT_UNALLOC,
 					      VD_EXT_DATA};
 	return t[u % 4];
+}
+
+/* The old bytes of unit u from four sources: the first MIXED_A bytes from
+ * the host copy of unit 15, then zeroes, then the backing file, then (spanning
+ * whatever the write covers) the host copy of unit 14 from its byte 100 on. */
+#define MIXED_A 1000
+#define MIXED_B 1500
+#define MIXED_C 2600
+
+static void mixed_cow(struct vd_cow *c, uint64_t u)
+{
+	uint64_t b = u * U;
+	struct vd_cow_seg s[4] = {
+		{.off = b, .len = MIXED_A, .type = VD_EXT_DATA, .fd = host_fd,
+		 .host_off = unit_host(15)},
+		{.off = b + MIXED_A, .len = MIXED_B - MIXED_A, .type = VD_EXT_ZERO},
+		{.off = b + MIXED_B, .len = MIXED_C - MIXED_B, .type = VD_EXT_UNALLOC},
+		{.off = b + MIXED_C, .len = U - MIXED_C, .type = VD_EXT_DATA, .fd = host_fd,
+		 .host_off = unit_host(14) + 100},
+	};
+
+	*c = (struct vd_cow){.off = b, .len = U};
+	for (int i = 0; i < 4; i++)
+		g_assert_cmpint(vd_cow_add(c, &s[i]), ==, 0);
 }
 
 static int fake_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags,
@@ -55,13 +81,15 @@ static int fake_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned f
 				      .host_off = unit_host(u) + off % U};
 		if (flags & VD_MAP_WRITE) {
 			e.type = VD_EXT_DATA;
-			if (n < U) {
-				e.cow.off = u * U;
-				e.cow.len = U;
-				e.cow.src = unit_type(u);
-				e.cow.src_fd = host_fd;
-				e.cow.src_host_off = unit_host(u);
-			}
+			if (fake.bad_cow.len)
+				e.cow = fake.bad_cow;
+			else if (fake.mixed_cow && n < U)
+				mixed_cow(&e.cow, u);
+			else if (n < U)
+				e.cow = (struct vd_cow){
+					.off = u * U, .len = U, .n = 1,
+					.seg = {{.off = u * U, .len = U, .type = unit_type(u),
+						 .fd = host_fd, .host_off = unit_host(u)}}};
 		}
 		if (vd_map_add(m, &e))
 			return -ENOMEM;
@@ -208,6 +236,105 @@ static void test_cow_write(void)
 	teardown_images();
 }
 
+/* One COW range whose old bytes come from several sources; segments that span
+ * the guest's bytes are read only around them. */
+static void test_cow_mixed_sources(void)
+{
+	char data[700], host[VSIZE], back[BSIZE], base[U], want[U], buf[U];
+	uint64_t u = 6, w = 2000; /* unit 6 is backed: the backing part is real data */
+	struct vd_cow c = {.off = 0, .len = U};
+	struct vd_cow_seg s = {.off = 0, .len = 10, .type = VD_EXT_ZERO};
+	static const uint64_t one[] = {MIXED_C, U - 1, 0, MIXED_A};
+
+	setup_images();
+	g_assert_cmpint(pread(host_fd, host, VSIZE, 0), ==, VSIZE);
+	g_assert_cmpint(pread(backing->fd, back, BSIZE, 0), ==, BSIZE);
+	memcpy(base, host + unit_host(15), MIXED_A);
+	memset(base + MIXED_A, 0, MIXED_B - MIXED_A);
+	memcpy(base + MIXED_B, back + u * U + MIXED_B, MIXED_C - MIXED_B);
+	memcpy(base + MIXED_C, host + unit_host(14) + 100, U - MIXED_C);
+	memset(data, 0x77, sizeof(data));
+	fake.mixed_cow = true;
+	/* [2000, 2700): across the boundary of the backing and the last segment */
+	memcpy(want, base, U);
+	memcpy(want + w, data, sizeof(data));
+	g_assert_cmpint(image_pwrite_sync(img, data, sizeof(data), u * U + w), ==, 0);
+	g_assert_cmpint(fake.completes, ==, 1);
+	g_assert_cmpint(pread(host_fd, buf, U, unit_host(u)), ==, U);
+	g_assert_cmpmem(buf, U, want, U);
+	/* Each write copies from the same old sources again: one byte at the
+	 * first and last byte of the cow range and of two segments. */
+	for (unsigned i = 0; i < G_N_ELEMENTS(one); i++) {
+		memcpy(want, base, U);
+		want[one[i]] = 0x77;
+		g_assert_cmpint(image_pwrite_sync(img, data, 1, u * U + one[i]), ==, 0);
+		g_assert_cmpint(pread(host_fd, buf, U, unit_host(u)), ==, U);
+		g_assert_cmpmem(buf, U, want, U);
+	}
+	teardown_images();
+
+	/* Segments join when they continue one source, and refuse disorder and overflow. */
+	g_assert_cmpint(vd_cow_add(&c, &s), ==, 0);
+	s.off = 10;
+	g_assert_cmpint(vd_cow_add(&c, &s), ==, 0);
+	g_assert_cmpuint(c.n, ==, 1);
+	g_assert_cmpuint(c.seg[0].len, ==, 20);
+	s.off = 15;
+	g_assert_cmpint(vd_cow_add(&c, &s), ==, -EINVAL);
+	for (int i = 0; i < VD_COW_SEGS - 1; i++) {
+		s.off = 100 + 10 * i;
+		s.type = i % 2 ? VD_EXT_ZERO : VD_EXT_UNALLOC;
+		g_assert_cmpint(vd_cow_add(&c, &s), ==, 0);
+	}
+	s.off = 1000;
+	s.type = VD_EXT_ZERO;
+	g_assert_cmpint(vd_cow_add(&c, &s), ==, -EINVAL);
+}
+
+/* A cow range whose segments leave old bytes without a source, overlap, or
+ * run outside it: the request fails with EIO and the image is marked broken. */
+static void test_cow_invalid(void)
+{
+	static const struct vd_cow bad[] = {
+		/* no source for [0, 100) */
+		{.off = 0, .len = U, .n = 1, .seg = {{.off = 100, .len = U - 100,
+						      .type = VD_EXT_ZERO}}},
+		/* a gap after the write */
+		{.off = 0, .len = U, .n = 2, .seg = {{.off = 0, .len = 2000, .type = VD_EXT_ZERO},
+						     {.off = 3000, .len = U - 3000,
+						      .type = VD_EXT_ZERO}}},
+		/* overlapping */
+		{.off = 0, .len = U, .n = 2, .seg = {{.off = 0, .len = 2000, .type = VD_EXT_ZERO},
+						     {.off = 1000, .len = U - 1000,
+						      .type = VD_EXT_ZERO}}},
+		/* past the cow range */
+		{.off = 0, .len = U, .n = 1, .seg = {{.off = 0, .len = U + 1,
+						      .type = VD_EXT_ZERO}}},
+		/* an empty segment, and too many */
+		{.off = 0, .len = U, .n = 2, .seg = {{.off = 0, .len = 0, .type = VD_EXT_ZERO},
+						     {.off = 0, .len = U, .type = VD_EXT_ZERO}}},
+		{.off = 0, .len = U, .n = VD_COW_SEGS + 1},
+	};
+	char data[10] = {0};
+
+	for (unsigned i = 0; i < G_N_ELEMENTS(bad); i++) {
+		setup_images();
+		fake.bad_cow = bad[i];
+		g_assert_cmpint(image_pwrite_sync(img, data, sizeof(data), 2500), ==, -EIO);
+		g_assert_true(atomic_load(&img->broken));
+		atomic_store(&img->broken, false);
+		teardown_images();
+	}
+	/* The same shape with the gap inside the written bytes is fine. */
+	setup_images();
+	fake.bad_cow = (struct vd_cow){
+		.off = 0, .len = U, .n = 2,
+		.seg = {{.off = 0, .len = 2501, .type = VD_EXT_ZERO},
+			{.off = 2509, .len = U - 2509, .type = VD_EXT_ZERO}}};
+	g_assert_cmpint(image_pwrite_sync(img, data, sizeof(data), 2500), ==, 0);
+	teardown_images();
+}
+
 struct counter {
 	int calls, err;
 };
@@ -339,6 +466,8 @@ int main(int argc, char **argv)
 	g_test_init(&argc, &argv, NULL);
 	g_test_add_func("/image-io/read-all-kinds", test_read_all_kinds);
 	g_test_add_func("/image-io/cow-write", test_cow_write);
+	g_test_add_func("/image-io/cow-mixed-sources", test_cow_mixed_sources);
+	g_test_add_func("/image-io/cow-invalid", test_cow_invalid);
 	g_test_add_func("/image-io/fault-answered-once", test_fault_answered_once);
 	g_test_add_func("/image-io/parked-write", test_parked_write);
 	g_test_add_func("/image-io/invalid-map", test_invalid_map);

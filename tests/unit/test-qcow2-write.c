@@ -191,6 +191,120 @@ static void test_snapshots_kept(void)
 			==, 0);
 }
 
+/* Partial writes into clusters of an extended-L2 image that a snapshot shares:
+ * the new cluster takes allocated subclusters from the old host cluster and the
+ * rest of a partly written unallocated subcluster from the backing file (or
+ * zeroes past its end, or zeroes for a zero subcluster). Checked against the
+ * same writes done by qemu-io on a copy; subclusters the writes do not touch
+ * keep their state, and the snapshot keeps its data. */
+static void extl2_shared_case(const char *name, const char *backing)
+{
+	/* guest offset, length: 64 KiB clusters, 2 KiB subclusters */
+	static const uint64_t w[][2] = {
+		{1000, 100},		   /* cl 0: unallocated sc 0, backing */
+		{65536 + 1000, 3000},	   /* cl 1: unallocated sc 0 and 1 */
+		{131072 + 2048, 100},	   /* cl 2: all allocated, head of a subcluster */
+		{196608 + 3000, 6000},	   /* cl 3: unallocated sc 1 and 4 around whole ones */
+		{262144 + 5000, 100},	   /* cl 4: zero sc 2 */
+		{262144 + 9000, 40000},	   /* cl 4 again: now its own, in place */
+		{327680 - 1000, 2000},	   /* cl 4 / cl 5 (never allocated) */
+		{(3 << 20) + 100, 10},	   /* cl 48: past the 3 MiB backing file */
+		{(3 << 20) + 65536 - 5, 5}, /* cl 48: the end of its last subcluster */
+	};
+	char *q = g_strdup_printf("%s.qcow2", name), *qq = g_strdup_printf("%s-qemu.qcow2", name);
+	char *r = g_strdup_printf("%s.raw", name), *rp = tpath(r);
+	GString *cmds = g_string_new(NULL);
+	struct vd_image *img;
+	uint8_t buf[40000];
+	uint64_t pnum;
+	enum vd_bs st;
+	int fd;
+
+	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k %s%s "
+			   "%s 4M",
+			   backing ? "-F raw -b " : "", backing ? backing : "", q),
+			==, 0);
+	g_assert_cmpint(sh("qemu-io -f qcow2 -c 'write -P 0x41 8k 4k' -c 'write -z 20k 4k' "
+			   "-c 'write -P 0x42 94k 2k' -c 'write -P 0x43 128k 64k' "
+			   "-c 'write -P 0x44 202k 2k' -c 'write -P 0x45 256k 2k' "
+			   "-c 'write -z 260k 4k' -c 'write -P 0x46 3080k 2k' %s >/dev/null && "
+			   "qemu-img snapshot -c s1 %s && "
+			   "qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1.raw && "
+			   "qemu-img convert -O raw %s %s && cp %s %s && cp %s %s-wl.qcow2 && "
+			   "cp %s %s-wl.raw",
+			   q, q, q, name, q, r, q, qq, q, name, r, name),
+			==, 0);
+	fd = open(rp, O_RDWR);
+	g_assert_cmpint(fd, >=, 0);
+	img = img_open(q, false);
+	for (unsigned i = 0; i < G_N_ELEMENTS(w); i++) {
+		uint8_t pat = 0x60 + i;
+
+		memset(buf, pat, w[i][1]);
+		both_write(img, fd, buf, w[i][1], w[i][0]);
+		g_string_append_printf(cmds, " -c 'write -P %u %llu %llu'", pat,
+				       (unsigned long long)w[i][0], (unsigned long long)w[i][1]);
+	}
+	compare_raw(img, r);
+	/* untouched subclusters keep their state: unallocated, zero, allocated */
+	g_assert_cmpint(img->fmt->block_status(img, 30 << 10, 2048, &pnum, &st), ==, 0);
+	g_assert_cmpint(st, ==, VD_BS_UNALLOC);
+	g_assert_cmpint(img->fmt->block_status(img, 22 << 10, 2048, &pnum, &st), ==, 0);
+	g_assert_cmpint(st, ==, VD_BS_ZERO);
+	g_assert_cmpint(img->fmt->block_status(img, 202 << 10, 2048, &pnum, &st), ==, 0);
+	g_assert_cmpint(st, ==, VD_BS_DATA);
+	g_assert_cmpint(img->fmt->block_status(img, 206 << 10, 2048, &pnum, &st), ==, 0);
+	g_assert_cmpint(st, ==, VD_BS_UNALLOC);
+	image_unref(img);
+	close(fd);
+	if (qemu_check(q) != 0) {
+		sh("cat check.log >&2");
+		g_assert_not_reached();
+	}
+	g_assert_cmpint(qemu_compare(q, r), ==, 0);
+	g_assert_cmpint(sh("qemu-io -f qcow2%s %s >/dev/null && qemu-img compare %s %s >/dev/null",
+			   cmds->str, qq, q, qq),
+			==, 0);
+	g_assert_cmpint(sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-after.raw && "
+			   "cmp %s-s1.raw %s-s1-after.raw",
+			   q, name, name, name),
+			==, 0);
+	g_string_free(cmds, true);
+	g_free(q);
+	g_free(qq);
+	g_free(r);
+	g_free(rp);
+
+	/* Random byte-granular writes, zeroing and discards over the same start. */
+	q = g_strdup_printf("%s-wl.qcow2", name);
+	r = g_strdup_printf("%s-wl.raw", name);
+	rp = tpath(r);
+	fd = open(rp, O_RDWR);
+	img = img_open(q, false);
+	workload(img, fd, g_str_hash(name), 150, 70000);
+	compare_raw(img, r);
+	image_unref(img);
+	close(fd);
+	if (qemu_check(q) != 0) {
+		sh("cat check.log >&2");
+		g_assert_not_reached();
+	}
+	g_assert_cmpint(qemu_compare(q, r), ==, 0);
+	g_assert_cmpint(sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-wl.raw && "
+			   "cmp %s-s1.raw %s-s1-wl.raw",
+			   q, name, name, name),
+			==, 0);
+	g_free(q);
+	g_free(r);
+	g_free(rp);
+}
+
+static void test_extl2_shared_cow(void)
+{
+	extl2_shared_case("xs-backing", "base.raw");
+	extl2_shared_case("xs-alone", NULL);
+}
+
 /* The lazy-refcounts image left dirty by qemu-io abort: repaired at open. */
 static void test_dirty_rebuild(void)
 {
@@ -328,6 +442,93 @@ static void test_resize(void)
 			==, 0);
 }
 
+/* Grow an overlay of base.raw (3 MiB) from old to 4 MiB + 1000 through the
+ * driver after the qemu-io commands prep (may be "") and, with snap, an
+ * internal snapshot s1: the old bytes stay, the new range reads as zeroes, not
+ * backing data, through vdiskfs and qemu-img; qemu-img check is clean; s1
+ * keeps its data. */
+static void grow_case(const char *name, const char *opts, uint64_t old, const char *prep,
+		      bool snap)
+{
+	uint64_t size = (4 << 20) + 1000;
+	char *q = g_strdup_printf("%s.qcow2", name), *r = g_strdup_printf("%s.raw", name);
+	struct vd_image *img;
+
+	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -o %s -b base.raw -F raw %s %llu", opts, q,
+			   (unsigned long long)old),
+			==, 0);
+	if (*prep)
+		g_assert_cmpint(sh("qemu-io -f qcow2 %s %s >/dev/null", prep, q), ==, 0);
+	if (snap)
+		g_assert_cmpint(sh("qemu-img snapshot -c s1 %s && qemu-img convert -l "
+				   "snapshot.name=s1 -O raw %s %s-s1.raw",
+				   q, q, name),
+				==, 0);
+	g_assert_cmpint(sh("qemu-img convert -O raw %s %s && truncate -s %llu %s", q, r,
+			   (unsigned long long)size, r),
+			==, 0);
+	img = img_open(q, false);
+	g_assert_cmpint(image_truncate(img, size), ==, 0);
+	g_assert_cmpuint(img->size, ==, size);
+	compare_raw(img, r);
+	image_unref(img);
+	if (qemu_check(q) != 0) {
+		sh("cat check.log >&2");
+		g_assert_not_reached();
+	}
+	g_assert_cmpint(qemu_compare(q, r), ==, 0);
+	if (snap)
+		/* (convert shows a snapshot at the current size: compare its own bytes) */
+		g_assert_cmpint(sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-after.raw "
+				   "&& cmp -n %llu %s-s1.raw %s-s1-after.raw",
+				   q, name, (unsigned long long)old, name, name),
+				==, 0);
+	/* and once more, from the new unaligned end */
+	img = img_open(q, false);
+	g_assert_cmpint(image_truncate(img, size + 70000), ==, 0);
+	image_unref(img);
+	g_assert_cmpint(sh("truncate -s %llu %s", (unsigned long long)size + 70000, r), ==, 0);
+	g_assert_cmpint(qemu_check(q), ==, 0);
+	g_assert_cmpint(qemu_compare(q, r), ==, 0);
+	g_free(q);
+	g_free(r);
+}
+
+/* The old end is not cluster aligned and its cluster holds no data (or data
+ * that a copy-on-write filled past the old end with backing bytes). */
+static void test_grow_unaligned(void)
+{
+	uint64_t old = 999936; /* 15 clusters + 16896 bytes */
+
+	grow_case("gu-unalloc", "compat=1.1", old, "", false);
+	grow_case("gu-cow", "compat=1.1", old, "-c 'write -P 0x61 983040 100'", false);
+	grow_case("gu-full", "compat=1.1", old, "-c 'write -P 0x62 983040 16896'", false);
+	grow_case("gu-zero", "compat=1.1", old, "-c 'write -z 983040 16896'", false);
+	grow_case("gu-small", "cluster_size=4096", 1000448, "", false);
+	grow_case("gu-snap", "compat=1.1", old,
+		  "-c 'write -P 0x63 983040 100' -c 'write -P 0x64 900000 5000'", true);
+	grow_case("gu-extl2", "extended_l2=on", old, "", false);
+	grow_case("gu-extl2-snap", "extended_l2=on", old,
+		  "-c 'write -P 0x65 983040 3000' -c 'write -z 990000 2000'", true);
+}
+
+/* v2 has no zero flag: the new range over the backing file gets real clusters
+ * of zeroes; past the backing file's end it stays unallocated. */
+static void test_grow_v2(void)
+{
+	grow_case("gv-aligned", "compat=0.10", 1 << 20, "", false);
+	grow_case("gv-unaligned", "compat=0.10", 999936, "-c 'write -P 0x66 983040 10'", false);
+	grow_case("gv-snap", "compat=0.10", 999936, "-c 'write -P 0x67 983040 10'", true);
+	/* allocated up to the backing file's end, nothing past it */
+	g_assert_cmpint(sh("qemu-img map --output=json gv-aligned.qcow2 | grep -q '\"start\": "
+			   "1048576, \"length\": 2097152, \"depth\": 0, \"present\": true, "
+			   "\"zero\": false, \"data\": true'"),
+			==, 0);
+	g_assert_cmpint(sh("qemu-img map --output=json gv-aligned.qcow2 | grep -q '\"start\": "
+			   "3145728, [^}]*\"present\": false'"),
+			==, 0);
+}
+
 /* A cache of 4 tables: dirty L2 tables and refcount blocks are evicted and
  * written back (after the refcount sync) all the time. */
 static void test_small_cache(void)
@@ -426,10 +627,13 @@ int main(int argc, char **argv)
 	g_test_add_func("/qcow2/write/reftable-growth", test_reftable_growth);
 	g_test_add_func("/qcow2/write/create-backing", test_create_backing);
 	g_test_add_func("/qcow2/write/snapshots-kept", test_snapshots_kept);
+	g_test_add_func("/qcow2/write/extl2-shared-cow", test_extl2_shared_cow);
 	g_test_add_func("/qcow2/write/dirty-rebuild", test_dirty_rebuild);
 	g_test_add_func("/qcow2/write/feature-bits", test_feature_bits);
 	g_test_add_func("/qcow2/write/discard-shrinks-file", test_discard_shrinks_file);
 	g_test_add_func("/qcow2/write/resize", test_resize);
+	g_test_add_func("/qcow2/write/grow-unaligned", test_grow_unaligned);
+	g_test_add_func("/qcow2/write/grow-v2", test_grow_v2);
 	g_test_add_func("/qcow2/write/concurrent-one-cluster", test_concurrent_one_cluster);
 	g_test_add_func("/qcow2/write/small-cache", test_small_cache);
 	ret = g_test_run();
