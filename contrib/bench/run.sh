@@ -6,6 +6,11 @@
 #   contrib/bench/run.sh [--vdiskfs PATH] [--format qcow2|vhdx|raw] [--quick]
 #                        [--reps N] [--runtime SEC] [--size SIZE] [--dir DIR]
 #                        [--out FILE.json] [--only WORKLOAD[,WORKLOAD...]]
+#                        [--uring on|off]
+#
+# --uring on (the default where the kernel has it) turns the fuse module's
+# enable_uring switch on for the run (and back afterwards) and mounts vdiskfs
+# with -o uring=on; off measures the /dev/fuse transport.
 #
 # Needs root (FUSE mounts, dropping caches), fio, qemu-img and
 # qemu-storage-daemon (packages fio qemu-utils qemu-system-common).
@@ -22,6 +27,8 @@ dir=/var/tmp/vdiskfs-bench
 out=
 only=
 quick=0
+uring_param=/sys/module/fuse/parameters/enable_uring
+uring=$([ -w "$uring_param" ] && echo on || echo off)
 
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -34,7 +41,8 @@ while [ $# -gt 0 ]; do
 	--out) out=$2; shift ;;
 	--only) only=$2; shift ;;
 	--quick) quick=1 ;;
-	-h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+	--uring) uring=$2; shift ;;
+	-h|--help) sed -n '2,17p' "$0"; exit 0 ;;
 	*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 	shift
@@ -43,6 +51,11 @@ if [ "$quick" = 1 ]; then
 	reps=3 runtime=2 size=256M
 fi
 case $format in qcow2|vhdx|raw) ;; *) echo "run.sh: --format qcow2|vhdx|raw" >&2; exit 2 ;; esac
+case $uring in on|off) ;; *) echo "run.sh: --uring on|off" >&2; exit 2 ;; esac
+if [ "$uring" = on ] && [ ! -w "$uring_param" ]; then
+	echo "run.sh: --uring on needs FUSE over io_uring in the kernel ($uring_param)" >&2
+	exit 2
+fi
 for t in fio qemu-img qemu-storage-daemon python3; do
 	command -v "$t" >/dev/null || { echo "run.sh: $t is missing (apt-get install fio qemu-utils qemu-system-common)" >&2; exit 2; }
 done
@@ -61,8 +74,13 @@ cleanup() {
 	done
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	rm -rf "$work"
+	[ -z "${uring_saved:-}" ] || echo "$uring_saved" >"$uring_param"
 }
 trap cleanup EXIT
+if [ "$uring" = on ]; then
+	uring_saved=$(cat "$uring_param")
+	echo 1 >"$uring_param"
+fi
 
 # workload name -> fio arguments (O_DIRECT unless noted)
 declare -A wl=(
@@ -133,7 +151,7 @@ mount_target() {
 		;;
 	vdiskfs)
 		touch "$mnt"
-		"$vdiskfs" -f "$img" "$mnt" >>"$work/vdiskfs.log" 2>&1 &
+		"$vdiskfs" -f -o uring="$uring" "$img" "$mnt" >>"$work/vdiskfs.log" 2>&1 &
 		tpid=$!
 		;;
 	qsd)
@@ -196,7 +214,7 @@ print(json.dumps({
 PY
 }
 
-echo "== vdiskfs benchmark: format=$format size=$size runtime=${runtime}s reps=$reps"
+echo "== vdiskfs benchmark: format=$format size=$size runtime=${runtime}s reps=$reps uring=$uring"
 echo "== vdiskfs: $vdiskfs ($("$vdiskfs" --version))"
 echo "== $(qemu-storage-daemon --version | head -1)"
 echo "== work dir $work ($(findmnt -n -o FSTYPE --target "$work"))"

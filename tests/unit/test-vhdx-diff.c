@@ -113,9 +113,12 @@ static void test_chain(void)
 	char *p = fx_path("gchild.vhdx");
 	struct vd_image *img;
 
+	char *mid = fx_path("mid.vhdx");
+
 	make_parent();
 	create_child("mid.vhdx", "parent.vhdx", 2 * M);
-	g_assert_cmpint(fx_open(fx_path("mid.vhdx"), false, &img), ==, 0);
+	g_assert_cmpint(fx_open(mid, false, &img), ==, 0);
+	g_free(mid);
 	expect_write("child.ref", 7 * M + 33, 4000, 11, img);
 	image_unref(img);
 	fx_sh("mkdir -p sub");
