@@ -6,7 +6,6 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "uring.h"
 
@@ -17,7 +16,6 @@ struct uring_ctx {
 };
 
 static __thread struct uring_ctx *ctx;
-static long spin_ns = -1;
 
 static int ring_init(unsigned entries, unsigned flags)
 {
@@ -26,10 +24,6 @@ static int ring_init(unsigned entries, unsigned flags)
 
 	if (ctx)
 		return 0;
-	if (spin_ns < 0) {
-		const char *e = getenv("VDISKFS_SPIN_US");
-		spin_ns = e ? atol(e) * 1000 : 0;
-	}
 	ctx = calloc(1, sizeof(*ctx));
 	if (!ctx)
 		return -ENOMEM;
@@ -225,21 +219,6 @@ int uring_run(int wait_ms)
 
 	if (!ctx)
 		return -EINVAL;
-	if (wait_ms < 0 && spin_ns) {
-		/* Submit, then watch the completion queue a moment before sleeping:
-		 * in a VM a wake-up costs tens of microseconds. */
-		struct timespec t0, t;
-
-		ret = io_uring_submit(&ctx->ring);
-		ctx->queued = 0;
-		clock_gettime(CLOCK_MONOTONIC, &t0);
-		while (!io_uring_cq_ready(&ctx->ring)) {
-			clock_gettime(CLOCK_MONOTONIC, &t);
-			if ((t.tv_sec - t0.tv_sec) * 1000000000L + t.tv_nsec - t0.tv_nsec > spin_ns)
-				break;
-			__builtin_ia32_pause();
-		}
-	}
 	if (wait_ms < 0) {
 		ret = io_uring_submit_and_wait(&ctx->ring, 1);
 	} else if (wait_ms > 0) {
