@@ -23,9 +23,12 @@ const struct vd_format *vd_format_by_name(const char *name)
 
 void vd_map_init(struct vd_map *m)
 {
-	memset(m, 0, sizeof(*m));
+	/* Not the inline extents: every slot is written whole before use. */
 	m->ext = m->inline_ext;
+	m->n = 0;
 	m->cap = VD_MAP_INLINE;
+	m->ticket = NULL;
+	m->waiter = NULL;
 }
 
 void vd_map_reset(struct vd_map *m)

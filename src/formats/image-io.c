@@ -178,9 +178,11 @@ struct img_req {
 	void *opaque;
 	int pending;
 	int err;
-	struct vd_map map;
 	struct vd_waiter waiter;
 	struct img_part *parts;
+	/* Large and mostly unused: last, so a new request clears only the above. */
+	struct vd_map map;
+	struct img_part parts_inline[VD_MAP_INLINE];
 };
 
 static void req_finish(struct img_req *r)
@@ -192,7 +194,8 @@ static void req_finish(struct img_req *r)
 	if (r->parts) {
 		for (unsigned i = 0; i < r->map.n; i++)
 			free(r->parts[i].bounce);
-		free(r->parts);
+		if (r->parts != r->parts_inline)
+			free(r->parts);
 	}
 	vd_map_free(&r->map);
 	r->done(r->opaque, r->err);
@@ -371,7 +374,12 @@ static void req_start(struct img_req *r)
 		req_put(r, -EIO);
 		return;
 	}
-	r->parts = calloc(r->map.n, sizeof(*r->parts));
+	if (r->map.n <= VD_MAP_INLINE) {
+		r->parts = r->parts_inline;
+		memset(r->parts, 0, r->map.n * sizeof(*r->parts));
+	} else {
+		r->parts = calloc(r->map.n, sizeof(*r->parts));
+	}
 	if (!r->parts) {
 		req_put(r, -ENOMEM);
 		return;
@@ -424,11 +432,12 @@ static void img_rw(struct vd_image *img, char *buf, uint64_t len, uint64_t off, 
 		done(opaque, ret);
 		return;
 	}
-	r = calloc(1, sizeof(*r));
+	r = malloc(sizeof(*r));
 	if (!r) {
 		done(opaque, -ENOMEM);
 		return;
 	}
+	memset(r, 0, offsetof(struct img_req, map));
 	r->img = img;
 	r->write = write;
 	r->buf = buf;
