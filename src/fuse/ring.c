@@ -13,13 +13,13 @@
  * What stays on /dev/fuse: INIT itself, FORGET, INTERRUPT and notifications.
  * The kernel routes a request to the queue of the CPU it was issued on, so a
  * VMM thread and the loop thread serving its CPU meet without a cross-CPU
- * hand-off. */
+ * hand-off; each queue's entries are shared out among all loop threads, so
+ * one busy VMM thread still keeps every loop working. */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <poll.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,14 +83,13 @@ struct ring_ent {
 	struct ring_ent *next_commit;
 };
 
-/* One per event-loop thread: the entries it registered, and commits other
- * threads hand it so that an entry's next request comes back here. */
+/* One per event-loop thread: commits other threads hand it, so that an
+ * entry's next request comes back to the thread that registered it. */
 struct ring_owner {
 	pthread_mutex_t lock;
 	struct ring_ent *pending;
 	int efd;
 	struct uring_op poll;
-	unsigned first, count; /* its entries in ring_ents */
 };
 
 static struct fuse_session *ring_se;
@@ -370,7 +369,9 @@ int ring_prepare(unsigned nthreads)
 			e = &ring_ents[i];
 			e->idx = i;
 			e->qid = q;
-			e->owner = &ring_owners[q % nthreads];
+			/* Every thread takes a share of every queue: one issuing
+			 * thread (one CPU's queue) still keeps all loops busy. */
+			e->owner = &ring_owners[k % nthreads];
 			e->payload = ring_mem + i * stride + RING_LEAD;
 			e->hdr = calloc(1, sizeof(*e->hdr));
 			if (!e->hdr)
@@ -387,8 +388,8 @@ int ring_prepare(unsigned nthreads)
 	return 0;
 }
 
-/* On loop thread idx (with a ring from uring_thread_init_cmd()): register the
- * entries of the queues this thread serves. */
+/* On loop thread idx (with a ring from uring_thread_init_cmd()): register its
+ * share of every queue's entries. */
 void ring_thread_start(unsigned idx)
 {
 	struct ring_owner *o;
@@ -400,14 +401,8 @@ void ring_thread_start(unsigned idx)
 	my_owner = o;
 	o->poll.data = o;
 	uring_poll(&o->poll, o->efd, POLLIN, true, ring_commit_pending);
-	if (getenv("VDISKFS_RING_PIN") && ring_nthreads == ring_nqueues) {
-		cpu_set_t set;
-
-		CPU_ZERO(&set);
-		CPU_SET(idx, &set);
-		pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-	}
-	for (q = idx; q < ring_nqueues; q += ring_nthreads)
+	for (q = 0; q < ring_nqueues; q++)
 		for (k = 0; k < RING_DEPTH; k++)
-			ring_submit(&ring_ents[q * RING_DEPTH + k], RING_CMD_REGISTER, 0);
+			if (ring_ents[q * RING_DEPTH + k].owner == o)
+				ring_submit(&ring_ents[q * RING_DEPTH + k], RING_CMD_REGISTER, 0);
 }
