@@ -271,7 +271,8 @@ static void fill_init(uint8_t *buf, uint64_t off, uint64_t len)
 {
 	uint64_t n = off < init_end ? MIN(len, init_end - off) : 0;
 
-	memcpy(buf, init_buf + off, n);
+	if (n)
+		memcpy(buf, init_buf + off, n);
 	memset(buf + n, 0, len - n);
 }
 
