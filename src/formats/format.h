@@ -145,8 +145,10 @@ struct vd_format {
 	int (*map)(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags,
 		   struct vd_map *m);
 	/* Called once for every map that returned a ticket, after all its data
-	 * I/O finished: err == 0 links new allocations, err < 0 rolls them back. */
-	void (*complete)(struct vd_image *img, void *ticket, int err);
+	 * I/O finished: err == 0 links new allocations, err < 0 rolls them back.
+	 * Returns 0, or -errno when the allocations could not be linked (rolled
+	 * back as far as they were not): the request then fails with it. */
+	int (*complete)(struct vd_image *img, void *ticket, int err);
 
 	/* Status of the run starting at off: *pnum (1..len) bytes of one kind. */
 	int (*block_status)(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,

@@ -189,8 +189,12 @@ static void req_finish(struct img_req *r)
 {
 	struct vd_image *img = r->img;
 
-	if (r->map.ticket)
-		img->fmt->complete(img, r->map.ticket, r->err);
+	if (r->map.ticket) {
+		/* A write is answered only once its allocations are linked. */
+		int ret = img->fmt->complete(img, r->map.ticket, r->err);
+		if (ret && !r->err)
+			r->err = ret;
+	}
 	if (r->parts) {
 		for (unsigned i = 0; i < r->map.n; i++)
 			free(r->parts[i].bounce);

@@ -498,9 +498,10 @@ static void ticket_unlink(struct qcow2 *q, struct qcow2_ticket *t)
 	}
 }
 
-static void ticket_rollback(struct qcow2 *q, struct qcow2_ticket *t)
+/* Give back the clusters items [first, n) allocated: nothing refers to them. */
+static void ticket_rollback(struct qcow2 *q, struct qcow2_ticket *t, unsigned first)
 {
-	for (unsigned i = 0; i < t->n; i++)
+	for (unsigned i = first; i < t->n; i++)
 		if (t->items[i].kind == QI_NEW)
 			qcow2_alloc_rollback(q, t->items[i].host, 1);
 }
@@ -529,7 +530,7 @@ static int map_write(struct qcow2 *q, uint64_t off, uint64_t len, struct vd_map 
 		n = n < len ? n : len;
 		ret = write_cluster(q, t, m, off, n);
 		if (ret) {
-			ticket_rollback(q, t);
+			ticket_rollback(q, t, 0);
 			ticket_free(t);
 			return ret;
 		}
@@ -567,16 +568,20 @@ int qcow2_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags, 
 
 /* ---- completion: link what the data writes filled ---- */
 
-static int link_item(struct qcow2 *q, const struct qcow2_item *it)
+/* Point the item's L2 entry at what was written. *linked: the entry changed
+ * (a failure after that only leaks the reference it replaced). */
+static int link_item(struct qcow2 *q, const struct qcow2_item *it, bool *linked)
 {
 	struct qcow2_cache_entry *ce;
 	uint64_t e, bm, sa = it->set_alloc;
 	unsigned idx;
 	int ret;
 
-	ret = qcow2_l2_get(q, it->gcl, true, &ce, &idx);
+	*linked = false;
+	ret = qcow2_l2_get(q, it->gcl, true, &ce, &idx); /* may evict and load tables */
 	if (ret)
 		return ret;
+	*linked = true;
 	l2_read(q, ce, idx, &e, &bm);
 	if (it->kind == QI_INPLACE_META) {
 		if ((e & QCOW2_OFF_MASK) != it->host || (e & QCOW2_COMPRESSED))
@@ -592,23 +597,35 @@ static int link_item(struct qcow2 *q, const struct qcow2_item *it)
 	return qcow2_free_entry(q, e);
 }
 
-void qcow2_complete(struct vd_image *img, void *ticket, int err)
+int qcow2_complete(struct vd_image *img, void *ticket, int err)
 {
 	struct qcow2 *q = img->priv;
 	struct qcow2_ticket *t = ticket;
 	struct vd_waiter *w, *next;
+	bool linked = false;
+	unsigned i = 0;
 	int ret = 0;
 
 	pthread_mutex_lock(&q->lock);
 	ticket_unlink(q, t);
 	if (err) {
-		ticket_rollback(q, t);
+		ticket_rollback(q, t, 0);
 	} else {
-		for (unsigned i = 0; i < t->n && !ret; i++)
-			if (t->items[i].kind != QI_INPLACE)
-				ret = link_item(q, &t->items[i]);
-		if (ret)
-			image_mark_broken(img, "cannot link newly written qcow2 clusters");
+		for (; i < t->n; i++) {
+			if (t->items[i].kind == QI_INPLACE)
+				continue;
+			ret = link_item(q, &t->items[i], &linked);
+			if (ret)
+				break;
+		}
+	}
+	if (ret) {
+		/* Loading an L2 table failed (say, writing back the one it evicts):
+		 * the write fails, and the clusters not linked are given back. */
+		vd_err("%s: cannot link the cluster written at guest offset 0x%llx: %s",
+		       img->path, (unsigned long long)(t->items[i].gcl << q->cluster_bits),
+		       strerror(-ret));
+		ticket_rollback(q, t, linked ? i + 1 : i);
 	}
 	w = t->waiters;
 	pthread_mutex_unlock(&q->lock);
@@ -617,6 +634,7 @@ void qcow2_complete(struct vd_image *img, void *ticket, int err)
 		next = w->next;
 		w->wake(w);
 	}
+	return ret;
 }
 
 /* ---- discard and zeroing of whole clusters ---- */

@@ -222,7 +222,7 @@ int qcow2_l2_get(struct qcow2 *q, uint64_t gcl, bool write, struct qcow2_cache_e
 		 unsigned *idx);
 int qcow2_prepare_write(struct qcow2 *q);
 int qcow2_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags, struct vd_map *m);
-void qcow2_complete(struct vd_image *img, void *ticket, int err);
+int qcow2_complete(struct vd_image *img, void *ticket, int err);
 int qcow2_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
 		       enum vd_bs *status);
 int qcow2_discard(struct vd_image *img, uint64_t off, uint64_t len);

@@ -567,7 +567,7 @@ static void ticket_apply(struct vhdx *v, const struct vhdx_tblock *tb)
 		bat_set(v, vhdx_bat_index(v, tb->block), tb->entry);
 }
 
-void vhdx_complete(struct vd_image *img, void *ticket, int err)
+int vhdx_complete(struct vd_image *img, void *ticket, int err)
 {
 	struct vhdx *v = img->priv;
 	struct vhdx_ticket *t = ticket;
@@ -588,6 +588,7 @@ void vhdx_complete(struct vd_image *img, void *ticket, int err)
 		next = w->next;
 		w->wake(w);
 	}
+	return 0; /* linking is in memory; the log flush above is retried later */
 }
 
 /* ---- block status ---- */

@@ -211,7 +211,7 @@ void vhdx_bat_free(struct vhdx *v);
 uint64_t vhdx_bat_index(const struct vhdx *v, uint64_t block);
 uint64_t vhdx_sb_index(const struct vhdx *v, uint64_t chunk);
 int vhdx_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags, struct vd_map *m);
-void vhdx_complete(struct vd_image *img, void *ticket, int err);
+int vhdx_complete(struct vd_image *img, void *ticket, int err);
 int vhdx_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
 		      enum vd_bs *status);
 int vhdx_discard(struct vd_image *img, uint64_t off, uint64_t len);

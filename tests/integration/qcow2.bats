@@ -7,6 +7,7 @@
 # loses no write acknowledged before an fsync.
 
 load helpers
+load crash
 
 fixtures() {
 	mkdir -p "$T/fx"
@@ -133,103 +134,10 @@ os.close(fd)' "$@"
 	done
 }
 
-# The writer: slot i of 256 KiB gets a pattern write of random length. Each
-# write is logged ("W i off len") before it starts and, once an fsync after it
-# completed, acknowledged ("A i": every write up to i).
-writer() {
-	python3 - "$1" "$2" <<'PY'
-import os, random, sys
-view, log = sys.argv[1], sys.argv[2]
-fd = os.open(view, os.O_RDWR)
-lg = open(log, "w")
-if os.fstat(fd).st_dev == os.stat(os.path.dirname(view)).st_dev:
-    lg.write("X not mounted\n")
-    lg.close()
-    sys.exit("the view is not mounted")
-rnd = random.Random()
-try:
-    for i in range(100000):
-        slot = i % 256
-        ln = rnd.randrange(1, 128 * 1024)
-        off = slot * 256 * 1024 + rnd.randrange(0, 128 * 1024)
-        lg.write("W %d %d %d\n" % (i, off, ln))
-        lg.flush()
-        os.pwrite(fd, bytes([i % 251 + 1]) * ln, off)
-        if i % 4 == 3:
-            os.fsync(fd)
-            lg.write("A %d\n" % i)
-            lg.flush()
-except OSError:
-    pass
-PY
-}
-
-# In each slot, the last acknowledged write reads back wherever no later
-# (unacknowledged, so possibly landed) write to the slot covers it.
-verify_acked() {
-	qemu-img convert -O raw "$1" "$T/after.raw"
-	python3 - "$T/after.raw" "$2" <<'PY'
-import sys
-data = open(sys.argv[1], "rb")
-writes, acked = {}, -1
-for line in open(sys.argv[2]):
-    p = line.split()
-    if len(p) == 4 and p[0] == "W":
-        writes[int(p[1])] = (int(p[2]), int(p[3]))
-    elif len(p) == 2 and p[0] == "A":
-        acked = int(p[1])
-    elif p and p[0] == "X":
-        sys.exit("the writer did not write through the view")
-bad = checked = 0
-for slot in range(256):
-    idx = [i for i in writes if i % 256 == slot]
-    done = [i for i in idx if i <= acked]
-    if not done:
-        continue
-    last = max(done)
-    off, ln = writes[last]
-    data.seek(off)
-    got = bytearray(data.read(ln))
-    ok = bytearray([1]) * ln
-    for j in idx:
-        if j > last:
-            o, l = writes[j]
-            for k in range(max(o, off), min(o + l, off + ln)):
-                ok[k - off] = 0
-    for k in range(ln):
-        if ok[k] and got[k] != last % 251 + 1:
-            print("write %d at %d len %d lost (byte %d)" % (last, off, ln, k))
-            bad += 1
-            break
-    checked += 1
-print("acknowledged up to %d, %d slots checked" % (acked, checked))
-sys.exit(1 if bad else 0)
-PY
-}
-
-@test "qcow2: SIGKILL during random writes + fsync, three times" {
+@test "qcow2: SIGKILL during random writes + fsync, three rounds" {
 	qemu-img create -q -f qcow2 -o cluster_size=64k "$T/crash.qcow2" 64M
-	touch "$T/view"
 	local round
 	for round in 1 2 3; do
-		vd_mount "$T/crash.qcow2" "$T/view"
-		# the view, not the plain mountpoint file underneath
-		[ "$(stat -c %s "$T/view")" -eq $((64 << 20)) ] || { cat "$T/vdiskfs.log"; false; }
-		writer "$T/view" "$T/acked.$round" &
-		local wpid=$! i
-		# on a loaded machine python may take a while to open the view
-		for i in $(seq 1 200); do
-			[ -s "$T/acked.$round" ] && break
-			sleep 0.05
-		done
-		sleep "0.$((RANDOM % 5 + 5))"
-		vd_kill9 "$T/view"
-		wait "$wpid" || true
-		run qemu-img check "$T/crash.qcow2"
-		echo "$output"
-		[ "$status" -eq 0 ] || [ "$status" -eq 3 ]
-		verify_acked "$T/crash.qcow2" "$T/acked.$round" || { cat "$T/vdiskfs.log"; false; }
-		# leaks from the crash are allowed; repair them for the next round
-		qemu-img check -q -r leaks "$T/crash.qcow2" >/dev/null 2>&1 || true
+		crash_round qcow2 "$T/crash.qcow2" "$round" || { cat "$T/vdiskfs.log"; false; }
 	done
 }

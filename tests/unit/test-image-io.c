@@ -1,7 +1,8 @@
 /* The generic image I/O over a fake driver that mixes every extent kind:
  * multi-extent requests answered once, backing reads, copy-on-write merges
- * (one source, several sources, invalid segment lists),
- * tickets, parked writes, error propagation, zeroing and fsync coalescing. */
+ * (one source, several sources, invalid segment lists), tickets (a failed
+ * link fails the write), parked writes, error propagation, zeroing and fsync
+ * coalescing. */
 #include <errno.h>
 #include <fcntl.h>
 #include <glib.h>
@@ -18,7 +19,7 @@
 #define BSIZE (10 * U) /* the backing image is shorter: zeroes past its end */
 
 static struct {
-	int completes, complete_err, flushes, zeroes_calls;
+	int completes, complete_err, complete_ret, flushes, zeroes_calls;
 	bool park_next, bad_map, mixed_cow;
 	struct vd_cow bad_cow; /* used when its len is set */
 	struct vd_waiter *parked;
@@ -101,10 +102,11 @@ static int fake_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned f
 	return 0;
 }
 
-static void fake_complete(struct vd_image *img, void *ticket, int err)
+static int fake_complete(struct vd_image *img, void *ticket, int err)
 {
 	fake.completes++;
 	fake.complete_err = err;
+	return err ? 0 : fake.complete_ret;
 }
 
 static int fake_flush(struct vd_image *img)
@@ -376,6 +378,20 @@ static void test_fault_answered_once(void)
 	teardown_images();
 }
 
+/* A write whose allocations the driver cannot link is not acknowledged. */
+static void test_complete_fails(void)
+{
+	char buf[U] = {0};
+
+	setup_images();
+	fake.complete_ret = -EIO;
+	g_assert_cmpint(image_pwrite_sync(img, buf, U, 0), ==, -EIO);
+	fake.complete_ret = 0;
+	g_assert_cmpint(fake.completes, ==, 1);
+	g_assert_cmpint(fake.complete_err, ==, 0);
+	teardown_images();
+}
+
 static void test_parked_write(void)
 {
 	struct counter c = {0};
@@ -469,6 +485,7 @@ int main(int argc, char **argv)
 	g_test_add_func("/image-io/cow-mixed-sources", test_cow_mixed_sources);
 	g_test_add_func("/image-io/cow-invalid", test_cow_invalid);
 	g_test_add_func("/image-io/fault-answered-once", test_fault_answered_once);
+	g_test_add_func("/image-io/complete-fails", test_complete_fails);
 	g_test_add_func("/image-io/parked-write", test_parked_write);
 	g_test_add_func("/image-io/invalid-map", test_invalid_map);
 	g_test_add_func("/image-io/zero-split", test_zero_split);

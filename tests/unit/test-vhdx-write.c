@@ -1,8 +1,8 @@
 /* VHDX writes through image_pwrite_sync / image_zero_sync: workloads on
  * images from qemu-img and from our own create, then `qemu-img check` and
  * `qemu-img compare` against a raw file that received the same writes;
- * header GUIDs, concurrent allocation, a crash without close, injected I/O
- * errors, discard on dynamic and fixed disks, 4K sectors. */
+ * header GUIDs, concurrent allocation, a crash without close, discard on
+ * dynamic and fixed disks, 4K sectors. Injected I/O errors: test-fault-sweep. */
 #include <errno.h>
 #include <fcntl.h>
 #include <glib.h>
@@ -348,37 +348,6 @@ static void test_crash_without_close(void)
 	g_free(p);
 }
 
-/* ---- injected I/O errors ---- */
-
-static void test_fault_sweep(void)
-{
-	char buf[8192];
-	char *p;
-
-	fx_sh("qemu-img create -q -f vhdx -o block_size=1M fault.vhdx 32M");
-	p = fx_path("fault.vhdx");
-	for (unsigned long nth = 1; nth < 40; nth += 3) {
-		struct vd_image *img;
-		int ret = 0;
-
-		g_assert_cmpint(fx_open(p, false, &img), ==, 0);
-		fault_set(nth, EIO, FAULT_ALL, 1);
-		for (int i = 0; i < 6 && !ret; i++) {
-			memset(buf, i + 1, sizeof(buf));
-			ret = image_pwrite_sync(img, buf, sizeof(buf), (i * 5 + nth) * 512 * 7);
-			if (!ret)
-				ret = image_fsync_sync(img);
-		}
-		fault_set(0, 0, 0, 0);
-		image_unref(img);
-		/* Whatever failed, the image still opens and checks clean. */
-		g_assert_cmpint(fx_open(p, true, &img), ==, 0);
-		image_unref(img);
-		g_assert_cmpint(fx_sh_rc("qemu-img check -q -r all fault.vhdx"), ==, 0);
-	}
-	g_free(p);
-}
-
 /* ---- discard ---- */
 
 static void test_discard(void)
@@ -422,7 +391,6 @@ int main(int argc, char **argv)
 	g_test_add_func("/vhdx/write/guids", test_guids);
 	g_test_add_func("/vhdx/write/concurrent-alloc", test_concurrent_alloc);
 	g_test_add_func("/vhdx/write/crash-without-close", test_crash_without_close);
-	g_test_add_func("/vhdx/write/fault-sweep", test_fault_sweep);
 	g_test_add_func("/vhdx/write/discard", test_discard);
 	ret = g_test_run();
 	fx_teardown();
