@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -176,6 +177,38 @@ static int loop_init(struct fuse_session *se, unsigned nthreads)
 	return ring_prepare(nthreads);
 }
 
+/* Buffered sequential reads of a view come in readahead-sized requests: the
+ * kernel starts the mount's bdi at 128 KiB and INIT can only lower it. Raise
+ * it to 1 MiB (one request at max_pages) through sysfs, where we may (root). */
+static void loop_tune_readahead(void)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char line[4096], path[4096], dev[64] = "";
+	unsigned maj, min;
+
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		/* "id parent maj:min root mountpoint ...", spaces in paths as \040 */
+		if (sscanf(line, "%*u %*u %u:%u %*s %4095s", &maj, &min, path) != 3)
+			continue;
+		if (!strcmp(path, vfs_cfg.mountpoint))
+			snprintf(dev, sizeof(dev), "%u:%u", maj, min);
+	}
+	fclose(f);
+	if (!*dev)
+		return;
+	snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", dev);
+	f = fopen(path, "we");
+	if (!f) {
+		vd_debug("readahead stays at the kernel's default: %s: %s", path, strerror(errno));
+		return;
+	}
+	fputs("1024\n", f);
+	if (fclose(f))
+		vd_debug("readahead stays at the kernel's default: %s: %s", path, strerror(errno));
+}
+
 int loop_run(struct fuse_session *se, unsigned nthreads)
 {
 	struct loop_thread *threads;
@@ -186,6 +219,7 @@ int loop_run(struct fuse_session *se, unsigned nthreads)
 	ret = loop_init(se, nthreads);
 	if (ret)
 		return ret;
+	loop_tune_readahead();
 	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
 		return -errno;
 	stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
