@@ -17,6 +17,16 @@ static void zero_both(struct vd_image *img, int rawfd, uint64_t len, uint64_t of
 }
 
 /* nops random operations, byte-granular, crossing clusters and tables. */
+/* qemu-img check clean (its log shown if not), and equal to the raw reference. */
+static void check_and_compare(const char *q, const char *r)
+{
+	if (qemu_check(q) != 0) {
+		sh("cat check.log >&2");
+		g_assert_not_reached();
+	}
+	g_assert_cmpint(qemu_compare(q, r), ==, 0);
+}
+
 static void workload(struct vd_image *img, int rawfd, unsigned seed, int nops, uint64_t maxlen)
 {
 	GRand *r = g_rand_new_with_seed(seed);
@@ -59,11 +69,7 @@ static void write_fixture(const char *name, int nops)
 	compare_raw(img, r);
 	image_unref(img);
 	close(fd);
-	if (qemu_check(q) != 0) {
-		sh("cat check.log >&2");
-		g_assert_not_reached();
-	}
-	g_assert_cmpint(qemu_compare(q, r), ==, 0);
+	check_and_compare(q, r);
 	g_free(q);
 	g_free(r);
 	g_free(src);
@@ -95,11 +101,7 @@ static void test_create(void)
 		workload(img, fd, cs[i], 120, MIN(4 * cs[i] + 3000, 1 << 20));
 		image_unref(img);
 		close(fd);
-		if (qemu_check(q) != 0) {
-			sh("cat check.log >&2");
-			g_assert_not_reached();
-		}
-		g_assert_cmpint(qemu_compare(q, r), ==, 0);
+		check_and_compare(q, r);
 		g_free(q);
 		g_free(r);
 		g_free(p);
@@ -257,11 +259,7 @@ static void extl2_shared_case(const char *name, const char *backing)
 	g_assert_cmpint(st, ==, VD_BS_UNALLOC);
 	image_unref(img);
 	close(fd);
-	if (qemu_check(q) != 0) {
-		sh("cat check.log >&2");
-		g_assert_not_reached();
-	}
-	g_assert_cmpint(qemu_compare(q, r), ==, 0);
+	check_and_compare(q, r);
 	g_assert_cmpint(sh("qemu-io -f qcow2%s %s >/dev/null && qemu-img compare %s %s >/dev/null",
 			   cmds->str, qq, q, qq),
 			==, 0);
@@ -285,11 +283,7 @@ static void extl2_shared_case(const char *name, const char *backing)
 	compare_raw(img, r);
 	image_unref(img);
 	close(fd);
-	if (qemu_check(q) != 0) {
-		sh("cat check.log >&2");
-		g_assert_not_reached();
-	}
-	g_assert_cmpint(qemu_compare(q, r), ==, 0);
+	check_and_compare(q, r);
 	g_assert_cmpint(sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-wl.raw && "
 			   "cmp %s-s1.raw %s-s1-wl.raw",
 			   q, name, name, name),
@@ -472,11 +466,7 @@ static void grow_case(const char *name, const char *opts, uint64_t old, const ch
 	g_assert_cmpuint(img->size, ==, size);
 	compare_raw(img, r);
 	image_unref(img);
-	if (qemu_check(q) != 0) {
-		sh("cat check.log >&2");
-		g_assert_not_reached();
-	}
-	g_assert_cmpint(qemu_compare(q, r), ==, 0);
+	check_and_compare(q, r);
 	if (snap)
 		/* (convert shows a snapshot at the current size: compare its own bytes) */
 		g_assert_cmpint(sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-after.raw "
