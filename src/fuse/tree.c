@@ -24,14 +24,36 @@ static fuse_ino_t next_ino = 3;
 static struct vnode root_node = {.ino = VFS_ROOT_INO, .kind = VN_DIR, .nlookup = 1};
 static struct vnode control_node = {.ino = VFS_CONTROL_INO, .kind = VN_CONTROL, .nlookup = 1};
 
-/* A file that is not served: not an image (err NULL), or an image that failed. */
+/* A file that is not served: not an image (err NULL), or an image that failed.
+ * It is looked at again when it changes, or, if it failed for want of file
+ * descriptors or memory (transient), once an image has been closed. */
 struct failed_file {
 	dev_t dev;
 	ino_t ino;
 	struct timespec mtime;
 	off_t size;
 	char *err;
+	bool transient;
 };
+static bool retry_transient; /* an image was closed since the last scan */
+
+static bool err_transient(int err)
+{
+	return err == -EMFILE || err == -ENFILE || err == -ENOMEM;
+}
+
+static gboolean failed_is_transient(gpointer key, gpointer val, gpointer opaque)
+{
+	return ((struct failed_file *)val)->transient;
+}
+
+/* Once an image was closed, look at transient failures again. With tree_lock. */
+static void failed_retry(void)
+{
+	if (retry_transient)
+		g_hash_table_foreach_remove(failed, failed_is_transient, NULL);
+	retry_transient = false;
+}
 
 static void failed_free(gpointer p)
 {
@@ -45,6 +67,7 @@ static void vnode_free(struct vnode *n)
 {
 	mirror_free(n->mirror); /* cancels a job: the source stays the image */
 	image_unref(n->img);
+	retry_transient = true;
 	g_free(n->name);
 	g_free(n);
 }
@@ -56,6 +79,8 @@ static void vnode_unlink(struct vnode *n)
 		return;
 	n->gone = true;
 	g_hash_table_remove(by_name, n->name);
+	if (n->nlookup)
+		notify_gone(n->ino, n->name); /* so that the kernel forgets it */
 	if (!n->nlookup && !n->opens) {
 		g_hash_table_remove(by_ino, &n->ino);
 		vnode_free(n);
@@ -85,7 +110,7 @@ static bool failed_same(const struct failed_file *f, const struct stat *st)
 	       f->mtime.tv_sec == st->st_mtim.tv_sec && f->mtime.tv_nsec == st->st_mtim.tv_nsec;
 }
 
-static void failed_note(const char *name, const struct stat *st, const char *err)
+static void failed_note(const char *name, const struct stat *st, const char *err, bool transient)
 {
 	struct failed_file *f = g_new0(struct failed_file, 1);
 
@@ -94,6 +119,7 @@ static void failed_note(const char *name, const struct stat *st, const char *err
 	f->size = st->st_size;
 	f->mtime = st->st_mtim;
 	f->err = err ? g_strdup(err) : NULL;
+	f->transient = transient;
 	g_hash_table_replace(failed, g_strdup(name), f);
 }
 
@@ -158,14 +184,20 @@ static struct vnode *tree_scan_name(const char *name, int *err)
 		g_free(path);
 		return NULL;
 	}
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO slipped in since the stat() must not hang us. */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0) {
+		ret = -errno;
+		if (err_transient(ret)) {
+			vd_err("%s: cannot open: %s", path, strerror(-ret));
+			failed_note(name, &st, vd_log_last_error(), true);
+		}
 		g_free(path);
 		return NULL;
 	}
 	if (!image_probe(fd, path, false)) {
 		close(fd);
-		failed_note(name, &st, NULL);
+		failed_note(name, &st, NULL, false);
 		g_free(path);
 		return NULL;
 	}
@@ -175,7 +207,7 @@ static struct vnode *tree_scan_name(const char *name, int *err)
 	g_free(path);
 	if (ret) {
 		const char *msg = vd_log_last_error();
-		failed_note(name, &st, *msg ? msg : strerror(-ret));
+		failed_note(name, &st, *msg ? msg : strerror(-ret), err_transient(ret));
 		vd_err("%s: not served: %s", name, strerror(-ret));
 		return NULL;
 	}
@@ -197,6 +229,7 @@ static void tree_rescan(void)
 		vd_err("%s: cannot read directory: %s", vfs_cfg.source, strerror(errno));
 		return;
 	}
+	failed_retry();
 	while ((de = readdir(d)))
 		tree_scan_name(de->d_name, &err);
 	closedir(d);
@@ -295,6 +328,7 @@ struct vnode *tree_lookup(const char *name, int *err)
 		n = &control_node;
 		*err = 0;
 	} else {
+		failed_retry();
 		n = tree_scan_name(name, err);
 	}
 	if (n)

@@ -111,6 +111,16 @@ void control_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info 
 void control_write(fuse_req_t req, const char *buf, size_t size, struct fuse_file_info *fi);
 void control_release(fuse_req_t req, struct fuse_file_info *fi);
 
+/* ---- notify.c ---- */
+/* Start the thread that tells the kernel about vanished names (directory
+ * mounts, once mounted). 0 or -errno. */
+int notify_start(struct fuse_session *se);
+/* The view ino, known to the kernel as name in the root, is gone (never blocks). */
+void notify_gone(fuse_ino_t ino, const char *name);
+/* Stop the thread; false if a notice is stuck in the kernel (then the session
+ * must not be destroyed under it). */
+bool notify_stop(void);
+
 /* ---- loop.c ---- */
 /* Run nthreads event loops (each its own io_uring, /dev/fuse polled through
  * it) until the session ends or loop_stop(); returns once all requests in
