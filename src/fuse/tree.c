@@ -12,6 +12,7 @@
 
 #include "log.h"
 #include "mirror.h"
+#include "path.h"
 #include "vfs.h"
 
 struct vfs_config vfs_cfg;
@@ -128,7 +129,6 @@ static void failed_note(const char *name, const struct stat *st, const char *err
  * symlink there pointing into the mount, must not be stat()ed. */
 static bool tree_is_own_mount(const char *path)
 {
-	size_t n = strlen(vfs_cfg.mountpoint);
 	char *target, *abs;
 	bool own;
 
@@ -139,10 +139,39 @@ static bool tree_is_own_mount(const char *path)
 		return false;
 	abs = g_path_is_absolute(target) ? g_strdup(target)
 					 : g_build_filename(vfs_cfg.source, target, NULL);
-	own = !strncmp(abs, vfs_cfg.mountpoint, n) && (abs[n] == '\0' || abs[n] == '/');
+	own = path_within(abs, vfs_cfg.mountpoint);
 	g_free(target);
 	g_free(abs);
 	return own;
+}
+
+/* Open SOURCE/name. Under backing=within-source a symbolic link there must
+ * lead to a file in SOURCE, like a backing file, and the file is then opened
+ * by its resolved path with no link followed (none can be swapped in since). */
+static int tree_open_image(const char *path, struct vd_image **img)
+{
+	struct vd_open_opts o = vfs_cfg.open;
+	char *real;
+	int ret;
+
+	if (o.backing != VD_BACKING_WITHIN_SOURCE)
+		return image_open(path, &o, img);
+	real = realpath(path, NULL);
+	if (!real) {
+		ret = -errno;
+		vd_err("%s: cannot resolve: %s", path, strerror(errno));
+		return ret;
+	}
+	if (!path_within(real, vfs_cfg.source)) {
+		vd_err("%s: a symbolic link to %s, outside %s: refused by backing=within-source",
+		       path, real, vfs_cfg.source);
+		free(real);
+		return -EPERM;
+	}
+	o.nofollow = true;
+	ret = image_open(real, &o, img);
+	free(real);
+	return ret;
 }
 
 /* Bring the node for name up to date with SOURCE/name. Called with tree_lock. */
@@ -203,7 +232,7 @@ static struct vnode *tree_scan_name(const char *name, int *err)
 	}
 	close(fd);
 	vd_log_clear_error();
-	ret = image_open(path, &vfs_cfg.open, &img);
+	ret = tree_open_image(path, &img);
 	g_free(path);
 	if (ret) {
 		const char *msg = vd_log_last_error();
@@ -441,11 +470,15 @@ void vnode_stat(struct vnode *n, struct stat *st)
 	st->st_blksize = 4096;
 	switch (n->kind) {
 	case VN_DIR:
+		/* The source directory's owner and permissions: what a user may
+		 * not reach in SOURCE, the mount must not hand out (allow_other).
+		 * If it cannot be seen, nobody but root and the owner gets in. */
+		host.st_mode = 0700;
 		if (stat(vfs_cfg.source, &host) == 0) {
 			*st = host;
 			st->st_ino = n->ino;
 		}
-		st->st_mode = S_IFDIR | 0755;
+		st->st_mode = S_IFDIR | (host.st_mode & 0777);
 		st->st_nlink = 2;
 		break;
 	case VN_CONTROL:
