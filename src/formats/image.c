@@ -17,6 +17,7 @@
 
 #include "image.h"
 #include "log.h"
+#include "path.h"
 #include "uring.h"
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -135,16 +136,6 @@ static void image_free(struct vd_image *img)
 	pthread_mutex_destroy(&img->sync_lock);
 	free(img->path);
 	free(img);
-}
-
-/* Is real (a resolved path) inside the directory dir (also resolved)? */
-static bool path_within(const char *real, const char *dir)
-{
-	size_t n = strlen(dir);
-
-	if (n == 1 && dir[0] == '/')
-		return true;
-	return !strncmp(real, dir, n) && (real[n] == '/' || real[n] == '\0');
 }
 
 /* An open-file-description lock on the whole image, shared for read-only use
@@ -287,8 +278,7 @@ static int image_open_file(const char *path, int flags, uint64_t resolve)
 	int fd, ret;
 
 	/* Not even opened if it is no regular file: a device must not see an open. */
-	ret = (flags & O_NOFOLLOW) ? lstat(path, &st) : stat(path, &st);
-	if (ret == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode))
+	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
 		return S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
 	fd = -1;
 	if (resolve) {
@@ -315,25 +305,26 @@ static int image_open_file(const char *path, int flags, uint64_t resolve)
 	return fd;
 }
 
-/* Open path (or real, its checked resolved path, without following links). */
+/* Open path (or real, its checked resolved path, without following links;
+ * o->nofollow: path itself is resolved already, follow no link in it). */
 static int image_open_chain(const char *path, const char *real, const struct vd_open_opts *o,
 			    bool read_only, const char *force_fmt, struct open_chain *chain,
 			    struct vd_image **out)
 {
 	struct vd_image *img, *found;
 	const char *opath = real ? real : path;
-	uint64_t resolve = real ? RESOLVE_NO_SYMLINKS : 0;
-	int extra = !chain->n && o->nofollow ? O_NOFOLLOW : 0;
+	bool top_nofollow = !chain->n && o->nofollow;
+	uint64_t resolve = real || top_nofollow ? RESOLVE_NO_SYMLINKS : 0;
 	struct stat st;
 	int fd, ret;
 
 	ret = image_fd_budget(path);
 	if (ret)
 		return ret;
-	fd = image_open_file(opath, (read_only ? O_RDONLY : O_RDWR) | extra, resolve);
+	fd = image_open_file(opath, read_only ? O_RDONLY : O_RDWR, resolve);
 	if (fd == -EROFS && !read_only) {
 		read_only = true;
-		fd = image_open_file(opath, O_RDONLY | extra, resolve);
+		fd = image_open_file(opath, O_RDONLY, resolve);
 	}
 	if (fd < 0) {
 		if (fd == -ELOOP && real) {
@@ -342,8 +333,8 @@ static int image_open_chain(const char *path, const char *real, const struct vd_
 			       chain->top, path, real);
 			return -EPERM;
 		}
-		if (fd == -ELOOP && extra)
-			vd_err("%s: is a symbolic link: refused", path);
+		if (fd == -ELOOP && top_nofollow)
+			vd_err("%s: is or goes through a symbolic link: refused", path);
 		else if (fd == -EINVAL)
 			vd_err("%s: not a regular file", path);
 		else
@@ -409,8 +400,7 @@ static int image_open_chain(const char *path, const char *real, const struct vd_
 		/* Data bypasses the host page cache where the file system allows it;
 		 * the twin must be the very file fd is. */
 		struct stat dst;
-		int dfd = image_open_file(opath, (read_only ? O_RDONLY : O_RDWR) | O_DIRECT | extra,
-					  resolve);
+		int dfd = image_open_file(opath, (read_only ? O_RDONLY : O_RDWR) | O_DIRECT, resolve);
 
 		if (dfd >= 0 &&
 		    (fstat(dfd, &dst) < 0 || dst.st_dev != st.st_dev || dst.st_ino != st.st_ino)) {

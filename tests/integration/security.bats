@@ -1,7 +1,8 @@
 #!/usr/bin/env bats
-# Who may do what on a mount with allow_other: the control file and the
-# mirror verbs stay with root and the mounting user, and the mount hands out
-# no more than SOURCE does.
+# Who may do what on a mount with allow_other, and where a mirror may write:
+# the control file and the mirror verbs stay with root and the mounting
+# user, the mount hands out no more than SOURCE does, and a symbolic link at
+# a mirror's target never redirects the copy.
 
 load helpers
 load mirror-helpers
@@ -80,4 +81,55 @@ setup() {
 	chmod 755 "$T/src"
 	sleep 1.1 # the kernel keeps attributes for a second
 	as_nobody cmp "$T/src/a.raw" "$T/mnt/a.raw"
+}
+
+@test "a symbolic link at the mirror target is never followed, with or without existing=1" {
+	head -c 8M /dev/urandom >"$T/src.raw"
+	head -c 8M /dev/urandom >"$T/victim"
+	cp "$T/victim" "$T/victim.orig"
+	ln -s "$T/victim" "$T/link.raw"
+	ln -s "$T/victim" "$T/link.qcow2"
+	ln -s "$T/not-yet" "$T/dangling.raw"
+	touch "$T/view"
+	vd_mount "$T/src.raw" "$T/view"
+	for v in "$T/link.raw" "target=$T/link.raw,existing=1" "target=$T/link.raw,existing=1,format=raw" \
+		"target=$T/link.qcow2,format=qcow2" "$T/dangling.raw" "target=$T/dangling.raw,existing=1"; do
+		run setfattr -n user.vdiskfs.mirror.start -v "$v" "$T/view"
+		echo "$v: $output"
+		[ "$status" -ne 0 ] && [[ "$output" == *"Invalid argument"* ]]
+		[ "$(mstatus "$T/view")" = "phase=none" ]
+	done
+	grep -q "target $T/link.raw is a symbolic link: refused" "$T/vdiskfs.log"
+	cmp "$T/victim" "$T/victim.orig"
+	[ -L "$T/link.raw" ] && [ -L "$T/dangling.raw" ] && [ ! -e "$T/not-yet" ]
+}
+
+@test "a mirror target through a symlinked directory is allowed and lands in the real one" {
+	head -c 8M /dev/urandom >"$T/src.raw"
+	mkdir "$T/realdir"
+	ln -s realdir "$T/linkdir"
+	touch "$T/view"
+	vd_mount "$T/src.raw" "$T/view"
+	setfattr -n user.vdiskfs.mirror.start -v "$T/linkdir/dst.raw" "$T/view"
+	wait_phase "$T/view" ready 30
+	[[ "$(mstatus "$T/view")" == *"target=$T/realdir/dst.raw"* ]]
+	setfattr -n user.vdiskfs.mirror.complete -v 1 "$T/view"
+	[ "$(getfattr --only-values -n user.vdiskfs.image "$T/view")" = "$T/realdir/dst.raw" ]
+	vd_umount "$T/view"
+	[ -f "$T/realdir/dst.raw" ] && [ ! -L "$T/realdir/dst.raw" ]
+	cmp "$T/src.raw" "$T/realdir/dst.raw"
+}
+
+@test "a new mirror destination has the source's permissions and owner from the start" {
+	head -c 8M /dev/urandom >"$T/src.raw"
+	chown nobody:nogroup "$T/src.raw"
+	chmod 600 "$T/src.raw"
+	touch "$T/view"
+	vd_mount "$T/src.raw" "$T/view"
+	local fmt
+	for fmt in raw qcow2 vhdx; do
+		setfattr -n user.vdiskfs.mirror.start -v "target=$T/dst.$fmt,format=$fmt,speed=1M" "$T/view"
+		[ "$(stat -c '%a %U:%G' "$T/dst.$fmt")" = "600 nobody:nogroup" ]
+		setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/view"
+	done
 }
