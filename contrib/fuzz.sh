@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the libFuzzer targets for as long as asked.
 #   contrib/fuzz.sh [TARGET...] [-t SECONDS] [-j JOBS]
-# TARGET: qcow2, vhdx, mirror-opts (default: all). Builds build-fuzz with clang first.
+# TARGET: qcow2, vhdx, mirror-opts, control (default: all). Builds build-fuzz with clang first.
 # A crash leaves its input in build-fuzz/fuzz-artifacts/TARGET/: copy it to
 # tests/fuzz/regressions/TARGET/ (every build replays that folder) and fix it.
 set -euo pipefail
@@ -18,7 +18,7 @@ while [ $# -gt 0 ]; do
 	esac
 	shift
 done
-[ ${#targets[@]} -gt 0 ] || targets=(qcow2 vhdx mirror-opts)
+[ ${#targets[@]} -gt 0 ] || targets=(qcow2 vhdx mirror-opts control)
 if [ ! -d build-fuzz ]; then
 	CC=clang-14 meson setup build-fuzz -Dfuzz=true -Db_sanitize=address,undefined \
 		-Db_lundef=false

@@ -313,6 +313,7 @@ int main(int argc, char *argv[])
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct cmdline c = {0};
 	struct fuse_session *se = NULL;
+	bool se_busy = false;
 	int ret, status = 2;
 
 	vd_log_init("vdiskfs", false, false);
@@ -354,16 +355,23 @@ int main(int argc, char *argv[])
 	}
 	vd_info("serving %s on %s", vfs_cfg.source, vfs_cfg.mountpoint);
 	start_signal_thread();
+	if (!vfs_cfg.single && (ret = notify_start(se)))
+		vd_warn("no notices to the kernel (%s): removed images stay open until it "
+			"forgets them",
+			strerror(-ret));
 	ret = loop_run(se, vfs_cfg.threads);
 	if (ret)
 		vd_err("event loop failed: %s", strerror(-ret));
 	status = ret ? 1 : 0;
+	if (!notify_stop())
+		se_busy = true;
 	vd_info("unmounting %s", vfs_cfg.mountpoint);
 	tree_shutdown();
 out_unmount:
 	fuse_session_unmount(se);
 out_session:
-	fuse_session_destroy(se);
+	if (!se_busy) /* else a thread is still inside it, until exit */
+		fuse_session_destroy(se);
 out_tree:
 	tree_shutdown();
 	uring_thread_exit();

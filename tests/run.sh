@@ -100,7 +100,7 @@ else
 fi
 meson compile -C build-fuzz
 fp=0 ff=0
-for t in qcow2 vhdx mirror-opts; do
+for t in qcow2 vhdx mirror-opts control; do
 	corpus=$(mktemp -d)
 	art=build-fuzz/fuzz-artifacts/$t/
 	mkdir -p "$art"

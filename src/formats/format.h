@@ -116,6 +116,7 @@ struct vd_create_opts {
 	const char *backing;	/* backing file / parent, or NULL */
 	const char *backing_fmt;
 	bool fixed;		/* vhdx fixed / fully preallocated */
+	unsigned mode;		/* permission bits of the new file; 0 = 0644 (less umask) */
 };
 
 /*

@@ -7,18 +7,44 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <linux/openat2.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "image.h"
 #include "log.h"
+#include "path.h"
 #include "uring.h"
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct vd_image **registry;
 static size_t registry_n, registry_cap;
+
+/* Descriptors the open images hold (fd and O_DIRECT twin). An image is not
+ * opened when that would leave fewer than VD_FD_RESERVE of RLIMIT_NOFILE for
+ * the rest of the daemon (rings, /dev/fuse, mirror jobs, directory scans):
+ * one image too many is refused with EMFILE instead of starving the daemon. */
+#define VD_FD_RESERVE 128
+static atomic_uint image_nfds;
+
+static int image_fd_budget(const char *path)
+{
+	unsigned n = atomic_load(&image_nfds);
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY ||
+	    n + 2 + VD_FD_RESERVE <= rl.rlim_cur)
+		return 0;
+	vd_err("%s: cannot open: open images already hold %u of the %llu file descriptors this "
+	       "process may have (%d are kept for the rest); raise the limit (ulimit -n, "
+	       "LimitNOFILE=)",
+	       path, n, (unsigned long long)rl.rlim_cur, VD_FD_RESERVE);
+	return -EMFILE;
+}
 
 static struct vd_image *registry_find(dev_t dev, ino_t ino)
 {
@@ -101,22 +127,15 @@ static void image_free(struct vd_image *img)
 		struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
 		fcntl(img->fd, F_OFD_SETLK, &fl);
 		close(img->fd);
+		atomic_fetch_sub(&image_nfds, 1);
 	}
-	if (img->dio_fd >= 0)
+	if (img->dio_fd >= 0) {
 		close(img->dio_fd);
+		atomic_fetch_sub(&image_nfds, 1);
+	}
 	pthread_mutex_destroy(&img->sync_lock);
 	free(img->path);
 	free(img);
-}
-
-/* Is real (a resolved path) inside the directory dir (also resolved)? */
-static bool path_within(const char *real, const char *dir)
-{
-	size_t n = strlen(dir);
-
-	if (n == 1 && dir[0] == '/')
-		return true;
-	return !strncmp(real, dir, n) && (real[n] == '/' || real[n] == '\0');
 }
 
 /* An open-file-description lock on the whole image, shared for read-only use
@@ -144,13 +163,14 @@ static int image_lock(int fd, const char *path, bool read_only)
 }
 
 struct open_chain {
+	const char *top; /* the image asked for, for messages */
 	dev_t dev[VD_BACKING_MAX_DEPTH + 1];
 	ino_t ino[VD_BACKING_MAX_DEPTH + 1];
 	int n;
 };
 
-static int image_open_chain(const char *path, const struct vd_open_opts *o, bool read_only,
-			    const char *force_fmt, struct open_chain *chain,
+static int image_open_chain(const char *path, const char *real, const struct vd_open_opts *o,
+			    bool read_only, const char *force_fmt, struct open_chain *chain,
 			    struct vd_image **out);
 
 /* Resolve a backing name as the format stores it: relative to the image. */
@@ -169,27 +189,32 @@ static char *backing_resolve(struct vd_image *img, const char *name)
 	return res;
 }
 
-static int backing_allowed(struct vd_image *img, const char *path, const struct vd_open_opts *o)
+/* May img open its backing file path? Under backing=within-source, *real is
+ * then its resolved path (free it), which is what gets opened. */
+static int backing_allowed(struct vd_image *img, const char *path, const struct vd_open_opts *o,
+			   char **real)
 {
-	char real[PATH_MAX], within[PATH_MAX];
+	char r[PATH_MAX], within[PATH_MAX];
 
+	*real = NULL;
 	if (o->backing == VD_BACKING_DENY) {
 		vd_err("%s: has a backing file (%s), refused by backing=deny", img->path, path);
 		return -EPERM;
 	}
 	if (o->backing != VD_BACKING_WITHIN_SOURCE)
 		return 0;
-	if (!realpath(path, real))
+	if (!realpath(path, r))
 		return -errno;
 	if (!o->within || !realpath(o->within, within))
 		return -EPERM;
-	if (!path_within(real, within)) {
+	if (!path_within(r, within)) {
 		vd_err("%s: backing file %s resolves to %s, outside %s: refused by "
 		       "backing=within-source",
-		       img->path, path, real, within);
+		       img->path, path, r, within);
 		return -EPERM;
 	}
-	return 0;
+	*real = strdup(r);
+	return *real ? 0 : -ENOMEM;
 }
 
 static int image_open_backing(struct vd_image *img, const struct vd_open_opts *o,
@@ -200,11 +225,13 @@ static int image_open_backing(struct vd_image *img, const struct vd_open_opts *o
 	if (!img->backing_names[0])
 		return 0;
 	if (chain->n > VD_BACKING_MAX_DEPTH) {
-		vd_err("%s: backing chain deeper than %d images", img->path, VD_BACKING_MAX_DEPTH);
+		vd_err("%s: backing chain deeper than the limit of %d backing files: %s, at level "
+		       "%d, names one more",
+		       chain->top, VD_BACKING_MAX_DEPTH, img->path, chain->n - 1);
 		return -ELOOP;
 	}
 	for (int i = 0; i < VD_BACKING_MAX_NAMES && img->backing_names[i]; i++) {
-		char *path = backing_resolve(img, img->backing_names[i]);
+		char *path = backing_resolve(img, img->backing_names[i]), *real = NULL;
 		struct vd_image *b = NULL;
 
 		if (!path)
@@ -214,9 +241,10 @@ static int image_open_backing(struct vd_image *img, const struct vd_open_opts *o
 			g_free(path);
 			continue;
 		}
-		ret = backing_allowed(img, path, o);
+		ret = backing_allowed(img, path, o, &real);
 		if (!ret)
-			ret = image_open_chain(path, o, true, img->backing_fmt, chain, &b);
+			ret = image_open_chain(path, real, o, true, img->backing_fmt, chain, &b);
+		free(real);
 		g_free(path);
 		if (ret == -ELOOP || ret == -EPERM)
 			return ret;
@@ -237,28 +265,86 @@ static int image_open_backing(struct vd_image *img, const struct vd_open_opts *o
 	return ret;
 }
 
-static int image_open_chain(const char *path, const struct vd_open_opts *o, bool read_only,
-			    const char *force_fmt, struct open_chain *chain,
-			    struct vd_image **out)
+/* Open an image file: never blocking (a FIFO named as an image must not hang
+ * the daemon), never anything but a regular file. resolve is 0, or
+ * RESOLVE_NO_SYMLINKS for a path already resolved and checked, which must not
+ * be redirected through a symbolic link planted since. Returns the fd or
+ * -errno. */
+static int image_open_file(const char *path, int flags, uint64_t resolve)
 {
-	struct vd_image *img, *found;
+	struct open_how how = {.flags = flags | O_CLOEXEC | O_NOCTTY | O_NONBLOCK,
+			       .resolve = resolve};
 	struct stat st;
 	int fd, ret;
 
-	fd = open(path, (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-	if (fd < 0 && errno == EROFS && !read_only) {
-		read_only = true;
-		fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* Not even opened if it is no regular file: a device must not see an open. */
+	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+		return S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+	fd = -1;
+	if (resolve) {
+		fd = syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof(how));
+		if (fd < 0 && errno == ENOSYS)
+			how.flags |= O_NOFOLLOW; /* before Linux 5.6: the last component only */
 	}
-	if (fd < 0) {
-		ret = -errno;
-		vd_err("%s: cannot open: %s", path, strerror(errno));
+	if (fd < 0 && (!resolve || errno == ENOSYS))
+		fd = open(path, how.flags);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0)
+		st.st_mode = 0;
+	if (!S_ISREG(st.st_mode)) {
+		ret = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+		close(fd);
 		return ret;
 	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		vd_err("%s: not a regular file", path);
+	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) {
+		ret = -errno;
 		close(fd);
-		return -EINVAL;
+		return ret;
+	}
+	return fd;
+}
+
+/* Open path (or real, its checked resolved path, without following links;
+ * o->nofollow: path itself is resolved already, follow no link in it). */
+static int image_open_chain(const char *path, const char *real, const struct vd_open_opts *o,
+			    bool read_only, const char *force_fmt, struct open_chain *chain,
+			    struct vd_image **out)
+{
+	struct vd_image *img, *found;
+	const char *opath = real ? real : path;
+	bool top_nofollow = !chain->n && o->nofollow;
+	uint64_t resolve = real || top_nofollow ? RESOLVE_NO_SYMLINKS : 0;
+	struct stat st;
+	int fd, ret;
+
+	ret = image_fd_budget(path);
+	if (ret)
+		return ret;
+	fd = image_open_file(opath, read_only ? O_RDONLY : O_RDWR, resolve);
+	if (fd == -EROFS && !read_only) {
+		read_only = true;
+		fd = image_open_file(opath, O_RDONLY, resolve);
+	}
+	if (fd < 0) {
+		if (fd == -ELOOP && real) {
+			vd_err("%s: backing file %s now goes through a symbolic link (it resolved "
+			       "to %s): refused by backing=within-source",
+			       chain->top, path, real);
+			return -EPERM;
+		}
+		if (fd == -ELOOP && top_nofollow)
+			vd_err("%s: is or goes through a symbolic link: refused", path);
+		else if (fd == -EINVAL)
+			vd_err("%s: not a regular file", path);
+		else
+			vd_err("%s: cannot open: %s", path, strerror(-fd));
+		return fd;
+	}
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		close(fd);
+		return ret;
 	}
 	for (int i = 0; i < chain->n; i++) {
 		if (chain->dev[i] == st.st_dev && chain->ino[i] == st.st_ino) {
@@ -276,6 +362,19 @@ static int image_open_chain(const char *path, const struct vd_open_opts *o, bool
 		return ret;
 	}
 	if (found) {
+		int len = 0;
+
+		for (struct vd_image *b = found; b->backing; b = b->backing)
+			len++;
+		if (chain->n + len > VD_BACKING_MAX_DEPTH) {
+			/* shared, but not deeper than it could be opened alone */
+			pthread_mutex_unlock(&registry_lock);
+			close(fd);
+			vd_err("%s: backing chain deeper than the limit of %d backing files: %s, "
+			       "at level %d, has %d more",
+			       chain->top, VD_BACKING_MAX_DEPTH, path, chain->n, len);
+			return -ELOOP;
+		}
 		image_ref(found);
 		if (chain->n && !found->read_only) {
 			vd_warn("%s: is the backing file of another image: now served read-only",
@@ -295,13 +394,26 @@ static int image_open_chain(const char *path, const struct vd_open_opts *o, bool
 		return -ENOMEM;
 	}
 	img->fd = fd;
+	atomic_fetch_add(&image_nfds, 1);
 	img->dio_fd = -1;
 	if (o->cache_direct) {
-		/* Data bypasses the host page cache where the file system allows it. */
-		img->dio_fd = open(path, (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_DIRECT);
-		if (img->dio_fd < 0)
+		/* Data bypasses the host page cache where the file system allows it;
+		 * the twin must be the very file fd is. */
+		struct stat dst;
+		int dfd = image_open_file(opath, (read_only ? O_RDONLY : O_RDWR) | O_DIRECT, resolve);
+
+		if (dfd >= 0 &&
+		    (fstat(dfd, &dst) < 0 || dst.st_dev != st.st_dev || dst.st_ino != st.st_ino)) {
+			close(dfd);
+			dfd = -EXDEV;
+		}
+		if (dfd < 0) {
 			vd_debug("%s: no O_DIRECT (%s): data goes through the page cache", path,
-				 strerror(errno));
+				 strerror(-dfd));
+		} else {
+			img->dio_fd = dfd;
+			atomic_fetch_add(&image_nfds, 1);
+		}
 	}
 	img->path = strdup(path);
 	img->name = strrchr(img->path, '/') ? strrchr(img->path, '/') + 1 : img->path;
@@ -377,7 +489,8 @@ int image_open(const char *path, const struct vd_open_opts *o, struct vd_image *
 		abs = g_build_filename(cwd, path, NULL);
 		g_free(cwd);
 	}
-	ret = image_open_chain(abs, o, o->read_only, o->format, &chain, out);
+	chain.top = abs;
+	ret = image_open_chain(abs, NULL, o, o->read_only, o->format, &chain, out);
 	g_free(abs);
 	return ret;
 }

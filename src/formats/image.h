@@ -31,6 +31,7 @@ struct vd_open_opts {
 	const char *vhdx_parent; /* override for a vhdx differencing parent path */
 	bool raw_by_default; /* no magic matched: raw (single-image mounts) */
 	bool cache_direct;   /* aligned data I/O bypasses the host page cache */
+	bool nofollow;	     /* the path is resolved: no symbolic link anywhere in it */
 };
 
 struct vd_image {

@@ -136,7 +136,7 @@ int qcow2_create(const char *path, const struct vd_create_opts *o)
 	if (ret)
 		goto out;
 	tables_build(&l, b);
-	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, o->mode ? o->mode : 0644);
 	if (fd < 0) {
 		ret = -errno;
 		vd_err("%s: cannot create: %s", path, strerror(errno));

@@ -108,7 +108,7 @@ static int raw_truncate(struct vd_image *img, uint64_t size)
 
 static int raw_create(const char *path, const struct vd_create_opts *o)
 {
-	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, o->mode ? o->mode : 0644);
 	int ret;
 
 	if (fd < 0)

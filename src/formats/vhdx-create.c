@@ -344,7 +344,7 @@ int vhdx_create(const char *path, const struct vd_create_opts *o)
 		ret = check_params(path, &p);
 	if (ret)
 		goto out;
-	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, o->mode ? o->mode : 0644);
 	if (fd < 0) {
 		ret = -errno;
 		vd_err("%s: cannot create: %s", path, strerror(errno));

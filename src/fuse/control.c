@@ -134,107 +134,69 @@ static void control_verb_done(void *opaque, int err)
 	loop_req_end();
 }
 
-/* The error text for a failed command: the logged reason, if any. */
-static void control_error(GString *out, int err)
+/* The mirror verbs on the view cmd->name. Returns 1 when w is answered
+ * later, else 0 or -errno. */
+static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 {
-	const char *msg = vd_log_last_error();
-
-	g_string_append_printf(out, "error: %s\n", *msg ? msg : strerror(-err));
-}
-
-/* mirror-start NAME TARGET [k=v...], mirror-complete NAME, mirror-cancel NAME,
- * mirror-status NAME. Returns 1 when w is answered later, else 0 or -errno. */
-static int control_mirror(int argc, gchar **argv, struct control_wait *w)
-{
-	const char *cmd = argv[0] + strlen("mirror-");
 	GString *out = w->fh->text;
 	struct vnode *n;
 	int err, ret = 0;
 
-	if (argc < 2 || (!strcmp(cmd, "start") ? argc < 3 : argc != 2)) {
-		g_string_append_printf(out, "error: usage: %s NAME%s\n", argv[0],
-				       !strcmp(cmd, "start") ? " TARGET [key=value...]" : "");
-		return -EINVAL;
-	}
-	n = tree_lookup(argv[1], &err);
+	n = tree_lookup(cmd->name, &err);
 	if (!n || n->kind != VN_IMAGE || !n->mirror) {
-		g_string_append_printf(out, "error: no image named \"%s\"\n", argv[1]);
+		g_string_append_printf(out, "error: no image named \"%s\"\n", cmd->name);
 		if (n)
 			tree_forget(n->ino, 1);
 		return -ENOENT;
 	}
 	vd_log_clear_error();
-	if (!strcmp(cmd, "start")) {
-		struct mirror_opts o;
-
-		mirror_opts_init(&o);
-		ret = mirror_opts_parse(&o, argv[2]);
-		for (int i = 3; i < argc && !ret; i++) {
-			char *eq = strchr(argv[i], '=');
-			if (!eq) {
-				vd_err("mirror: \"%s\" is not key=value", argv[i]);
-				ret = -EINVAL;
-				break;
-			}
-			*eq = '\0';
-			ret = mirror_opts_set(&o, argv[i], eq + 1);
-		}
-		if (!ret)
-			ret = xattr_mirror_start(n, &o);
-		mirror_opts_free(&o);
-	} else if (!strcmp(cmd, "status")) {
+	switch (cmd->verb) {
+	case CONTROL_MIRROR_START:
+		ret = xattr_mirror_start(n, &cmd->opts);
+		if (ret)
+			control_error(out, ret);
+		else
+			g_string_append(out, "ok\n");
+		break;
+	case CONTROL_MIRROR_STATUS:
 		mirror_status_line(n->mirror, out);
 		g_string_append_c(out, '\n');
-	} else if (!strcmp(cmd, "complete") || !strcmp(cmd, "cancel")) {
+		break;
+	case CONTROL_MIRROR_COMPLETE:
+	case CONTROL_MIRROR_CANCEL:
 		w->n = n; /* the lookup reference is dropped when the verb is done */
 		loop_req_begin();
-		if (!strcmp(cmd, "complete"))
+		if (cmd->verb == CONTROL_MIRROR_COMPLETE)
 			mirror_complete(n->mirror, control_verb_done, w);
 		else
 			mirror_cancel(n->mirror, control_verb_done, w);
 		return 1;
-	} else {
-		ret = -EINVAL;
-		vd_err("control: unknown mirror command \"%s\"", argv[0]);
+	default:
+		break;
 	}
-	if (ret)
-		control_error(out, ret);
-	else if (!strcmp(cmd, "start"))
-		g_string_append(out, "ok\n");
 	tree_forget(n->ino, 1);
 	return ret;
 }
 
 /* Run one command line; returns 0 or -errno with the reply in the fh's text,
  * or 1 if the reply comes later (w is then answered and freed). */
-static int control_run(const char *line, struct control_wait *w)
+static int control_run(const char *buf, size_t size, struct control_wait *w)
 {
 	GString *out = w->fh->text;
-	gchar **argv = NULL;
-	int argc, ret;
+	struct control_cmd cmd;
+	int ret;
 
-	if (!g_shell_parse_argv(line, &argc, &argv, NULL) || argc < 1) {
-		g_string_append(out, "error: empty or unparsable command\n");
-		g_strfreev(argv);
-		return -EINVAL;
-	}
-	if (!strcmp(argv[0], "status")) {
+	ret = control_parse(buf, size, &cmd, out);
+	if (ret)
+		return ret;
+	if (cmd.verb == CONTROL_STATUS) {
 		GString *s = control_status();
 		g_string_append(out, s->str);
 		g_string_free(s, TRUE);
-		ret = 0;
-	} else if (!strcmp(argv[0], "mirror-start") || !strcmp(argv[0], "mirror-complete") ||
-		   !strcmp(argv[0], "mirror-cancel") || !strcmp(argv[0], "mirror-status")) {
-		ret = control_mirror(argc, argv, w);
 	} else {
-		g_string_append_printf(out,
-				       "error: unknown command \"%s\" (known: status, "
-				       "mirror-start, mirror-complete, mirror-cancel, "
-				       "mirror-status)\n",
-				       argv[0]);
-		ret = -EINVAL;
+		ret = control_mirror(&cmd, w);
 	}
-	g_strfreev(argv);
+	control_cmd_free(&cmd);
 	return ret;
 }
 
@@ -242,15 +204,12 @@ void control_write(fuse_req_t req, const char *buf, size_t size, struct fuse_fil
 {
 	struct control_fh *fh = (struct control_fh *)(uintptr_t)fi->fh;
 	struct control_wait *w = calloc(1, sizeof(*w));
-	char *line = g_strndup(buf, size);
 	int ret;
 
 	if (!w) {
-		g_free(line);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	g_strchomp(line);
 	if (fh->text)
 		g_string_truncate(fh->text, 0);
 	else
@@ -260,8 +219,7 @@ void control_write(fuse_req_t req, const char *buf, size_t size, struct fuse_fil
 	w->req = req;
 	w->fh = fh;
 	w->size = size;
-	ret = control_run(line, w);
-	g_free(line);
+	ret = control_run(buf, size, w);
 	if (ret == 1)
 		return; /* answered by control_verb_done */
 	control_reply(w, ret);

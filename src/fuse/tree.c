@@ -12,6 +12,7 @@
 
 #include "log.h"
 #include "mirror.h"
+#include "path.h"
 #include "vfs.h"
 
 struct vfs_config vfs_cfg;
@@ -24,14 +25,36 @@ static fuse_ino_t next_ino = 3;
 static struct vnode root_node = {.ino = VFS_ROOT_INO, .kind = VN_DIR, .nlookup = 1};
 static struct vnode control_node = {.ino = VFS_CONTROL_INO, .kind = VN_CONTROL, .nlookup = 1};
 
-/* A file that is not served: not an image (err NULL), or an image that failed. */
+/* A file that is not served: not an image (err NULL), or an image that failed.
+ * It is looked at again when it changes, or, if it failed for want of file
+ * descriptors or memory (transient), once an image has been closed. */
 struct failed_file {
 	dev_t dev;
 	ino_t ino;
 	struct timespec mtime;
 	off_t size;
 	char *err;
+	bool transient;
 };
+static bool retry_transient; /* an image was closed since the last scan */
+
+static bool err_transient(int err)
+{
+	return err == -EMFILE || err == -ENFILE || err == -ENOMEM;
+}
+
+static gboolean failed_is_transient(gpointer key, gpointer val, gpointer opaque)
+{
+	return ((struct failed_file *)val)->transient;
+}
+
+/* Once an image was closed, look at transient failures again. With tree_lock. */
+static void failed_retry(void)
+{
+	if (retry_transient)
+		g_hash_table_foreach_remove(failed, failed_is_transient, NULL);
+	retry_transient = false;
+}
 
 static void failed_free(gpointer p)
 {
@@ -45,6 +68,7 @@ static void vnode_free(struct vnode *n)
 {
 	mirror_free(n->mirror); /* cancels a job: the source stays the image */
 	image_unref(n->img);
+	retry_transient = true;
 	g_free(n->name);
 	g_free(n);
 }
@@ -56,6 +80,8 @@ static void vnode_unlink(struct vnode *n)
 		return;
 	n->gone = true;
 	g_hash_table_remove(by_name, n->name);
+	if (n->nlookup)
+		notify_gone(n->ino, n->name); /* so that the kernel forgets it */
 	if (!n->nlookup && !n->opens) {
 		g_hash_table_remove(by_ino, &n->ino);
 		vnode_free(n);
@@ -85,7 +111,7 @@ static bool failed_same(const struct failed_file *f, const struct stat *st)
 	       f->mtime.tv_sec == st->st_mtim.tv_sec && f->mtime.tv_nsec == st->st_mtim.tv_nsec;
 }
 
-static void failed_note(const char *name, const struct stat *st, const char *err)
+static void failed_note(const char *name, const struct stat *st, const char *err, bool transient)
 {
 	struct failed_file *f = g_new0(struct failed_file, 1);
 
@@ -94,6 +120,7 @@ static void failed_note(const char *name, const struct stat *st, const char *err
 	f->size = st->st_size;
 	f->mtime = st->st_mtim;
 	f->err = err ? g_strdup(err) : NULL;
+	f->transient = transient;
 	g_hash_table_replace(failed, g_strdup(name), f);
 }
 
@@ -102,7 +129,6 @@ static void failed_note(const char *name, const struct stat *st, const char *err
  * symlink there pointing into the mount, must not be stat()ed. */
 static bool tree_is_own_mount(const char *path)
 {
-	size_t n = strlen(vfs_cfg.mountpoint);
 	char *target, *abs;
 	bool own;
 
@@ -113,10 +139,39 @@ static bool tree_is_own_mount(const char *path)
 		return false;
 	abs = g_path_is_absolute(target) ? g_strdup(target)
 					 : g_build_filename(vfs_cfg.source, target, NULL);
-	own = !strncmp(abs, vfs_cfg.mountpoint, n) && (abs[n] == '\0' || abs[n] == '/');
+	own = path_within(abs, vfs_cfg.mountpoint);
 	g_free(target);
 	g_free(abs);
 	return own;
+}
+
+/* Open SOURCE/name. Under backing=within-source a symbolic link there must
+ * lead to a file in SOURCE, like a backing file, and the file is then opened
+ * by its resolved path with no link followed (none can be swapped in since). */
+static int tree_open_image(const char *path, struct vd_image **img)
+{
+	struct vd_open_opts o = vfs_cfg.open;
+	char *real;
+	int ret;
+
+	if (o.backing != VD_BACKING_WITHIN_SOURCE)
+		return image_open(path, &o, img);
+	real = realpath(path, NULL);
+	if (!real) {
+		ret = -errno;
+		vd_err("%s: cannot resolve: %s", path, strerror(errno));
+		return ret;
+	}
+	if (!path_within(real, vfs_cfg.source)) {
+		vd_err("%s: a symbolic link to %s, outside %s: refused by backing=within-source",
+		       path, real, vfs_cfg.source);
+		free(real);
+		return -EPERM;
+	}
+	o.nofollow = true;
+	ret = image_open(real, &o, img);
+	free(real);
+	return ret;
 }
 
 /* Bring the node for name up to date with SOURCE/name. Called with tree_lock. */
@@ -158,24 +213,30 @@ static struct vnode *tree_scan_name(const char *name, int *err)
 		g_free(path);
 		return NULL;
 	}
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO slipped in since the stat() must not hang us. */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0) {
+		ret = -errno;
+		if (err_transient(ret)) {
+			vd_err("%s: cannot open: %s", path, strerror(-ret));
+			failed_note(name, &st, vd_log_last_error(), true);
+		}
 		g_free(path);
 		return NULL;
 	}
 	if (!image_probe(fd, path, false)) {
 		close(fd);
-		failed_note(name, &st, NULL);
+		failed_note(name, &st, NULL, false);
 		g_free(path);
 		return NULL;
 	}
 	close(fd);
 	vd_log_clear_error();
-	ret = image_open(path, &vfs_cfg.open, &img);
+	ret = tree_open_image(path, &img);
 	g_free(path);
 	if (ret) {
 		const char *msg = vd_log_last_error();
-		failed_note(name, &st, *msg ? msg : strerror(-ret));
+		failed_note(name, &st, *msg ? msg : strerror(-ret), err_transient(ret));
 		vd_err("%s: not served: %s", name, strerror(-ret));
 		return NULL;
 	}
@@ -197,6 +258,7 @@ static void tree_rescan(void)
 		vd_err("%s: cannot read directory: %s", vfs_cfg.source, strerror(errno));
 		return;
 	}
+	failed_retry();
 	while ((de = readdir(d)))
 		tree_scan_name(de->d_name, &err);
 	closedir(d);
@@ -295,6 +357,7 @@ struct vnode *tree_lookup(const char *name, int *err)
 		n = &control_node;
 		*err = 0;
 	} else {
+		failed_retry();
 		n = tree_scan_name(name, err);
 	}
 	if (n)
@@ -407,11 +470,15 @@ void vnode_stat(struct vnode *n, struct stat *st)
 	st->st_blksize = 4096;
 	switch (n->kind) {
 	case VN_DIR:
+		/* The source directory's owner and permissions: what a user may
+		 * not reach in SOURCE, the mount must not hand out (allow_other).
+		 * If it cannot be seen, nobody but root and the owner gets in. */
+		host.st_mode = 0700;
 		if (stat(vfs_cfg.source, &host) == 0) {
 			*st = host;
 			st->st_ino = n->ino;
 		}
-		st->st_mode = S_IFDIR | 0755;
+		st->st_mode = S_IFDIR | (host.st_mode & 0777);
 		st->st_nlink = 2;
 		break;
 	case VN_CONTROL:

@@ -11,6 +11,7 @@
 
 #include "image.h"
 #include "json.h"
+#include "mirror.h"
 
 #define VFS_ROOT_INO	1
 #define VFS_CONTROL_INO 2
@@ -35,8 +36,6 @@ struct vfs_config {
 extern struct vfs_config vfs_cfg;
 
 enum vnode_kind { VN_DIR, VN_IMAGE, VN_CONTROL };
-
-struct mirror;
 
 struct vnode {
 	fuse_ino_t ino;
@@ -78,8 +77,32 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 /* Everything about one image as a JSON object (used by .info and the control file). */
 void image_info_json(struct vnode *n, struct json_writer *j);
 /* Start a mirror of the view with this mount's settings: 0 or -errno (logged). */
-struct mirror_opts;
 int xattr_mirror_start(struct vnode *n, const struct mirror_opts *o);
+
+/* ---- control-parse.c ---- */
+enum control_verb {
+	CONTROL_NONE,
+	CONTROL_STATUS,
+	CONTROL_MIRROR_START,
+	CONTROL_MIRROR_COMPLETE,
+	CONTROL_MIRROR_CANCEL,
+	CONTROL_MIRROR_STATUS,
+};
+
+struct control_cmd {
+	enum control_verb verb;
+	char *name;		 /* the view: every verb but status */
+	struct mirror_opts opts; /* mirror-start only */
+};
+
+/* Parse one command line as written to the control file (len bytes, a
+ * trailing newline allowed). 0 with cmd filled (free with control_cmd_free),
+ * or -EINVAL with cmd empty and "error: REASON\n" appended to err. Needs no
+ * mount: it looks at no node and no image. */
+int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString *err);
+void control_cmd_free(struct control_cmd *cmd);
+/* Append "error: " and the last logged error (or strerror(-err)) to out. */
+void control_error(GString *out, int err);
 
 /* ---- control.c ---- */
 struct control_fh {
@@ -104,6 +127,16 @@ void ring_thread_start(unsigned idx);
 /* The current request's ring payload buffer (page-aligned, 1 MiB, valid until
  * the reply), or NULL when it came through /dev/fuse. */
 void *ring_req_payload(void);
+
+/* ---- notify.c ---- */
+/* Start the thread that tells the kernel about vanished names (directory
+ * mounts, once mounted). 0 or -errno. */
+int notify_start(struct fuse_session *se);
+/* The view ino, known to the kernel as name in the root, is gone (never blocks). */
+void notify_gone(fuse_ino_t ino, const char *name);
+/* Stop the thread; false if a notice is stuck in the kernel (then the session
+ * must not be destroyed under it). */
+bool notify_stop(void);
 
 /* ---- loop.c ---- */
 /* Run nthreads event loops (each its own io_uring, /dev/fuse polled through

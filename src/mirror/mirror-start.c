@@ -12,19 +12,9 @@
 
 #include "log.h"
 #include "mirror-int.h"
+#include "path.h"
 
 #define FUSE_SUPER_MAGIC 0x65735546
-
-static bool path_within(const char *path, const char *dir)
-{
-	size_t n = strlen(dir);
-
-	while (n > 1 && dir[n - 1] == '/')
-		n--;
-	if (n == 1 && dir[0] == '/')
-		return true;
-	return !strncmp(path, dir, n) && (path[n] == '/' || path[n] == '\0');
-}
 
 /* Undo mountinfo's octal escapes (\040 for a space) in place. */
 static void mountinfo_unescape(char *s)
@@ -120,7 +110,7 @@ int mirror_open_target(struct mirror *m, const struct mirror_opts *o,
 	char *canon = NULL, *dir = NULL, *base = NULL, *real = NULL;
 	char realdir[PATH_MAX];
 	struct vd_open_opts oo;
-	struct stat st;
+	struct stat st, sst;
 	bool exists, created = false;
 	int ret;
 
@@ -159,6 +149,15 @@ int mirror_open_target(struct mirror *m, const struct mirror_opts *o,
 			}
 		}
 	}
+	/* The destination is the file named, never where a link points: a link
+	 * planted at the target path must not redirect the copy (with or without
+	 * existing=1). Links among the target's directories are followed. */
+	if (exists && S_ISLNK(st.st_mode)) {
+		vd_err("mirror: target %s is a symbolic link: refused (name the file itself)",
+		       o->target);
+		ret = -EINVAL;
+		goto out;
+	}
 	if (exists && !o->existing) {
 		vd_err("mirror: target %s exists (use existing=1 to write over an existing image)",
 		       o->target);
@@ -192,12 +191,19 @@ int mirror_open_target(struct mirror *m, const struct mirror_opts *o,
 		goto out;
 	}
 
+	if (fstat(src->fd, &sst) < 0) {
+		ret = -errno;
+		goto out;
+	}
 	if (!exists) {
 		struct vd_create_opts co = {
 			.size = src->size,
 			/* Block sizes carry over only within a format (a qcow2
 			 * cluster is no vhdx block size). */
 			.cluster_size = fmt == src->fmt ? src->cluster_size : 0,
+			/* Born with the source's permissions: a private disk's
+			 * copy must not be readable by others even for a moment. */
+			.mode = sst.st_mode & 0777,
 		};
 
 		ret = fmt->create(real, &co);
@@ -213,6 +219,7 @@ int mirror_open_target(struct mirror *m, const struct mirror_opts *o,
 	oo.read_only = false;
 	oo.format = fmt ? fmt->name : NULL;
 	oo.raw_by_default = true;
+	oo.nofollow = true; /* no link slipped in since the checks above */
 	if (created)
 		oo.backing = VD_BACKING_DENY;
 	ret = image_open(real, &oo, &dst);
@@ -220,6 +227,10 @@ int mirror_open_target(struct mirror *m, const struct mirror_opts *o,
 		vd_err("mirror: cannot open target %s: %s", o->target, strerror(-ret));
 		goto out_unlink;
 	}
+	/* And the source's owner where we may give it (root), so that the view
+	 * keeps its owner after complete. */
+	if (created && fchown(dst->fd, sst.st_uid, sst.st_gid) < 0 && errno != EPERM)
+		vd_warn("mirror: cannot give %s the source's owner: %s", o->target, strerror(errno));
 	if (dst->read_only) {
 		vd_err("mirror: target %s can only be opened read-only", o->target);
 		ret = -EROFS;

@@ -62,3 +62,82 @@ secret_image() { # NAME BACKING: a qcow2 whose backing file is BACKING (raw)
 	[ "$status" -ne 0 ]
 	[[ "$output" == *"loop"* ]]
 }
+
+MKIMAGE=${VDISKFS_BUILD:?}/tests/tools/mkimage
+
+@test "backing=within-source: a vhdx parent outside SOURCE is refused, through a symlink or the locator's absolute path" {
+	mkdir "$T/src" "$T/outside" "$T/mnt"
+	qemu-img create -q -f vhdx "$T/outside/parent.vhdx" 8M
+	qemu-io -f vhdx -c 'write -P 0x11 0 1M' "$T/outside/parent.vhdx" >/dev/null
+	# the relative locator names a link in SOURCE that points out of it
+	ln -s ../outside/parent.vhdx "$T/src/link.vhdx"
+	"$MKIMAGE" vhdx "$T/src/via-link.vhdx" 8M backing=link.vhdx
+	# made next to the parent, then moved: the relative locator finds
+	# nothing, the absolute one names the parent outside
+	"$MKIMAGE" vhdx "$T/outside/moved.vhdx" 8M backing=parent.vhdx
+	mv "$T/outside/moved.vhdx" "$T/src/"
+	# a parent inside SOURCE, also through a link that stays inside, is fine
+	qemu-img create -q -f vhdx "$T/src/base.vhdx" 8M
+	ln -s base.vhdx "$T/src/base-link.vhdx"
+	"$MKIMAGE" vhdx "$T/src/good.vhdx" 8M backing=base-link.vhdx
+	touch "$T/view"
+	for img in via-link.vhdx moved.vhdx; do
+		run timeout 20 "$VDISKFS" -f -o backing=within-source "$T/src/$img" "$T/view"
+		echo "$output"
+		[ "$status" -ne 0 ]
+		[[ "$output" == *"outside $T/src: refused by backing=within-source"* ]]
+		! is_mounted "$T/view"
+	done
+	vd_mount "$T/src" "$T/mnt" -o allow_other
+	[ -e "$T/mnt/good.vhdx" ]
+	[ ! -e "$T/mnt/via-link.vhdx" ] && [ ! -e "$T/mnt/moved.vhdx" ]
+	[ ! -e "$T/mnt/link.vhdx" ] # the link itself leads out of SOURCE too
+	[ "$(grep -o 'refused by backing=within-source' "$T/mnt/.vdiskfs" | wc -l)" -eq 3 ]
+}
+
+@test "backing=within-source: a qcow2 backing file through a symlinked directory out of SOURCE is refused" {
+	mkdir "$T/src" "$T/outside"
+	head -c 1M /dev/urandom >"$T/outside/base.raw"
+	ln -s ../outside "$T/src/sub"
+	qemu-img create -q -f qcow2 -b sub/base.raw -F raw "$T/src/top.qcow2" 1M
+	touch "$T/view"
+	run timeout 20 "$VDISKFS" -f -o backing=within-source "$T/src/top.qcow2" "$T/view"
+	echo "$output"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"resolves to $T/outside/base.raw, outside $T/src"* ]]
+	! is_mounted "$T/view"
+}
+
+@test "a FIFO as backing file is refused at once; a directory mount keeps answering" {
+	mkdir "$T/src" "$T/mnt"
+	truncate -s 1M "$T/src/fifo.raw" "$T/src/ok.raw"
+	qemu-img create -q -f qcow2 -b fifo.raw -F raw "$T/src/top.qcow2" 1M
+	rm "$T/src/fifo.raw"
+	mkfifo "$T/src/fifo.raw"
+	touch "$T/view"
+	run timeout 20 "$VDISKFS" -f "$T/src/top.qcow2" "$T/view"
+	echo "$output"
+	[ "$status" -eq 1 ] # not 124: it did not hang
+	[[ "$output" == *"fifo.raw: not a regular file"* ]]
+	vd_mount "$T/src" "$T/mnt"
+	[ "$(timeout 10 ls "$T/mnt")" = ok.raw ]
+	timeout 10 grep -q "top.qcow2" "$T/mnt/.vdiskfs"
+}
+
+@test "backing=within-source: a symbolic link in SOURCE is served only if it leads to a file in SOURCE" {
+	mkdir -m 700 "$T/private"
+	mkdir "$T/src" "$T/src/sub" "$T/mnt"
+	head -c 1M /dev/urandom >"$T/private/secret.raw"
+	chmod 644 "$T/private/secret.raw"
+	ln -s ../private/secret.raw "$T/src/out.raw"
+	head -c 1M /dev/urandom >"$T/src/sub/disk.raw"
+	ln -s sub/disk.raw "$T/src/in.raw"
+	vd_mount "$T/src" "$T/mnt" -o allow_other
+	[ "$(ls "$T/mnt")" = in.raw ]
+	cmp "$T/src/sub/disk.raw" "$T/mnt/in.raw"
+	grep -q "out.raw: a symbolic link to $T/private/secret.raw, outside $T/src" "$T/mnt/.vdiskfs"
+	vd_umount "$T/mnt"
+	# backing=follow (the default without allow_other) serves both
+	vd_mount "$T/src" "$T/mnt"
+	[ "$(ls "$T/mnt" | tr '\n' ' ')" = "in.raw out.raw " ]
+}

@@ -16,10 +16,14 @@ setup_scratch() {
 # Unmount what the test mounted, then fail on any sanitizer report a daemon
 # wrote to its log on the way out (ASan/UBSan builds).
 teardown_scratch() {
-	local m bad=0
-	for m in "${VD_MOUNTS[@]}"; do
-		vd_umount "$m" 2>/dev/null || true
+	local i bad=0
+	# Newest first, and only what is still mounted: vd_umount waits for the
+	# newest daemon (VD_PID), which an older, already unmounted path would
+	# wait on for nothing until it is killed.
+	for ((i = ${#VD_MOUNTS[@]} - 1; i >= 0; i--)); do
+		is_mounted "${VD_MOUNTS[i]}" && { vd_umount "${VD_MOUNTS[i]}" 2>/dev/null || true; }
 	done
+	vd_wait_exit
 	VD_MOUNTS=()
 	cd /
 	if [ -n "${T:-}" ] && grep -hE "Sanitizer|runtime error" "$T"/vdiskfs*.log >&2 2>/dev/null; then

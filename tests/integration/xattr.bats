@@ -70,6 +70,19 @@ except OSError as e:
     assert e.errno == errno.EINVAL, e
 reply = os.pread(fd, 1 << 20, 0).decode()
 assert "unknown command" in reply, reply
+# one command per write, with exactly its words
+for bad, why in [(b"status\nmirror-cancel a.raw\n", "one command"),
+                 (b"mirror-status a.raw\0junk\n", "NUL"),
+                 (b"status now\n", "usage: status"),
+                 (b"mirror-status\n", "usage: mirror-status NAME"),
+                 (b"mirror-start a.raw /x.raw speed\n", "not key=value")]:
+    try:
+        os.write(fd, bad)
+        raise SystemExit("accepted: %r" % bad)
+    except OSError as e:
+        assert e.errno == errno.EINVAL, (bad, e)
+    reply = os.pread(fd, 1 << 20, 0).decode()
+    assert reply.startswith("error: ") and why in reply, (bad, reply)
 PY
 }
 

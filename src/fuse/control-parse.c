@@ -1,0 +1,111 @@
+/* Parsing one control-file command line: words split as by a shell, the verb,
+ * the view name and the mirror options. Pure text in, struct control_cmd out:
+ * it touches no node and no image, so the fuzzer calls it without a mount. */
+#include <errno.h>
+#include <string.h>
+
+#include "log.h"
+#include "vfs.h"
+
+static const struct {
+	const char *word;
+	enum control_verb verb;
+	int min_args, max_args; /* words after the verb */
+	const char *usage;
+} control_verbs[] = {
+    {"status", CONTROL_STATUS, 0, 0, ""},
+    {"mirror-start", CONTROL_MIRROR_START, 2, -1, " NAME TARGET [key=value...]"},
+    {"mirror-complete", CONTROL_MIRROR_COMPLETE, 1, 1, " NAME"},
+    {"mirror-cancel", CONTROL_MIRROR_CANCEL, 1, 1, " NAME"},
+    {"mirror-status", CONTROL_MIRROR_STATUS, 1, 1, " NAME"},
+};
+
+void control_cmd_free(struct control_cmd *cmd)
+{
+	g_free(cmd->name);
+	mirror_opts_free(&cmd->opts);
+	memset(cmd, 0, sizeof(*cmd));
+}
+
+void control_error(GString *out, int err)
+{
+	const char *msg = vd_log_last_error();
+
+	g_string_append_printf(out, "error: %s\n", *msg ? msg : strerror(-err));
+}
+
+/* The mirror-start options: TARGET (a path or "target=...,..."), then one
+ * key=value per word. Errors are logged by mirror_opts_*; the reply quotes it. */
+static int control_parse_start(struct control_cmd *cmd, int argc, gchar **argv, GString *err)
+{
+	int ret;
+
+	vd_log_clear_error();
+	ret = mirror_opts_parse(&cmd->opts, argv[2]);
+	for (int i = 3; i < argc && !ret; i++) {
+		char *eq = strchr(argv[i], '=');
+
+		if (!eq || eq == argv[i]) {
+			vd_err("mirror: \"%s\" is not key=value", argv[i]);
+			ret = -EINVAL;
+			break;
+		}
+		*eq = '\0';
+		ret = mirror_opts_set(&cmd->opts, argv[i], eq + 1);
+	}
+	if (ret)
+		control_error(err, ret);
+	return ret;
+}
+
+int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString *err)
+{
+	gchar **argv = NULL;
+	char *line;
+	size_t i;
+	int argc, ret = -EINVAL;
+
+	memset(cmd, 0, sizeof(*cmd));
+	mirror_opts_init(&cmd->opts);
+	if (memchr(buf, '\0', len)) {
+		g_string_append(err, "error: a command must not contain NUL bytes\n");
+		return -EINVAL;
+	}
+	line = g_strndup(buf, len);
+	g_strchomp(line); /* the trailing newline of `echo` */
+	if (strchr(line, '\n')) {
+		g_string_append(err, "error: one command per write\n");
+		goto out;
+	}
+	if (!g_shell_parse_argv(line, &argc, &argv, NULL) || argc < 1) {
+		g_string_append(err, "error: empty or unparsable command\n");
+		goto out;
+	}
+	for (i = 0; i < G_N_ELEMENTS(control_verbs); i++)
+		if (!strcmp(argv[0], control_verbs[i].word))
+			break;
+	if (i == G_N_ELEMENTS(control_verbs)) {
+		g_string_append_printf(err,
+				       "error: unknown command \"%s\" (known: status, "
+				       "mirror-start, mirror-complete, mirror-cancel, "
+				       "mirror-status)\n",
+				       argv[0]);
+		goto out;
+	}
+	if (argc - 1 < control_verbs[i].min_args ||
+	    (control_verbs[i].max_args >= 0 && argc - 1 > control_verbs[i].max_args)) {
+		g_string_append_printf(err, "error: usage: %s%s\n", control_verbs[i].word,
+				       control_verbs[i].usage);
+		goto out;
+	}
+	cmd->verb = control_verbs[i].verb;
+	if (argc > 1)
+		cmd->name = g_strdup(argv[1]);
+	ret = cmd->verb == CONTROL_MIRROR_START ? control_parse_start(cmd, argc, argv, err) : 0;
+out:
+	if (ret)
+		control_cmd_free(cmd);
+	g_strfreev(argv);
+	g_free(line);
+	return ret;
+}

@@ -1,0 +1,52 @@
+/* Fuzz target: one control-file command line through control_parse(), the
+ * part of the control file that runs before any node is looked at (words,
+ * verb, view name, mirror options). Any input is either a well-formed command
+ * or refused with -EINVAL and an "error: ...\n" reply; nothing else. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "vfs.h"
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	vd_log_init("fuzz", false, false);
+	vd_log_quiet(true);
+	return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	GString *err = g_string_new(NULL);
+	struct control_cmd cmd;
+	int ret;
+
+	ret = control_parse((const char *)data, size, &cmd, err);
+	if (ret == -EINVAL) {
+		/* refused: a reason, nothing left in cmd */
+		if (strncmp(err->str, "error: ", 7) || err->str[err->len - 1] != '\n')
+			abort();
+		if (cmd.verb != CONTROL_NONE || cmd.name || cmd.opts.target)
+			abort();
+	} else if (ret == 0) {
+		if (err->len || cmd.verb == CONTROL_NONE)
+			abort();
+		if ((cmd.verb == CONTROL_STATUS) != !cmd.name)
+			abort();
+		if (cmd.verb == CONTROL_MIRROR_START &&
+		    (!cmd.opts.target || cmd.opts.target[0] != '/'))
+			abort();
+		if (cmd.verb != CONTROL_MIRROR_START && (cmd.opts.target || cmd.opts.format))
+			abort();
+	} else {
+		abort();
+	}
+	control_cmd_free(&cmd);
+	g_string_free(err, TRUE);
+	return 0;
+}

@@ -1,0 +1,135 @@
+#!/usr/bin/env bats
+# Who may do what on a mount with allow_other, and where a mirror may write:
+# the control file and the mirror verbs stay with root and the mounting
+# user, the mount hands out no more than SOURCE does, and a symbolic link at
+# a mirror's target never redirects the copy.
+
+load helpers
+load mirror-helpers
+
+as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+
+setup() {
+	setup_scratch
+	chmod 755 "$T" # others must reach the mount to be refused by it
+}
+
+@test "allow_other: others cannot use the control file or the mirror verbs; they start nothing" {
+	mkdir "$T/src" "$T/mnt"
+	mkdir -m 777 "$T/out" # a mirror could create its destination here
+	head -c 4M /dev/urandom >"$T/src/mine.raw"   # nobody's own disk, writable by nobody
+	chown nobody:nogroup "$T/src/mine.raw"
+	chmod 600 "$T/src/mine.raw"
+	head -c 4M /dev/urandom >"$T/src/shared.raw" # readable by all, writable by root
+	chmod 644 "$T/src/shared.raw"
+	head -c 4M /dev/urandom >"$T/src/private.raw"
+	chmod 600 "$T/src/private.raw"
+	vd_mount "$T/src" "$T/mnt" -o allow_other
+
+	# the control file: neither read nor written
+	run as_nobody cat "$T/mnt/.vdiskfs"
+	[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+	run as_nobody python3 -c 'import os,sys; fd = os.open(sys.argv[1], os.O_WRONLY); os.write(fd, sys.argv[2].encode())' \
+		"$T/mnt/.vdiskfs" "mirror-start mine.raw $T/out/ctl.raw"
+	[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+
+	# the mirror verbs: refused by vdiskfs on a view nobody may write, by the
+	# kernel on one they may not
+	run as_nobody setfattr -n user.vdiskfs.mirror.start -v "$T/out/x.raw" "$T/mnt/mine.raw"
+	[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+	grep -q "only the owner of the mount may run mirrors" "$T/vdiskfs.log"
+	run as_nobody setfattr -n user.vdiskfs.mirror.start -v "target=$T/out/y.raw,format=qcow2" \
+		"$T/mnt/mine.raw"
+	[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+	run as_nobody setfattr -n user.vdiskfs.mirror.start -v "$T/out/z.raw" "$T/mnt/shared.raw"
+	[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+	[ -z "$(ls "$T/out")" ]
+	[ "$(as_nobody getfattr --only-values -n user.vdiskfs.mirror.status "$T/mnt/mine.raw")" = "phase=none" ]
+
+	# a mirror root started: others can neither complete nor cancel it
+	setfattr -n user.vdiskfs.mirror.start -v "target=$T/out/root.raw,speed=1M" "$T/mnt/mine.raw"
+	for verb in complete cancel; do
+		run as_nobody setfattr -n "user.vdiskfs.mirror.$verb" -v 1 "$T/mnt/mine.raw"
+		[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+	done
+	[[ "$(mstatus "$T/mnt/mine.raw")" == phase=running* ]]
+
+	# reading the attributes follows the view's read permission
+	[[ "$(as_nobody getfattr --only-values -n user.vdiskfs.mirror.status "$T/mnt/mine.raw")" == phase=running* ]]
+	as_nobody getfattr --only-values -n user.vdiskfs.format "$T/mnt/shared.raw"
+	run as_nobody getfattr -n user.vdiskfs.mirror.status "$T/mnt/private.raw"
+	[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+	run as_nobody getfattr -n user.vdiskfs.info "$T/mnt/private.raw"
+	[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+
+	setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/mnt/mine.raw"
+	[ "$(mstatus "$T/mnt/mine.raw")" = "phase=none" ]
+	cmp "$T/src/mine.raw" "$T/mnt/mine.raw"
+}
+
+@test "allow_other: the mount root has the source directory's permissions" {
+	mkdir -m 700 "$T/src"
+	mkdir "$T/mnt"
+	head -c 1M /dev/urandom >"$T/src/a.raw"
+	chmod 644 "$T/src/a.raw"
+	vd_mount "$T/src" "$T/mnt" -o allow_other
+	[ "$(stat -c %a "$T/mnt")" = 700 ]
+	run as_nobody cat "$T/mnt/a.raw"
+	[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+	run as_nobody ls "$T/mnt"
+	[ "$status" -ne 0 ]
+	chmod 755 "$T/src"
+	sleep 1.1 # the kernel keeps attributes for a second
+	as_nobody cmp "$T/src/a.raw" "$T/mnt/a.raw"
+}
+
+@test "a symbolic link at the mirror target is never followed, with or without existing=1" {
+	head -c 8M /dev/urandom >"$T/src.raw"
+	head -c 8M /dev/urandom >"$T/victim"
+	cp "$T/victim" "$T/victim.orig"
+	ln -s "$T/victim" "$T/link.raw"
+	ln -s "$T/victim" "$T/link.qcow2"
+	ln -s "$T/not-yet" "$T/dangling.raw"
+	touch "$T/view"
+	vd_mount "$T/src.raw" "$T/view"
+	for v in "$T/link.raw" "target=$T/link.raw,existing=1" "target=$T/link.raw,existing=1,format=raw" \
+		"target=$T/link.qcow2,format=qcow2" "$T/dangling.raw" "target=$T/dangling.raw,existing=1"; do
+		run setfattr -n user.vdiskfs.mirror.start -v "$v" "$T/view"
+		echo "$v: $output"
+		[ "$status" -ne 0 ] && [[ "$output" == *"Invalid argument"* ]]
+		[ "$(mstatus "$T/view")" = "phase=none" ]
+	done
+	grep -q "target $T/link.raw is a symbolic link: refused" "$T/vdiskfs.log"
+	cmp "$T/victim" "$T/victim.orig"
+	[ -L "$T/link.raw" ] && [ -L "$T/dangling.raw" ] && [ ! -e "$T/not-yet" ]
+}
+
+@test "a mirror target through a symlinked directory is allowed and lands in the real one" {
+	head -c 8M /dev/urandom >"$T/src.raw"
+	mkdir "$T/realdir"
+	ln -s realdir "$T/linkdir"
+	touch "$T/view"
+	vd_mount "$T/src.raw" "$T/view"
+	setfattr -n user.vdiskfs.mirror.start -v "$T/linkdir/dst.raw" "$T/view"
+	wait_phase "$T/view" ready 30
+	[[ "$(mstatus "$T/view")" == *"target=$T/realdir/dst.raw"* ]]
+	setfattr -n user.vdiskfs.mirror.complete -v 1 "$T/view"
+	[ "$(getfattr --only-values -n user.vdiskfs.image "$T/view")" = "$T/realdir/dst.raw" ]
+	vd_umount "$T/view"
+	[ -f "$T/realdir/dst.raw" ] && [ ! -L "$T/realdir/dst.raw" ]
+	cmp "$T/src.raw" "$T/realdir/dst.raw"
+}
+
+@test "a new mirror destination has the source's permissions and owner from the start" {
+	head -c 8M /dev/urandom >"$T/src.raw"
+	chown nobody:nogroup "$T/src.raw"
+	chmod 600 "$T/src.raw"
+	touch "$T/view"
+	vd_mount "$T/src.raw" "$T/view"
+	local fmt
+	for fmt in raw qcow2 vhdx; do
+		setfattr -n user.vdiskfs.mirror.start -v "target=$T/dst.$fmt,format=$fmt,speed=1M" "$T/view"
+		[ "$(stat -c '%a %U:%G' "$T/dst.$fmt")" = "600 nobody:nogroup" ]
+		setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/view"
+	done
+}
