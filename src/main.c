@@ -18,7 +18,7 @@
 
 struct cmdline {
 	char *source, *mountpoint;
-	char *backing, *format, *vhdx_parent, *cache_size, *threads, *cache, *uring;
+	char *backing, *format, *vhdx_parent, *cache_size, *threads, *cache, *uring, *poll_us;
 	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms;
 	int nargs;
 };
@@ -45,6 +45,7 @@ static const struct fuse_opt cmd_opts[] = {
 	{"cache_size=%s", offsetof(struct cmdline, cache_size), 0},
 	{"cache=%s", offsetof(struct cmdline, cache), 0},
 	{"uring=%s", offsetof(struct cmdline, uring), 0},
+	{"poll_us=%s", offsetof(struct cmdline, poll_us), 0},
 	OPT("direct_io", direct_io),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
@@ -84,6 +85,8 @@ static void usage(FILE *f)
 		"                         cache) or writeback (through the page cache)\n"
 		"  -o uring=MODE          auto (default: FUSE over io_uring when the kernel\n"
 		"                         offers it), on (required) or off\n"
+		"  -o poll_us=N           watch for work up to N µs before sleeping (adaptive,\n"
+		"                         default 0)\n"
 		"  -o backing=POLICY      follow | deny | within-source (default: follow,\n"
 		"                         within-source with allow_other)\n"
 		"  -o format=FMT          force raw, qcow2 or vhdx (single image)\n"
@@ -236,6 +239,15 @@ static int configure(struct cmdline *c, struct fuse_args *args)
 		fprintf(stderr, "vdiskfs: uring=%s: want auto, on or off\n", c->uring);
 		return -EINVAL;
 	}
+	if (c->poll_us) {
+		char *end;
+		unsigned long n = strtoul(c->poll_us, &end, 10);
+		if (*end || !*c->poll_us || n > 1000) {
+			fprintf(stderr, "vdiskfs: poll_us=%s: want 0 to 1000\n", c->poll_us);
+			return -EINVAL;
+		}
+		uring_set_poll(n);
+	}
 	if (c->cache_size && parse_size(c->cache_size, &vfs_cfg.open.cache_size)) {
 		fprintf(stderr, "vdiskfs: cache_size=%s: not a size (e.g. 64M)\n", c->cache_size);
 		return -EINVAL;
@@ -287,6 +299,7 @@ static void cmdline_free(struct cmdline *c)
 	free(c->threads);
 	free(c->cache);
 	free(c->uring);
+	free(c->poll_us);
 	if (vfs_cfg.single)
 		g_free((char *)vfs_cfg.open.within);
 	free(vfs_cfg.source);

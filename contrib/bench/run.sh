@@ -6,7 +6,7 @@
 #   contrib/bench/run.sh [--vdiskfs PATH] [--format qcow2|vhdx|raw] [--quick]
 #                        [--reps N] [--runtime SEC] [--size SIZE] [--dir DIR]
 #                        [--out FILE.json] [--only WORKLOAD[,WORKLOAD...]]
-#                        [--uring on|off]
+#                        [--uring on|off] [--opts VDISKFS_MOUNT_OPTIONS]
 #
 # --uring on (the default where the kernel has it) turns the fuse module's
 # enable_uring switch on for the run (and back afterwards) and mounts vdiskfs
@@ -29,6 +29,7 @@ only=
 quick=0
 uring_param=/sys/module/fuse/parameters/enable_uring
 uring=$([ -w "$uring_param" ] && echo on || echo off)
+opts=
 
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -42,7 +43,8 @@ while [ $# -gt 0 ]; do
 	--only) only=$2; shift ;;
 	--quick) quick=1 ;;
 	--uring) uring=$2; shift ;;
-	-h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+	--opts) opts=,$2; shift ;;
+	-h|--help) sed -n '2,18p' "$0"; exit 0 ;;
 	*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 	shift
@@ -151,7 +153,7 @@ mount_target() {
 		;;
 	vdiskfs)
 		touch "$mnt"
-		"$vdiskfs" -f -o uring="$uring" "$img" "$mnt" >>"$work/vdiskfs.log" 2>&1 &
+		"$vdiskfs" -f -o uring="$uring$opts" "$img" "$mnt" >>"$work/vdiskfs.log" 2>&1 &
 		tpid=$!
 		;;
 	qsd)
@@ -214,7 +216,7 @@ print(json.dumps({
 PY
 }
 
-echo "== vdiskfs benchmark: format=$format size=$size runtime=${runtime}s reps=$reps uring=$uring"
+echo "== vdiskfs benchmark: format=$format size=$size runtime=${runtime}s reps=$reps vdiskfs -o uring=$uring$opts"
 echo "== vdiskfs: $vdiskfs ($("$vdiskfs" --version))"
 echo "== $(qemu-storage-daemon --version | head -1)"
 echo "== work dir $work ($(findmnt -n -o FSTYPE --target "$work"))"

@@ -6,16 +6,76 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "uring.h"
 
 struct uring_ctx {
 	struct io_uring ring;
+	long poll_ns; /* current adaptive polling window before sleeping */
 	unsigned inflight; /* data operations not yet completed */
 	unsigned queued;   /* SQEs prepared but not submitted */
 };
 
 static __thread struct uring_ctx *ctx;
+static long poll_max_ns;
+
+void uring_set_poll(unsigned us)
+{
+	poll_max_ns = us * 1000L;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ volatile("yield");
+#endif
+}
+
+static long now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+/* Wait for a completion, first watching the completion queue for up to
+ * poll_ns: in a VM a sleeping thread costs tens of microseconds to wake. The
+ * window adapts as QEMU's IOThread polling does: it grows while sleeps end
+ * within poll_max_ns and shrinks when they do not. */
+static int uring_wait(void)
+{
+	long t0, slept;
+	int ret;
+
+	if (!poll_max_ns)
+		return io_uring_submit_and_wait(&ctx->ring, 1);
+	ret = io_uring_submit(&ctx->ring);
+	if (ret < 0)
+		return ret;
+	if (ctx->poll_ns) {
+		long end = now_ns() + ctx->poll_ns;
+
+		do {
+			if (io_uring_cq_ready(&ctx->ring))
+				return 0;
+			cpu_relax();
+		} while (now_ns() < end);
+	}
+	t0 = now_ns();
+	ret = io_uring_submit_and_wait(&ctx->ring, 1);
+	slept = now_ns() - t0;
+	if (slept <= poll_max_ns)
+		ctx->poll_ns = ctx->poll_ns ? (ctx->poll_ns * 2 < poll_max_ns ? ctx->poll_ns * 2
+									  : poll_max_ns)
+					    : 4000 < poll_max_ns ? 4000 : poll_max_ns;
+	else
+		ctx->poll_ns /= 2;
+	return ret;
+}
 
 static int ring_init(unsigned entries, unsigned flags)
 {
@@ -220,7 +280,7 @@ int uring_run(int wait_ms)
 	if (!ctx)
 		return -EINVAL;
 	if (wait_ms < 0) {
-		ret = io_uring_submit_and_wait(&ctx->ring, 1);
+		ret = uring_wait();
 	} else if (wait_ms > 0) {
 		struct __kernel_timespec ts = {.tv_sec = wait_ms / 1000,
 					       .tv_nsec = (wait_ms % 1000) * 1000000L};

@@ -53,6 +53,9 @@ void uring_cmd(struct uring_op *op, int fd, uint32_t cmd_op, const void *addr, u
  * for at least one completion; run all available completion callbacks.
  * Returns completions handled or -errno. */
 int uring_run(int wait_ms);
+/* Before sleeping in uring_run(-1), watch the completion queue for up to us
+ * microseconds (adaptive; 0, the default, sleeps at once). For all threads. */
+void uring_set_poll(unsigned us);
 /* Operations submitted on this thread and not yet completed (polls excluded). */
 unsigned uring_inflight(void);
 
