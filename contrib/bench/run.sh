@@ -105,6 +105,17 @@ if [ -n "$only" ]; then
 fi
 targets=(host vdiskfs qsd)
 
+# fill_image FILE FORMAT: write zeroes as data (not as holes) over all of it
+fill_image() {
+	local bytes chunk=$((64 << 20)) off=0 cmds=()
+	bytes=$(numfmt --from=iec "$size")
+	while [ "$off" -lt "$bytes" ]; do
+		cmds+=(-c "write -q -P 0 $off $(( bytes - off < chunk ? bytes - off : chunk ))")
+		off=$((off + chunk))
+	done
+	qemu-io -f "$2" "${cmds[@]}" "$1" >/dev/null
+}
+
 # make_image NAME full|empty: NAME.raw for the host target, else an image of
 # $format (each target gets its own file: two writers never share an image)
 make_image() {
@@ -124,7 +135,10 @@ make_image() {
 			"$work/$name.qcow2" "$size" ;;
 	*-vhdx)
 		qemu-img create -q -f vhdx -o subformat=$([ "$kind" = full ] && echo fixed || echo dynamic) \
-			"$work/$name.vhdx" "$size" ;;
+			"$work/$name.vhdx" "$size"
+		# a fixed vhdx is created sparse: write its blocks, as dd does for
+		# the host file, so that reads reach the disk on every target
+		[ "$kind" != full ] || fill_image "$work/$name.vhdx" vhdx ;;
 	esac
 }
 
