@@ -117,6 +117,19 @@ static bool rebuild_used(struct qcow2 *q, uint64_t cl)
 	return q->rebuild_counts && cl < q->rebuild_n && q->rebuild_counts[cl];
 }
 
+/* A free cluster holding the header, the L1 or the refcount table means the
+ * refcounts are wrong (a missing refcount block): never allocate it (QEMU's
+ * overlap check refuses the same write). */
+static int metadata_not_free(struct qcow2 *q, uint64_t cl)
+{
+	if (!qcow2_hits_fixed_metadata(q, cl << q->cluster_bits, q->cluster_size))
+		return 0;
+	vd_err("%s: the cluster at 0x%llx holds the header, the L1 table or the refcount table "
+	       "but its refcount is 0: refcounts are inconsistent, not allocating it",
+	       q->img->path, (unsigned long long)(cl << q->cluster_bits));
+	return -EIO;
+}
+
 /* A new refcount block for table index rtidx (whose range is all free), placed
  * inside its own range and counting itself; on disk before the table points at it. */
 static int refblock_create(struct qcow2 *q, uint64_t rtidx)
@@ -129,6 +142,9 @@ static int refblock_create(struct qcow2 *q, uint64_t rtidx)
 		c++;
 	if (c >= c0 + q->rb_entries)
 		return -ENOSPC;
+	ret = metadata_not_free(q, c);
+	if (ret)
+		return ret;
 	buf = aligned_alloc(512, q->cluster_size);
 	if (!buf)
 		return -ENOMEM;
@@ -306,6 +322,8 @@ static int cluster_free(struct qcow2 *q, uint64_t cl, bool *is_free)
 	int ret = qcow2_refcount_get(q, cl, &rc);
 
 	*is_free = !ret && rc == 0 && !rebuild_used(q, cl);
+	if (*is_free)
+		ret = metadata_not_free(q, cl);
 	return ret;
 }
 

@@ -131,10 +131,24 @@ static void unknown_incompat_msg(struct qcow2 *q, const struct qcow2_hdr *h, uin
 	       q->img->path, names);
 }
 
+/* As QEMU: only the length is checked while the bitmaps autoclear bit is clear
+ * (a program without bitmap support wrote the image, the bitmaps are stale);
+ * the extension is then ignored and kept as it is. */
 static int parse_bitmaps_ext(struct qcow2 *q, const uint8_t *p, uint32_t len, uint64_t at)
 {
-	if (len != 24 || qcow2_be32(p + 4) != 0) {
-		vd_err("%s: bitmaps header extension at 0x%llx: bad length or reserved field",
+	if (len != 24) {
+		vd_err("%s: bitmaps header extension at 0x%llx: length %u, expected 24",
+		       q->img->path, (unsigned long long)at, len);
+		return -EINVAL;
+	}
+	if (!(q->autoclear & QCOW2_AUTOCLEAR_BITMAPS)) {
+		vd_warn("%s: bitmaps header extension at 0x%llx without its autoclear bit: the "
+			"bitmaps are inconsistent and ignored",
+			q->img->path, (unsigned long long)at);
+		return 0;
+	}
+	if (qcow2_be32(p + 4) != 0) {
+		vd_err("%s: bitmaps header extension at 0x%llx: reserved field is not zero",
 		       q->img->path, (unsigned long long)at);
 		return -EINVAL;
 	}
@@ -350,6 +364,17 @@ static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
 	return alen && blen && a < b + blen && b < a + alen;
 }
 
+/* Does [off, off+len), starting on a cluster boundary, share a cluster with
+ * the header, the L1 table or the refcount table? */
+bool qcow2_hits_fixed_metadata(struct qcow2 *q, uint64_t off, uint64_t len)
+{
+	uint64_t cs = q->cluster_size;
+
+	return overlaps(0, cs, off, len) ||
+	       overlaps(q->l1_offset, (uint64_t)q->l1_size * 8, off, len) ||
+	       overlaps(q->rt_offset, (uint64_t)q->rt_clusters * cs, off, len);
+}
+
 static int check_layout(struct qcow2 *q, uint64_t file_size)
 {
 	uint64_t cs = q->cluster_size;
@@ -404,8 +429,7 @@ static int check_pointer(struct qcow2 *q, const char *what, uint64_t idx, uint64
 		why = "is not cluster aligned";
 	else if (off >= file_size)
 		why = "points past the end of the file";
-	else if (off < cs || overlaps(off, cs, q->l1_offset, (uint64_t)q->l1_size * 8) ||
-		 overlaps(off, cs, q->rt_offset, (uint64_t)q->rt_clusters * cs))
+	else if (qcow2_hits_fixed_metadata(q, off, cs))
 		why = "overlaps the header, the L1 table or the refcount table";
 	if (!why)
 		return 0;
@@ -455,7 +479,7 @@ static int load_tables(struct qcow2 *q, uint64_t file_size)
 /* Walk the snapshot table: its byte size and every snapshot's L1 table. */
 static int load_snapshots(struct qcow2 *q, uint64_t file_size)
 {
-	uint64_t pos = q->snapshots_offset;
+	uint64_t pos = q->snapshots_offset, end = pos;
 	uint8_t e[40];
 	int ret;
 
@@ -493,9 +517,22 @@ static int load_snapshots(struct qcow2 *q, uint64_t file_size)
 				  QCOW2_MAX_L1_BYTES, file_size);
 		if (ret)
 			return ret;
-		pos += qcow2_align_up(40 + extra + idl + namel, 8);
+		end = pos + 40 + extra + idl + namel;
+		pos = qcow2_align_up(end, 8);
 	}
 	q->snapshots_bytes = pos - q->snapshots_offset;
+	/* QEMU does not write the padding after the last entry: the file may end there */
+	ret = check_table(q, "snapshot table", q->snapshots_offset, end - q->snapshots_offset,
+			  UINT64_MAX, file_size);
+	if (ret)
+		return ret;
+	if (qcow2_hits_fixed_metadata(q, q->snapshots_offset, q->snapshots_bytes)) {
+		vd_err("%s: metadata overlap: snapshot table at 0x%llx (%llu bytes) shares "
+		       "clusters with the header, the L1 table or the refcount table",
+		       q->img->path, (unsigned long long)q->snapshots_offset,
+		       (unsigned long long)q->snapshots_bytes);
+		return -EINVAL;
+	}
 	return 0;
 }
 

@@ -192,6 +192,7 @@ static inline uint64_t qcow2_align_up(uint64_t v, uint64_t a)
 
 /* qcow2.c */
 int qcow2_write_header_field(struct qcow2 *q, unsigned off, const void *buf, unsigned len);
+bool qcow2_hits_fixed_metadata(struct qcow2 *q, uint64_t off, uint64_t len);
 
 /* qcow2-cache.c */
 int qcow2_cache_init(struct qcow2_cache *c, struct qcow2 *q, unsigned n, const char *what);

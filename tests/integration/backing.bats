@@ -141,3 +141,17 @@ MKIMAGE=${VDISKFS_BUILD:?}/tests/tools/mkimage
 	vd_mount "$T/src" "$T/mnt"
 	[ "$(ls "$T/mnt" | tr '\n' ' ')" = "in.raw out.raw " ]
 }
+
+@test "the backing format decides: a raw backing file that starts like a qcow2 image is read as raw" {
+	qemu-img create -q -f qcow2 "$T/inner.qcow2" 1M
+	qemu-io -f qcow2 -c 'write -P 0x33 0 64k' "$T/inner.qcow2" >/dev/null
+	cp "$T/inner.qcow2" "$T/base.raw"
+	truncate -s 2M "$T/base.raw"
+	qemu-img create -q -f qcow2 -b base.raw -F raw "$T/top.qcow2" 2M
+	qemu-io -f qcow2 -c 'write -P 0x44 1M 4k' "$T/top.qcow2" >/dev/null
+	qemu-img convert -O raw "$T/top.qcow2" "$T/expect.raw"
+	touch "$T/view"
+	vd_mount "$T/top.qcow2" "$T/view"
+	cmp "$T/expect.raw" "$T/view"
+	[ "$(head -c 4 "$T/view" | od -An -tx1 | tr -d ' ')" = 514649fb ]
+}

@@ -299,16 +299,6 @@ static void test_extl2_shared_cow(void)
 	extl2_shared_case("xs-alone", NULL);
 }
 
-/* The lazy-refcounts image left dirty by qemu-io abort: repaired at open. */
-static void test_dirty_rebuild(void)
-{
-	g_assert_cmpint(sh("cp lazy.qcow2 wl.qcow2"), ==, 0);
-	g_assert_cmpint(qemu_check("wl.qcow2"), ==, 2);
-	write_fixture("lazy", 40);
-	g_assert_cmpint(sh("qemu-img info w-lazy.qcow2 | grep -q 'corrupt: false'"), ==, 0);
-	g_assert_cmpint(sh("! od -An -tx1 -j72 -N8 w-lazy.qcow2 | grep -q '01 *$'"), ==, 0);
-}
-
 static uint64_t be64_at(const char *name, uint64_t off)
 {
 	char *p = tpath(name);
@@ -319,6 +309,153 @@ static uint64_t be64_at(const char *name, uint64_t off)
 	close(fd);
 	g_free(p);
 	return GUINT64_FROM_BE(v);
+}
+
+/* The snapshot s1 of the lazysnap fixture is listed and reads as before. */
+static void assert_lazysnap_s1(const char *q)
+{
+	g_assert_cmpint(sh("qemu-img snapshot -l %s | cmp - lazysnap.snapshots && "
+			   "qemu-img convert -l snapshot.name=s1 -O raw %s s1-now.raw && "
+			   "cmp lazysnap-s1.raw s1-now.raw",
+			   q, q),
+			==, 0);
+}
+
+/* The lazy-refcounts images left dirty by qemu-io abort: repaired at open,
+ * also with an internal snapshot and compressed clusters (shared with it). */
+static void test_dirty_rebuild(void)
+{
+	struct vd_image *img;
+
+	g_assert_cmpint(sh("cp lazy.qcow2 wl.qcow2"), ==, 0);
+	g_assert_cmpint(qemu_check("wl.qcow2"), ==, 2);
+	write_fixture("lazy", 40);
+	g_assert_cmpint(sh("qemu-img info w-lazy.qcow2 | grep -q 'corrupt: false'"), ==, 0);
+	g_assert_cmpint(sh("! od -An -tx1 -j72 -N8 w-lazy.qcow2 | grep -q '01 *$'"), ==, 0);
+
+	/* the rebuild alone (open, close) leaves a clean image */
+	g_assert_cmpint(sh("cp lazysnap.qcow2 wls.qcow2"), ==, 0);
+	g_assert_cmpint(qemu_check("wls.qcow2"), ==, 2);
+	img = img_open("wls.qcow2", false);
+	g_assert_false(img->read_only);
+	compare_raw(img, "lazysnap.raw");
+	image_unref(img);
+	g_assert_cmpint(qemu_check("wls.qcow2"), ==, 0);
+	g_assert_cmpint(sh("grep -q 'compressed clusters' check.log && "
+			   "! grep -q ' 0.00%% compressed' check.log"),
+			==, 0);
+	g_assert_cmpint(qemu_compare("wls.qcow2", "lazysnap.raw"), ==, 0);
+	assert_lazysnap_s1("wls.qcow2");
+	/* and writes after it */
+	write_fixture("lazysnap", 60);
+	g_assert_cmpint(sh("! od -An -tx1 -j72 -N8 w-lazysnap.qcow2 | grep -q '01 *$'"), ==, 0);
+	assert_lazysnap_s1("w-lazysnap.qcow2");
+}
+
+/* A v3 header of 104 bytes (no compression type byte), its extensions and
+ * backing file name moved down to match: read, written, grown; qemu-img check
+ * clean, and the header keeps its length (fields are rewritten one by one). */
+static void test_header_length_104(void)
+{
+	char *p = tpath("h104.qcow2"), *rp = tpath("h104.raw");
+	uint8_t c0[4096];
+	struct vd_image *img;
+	uint64_t bo;
+	int fd;
+
+	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -o compat=1.1 -b base.raw -F raw "
+			   "h104.qcow2 4M && qemu-io -f qcow2 -c 'write -P 0x5c 64k 100k' "
+			   "h104.qcow2 >/dev/null"),
+			==, 0);
+	fd = open(p, O_RDWR);
+	g_assert_cmpint(pread(fd, c0, sizeof(c0), 0), ==, sizeof(c0));
+	g_assert_cmpuint(GUINT32_FROM_BE(*(uint32_t *)(c0 + 100)), ==, 112);
+	g_assert_cmpuint(c0[104], ==, 0);
+	memcpy(&bo, c0 + 8, 8);
+	bo = GUINT64_FROM_BE(bo);
+	g_assert_cmpuint(bo, >, 112);
+	memmove(c0 + 104, c0 + 112, sizeof(c0) - 112);
+	memset(c0 + sizeof(c0) - 8, 0, 8);
+	*(uint32_t *)(c0 + 100) = GUINT32_TO_BE(104);
+	bo = GUINT64_TO_BE(bo - 8);
+	memcpy(c0 + 8, &bo, 8);
+	g_assert_cmpint(pwrite(fd, c0, sizeof(c0), 0), ==, sizeof(c0));
+	close(fd);
+	/* QEMU takes it as it is */
+	g_assert_cmpint(qemu_check("h104.qcow2"), ==, 0);
+	g_assert_cmpint(sh("qemu-img info h104.qcow2 | grep -q 'backing file format: raw' && "
+			   "qemu-img convert -O raw h104.qcow2 h104.raw"),
+			==, 0);
+	fd = open(rp, O_RDWR);
+	img = img_open("h104.qcow2", false);
+	g_assert_nonnull(img->backing);
+	compare_raw(img, "h104.raw");
+	workload(img, fd, 104, 80, 200000);
+	g_assert_cmpint(image_truncate(img, 5 << 20), ==, 0);
+	g_assert_cmpint(ftruncate(fd, 5 << 20), ==, 0);
+	g_assert_cmpint(image_pwrite_sync(img, "end", 3, (5 << 20) - 3), ==, 0);
+	g_assert_cmpint(pwrite(fd, "end", 3, (5 << 20) - 3), ==, 3);
+	compare_raw(img, "h104.raw");
+	image_unref(img);
+	close(fd);
+	check_and_compare("h104.qcow2", "h104.raw");
+	g_assert_cmpuint(be64_at("h104.qcow2", 96) & 0xffffffff, ==, 104);
+	g_assert_cmpuint(be64_at("h104.qcow2", 104) >> 32, ==, 0xe2792aca); /* backing format */
+	g_free(p);
+	g_free(rp);
+}
+
+/* v2 has no zero flag. Discard and zero-range (punch hole, FALLOC_FL_ZERO_RANGE)
+ * read as zeroes afterwards: without a backing file the clusters are dropped
+ * (a snapshot keeps its own), over a backing file real zeroes are written. */
+static void v2_zero_case(const char *name, bool backing)
+{
+	char *q = g_strdup_printf("%s.qcow2", name), *r = g_strdup_printf("%s.raw", name);
+	struct vd_image *img;
+	uint64_t pnum;
+	enum vd_bs st;
+	int fd;
+
+	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -o compat=0.10 %s %s 4M && qemu-io -f "
+			   "qcow2 -c 'write -P 0x71 0 256k' -c 'write -P 0x72 1M 128k' %s "
+			   ">/dev/null && qemu-img convert -O raw %s %s",
+			   backing ? "-b base.raw -F raw" : "", q, q, q, r),
+			==, 0);
+	if (!backing)
+		g_assert_cmpint(sh("qemu-img snapshot -c s1 %s && qemu-img convert -l "
+				   "snapshot.name=s1 -O raw %s %s-s1.raw",
+				   q, q, name),
+				==, 0);
+	fd = raw_open_copy(r, "v2z-ref.raw");
+	img = img_open(q, false);
+	zero_both(img, fd, 128 << 10, 64 << 10, true);		/* whole clusters of data */
+	zero_both(img, fd, 200000, 200000 + 123, true);		/* unaligned, data and not */
+	zero_both(img, fd, 128 << 10, 2 << 20, true);		/* backing data only */
+	zero_both(img, fd, 65536 + 1000, (1 << 20) + 500, false); /* zero range, unaligned */
+	zero_both(img, fd, 128 << 10, 1536 << 10, false);	/* zero range, aligned */
+	zero_both(img, fd, 64 << 10, (3 << 20) + 65536, true);	/* past the backing file */
+	compare_raw(img, "v2z-ref.raw");
+	g_assert_cmpint(img->fmt->block_status(img, 2 << 20, 65536, &pnum, &st), ==, 0);
+	if (backing)
+		g_assert_cmpint(st, ==, VD_BS_DATA); /* zeroes written over the backing data */
+	else
+		g_assert_cmpint(st, !=, VD_BS_DATA);
+	image_unref(img);
+	close(fd);
+	check_and_compare(q, "v2z-ref.raw");
+	if (!backing)
+		g_assert_cmpint(sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-after.raw "
+				   "&& cmp %s-s1.raw %s-s1-after.raw",
+				   q, name, name, name),
+				==, 0);
+	g_free(q);
+	g_free(r);
+}
+
+static void test_v2_discard_zero(void)
+{
+	v2_zero_case("v2z-alone", false);
+	v2_zero_case("v2z-backing", true);
 }
 
 static void test_feature_bits(void)
@@ -620,6 +757,8 @@ int main(int argc, char **argv)
 	g_test_add_func("/qcow2/write/extl2-shared-cow", test_extl2_shared_cow);
 	g_test_add_func("/qcow2/write/dirty-rebuild", test_dirty_rebuild);
 	g_test_add_func("/qcow2/write/feature-bits", test_feature_bits);
+	g_test_add_func("/qcow2/write/header-length-104", test_header_length_104);
+	g_test_add_func("/qcow2/write/v2-discard-zero", test_v2_discard_zero);
 	g_test_add_func("/qcow2/write/discard-shrinks-file", test_discard_shrinks_file);
 	g_test_add_func("/qcow2/write/resize", test_resize);
 	g_test_add_func("/qcow2/write/grow-unaligned", test_grow_unaligned);
