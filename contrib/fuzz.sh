@@ -28,6 +28,8 @@ if [ ! -d build-fuzz ]; then
 		-Db_lundef=false
 fi
 meson compile -C build-fuzz
+# Undefined behaviour is a crash too (libFuzzer keeps the input).
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 rc=0
 for t in "${targets[@]}"; do
 	corpus=build-fuzz/fuzz-corpus/$t
