@@ -230,8 +230,15 @@ static void fix_log_crcs(int fd, uint64_t hdr_off)
 	if (log_len > MAX_FILE || log_off > MAX_FILE)
 		return;
 	for (uint64_t p = 0; p + VHDX_LOG_SECTOR <= log_len; p += VHDX_LOG_SECTOR) {
+		off_t data = lseek(fd, log_off + p, SEEK_DATA); /* the file is sparse */
 		uint32_t len;
 
+		if (data < 0)
+			break;
+		if ((uint64_t)data >= log_off + p + VHDX_LOG_SECTOR) {
+			p = (data - log_off) / VHDX_LOG_SECTOR * VHDX_LOG_SECTOR - VHDX_LOG_SECTOR;
+			continue;
+		}
 		if (pread(fd, e, sizeof(e), log_off + p) != sizeof(e) || memcmp(e, "loge", 4))
 			continue;
 		len = vhdx_get32(e + 8);
