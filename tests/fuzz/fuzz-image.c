@@ -294,17 +294,20 @@ static bool budget_left(struct budget *b)
 	       now_ns() - b->start < TIME_BUDGET_NS;
 }
 
-/* Block status to the end; every DATA extent read, within the budget. */
-static void fuzz_walk(struct vd_image *img, struct budget *b)
+/* Block status to the end; every DATA extent read, within the budget.
+ * Returns where the first DATA extent starts (img->size if none). */
+static uint64_t fuzz_walk(struct vd_image *img, struct budget *b)
 {
 	static char buf[READ_CHUNK];
-	uint64_t off = 0, pnum;
+	uint64_t off = 0, pnum, first = img->size;
 	enum vd_bs st;
 
 	while (off < img->size && budget_left(b)) {
 		b->steps++;
 		if (image_block_status(img, off, img->size - off, &pnum, &st) || !pnum)
 			break;
+		if (st == VD_BS_DATA && first == img->size)
+			first = off;
 		for (uint64_t at = off; st == VD_BS_DATA && at < off + pnum && budget_left(b);
 		     at += READ_CHUNK) {
 			uint64_t len = off + pnum - at < READ_CHUNK ? off + pnum - at : READ_CHUNK;
@@ -318,10 +321,13 @@ static void fuzz_walk(struct vd_image *img, struct budget *b)
 	if (img->size)
 		image_pread_sync(img, buf, img->size < 4096 ? img->size : 4096,
 				 img->size < 4096 ? 0 : img->size - 4096);
+	return first;
 }
 
-/* A few bytes written at offsets chosen by the input, a range zeroed, a flush. */
-static void fuzz_write(struct vd_image *img, const uint8_t *data, size_t size)
+/* A few bytes written into the first data extent (copy-on-write of compressed,
+ * shared or backing clusters) and at an offset chosen by the input, a cluster
+ * zeroed or discarded, a flush. */
+static void fuzz_write(struct vd_image *img, const uint8_t *data, size_t size, uint64_t first)
 {
 	uint64_t seed = 0x9e3779b97f4a7c15ull;
 	char buf[32];
@@ -331,8 +337,12 @@ static void fuzz_write(struct vd_image *img, const uint8_t *data, size_t size)
 	for (size_t i = size > 64 ? size - 64 : 0; i < size; i++)
 		seed = (seed ^ data[i]) * 0x100000001b3ull;
 	for (int i = 0; i < 2; i++) {
-		uint64_t off = (seed >> (i * 20)) % img->size;
-		size_t len = img->size - off < sizeof(buf) ? img->size - off : sizeof(buf);
+		uint64_t off = i ? (seed >> 20) % img->size : first + seed % 4096;
+		size_t len;
+
+		if (off >= img->size)
+			continue;
+		len = img->size - off < sizeof(buf) ? img->size - off : sizeof(buf);
 
 		memset(buf, 0xa5 + i, sizeof(buf));
 		image_pwrite_sync(img, buf, len, off);
@@ -378,8 +388,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (getenv("VDISKFS_FUZZ_VERBOSE"))
 		fprintf(stderr, "fuzz: open: %s\n", strerror(-ret));
 	if (!ret) {
-		fuzz_walk(img, &b);
-		fuzz_write(img, data, size);
+		fuzz_write(img, data, size, fuzz_walk(img, &b));
 		image_unref(img);
 	}
 	if (lnk[0])
