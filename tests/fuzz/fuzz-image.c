@@ -20,9 +20,11 @@
  * backing=within-source keeps the rest inside the directory); a vhdx
  * differencing disk gets the target's parent.vhdx (-o vhdx_parent), whose
  * DataWriteGuid is FUZZ_PARENT_GUID, so seeds made against it link up. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,17 +61,46 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static char dir[PATH_MAX], img_path[PATH_MAX + 16], backing_path[PATH_MAX + 16];
 static bool keep_dir;
 
+/* Remove a directory of the target and the files in it. */
+static void remove_dir(const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *e;
+
+	if (!d)
+		return;
+	while ((e = readdir(d)))
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+			unlinkat(dirfd(d), e->d_name, 0);
+	closedir(d);
+	rmdir(path);
+}
+
 static void cleanup(void)
 {
-	char p[PATH_MAX + 32];
+	if (!keep_dir)
+		remove_dir(dir);
+}
 
-	if (keep_dir)
+/* A crash or timeout ends libFuzzer with _Exit(), skipping atexit: directories whose process
+ * is gone are removed by the next run. */
+static void remove_stale_dirs(const char *base)
+{
+	DIR *d = opendir(base);
+	struct dirent *e;
+	char p[PATH_MAX];
+	int pid;
+
+	if (!d)
 		return;
-	unlink(img_path);
-	unlink(backing_path);
-	snprintf(p, sizeof(p), "%s/parent.vhdx", dir);
-	unlink(p);
-	rmdir(dir);
+	while ((e = readdir(d))) {
+		if (sscanf(e->d_name, "vdiskfs-fuzz.%d.", &pid) != 1 || pid <= 0 ||
+		    kill(pid, 0) == 0 || errno != ESRCH)
+			continue;
+		snprintf(p, sizeof(p), "%s/%s", base, e->d_name);
+		remove_dir(p);
+	}
+	closedir(d);
 }
 
 static uint64_t now_ns(void)
@@ -147,9 +178,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		keep_dir = true;
 		mkdir(dir, 0700);
 	} else {
-		snprintf(dir, sizeof(dir), "/dev/shm/vdiskfs-fuzz.XXXXXX");
+		remove_stale_dirs("/dev/shm");
+		remove_stale_dirs("/tmp");
+		snprintf(dir, sizeof(dir), "/dev/shm/vdiskfs-fuzz.%d.XXXXXX", (int)getpid());
 		if (!mkdtemp(dir)) {
-			snprintf(dir, sizeof(dir), "/tmp/vdiskfs-fuzz.XXXXXX");
+			snprintf(dir, sizeof(dir), "/tmp/vdiskfs-fuzz.%d.XXXXXX", (int)getpid());
 			if (!mkdtemp(dir))
 				return 1;
 		}
