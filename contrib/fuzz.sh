@@ -2,6 +2,10 @@
 # Run the libFuzzer targets for as long as asked.
 #   contrib/fuzz.sh [TARGET...] [-t SECONDS] [-j JOBS]
 # TARGET: qcow2, vhdx, mirror-opts, control (default: all). Builds build-fuzz with clang first.
+# qcow2 and vhdx open each input read-write in a directory in /dev/shm (log
+# replay, dirty-bit rebuild, backing files, a small write), walk and read it
+# (tests/fuzz/fuzz-image.c). Their inputs are images or packed sparse images:
+# tests/fuzz/pack-image.py unpack turns one into the image file it stands for.
 # A crash leaves its input in build-fuzz/fuzz-artifacts/TARGET/: copy it to
 # tests/fuzz/regressions/TARGET/ (every build replays that folder) and fix it.
 set -euo pipefail
@@ -13,7 +17,7 @@ while [ $# -gt 0 ]; do
 	case $1 in
 	-t) seconds=$2; shift ;;
 	-j) jobs=$2; shift ;;
-	-h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+	-h|--help) sed -n '2,10p' "$0"; exit 0 ;;
 	*) targets+=("$1") ;;
 	esac
 	shift
@@ -24,6 +28,8 @@ if [ ! -d build-fuzz ]; then
 		-Db_lundef=false
 fi
 meson compile -C build-fuzz
+# Undefined behaviour is a crash too (libFuzzer keeps the input).
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 rc=0
 for t in "${targets[@]}"; do
 	corpus=build-fuzz/fuzz-corpus/$t

@@ -106,7 +106,8 @@ for t in qcow2 vhdx mirror-opts control; do
 	mkdir -p "$art"
 	cp tests/fuzz/corpus/"$t"/* "$corpus"/
 	echo "== fuzz-$t for ${fuzz_seconds}s"
-	if build-fuzz/tests/fuzz/fuzz-"$t" -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 \
+	if UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		build-fuzz/tests/fuzz/fuzz-"$t" -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 \
 		-timeout=10 -artifact_prefix="$art" -print_final_stats=1 "$corpus" \
 		>build-fuzz/fuzz-"$t".log 2>&1; then
 		fp=$((fp + 1))

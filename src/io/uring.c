@@ -145,7 +145,7 @@ static struct io_uring_sqe *uring_get_sqe(void)
 static void uring_issue(struct uring_op *op)
 {
 	struct io_uring_sqe *sqe = uring_get_sqe();
-	char *buf = (char *)op->buf + op->done;
+	char *buf = op->buf ? (char *)op->buf + op->done : NULL; /* NULL: fsync */
 
 	if (op->fault) {
 		io_uring_prep_nop(sqe);
