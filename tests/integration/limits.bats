@@ -3,6 +3,7 @@
 # clusters read with a small metadata cache in bounded memory, the backing
 # chain's depth limit, and a directory of 1000 images without descriptor leaks.
 
+bats_require_minimum_version 1.5.0 # run !
 load helpers
 
 # Images are built on tmpfs where there is one, then copied: qemu-img and
@@ -118,7 +119,7 @@ huge() {
 	echo "$output"
 	[ "$status" -ne 0 ]
 	[[ "$output" == *"c17.qcow2: backing chain deeper than the limit of 16 backing files"* ]]
-	! is_mounted "$T/view"
+	run ! is_mounted "$T/view"
 	# in a directory mount the too-deep image is reported, the rest served
 	mkdir "$T/mnt"
 	vd_mount "$T" "$T/mnt"
@@ -188,7 +189,8 @@ make_images() { # DIR N: N tiny images, raw, qcow2 and vhdx in turn
 	local served
 	served=$(ls "$T/mnt" | wc -l)
 	echo "served $served of 300"
-	[ "$served" -gt 50 ] && [ "$served" -lt 300 ]
+	[ "$served" -gt 50 ]
+	[ "$served" -lt 300 ]
 	[ "$(fds)" -lt 400 ]
 	cat "$T"/mnt/* >/dev/null
 	python3 - "$T/mnt/.vdiskfs" "$served" <<'PY'
