@@ -28,39 +28,63 @@ setup() {
 
 	# the control file: neither read nor written
 	run as_nobody cat "$T/mnt/.vdiskfs"
-	[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Permission denied"* ]]
 	run as_nobody python3 -c 'import os,sys; fd = os.open(sys.argv[1], os.O_WRONLY); os.write(fd, sys.argv[2].encode())' \
 		"$T/mnt/.vdiskfs" "mirror-start mine.raw $T/out/ctl.raw"
-	[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Permission denied"* ]]
 
 	# the mirror verbs: refused by vdiskfs on a view nobody may write, by the
 	# kernel on one they may not
 	run as_nobody setfattr -n user.vdiskfs.mirror.start -v "$T/out/x.raw" "$T/mnt/mine.raw"
-	[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Permission denied"* ]]
 	grep -q "only the owner of the mount may run mirrors" "$T/vdiskfs.log"
 	run as_nobody setfattr -n user.vdiskfs.mirror.start -v "target=$T/out/y.raw,format=qcow2" \
 		"$T/mnt/mine.raw"
-	[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Permission denied"* ]]
 	run as_nobody setfattr -n user.vdiskfs.mirror.start -v "$T/out/z.raw" "$T/mnt/shared.raw"
-	[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Permission denied"* ]]
 	[ -z "$(ls "$T/out")" ]
-	[ "$(as_nobody getfattr --only-values -n user.vdiskfs.mirror.status "$T/mnt/mine.raw")" = "phase=none" ]
+	[ "$(mstatus "$T/mnt/mine.raw")" = "phase=none" ]
 
 	# a mirror root started: others can neither complete nor cancel it
 	setfattr -n user.vdiskfs.mirror.start -v "target=$T/out/root.raw,speed=1M" "$T/mnt/mine.raw"
 	for verb in complete cancel; do
 		run as_nobody setfattr -n "user.vdiskfs.mirror.$verb" -v 1 "$T/mnt/mine.raw"
-		[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+		[ "$status" -ne 0 ]
+		[[ "$output" == *"Permission denied"* ]]
 	done
 	[[ "$(mstatus "$T/mnt/mine.raw")" == phase=running* ]]
 
-	# reading the attributes follows the view's read permission
-	[[ "$(as_nobody getfattr --only-values -n user.vdiskfs.mirror.status "$T/mnt/mine.raw")" == phase=running* ]]
-	as_nobody getfattr --only-values -n user.vdiskfs.format "$T/mnt/shared.raw"
+	# the mirror's attributes stay with root and the owner even on a view
+	# others may read and write: its status names the target
+	run as_nobody getfattr --only-values -n user.vdiskfs.mirror.status "$T/mnt/mine.raw"
+	echo "$output"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Permission denied"* ]]
+	run as_nobody setfattr -n user.vdiskfs.mirror.status -v x "$T/mnt/mine.raw"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Permission denied"* ]]
+	run as_nobody getfattr -d -m - "$T/mnt/mine.raw"
+	echo "$output"
+	[ "$status" -eq 0 ]
+	[[ "$output" == *"user.vdiskfs.format="* ]]
+	[[ "$output" != *"mirror"* ]] # neither listed nor inside .info
+	[[ "$(getfattr -d -m - "$T/mnt/mine.raw")" == *"user.vdiskfs.mirror.status=\"phase=running"* ]]
+	[[ "$(getfattr --only-values -n user.vdiskfs.info "$T/mnt/mine.raw")" == *'"mirror":'* ]]
+
+	# the read-only facts follow the view's read permission
+	[ "$(as_nobody getfattr --only-values -n user.vdiskfs.format "$T/mnt/shared.raw")" = raw ]
 	run as_nobody getfattr -n user.vdiskfs.mirror.status "$T/mnt/private.raw"
-	[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Permission denied"* ]]
 	run as_nobody getfattr -n user.vdiskfs.info "$T/mnt/private.raw"
-	[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Permission denied"* ]]
 
 	setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/mnt/mine.raw"
 	[ "$(mstatus "$T/mnt/mine.raw")" = "phase=none" ]
@@ -75,7 +99,8 @@ setup() {
 	vd_mount "$T/src" "$T/mnt" -o allow_other
 	[ "$(stat -c %a "$T/mnt")" = 700 ]
 	run as_nobody cat "$T/mnt/a.raw"
-	[ "$status" -ne 0 ] && [[ "$output" == *"Permission denied"* ]]
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Permission denied"* ]]
 	run as_nobody ls "$T/mnt"
 	[ "$status" -ne 0 ]
 	chmod 755 "$T/src"
@@ -96,12 +121,15 @@ setup() {
 		"target=$T/link.qcow2,format=qcow2" "$T/dangling.raw" "target=$T/dangling.raw,existing=1"; do
 		run setfattr -n user.vdiskfs.mirror.start -v "$v" "$T/view"
 		echo "$v: $output"
-		[ "$status" -ne 0 ] && [[ "$output" == *"Invalid argument"* ]]
+		[ "$status" -ne 0 ]
+		[[ "$output" == *"Invalid argument"* ]]
 		[ "$(mstatus "$T/view")" = "phase=none" ]
 	done
 	grep -q "target $T/link.raw is a symbolic link: refused" "$T/vdiskfs.log"
 	cmp "$T/victim" "$T/victim.orig"
-	[ -L "$T/link.raw" ] && [ -L "$T/dangling.raw" ] && [ ! -e "$T/not-yet" ]
+	[ -L "$T/link.raw" ]
+	[ -L "$T/dangling.raw" ]
+	[ ! -e "$T/not-yet" ]
 }
 
 @test "a mirror target through a symlinked directory is allowed and lands in the real one" {
@@ -116,7 +144,8 @@ setup() {
 	setfattr -n user.vdiskfs.mirror.complete -v 1 "$T/view"
 	[ "$(getfattr --only-values -n user.vdiskfs.image "$T/view")" = "$T/realdir/dst.raw" ]
 	vd_umount "$T/view"
-	[ -f "$T/realdir/dst.raw" ] && [ ! -L "$T/realdir/dst.raw" ]
+	[ -f "$T/realdir/dst.raw" ]
+	[ ! -L "$T/realdir/dst.raw" ]
 	cmp "$T/src.raw" "$T/realdir/dst.raw"
 }
 
