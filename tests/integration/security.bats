@@ -162,3 +162,80 @@ setup() {
 		setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/view"
 	done
 }
+
+# owner_ns SCRIPT: run bash -ex SCRIPT in a private mount namespace where an
+# unprivileged user can mount FUSE: /dev/fuse open to all (containers often
+# make it 0600; distributions ship it 0666) and user_allow_other in
+# /etc/fuse.conf, both bound over the originals for this namespace only.
+owner_ns() {
+	printf 'user_allow_other\n' >"$T/fuse.conf"
+	mknod -m 666 "$T/fuse" c 10 229 || skip "cannot make a /dev/fuse node here"
+	unshare -m --propagation private true || skip "no private mount namespace (unshare -m)"
+	unshare -m --propagation private bash -c \
+		'mount --bind "$T/fuse.conf" /etc/fuse.conf && mount --bind "$T/fuse" /dev/fuse &&
+		exec bash -ex "$1"' owner_ns "$1"
+}
+
+@test "a mount owned by an unprivileged user: the owner and root run mirrors and the control file, others cannot" {
+	mkdir "$T/src" "$T/mnt" "$T/out"
+	head -c 4M /dev/urandom >"$T/src/mine.raw"
+	chmod 666 "$T/src/mine.raw" # open to all: only vdiskfs refuses others
+	chown nobody:nogroup "$T/src" "$T/src/mine.raw" "$T/mnt" "$T/out"
+	cat >"$T/owner.sh" <<'SH'
+owner() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; } # nobody, the mount's owner
+other() { setpriv --reuid=65533 --regid=65533 --clear-groups "$@"; } # anyone else
+mounted() { findmnt -n --mountpoint "$T/mnt" >/dev/null; }
+ctl() { bash -c 'exec 3<>"$1"; echo "$2" >&3; cat <&3' ctl "$T/mnt/.vdiskfs" "$1"; }
+status() { getfattr --only-values -n user.vdiskfs.mirror.status "$T/mnt/mine.raw"; }
+refused() { # CMD...: fails with "Permission denied"
+	if out=$("$@" 2>&1); then echo "not refused: $*: $out"; exit 1; fi
+	[[ "$out" == *"Permission denied"* ]]
+}
+serve() { # OPTION: nobody mounts $T/src on $T/mnt
+	owner "$VDISKFS" -f -o "$1" "$T/src" "$T/mnt" >>"$T/vdiskfs.log" 2>&1 &
+	pid=$!
+	for i in $(seq 1 200); do mounted && return 0; sleep 0.05; done
+	cat "$T/vdiskfs.log"; exit 1
+}
+unserve() { owner fusermount3 -u "$T/mnt"; wait "$pid"; }
+trap 'mounted && umount -l "$T/mnt"; wait' EXIT
+
+serve allow_other
+[ "$(stat -c %U "$T/mnt/.vdiskfs")" = nobody ]
+# the owner: attributes and control file
+owner cat "$T/mnt/.vdiskfs" | grep -q '"name":"mine.raw"'
+owner setfattr -n user.vdiskfs.mirror.start -v "target=$T/out/a.raw,speed=1M" "$T/mnt/mine.raw"
+[[ "$(owner bash -c "$(declare -f status); status")" == "phase=running target=$T/out/a.raw "* ]]
+[ "$(stat -c %U "$T/out/a.raw")" = nobody ]
+owner setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/mnt/mine.raw"
+[[ "$(owner bash -c "$(declare -f ctl); T=$T ctl 'mirror-start mine.raw $T/out/b.raw speed=1M'")" == ok* ]]
+[[ "$(owner bash -c "$(declare -f ctl); T=$T ctl 'mirror-status mine.raw'")" == "phase=running target=$T/out/b.raw "* ]]
+[[ "$(owner bash -c "$(declare -f ctl); T=$T ctl 'mirror-cancel mine.raw'")" == "ok: phase=none"* ]]
+# anyone else: the view reads, the mirror and the control file are refused
+other cmp "$T/src/mine.raw" "$T/mnt/mine.raw"
+refused other cat "$T/mnt/.vdiskfs"
+refused other getfattr -n user.vdiskfs.mirror.status "$T/mnt/mine.raw"
+refused other setfattr -n user.vdiskfs.mirror.start -v "$T/out/c.raw" "$T/mnt/mine.raw"
+# root
+setfattr -n user.vdiskfs.mirror.start -v "target=$T/out/d.raw,speed=1M" "$T/mnt/mine.raw"
+refused other setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/mnt/mine.raw"
+[[ "$(status)" == "phase=running target=$T/out/d.raw "* ]]
+[[ "$(ctl 'mirror-cancel mine.raw')" == "ok: phase=none"* ]]
+[[ "$(ctl 'mirror-start mine.raw '"$T/out/e.raw"' speed=1M')" == ok* ]]
+[[ "$(owner bash -c "$(declare -f ctl); T=$T ctl 'mirror-cancel mine.raw'")" == "ok: phase=none"* ]]
+[ ! -e "$T/out/c.raw" ]
+unserve
+
+# allow_root: root as above, everyone else is kept out of the whole mount
+serve allow_root
+grep -q '"name":"mine.raw"' "$T/mnt/.vdiskfs"
+[ "$(status)" = phase=none ]
+refused other cat "$T/mnt/mine.raw"
+refused other cat "$T/mnt/.vdiskfs"
+unserve
+SH
+	run owner_ns "$T/owner.sh"
+	echo "$output"
+	[ "$status" -eq 0 ]
+	grep -q "only the owner of the mount may run mirrors" "$T/vdiskfs.log"
+}
