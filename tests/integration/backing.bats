@@ -143,3 +143,38 @@ MKIMAGE=${VDISKFS_BUILD:?}/tests/tools/mkimage
 	vd_mount "$T/src" "$T/mnt"
 	[ "$(ls "$T/mnt" | tr '\n' ' ')" = "in.raw out.raw " ]
 }
+
+@test "backing=deny refuses a vhdx differencing disk, alone and in a directory mount" {
+	mkdir "$T/src" "$T/mnt"
+	qemu-img create -q -f vhdx "$T/src/parent.vhdx" 8M
+	"$MKIMAGE" vhdx "$T/src/child.vhdx" 8M backing=parent.vhdx
+	touch "$T/view"
+	run timeout 20 "$VDISKFS" -f -o backing=deny "$T/src/child.vhdx" "$T/view"
+	echo "$output"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"child.vhdx"*"backing=deny"* ]]
+	run ! is_mounted "$T/view"
+	vd_mount "$T/src" "$T/mnt" -o backing=deny
+	[ "$(ls "$T/mnt")" = parent.vhdx ]
+	grep -q 'child.vhdx.*backing=deny' "$T/mnt/.vdiskfs"
+}
+
+@test "allow_root defaults to within-source like allow_other" {
+	mkdir "$T/src" "$T/mnt"
+	qemu-img create -q -f qcow2 -b /etc/shadow -F raw "$T/src/evil.qcow2" 1M
+	truncate -s 1M "$T/src/base.raw"
+	qemu-img create -q -f qcow2 -b base.raw -F raw "$T/src/good.qcow2" 1M
+	touch "$T/view"
+	run timeout 20 "$VDISKFS" -f -o allow_root "$T/src/evil.qcow2" "$T/view"
+	echo "$output"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"refused by backing=within-source"* ]]
+	run ! is_mounted "$T/view"
+	vd_mount "$T/src" "$T/mnt" -o allow_root
+	[ "$(ls "$T/mnt" | tr '\n' ' ')" = "base.raw good.qcow2 " ]
+	grep -q 'evil.qcow2.*refused by backing=within-source' "$T/mnt/.vdiskfs"
+	vd_umount "$T/mnt"
+	# an explicit backing= still wins
+	vd_mount "$T/src" "$T/mnt" -o allow_root,backing=follow
+	[ -e "$T/mnt/evil.qcow2" ]
+}

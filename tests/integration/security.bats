@@ -239,3 +239,28 @@ SH
 	[ "$status" -eq 0 ]
 	grep -q "only the owner of the mount may run mirrors" "$T/vdiskfs.log"
 }
+
+@test "a symbolic link at the target of the control file's mirror-start is never followed" {
+	mkdir "$T/src" "$T/mnt"
+	head -c 8M /dev/urandom >"$T/src/a.raw"
+	head -c 8M /dev/urandom >"$T/victim"
+	cp "$T/victim" "$T/victim.orig"
+	ln -s "$T/victim" "$T/link.raw"
+	ln -s "$T/not-yet" "$T/dangling.raw"
+	vd_mount "$T/src" "$T/mnt"
+	local t
+	for t in "$T/link.raw" "$T/link.raw existing=1" "$T/link.raw format=qcow2" \
+		"$T/dangling.raw" "$T/dangling.raw existing=1"; do
+		run bash -c 'exec 3<>"$1"; echo "mirror-start a.raw $2" >&3; rc=$?; cat <&3; exit $rc' ctl \
+			"$T/mnt/.vdiskfs" "$t"
+		echo "$t: $output"
+		[ "$status" -ne 0 ]
+		[[ "$output" == *"Invalid argument"* ]]
+		[[ "$output" == *"is a symbolic link: refused"* ]]
+		[ "$(mstatus "$T/mnt/a.raw")" = "phase=none" ]
+	done
+	cmp "$T/victim" "$T/victim.orig"
+	[ -L "$T/link.raw" ]
+	[ -L "$T/dangling.raw" ]
+	[ ! -e "$T/not-yet" ]
+}
