@@ -1,8 +1,9 @@
 #!/usr/bin/env bats
 # Who may do what on a mount with allow_other, and where a mirror may write:
-# the control file and the mirror verbs stay with root and the mounting
-# user, the mount hands out no more than SOURCE does, and a symbolic link at
-# a mirror's target never redirects the copy.
+# the control file and the mirror attributes (verbs and status) stay with
+# root and the mounting user, also when that user is not root; the mount
+# hands out no more than SOURCE does; and a symbolic link at a mirror's
+# target never redirects the copy.
 
 load helpers
 load mirror-helpers
