@@ -79,12 +79,12 @@ huge() {
 
 @test "qcow2 of 256 TiB and of 2 EiB (the largest qemu-img makes), vhdx of 64 TiB" {
 	qemu-img create -q -f qcow2 "$T/a.qcow2" 256T
-	huge "$T/a.qcow2" qcow2 $((256 << 40)) 32 160
+	huge "$T/a.qcow2" qcow2 $((256 << 40)) 32 48
 	# an L1 table of 32 MiB, the limit, held whole
 	qemu-img create -q -f qcow2 -o cluster_size=2M "$T/b.qcow2" 2E
-	huge "$T/b.qcow2" qcow2 $((2 << 60)) 80 240
+	huge "$T/b.qcow2" qcow2 $((2 << 60)) 80 96
 	qemu-img create -q -f vhdx "$T/c.vhdx" 64T
-	huge "$T/c.vhdx" vhdx $((64 << 40)) 48 160
+	huge "$T/c.vhdx" vhdx $((64 << 40)) 48 64
 }
 
 @test "2 million 512-byte clusters read through a 64K cache in bounded memory" {
@@ -197,7 +197,7 @@ be32() { python3 -c 'import struct,sys; f=open(sys.argv[1],"r+b"); f.seek(int(sy
 	vd_mount "$T/src/under.vhdx" "$T/view"
 	[ "$(stat -c %s "$T/view")" -eq $(((8 << 40) - (32 << 30))) ]
 	cmp -n 1M "$T/view" /dev/zero
-	hwm_below "a BAT of 63.8 MiB" 96 256
+	hwm_below "a BAT of 63.8 MiB" 96 128
 	vd_umount "$T/view"
 	[ "$VD_STATUS" -eq 0 ]
 	# a directory mount serves the one under the limits and reports the
@@ -217,7 +217,7 @@ be32() { python3 -c 'import struct,sys; f=open(sys.argv[1],"r+b"); f.seek(int(sy
 	done
 	echo "descriptors after 5 rescans: $(fds), before: $fd0"
 	[ "$(fds)" -le "$fd0" ]
-	hwm_below "refused images, rescanned" 24 160
+	hwm_below "refused images, rescanned" 24 40
 }
 
 fds() { ls "/proc/$VD_PID/fd" | wc -l; }
@@ -270,7 +270,7 @@ make_images() { # DIR N: N tiny images, raw, qcow2 and vhdx in turn
 	[ ! -e "$T/mnt/img000.raw" ]
 	cat "$T"/mnt/* >/dev/null
 	[ "$(fds)" -le $((base - 2 * 100)) ]
-	hwm_below "1000 images, each read 3 times" 1152 1536
+	hwm_below "1000 images, each read 3 times" 1152 640
 }
 
 @test "more images than descriptors: the rest are refused with a clear error, served once room is made" {
