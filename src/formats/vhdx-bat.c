@@ -71,41 +71,56 @@ static int bat_check_entry(struct vhdx *v, uint64_t idx, uint64_t len, bool sb,
 	return -EINVAL;
 }
 
-static int bat_validate(struct vhdx *v, uint64_t file_size)
+/* Check every payload block and sector bitmap entry; returns how many point
+ * into the file (and stores them in s, when given) or -errno. */
+static int64_t bat_spans(struct vhdx *v, uint64_t file_size, struct span *s)
 {
-	struct span *s = malloc((v->nblocks + v->nchunks) * sizeof(*s));
-	uint64_t n = 0, end = file_size;
+	int64_t n = 0;
 	int ret = 0;
 
-	if (!s)
-		return -ENOMEM;
 	for (uint64_t b = 0; b < v->nblocks && ret >= 0; b++) {
 		uint64_t idx = vhdx_bat_index(v, b);
 		ret = bat_check_entry(v, idx, v->block_size, false, file_size, b == v->nblocks - 1);
-		if (ret > 0)
-			s[n++] = (struct span){VHDX_BAT_OFF(v->bat[idx]), v->block_size, idx};
+		if (ret > 0 && s)
+			s[n] = (struct span){VHDX_BAT_OFF(v->bat[idx]), v->block_size, idx};
+		n += ret > 0;
 	}
 	for (uint64_t c = 0; v->has_parent && c < v->nchunks && ret >= 0; c++) {
 		uint64_t idx = vhdx_sb_index(v, c);
 		ret = bat_check_entry(v, idx, VHDX_SB_SIZE, true, file_size, false);
-		if (ret > 0)
-			s[n++] = (struct span){VHDX_BAT_OFF(v->bat[idx]), VHDX_SB_SIZE, idx};
+		if (ret > 0 && s)
+			s[n] = (struct span){VHDX_BAT_OFF(v->bat[idx]), VHDX_SB_SIZE, idx};
+		n += ret > 0;
 	}
-	if (ret >= 0) {
-		ret = 0;
-		qsort(s, n, sizeof(*s), span_cmp);
-		for (uint64_t i = 0; i < n; i++) {
-			if (i + 1 < n && s[i].off + s[i].len > s[i + 1].off) {
-				vd_err("%s: BAT entries %" PRIu64 " and %" PRIu64 " at 0x%" PRIx64
-				       " share file space at 0x%" PRIx64,
-				       v->img->path, s[i].entry, s[i + 1].entry, v->bat_off,
-				       s[i + 1].off);
-				ret = -EINVAL;
-				break;
-			}
-			if (s[i].off + s[i].len > end)
-				end = s[i].off + s[i].len;
+	return ret < 0 ? ret : n;
+}
+
+static int bat_validate(struct vhdx *v, uint64_t file_size)
+{
+	/* Counted first: sized by the entries that point into the file, not
+	 * by the disk (24 bytes a block, three times the BAT, even if empty). */
+	int64_t n = bat_spans(v, file_size, NULL);
+	uint64_t end = file_size;
+	struct span *s;
+	int ret = 0;
+
+	if (n < 0)
+		return n;
+	s = malloc((n ? n : 1) * sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	bat_spans(v, file_size, s); /* the same entries, checked above */
+	qsort(s, n, sizeof(*s), span_cmp);
+	for (int64_t i = 0; i < n; i++) {
+		if (i + 1 < n && s[i].off + s[i].len > s[i + 1].off) {
+			vd_err("%s: BAT entries %" PRIu64 " and %" PRIu64 " at 0x%" PRIx64
+			       " share file space at 0x%" PRIx64,
+			       v->img->path, s[i].entry, s[i + 1].entry, v->bat_off, s[i + 1].off);
+			ret = -EINVAL;
+			break;
 		}
+		if (s[i].off + s[i].len > end)
+			end = s[i].off + s[i].len;
 	}
 	for (int i = 0; i < v->nused; i++)
 		if (v->used[i].off + v->used[i].len > end)
@@ -123,6 +138,13 @@ static int bat_geometry(struct vhdx *v)
 	v->chunk_ratio = ((1ull << 23) * v->lss) / v->block_size;
 	v->nblocks = (v->disk_size + v->block_size - 1) / v->block_size;
 	v->nchunks = (v->nblocks + v->chunk_ratio - 1) / v->chunk_ratio;
+	if (v->nchunks * (v->chunk_ratio + 1) * 8 > VHDX_MAX_BAT_BYTES) {
+		vd_err("%s: BAT of %" PRIu64 " bytes (a %" PRIu64 "-byte disk in %u-byte blocks) "
+		       "is larger than the limit of %llu MiB held in memory",
+		       v->img->path, v->nchunks * (v->chunk_ratio + 1) * 8, v->disk_size,
+		       v->block_size, VHDX_MAX_BAT_BYTES >> 20);
+		return -EINVAL;
+	}
 	if (v->has_parent)
 		need = v->nchunks * (v->chunk_ratio + 1);
 	else

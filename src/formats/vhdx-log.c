@@ -325,7 +325,9 @@ static int log_read_and_replay(struct vhdx *v, uint64_t file_size)
 	int ret;
 
 	if (r.len > LOG_MAX) {
-		vd_err("%s: log of 0x%" PRIx64 " bytes to replay is too large", img->path, r.len);
+		vd_err("%s: log of 0x%" PRIx64 " bytes to replay is larger than the limit of "
+		       "%llu MiB read whole",
+		       img->path, r.len, LOG_MAX >> 20);
 		return -ENOTSUP;
 	}
 	r.buf = malloc(r.len);

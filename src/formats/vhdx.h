@@ -26,6 +26,10 @@
 #define VHDX_LOG_SECTOR 4096
 #define VHDX_SB_SIZE VHDX_MiB  /* one sector-bitmap block */
 #define VHDX_MAX_SIZE (64ull << 40)
+/* The BAT is held whole in memory: 64 MiB is a 64 TiB disk in blocks of
+ * 16 MiB or more (qemu-img and Hyper-V make 32 MiB blocks at that size), or
+ * 8 TiB less a bit in the smallest, 1 MiB, blocks. */
+#define VHDX_MAX_BAT_BYTES (64ull << 20)
 
 /* BAT entry states */
 enum {

@@ -75,7 +75,7 @@ void xattr_list(fuse_req_t req, struct vnode *n, size_t size);
 void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *value,
 	       size_t size, int flags);
 /* Everything about one image as a JSON object (used by .info and the control file). */
-void image_info_json(struct vnode *n, struct json_writer *j);
+void image_info_json(struct vnode *n, struct json_writer *j, bool mirror);
 /* Start a mirror of the view with this mount's settings: 0 or -errno (logged). */
 int xattr_mirror_start(struct vnode *n, const struct mirror_opts *o);
 

@@ -1,6 +1,8 @@
 /* Extended attributes of a raw view: read-only facts about the image under
  * user.vdiskfs.* (and the whole set as one JSON object in .info). The mirror
- * verbs join them here. */
+ * verbs join them here. The facts follow the view's read permission (the
+ * kernel checks it); everything under user.vdiskfs.mirror. (its status names
+ * the target) stays with root and the mount's owner, like the control file. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -17,7 +19,7 @@ static const char *const xattr_names[] = {
 	"mirror.status",
 };
 
-void image_info_json(struct vnode *n, struct json_writer *j)
+void image_info_json(struct vnode *n, struct json_writer *j, bool mirror)
 {
 	struct vd_image *img = n->img;
 
@@ -46,15 +48,28 @@ void image_info_json(struct vnode *n, struct json_writer *j)
 		img->fmt->info(img, j);
 		json_end_object(j);
 	}
-	if (n->mirror) {
+	if (mirror && n->mirror) {
 		json_begin_object(j, "mirror");
 		mirror_status_json(n->mirror, j);
 		json_end_object(j);
 	}
 }
 
+/* Root and the user who mounted; others may not see or run mirrors. */
+static bool xattr_mirror_allowed(fuse_req_t req)
+{
+	const struct fuse_ctx *c = fuse_req_ctx(req);
+
+	return c->uid == 0 || c->uid == vfs_cfg.owner;
+}
+
+static bool xattr_is_mirror(const char *key)
+{
+	return !strncmp(key, "mirror.", strlen("mirror."));
+}
+
 /* The value of one attribute, or NULL if there is no such attribute. */
-static GString *xattr_value(struct vnode *n, const char *key)
+static GString *xattr_value(struct vnode *n, const char *key, bool mirror)
 {
 	struct vd_image *img = n->img;
 	GString *s = g_string_new(NULL);
@@ -80,7 +95,7 @@ static GString *xattr_value(struct vnode *n, const char *key)
 		struct json_writer j;
 		json_init(&j, s);
 		json_begin_object(&j, NULL);
-		image_info_json(n, &j);
+		image_info_json(n, &j, mirror);
 		json_end_object(&j);
 	} else {
 		g_string_free(s, TRUE);
@@ -101,13 +116,21 @@ static void xattr_reply(fuse_req_t req, const char *data, size_t len, size_t siz
 
 void xattr_get(fuse_req_t req, struct vnode *n, const char *name, size_t size)
 {
+	const char *key;
+	bool mirror;
 	GString *v;
 
 	if (n->kind != VN_IMAGE || strncmp(name, XATTR_PREFIX, strlen(XATTR_PREFIX))) {
 		fuse_reply_err(req, ENODATA);
 		return;
 	}
-	v = xattr_value(n, name + strlen(XATTR_PREFIX));
+	key = name + strlen(XATTR_PREFIX);
+	mirror = xattr_mirror_allowed(req);
+	if (xattr_is_mirror(key) && !mirror) {
+		fuse_reply_err(req, EACCES);
+		return;
+	}
+	v = xattr_value(n, key, mirror);
 	if (!v) {
 		fuse_reply_err(req, ENODATA);
 		return;
@@ -121,7 +144,11 @@ void xattr_list(fuse_req_t req, struct vnode *n, size_t size)
 	GString *s = g_string_new(NULL);
 
 	if (n->kind == VN_IMAGE) {
+		bool mirror = xattr_mirror_allowed(req);
+
 		for (size_t i = 0; i < G_N_ELEMENTS(xattr_names); i++) {
+			if (xattr_is_mirror(xattr_names[i]) && !mirror)
+				continue; /* listed only to those who may read it */
 			g_string_append(s, XATTR_PREFIX);
 			g_string_append(s, xattr_names[i]);
 			g_string_append_c(s, '\0');
@@ -161,16 +188,9 @@ static void xattr_verb_done(void *opaque, int err)
 static void xattr_mirror(fuse_req_t req, struct vnode *n, const char *verb, const char *value,
 			 size_t size)
 {
-	const struct fuse_ctx *c = fuse_req_ctx(req);
 	struct xattr_wait *w;
 	int ret;
 
-	if (c->uid != 0 && c->uid != vfs_cfg.owner) {
-		vd_err("%s: mirror %s: only the owner of the mount may run mirrors",
-		       n->img->path, verb);
-		fuse_reply_err(req, EACCES);
-		return;
-	}
 	if (!strcmp(verb, "start")) {
 		struct mirror_opts o;
 		char *v = g_strndup(value, size);
@@ -212,6 +232,11 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 		return;
 	}
 	key = name + strlen(XATTR_PREFIX);
+	if (xattr_is_mirror(key) && !xattr_mirror_allowed(req)) {
+		vd_err("%s: %s: only the owner of the mount may run mirrors", n->img->path, name);
+		fuse_reply_err(req, EACCES);
+		return;
+	}
 	if (!strcmp(key, "mirror.start") || !strcmp(key, "mirror.complete") ||
 	    !strcmp(key, "mirror.cancel")) {
 		xattr_mirror(req, n, key + strlen("mirror."), value, size);

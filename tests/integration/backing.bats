@@ -2,6 +2,7 @@
 # The backing-file policy: an image must not expose a file such as /etc/shadow
 # through its backing reference unless the operator says backing=follow.
 
+bats_require_minimum_version 1.5.0 # run !
 load helpers
 
 secret_image() { # NAME BACKING: a qcow2 whose backing file is BACKING (raw)
@@ -15,7 +16,7 @@ secret_image() { # NAME BACKING: a qcow2 whose backing file is BACKING (raw)
 	run timeout 20 "$VDISKFS" -f -o backing=deny "$T/top.qcow2" "$T/view"
 	[ "$status" -ne 0 ]
 	[[ "$output" == *"backing=deny"* ]]
-	! is_mounted "$T/view"
+	run ! is_mounted "$T/view"
 }
 
 @test "backing=within-source refuses a backing file outside the source, also through a symlink" {
@@ -28,7 +29,7 @@ secret_image() { # NAME BACKING: a qcow2 whose backing file is BACKING (raw)
 		echo "$output"
 		[ "$status" -ne 0 ]
 		[[ "$output" == *"outside"* ]]
-		! is_mounted "$T/view"
+		run ! is_mounted "$T/view"
 	done
 }
 
@@ -86,11 +87,12 @@ MKIMAGE=${VDISKFS_BUILD:?}/tests/tools/mkimage
 		echo "$output"
 		[ "$status" -ne 0 ]
 		[[ "$output" == *"outside $T/src: refused by backing=within-source"* ]]
-		! is_mounted "$T/view"
+		run ! is_mounted "$T/view"
 	done
 	vd_mount "$T/src" "$T/mnt" -o allow_other
 	[ -e "$T/mnt/good.vhdx" ]
-	[ ! -e "$T/mnt/via-link.vhdx" ] && [ ! -e "$T/mnt/moved.vhdx" ]
+	[ ! -e "$T/mnt/via-link.vhdx" ]
+	[ ! -e "$T/mnt/moved.vhdx" ]
 	[ ! -e "$T/mnt/link.vhdx" ] # the link itself leads out of SOURCE too
 	[ "$(grep -o 'refused by backing=within-source' "$T/mnt/.vdiskfs" | wc -l)" -eq 3 ]
 }
@@ -105,7 +107,7 @@ MKIMAGE=${VDISKFS_BUILD:?}/tests/tools/mkimage
 	echo "$output"
 	[ "$status" -ne 0 ]
 	[[ "$output" == *"resolves to $T/outside/base.raw, outside $T/src"* ]]
-	! is_mounted "$T/view"
+	run ! is_mounted "$T/view"
 }
 
 @test "a FIFO as backing file is refused at once; a directory mount keeps answering" {
@@ -154,4 +156,39 @@ MKIMAGE=${VDISKFS_BUILD:?}/tests/tools/mkimage
 	vd_mount "$T/top.qcow2" "$T/view"
 	cmp "$T/expect.raw" "$T/view"
 	[ "$(head -c 4 "$T/view" | od -An -tx1 | tr -d ' ')" = 514649fb ]
+}
+
+@test "backing=deny refuses a vhdx differencing disk, alone and in a directory mount" {
+	mkdir "$T/src" "$T/mnt"
+	qemu-img create -q -f vhdx "$T/src/parent.vhdx" 8M
+	"$MKIMAGE" vhdx "$T/src/child.vhdx" 8M backing=parent.vhdx
+	touch "$T/view"
+	run timeout 20 "$VDISKFS" -f -o backing=deny "$T/src/child.vhdx" "$T/view"
+	echo "$output"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"child.vhdx"*"backing=deny"* ]]
+	run ! is_mounted "$T/view"
+	vd_mount "$T/src" "$T/mnt" -o backing=deny
+	[ "$(ls "$T/mnt")" = parent.vhdx ]
+	grep -q 'child.vhdx.*backing=deny' "$T/mnt/.vdiskfs"
+}
+
+@test "allow_root defaults to within-source like allow_other" {
+	mkdir "$T/src" "$T/mnt"
+	qemu-img create -q -f qcow2 -b /etc/shadow -F raw "$T/src/evil.qcow2" 1M
+	truncate -s 1M "$T/src/base.raw"
+	qemu-img create -q -f qcow2 -b base.raw -F raw "$T/src/good.qcow2" 1M
+	touch "$T/view"
+	run timeout 20 "$VDISKFS" -f -o allow_root "$T/src/evil.qcow2" "$T/view"
+	echo "$output"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"refused by backing=within-source"* ]]
+	run ! is_mounted "$T/view"
+	vd_mount "$T/src" "$T/mnt" -o allow_root
+	[ "$(ls "$T/mnt" | tr '\n' ' ')" = "base.raw good.qcow2 " ]
+	grep -q 'evil.qcow2.*refused by backing=within-source' "$T/mnt/.vdiskfs"
+	vd_umount "$T/mnt"
+	# an explicit backing= still wins
+	vd_mount "$T/src" "$T/mnt" -o allow_root,backing=follow
+	[ -e "$T/mnt/evil.qcow2" ]
 }

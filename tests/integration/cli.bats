@@ -2,6 +2,7 @@
 # The command line: help, version, and every bad-argument case gives a
 # one-line error naming the cause, a non-zero status, and mounts nothing.
 
+bats_require_minimum_version 1.5.0 # run !
 load helpers
 
 # expect_refusal EXPECTED_TEXT MOUNTPOINT ARGS...: vdiskfs must fail without mounting
@@ -88,7 +89,7 @@ expect_refusal() {
 	[ "$(stat -c %s "$T/view")" -eq 1048576 ]
 	findmnt -n -o FSTYPE --mountpoint "$T/view" | grep -qx fuse.vdiskfs
 	fusermount3 -u "$T/view"
-	! is_mounted "$T/view"
+	run ! is_mounted "$T/view"
 }
 
 @test "mount.fuse3 mounts type fuse.vdiskfs (the fstab path)" {
@@ -113,7 +114,7 @@ expect_refusal() {
 	run timeout 20 "$VDISKFS" -f "$T/a.qcow2" "$T/view2"
 	[ "$status" -ne 0 ]
 	[[ "$output" == *"in use by another process"* ]]
-	! is_mounted "$T/view2"
+	run ! is_mounted "$T/view2"
 	# QEMU's own locking sees ours too
 	run qemu-io -f qcow2 -c 'write 0 4k' "$T/a.qcow2"
 	[ "$status" -ne 0 ]

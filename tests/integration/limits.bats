@@ -3,6 +3,7 @@
 # clusters read with a small metadata cache in bounded memory, the backing
 # chain's depth limit, and a directory of 1000 images without descriptor leaks.
 
+bats_require_minimum_version 1.5.0 # run !
 load helpers
 
 # Images are built on tmpfs where there is one, then copied: qemu-img and
@@ -15,6 +16,24 @@ teardown() {
 	rm -rf "$FAST"
 	teardown_scratch
 }
+
+# The daemon's memory, in kB: FIELD is VmHWM (peak resident) or VmRSS.
+mem_kb() { awk -v f="$1:" '$1 == f {print $2}' "/proc/$VD_PID/status"; }
+
+# hwm_below WHAT MiB ASAN_MiB: the daemon's peak resident memory stays under
+# MiB (ASAN_MiB in a sanitizer build: shadow memory and the allocator's own
+# overhead), printed either way so that a failure shows the value.
+hwm_below() {
+	local max=$2 hwm
+	ldd "$VDISKFS" | grep -q libasan && max=$3
+	hwm=$(mem_kb VmHWM)
+	echo "$1: VmHWM $((hwm >> 10)) MiB (VmRSS $(($(mem_kb VmRSS) >> 10)) MiB), limit $max MiB"
+	[ "$hwm" -lt $((max << 10)) ]
+}
+
+# ASan keeps freed memory in quarantine; keep that small where memory is
+# measured so that the high-water mark is what the daemon holds.
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=1"
 
 # edges VIEW: write and read back at the very start and the very end, the
 # last byte on its own; nothing reads past the end and nothing writes there.
@@ -39,8 +58,9 @@ except OSError as e:
 PY
 }
 
-# huge FILE FMT SIZE: mount, check the size, write both ends, unmount, and let
-# qemu-img and qemu-io see a clean image with those bytes.
+# huge FILE FMT SIZE MiB ASAN_MiB: mount, check the size, write both ends in
+# memory under MiB (see hwm_below), unmount, and let qemu-img and qemu-io see
+# a clean image with those bytes.
 huge() {
 	local img=$1 fmt=$2 size=$3
 	touch "$T/view"
@@ -48,6 +68,7 @@ huge() {
 	[ "$(stat -c %s "$T/view")" -eq "$size" ]
 	[ "$(getfattr --only-values -n user.vdiskfs.virtual-size "$T/view")" -eq "$size" ]
 	edges "$T/view"
+	hwm_below "$img" "$4" "$5"
 	vd_umount "$T/view"
 	[ "$VD_STATUS" -eq 0 ]
 	qemu_check -f "$fmt" "$img"
@@ -58,11 +79,12 @@ huge() {
 
 @test "qcow2 of 256 TiB and of 2 EiB (the largest qemu-img makes), vhdx of 64 TiB" {
 	qemu-img create -q -f qcow2 "$T/a.qcow2" 256T
-	huge "$T/a.qcow2" qcow2 $((256 << 40))
+	huge "$T/a.qcow2" qcow2 $((256 << 40)) 32 48
+	# an L1 table of 32 MiB, the limit, held whole
 	qemu-img create -q -f qcow2 -o cluster_size=2M "$T/b.qcow2" 2E
-	huge "$T/b.qcow2" qcow2 $((2 << 60))
+	huge "$T/b.qcow2" qcow2 $((2 << 60)) 80 96
 	qemu-img create -q -f vhdx "$T/c.vhdx" 64T
-	huge "$T/c.vhdx" vhdx $((64 << 40))
+	huge "$T/c.vhdx" vhdx $((64 << 40)) 48 64
 }
 
 @test "2 million 512-byte clusters read through a 64K cache in bounded memory" {
@@ -80,12 +102,9 @@ huge() {
 		driver=qcow2,l2-cache-size=32M,file.driver=file,file.filename="$T/small.qcow2" \
 		"$T/expect.raw"
 	touch "$T/view"
-	# ASan keeps freed memory in quarantine; keep that small here so that the
-	# high-water mark measures what the daemon holds.
 	# direct_io: reads arrive at cmp's size, not as 1 MiB readahead whose
 	# data buffers would dominate the high-water mark measured here.
-	ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=1" \
-		vd_mount "$T/small.qcow2" "$T/view" -o cache_size=64K,direct_io
+	vd_mount "$T/small.qcow2" "$T/view" -o cache_size=64K,direct_io
 	[ "$(getfattr --only-values -n user.vdiskfs.cluster-size "$T/view")" -eq 512 ]
 	head -c 1M "$T/view" | cmp - <(head -c 1M "$T/expect.raw")
 	local before after
@@ -110,21 +129,95 @@ huge() {
 	cp "$FAST"/c*.qcow2 "$T/" # the backing names are relative
 	touch "$T/view"
 	vd_mount "$T/c16.qcow2" "$T/view"
-	cmp "$T/expect.raw" "$T/view"
-	[ "$(getfattr --only-values -n user.vdiskfs.info "$T/view" |
-		python3 -c 'import json,sys; print(len(json.load(sys.stdin)["backing-chain"]))')" -eq 16 ]
+	local fd0 i
+	fd0=$(fds)
+	echo "descriptors with a chain of 17 images: $fd0"
+	for i in 1 2 3; do
+		cmp "$T/expect.raw" "$T/view"
+		[ "$(getfattr --only-values -n user.vdiskfs.info "$T/view" |
+			python3 -c 'import json,sys; print(len(json.load(sys.stdin)["backing-chain"]))')" -eq 16 ]
+	done
+	[ "$(fds)" -eq "$fd0" ]
 	vd_umount "$T/view"
 	run timeout 20 "$VDISKFS" -f "$T/c17.qcow2" "$T/view"
 	echo "$output"
 	[ "$status" -ne 0 ]
 	[[ "$output" == *"c17.qcow2: backing chain deeper than the limit of 16 backing files"* ]]
-	! is_mounted "$T/view"
+	run ! is_mounted "$T/view"
 	# in a directory mount the too-deep image is reported, the rest served
 	mkdir "$T/mnt"
 	vd_mount "$T" "$T/mnt"
 	[ -e "$T/mnt/c16.qcow2" ]
 	[ ! -e "$T/mnt/c17.qcow2" ]
 	grep -q "c17.qcow2.*limit of 16 backing files" "$T/mnt/.vdiskfs"
+	# a changed image is opened again by the next rescan, the too-deep
+	# chain with it, and all of it must be closed again
+	fd0=$(fds)
+	for i in $(seq 1 5); do
+		touch "$T/c17.qcow2"
+		ls "$T/mnt" >/dev/null
+		grep -q "c17.qcow2.*limit of 16 backing files" "$T/mnt/.vdiskfs"
+	done
+	echo "descriptors after 5 rescans: $(fds), before: $fd0"
+	[ "$(fds)" -le "$fd0" ]
+}
+
+# be32 FILE OFFSET VALUE: patch a big-endian 32-bit header field
+be32() { python3 -c 'import struct,sys; f=open(sys.argv[1],"r+b"); f.seek(int(sys.argv[2])); f.write(struct.pack(">I", int(sys.argv[3])))' "$@"; }
+
+@test "metadata held whole in memory has limits: just over one, the image is refused naming it" {
+	local MKIMAGE=${VDISKFS_BUILD:?}/tests/tools/mkimage
+	mkdir "$T/src" "$T/mnt"
+	# qcow2: an L1 table one entry over 32 MiB, a refcount table one
+	# 64 KiB cluster over 8 MiB
+	qemu-img create -q -f qcow2 "$T/src/l1.qcow2" 1M
+	be32 "$T/src/l1.qcow2" 36 $(((32 << 20) / 8 + 1))
+	qemu-img create -q -f qcow2 "$T/src/rt.qcow2" 1M
+	be32 "$T/src/rt.qcow2" 56 $(((8 << 20) / 65536 + 1))
+	# vhdx: 8 TiB in 1 MiB blocks needs a BAT just over 64 MiB; 32 GiB less
+	# is just under
+	"$MKIMAGE" vhdx "$T/src/bat.vhdx" 8T cluster=1M
+	"$MKIMAGE" vhdx "$T/src/under.vhdx" $(((8 << 40) - (32 << 30))) cluster=1M
+	# and garbage: a truncated qcow2 header
+	printf 'QFI\xfb\0\0\0\3' >"$T/src/short.qcow2"
+	touch "$T/view"
+	local img msg
+	for img in l1.qcow2 rt.qcow2 bat.vhdx; do
+		case $img in
+		l1.qcow2) msg="L1 table is too large (33554440 bytes, limit 33554432)" ;;
+		rt.qcow2) msg="refcount table is too large (8454144 bytes, limit 8388608)" ;;
+		bat.vhdx) msg="BAT of 67125248 bytes (a 8796093022208-byte disk in 1048576-byte blocks) is larger than the limit of 64 MiB held in memory" ;;
+		esac
+		run timeout 20 "$VDISKFS" -f "$T/src/$img" "$T/view"
+		echo "$output"
+		[ "$status" -eq 1 ]
+		[[ "$output" == *"$T/src/$img: $msg"* ]]
+		run ! is_mounted "$T/view"
+	done
+	vd_mount "$T/src/under.vhdx" "$T/view"
+	[ "$(stat -c %s "$T/view")" -eq $(((8 << 40) - (32 << 30))) ]
+	cmp -n 1M "$T/view" /dev/zero
+	hwm_below "a BAT of 63.8 MiB" 96 128
+	vd_umount "$T/view"
+	[ "$VD_STATUS" -eq 0 ]
+	# a directory mount serves the one under the limits and reports the
+	# others; rescans open them again once changed, and leak nothing
+	rm "$T/src/under.vhdx"
+	truncate -s 1M "$T/src/ok.raw"
+	vd_mount "$T/src" "$T/mnt"
+	[ "$(ls "$T/mnt")" = ok.raw ]
+	python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["errors"]); assert sorted(e["name"] for e in d["errors"]) == ["bat.vhdx", "l1.qcow2", "rt.qcow2", "short.qcow2"]' \
+		"$T/mnt/.vdiskfs"
+	local fd0 i
+	fd0=$(fds)
+	for i in $(seq 1 5); do
+		touch "$T"/src/*.qcow2 "$T/src/bat.vhdx"
+		[ "$(ls "$T/mnt")" = ok.raw ]
+		grep -q "limit of 64 MiB" "$T/mnt/.vdiskfs"
+	done
+	echo "descriptors after 5 rescans: $(fds), before: $fd0"
+	[ "$(fds)" -le "$fd0" ]
+	hwm_below "refused images, rescanned" 24 40
 }
 
 fds() { ls "/proc/$VD_PID/fd" | wc -l; }
@@ -177,6 +270,7 @@ make_images() { # DIR N: N tiny images, raw, qcow2 and vhdx in turn
 	[ ! -e "$T/mnt/img000.raw" ]
 	cat "$T"/mnt/* >/dev/null
 	[ "$(fds)" -le $((base - 2 * 100)) ]
+	hwm_below "1000 images, each read 3 times" 1152 640
 }
 
 @test "more images than descriptors: the rest are refused with a clear error, served once room is made" {
@@ -188,7 +282,8 @@ make_images() { # DIR N: N tiny images, raw, qcow2 and vhdx in turn
 	local served
 	served=$(ls "$T/mnt" | wc -l)
 	echo "served $served of 300"
-	[ "$served" -gt 50 ] && [ "$served" -lt 300 ]
+	[ "$served" -gt 50 ]
+	[ "$served" -lt 300 ]
 	[ "$(fds)" -lt 400 ]
 	cat "$T"/mnt/* >/dev/null
 	python3 - "$T/mnt/.vdiskfs" "$served" <<'PY'

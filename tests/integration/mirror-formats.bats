@@ -73,5 +73,7 @@ mirror_under_load() {
 	vd_umount "$T/view"
 	qemu-img compare -q "$T/top.qcow2" "$T/dst.qcow2"
 	qemu_check "$T/dst.qcow2"
-	! qemu-img info "$T/dst.qcow2" | grep -q "backing file"
+	run qemu-img info "$T/dst.qcow2"
+	[ "$status" -eq 0 ]
+	[[ "$output" != *"backing file"* ]]
 }

@@ -149,7 +149,8 @@ FIO_ARGS=(--name=w --rw=randwrite --bs=4k --iodepth=16 --ioengine=io_uring --dir
 	fusermount3 -u "$T/mnt2"; wait "$pid2" || true
 	[[ "$output" == *"Invalid argument"* ]]
 	[ "$(mstatus "$T/view")" = "phase=none" ]
-	[ ! -e "$T/new.raw" ] && [ ! -e "$T/x.raw" ]
+	[ ! -e "$T/new.raw" ]
+	[ ! -e "$T/x.raw" ]
 	[ "$(stat -c %s "$T/small.raw")" -eq $((8 << 20)) ]
 	# a second mirror of the same image
 	setfattr -n user.vdiskfs.mirror.start -v "target=$T/d1.raw,speed=1M" "$T/view"
@@ -207,7 +208,8 @@ sys.exit(0 if 6 * 0.8 <= rate <= 6 * 1.2 else 1)"
 	dst=$(($(stat -c %b "$T/dst.raw") * 512))
 	dstq=$(($(stat -c %b "$T/dst.qcow2") * 512))
 	echo "src $src raw $dst qcow2 $dstq"
-	[ "$dst" -le $((src * 11 / 10)) ] && [ "$dst" -ge $((src * 9 / 10)) ]
+	[ "$dst" -le $((src * 11 / 10)) ]
+	[ "$dst" -ge $((src * 9 / 10)) ]
 	[ "$dstq" -le $((src * 11 / 10)) ]
 	qemu-img compare -q -f raw -F raw "$T/src.raw" "$T/dst.raw"
 	qemu-img compare -q -f raw -F qcow2 "$T/src.raw" "$T/dst.qcow2"

@@ -3,6 +3,7 @@
 # runs a second time with the kernel's enable_uring on (tests/run.sh); these
 # cases pin down the option itself and the paths only the ring has.
 
+bats_require_minimum_version 1.5.0 # run !
 load helpers
 
 PARAM=/sys/module/fuse/parameters/enable_uring
@@ -68,12 +69,12 @@ uring() { echo "$1" >"$PARAM"; }
 	: >"$T/vdiskfs.log"
 	vd_mount "$T/a.img" "$T/view" -o uring=off
 	dd if=/dev/zero of="$T/view" bs=4k count=4 conv=notrunc status=none
-	! grep -q "FUSE over io_uring" "$T/vdiskfs.log"
+	run ! grep -q "FUSE over io_uring" "$T/vdiskfs.log"
 	vd_umount "$T/view"
 	uring 0
 	vd_mount "$T/a.img" "$T/view"
 	dd if=/dev/zero of="$T/view" bs=4k count=4 conv=notrunc status=none
-	! grep -q "FUSE over io_uring" "$T/vdiskfs.log"
+	run ! grep -q "FUSE over io_uring" "$T/vdiskfs.log"
 	vd_umount "$T/view"
 }
 
@@ -84,7 +85,7 @@ uring() { echo "$1" >"$PARAM"; }
 	run timeout 20 "$VDISKFS" -f -o uring=on "$T/a.img" "$T/view"
 	[ "$status" -eq 1 ]
 	[[ "$output" == *"enable_uring"* ]]
-	! is_mounted "$T/view"
+	run ! is_mounted "$T/view"
 	run "$VDISKFS" -f -o uring=sometimes "$T/a.img" "$T/view"
 	[ "$status" -eq 2 ]
 	[[ "$output" == *"uring=sometimes: want auto, on or off"* ]]
@@ -110,7 +111,7 @@ uring() { echo "$1" >"$PARAM"; }
 		vd_wait_exit
 		[ "$VD_STATUS" -eq 0 ]
 		wait "$fpid" || true
-		! is_mounted "$T/view"
+		run ! is_mounted "$T/view"
 		qemu-img check -q "$T/a.qcow2"
 	done
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bats
 # Clean shutdown: fusermount3 -u, umount, SIGTERM and SIGINT flush and exit 0.
 
+bats_require_minimum_version 1.5.0 # run !
 load helpers
 
 write_and() {
@@ -16,7 +17,7 @@ write_and() {
 	kill -TERM "$VD_PID"
 	vd_wait_exit
 	[ "$VD_STATUS" -eq 0 ]
-	! is_mounted "$T/view"
+	run ! is_mounted "$T/view"
 	cmp -n 4M "$T/data" "$T/disk.raw"
 }
 
@@ -25,7 +26,7 @@ write_and() {
 	kill -INT "$VD_PID"
 	vd_wait_exit
 	[ "$VD_STATUS" -eq 0 ]
-	! is_mounted "$T/view"
+	run ! is_mounted "$T/view"
 	cmp -n 4M "$T/data" "$T/disk.raw"
 }
 
@@ -54,5 +55,5 @@ write_and() {
 	vd_wait_exit
 	[ "$VD_STATUS" -eq 0 ]
 	wait "$fio_pid" || true
-	! is_mounted "$T/view"
+	run ! is_mounted "$T/view"
 }

@@ -3,6 +3,7 @@
 # and checked through FUSE against expected bytes: differencing disks over a
 # qemu-img parent, and 4096-byte logical sectors.
 
+bats_require_minimum_version 1.5.0 # run !
 load helpers
 
 MKIMAGE=${VDISKFS_BUILD:?}/tests/tools/mkimage
@@ -46,7 +47,7 @@ make_parent() {
 	run dd if=/dev/zero of="$T/mnt/base.vhdx" bs=4k count=1 conv=notrunc status=none
 	[ "$status" -ne 0 ]
 	dd if=/dev/zero of="$T/mnt/top.vhdx" bs=4k count=1 conv=notrunc status=none
-	! cmp -s "$T/mnt/base.vhdx" "$T/mnt/top.vhdx"
+	run ! cmp -s "$T/mnt/base.vhdx" "$T/mnt/top.vhdx"
 }
 
 @test "a moved parent is found with -o vhdx_parent=, and refused when missing" {
@@ -58,7 +59,7 @@ make_parent() {
 	run timeout 20 "$VDISKFS" -f "$T/child.vhdx" "$T/view"
 	[ "$status" -ne 0 ]
 	[[ "$output" == *parent* ]]
-	! is_mounted "$T/view"
+	run ! is_mounted "$T/view"
 	vd_mount "$T/child.vhdx" "$T/view" -o vhdx_parent="$T/elsewhere/parent.vhdx"
 	cmp "$T/expect.raw" "$T/view"
 }
