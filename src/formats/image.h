@@ -43,7 +43,11 @@ struct vd_image {
 	ino_t ino;
 	const struct vd_format *fmt;
 	void *priv; /* the driver's state */
-	bool read_only;
+	bool read_only; /* new writes fail with EROFS */
+	/* Opened for writing (after the driver's open). Stays set when read_only
+	 * is set later, because the image became another image's backing file:
+	 * fsync and close still write back what the earlier writes left dirty. */
+	bool writable;
 	const struct vd_open_opts *opts; /* valid during open only */
 
 	uint64_t size;	       /* virtual size in bytes */

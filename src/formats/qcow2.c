@@ -652,7 +652,7 @@ static void qcow2_close(struct vd_image *img)
 	if (!q)
 		return;
 	pthread_mutex_lock(&q->lock);
-	if (!img->read_only) {
+	if (img->writable) {
 		/* Twice: the second pass writes the decrements the first applied. */
 		ret = qcow2_flush_locked(q);
 		if (!ret)
@@ -672,7 +672,7 @@ static int qcow2_flush(struct vd_image *img)
 	struct qcow2 *q = img->priv;
 	int ret;
 
-	if (img->read_only)
+	if (!img->writable)
 		return 0;
 	pthread_mutex_lock(&q->lock);
 	ret = qcow2_flush_locked(q);

@@ -141,3 +141,23 @@ os.close(fd)' "$@"
 		crash_round qcow2 "$T/crash.qcow2" "$round" || { cat "$T/vdiskfs.log"; false; }
 	done
 }
+
+@test "qcow2: an image written through its view, then made a backing file, is flushed" {
+	mkdir "$T/src" "$T/mnt"
+	qemu-img create -q -f qcow2 "$T/src/base.qcow2" 64M
+	vd_mount "$T/src" "$T/mnt"
+	# no fsync: the new L2 entries and refcounts sit dirty in the metadata cache
+	head -c 3M /dev/urandom >"$T/data"
+	dd if="$T/data" of="$T/mnt/base.qcow2" bs=64k seek=17 conv=notrunc status=none
+	qemu-img create -q -f qcow2 -u -b base.qcow2 -F qcow2 "$T/top.qcow2" 64M
+	mv "$T/top.qcow2" "$T/src/"
+	# opening the overlay opens base.qcow2 as its backing file: now read-only
+	cmp "$T/mnt/base.qcow2" "$T/mnt/top.qcow2"
+	run dd if=/dev/zero of="$T/mnt/base.qcow2" bs=64k count=1 conv=notrunc status=none
+	[ "$status" -ne 0 ]
+	vd_umount "$T/mnt"
+	[ "$VD_STATUS" -eq 0 ]
+	qemu_check "$T/src/base.qcow2"
+	qemu-img convert -f qcow2 -O raw "$T/src/base.qcow2" "$T/base.raw"
+	cmp "$T/data" <(dd if="$T/base.raw" bs=64k skip=17 count=48 status=none)
+}
