@@ -715,22 +715,20 @@ int qcow2_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len)
 
 /* ---- block status ---- */
 
-static int cluster_status(struct qcow2 *q, uint64_t off, uint64_t max, uint64_t *n,
-			  enum vd_bs *st)
+static enum vd_bs bs_of(enum vd_ext_type t)
 {
-	uint64_t gcl = qcow2_cl(q, off), in = off & (q->cluster_size - 1), e, bm;
-	struct qcow2_cache_entry *ce;
-	enum vd_ext_type t;
-	unsigned idx;
+	return t == VD_EXT_DATA ? VD_BS_DATA : t == VD_EXT_ZERO ? VD_BS_ZERO : VD_BS_UNALLOC;
+}
+
+/* Status of cluster bytes [in, cluster end) under entry e: *n bytes of one kind
+ * from in (extended L2: a run of subclusters alike). */
+static int entry_status(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, uint64_t in,
+			uint64_t *n, enum vd_bs *st)
+{
+	enum vd_ext_type t, t2;
 	int ret;
 
-	*n = q->cluster_size - in < max ? q->cluster_size - in : max;
-	ret = qcow2_l2_get(q, gcl, false, &ce, &idx);
-	if (ret || !ce) {
-		*st = VD_BS_UNALLOC;
-		return ret;
-	}
-	l2_read(q, ce, idx, &e, &bm);
+	*n = q->cluster_size - in;
 	switch (qcow2_classify(q, e)) {
 	case QC_ZERO_PLAIN:
 	case QC_ZERO_ALLOC:
@@ -740,24 +738,68 @@ static int cluster_status(struct qcow2 *q, uint64_t off, uint64_t max, uint64_t 
 		*st = VD_BS_DATA;
 		return 0;
 	case QC_NORMAL:
-		if (!q->ext_l2) {
-			*st = VD_BS_DATA;
-			return 0;
-		}
-		break;
 	case QC_UNALLOC:
 		if (!q->ext_l2) {
-			*st = VD_BS_UNALLOC;
+			*st = e & QCOW2_OFF_MASK ? VD_BS_DATA : VD_BS_UNALLOC;
 			return 0;
 		}
 		break;
 	}
-	/* extended L2: this subcluster only */
 	ret = subcluster_type(q, gcl, e, bm, in >> q->sc_bits, &t);
-	*st = t == VD_EXT_DATA ? VD_BS_DATA : t == VD_EXT_ZERO ? VD_BS_ZERO : VD_BS_UNALLOC;
-	*n = q->sc_size - (in & (q->sc_size - 1));
+	if (ret)
+		return ret;
+	*st = bs_of(t);
+	for (uint64_t p = ((in >> q->sc_bits) + 1) << q->sc_bits; p < q->cluster_size;
+	     p += q->sc_size) {
+		ret = subcluster_type(q, gcl, e, bm, p >> q->sc_bits, &t2);
+		if (ret)
+			return ret;
+		if (t2 != t) {
+			*n = p - in;
+			break;
+		}
+	}
+	return 0;
+}
+
+/* Status of the run from off up to max bytes, inside the guest range one L2
+ * table covers: an empty L1 entry is one run, a loaded table is scanned
+ * without looking it up again for every cluster. */
+static int table_status(struct qcow2 *q, uint64_t off, uint64_t max, uint64_t *n,
+			enum vd_bs *st)
+{
+	uint64_t gcl = qcow2_cl(q, off), in = off & (q->cluster_size - 1), e, bm, k;
+	uint64_t span = ((uint64_t)q->l2_entries << q->cluster_bits) -
+			(off & (((uint64_t)q->l2_entries << q->cluster_bits) - 1));
+	struct qcow2_cache_entry *ce;
+	enum vd_bs s = VD_BS_UNALLOC;
+	unsigned idx;
+	int ret;
+
+	max = max < span ? max : span;
+	ret = qcow2_l2_get(q, gcl, false, &ce, &idx);
+	if (ret)
+		return ret;
+	if (!ce) {
+		*n = max;
+		*st = VD_BS_UNALLOC;
+		return 0;
+	}
+	*n = 0;
+	for (; *n < max; idx++, gcl++, in = 0) {
+		l2_read(q, ce, idx, &e, &bm);
+		ret = entry_status(q, gcl, e, bm, in, &k, &s);
+		if (ret)
+			return ret;
+		if (*n && s != *st)
+			break;
+		*st = s;
+		*n += k;
+		if (k < q->cluster_size - in)
+			break; /* the run ends inside this cluster */
+	}
 	*n = *n < max ? *n : max;
-	return ret;
+	return 0;
 }
 
 int qcow2_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
@@ -765,12 +807,12 @@ int qcow2_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_
 {
 	struct qcow2 *q = img->priv;
 	uint64_t done = 0, n;
-	enum vd_bs st;
+	enum vd_bs st = VD_BS_UNALLOC;
 	int ret = 0;
 
 	pthread_mutex_lock(&q->lock);
 	while (done < len) {
-		ret = cluster_status(q, off + done, len - done, &n, &st);
+		ret = table_status(q, off + done, len - done, &n, &st);
 		if (ret)
 			break;
 		if (done && st != *status)

@@ -161,3 +161,59 @@ os.close(fd)' "$@"
 	qemu-img convert -f qcow2 -O raw "$T/src/base.qcow2" "$T/base.raw"
 	cmp "$T/data" <(dd if="$T/base.raw" bs=64k skip=17 count=48 status=none)
 }
+
+# seek_runs VIEW MAP_JSON: the data runs SEEK_DATA/SEEK_HOLE find in VIEW are
+# the runs qemu-img map --output=json marks "data" (merged where they touch).
+seek_runs() {
+	python3 - "$1" "$2" <<'PY'
+import errno, json, os, sys
+want = []
+for e in json.load(open(sys.argv[2])):
+    if not e["data"]:
+        continue
+    if want and want[-1][1] == e["start"]:
+        want[-1][1] += e["length"]
+    else:
+        want.append([e["start"], e["start"] + e["length"]])
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+got, pos = [], 0
+while pos < size:
+    try:
+        d = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError as e:
+        assert e.errno == errno.ENXIO, e
+        break
+    pos = os.lseek(fd, d, os.SEEK_HOLE)
+    got.append([d, pos])
+    # from inside a run: data stays where it is, the hole is the run's end
+    assert os.lseek(fd, d + 1, os.SEEK_DATA) == d + 1
+    assert os.lseek(fd, d + 1, os.SEEK_HOLE) == pos
+assert got == want, ("seek finds", got, "qemu-img map says", want)
+PY
+}
+
+@test "qcow2: SEEK_DATA/SEEK_HOLE follow the L2 tables and the backing file like qemu-img map" {
+	mkdir "$T/src" "$T/mnt"
+	cd "$T/src"
+	qemu-img create -q -f qcow2 base.qcow2 4M
+	qemu-io -f qcow2 -c 'write -P 0x22 64k 192k' -c 'write -P 0x23 3M 64k' base.qcow2 >/dev/null
+	qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 4M
+	# data, a zero cluster over backing data, backing data, a compressed
+	# cluster, a zero cluster over more backing data, unallocated everywhere
+	qemu-io -f qcow2 -c 'write -P 0x11 0 64k' -c 'write -z 64k 64k' -c 'write -P 0x12 1M 64k' \
+		-c 'write -c -P 0x13 2M 64k' -c 'write -z 3M 64k' top.qcow2 >/dev/null
+	# extended L2: runs of subclusters inside clusters
+	qemu-img create -q -f qcow2 -o extended_l2=on ext.qcow2 1M
+	qemu-io -f qcow2 -c 'write -P 1 8k 4k' -c 'write -P 2 100k 2k' -c 'write -z 128k 64k' \
+		-c 'write -P 3 130k 2k' ext.qcow2 >/dev/null
+	local f
+	for f in top ext base; do
+		qemu-img map --output=json "$f.qcow2" >"$T/$f.map"
+	done
+	cd "$T"
+	vd_mount "$T/src" "$T/mnt"
+	for f in top ext base; do
+		seek_runs "$T/mnt/$f.qcow2" "$T/$f.map"
+	done
+}
