@@ -102,7 +102,10 @@ const struct vd_format *image_probe(int fd, const char *path, bool raw_by_defaul
 uint64_t image_allocated(struct vd_image *img)
 {
 	struct stat st;
+	uint64_t bytes;
 
+	if (img->fmt->allocated && img->fmt->allocated(img, &bytes) == 0)
+		return bytes;
 	if (fstat(img->fd, &st) < 0)
 		return 0;
 	return (uint64_t)st.st_blocks * 512;

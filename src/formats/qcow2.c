@@ -704,6 +704,7 @@ const struct vd_format vd_format_qcow2 = {
 	.close = qcow2_close,
 	.map = qcow2_map,
 	.complete = qcow2_complete,
+	.allocated = qcow2_allocated,
 	.block_status = qcow2_block_status,
 	.discard = qcow2_discard,
 	.write_zeroes = qcow2_write_zeroes,

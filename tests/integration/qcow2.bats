@@ -217,3 +217,50 @@ PY
 		seek_runs "$T/mnt/$f.qcow2" "$T/$f.map"
 	done
 }
+
+@test "qcow2: st_blocks counts the clusters the image allocates, and drops on punch hole" {
+	qemu-img create -q -f qcow2 -o cluster_size=64k "$T/img.qcow2" 1G
+	touch "$T/view"
+	vd_mount "$T/img.qcow2" "$T/view"
+	alloc_is "$T/view" 0
+	# five clusters, two of them with one partial write each
+	dd if=/dev/urandom of="$T/view" bs=64k seek=3 count=3 conv=notrunc status=none
+	dd if=/dev/urandom of="$T/view" bs=1k seek=$((100 * 64 + 7)) count=2 conv=notrunc status=none
+	dd if=/dev/urandom of="$T/view" bs=1k seek=$((16384 * 64 - 1)) count=1 conv=notrunc status=none
+	alloc_is "$T/view" $((5 * 65536))
+	[ "$(du -B1 "$T/view" | cut -f1)" -eq $((5 * 65536)) ]
+	fallocate --punch-hole --keep-size -o $((3 * 65536)) -l $((2 * 65536)) "$T/view"
+	alloc_is "$T/view" $((3 * 65536))
+	# zeroed clusters hold no data either
+	fallocate --zero-range --keep-size -o $((100 * 65536)) -l 65536 "$T/view"
+	alloc_is "$T/view" $((2 * 65536))
+	vd_umount "$T/view"
+	[ "$VD_STATUS" -eq 0 ]
+	# counted afresh from the L2 tables at the next mount
+	vd_mount "$T/img.qcow2" "$T/view"
+	alloc_is "$T/view" $((2 * 65536))
+}
+
+@test "qcow2: du on a compressed image shows the compressed size, not the host file's" {
+	yes "vdiskfs compresses well" | head -c 8M >"$T/text.raw"
+	head -c 1M /dev/urandom >>"$T/text.raw"
+	qemu-img convert -q -c -f raw -O qcow2 "$T/text.raw" "$T/c.qcow2"
+	touch "$T/view"
+	vd_mount "$T/c.qcow2" "$T/view"
+	local b
+	b=$(($(stat -c %b "$T/view") * 512))
+	# the random MiB stays about its size, the text shrinks to almost nothing
+	[ "$b" -gt $((1 << 20)) ]
+	[ "$b" -lt $((3 << 19)) ]
+	[ "$(getfattr --only-values -n user.vdiskfs.allocated "$T/view")" -eq "$b" ]
+	# a write replaces a compressed cluster by a whole one
+	dd if=/dev/urandom of="$T/view" bs=64k seek=2 count=1 conv=notrunc status=none
+	local i b2=$b
+	for i in $(seq 1 30); do
+		b2=$(($(stat -c %b "$T/view") * 512))
+		[ "$b2" -ne "$b" ] && break
+		sleep 0.1
+	done
+	[ "$b2" -gt "$b" ]
+	[ "$b2" -lt $((b + 65536)) ]
+}
