@@ -790,8 +790,7 @@ static int entry_status(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, 
 /* Status of the run from off up to max bytes, inside the guest range one L2
  * table covers: an empty L1 entry is one run, a loaded table is scanned
  * without looking it up again for every cluster. */
-static int table_status(struct qcow2 *q, uint64_t off, uint64_t max, uint64_t *n,
-			enum vd_bs *st)
+static int table_status(struct qcow2 *q, uint64_t off, uint64_t max, uint64_t *n, enum vd_bs *st)
 {
 	uint64_t gcl = qcow2_cl(q, off), in = off & (q->cluster_size - 1), e, bm, k;
 	uint64_t span = ((uint64_t)q->l2_entries << q->cluster_bits) -
