@@ -1,7 +1,8 @@
 #!/usr/bin/env bats
-# Limits: the largest virtual sizes qcow2 and vhdx allow, millions of tiny
-# clusters read with a small metadata cache in bounded memory, the backing
-# chain's depth limit, and a directory of 1000 images without descriptor leaks.
+# Limits: the largest virtual sizes qcow2 and vhdx allow, and SEEK_DATA across
+# their holes in seconds; millions of tiny clusters read with a small metadata
+# cache in bounded memory, the backing chain's depth limit, and a directory of
+# 1000 images without descriptor leaks.
 
 load helpers
 

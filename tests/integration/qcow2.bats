@@ -4,7 +4,9 @@
 # overlapping writers; partial writes into snapshot-shared extended-L2
 # clusters against qemu-io; growing over a longer backing file (v3, v2);
 # SIGKILL during random writes + fsync never corrupts (check exits 0 or 3) and
-# loses no write acknowledged before an fsync.
+# loses no write acknowledged before an fsync; an image written through its
+# view and then opened as a backing file is flushed; SEEK_DATA/SEEK_HOLE agree
+# with qemu-img map; st_blocks counts the clusters the image holds.
 
 load helpers
 load crash

@@ -3,7 +3,7 @@
 # `qemu-img convert -O raw`; fio verify writes leave an image that
 # `qemu-img check` passes and that compares equal; a dirty log is replayed;
 # SIGKILL during writes + fsync keeps every write acknowledged before the
-# last completed fsync (repeated).
+# last completed fsync (repeated); st_blocks counts the present blocks.
 
 load helpers
 load crash
