@@ -151,6 +151,11 @@ struct vd_format {
 	 * back as far as they were not): the request then fails with it. */
 	int (*complete)(struct vd_image *img, void *ticket, int err);
 
+	/* Optional: the bytes of the clusters / blocks in which this layer holds
+	 * guest data (st_blocks, the allocated xattr), cheap enough for every
+	 * stat. NULL: the host file's allocation. */
+	int (*allocated)(struct vd_image *img, uint64_t *bytes);
+
 	/* Status of the run starting at off: *pnum (1..len) bytes of one kind. */
 	int (*block_status)(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
 			    enum vd_bs *status);

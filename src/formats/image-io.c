@@ -648,7 +648,7 @@ void image_fsync(struct vd_image *img, vd_done_fn done, void *opaque)
 	struct img_sync **slot;
 	bool start = false;
 
-	if (img->read_only) {
+	if (!img->writable) {
 		done(opaque, 0);
 		return;
 	}

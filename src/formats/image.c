@@ -102,7 +102,10 @@ const struct vd_format *image_probe(int fd, const char *path, bool raw_by_defaul
 uint64_t image_allocated(struct vd_image *img)
 {
 	struct stat st;
+	uint64_t bytes;
 
+	if (img->fmt->allocated && img->fmt->allocated(img, &bytes) == 0)
+		return bytes;
 	if (fstat(img->fd, &st) < 0)
 		return 0;
 	return (uint64_t)st.st_blocks * 512;
@@ -160,6 +163,22 @@ static int image_lock(int fd, const char *path, bool read_only)
 	if (errno == EINVAL || errno == ENOLCK || errno == EOPNOTSUPP)
 		return 0; /* a file system without locks: nothing to enforce */
 	return -errno;
+}
+
+/* An image open for writing just became another image's backing file: what
+ * its writes left dirty is made durable now, before the overlay reads it as a
+ * base. Writes still in flight link their metadata later; fsync and close
+ * write that back too (img->writable stays set). */
+static void image_flush_demoted(struct vd_image *img)
+{
+	int ret = img->fmt->flush ? img->fmt->flush(img) : 0;
+
+	if (!ret)
+		ret = sync_fdatasync(img->fd);
+	if (ret)
+		vd_err("%s: cannot flush it before serving it read-only: %s (fsync and close "
+		       "try again)",
+		       img->path, strerror(-ret));
 }
 
 struct open_chain {
@@ -316,6 +335,7 @@ static int image_open_chain(const char *path, const char *real, const struct vd_
 	bool top_nofollow = !chain->n && o->nofollow;
 	uint64_t resolve = real || top_nofollow ? RESOLVE_NO_SYMLINKS : 0;
 	struct stat st;
+	bool demote;
 	int fd, ret;
 
 	ret = image_fd_budget(path);
@@ -376,13 +396,16 @@ static int image_open_chain(const char *path, const char *real, const struct vd_
 			return -ELOOP;
 		}
 		image_ref(found);
-		if (chain->n && !found->read_only) {
+		demote = chain->n && !found->read_only;
+		if (demote) {
 			vd_warn("%s: is the backing file of another image: now served read-only",
 				found->path);
 			found->read_only = true;
 		}
 		pthread_mutex_unlock(&registry_lock);
 		close(fd);
+		if (demote)
+			image_flush_demoted(found);
 		*out = found;
 		return 0;
 	}
@@ -449,6 +472,7 @@ static int image_open_chain(const char *path, const char *real, const struct vd_
 	ret = img->fmt->open(img);
 	if (ret)
 		goto out_free;
+	img->writable = !img->read_only;
 
 	chain->dev[chain->n] = st.st_dev;
 	chain->ino[chain->n] = st.st_ino;

@@ -43,7 +43,11 @@ struct vd_image {
 	ino_t ino;
 	const struct vd_format *fmt;
 	void *priv; /* the driver's state */
-	bool read_only;
+	bool read_only; /* new writes fail with EROFS */
+	/* Opened for writing (after the driver's open). Stays set when read_only
+	 * is set later, because the image became another image's backing file:
+	 * fsync and close still write back what the earlier writes left dirty. */
+	bool writable;
 	const struct vd_open_opts *opts; /* valid during open only */
 
 	uint64_t size;	       /* virtual size in bytes */
@@ -73,7 +77,9 @@ void image_ref(struct vd_image *img);
 void image_unref(struct vd_image *img);
 /* Probe a file: the driver whose magic matches, or NULL. */
 const struct vd_format *image_probe(int fd, const char *path, bool raw_by_default);
-/* Bytes the host file allocates (st_blocks * 512). */
+/* Bytes the image allocates for guest data in its own layer (the driver's
+ * count: qcow2 L2 tables, vhdx BAT), or the host file's st_blocks * 512 where
+ * the driver keeps none (raw). The backing chain is not counted. */
 uint64_t image_allocated(struct vd_image *img);
 /* Mark broken after a runtime inconsistency; logs once. */
 void image_mark_broken(struct vd_image *img, const char *why);

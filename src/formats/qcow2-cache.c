@@ -67,6 +67,12 @@ static struct qcow2_cache_entry *cache_find(struct qcow2_cache *c, uint64_t off)
 	return NULL;
 }
 
+/* The cached table at off, or NULL; loads nothing, evicts nothing. */
+struct qcow2_cache_entry *qcow2_cache_peek(struct qcow2_cache *c, uint64_t off)
+{
+	return cache_find(c, off);
+}
+
 /* A free slot, or the least recently used one written back and emptied. */
 static int cache_victim(struct qcow2_cache *c, struct qcow2_cache_entry **out)
 {

@@ -689,7 +689,7 @@ static void qcow2_close(struct vd_image *img)
 	if (!q)
 		return;
 	pthread_mutex_lock(&q->lock);
-	if (!img->read_only) {
+	if (img->writable) {
 		/* Twice: the second pass writes the decrements the first applied. */
 		ret = qcow2_flush_locked(q);
 		if (!ret)
@@ -709,7 +709,7 @@ static int qcow2_flush(struct vd_image *img)
 	struct qcow2 *q = img->priv;
 	int ret;
 
-	if (img->read_only)
+	if (!img->writable)
 		return 0;
 	pthread_mutex_lock(&q->lock);
 	ret = qcow2_flush_locked(q);
@@ -741,6 +741,7 @@ const struct vd_format vd_format_qcow2 = {
 	.close = qcow2_close,
 	.map = qcow2_map,
 	.complete = qcow2_complete,
+	.allocated = qcow2_allocated,
 	.block_status = qcow2_block_status,
 	.discard = qcow2_discard,
 	.write_zeroes = qcow2_write_zeroes,

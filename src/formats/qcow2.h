@@ -153,6 +153,11 @@ struct qcow2 {
 	uint32_t *rebuild_counts; /* during a refcount rebuild */
 	uint64_t rebuild_n;
 
+	/* Bytes of the clusters the active L2 tables give guest data (see
+	 * qcow2_entry_weight()), counted on first need, then kept by l2_write(). */
+	bool alloc_known;
+	uint64_t alloc_bytes;
+
 	struct qcow2_cache l2c, rbc;
 	struct qcow2_ticket *inflight;
 	struct qcow2_free *frees;
@@ -203,6 +208,7 @@ void qcow2_cache_dirty(struct qcow2_cache *c, struct qcow2_cache_entry *e);
 int qcow2_cache_flush(struct qcow2_cache *c, bool *wrote);
 bool qcow2_cache_has_dirty(const struct qcow2_cache *c);
 void qcow2_cache_forget(struct qcow2_cache *c, uint64_t off);
+struct qcow2_cache_entry *qcow2_cache_peek(struct qcow2_cache *c, uint64_t off);
 
 /* qcow2-refcount.c */
 int qcow2_refcount_get(struct qcow2 *q, uint64_t cl, uint64_t *rc);
@@ -229,6 +235,7 @@ int qcow2_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_
 int qcow2_discard(struct vd_image *img, uint64_t off, uint64_t len);
 int qcow2_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len);
 int qcow2_truncate(struct vd_image *img, uint64_t size);
+int qcow2_allocated(struct vd_image *img, uint64_t *bytes);
 
 /* qcow2-create.c */
 int qcow2_create(const char *path, const struct vd_create_opts *o);

@@ -198,10 +198,29 @@ void vhdx_bat_free(struct vhdx *v)
 
 /* ---- dirty pages ---- */
 
+/* The bytes BAT entry idx counts in st_blocks: a payload block marked fully or
+ * partially present whole (up to the end of the disk); sector bitmap blocks
+ * and blocks that are absent, zero or unmapped nothing. */
+static uint64_t bat_weight(const struct vhdx *v, uint64_t idx, uint64_t entry)
+{
+	unsigned st = VHDX_BAT_STATE(entry);
+	uint64_t b, start;
+
+	if (idx % (v->chunk_ratio + 1) == v->chunk_ratio)
+		return 0; /* a sector bitmap block */
+	if (st != VHDX_BAT_FULLY_PRESENT && st != VHDX_BAT_PARTIALLY_PRESENT)
+		return 0;
+	b = idx - idx / (v->chunk_ratio + 1);
+	start = b * v->block_size;
+	return start >= v->disk_size ? 0 : min64(v->block_size, v->disk_size - start);
+}
+
 static void bat_set(struct vhdx *v, uint64_t idx, uint64_t entry)
 {
 	uint64_t page = idx / BAT_PAGE_ENTRIES;
 
+	if (v->alloc_known)
+		v->alloc_bytes += bat_weight(v, idx, entry) - bat_weight(v, idx, v->bat[idx]);
 	v->bat[idx] = entry;
 	if (!v->bat_dirty[page]) {
 		v->bat_dirty[page] = 1;
@@ -611,6 +630,26 @@ int vhdx_complete(struct vd_image *img, void *ticket, int err)
 		w->wake(w);
 	}
 	return 0; /* linking is in memory; the log flush above is retried later */
+}
+
+/* ---- allocation count (st_blocks) ---- */
+
+int vhdx_allocated(struct vd_image *img, uint64_t *bytes)
+{
+	struct vhdx *v = img->priv;
+
+	pthread_mutex_lock(&v->lock);
+	if (!v->alloc_known) {
+		uint64_t sum = 0, n = v->nblocks ? vhdx_bat_index(v, v->nblocks - 1) + 1 : 0;
+
+		for (uint64_t idx = 0; idx < n; idx++)
+			sum += bat_weight(v, idx, v->bat[idx]);
+		v->alloc_bytes = sum;
+		v->alloc_known = true;
+	}
+	*bytes = v->alloc_bytes;
+	pthread_mutex_unlock(&v->lock);
+	return 0;
 }
 
 /* ---- block status ---- */

@@ -804,6 +804,7 @@ const struct vd_format vd_format_vhdx = {
 	.close = vhdx_close,
 	.map = vhdx_map,
 	.complete = vhdx_complete,
+	.allocated = vhdx_allocated,
 	.block_status = vhdx_block_status,
 	.discard = vhdx_discard,
 	.write_zeroes = vhdx_discard,

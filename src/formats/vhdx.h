@@ -125,6 +125,10 @@ struct vhdx {
 	uint64_t bat_entries; /* in memory (whole pages) */
 	uint8_t *bat_dirty;
 	uint64_t ndirty;
+	/* Bytes of the blocks the BAT marks present (st_blocks): counted on
+	 * first need, then kept by bat_set(). */
+	bool alloc_known;
+	uint64_t alloc_bytes;
 
 	/* sector bitmaps */
 	struct vhdx_sb *sb;
@@ -216,6 +220,7 @@ uint64_t vhdx_bat_index(const struct vhdx *v, uint64_t block);
 uint64_t vhdx_sb_index(const struct vhdx *v, uint64_t chunk);
 int vhdx_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags, struct vd_map *m);
 int vhdx_complete(struct vd_image *img, void *ticket, int err);
+int vhdx_allocated(struct vd_image *img, uint64_t *bytes);
 int vhdx_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
 		      enum vd_bs *status);
 int vhdx_discard(struct vd_image *img, uint64_t off, uint64_t len);

@@ -494,8 +494,10 @@ void vnode_stat(struct vnode *n, struct stat *st)
 			st->st_atim = host.st_atim;
 			st->st_mtim = host.st_mtim;
 			st->st_ctim = host.st_ctim;
-			st->st_blocks = host.st_blocks;
 		}
+		/* What the image allocates for guest data, not the host file's
+		 * metadata and preallocation: du shows the disk's real use. */
+		st->st_blocks = (image_allocated(n->img) + 511) / 512;
 		if (n->img->read_only || vfs_cfg.read_only)
 			st->st_mode &= ~0222;
 		st->st_size = n->img->size;

@@ -116,3 +116,19 @@ qemu_check() {
 		return 1
 	fi
 }
+
+# alloc_is VIEW BYTES: st_blocks * 512 of VIEW and its allocated xattr both
+# say BYTES (waiting up to 3 s for the kernel's attribute cache to expire)
+alloc_is() {
+	local i b=
+	for i in $(seq 1 30); do
+		b=$(($(stat -c %b "$1") * 512))
+		[ "$b" -eq "$2" ] && break
+		sleep 0.1
+	done
+	if [ "$b" -ne "$2" ]; then
+		echo "$1: st_blocks * 512 is $b, expected $2" >&2
+		return 1
+	fi
+	[ "$(getfattr --only-values -n user.vdiskfs.allocated "$1")" -eq "$2" ]
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bats
-# Limits: the largest virtual sizes qcow2 and vhdx allow, millions of tiny
-# clusters read with a small metadata cache in bounded memory, the backing
-# chain's depth limit, and a directory of 1000 images without descriptor leaks.
+# Limits: the largest virtual sizes qcow2 and vhdx allow, and SEEK_DATA across
+# their holes in seconds; millions of tiny clusters read with a small metadata
+# cache in bounded memory, the backing chain's depth limit, and a directory of
+# 1000 images without descriptor leaks.
 
 bats_require_minimum_version 1.5.0 # run !
 load helpers
@@ -85,6 +86,46 @@ huge() {
 	huge "$T/b.qcow2" qcow2 $((2 << 60)) 80 96
 	qemu-img create -q -f vhdx "$T/c.vhdx" 64T
 	huge "$T/c.vhdx" vhdx $((64 << 40)) 48 64
+}
+
+# seek_last VIEW DATA_START DATA_END: SEEK_DATA from 0 finds the only data, in
+# a few seconds however large the holes before and after it are.
+seek_last() {
+	timeout 20 python3 - "$@" <<'PY'
+import errno, os, sys
+view, start, end = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fd = os.open(view, os.O_RDONLY)
+size = os.fstat(fd).st_size
+assert os.lseek(fd, 0, os.SEEK_HOLE) == 0
+assert os.lseek(fd, 0, os.SEEK_DATA) == start
+assert os.lseek(fd, start, os.SEEK_HOLE) == end
+if end < size:
+    try:
+        os.lseek(fd, end, os.SEEK_DATA)
+        raise SystemExit("data found after the last data")
+    except OSError as e:
+        assert e.errno == errno.ENXIO, e
+    assert os.lseek(fd, end, os.SEEK_HOLE) == end
+PY
+}
+
+@test "SEEK_DATA over huge holes: qcow2 of 256 TiB and 2 EiB, vhdx of 64 TiB" {
+	local size=$((256 << 40))
+	qemu-img create -q -f qcow2 "$T/a.qcow2" 256T
+	qemu-io -f qcow2 -c "write -P 0x44 $((size - (1 << 20))) 64k" "$T/a.qcow2" >/dev/null
+	size=$((2 << 60))
+	qemu-img create -q -f qcow2 -o cluster_size=2M "$T/b.qcow2" 2E
+	qemu-io -f qcow2 -c "write -P 0x44 $((size - (4 << 20))) 64k" "$T/b.qcow2" >/dev/null
+	size=$((64 << 40))
+	qemu-img create -q -f vhdx "$T/c.vhdx" 64T
+	qemu-io -f vhdx -c "write -P 0x44 $((size - (64 << 20))) 64k" "$T/c.vhdx" >/dev/null
+	local bs
+	bs=$(qemu-img info --output=json "$T/c.vhdx" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cluster-size"])')
+	mkdir "$T/mnt"
+	vd_mount "$T" "$T/mnt" -o ro
+	seek_last "$T/mnt/a.qcow2" $(((256 << 40) - (1 << 20))) $(((256 << 40) - (1 << 20) + (64 << 10)))
+	seek_last "$T/mnt/b.qcow2" $(((2 << 60) - (4 << 20))) $(((2 << 60) - (2 << 20)))
+	seek_last "$T/mnt/c.vhdx" $(((64 << 40) - (64 << 20))) $(((64 << 40) - (64 << 20) + bs))
 }
 
 @test "2 million 512-byte clusters read through a 64K cache in bounded memory" {

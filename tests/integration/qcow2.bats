@@ -4,7 +4,9 @@
 # overlapping writers; partial writes into snapshot-shared extended-L2
 # clusters against qemu-io; growing over a longer backing file (v3, v2);
 # SIGKILL during random writes + fsync never corrupts (check exits 0 or 3) and
-# loses no write acknowledged before an fsync.
+# loses no write acknowledged before an fsync; an image written through its
+# view and then opened as a backing file is flushed; SEEK_DATA/SEEK_HOLE agree
+# with qemu-img map; st_blocks counts the clusters the image holds.
 
 load helpers
 load crash
@@ -140,4 +142,127 @@ os.close(fd)' "$@"
 	for round in 1 2 3; do
 		crash_round qcow2 "$T/crash.qcow2" "$round" || { cat "$T/vdiskfs.log"; false; }
 	done
+}
+
+@test "qcow2: an image written through its view, then made a backing file, is flushed" {
+	mkdir "$T/src" "$T/mnt"
+	qemu-img create -q -f qcow2 "$T/src/base.qcow2" 64M
+	vd_mount "$T/src" "$T/mnt"
+	# no fsync: the new L2 entries and refcounts sit dirty in the metadata cache
+	head -c 3M /dev/urandom >"$T/data"
+	dd if="$T/data" of="$T/mnt/base.qcow2" bs=64k seek=17 conv=notrunc status=none
+	qemu-img create -q -f qcow2 -u -b base.qcow2 -F qcow2 "$T/top.qcow2" 64M
+	mv "$T/top.qcow2" "$T/src/"
+	# opening the overlay opens base.qcow2 as its backing file: now read-only
+	cmp "$T/mnt/base.qcow2" "$T/mnt/top.qcow2"
+	run dd if=/dev/zero of="$T/mnt/base.qcow2" bs=64k count=1 conv=notrunc status=none
+	[ "$status" -ne 0 ]
+	vd_umount "$T/mnt"
+	[ "$VD_STATUS" -eq 0 ]
+	qemu_check "$T/src/base.qcow2"
+	qemu-img convert -f qcow2 -O raw "$T/src/base.qcow2" "$T/base.raw"
+	cmp "$T/data" <(dd if="$T/base.raw" bs=64k skip=17 count=48 status=none)
+}
+
+# seek_runs VIEW MAP_JSON: the data runs SEEK_DATA/SEEK_HOLE find in VIEW are
+# the runs qemu-img map --output=json marks "data" (merged where they touch).
+seek_runs() {
+	python3 - "$1" "$2" <<'PY'
+import errno, json, os, sys
+want = []
+for e in json.load(open(sys.argv[2])):
+    if not e["data"]:
+        continue
+    if want and want[-1][1] == e["start"]:
+        want[-1][1] += e["length"]
+    else:
+        want.append([e["start"], e["start"] + e["length"]])
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+got, pos = [], 0
+while pos < size:
+    try:
+        d = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError as e:
+        assert e.errno == errno.ENXIO, e
+        break
+    pos = os.lseek(fd, d, os.SEEK_HOLE)
+    got.append([d, pos])
+    # from inside a run: data stays where it is, the hole is the run's end
+    assert os.lseek(fd, d + 1, os.SEEK_DATA) == d + 1
+    assert os.lseek(fd, d + 1, os.SEEK_HOLE) == pos
+assert got == want, ("seek finds", got, "qemu-img map says", want)
+PY
+}
+
+@test "qcow2: SEEK_DATA/SEEK_HOLE follow the L2 tables and the backing file like qemu-img map" {
+	mkdir "$T/src" "$T/mnt"
+	cd "$T/src"
+	qemu-img create -q -f qcow2 base.qcow2 4M
+	qemu-io -f qcow2 -c 'write -P 0x22 64k 192k' -c 'write -P 0x23 3M 64k' base.qcow2 >/dev/null
+	qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 4M
+	# data, a zero cluster over backing data, backing data, a compressed
+	# cluster, a zero cluster over more backing data, unallocated everywhere
+	qemu-io -f qcow2 -c 'write -P 0x11 0 64k' -c 'write -z 64k 64k' -c 'write -P 0x12 1M 64k' \
+		-c 'write -c -P 0x13 2M 64k' -c 'write -z 3M 64k' top.qcow2 >/dev/null
+	# extended L2: runs of subclusters inside clusters
+	qemu-img create -q -f qcow2 -o extended_l2=on ext.qcow2 1M
+	qemu-io -f qcow2 -c 'write -P 1 8k 4k' -c 'write -P 2 100k 2k' -c 'write -z 128k 64k' \
+		-c 'write -P 3 130k 2k' ext.qcow2 >/dev/null
+	local f
+	for f in top ext base; do
+		qemu-img map --output=json "$f.qcow2" >"$T/$f.map"
+	done
+	cd "$T"
+	vd_mount "$T/src" "$T/mnt"
+	for f in top ext base; do
+		seek_runs "$T/mnt/$f.qcow2" "$T/$f.map"
+	done
+}
+
+@test "qcow2: st_blocks counts the clusters the image allocates, and drops on punch hole" {
+	qemu-img create -q -f qcow2 -o cluster_size=64k "$T/img.qcow2" 1G
+	touch "$T/view"
+	vd_mount "$T/img.qcow2" "$T/view"
+	alloc_is "$T/view" 0
+	# five clusters, two of them with one partial write each
+	dd if=/dev/urandom of="$T/view" bs=64k seek=3 count=3 conv=notrunc status=none
+	dd if=/dev/urandom of="$T/view" bs=1k seek=$((100 * 64 + 7)) count=2 conv=notrunc status=none
+	dd if=/dev/urandom of="$T/view" bs=1k seek=$((16384 * 64 - 1)) count=1 conv=notrunc status=none
+	alloc_is "$T/view" $((5 * 65536))
+	[ "$(du -B1 "$T/view" | cut -f1)" -eq $((5 * 65536)) ]
+	fallocate --punch-hole --keep-size -o $((3 * 65536)) -l $((2 * 65536)) "$T/view"
+	alloc_is "$T/view" $((3 * 65536))
+	# zeroed clusters hold no data either
+	fallocate --zero-range --keep-size -o $((100 * 65536)) -l 65536 "$T/view"
+	alloc_is "$T/view" $((2 * 65536))
+	vd_umount "$T/view"
+	[ "$VD_STATUS" -eq 0 ]
+	# counted afresh from the L2 tables at the next mount
+	vd_mount "$T/img.qcow2" "$T/view"
+	alloc_is "$T/view" $((2 * 65536))
+}
+
+@test "qcow2: du on a compressed image shows the compressed size, not the host file's" {
+	yes "vdiskfs compresses well" | head -c 8M >"$T/text.raw"
+	head -c 1M /dev/urandom >>"$T/text.raw"
+	qemu-img convert -q -c -f raw -O qcow2 "$T/text.raw" "$T/c.qcow2"
+	touch "$T/view"
+	vd_mount "$T/c.qcow2" "$T/view"
+	local b
+	b=$(($(stat -c %b "$T/view") * 512))
+	# the random MiB stays about its size, the text shrinks to almost nothing
+	[ "$b" -gt $((1 << 20)) ]
+	[ "$b" -lt $((3 << 19)) ]
+	[ "$(getfattr --only-values -n user.vdiskfs.allocated "$T/view")" -eq "$b" ]
+	# a write replaces a compressed cluster by a whole one
+	dd if=/dev/urandom of="$T/view" bs=64k seek=2 count=1 conv=notrunc status=none
+	local i b2=$b
+	for i in $(seq 1 30); do
+		b2=$(($(stat -c %b "$T/view") * 512))
+		[ "$b2" -ne "$b" ] && break
+		sleep 0.1
+	done
+	[ "$b2" -gt "$b" ]
+	[ "$b2" -lt $((b + 65536)) ]
 }

@@ -3,7 +3,7 @@
 # `qemu-img convert -O raw`; fio verify writes leave an image that
 # `qemu-img check` passes and that compares equal; a dirty log is replayed;
 # SIGKILL during writes + fsync keeps every write acknowledged before the
-# last completed fsync (repeated).
+# last completed fsync (repeated); st_blocks counts the present blocks.
 
 load helpers
 load crash
@@ -85,4 +85,22 @@ qimg() {
 	for round in 1 2 3; do
 		crash_round vhdx "$T/crash.vhdx" "$round" || { cat "$T/vdiskfs.log"; false; }
 	done
+}
+
+@test "vhdx: st_blocks counts the blocks the BAT marks present, and drops on punch hole" {
+	qemu-img create -q -f vhdx -o block_size=1M "$T/d.vhdx" 64M
+	qemu-io -f vhdx -c 'write -P 0x42 5M 4k' "$T/d.vhdx" >/dev/null
+	touch "$T/view"
+	vd_mount "$T/d.vhdx" "$T/view"
+	alloc_is "$T/view" $((1 << 20))
+	dd if=/dev/urandom of="$T/view" bs=1M seek=10 count=2 conv=notrunc status=none
+	dd if=/dev/urandom of="$T/view" bs=4k seek=$((63 * 256 + 3)) count=1 conv=notrunc status=none
+	alloc_is "$T/view" $((4 << 20))
+	[ "$(du -B1 "$T/view" | cut -f1)" -eq $((4 << 20)) ]
+	fallocate --punch-hole --keep-size -o 10M -l 1M "$T/view"
+	alloc_is "$T/view" $((3 << 20))
+	vd_umount "$T/view"
+	[ "$VD_STATUS" -eq 0 ]
+	vd_mount "$T/d.vhdx" "$T/view"
+	alloc_is "$T/view" $((3 << 20))
 }

@@ -166,7 +166,7 @@ static void setup_images(void)
 					.size = BSIZE};
 	pthread_mutex_init(&raw_backing.sync_lock, NULL);
 	top = (struct vd_image){.path = "fake", .fmt = &fake_format, .fd = host_fd,
-				.dio_fd = -1, .size = VSIZE, .zero_align = U,
+				.dio_fd = -1, .size = VSIZE, .zero_align = U, .writable = true,
 				.backing = &raw_backing};
 	pthread_mutex_init(&top.sync_lock, NULL);
 	img = &top;
