@@ -9,7 +9,7 @@ import sys
 
 # workload -> (metric, unit, higher is better)
 METRIC = {
-    "randread-qd1": ("lat_mean_us", "µs mean latency", False),
+    "randread-qd1": ("lat_mean_us", "µs mean latency (submit to complete)", False),
     "randread-qd16": ("iops", "IOPS", True),
     "randwrite-qd16": ("iops", "IOPS", True),
     "randwrite-qd16-empty": ("iops", "IOPS", True),
