@@ -25,6 +25,19 @@ static char *tpath(const char *name)
 	return g_build_filename(dir, name, NULL);
 }
 
+/* The big-endian 64-bit field at off in the scratch file name. */
+static uint64_t get_be64(const char *name, uint64_t off)
+{
+	char *p = tpath(name);
+	int fd = open(p, O_RDONLY);
+	uint64_t v = 0;
+
+	g_assert_cmpint(pread(fd, &v, 8, off), ==, 8);
+	close(fd);
+	g_free(p);
+	return GUINT64_FROM_BE(v);
+}
+
 /* Run a shell command in the scratch directory; its exit status. */
 static int sh(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 static int sh(const char *fmt, ...)

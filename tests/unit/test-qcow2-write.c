@@ -299,18 +299,6 @@ static void test_extl2_shared_cow(void)
 	extl2_shared_case("xs-alone", NULL);
 }
 
-static uint64_t be64_at(const char *name, uint64_t off)
-{
-	char *p = tpath(name);
-	int fd = open(p, O_RDONLY);
-	uint64_t v = 0;
-
-	g_assert_cmpint(pread(fd, &v, 8, off), ==, 8);
-	close(fd);
-	g_free(p);
-	return GUINT64_FROM_BE(v);
-}
-
 /* The snapshot s1 of the lazysnap fixture is listed and reads as before. */
 static void assert_lazysnap_s1(const char *q)
 {
@@ -399,8 +387,8 @@ static void test_header_length_104(void)
 	image_unref(img);
 	close(fd);
 	check_and_compare("h104.qcow2", "h104.raw");
-	g_assert_cmpuint(be64_at("h104.qcow2", 96) & 0xffffffff, ==, 104);
-	g_assert_cmpuint(be64_at("h104.qcow2", 104) >> 32, ==, 0xe2792aca); /* backing format */
+	g_assert_cmpuint(get_be64("h104.qcow2", 96) & 0xffffffff, ==, 104);
+	g_assert_cmpuint(get_be64("h104.qcow2", 104) >> 32, ==, 0xe2792aca); /* backing format */
 	g_free(p);
 	g_free(rp);
 }
@@ -471,13 +459,13 @@ static void test_feature_bits(void)
 			   "seek=95 conv=notrunc status=none && printf '\\040' | dd of=fb.qcow2 "
 			   "bs=1 seek=87 conv=notrunc status=none"),
 			==, 0);
-	g_assert_cmpuint(be64_at("fb.qcow2", 88), ==, 32);
+	g_assert_cmpuint(get_be64("fb.qcow2", 88), ==, 32);
 	img = img_open("fb.qcow2", false);
-	g_assert_cmpuint(be64_at("fb.qcow2", 88), ==, 32); /* opening alone changes nothing */
+	g_assert_cmpuint(get_be64("fb.qcow2", 88), ==, 32); /* opening alone changes nothing */
 	g_assert_cmpint(image_pwrite_sync(img, &b, 1, 12345), ==, 0);
 	image_unref(img);
-	g_assert_cmpuint(be64_at("fb.qcow2", 88), ==, 0);
-	g_assert_cmpuint(be64_at("fb.qcow2", 80), ==, 32);
+	g_assert_cmpuint(get_be64("fb.qcow2", 88), ==, 0);
+	g_assert_cmpuint(get_be64("fb.qcow2", 80), ==, 32);
 	g_assert_cmpint(qemu_check("fb.qcow2"), ==, 0);
 
 	/* bitmaps: flagged in use before the first write, check stays clean */
@@ -505,7 +493,7 @@ static void test_feature_bits(void)
 	g_assert_cmpint(image_pwrite_sync(img, &b, 1, 70000), ==, 0);
 	g_assert_cmpint(image_truncate(img, 3 << 20), ==, 0);
 	image_unref(img);
-	g_assert_cmpuint(be64_at("hl.qcow2", 112), ==, 0x1122334455667788ull);
+	g_assert_cmpuint(get_be64("hl.qcow2", 112), ==, 0x1122334455667788ull);
 	g_assert_cmpint(qemu_check("hl.qcow2"), ==, 0);
 	g_free(p);
 }

@@ -99,18 +99,6 @@ static void put_be32(const char *name, uint64_t off, uint32_t v)
 	g_free(p);
 }
 
-static uint64_t get_be64(const char *name, uint64_t off)
-{
-	char *p = tpath(name);
-	int fd = open(p, O_RDONLY);
-	uint64_t v = 0;
-
-	g_assert_cmpint(pread(fd, &v, 8, off), ==, 8);
-	close(fd);
-	g_free(p);
-	return GUINT64_FROM_BE(v);
-}
-
 static const char *fresh_copy(const char *from)
 {
 	static char name[64];
