@@ -74,17 +74,6 @@ python3 "$pack" pack 4k.vhdx "$v"/4k.vhdx
 qemu-img create -q -f vhdx -o block_size=1M,log_size=1M dirty.vhdx 8M
 python3 - <<'PY'
 import struct
-T = []
-for i in range(256):
-    c = i
-    for _ in range(8):
-        c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-    T.append(c)
-def crc(b):
-    c = 0xffffffff
-    for x in b:
-        c = T[(c ^ x) & 0xff] ^ (c >> 8)
-    return c ^ 0xffffffff
 f = open("dirty.vhdx", "r+b")
 def rd(o, n):
     f.seek(o); return f.read(n)
