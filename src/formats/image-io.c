@@ -178,6 +178,7 @@ struct img_req {
 	void *opaque;
 	int pending;
 	int err;
+	bool adopted; /* resumed by req_wake() on this thread: counted in adopted */
 	struct vd_waiter waiter;
 	struct img_part *parts;
 	/* Large and mostly unused: last, so a new request clears only the above. */
@@ -185,10 +186,18 @@ struct img_req {
 	struct img_part parts_inline[VD_MAP_INLINE];
 };
 
+/* Requests that req_wake() resumed on this thread and that are not finished:
+ * their I/O is on this thread's ring, so the thread must keep running it until
+ * they are (see image_sync_call()). A request finishes on the thread that
+ * started its I/O, so the count goes up and down on the same thread. */
+static __thread unsigned adopted;
+
 static void req_finish(struct img_req *r)
 {
 	struct vd_image *img = r->img;
 
+	if (r->adopted)
+		adopted--;
 	if (r->map.ticket) {
 		/* A write is answered only once its allocations are linked. */
 		int ret = img->fmt->complete(img, r->map.ticket, r->err);
@@ -358,8 +367,14 @@ static void req_start(struct img_req *r)
 	vd_map_reset(&r->map);
 	r->map.waiter = &r->waiter;
 	ret = img->fmt->map(img, r->off, r->len, r->write ? VD_MAP_WRITE : 0, &r->map);
-	if (ret == -EAGAIN && r->write)
-		return; /* parked on another request's allocation: waiter->wake resumes */
+	if (ret == -EAGAIN && r->write) {
+		/* parked on another request's allocation: waiter->wake resumes */
+		if (r->adopted) {
+			r->adopted = false;
+			adopted--;
+		}
+		return;
+	}
 	r->pending = 1;
 	if (ret) {
 		req_put(r, ret);
@@ -407,9 +422,15 @@ static void req_start(struct img_req *r)
 	req_put(r, 0);
 }
 
+/* Runs on the thread whose completion freed the allocation: the request's
+ * I/O goes on that thread's ring, whoever started it. */
 static void req_wake(struct vd_waiter *w)
 {
-	req_start(container_of(w, struct img_req, waiter));
+	struct img_req *r = container_of(w, struct img_req, waiter);
+
+	r->adopted = true;
+	adopted++;
+	req_start(r);
 }
 
 /* limit: the end of the guest range a request may touch, img->size except
@@ -760,8 +781,12 @@ static int image_sync_call(enum sync_op op, struct vd_image *img, void *buf, uin
 		img_zero(img, len, off, false, off + len, sync_wait_cb, &w);
 		break;
 	}
-	while (!atomic_load(&w.done)) {
-		/* A request parked on another thread's allocation finishes there. */
+	/* A request of ours parked on another thread's allocation finishes
+	 * there (we poll for it). Requests of other threads that our
+	 * completions resumed have their I/O on our ring: we leave only once
+	 * they finished, else nobody would reap it (this thread may exit or
+	 * block next) and their callers would wait forever. */
+	while (!atomic_load(&w.done) || adopted) {
 		ret = uring_run(uring_inflight() ? 100 : 10);
 		if (ret < 0)
 			return ret;

@@ -108,7 +108,9 @@ int image_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_
 int image_truncate(struct vd_image *img, uint64_t size);
 
 /* Blocking wrappers for tests, tools and start-up: run the calling thread's ring
- * until the request is done. Return 0 or -errno. */
+ * until the request is done, and until the parked writes of other threads that
+ * it resumed meanwhile (their I/O is on this ring) are done too. Return 0 or
+ * -errno. */
 int image_pread_sync(struct vd_image *img, void *buf, uint64_t len, uint64_t off);
 int image_pwrite_sync(struct vd_image *img, const void *buf, uint64_t len, uint64_t off);
 int image_zero_sync(struct vd_image *img, uint64_t len, uint64_t off, bool unmap);

@@ -1,8 +1,8 @@
 /* The generic image I/O over a fake driver that mixes every extent kind:
  * multi-extent requests answered once, backing reads, copy-on-write merges
  * (one source, several sources, invalid segment lists), tickets (a failed
- * link fails the write), parked writes, error propagation, zeroing and fsync
- * coalescing. */
+ * link fails the write), parked writes (also one resumed by another thread's
+ * blocking call), error propagation, zeroing and fsync coalescing. */
 #include <errno.h>
 #include <fcntl.h>
 #include <glib.h>
@@ -21,8 +21,9 @@
 static struct {
 	int completes, complete_err, complete_ret, flushes, zeroes_calls;
 	bool park_next, bad_map, mixed_cow;
+	bool wake_on_complete; /* complete() wakes the parked write, as drivers do */
 	struct vd_cow bad_cow; /* used when its len is set */
-	struct vd_waiter *parked;
+	struct vd_waiter *_Atomic parked;
 	uint64_t zero_off, zero_len;
 } fake;
 
@@ -104,8 +105,12 @@ static int fake_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned f
 
 static int fake_complete(struct vd_image *img, void *ticket, int err)
 {
+	struct vd_waiter *w = fake.wake_on_complete ? atomic_exchange(&fake.parked, NULL) : NULL;
+
 	fake.completes++;
 	fake.complete_err = err;
+	if (w)
+		w->wake(w);
 	return err ? 0 : fake.complete_ret;
 }
 
@@ -412,6 +417,54 @@ static void test_parked_write(void)
 	teardown_images();
 }
 
+struct sync_writer {
+	char data[U];
+	atomic_bool done;
+	int ret;
+};
+
+static void *sync_writer_main(void *arg)
+{
+	struct sync_writer *sw = arg;
+
+	sw->ret = image_pwrite_sync(img, sw->data, U, 4 * U);
+	atomic_store(&sw->done, true);
+	uring_thread_exit();
+	return NULL;
+}
+
+/* A write parked by another thread is resumed by this thread's completion,
+ * inside a blocking call: its I/O goes on this thread's ring, so the call
+ * returns only once it finished. Then this thread may stop running its ring
+ * (exit, block) without leaving the other caller waiting forever. */
+static void test_parked_write_resumed_here(void)
+{
+	struct sync_writer sw = {.done = false};
+	char data[U], buf[U];
+	pthread_t th;
+
+	setup_images();
+	memset(sw.data, 0x22, sizeof(sw.data));
+	memset(data, 0x33, sizeof(data));
+	fake.park_next = true;
+	g_assert_cmpint(pthread_create(&th, NULL, sync_writer_main, &sw), ==, 0);
+	for (int i = 0; i < 5000 && !atomic_load(&fake.parked); i++)
+		g_usleep(1000);
+	g_assert_nonnull(atomic_load(&fake.parked));
+	fake.wake_on_complete = true;
+	g_assert_cmpint(image_pwrite_sync(img, data, U, 8 * U), ==, 0);
+	/* This thread runs its ring no more: the other write must be done. */
+	for (int i = 0; i < 2000 && !atomic_load(&sw.done); i++)
+		g_usleep(1000);
+	g_assert_true(atomic_load(&sw.done));
+	g_assert_cmpint(pthread_join(th, NULL), ==, 0);
+	g_assert_cmpint(sw.ret, ==, 0);
+	g_assert_cmpint(fake.completes, ==, 2);
+	g_assert_cmpint(pread(host_fd, buf, U, unit_host(4)), ==, U);
+	g_assert_cmpmem(buf, U, sw.data, U);
+	teardown_images();
+}
+
 static void test_invalid_map(void)
 {
 	char buf[U];
@@ -487,6 +540,7 @@ int main(int argc, char **argv)
 	g_test_add_func("/image-io/fault-answered-once", test_fault_answered_once);
 	g_test_add_func("/image-io/complete-fails", test_complete_fails);
 	g_test_add_func("/image-io/parked-write", test_parked_write);
+	g_test_add_func("/image-io/parked-write-resumed-here", test_parked_write_resumed_here);
 	g_test_add_func("/image-io/invalid-map", test_invalid_map);
 	g_test_add_func("/image-io/zero-split", test_zero_split);
 	g_test_add_func("/image-io/fsync-coalesced", test_fsync_coalesced);
