@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "uring.h"
 
 struct uring_ctx {
@@ -34,21 +35,14 @@ static inline void cpu_relax(void)
 #endif
 }
 
-static long now_ns(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec * 1000000000L + t.tv_nsec;
-}
-
 /* Wait for a completion, first watching the completion queue for up to
  * poll_ns: in a VM a sleeping thread costs tens of microseconds to wake. The
  * window adapts as QEMU's IOThread polling does: it grows while sleeps end
  * within poll_max_ns and shrinks when they do not. */
 static int uring_wait(void)
 {
-	long t0, slept;
+	uint64_t t0;
+	long slept;
 	int ret;
 
 	if (!poll_max_ns)
@@ -57,7 +51,7 @@ static int uring_wait(void)
 	if (ret < 0)
 		return ret;
 	if (ctx->poll_ns) {
-		long end = now_ns() + ctx->poll_ns;
+		uint64_t end = vd_now_ns() + ctx->poll_ns;
 
 		do {
 			if (io_uring_cq_ready(&ctx->ring))
@@ -66,11 +60,11 @@ static int uring_wait(void)
 			if (IO_URING_READ_ONCE(*ctx->ring.sq.kflags) & IORING_SQ_TASKRUN)
 				return io_uring_get_events(&ctx->ring);
 			cpu_relax();
-		} while (now_ns() < end);
+		} while (vd_now_ns() < end);
 	}
-	t0 = now_ns();
+	t0 = vd_now_ns();
 	ret = io_uring_submit_and_wait(&ctx->ring, 1);
-	slept = now_ns() - t0;
+	slept = (long)(vd_now_ns() - t0);
 	if (slept <= poll_max_ns)
 		ctx->poll_ns = ctx->poll_ns ? (ctx->poll_ns * 2 < poll_max_ns ? ctx->poll_ns * 2
 									  : poll_max_ns)

@@ -12,6 +12,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
 #include "mirror-int.h"
 
@@ -146,7 +147,7 @@ static void copy_flushed(void *opaque, int err)
 /* Refill the bucket; return 0 if a chunk may go now, else ms to wait. */
 static int copy_throttle(struct mirror_job *job)
 {
-	uint64_t now = mirror_now_ns();
+	uint64_t now = vd_now_ns();
 
 	if (!job->speed)
 		return 0;
@@ -303,7 +304,7 @@ static void *copy_main(void *arg)
 	 * must land before the copy reads what they wrote. */
 	while (atomic_load(&m->direct) > 0)
 		usleep(200);
-	job->last_ns = mirror_now_ns();
+	job->last_ns = vd_now_ns();
 	job->poll.data = job;
 	uring_poll(&job->poll, job->efd, POLLIN, true, copy_on_kick);
 	for (;;) {

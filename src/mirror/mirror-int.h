@@ -102,12 +102,4 @@ void mirror_copy_join(struct mirror_job *job);
 int mirror_open_target(struct mirror *m, const struct mirror_opts *o,
 		       const struct mirror_env *env, struct mirror_job *job);
 
-static inline uint64_t mirror_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
-
 #endif
