@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "image.h"
 #include "log.h"
 #include "uring.h"
@@ -651,12 +652,35 @@ static void sync_fsync_done(struct uring_op *op, int res)
 	sync_finish(container_of(op, struct img_sync, op), res < 0 ? res : 0);
 }
 
+/* An fdatasync through io_uring is always handed to a kernel worker thread,
+ * and its completion back: two wake-ups that cost more than a local disk's
+ * cache flush itself (4K write + fdatasync p50 on the 2-vCPU machine: 320 µs
+ * that way, 190 µs called here, the host file 177 µs). So a thread with no
+ * other I/O of its own in flight calls it directly, as long as the last such
+ * call was quick; one that took over SYNC_INLINE_MAX_NS (slow or remote
+ * storage) sends this image's flushes through the ring for a second, so a
+ * slow flush never holds an event loop twice in a row. */
+#define SYNC_INLINE_MAX_NS 1000000ull
+
+static bool sync_inline(struct vd_image *img, int *err)
+{
+	uint64_t t0 = vd_now_ns(), t1;
+
+	if (uring_inflight() || t0 < atomic_load(&img->sync_inline_after))
+		return false;
+	*err = sync_fdatasync(img->fd);
+	t1 = vd_now_ns();
+	if (t1 - t0 > SYNC_INLINE_MAX_NS)
+		atomic_store(&img->sync_inline_after, t1 + 1000000000ull);
+	return true;
+}
+
 static void sync_start(struct img_sync *s)
 {
 	struct vd_image *img = s->img;
 	int ret = img->fmt->flush ? img->fmt->flush(img) : 0;
 
-	if (ret) {
+	if (ret || sync_inline(img, &ret)) {
 		sync_finish(s, ret);
 		return;
 	}

@@ -505,15 +505,43 @@ static void test_zero_split(void)
 static void test_fsync_coalesced(void)
 {
 	struct counter c = {0};
+	char *buf = g_malloc(U);
 
 	setup_images();
+	/* With a read of this thread in flight, fsyncs go through the ring. */
+	image_read(img, buf, U, 0, count_done, &c);
 	image_fsync(img, count_done, &c); /* starts at once */
 	image_fsync(img, count_done, &c); /* these two share the next one */
 	image_fsync(img, count_done, &c);
-	drain(&c, 3);
-	g_assert_cmpint(c.calls, ==, 3);
+	drain(&c, 4);
+	g_assert_cmpint(c.calls, ==, 4);
 	g_assert_cmpint(c.err, ==, 0);
 	g_assert_cmpint(fake.flushes, ==, 2);
+	teardown_images();
+	g_free(buf);
+}
+
+/* With nothing of its own in flight, a thread syncs the image itself: each
+ * call is answered before it returns. */
+static void test_fsync_inline(void)
+{
+	struct counter c = {0};
+
+	setup_images();
+	for (int i = 0; i < 3; i++) {
+		image_fsync(img, count_done, &c);
+		g_assert_cmpint(c.calls, ==, i + 1);
+	}
+	g_assert_cmpint(c.err, ==, 0);
+	g_assert_cmpint(fake.flushes, ==, 3);
+	g_assert_cmpuint(uring_inflight(), ==, 0);
+	/* After a slow one, the image's flushes go through the ring a while. */
+	atomic_store(&img->sync_inline_after, UINT64_MAX);
+	image_fsync(img, count_done, &c);
+	g_assert_cmpint(c.calls, ==, 3);
+	g_assert_cmpuint(uring_inflight(), ==, 1);
+	drain(&c, 4);
+	g_assert_cmpint(c.err, ==, 0);
 	teardown_images();
 }
 
@@ -544,6 +572,7 @@ int main(int argc, char **argv)
 	g_test_add_func("/image-io/invalid-map", test_invalid_map);
 	g_test_add_func("/image-io/zero-split", test_zero_split);
 	g_test_add_func("/image-io/fsync-coalesced", test_fsync_coalesced);
+	g_test_add_func("/image-io/fsync-inline", test_fsync_inline);
 	g_test_add_func("/image-io/block-status", test_block_status_chain);
 	return g_test_run();
 }
