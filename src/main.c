@@ -346,6 +346,8 @@ int main(int argc, char *argv[])
 	raise_fd_limit();
 
 	status = 1;
+	if (ring_precheck(vfs_cfg.ring))
+		goto out;
 	ret = tree_init();
 	if (ret) {
 		fprintf(stderr, "vdiskfs: cannot serve %s: %s\n", c.source, strerror(-ret));

@@ -326,6 +326,31 @@ int ring_setup(struct fuse_session *se, enum ring_mode mode)
 }
 
 /* After INIT: the ring was asked for; lay out the entries for nthreads loops. */
+#define RING_PARAM "/sys/module/fuse/parameters/enable_uring"
+#define RING_NOT_OFFERED                                                                           \
+	"FUSE over io_uring is not offered by the kernel (needs Linux 6.14+ and: echo 1 > " RING_PARAM \
+	")"
+
+/* Before mounting, so that a daemon about to fork can still fail in front of
+ * the user: -o uring=on needs the kernel's switch on. */
+int ring_precheck(enum ring_mode mode)
+{
+	FILE *f;
+	int c = 0;
+
+	if (mode != RING_ON)
+		return 0;
+	f = fopen(RING_PARAM, "re");
+	if (f) {
+		c = fgetc(f);
+		fclose(f);
+	}
+	if (c == 'Y' || c == '1')
+		return 0;
+	vd_err(RING_NOT_OFFERED);
+	return -EOPNOTSUPP;
+}
+
 int ring_prepare(unsigned nthreads)
 {
 	size_t stride;
@@ -333,9 +358,7 @@ int ring_prepare(unsigned nthreads)
 
 	if (!ring_on) {
 		if (ring_mode == RING_ON) {
-			vd_err("FUSE over io_uring is not offered by the kernel "
-			       "(needs Linux 6.14+ and: echo 1 > "
-			       "/sys/module/fuse/parameters/enable_uring)");
+			vd_err(RING_NOT_OFFERED);
 			return -EOPNOTSUPP;
 		}
 		return 0;

@@ -118,6 +118,9 @@ void control_release(fuse_req_t req, struct fuse_file_info *fi);
 /* ---- ring.c: FUSE over io_uring (see the file's header) ---- */
 /* Before the first request: hook libfuse's I/O so INIT can ask for the ring. */
 int ring_setup(struct fuse_session *se, enum ring_mode mode);
+/* Before mounting: -EOPNOTSUPP (logged) if mode is RING_ON and the kernel's
+ * enable_uring switch is off. */
+int ring_precheck(enum ring_mode mode);
 /* After INIT: lay out the ring for nthreads loops (-EOPNOTSUPP if RING_ON and
  * the kernel did not offer it). */
 int ring_prepare(unsigned nthreads);

@@ -86,6 +86,11 @@ uring() { echo "$1" >"$PARAM"; }
 	[ "$status" -eq 1 ]
 	[[ "$output" == *"enable_uring"* ]]
 	run ! is_mounted "$T/view"
+	# without -f too: the error comes before the daemon leaves the terminal
+	run timeout 20 "$VDISKFS" -o uring=on "$T/a.img" "$T/view"
+	[ "$status" -eq 1 ]
+	[[ "$output" == *"enable_uring"* ]]
+	run ! is_mounted "$T/view"
 	run "$VDISKFS" -f -o uring=sometimes "$T/a.img" "$T/view"
 	[ "$status" -eq 2 ]
 	[[ "$output" == *"uring=sometimes: want auto, on or off"* ]]
