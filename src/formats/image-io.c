@@ -654,23 +654,24 @@ static void sync_fsync_done(struct uring_op *op, int res)
 
 /* An fdatasync through io_uring is always handed to a kernel worker thread,
  * and its completion back: two wake-ups that cost more than a local disk's
- * cache flush itself (4K write + fdatasync p50 on the 2-vCPU machine: 320 µs
- * that way, 190 µs called here, the host file 177 µs). So a thread with no
- * other I/O of its own in flight calls it directly, as long as the last such
- * call was quick; one that took over SYNC_INLINE_MAX_NS (slow or remote
- * storage) sends this image's flushes through the ring for a second, so a
- * slow flush never holds an event loop twice in a row. */
-#define SYNC_INLINE_MAX_NS 1000000ull
+ * cache flush itself. So a thread with no other I/O of its own in flight
+ * calls it directly, as long as this image's direct calls have been quick on
+ * average (over SYNC_INLINE_MAX_NS, say on slow or remote storage, the
+ * image's flushes go through the ring for a second before it tries again),
+ * so that flushes never hold an event loop for long. */
+#define SYNC_INLINE_MAX_NS 2000000ull
 
 static bool sync_inline(struct vd_image *img, int *err)
 {
-	uint64_t t0 = vd_now_ns(), t1;
+	uint64_t t0 = vd_now_ns(), t1, avg;
 
 	if (uring_inflight() || t0 < atomic_load(&img->sync_inline_after))
 		return false;
 	*err = sync_fdatasync(img->fd);
 	t1 = vd_now_ns();
-	if (t1 - t0 > SYNC_INLINE_MAX_NS)
+	avg = (atomic_load(&img->sync_inline_avg) * 7 + (t1 - t0)) / 8;
+	atomic_store(&img->sync_inline_avg, avg);
+	if (avg > SYNC_INLINE_MAX_NS)
 		atomic_store(&img->sync_inline_after, t1 + 1000000000ull);
 	return true;
 }

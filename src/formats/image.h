@@ -67,8 +67,8 @@ struct vd_image {
 	/* fsync coalescing (image-io.c) */
 	pthread_mutex_t sync_lock;
 	struct img_sync *sync_running, *sync_next;
-	/* no fdatasync on the loop thread itself before this time (ns) */
-	_Atomic uint64_t sync_inline_after;
+	/* direct fdatasync calls: their average time, and none before (ns) */
+	_Atomic uint64_t sync_inline_avg, sync_inline_after;
 };
 
 /* Open an image and its backing chain. On failure logs one line naming the
