@@ -95,9 +95,10 @@ static int ring_init(unsigned entries, unsigned flags)
 		return -ENOMEM;
 	/* Completions (task work) never interrupt the thread with an IPI: it
 	 * runs them when it next enters the ring, which a loop thread does as
-	 * soon as it has queued its work. In an A/B run of 4K random I/O at
-	 * QD16 on the 2-vCPU machine this gave 1.25-1.35x the IOPS. Kernels
-	 * before 5.19 refuse the flags: set up without them. */
+	 * soon as it has queued its work. In A/B runs of 4K random I/O at QD16
+	 * on the 2-vCPU machine this gave about 1.3x the IOPS
+	 * (docs/performance.md). Kernels before 5.19 refuse the flags: set up
+	 * without them. */
 	ret = ring_queue_init(entries, IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG | flags);
 	if (ret == -EINVAL)
 		ret = ring_queue_init(entries, flags);
