@@ -111,6 +111,52 @@ os.close(fd)' "$@"
 	cmp "$T/s1.raw" "$T/s1-after.raw"
 }
 
+# concurrent_chunks FILE WRITERS: WRITERS processes write 3000-byte chunks,
+# 5000 bytes apart, over the first 3 MiB of FILE (so neighbouring chunks of
+# different writers share clusters); chunk i holds byte (i * 7 + 1) % 256
+concurrent_chunks() {
+	python3 - "$@" <<'PY'
+import os, sys
+path, writers = sys.argv[1], int(sys.argv[2])
+def run(k):
+    fd = os.open(path, os.O_WRONLY)
+    for i in range(k, (3 << 20) // 5000, writers):
+        os.pwrite(fd, bytes([(i * 7 + 1) % 256]) * 3000, i * 5000)
+    os.close(fd)
+pids = []
+for k in range(writers):
+    pid = os.fork()
+    if pid == 0:
+        run(k)
+        os._exit(0)
+    pids.append(pid)
+sys.exit(max(os.waitpid(p, 0)[1] for p in pids) != 0)
+PY
+}
+
+@test "qcow2: concurrent partial writes over snapshot-shared, backing and compressed clusters match a reference" {
+	head -c 4M /dev/urandom >"$T/base.raw"
+	qemu-img create -q -f qcow2 -b base.raw -F raw "$T/ov.qcow2" 4M
+	# [0, 1M) data shared with a snapshot, [1M, 2M) backing data only,
+	# [2M, 3M) compressed clusters
+	qemu-io -f qcow2 -c 'write -P 0x5a 0 1M' -c 'write -c -P 0x3c 2M 1M' "$T/ov.qcow2" >/dev/null
+	qemu-img snapshot -c s1 "$T/ov.qcow2"
+	# compressed clusters have no host offset in qemu-img map
+	qemu-img map --output=json "$T/ov.qcow2" | grep '"start": 2097152,' | grep -vq '"offset"'
+	qemu-img convert -O raw "$T/ov.qcow2" "$T/expect.raw"
+	cp "$T/expect.raw" "$T/s1.raw"
+	touch "$T/view"
+	vd_mount "$T/ov.qcow2" "$T/view" -o direct_io
+	concurrent_chunks "$T/view" 4
+	vd_umount "$T/view"
+	[ "$VD_STATUS" -eq 0 ]
+	concurrent_chunks "$T/expect.raw" 1
+	qemu_check "$T/ov.qcow2"
+	qemu-img compare -f qcow2 -F raw "$T/ov.qcow2" "$T/expect.raw"
+	qemu-img convert -l snapshot.name=s1 -O raw "$T/ov.qcow2" "$T/s1-after.raw"
+	cmp "$T/s1.raw" "$T/s1-after.raw"
+}
+
 @test "qcow2: truncate grows over a longer backing file: the new range reads zeroes" {
 	mkdir "$T/src" "$T/mnt"
 	head -c 3M /dev/urandom >"$T/src/base.raw"
