@@ -50,18 +50,11 @@ static GString *control_status(void)
 	return s;
 }
 
-static bool control_allowed(fuse_req_t req)
-{
-	const struct fuse_ctx *c = fuse_req_ctx(req);
-
-	return c->uid == 0 || c->uid == vfs_cfg.owner;
-}
-
 void control_open(fuse_req_t req, struct fuse_file_info *fi)
 {
 	struct control_fh *fh;
 
-	if (!control_allowed(req)) {
+	if (!vfs_req_by_owner(req)) {
 		fuse_reply_err(req, EACCES);
 		return;
 	}

@@ -18,6 +18,15 @@
 #define VFS_DIR_TIMEOUT 1.0 /* directory mounts notice added and removed images */
 #define VFS_WRITE_COPY_MAX (128 * 1024)
 
+/* Root and the user who mounted: they alone run mirrors and use the control
+ * file, whoever else the mount admits. */
+bool vfs_req_by_owner(fuse_req_t req)
+{
+	const struct fuse_ctx *c = fuse_req_ctx(req);
+
+	return c->uid == 0 || c->uid == vfs_cfg.owner;
+}
+
 static bool vfs_writable(struct vnode *n)
 {
 	return !vfs_cfg.read_only && !n->img->read_only;

@@ -35,6 +35,9 @@ struct vfs_config {
 
 extern struct vfs_config vfs_cfg;
 
+/* The request comes from root or the user who mounted. */
+bool vfs_req_by_owner(fuse_req_t req);
+
 enum vnode_kind { VN_DIR, VN_IMAGE, VN_CONTROL };
 
 struct vnode {

@@ -55,14 +55,6 @@ void image_info_json(struct vnode *n, struct json_writer *j, bool mirror)
 	}
 }
 
-/* Root and the user who mounted; others may not see or run mirrors. */
-static bool xattr_mirror_allowed(fuse_req_t req)
-{
-	const struct fuse_ctx *c = fuse_req_ctx(req);
-
-	return c->uid == 0 || c->uid == vfs_cfg.owner;
-}
-
 static bool xattr_is_mirror(const char *key)
 {
 	return !strncmp(key, "mirror.", strlen("mirror."));
@@ -125,7 +117,7 @@ void xattr_get(fuse_req_t req, struct vnode *n, const char *name, size_t size)
 		return;
 	}
 	key = name + strlen(XATTR_PREFIX);
-	mirror = xattr_mirror_allowed(req);
+	mirror = vfs_req_by_owner(req);
 	if (xattr_is_mirror(key) && !mirror) {
 		fuse_reply_err(req, EACCES);
 		return;
@@ -144,7 +136,7 @@ void xattr_list(fuse_req_t req, struct vnode *n, size_t size)
 	GString *s = g_string_new(NULL);
 
 	if (n->kind == VN_IMAGE) {
-		bool mirror = xattr_mirror_allowed(req);
+		bool mirror = vfs_req_by_owner(req);
 
 		for (size_t i = 0; i < G_N_ELEMENTS(xattr_names); i++) {
 			if (xattr_is_mirror(xattr_names[i]) && !mirror)
@@ -232,7 +224,7 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 		return;
 	}
 	key = name + strlen(XATTR_PREFIX);
-	if (xattr_is_mirror(key) && !xattr_mirror_allowed(req)) {
+	if (xattr_is_mirror(key) && !vfs_req_by_owner(req)) {
 		vd_err("%s: %s: only the owner of the mount may run mirrors", n->img->path, name);
 		fuse_reply_err(req, EACCES);
 		return;
