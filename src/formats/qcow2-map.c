@@ -120,6 +120,18 @@ static int l2_make_writable(struct qcow2 *q, uint64_t l1i, struct qcow2_cache_en
 	return 0;
 }
 
+/* An L2 table offset from L1 entry l1i must be cluster aligned and inside
+ * the file: 0, or -EIO with a message naming the entry. */
+static int l2_table_check(const struct qcow2 *q, uint64_t l1i, uint64_t off)
+{
+	if (!(off & (q->cluster_size - 1)) && qcow2_cl(q, off) < q->host_end)
+		return 0;
+	vd_err("%s: L1 entry %llu points to an L2 table at 0x%llx: unaligned or past the end of "
+	       "the file",
+	       q->img->path, (unsigned long long)l1i, (unsigned long long)off);
+	return -EIO;
+}
+
 int qcow2_l2_get(struct qcow2 *q, uint64_t gcl, bool write, struct qcow2_cache_entry **e,
 		 unsigned *idx)
 {
@@ -136,15 +148,12 @@ int qcow2_l2_get(struct qcow2 *q, uint64_t gcl, bool write, struct qcow2_cache_e
 		return l2_make_writable(q, l1i, e);
 	if (!off)
 		return 0;
-	if (off & (q->cluster_size - 1) || qcow2_cl(q, off) >= q->host_end) {
-		vd_err("%s: L1 entry %llu points to an L2 table at 0x%llx: unaligned or past the "
-		       "end of the file",
-		       q->img->path, (unsigned long long)l1i, (unsigned long long)off);
+	ret = l2_table_check(q, l1i, off);
+	if (ret) {
 		image_mark_broken(q->img, "qcow2 metadata is inconsistent");
-		return -EIO;
+		return ret;
 	}
-	ret = qcow2_cache_get(&q->l2c, off, e);
-	return ret;
+	return qcow2_cache_get(&q->l2c, off, e);
 }
 
 /* ---- reads ---- */
@@ -866,13 +875,9 @@ static int alloc_count(struct qcow2 *q)
 
 		if (!off)
 			continue;
-		if (off & (q->cluster_size - 1) || qcow2_cl(q, off) >= q->host_end) {
-			vd_err("%s: L1 entry %u points to an L2 table at 0x%llx: unaligned or past "
-			       "the end of the file",
-			       q->img->path, i, (unsigned long long)off);
-			ret = -EIO;
+		ret = l2_table_check(q, i, off);
+		if (ret)
 			break;
-		}
 		ce = qcow2_cache_peek(&q->l2c, off);
 		if (!ce) {
 			if (!tmp.buf && !(tmp.buf = malloc(q->cluster_size))) {

@@ -154,7 +154,7 @@ struct qcow2 {
 	uint64_t rebuild_n;
 
 	/* Bytes of the clusters the active L2 tables give guest data (see
-	 * qcow2_entry_weight()), counted on first need, then kept by l2_write(). */
+	 * entry_weight() in qcow2-map.c), counted on first need, then kept by l2_write(). */
 	bool alloc_known;
 	uint64_t alloc_bytes;
 

@@ -325,7 +325,6 @@ int ring_setup(struct fuse_session *se, enum ring_mode mode)
 	return 0;
 }
 
-/* After INIT: the ring was asked for; lay out the entries for nthreads loops. */
 #define RING_PARAM "/sys/module/fuse/parameters/enable_uring"
 #define RING_NOT_OFFERED                                                                           \
 	"FUSE over io_uring is not offered by the kernel (needs Linux 6.14+ and: echo 1 > " RING_PARAM \
@@ -351,6 +350,7 @@ int ring_precheck(enum ring_mode mode)
 	return -EOPNOTSUPP;
 }
 
+/* After INIT: the ring was asked for; lay out the entries for nthreads loops. */
 int ring_prepare(unsigned nthreads)
 {
 	size_t stride;
