@@ -325,7 +325,7 @@ int vhdx_create(const char *path, const struct vd_create_opts *o)
 {
 	struct cparams p = {.size = o->size, .bs = o->cluster_size, .lss = o->sector_size,
 			    .fixed = o->fixed};
-	char *ppath = NULL, *dir;
+	char *ppath = NULL, *d, *dir;
 	int fd, ret = 0;
 
 	if (o->backing) {
@@ -333,8 +333,12 @@ int vhdx_create(const char *path, const struct vd_create_opts *o)
 			vd_err("%s: a VHDX differencing disk needs a VHDX parent", path);
 			return -ENOTSUP;
 		}
-		dir = g_path_get_dirname(path);
+		/* a relative parent is relative to the child's directory, which
+		 * may itself be relative to the working directory */
+		d = g_path_get_dirname(path);
+		dir = g_canonicalize_filename(d, NULL);
 		ppath = g_canonicalize_filename(o->backing, dir);
+		g_free(d);
 		g_free(dir);
 		p.diff = true;
 		p.fixed = false;

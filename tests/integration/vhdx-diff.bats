@@ -37,6 +37,16 @@ make_parent() {
 	cmp "$T/expect.raw" "$T/view"
 }
 
+@test "a differencing disk created by a relative path finds its parent beside it" {
+	make_parent
+	mkdir "$T/sub"
+	(cd "$T" && "$MKIMAGE" vhdx sub/child.vhdx 16M backing=../parent.vhdx)
+	touch "$T/view"
+	vd_mount "$T/sub/child.vhdx" "$T/view"
+	[ "$(getfattr --only-values -n user.vdiskfs.backing "$T/view")" = "$T/sub/../parent.vhdx" ]
+	cmp "$T/expect.raw" "$T/view"
+}
+
 @test "in a directory mount the parent of a differencing disk is served read-only" {
 	mkdir "$T/src" "$T/mnt"
 	qemu-img create -q -f vhdx "$T/src/base.vhdx" 8M
