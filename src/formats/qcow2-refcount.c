@@ -4,9 +4,11 @@
  * dropped the reference is on disk, and the one metadata flush path. */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <linux/falloc.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "qcow2.h"
@@ -366,10 +368,46 @@ again:
 	*fresh = start >= q->host_end;
 	if (start + n > q->host_end)
 		q->host_end = start + n;
+	qcow2_prealloc(q);
 	if (n == 1 || q->free_hint == start)
 		q->free_hint = start + n;
 	*off = start << q->cluster_bits;
 	return 0;
+}
+
+/* A write past the end of the file extends it, and the filesystem (ext4,
+ * xfs) will not start an extending or hole-filling O_DIRECT write without
+ * blocking: io_uring hands every such write to a kernel worker thread. So the
+ * file grows ahead of allocation, PREALLOC_STEP at a time, as unwritten
+ * extents that read as zeroes and take writes without blocking, and is cut
+ * back to what allocation used when the image closes (after a crash the tail
+ * stays: space no refcount points to, which qcow2 allows). Where fallocate()
+ * is refused (some NFS servers) the file grows with each write as before. */
+#define PREALLOC_STEP (8ull << 20)
+
+void qcow2_prealloc(struct qcow2 *q)
+{
+	uint64_t end = q->host_end << q->cluster_bits, to;
+
+	if (q->prealloc_off || end <= q->file_size)
+		return;
+	to = (end + PREALLOC_STEP) & ~(PREALLOC_STEP - 1);
+	if (fallocate(q->img->fd, 0, q->file_size, to - q->file_size) < 0) {
+		vd_debug("%s: no preallocation: %s", q->img->path, strerror(errno));
+		q->prealloc_off = true;
+		return;
+	}
+	q->file_size = to;
+	q->preallocated = true;
+}
+
+void qcow2_prealloc_trim(struct qcow2 *q)
+{
+	uint64_t end = q->host_end << q->cluster_bits;
+
+	if (q->preallocated && q->file_size > end && ftruncate(q->img->fd, end) < 0)
+		vd_warn("%s: cannot cut the preallocated tail at 0x%" PRIx64 ": %s", q->img->path,
+			end, strerror(errno));
 }
 
 /* Undo an allocation nothing refers to yet. */

@@ -669,6 +669,7 @@ static int qcow2_open(struct vd_image *img)
 	if (ret)
 		goto fail;
 	q->host_end = qcow2_align_up(st.st_size, q->cluster_size) >> q->cluster_bits;
+	q->file_size = st.st_size;
 	q->free_hint = 1;
 	img->size = q->size;
 	img->cluster_size = q->cluster_size;
@@ -698,6 +699,7 @@ static void qcow2_close(struct vd_image *img)
 			ret = sync_fdatasync(img->fd);
 		if (ret)
 			vd_err("%s: metadata flush at close failed: %s", img->path, strerror(-ret));
+		qcow2_prealloc_trim(q);
 	}
 	pthread_mutex_unlock(&q->lock);
 	qcow2_free(q);

@@ -5,7 +5,8 @@
 # clusters against qemu-io; growing over a longer backing file (v3, v2);
 # SIGKILL during random writes + fsync never corrupts (check exits 0 or 3) and
 # loses no write acknowledged before an fsync; an image written through its
-# view and then opened as a backing file is flushed; SEEK_DATA/SEEK_HOLE agree
+# view and then opened as a backing file is flushed; the file grown ahead of
+# allocation is cut back at unmount; SEEK_DATA/SEEK_HOLE agree
 # with qemu-img map; st_blocks counts the clusters the image holds.
 
 load helpers
@@ -44,10 +45,20 @@ fixtures() {
 		--ioengine=io_uring --direct=0 --size=96M --offset=128M --verify=crc32c \
 		--verify_fatal=1 --do_verify=1 >"$T/fio.log" 2>&1 || { cat "$T/fio.log"; false; }
 	cp --sparse=always "$T/view" "$T/ref.raw"
+	# the image file grows ahead of allocation while mounted (8 MiB steps)
+	local grown
+	grown=$(stat -c %s "$T/img.qcow2")
+	[ $((grown % (8 << 20))) -eq 0 ]
 	vd_umount "$T/view"
 	[ "$VD_STATUS" -eq 0 ]
 	qemu_check "$T/img.qcow2"
 	qemu-img compare -f qcow2 -F raw "$T/img.qcow2" "$T/ref.raw"
+	# and is cut back to where the image ends when it closes
+	local end
+	end=$(qemu-img check --output=json "$T/img.qcow2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["image-end-offset"])')
+	echo "grown $grown, end $end, now $(stat -c %s "$T/img.qcow2")"
+	[ "$end" -lt "$grown" ]
+	[ "$(stat -c %s "$T/img.qcow2")" -eq "$end" ]
 }
 
 @test "qcow2: overlapping writers over a backing file and a snapshot" {
