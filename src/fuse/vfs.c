@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/fuse.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
@@ -149,6 +150,22 @@ static void vfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 	fuse_reply_attr(req, &st, n->kind == VN_IMAGE ? VFS_TIMEOUT : VFS_DIR_TIMEOUT);
 }
 
+/* fuse_reply_open() with FOPEN_PARALLEL_DIRECT_WRITES, which libfuse 3.14
+ * cannot set: without it the kernel holds the inode lock exclusively around
+ * every direct write, so the writes of a VMM's several I/O threads reach the
+ * daemon one at a time. The image layer orders overlapping writes itself. */
+static void vfs_reply_open(fuse_req_t req, const struct fuse_file_info *fi)
+{
+	struct fuse_open_out out = {
+		.fh = fi->fh,
+		.open_flags = (fi->direct_io ? FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES : 0) |
+			      (fi->keep_cache ? FOPEN_KEEP_CACHE : 0) |
+			      (fi->noflush ? FOPEN_NOFLUSH : 0),
+	};
+
+	fuse_reply_buf(req, (const char *)&out, sizeof(out));
+}
+
 static void vfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct vnode *n = vfs_node(req, ino);
@@ -174,7 +191,7 @@ static void vfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fi->noflush = 1;
 	fi->fh = (uint64_t)(uintptr_t)n;
 	tree_open(n);
-	fuse_reply_open(req, fi);
+	vfs_reply_open(req, fi);
 }
 
 static void vfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

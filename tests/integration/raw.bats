@@ -1,6 +1,7 @@
 #!/usr/bin/env bats
 # Raw images through the view: contents, fio verify writes (O_DIRECT and
-# buffered, two jobs at once), sparseness, punch hole, read-only, sizes.
+# buffered, two jobs at once), sparseness, punch hole, read-only, sizes;
+# direct writes from several threads reach the daemon together.
 
 load helpers
 
@@ -155,4 +156,23 @@ PY
 		vd_umount "$T/view-$mode"
 		cmp -n 1M "$T/data" <(dd if="$T/disk-$mode.raw" bs=1M skip=1 count=1 status=none)
 	done
+}
+
+# Writers that wait for each write (pwrite, as thread-pool VMMs do) reach the
+# daemon together: the kernel serializes direct writes on the inode lock
+# unless OPEN answers FOPEN_PARALLEL_DIRECT_WRITES. libfuse's debug log shows
+# each request as it arrives and each reply before it is sent.
+@test "O_DIRECT writes from several threads are in the daemon at once" {
+	mount_raw 64M -d
+	fio --name=par --filename="$T/view" --rw=randwrite --bs=4k --ioengine=psync \
+		--direct=1 --numjobs=4 --size=64M --time_based --runtime=1 \
+		--group_reporting >"$T/fio.log" 2>&1 || { cat "$T/fio.log"; false; }
+	vd_umount "$T/view"
+	[ "$VD_STATUS" -eq 0 ]
+	local most
+	most=$(awk '/opcode: WRITE/ { w[$2] = 1; n++ }
+		/^   unique: .*, success/ { if (w[$2]) { n--; delete w[$2] } }
+		{ if (n > most) most = n } END { print most + 0 }' "$T/vdiskfs.log")
+	echo "most WRITEs in the daemon at once: $most"
+	[ "$most" -ge 2 ]
 }
