@@ -663,16 +663,19 @@ static void sync_fsync_done(struct uring_op *op, int res)
 
 static bool sync_inline(struct vd_image *img, int *err)
 {
-	uint64_t t0 = vd_now_ns(), t1, avg;
+	uint64_t t0 = vd_now_ns(), t1, avg, after = atomic_load(&img->sync_inline_after);
 
-	if (uring_inflight() || t0 < atomic_load(&img->sync_inline_after))
+	if (uring_inflight() || t0 < after)
 		return false;
 	*err = sync_fdatasync(img->fd);
 	t1 = vd_now_ns();
-	avg = (atomic_load(&img->sync_inline_avg) * 7 + (t1 - t0)) / 8;
+	/* The first call after a back-off judges by itself alone: one long
+	 * flush (the journal commit after a burst of writes) must not keep the
+	 * average high, and flushes off the loop, for as many seconds as it
+	 * takes to decay one sample per second. */
+	avg = after ? t1 - t0 : (atomic_load(&img->sync_inline_avg) * 7 + (t1 - t0)) / 8;
 	atomic_store(&img->sync_inline_avg, avg);
-	if (avg > SYNC_INLINE_MAX_NS)
-		atomic_store(&img->sync_inline_after, t1 + 1000000000ull);
+	atomic_store(&img->sync_inline_after, avg > SYNC_INLINE_MAX_NS ? t1 + 1000000000ull : 0);
 	return true;
 }
 

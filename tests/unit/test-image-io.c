@@ -542,6 +542,16 @@ static void test_fsync_inline(void)
 	g_assert_cmpuint(uring_inflight(), ==, 1);
 	drain(&c, 4);
 	g_assert_cmpint(c.err, ==, 0);
+	/* When the back-off ends, one quick flush brings them back to the
+	 * thread at once, however slow the average was. */
+	atomic_store(&img->sync_inline_avg, 50000000);
+	atomic_store(&img->sync_inline_after, 1);
+	image_fsync(img, count_done, &c);
+	g_assert_cmpint(c.calls, ==, 5);
+	g_assert_cmpuint(atomic_load(&img->sync_inline_after), ==, 0);
+	image_fsync(img, count_done, &c);
+	g_assert_cmpint(c.calls, ==, 6);
+	g_assert_cmpint(c.err, ==, 0);
 	teardown_images();
 }
 
