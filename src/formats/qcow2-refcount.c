@@ -8,7 +8,6 @@
 #include <linux/falloc.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "log.h"
 #include "qcow2.h"
@@ -152,6 +151,10 @@ static int refblock_create(struct qcow2 *q, uint64_t rtidx)
 		return -ENOMEM;
 	memset(buf, 0, q->cluster_size);
 	rb_write(q, buf, c - c0, 1);
+	/* Written space is never fresh again, and never cut off at close,
+	 * even if what points to it fails to land. */
+	if (c >= q->host_end)
+		q->host_end = c + 1;
 	ret = write_sync(q, buf, q->cluster_size, c << q->cluster_bits, "refcount block");
 	free(buf);
 	if (ret)
@@ -161,8 +164,6 @@ static int refblock_create(struct qcow2 *q, uint64_t rtidx)
 	if (ret)
 		return ret;
 	q->rt[rtidx] = c << q->cluster_bits;
-	if (c >= q->host_end)
-		q->host_end = c + 1;
 	rebuild_count(q, c);
 	return 0;
 }
@@ -201,6 +202,7 @@ static int reftable_grow(struct qcow2 *q, uint64_t need)
 		goto out;
 	for (uint64_t i = 0; i < q->rt_entries; i++)
 		nrt[i] = q->rt[i];
+	q->host_end = T + tc + nb; /* before writing there: see refblock_create() */
 	for (uint64_t b = 0; b < nb; b++) {
 		uint64_t bc0 = (first + b) << q->rb_bits;
 		memset(blk, 0, q->cluster_size);
@@ -238,7 +240,6 @@ static int reftable_grow(struct qcow2 *q, uint64_t need)
 	q->rt_offset = T << q->cluster_bits;
 	q->rt_clusters = tc;
 	q->rt_entries = tc * per;
-	q->host_end = T + tc + nb;
 	for (uint64_t i = 0; i < old_cl; i++) {
 		ret = qcow2_refcount_add(q, qcow2_cl(q, old_off) + i, -1);
 		if (ret)
@@ -405,9 +406,14 @@ void qcow2_prealloc_trim(struct qcow2 *q)
 {
 	uint64_t end = q->host_end << q->cluster_bits;
 
-	if (q->preallocated && q->file_size > end && ftruncate(q->img->fd, end) < 0)
+	int ret;
+
+	if (!q->preallocated || q->file_size <= end)
+		return;
+	ret = sync_ftruncate(q->img->fd, end);
+	if (ret)
 		vd_warn("%s: cannot cut the preallocated tail at 0x%" PRIx64 ": %s", q->img->path,
-			end, strerror(errno));
+			end, strerror(-ret));
 }
 
 /* Undo an allocation nothing refers to yet. */
