@@ -330,6 +330,8 @@ static int cluster_free(struct qcow2 *q, uint64_t cl, bool *is_free)
 	return ret;
 }
 
+static void prealloc(struct qcow2 *q, uint64_t first, uint64_t n);
+
 /* Allocate n contiguous clusters (refcount 0 -> 1). *fresh: they lie past
  * everything ever written in this file, so they read as zeroes. */
 int qcow2_alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off, bool *fresh)
@@ -369,7 +371,7 @@ again:
 	*fresh = start >= q->host_end;
 	if (start + n > q->host_end)
 		q->host_end = start + n;
-	qcow2_prealloc(q);
+	prealloc(q, start, n);
 	if (n == 1 || q->free_hint == start)
 		q->free_hint = start + n;
 	*off = start << q->cluster_bits;
@@ -386,14 +388,19 @@ again:
  * is refused (some NFS servers) the file grows with each write as before. */
 #define PREALLOC_STEP (8ull << 20)
 
-void qcow2_prealloc(struct qcow2 *q)
+static void prealloc(struct qcow2 *q, uint64_t first, uint64_t n)
 {
-	uint64_t end = q->host_end << q->cluster_bits, to;
+	uint64_t end = (first + n) << q->cluster_bits, from = q->file_size, to;
 
-	if (q->prealloc_off || end <= q->file_size)
+	if (q->prealloc_off || end <= from)
 		return;
+	/* Space skipped over (a refcount table placed past the clusters its
+	 * size covers, say in a hostile image) stays a hole: only the new
+	 * clusters and the step after them are allocated. */
+	if (from < first << q->cluster_bits)
+		from = first << q->cluster_bits;
 	to = (end + PREALLOC_STEP) & ~(PREALLOC_STEP - 1);
-	if (fallocate(q->img->fd, 0, q->file_size, to - q->file_size) < 0) {
+	if (fallocate(q->img->fd, 0, from, to - from) < 0) {
 		vd_debug("%s: no preallocation: %s", q->img->path, strerror(errno));
 		q->prealloc_off = true;
 		return;

@@ -151,7 +151,7 @@ struct qcow2 {
 	uint64_t host_end; /* clusters: everything at or past is never-written host space */
 	uint64_t free_hint;
 	/* Bytes: the file's size as far as allocation knows, grown ahead of it
-	 * (see qcow2_prealloc()); prealloc_off once the filesystem refused. */
+	 * (see prealloc() in qcow2-refcount.c); prealloc_off once the filesystem refused. */
 	uint64_t file_size;
 	bool prealloc_off, preallocated;
 	uint32_t *rebuild_counts; /* during a refcount rebuild */
@@ -220,7 +220,6 @@ int qcow2_refcount_add(struct qcow2 *q, uint64_t cl, int delta);
 int qcow2_refcount_set(struct qcow2 *q, uint64_t cl, uint64_t v);
 int qcow2_alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off, bool *fresh);
 void qcow2_alloc_rollback(struct qcow2 *q, uint64_t off, uint64_t n);
-void qcow2_prealloc(struct qcow2 *q);
 void qcow2_prealloc_trim(struct qcow2 *q);
 int qcow2_defer_free(struct qcow2 *q, uint64_t off, uint64_t len);
 int qcow2_free_entry(struct qcow2 *q, uint64_t entry);
