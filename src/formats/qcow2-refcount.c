@@ -330,7 +330,36 @@ static int cluster_free(struct qcow2 *q, uint64_t cl, bool *is_free)
 	return ret;
 }
 
-static void prealloc(struct qcow2 *q, uint64_t first, uint64_t n);
+/* A write past the end of the file extends it, and the filesystem (ext4,
+ * xfs) will not start an extending or hole-filling O_DIRECT write without
+ * blocking: io_uring hands every such write to a kernel worker thread. So the
+ * file grows ahead of allocation, PREALLOC_STEP at a time, as unwritten
+ * extents that read as zeroes and take writes without blocking, and is cut
+ * back to what allocation used when the image closes (after a crash the tail
+ * stays: space no refcount points to, which qcow2 allows). Where fallocate()
+ * is refused (some NFS servers) the file grows with each write as before. */
+#define PREALLOC_STEP (8ull << 20)
+
+static void prealloc(struct qcow2 *q, uint64_t first, uint64_t n)
+{
+	uint64_t end = (first + n) << q->cluster_bits, from = q->file_size, to;
+
+	if (q->prealloc_off || end <= from)
+		return;
+	/* Space skipped over (a refcount table placed past the clusters its
+	 * size covers, say in a hostile image) stays a hole: only the new
+	 * clusters and the step after them are allocated. */
+	if (from < first << q->cluster_bits)
+		from = first << q->cluster_bits;
+	to = (end + PREALLOC_STEP) & ~(PREALLOC_STEP - 1);
+	if (fallocate(q->img->fd, 0, from, to - from) < 0) {
+		vd_debug("%s: no preallocation: %s", q->img->path, strerror(errno));
+		q->prealloc_off = true;
+		return;
+	}
+	q->file_size = to;
+	q->preallocated = true;
+}
 
 /* Allocate n contiguous clusters (refcount 0 -> 1). *fresh: they lie past
  * everything ever written in this file, so they read as zeroes. */
@@ -378,41 +407,9 @@ again:
 	return 0;
 }
 
-/* A write past the end of the file extends it, and the filesystem (ext4,
- * xfs) will not start an extending or hole-filling O_DIRECT write without
- * blocking: io_uring hands every such write to a kernel worker thread. So the
- * file grows ahead of allocation, PREALLOC_STEP at a time, as unwritten
- * extents that read as zeroes and take writes without blocking, and is cut
- * back to what allocation used when the image closes (after a crash the tail
- * stays: space no refcount points to, which qcow2 allows). Where fallocate()
- * is refused (some NFS servers) the file grows with each write as before. */
-#define PREALLOC_STEP (8ull << 20)
-
-static void prealloc(struct qcow2 *q, uint64_t first, uint64_t n)
-{
-	uint64_t end = (first + n) << q->cluster_bits, from = q->file_size, to;
-
-	if (q->prealloc_off || end <= from)
-		return;
-	/* Space skipped over (a refcount table placed past the clusters its
-	 * size covers, say in a hostile image) stays a hole: only the new
-	 * clusters and the step after them are allocated. */
-	if (from < first << q->cluster_bits)
-		from = first << q->cluster_bits;
-	to = (end + PREALLOC_STEP) & ~(PREALLOC_STEP - 1);
-	if (fallocate(q->img->fd, 0, from, to - from) < 0) {
-		vd_debug("%s: no preallocation: %s", q->img->path, strerror(errno));
-		q->prealloc_off = true;
-		return;
-	}
-	q->file_size = to;
-	q->preallocated = true;
-}
-
 void qcow2_prealloc_trim(struct qcow2 *q)
 {
 	uint64_t end = q->host_end << q->cluster_bits;
-
 	int ret;
 
 	if (!q->preallocated || q->file_size <= end)

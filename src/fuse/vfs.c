@@ -153,7 +153,7 @@ static void vfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 /* fuse_reply_open() with FOPEN_PARALLEL_DIRECT_WRITES, which libfuse 3.14
  * cannot set: without it the kernel holds the inode lock exclusively around
  * every direct write, so the writes of a VMM's several I/O threads reach the
- * daemon one at a time. The image layer orders overlapping writes itself. */
+ * daemon one at a time. The image layer takes concurrent writes already. */
 static void vfs_reply_open(fuse_req_t req, const struct fuse_file_info *fi)
 {
 	struct fuse_open_out out = {
