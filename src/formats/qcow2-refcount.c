@@ -358,7 +358,6 @@ static void prealloc(struct qcow2 *q, uint64_t first, uint64_t n)
 		return;
 	}
 	q->file_size = to;
-	q->preallocated = true;
 }
 
 /* Allocate n contiguous clusters (refcount 0 -> 1). *fresh: they lie past
@@ -412,7 +411,7 @@ void qcow2_prealloc_trim(struct qcow2 *q)
 	uint64_t end = q->host_end << q->cluster_bits;
 	int ret;
 
-	if (!q->preallocated || q->file_size <= end)
+	if (q->file_size <= end)
 		return;
 	ret = sync_ftruncate(q->img->fd, end);
 	if (ret)

@@ -151,9 +151,10 @@ struct qcow2 {
 	uint64_t host_end; /* clusters: everything at or past is never-written host space */
 	uint64_t free_hint;
 	/* Bytes: the file's size as far as allocation knows, grown ahead of it
-	 * (see prealloc() in qcow2-refcount.c); prealloc_off once the filesystem refused. */
+	 * (see prealloc() in qcow2-refcount.c): only that makes it larger than
+	 * host_end's clusters. prealloc_off once the filesystem refused. */
 	uint64_t file_size;
-	bool prealloc_off, preallocated;
+	bool prealloc_off;
 	uint32_t *rebuild_counts; /* during a refcount rebuild */
 	uint64_t rebuild_n;
 
