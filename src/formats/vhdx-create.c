@@ -256,11 +256,12 @@ static void image_names_free(struct vd_image *img)
 	g_free(img->backing_fmt);
 }
 
-/* Read what a child needs from its parent: size, sector size, block size, DataWriteGuid. */
-static int parent_facts(const char *path, const char *ppath, struct cparams *p)
+/* Read what a child needs from its parent: size, sector size, block size,
+ * DataWriteGuid; dir is the child's directory, absolute. */
+static int parent_facts(const char *path, const char *dir, const char *ppath, struct cparams *p)
 {
 	struct vd_image img = {.path = (char *)ppath, .name = (char *)ppath, .read_only = true};
-	char *d = g_path_get_dirname(path), *dir = g_canonicalize_filename(d, NULL), *s;
+	char *s;
 	struct vhdx *v;
 	int ret;
 
@@ -295,8 +296,6 @@ static int parent_facts(const char *path, const char *ppath, struct cparams *p)
 out:
 	if (img.fd >= 0)
 		close(img.fd);
-	g_free(d);
-	g_free(dir);
 	return ret;
 }
 
@@ -338,11 +337,11 @@ int vhdx_create(const char *path, const struct vd_create_opts *o)
 		d = g_path_get_dirname(path);
 		dir = g_canonicalize_filename(d, NULL);
 		ppath = g_canonicalize_filename(o->backing, dir);
-		g_free(d);
-		g_free(dir);
 		p.diff = true;
 		p.fixed = false;
-		ret = parent_facts(path, ppath, &p);
+		ret = parent_facts(path, dir, ppath, &p);
+		g_free(d);
+		g_free(dir);
 	}
 	if (!ret)
 		ret = check_params(path, &p);
