@@ -4,6 +4,9 @@
 
 : "${VDISKFS:?VDISKFS must name the vdiskfs binary (meson test sets it)}"
 : "${VDISKFS_SRC:=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
+# The project's shared folder (images that broke vdiskfs, images from other
+# writers) sits beside the source tree, as in CI; it is read, never written.
+: "${VDISKFS_SHARED:=$VDISKFS_SRC/../shared}"
 
 # A fresh scratch directory for each test, on the same filesystem as the build
 # (not tmpfs: tests rely on SEEK_HOLE, punch hole and O_DIRECT of a real fs).
@@ -131,4 +134,20 @@ alloc_is() {
 		return 1
 	fi
 	[ "$(getfattr --only-values -n user.vdiskfs.allocated "$1")" -eq "$2" ]
+}
+
+# shared_image REL DEST: a scratch copy of shared/REL at DEST, decompressed
+# (.xz, .gz, .bz2). Fails, never skips, when the image is missing.
+shared_image() {
+	local src=$VDISKFS_SHARED/$1
+	if [ ! -r "$src" ]; then
+		echo "missing $src (shared/ must sit beside the source tree)" >&2
+		return 1
+	fi
+	case $src in
+	*.xz) xz -dc "$src" >"$2" ;;
+	*.gz) gzip -dc "$src" >"$2" ;;
+	*.bz2) bzip2 -dc "$src" >"$2" ;;
+	*) cp "$src" "$2" ;;
+	esac
 }
