@@ -242,6 +242,13 @@ static int parse_header(struct qcow2 *q, struct qcow2_hdr *h, const uint8_t *b)
 	}
 	q->cluster_size = 1u << q->cluster_bits;
 	q->size = qcow2_be64(b + 24);
+	if (q->size % 512) {
+		/* QEMU counts a qcow2 disk in whole sectors and never shows the tail. */
+		vd_warn("%s: qcow2 header at offset 24: virtual size %llu is not a multiple of 512; "
+			"served as %llu bytes, as QEMU reads it",
+			path, (unsigned long long)q->size, (unsigned long long)(q->size & ~511ull));
+		q->size &= ~511ull;
+	}
 	h->crypt = qcow2_be32(b + 32);
 	q->l1_size = qcow2_be32(b + 36);
 	q->l1_offset = qcow2_be64(b + 40);

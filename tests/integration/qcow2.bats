@@ -193,6 +193,34 @@ PY
 	done
 }
 
+@test "qcow2: a virtual size that is not a multiple of 512 is served in whole sectors, like QEMU" {
+	shared_image repro/qcow2-size-0xffffff.qcow2.xz "$T/odd.qcow2"
+	qemu-img convert -f qcow2 -O raw "$T/odd.qcow2" "$T/odd.ref"
+	[ "$(stat -c %s "$T/odd.ref")" -eq 16776704 ]
+	touch "$T/view"
+	vd_mount "$T/odd.qcow2" "$T/view" -o ro
+	[ "$(stat -c %s "$T/view")" -eq 16776704 ]
+	[ "$(getfattr --only-values -n user.vdiskfs.virtual-size "$T/view")" -eq 16776704 ]
+	cmp "$T/view" "$T/odd.ref"
+	vd_umount "$T/view"
+	grep -q "virtual size 16777215 is not a multiple of 512; served as 16776704 bytes" "$T/vdiskfs.log"
+	# read-write: the view ends at the same sector, writes to its last sector land,
+	# and a resize to a size QEMU would refuse is refused
+	vd_mount "$T/odd.qcow2" "$T/view"
+	[ "$(stat -c %s "$T/view")" -eq 16776704 ]
+	printf 'last sector' | dd of="$T/view" bs=512 seek=$((16776704 / 512 - 1)) conv=notrunc status=none
+	printf 'last sector' | dd of="$T/odd.ref" bs=512 seek=$((16776704 / 512 - 1)) conv=notrunc status=none
+	run truncate -s 20000001 "$T/view"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Invalid argument"* ]]
+	[ "$(stat -c %s "$T/view")" -eq 16776704 ]
+	vd_umount "$T/view"
+	[ "$VD_STATUS" -eq 0 ]
+	grep -q "cannot resize to 20000001 bytes: a qcow2 size must be a multiple of 512" "$T/vdiskfs.log"
+	qemu_check "$T/odd.qcow2"
+	qemu-img compare -f qcow2 -F raw "$T/odd.qcow2" "$T/odd.ref"
+}
+
 @test "qcow2: SIGKILL during random writes + fsync, three rounds" {
 	qemu-img create -q -f qcow2 -o cluster_size=64k "$T/crash.qcow2" 64M
 	local round
