@@ -524,6 +524,27 @@ void image_ref(struct vd_image *img)
 	atomic_fetch_add(&img->refs, 1);
 }
 
+int image_finish(struct vd_image *img)
+{
+	int ret;
+
+	if (!img->writable)
+		return 0;
+	img->read_only = true;
+	if (img->fmt->finish) {
+		ret = img->fmt->finish(img);
+	} else {
+		ret = img->fmt->flush ? img->fmt->flush(img) : 0;
+		if (!ret)
+			ret = sync_fdatasync(img->fd);
+	}
+	img->writable = false;
+	if (ret)
+		vd_err("%s: cannot write back the image before leaving it: %s", img->path,
+		       strerror(-ret));
+	return ret;
+}
+
 void image_unref(struct vd_image *img)
 {
 	struct vd_image *backing;

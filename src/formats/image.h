@@ -77,6 +77,12 @@ int image_open(const char *path, const struct vd_open_opts *o, struct vd_image *
 void image_ref(struct vd_image *img);
 /* Drop a reference; the last one flushes and closes the whole chain. */
 void image_unref(struct vd_image *img);
+/* Make a writable image's file final (everything close would write is
+ * written and synced) and refuse its writes from now on (EROFS); reads go on,
+ * and close writes nothing more. For an image that is retired while requests
+ * may still read it (the mirror's old source). Logs and returns -errno when
+ * the file could not be made final. */
+int image_finish(struct vd_image *img);
 /* Probe a file: the driver whose magic matches, or NULL. */
 const struct vd_format *image_probe(int fd, const char *path, bool raw_by_default);
 /* Bytes the image allocates for guest data in its own layer (the driver's

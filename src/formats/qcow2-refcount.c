@@ -414,7 +414,9 @@ void qcow2_prealloc_trim(struct qcow2 *q)
 	if (q->file_size <= end)
 		return;
 	ret = sync_ftruncate(q->img->fd, end);
-	if (ret)
+	if (!ret)
+		q->file_size = end;
+	else
 		vd_warn("%s: cannot cut the preallocated tail at 0x%" PRIx64 ": %s", q->img->path,
 			end, strerror(-ret));
 }

@@ -689,26 +689,34 @@ fail:
 	return ret;
 }
 
+/* Metadata written back and synced, the preallocated tail cut. */
+static int qcow2_finish(struct vd_image *img)
+{
+	struct qcow2 *q = img->priv;
+	int ret;
+
+	pthread_mutex_lock(&q->lock);
+	/* Twice: the second pass writes the decrements the first applied. */
+	ret = qcow2_flush_locked(q);
+	if (!ret)
+		ret = qcow2_flush_locked(q);
+	if (!ret)
+		ret = sync_fdatasync(img->fd);
+	if (ret)
+		vd_err("%s: metadata flush at close failed: %s", img->path, strerror(-ret));
+	qcow2_prealloc_trim(q);
+	pthread_mutex_unlock(&q->lock);
+	return ret;
+}
+
 static void qcow2_close(struct vd_image *img)
 {
 	struct qcow2 *q = img->priv;
-	int ret = 0;
 
 	if (!q)
 		return;
-	pthread_mutex_lock(&q->lock);
-	if (img->writable) {
-		/* Twice: the second pass writes the decrements the first applied. */
-		ret = qcow2_flush_locked(q);
-		if (!ret)
-			ret = qcow2_flush_locked(q);
-		if (!ret)
-			ret = sync_fdatasync(img->fd);
-		if (ret)
-			vd_err("%s: metadata flush at close failed: %s", img->path, strerror(-ret));
-		qcow2_prealloc_trim(q);
-	}
-	pthread_mutex_unlock(&q->lock);
+	if (img->writable)
+		qcow2_finish(img);
 	qcow2_free(q);
 	img->priv = NULL;
 }
@@ -747,6 +755,7 @@ const struct vd_format vd_format_qcow2 = {
 	.name = "qcow2",
 	.probe = qcow2_probe,
 	.open = qcow2_open,
+	.finish = qcow2_finish,
 	.close = qcow2_close,
 	.map = qcow2_map,
 	.complete = qcow2_complete,

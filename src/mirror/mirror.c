@@ -390,6 +390,13 @@ static void complete_flushed(void *opaque, int err)
 	vd_done_fn done;
 	void *done_opaque;
 
+	/* Nothing is in flight and new requests are parked, so the source is
+	 * made final now, before anyone is told the mirror completed: nothing
+	 * writes it after this, not even its close. The destination holds every
+	 * byte already, so a source that cannot be written back does not stop
+	 * the swap (image_finish() logs why). */
+	if (!err)
+		image_finish(job->src);
 	pthread_mutex_lock(&m->lock);
 	done = job->op_done;
 	done_opaque = job->op_opaque;
