@@ -19,7 +19,7 @@
 struct cmdline {
 	char *source, *mountpoint;
 	char *backing, *format, *vhdx_parent, *cache_size, *threads, *cache, *uring, *poll_us;
-	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms;
+	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms, force_share;
 	int nargs;
 };
 
@@ -47,6 +47,7 @@ static const struct fuse_opt cmd_opts[] = {
 	{"uring=%s", offsetof(struct cmdline, uring), 0},
 	{"poll_us=%s", offsetof(struct cmdline, poll_us), 0},
 	OPT("direct_io", direct_io),
+	OPT("force_share", force_share),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -77,6 +78,8 @@ static void usage(FILE *f)
 		"  -h, --help             this help\n"
 		"  -V, --version          version\n"
 		"  -o ro                  read-only views\n"
+		"  -o force_share         with ro: read images that another process writes\n"
+		"                         (like qemu-img -U; what is read may be inconsistent)\n"
 		"  -o allow_other         let other users at the views (permissions checked)\n"
 		"  -o direct_io           no page cache on the views\n"
 		"  -o threads=N           event-loop threads (default: one per CPU)\n"
@@ -200,6 +203,11 @@ static int configure(struct cmdline *c, struct fuse_args *args)
 	}
 
 	vfs_cfg.open.read_only = c->ro;
+	if (c->force_share && !c->ro) {
+		fprintf(stderr, "vdiskfs: force_share needs ro: a writer never shares writing\n");
+		return -EINVAL;
+	}
+	vfs_cfg.open.force_share = c->force_share;
 	vfs_cfg.open.raw_by_default = vfs_cfg.single;
 	vfs_cfg.open.vhdx_parent = c->vhdx_parent;
 	vfs_cfg.open.within = vfs_cfg.single ? g_path_get_dirname(vfs_cfg.source) : vfs_cfg.source;

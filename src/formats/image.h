@@ -32,6 +32,7 @@ struct vd_open_opts {
 	bool raw_by_default; /* no magic matched: raw (single-image mounts) */
 	bool cache_direct;   /* aligned data I/O bypasses the host page cache */
 	bool nofollow;	     /* the path is resolved: no symbolic link anywhere in it */
+	bool force_share;    /* read-only: share every permission, like qemu-img -U */
 };
 
 struct vd_image {
