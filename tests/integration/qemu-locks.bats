@@ -153,3 +153,27 @@ qemu_release() {
 	[ "$status" -eq 2 ]
 	[[ "$output" == *"force_share needs ro"* ]]
 }
+
+@test "a directory mount lists an image QEMU holds under errors and serves it once QEMU lets go" {
+	mkdir "$T/src" "$T/mnt"
+	qemu-img create -q -f qcow2 "$T/src/a.qcow2" 16M
+	qemu-io -f qcow2 -c 'write -P 0x33 0 64k' "$T/src/a.qcow2" >/dev/null
+	truncate -s 1M "$T/src/b.raw"
+	qemu_hold -f qcow2 "$T/src/a.qcow2"
+	vd_mount "$T/src" "$T/mnt"
+	[ "$(ls "$T/mnt")" = b.raw ]
+	run python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print([(e["name"], e["error"]) for e in d["errors"]])' "$T/mnt/.vdiskfs"
+	echo "$output"
+	[[ "$output" == *"('a.qcow2', "*"in use by another process"* ]]
+	qemu_release
+	# looked at again on a lookup or listing after a short back-off
+	local i
+	for i in $(seq 1 50); do
+		[ -e "$T/mnt/a.qcow2" ] && break
+		sleep 0.1
+	done
+	[ "$(ls "$T/mnt" | tr '\n' ' ')" = "a.qcow2 b.raw " ]
+	cmp -n 65536 "$T/mnt/a.qcow2" <(head -c 64k /dev/zero | tr '\0' '\063')
+	run python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["errors"])' "$T/mnt/.vdiskfs"
+	[ "$output" = "[]" ]
+}
