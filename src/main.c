@@ -1,6 +1,7 @@
 /* vdiskfs: command line → configuration → images opened → mount → event
  * loops; signals and unmount end it cleanly, with every image flushed. */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -19,8 +20,10 @@
 struct cmdline {
 	char *source, *mountpoint;
 	char *backing, *format, *vhdx_parent, *cache_size, *threads, *cache, *uring, *poll_us;
+	char *pid_file;
 	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms, force_share;
 	int nargs;
+	int pid_written;
 };
 
 enum {
@@ -46,6 +49,9 @@ static const struct fuse_opt cmd_opts[] = {
 	{"cache=%s", offsetof(struct cmdline, cache), 0},
 	{"uring=%s", offsetof(struct cmdline, uring), 0},
 	{"poll_us=%s", offsetof(struct cmdline, poll_us), 0},
+	{"pid_file=%s", offsetof(struct cmdline, pid_file), 0},
+	{"--pid-file=%s", offsetof(struct cmdline, pid_file), 0},
+	{"--pid-file %s", offsetof(struct cmdline, pid_file), 0},
 	OPT("direct_io", direct_io),
 	OPT("force_share", force_share),
 	FUSE_OPT_KEY("-h", KEY_HELP),
@@ -77,6 +83,9 @@ static void usage(FILE *f)
 		"  -d                     debug output (implies -f)\n"
 		"  -h, --help             this help\n"
 		"  -V, --version          version\n"
+		"  --pid-file FILE        write the daemon's pid to FILE once the mount is\n"
+		"                         live; removed when it exits, its images released\n"
+		"                         (also -o pid_file=FILE)\n"
 		"  -o ro                  read-only views\n"
 		"  -o force_share         with ro: read images that another process writes\n"
 		"                         (like qemu-img -U; what is read may be inconsistent)\n"
@@ -261,6 +270,13 @@ static int configure(struct cmdline *c, struct fuse_args *args)
 		return -EINVAL;
 	}
 
+	if (c->pid_file) {
+		char *abs = g_canonicalize_filename(c->pid_file, NULL); /* daemonising leaves the cwd */
+
+		free(c->pid_file);
+		c->pid_file = abs;
+	}
+
 	/* How the mount shows in /proc/mounts: SOURCE on MOUNTPOINT type fuse.vdiskfs. */
 	char *o = g_strdup_printf("-osubtype=vdiskfs,fsname=%s", vfs_cfg.source);
 	fuse_opt_add_arg(args, o);
@@ -308,10 +324,35 @@ static void cmdline_free(struct cmdline *c)
 	free(c->cache);
 	free(c->uring);
 	free(c->poll_us);
+	g_free(c->pid_file);
 	if (vfs_cfg.single)
 		g_free((char *)vfs_cfg.open.within);
 	free(vfs_cfg.source);
 	free(vfs_cfg.mountpoint);
+}
+
+/* The pid file: written once the mount is live (after daemonising, so it is
+ * the daemon's pid), removed as the very last thing, once every image is
+ * closed and its locks dropped, so that a script can wait for it to vanish. */
+static int pid_file_write(const char *path)
+{
+	char buf[32];
+	int fd, n, ret = 0;
+
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (fd < 0) {
+		ret = -errno;
+		goto out;
+	}
+	n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+	if (write(fd, buf, n) != n)
+		ret = errno ? -errno : -EIO;
+	if (close(fd) < 0 && !ret)
+		ret = -errno;
+out:
+	if (ret)
+		vd_err("cannot write the pid file %s: %s", path, strerror(-ret));
+	return ret;
 }
 
 static void start_signal_thread(void)
@@ -376,6 +417,11 @@ int main(int argc, char *argv[])
 		if (fuse_daemonize(0))
 			goto out_unmount;
 	}
+	if (c.pid_file) {
+		if (pid_file_write(c.pid_file))
+			goto out_unmount;
+		c.pid_written = 1;
+	}
 	vd_info("serving %s on %s", vfs_cfg.source, vfs_cfg.mountpoint);
 	start_signal_thread();
 	if (!vfs_cfg.single && (ret = notify_start(se)))
@@ -399,6 +445,8 @@ out_tree:
 	tree_shutdown();
 	uring_thread_exit();
 out:
+	if (c.pid_written)
+		unlink(c.pid_file);
 	fuse_opt_free_args(&args);
 	cmdline_free(&c);
 	return status;
