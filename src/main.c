@@ -331,6 +331,62 @@ static void cmdline_free(struct cmdline *c)
 	free(vfs_cfg.mountpoint);
 }
 
+/* Undo mountinfo's octal escapes (\040 for a space, ...) in place. */
+static void mountinfo_unescape(char *s)
+{
+	char *d = s;
+
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
+		    s[3] >= '0' && s[3] <= '7') {
+			*d++ = (char)((s[1] - '0') << 6 | (s[2] - '0') << 3 | (s[3] - '0'));
+			s += 3;
+		} else {
+			*d++ = *s;
+		}
+	}
+	*d = '\0';
+}
+
+/* Is path already the mountpoint of a vdiskfs? Its source in *source (to be
+ * freed), or NULL. A second mount would stack over the first and hide it. */
+static bool mount_is_vdiskfs(const char *path, char **source)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL;
+	size_t cap = 0;
+	bool found = false;
+
+	*source = NULL;
+	if (!f)
+		return false;
+	while (!found && getline(&line, &cap, f) > 0) {
+		char *fields[10] = {0}, *save = NULL, *sep = strstr(line, " - ");
+		int n = 0;
+
+		if (!sep)
+			continue;
+		*sep = '\0';
+		for (char *t = strtok_r(line, " ", &save); t && n < 5; t = strtok_r(NULL, " ", &save))
+			fields[n++] = t;
+		save = NULL;
+		for (char *t = strtok_r(sep + 3, " \n", &save); t && n < 7;
+		     t = strtok_r(NULL, " \n", &save))
+			fields[n++] = t;
+		if (n < 7 || strcmp(fields[5], "fuse.vdiskfs"))
+			continue;
+		mountinfo_unescape(fields[4]);
+		if (strcmp(fields[4], path))
+			continue;
+		mountinfo_unescape(fields[6]);
+		*source = strdup(fields[6]);
+		found = true;
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
 /* The pid file: written once the mount is live (after daemonising, so it is
  * the daemon's pid), removed as the very last thing, once every image is
  * closed and its locks dropped, so that a script can wait for it to vanish. */
@@ -376,6 +432,7 @@ int main(int argc, char *argv[])
 	struct cmdline c = {0};
 	struct fuse_session *se = NULL;
 	bool se_busy = false;
+	char *msource;
 	int ret, status = 2;
 
 	vd_log_init("vdiskfs", false, false);
@@ -395,6 +452,13 @@ int main(int argc, char *argv[])
 	raise_fd_limit();
 
 	status = 1;
+	if (mount_is_vdiskfs(vfs_cfg.mountpoint, &msource)) {
+		fprintf(stderr, "vdiskfs: %s is already a vdiskfs mount (of %s); unmount it first "
+				"(fusermount3 -u %s)\n",
+			vfs_cfg.mountpoint, msource ? msource : "?", vfs_cfg.mountpoint);
+		free(msource);
+		goto out;
+	}
 	if (ring_precheck(vfs_cfg.ring))
 		goto out;
 	ret = tree_init();

@@ -121,3 +121,22 @@ expect_refusal() {
 	vd_umount "$T/view"
 	qemu-io -f qcow2 -c 'write 0 4k' "$T/a.qcow2"
 }
+
+@test "a second vdiskfs on a mountpoint that already is a vdiskfs mount is refused" {
+	mkdir "$T/src" "$T/mnt" "$T/other"
+	head -c 1M /dev/urandom >"$T/src/a.raw"
+	truncate -s 1M "$T/other/b.raw"
+	vd_mount "$T/src" "$T/mnt"
+	run timeout 20 "$VDISKFS" -f "$T/other" "$T/mnt"
+	[ "$status" -eq 1 ]
+	[[ "$output" == *"$T/mnt is already a vdiskfs mount (of $T/src); unmount it first"* ]]
+	# the first mount is still the one that answers
+	[ "$(ls "$T/mnt")" = a.raw ]
+	cmp "$T/mnt/a.raw" "$T/src/a.raw"
+	# a single-image view too, even when the image is the mountpoint itself
+	truncate -s 1M "$T/other/c.raw"
+	vd_mount "$T/other/c.raw" "$T/other/c.raw"
+	run timeout 20 "$VDISKFS" -f "$T/other/b.raw" "$T/other/c.raw"
+	[ "$status" -eq 1 ]
+	[[ "$output" == *"is already a vdiskfs mount"* ]]
+}
