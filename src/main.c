@@ -5,10 +5,14 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -387,6 +391,36 @@ static bool mount_is_vdiskfs(const char *path, char **source)
 	return found;
 }
 
+/* systemd's notification protocol, without libsystemd: one datagram of
+ * "KEY=value" lines to the socket named by $NOTIFY_SOCKET (a path, or an
+ * abstract name after '@'). Nothing happens when it is not set. */
+static void systemd_notify(const char *fmt, ...)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	char msg[512];
+	size_t len;
+	va_list ap;
+	int fd;
+
+	if (!path || (path[0] != '/' && path[0] != '@') || strlen(path) >= sizeof(sa.sun_path))
+		return;
+	len = strlen(path);
+	memcpy(sa.sun_path, path, len);
+	if (sa.sun_path[0] == '@')
+		sa.sun_path[0] = '\0';
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa,
+		   offsetof(struct sockaddr_un, sun_path) + len) < 0)
+		vd_warn("cannot notify systemd at %s: %s", path, strerror(errno));
+	close(fd);
+}
+
 /* The pid file: written once the mount is live (after daemonising, so it is
  * the daemon's pid), removed as the very last thing, once every image is
  * closed and its locks dropped, so that a script can wait for it to vanish. */
@@ -487,6 +521,8 @@ int main(int argc, char *argv[])
 		c.pid_written = 1;
 	}
 	vd_info("serving %s on %s", vfs_cfg.source, vfs_cfg.mountpoint);
+	systemd_notify("READY=1\nMAINPID=%d\nSTATUS=serving %s on %s", (int)getpid(),
+		       vfs_cfg.source, vfs_cfg.mountpoint);
 	start_signal_thread();
 	if (!vfs_cfg.single && (ret = notify_start(se)))
 		vd_warn("no notices to the kernel (%s): removed images stay open until it "
@@ -499,6 +535,8 @@ int main(int argc, char *argv[])
 	if (!notify_stop())
 		se_busy = true;
 	vd_info("unmounting %s", vfs_cfg.mountpoint);
+	systemd_notify("STOPPING=1\nSTATUS=unmounting %s: flushing and closing the images",
+		       vfs_cfg.mountpoint);
 	tree_shutdown();
 out_unmount:
 	fuse_session_unmount(se);

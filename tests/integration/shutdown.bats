@@ -91,3 +91,33 @@ write_and() {
 	[[ "$output" == *"cannot write the pid file $T/no/such/dir/vd.pid"* ]]
 	run ! is_mounted "$T/view"
 }
+
+@test "systemd readiness: READY=1 once the mount is live, STOPPING=1 at unmount" {
+	truncate -s 16M "$T/disk.raw"
+	touch "$T/view"
+	# a stand-in for systemd: a datagram socket that records each notification
+	# with whether the view was mounted when it arrived
+	python3 - "$T/notify.sock" "$T/view" >"$T/notes" <<'PY' &
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+s.settimeout(30)
+while True:
+    msg = s.recv(4096).decode()
+    mounted = any(l.split()[4] == sys.argv[2] for l in open("/proc/self/mountinfo"))
+    print(repr(msg), "mounted" if mounted else "unmounted", flush=True)
+    if "STOPPING=1" in msg:
+        break
+PY
+	local listener=$! i
+	for i in $(seq 1 100); do [ -S "$T/notify.sock" ] && break; sleep 0.05; done
+	NOTIFY_SOCKET="$T/notify.sock" vd_mount "$T/disk.raw" "$T/view"
+	for i in $(seq 1 100); do [ -s "$T/notes" ] && break; sleep 0.05; done
+	local pid=$VD_PID
+	vd_umount "$T/view"
+	wait "$listener"
+	cat "$T/notes"
+	[ "$(wc -l <"$T/notes")" -eq 2 ]
+	[ "$(sed -n 1p "$T/notes")" = "'READY=1\\nMAINPID=$pid\\nSTATUS=serving $T/disk.raw on $T/view' mounted" ]
+	[[ "$(sed -n 2p "$T/notes")" == "'STOPPING=1\\nSTATUS=unmounting $T/view: flushing and closing the images' "* ]]
+}
