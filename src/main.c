@@ -25,7 +25,8 @@ struct cmdline {
 	char *source, *mountpoint;
 	char *backing, *format, *vhdx_parent, *cache_size, *threads, *cache, *uring, *poll_us;
 	char *pid_file;
-	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms, force_share;
+	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms, force_share,
+	    allow_shrink;
 	int nargs;
 	int pid_written;
 };
@@ -58,6 +59,7 @@ static const struct fuse_opt cmd_opts[] = {
 	{"--pid-file %s", offsetof(struct cmdline, pid_file), 0},
 	OPT("direct_io", direct_io),
 	OPT("force_share", force_share),
+	OPT("allow_shrink", allow_shrink),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -95,6 +97,7 @@ static void usage(FILE *f)
 		"                         (like qemu-img -U; what is read may be inconsistent)\n"
 		"  -o allow_other         let other users at the views (permissions checked)\n"
 		"  -o direct_io           no page cache on the views\n"
+		"  -o allow_shrink        let truncate make a view smaller (refused: EPERM)\n"
 		"  -o threads=N           event-loop threads (default: one per CPU)\n"
 		"  -o cache_size=SIZE     metadata cache per image (e.g. 64M)\n"
 		"  -o cache=MODE          none (default: image data bypasses the host page\n"
@@ -202,6 +205,7 @@ static int configure(struct cmdline *c, struct fuse_args *args)
 	}
 	vfs_cfg.read_only = c->ro;
 	vfs_cfg.direct_io = c->direct_io;
+	vfs_cfg.allow_shrink = c->allow_shrink;
 	vfs_cfg.allow_other = c->allow_other;
 	vfs_cfg.owner = getuid();
 	vfs_cfg.threads = sysconf(_SC_NPROCESSORS_ONLN);

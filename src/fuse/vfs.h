@@ -26,6 +26,7 @@ struct vfs_config {
 	bool single;	  /* SOURCE is one image; the mountpoint is the view */
 	bool read_only;
 	bool direct_io;
+	bool allow_shrink; /* a view may be made smaller (data past the end is lost) */
 	bool allow_other;
 	unsigned threads;
 	enum ring_mode ring; /* -o uring= */
