@@ -24,7 +24,8 @@
 struct cmdline {
 	char *source, *mountpoint;
 	char *backing, *format, *vhdx_parent, *cache_size, *threads, *cache, *uring, *poll_us;
-	char *pid_file;
+	char *pid_file, *log, *log_level;
+	int log_syslog; /* log=syslog, or the default once daemonised */
 	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms, force_share,
 	    allow_shrink;
 	int nargs;
@@ -55,6 +56,8 @@ static const struct fuse_opt cmd_opts[] = {
 	{"uring=%s", offsetof(struct cmdline, uring), 0},
 	{"poll_us=%s", offsetof(struct cmdline, poll_us), 0},
 	{"pid_file=%s", offsetof(struct cmdline, pid_file), 0},
+	{"log=%s", offsetof(struct cmdline, log), 0},
+	{"log_level=%s", offsetof(struct cmdline, log_level), 0},
 	{"--pid-file=%s", offsetof(struct cmdline, pid_file), 0},
 	{"--pid-file %s", offsetof(struct cmdline, pid_file), 0},
 	OPT("direct_io", direct_io),
@@ -109,6 +112,9 @@ static void usage(FILE *f)
 		"  -o backing=POLICY      follow | deny | within-source (default: follow,\n"
 		"                         within-source with allow_other)\n"
 		"  -o format=FMT          force raw, qcow2 or vhdx (single image)\n"
+		"  -o log=WHERE           stderr (default in the foreground), syslog (default\n"
+		"                         once detached) or a FILE to append to\n"
+		"  -o log_level=LEVEL     error, warning, info (default) or debug\n"
 		"  -o vhdx_parent=PATH    parent of a vhdx differencing disk\n"
 		"\n"
 		"See vdiskfs(1).\n");
@@ -162,6 +168,44 @@ static int cmd_proc(void *data, const char *arg, int key, struct fuse_args *out)
 	default:
 		return 1; /* mount options for libfuse (it refuses unknown ones) */
 	}
+}
+
+/* -o log= and -o log_level=. */
+static int configure_log(struct cmdline *c)
+{
+	static const char *const levels[] = {"error", "warning", "info", "debug"};
+	int ret;
+
+	if (c->log_level) {
+		unsigned i;
+
+		for (i = 0; i < G_N_ELEMENTS(levels) && strcmp(c->log_level, levels[i]); i++)
+			;
+		if (i == G_N_ELEMENTS(levels)) {
+			fprintf(stderr, "vdiskfs: log_level=%s: want error, warning, info or debug\n",
+				c->log_level);
+			return -EINVAL;
+		}
+		vd_log_set_level(c->debug ? VD_LOG_DEBUG : (enum vd_log_level)i);
+	}
+	c->log_syslog = !c->foreground;
+	if (!c->log || !strcmp(c->log, "syslog")) {
+		c->log_syslog = !c->log ? !c->foreground : 1;
+		return 0;
+	}
+	c->log_syslog = 0;
+	if (!strcmp(c->log, "stderr"))
+		return 0;
+	if (!*c->log) {
+		fprintf(stderr, "vdiskfs: log=: want stderr, syslog or a file\n");
+		return -EINVAL;
+	}
+	ret = vd_log_to_file(c->log);
+	if (ret) {
+		fprintf(stderr, "vdiskfs: log=%s: %s\n", c->log, strerror(-ret));
+		return ret;
+	}
+	return 0;
 }
 
 static int configure(struct cmdline *c, struct fuse_args *args)
@@ -278,6 +322,8 @@ static int configure(struct cmdline *c, struct fuse_args *args)
 		return -EINVAL;
 	}
 
+	if (configure_log(c))
+		return -EINVAL;
 	if (c->pid_file) {
 		char *abs = g_canonicalize_filename(c->pid_file, NULL); /* daemonising leaves the cwd */
 
@@ -333,6 +379,8 @@ static void cmdline_free(struct cmdline *c)
 	free(c->uring);
 	free(c->poll_us);
 	g_free(c->pid_file);
+	free(c->log);
+	free(c->log_level);
 	if (vfs_cfg.single)
 		g_free((char *)vfs_cfg.open.within);
 	free(vfs_cfg.source);
@@ -486,7 +534,7 @@ int main(int argc, char *argv[])
 	}
 	if (configure(&c, &args) || fault_set_from_env())
 		goto out;
-	vd_log_init("vdiskfs", false, c.debug);
+	vd_log_init("vdiskfs", c.log_syslog && c.foreground, c.debug);
 	raise_fd_limit();
 
 	status = 1;
@@ -515,7 +563,7 @@ int main(int argc, char *argv[])
 		goto out_session;
 	}
 	if (!c.foreground) {
-		vd_log_init("vdiskfs", true, c.debug);
+		vd_log_init("vdiskfs", c.log_syslog, c.debug);
 		if (fuse_daemonize(0))
 			goto out_unmount;
 	}
