@@ -76,6 +76,7 @@ static void vnode_free(struct vnode *n)
 	mirror_free(n->mirror); /* cancels a job: the source stays the image */
 	image_unref(n->img);
 	retry_transient = true;
+	g_free(n->last_error);
 	g_free(n->name);
 	g_free(n);
 }

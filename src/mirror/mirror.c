@@ -450,7 +450,7 @@ static int verb_check(struct mirror *m, struct mirror_job *job, const char *verb
 {
 	if (!job) {
 		vd_err("%s: mirror %s: no mirror is running", (*m->slot)->path, verb);
-		return -ENOENT;
+		return -ESRCH; /* no such job: not ENOENT, which reads as no such view */
 	}
 	if (job->phase == MP_COMPLETING || job->phase == MP_CANCELLING) {
 		vd_err("%s: mirror %s: the mirror is already %s", job->src->path, verb,
