@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "image.h"
+#include "json.h"
 #include "log.h"
 #include "path.h"
 #include "uring.h"
@@ -596,6 +597,34 @@ int image_open(const char *path, const struct vd_open_opts *o, struct vd_image *
 void image_ref(struct vd_image *img)
 {
 	atomic_fetch_add(&img->refs, 1);
+}
+
+void image_facts_json(struct vd_image *img, bool read_only, struct json_writer *j)
+{
+	json_str(j, "image", img->path);
+	json_str(j, "format", img->fmt->name);
+	json_u64(j, "virtual-size", img->size);
+	json_u64(j, "cluster-size", img->cluster_size);
+	json_u64(j, "allocated", image_allocated(img));
+	json_bool(j, "read-only", img->read_only || read_only);
+	json_bool(j, "broken", atomic_load(&img->broken));
+	json_str(j, "backing", img->backing ? img->backing->path : NULL);
+	if (img->backing) {
+		json_begin_array(j, "backing-chain");
+		for (struct vd_image *b = img->backing; b; b = b->backing) {
+			json_begin_object(j, NULL);
+			json_str(j, "image", b->path);
+			json_str(j, "format", b->fmt->name);
+			json_u64(j, "virtual-size", b->size);
+			json_end_object(j);
+		}
+		json_end_array(j);
+	}
+	if (img->fmt->info) {
+		json_begin_object(j, img->fmt->name);
+		img->fmt->info(img, j);
+		json_end_object(j);
+	}
 }
 
 int image_finish(struct vd_image *img)

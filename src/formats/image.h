@@ -84,6 +84,11 @@ void image_unref(struct vd_image *img);
  * may still read it (the mirror's old source). Logs and returns -errno when
  * the file could not be made final. */
 int image_finish(struct vd_image *img);
+/* The image's facts as JSON members (inside an open object): path, format,
+ * sizes, allocation, read-only (or forced so), broken, the backing chain and
+ * an object named after the format with the driver's own facts. */
+struct json_writer;
+void image_facts_json(struct vd_image *img, bool read_only, struct json_writer *j);
 /* Probe a file: the driver whose magic matches, or NULL. */
 const struct vd_format *image_probe(int fd, const char *path, bool raw_by_default);
 /* Bytes the image allocates for guest data in its own layer (the driver's

@@ -40,33 +40,8 @@ void vnode_note_verb(struct vnode *n, int err)
 
 void image_info_json(struct vnode *n, struct json_writer *j, bool mirror)
 {
-	struct vd_image *img = n->img;
-
-	json_str(j, "name", n->name ? n->name : img->name);
-	json_str(j, "image", img->path);
-	json_str(j, "format", img->fmt->name);
-	json_u64(j, "virtual-size", img->size);
-	json_u64(j, "cluster-size", img->cluster_size);
-	json_u64(j, "allocated", image_allocated(img));
-	json_bool(j, "read-only", img->read_only || vfs_cfg.read_only);
-	json_bool(j, "broken", atomic_load(&img->broken));
-	json_str(j, "backing", img->backing ? img->backing->path : NULL);
-	if (img->backing) {
-		json_begin_array(j, "backing-chain");
-		for (struct vd_image *b = img->backing; b; b = b->backing) {
-			json_begin_object(j, NULL);
-			json_str(j, "image", b->path);
-			json_str(j, "format", b->fmt->name);
-			json_u64(j, "virtual-size", b->size);
-			json_end_object(j);
-		}
-		json_end_array(j);
-	}
-	if (img->fmt->info) {
-		json_begin_object(j, img->fmt->name);
-		img->fmt->info(img, j);
-		json_end_object(j);
-	}
+	json_str(j, "name", n->name ? n->name : n->img->name);
+	image_facts_json(n->img, vfs_cfg.read_only, j);
 	if (mirror && n->mirror) {
 		json_begin_object(j, "mirror");
 		mirror_status_json(n->mirror, j);
