@@ -405,6 +405,14 @@ static void log_image(struct log_image *li, const char *name)
 	li->log = vhdx_get64(hdr + 72);
 }
 
+/* The offsets of the image log_image() copies (no copy kept). */
+static void log_layout(struct log_image *li)
+{
+	log_image(li, "probe.vhdx");
+	g_free(li->path);
+	li->path = NULL;
+}
+
 /* The image with this log entry is refused, read-only or not, with a message
  * that has want in it, and the file is left as it was. */
 static void log_refused(const char *name, uint64_t flushed, uint64_t last,
@@ -436,10 +444,9 @@ static void test_log_targets(void)
 	struct log_image li;
 	uint64_t s, b;
 
-	log_image(&li, "probe.vhdx");
+	log_layout(&li);
 	s = li.size;
 	b = li.bat;
-	g_free(li.path);
 	memset(page, 0x5a, sizeof(page));
 #define D(o) {.off = (o), .data = page}
 #define Z(o, l) {.zero = true, .off = (o), .len = (l)}
@@ -479,23 +486,18 @@ static void test_log_sizes(void)
 	struct fx_log_desc *d = g_new0(struct fx_log_desc, 1025);
 	static uint8_t page[4096];
 	struct log_image li;
-	uint64_t s, b;
 
-	log_image(&li, "probe.vhdx");
-	s = li.size;
-	b = li.bat;
-	g_free(li.path);
-	d[0] = (struct fx_log_desc){.off = b, .data = page};
-	log_refused("flushed.vhdx", s, s - (1 << 20), d, 1,
-		    "is past LastFileOffset");
-	log_refused("grow.vhdx", s, s + (4ull << 30) + (1 << 20), d, 1,
+	log_layout(&li);
+	d[0] = (struct fx_log_desc){.off = li.bat, .data = page};
+	log_refused("flushed.vhdx", li.size, li.size - (1 << 20), d, 1, "is past LastFileOffset");
+	log_refused("grow.vhdx", li.size, li.size + (4ull << 30) + (1 << 20), d, 1,
 		    "is more than 4 GiB past FlushedFileOffset");
-	log_refused("short.vhdx", s + (1 << 20), s + (1 << 20), d, 1,
+	log_refused("short.vhdx", li.size + (1 << 20), li.size + (1 << 20), d, 1,
 		    "shorter than its FlushedFileOffset");
 	/* 1025 zero runs of 1 MiB over the BAT: more than 1 GiB to write. */
 	for (unsigned i = 0; i < 1025; i++)
-		d[i] = (struct fx_log_desc){.zero = true, .off = b, .len = 1 << 20};
-	log_refused("budget.vhdx", s, s, d, 1025,
+		d[i] = (struct fx_log_desc){.zero = true, .off = li.bat, .len = 1 << 20};
+	log_refused("budget.vhdx", li.size, li.size, d, 1025,
 		    "descriptor 1024 (zero): the sequence writes more than 1024 MiB");
 	g_free(d);
 }
