@@ -15,9 +15,9 @@
 
 #define LOG_HDR 64
 #define LOG_DESC 32
-#define LOG_MAX (1ull << 30)		/* a log to replay is read whole */
-#define LOG_WRITE_MAX (1ull << 30)	/* data sectors + zero runs one replay writes */
-#define LOG_GROW_MAX (4ull << 30)	/* LastFileOffset - FlushedFileOffset */
+#define LOG_MAX	       (1ull << 30) /* a log to replay is read whole */
+#define LOG_WRITE_MAX  (1ull << 30) /* data sectors + zero runs one replay writes */
+#define LOG_GROW_MAX   (4ull << 30) /* LastFileOffset - FlushedFileOffset */
 #define LOG_ZERO_CHUNK VHDX_MiB
 
 /* ---- header updates ---- */
@@ -272,7 +272,7 @@ static int log_seq_foreach(struct vhdx *v, const struct log_ring *r, const struc
 }
 
 static int log_refuse(const struct vhdx *v, const struct log_entry *e, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 /* Refuse the image for what entry e says; returns -EINVAL. */
 static int log_refuse(const struct vhdx *v, const struct log_entry *e, const char *fmt, ...)
@@ -310,15 +310,13 @@ static bool log_target_ok(const struct vhdx *v, uint64_t off, uint64_t len, uint
 	}
 	for (int i = 0; i < v->nused; i++) {
 		const struct vhdx_range *u = &v->used[i];
+		bool never = u->off < VHDX_MiB || u->off == v->hdr.log_offset;
 
 		if (off >= u->off + u->len || u->off >= off + len)
 			continue;
-		if (u->off < VHDX_MiB || u->off == v->hdr.log_offset || off < u->off ||
-		    off + len > u->off + u->len) {
+		if (never || off < u->off || off + len > u->off + u->len) {
 			snprintf(why, n, "%s the %s at 0x%" PRIx64,
-				 u->off < VHDX_MiB || u->off == v->hdr.log_offset ? "lies in"
-										   : "straddles the edge of",
-				 u->what, u->off);
+				 never ? "lies in" : "straddles the edge of", u->what, u->off);
 			return false;
 		}
 		inside = true;
@@ -343,24 +341,28 @@ static int log_check_entry(struct vhdx *v, const struct log_entry *e, void *arg)
 	char why[160], tgt[80];
 
 	if (e->flushed > e->last)
-		return log_refuse(v, e, "FlushedFileOffset 0x%" PRIx64 " is past LastFileOffset "
-				  "0x%" PRIx64, e->flushed, e->last);
+		return log_refuse(v, e,
+				  "FlushedFileOffset 0x%" PRIx64 " is past LastFileOffset "
+				  "0x%" PRIx64,
+				  e->flushed, e->last);
 	if (e->last - e->flushed > LOG_GROW_MAX)
-		return log_refuse(v, e, "LastFileOffset 0x%" PRIx64 " is more than %llu GiB past "
-				  "FlushedFileOffset 0x%" PRIx64, e->last, LOG_GROW_MAX >> 30,
-				  e->flushed);
+		return log_refuse(v, e,
+				  "LastFileOffset 0x%" PRIx64 " is more than %llu GiB past "
+				  "FlushedFileOffset 0x%" PRIx64,
+				  e->last, LOG_GROW_MAX >> 30, e->flushed);
 	if (e->flushed > c->file_size)
-		return log_refuse(v, e, "the file is 0x%" PRIx64 " bytes, shorter than its "
-				  "FlushedFileOffset 0x%" PRIx64 ": truncated", c->file_size,
-				  e->flushed);
+		return log_refuse(v, e,
+				  "the file is 0x%" PRIx64 " bytes, shorter than its "
+				  "FlushedFileOffset 0x%" PRIx64 ": truncated",
+				  c->file_size, e->flushed);
 	last = vhdx_align_up(e->last, VHDX_MiB);
 	for (uint32_t i = 0; i < e->ndesc; i++, d += LOG_DESC) {
 		struct log_desc x;
 
 		log_desc_get(d, &x);
 		if (x.zero)
-			snprintf(tgt, sizeof(tgt), "FileOffset 0x%" PRIx64 " + ZeroLength 0x%" PRIx64,
-				 x.off, x.len);
+			snprintf(tgt, sizeof(tgt),
+				 "FileOffset 0x%" PRIx64 " + ZeroLength 0x%" PRIx64, x.off, x.len);
 		else
 			snprintf(tgt, sizeof(tgt), "FileOffset 0x%" PRIx64, x.off);
 		if (!log_target_ok(v, x.off, x.len, last, why, sizeof(why)))
@@ -368,9 +370,10 @@ static int log_check_entry(struct vhdx *v, const struct log_entry *e, void *arg)
 					  x.zero ? "zero" : "data", tgt, why);
 		c->bytes += x.len;
 		if (c->bytes > LOG_WRITE_MAX)
-			return log_refuse(v, e, "descriptor %u (%s): the sequence writes more than "
-					  "%llu MiB (data sectors and zero runs)", i,
-					  x.zero ? "zero" : "data", LOG_WRITE_MAX >> 20);
+			return log_refuse(v, e,
+					  "descriptor %u (%s): the sequence writes more than "
+					  "%llu MiB (data sectors and zero runs)",
+					  i, x.zero ? "zero" : "data", LOG_WRITE_MAX >> 20);
 	}
 	return 0;
 }
@@ -414,9 +417,9 @@ static int log_apply_entry(struct vhdx *v, const struct log_entry *e, void *arg)
 			ret = log_apply_zero(v, a, x.off, x.len);
 			continue;
 		}
-		memcpy(page, d + 8, 8);		  /* leading bytes */
-		memcpy(page + 8, s + 8, 4084);	  /* payload */
-		memcpy(page + 4092, d + 4, 4);	  /* trailing bytes */
+		memcpy(page, d + 8, 8);	       /* leading bytes */
+		memcpy(page + 8, s + 8, 4084); /* payload */
+		memcpy(page + 4092, d + 4, 4); /* trailing bytes */
 		s += VHDX_LOG_SECTOR;
 		ret = sync_pwrite(v->img->fd, page, VHDX_LOG_SECTOR, x.off);
 		if (!ret && x.off + VHDX_LOG_SECTOR > a->end)

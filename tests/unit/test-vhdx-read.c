@@ -438,57 +438,66 @@ static void log_refused(const char *name, uint64_t flushed, uint64_t last,
 	g_free(li.path);
 }
 
+static uint8_t log_page[4096];
+
+/* A data descriptor writing log_page at off, a zero run of len at off. */
+static struct fx_log_desc data_at(uint64_t off)
+{
+	return (struct fx_log_desc){.off = off, .data = log_page};
+}
+
+static struct fx_log_desc zero_at(uint64_t off, uint64_t len)
+{
+	return (struct fx_log_desc){.zero = true, .off = off, .len = len};
+}
+
 static void test_log_targets(void)
 {
-	static uint8_t page[4096];
 	struct log_image li;
 	uint64_t s, b;
 
 	log_layout(&li);
 	s = li.size;
 	b = li.bat;
-	memset(page, 0x5a, sizeof(page));
-#define D(o) {.off = (o), .data = page}
-#define Z(o, l) {.zero = true, .off = (o), .len = (l)}
-	/* The two repro images: a 256 MiB zero run and a data sector at 1 TiB. */
-	log_refused("zero256m.vhdx", s, s, (struct fx_log_desc[]){D(b), Z(b + 4096, 256 << 20)},
-		    2, "descriptor 1 (zero): FileOffset 0x");
-	log_refused("data1t.vhdx", s, s, (struct fx_log_desc[]){D(1ull << 40)}, 1,
+	memset(log_page, 0x5a, sizeof(log_page));
+	/* As in the two repro images: a 256 MiB zero run, a data sector at 1 TiB. */
+	log_refused("zero256m.vhdx", s, s,
+		    (struct fx_log_desc[]){data_at(b), zero_at(b + 4096, 256 << 20)}, 2,
+		    "descriptor 1 (zero): FileOffset 0x");
+	log_refused("data1t.vhdx", s, s, (struct fx_log_desc[]){data_at(1ull << 40)}, 1,
 		    "descriptor 0 (data): FileOffset 0x10000000000 ends past LastFileOffset");
 	/* Past the entry's LastFileOffset, though inside the file. */
-	log_refused("pastlast.vhdx", li.meta, li.meta, (struct fx_log_desc[]){D(li.meta)}, 1,
+	log_refused("pastlast.vhdx", li.meta, li.meta, (struct fx_log_desc[]){data_at(li.meta)}, 1,
 		    "ends past LastFileOffset");
 	/* Wrapping around 2^64. */
-	log_refused("wrap.vhdx", s, s, (struct fx_log_desc[]){Z(-4096ull * 2, 8192 * 2)}, 1,
+	log_refused("wrap.vhdx", s, s, (struct fx_log_desc[]){zero_at(-4096ull * 2, 8192 * 2)}, 1,
 		    "ends past LastFileOffset");
 	/* The header section: a region table, a header. */
-	log_refused("rt.vhdx", s, s, (struct fx_log_desc[]){D(b), D(VHDX_RT1_OFF)}, 2,
+	log_refused("rt.vhdx", s, s, (struct fx_log_desc[]){data_at(b), data_at(VHDX_RT1_OFF)}, 2,
 		    "descriptor 1 (data): FileOffset 0x30000 lies in the header section");
-	log_refused("hdr.vhdx", s, s, (struct fx_log_desc[]){Z(0, 1 << 20)}, 1,
+	log_refused("hdr.vhdx", s, s, (struct fx_log_desc[]){zero_at(0, 1 << 20)}, 1,
 		    "lies in the header section");
 	/* The log itself. */
-	log_refused("log.vhdx", s, s, (struct fx_log_desc[]){D(li.log + (64 << 10))}, 1,
+	log_refused("log.vhdx", s, s, (struct fx_log_desc[]){data_at(li.log + (64 << 10))}, 1,
 		    "lies in the log at 0x100000");
 	/* Across the end of the BAT region into the next MiB. */
-	log_refused("straddle.vhdx", s, s, (struct fx_log_desc[]){Z(b + (1 << 20) - 4096, 8192)},
-		    1, "straddles the edge of the BAT region");
+	log_refused("straddle.vhdx", s, s,
+		    (struct fx_log_desc[]){zero_at(b + (1 << 20) - 4096, 8192)}, 1,
+		    "straddles the edge of the BAT region");
 	/* Outside the regions: one 1 MiB block (a sector bitmap) at most. */
-	log_refused("span.vhdx", s, s + (4 << 20), (struct fx_log_desc[]){Z(s, 2 << 20)}, 1,
+	log_refused("span.vhdx", s, s + (4 << 20), (struct fx_log_desc[]){zero_at(s, 2 << 20)}, 1,
 		    "spans more than one 1 MiB block outside the regions");
-	log_refused("empty.vhdx", s, s, (struct fx_log_desc[]){Z(b, 0)}, 1,
+	log_refused("empty.vhdx", s, s, (struct fx_log_desc[]){zero_at(b, 0)}, 1,
 		    "descriptor 0 (zero): FileOffset 0x200000 + ZeroLength 0x0 is empty");
-#undef D
-#undef Z
 }
 
 static void test_log_sizes(void)
 {
 	struct fx_log_desc *d = g_new0(struct fx_log_desc, 1025);
-	static uint8_t page[4096];
 	struct log_image li;
 
 	log_layout(&li);
-	d[0] = (struct fx_log_desc){.off = li.bat, .data = page};
+	d[0] = data_at(li.bat);
 	log_refused("flushed.vhdx", li.size, li.size - (1 << 20), d, 1, "is past LastFileOffset");
 	log_refused("grow.vhdx", li.size, li.size + (4ull << 30) + (1 << 20), d, 1,
 		    "is more than 4 GiB past FlushedFileOffset");
@@ -496,7 +505,7 @@ static void test_log_sizes(void)
 		    "shorter than its FlushedFileOffset");
 	/* 1025 zero runs of 1 MiB over the BAT: more than 1 GiB to write. */
 	for (unsigned i = 0; i < 1025; i++)
-		d[i] = (struct fx_log_desc){.zero = true, .off = li.bat, .len = 1 << 20};
+		d[i] = zero_at(li.bat, 1 << 20);
 	log_refused("budget.vhdx", li.size, li.size, d, 1025,
 		    "descriptor 1024 (zero): the sequence writes more than 1024 MiB");
 	g_free(d);
