@@ -678,6 +678,8 @@ static int vhdx_open_structures(struct vhdx *v, uint64_t file_size)
 	if (!ret)
 		ret = vhdx_read_region_table(v);
 	if (!ret)
+		ret = vhdx_log_replay(v, &file_size);
+	if (!ret)
 		ret = vhdx_read_metadata(v);
 	if (!ret)
 		ret = vhdx_bat_load(v, file_size);
