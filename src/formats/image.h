@@ -101,7 +101,19 @@ void image_mark_broken(struct vd_image *img, const char *why);
 /* ---- asynchronous I/O on guest ranges (image-io.c) ----
  * Each call completes exactly once through done(opaque, err), possibly before it
  * returns, on the calling thread or on the thread whose completion finished it.
- * The calling thread must have an io_uring context (uring_thread_init()). */
+ * The calling thread must have an io_uring context (uring_thread_init()).
+ *
+ * Completions. done() may run inside the call: for a refused check, ENOMEM, a
+ * map or allocation the driver refused (a hostile image), a read of zeroes
+ * only. A write parked behind another request's allocation completes on the
+ * thread that finished that request, perhaps while its submitter is still in
+ * the call. So whoever hands state to these calls (or to a driver's map()
+ * with a waiter) touches it no more once the call can have finished it, and
+ * a loop that submits several parts of one job guards the job: it holds a
+ * count of its own while it loops and drops it last (req_start(), the COW
+ * merge, the mirror's fan-out), or only its outermost frame may finish the
+ * job (zero_pump_locked()); a count that another thread's completion also
+ * changes is atomic or under a lock. */
 typedef void (*vd_done_fn)(void *opaque, int err);
 
 void image_read(struct vd_image *img, void *buf, uint64_t len, uint64_t off, vd_done_fn done,
