@@ -76,9 +76,12 @@ static int check_entry(struct qcow2 *q, uint32_t i, uint64_t pos, uint64_t file_
 	if (!b->table_size || b->table_size > BME_MAX_TABLE ||
 	    (uint64_t)b->table_size * q->cluster_size > BME_MAX_PHYS)
 		return bad_entry(q, i, pos, "has a bitmap table of bad size");
-	if (!b->table_off || b->table_off & (q->cluster_size - 1) ||
-	    b->table_off + (uint64_t)b->table_size * 8 > file_size)
-		return bad_entry(q, i, pos, "has a bitmap table not aligned or past the end of the file");
+	if (!b->table_off || b->table_off & (q->cluster_size - 1) || b->table_off > file_size ||
+	    (uint64_t)b->table_size * 8 > file_size - b->table_off ||
+	    qcow2_hits_fixed_metadata(q, b->table_off, (uint64_t)b->table_size * 8))
+		return bad_entry(q, i, pos,
+				 "has a bitmap table unaligned, past the end of the file or on "
+				 "the header, L1 or refcount table");
 	b->name = strndup((const char *)e + 24 + qcow2_be32(e + 20), nlen);
 	if (!b->name)
 		return -ENOMEM;
@@ -106,7 +109,8 @@ static int load_table(struct qcow2 *q, struct qcow2_bitmap *b, uint64_t file_siz
 
 		b->table[j] = t;
 		if ((t & BME_ENTRY_RESERVED) || (off && (t & BME_ENTRY_ALL_ONES)) ||
-		    (off & (q->cluster_size - 1)) || off >= file_size) {
+		    (off & (q->cluster_size - 1)) || off >= file_size ||
+		    (off && qcow2_hits_fixed_metadata(q, off, q->cluster_size))) {
 			vd_err("%s: bitmap '%s': table entry %u at 0x%llx is invalid (0x%llx)",
 			       q->img->path, b->name, j,
 			       (unsigned long long)(b->table_off + 8ull * j),
@@ -203,7 +207,8 @@ int qcow2_bitmaps_open(struct qcow2 *q, uint64_t file_size)
 
 	if (!q->has_bitmaps)
 		return 0;
-	if (q->bm_dir_offset + q->bm_dir_size > file_size || !q->bm_dir_offset ||
+	if (q->bm_dir_offset > file_size || q->bm_dir_size > file_size - q->bm_dir_offset ||
+	    !q->bm_dir_offset ||
 	    qcow2_hits_fixed_metadata(q, q->bm_dir_offset, q->bm_dir_size)) {
 		vd_err("%s: bitmap directory at 0x%llx (%llu bytes) lies past the end of the "
 		       "file or on the header, L1 or refcount table",
