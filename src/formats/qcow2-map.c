@@ -559,6 +559,7 @@ static int map_write(struct qcow2 *q, uint64_t off, uint64_t len, struct vd_map 
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
+	qcow2_bitmaps_dirty(q, off, len);
 	while (len) {
 		uint64_t n = q->cluster_size - (off & (q->cluster_size - 1));
 		n = n < len ? n : len;
@@ -728,6 +729,8 @@ static int zero_range(struct vd_image *img, uint64_t off, uint64_t len, bool dis
 		return -ENOTSUP; /* no zero flag: the generic code writes zeroes */
 	pthread_mutex_lock(&q->lock);
 	ret = qcow2_prepare_write(q);
+	if (!ret)
+		qcow2_bitmaps_dirty(q, off, len);
 	for (uint64_t c = c0; c < c1 && !ret; c++)
 		ret = zero_cluster(q, c, discard);
 	/* Let the host file shrink now: flush, then drop and punch the clusters. */

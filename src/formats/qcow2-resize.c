@@ -175,6 +175,10 @@ int qcow2_truncate(struct vd_image *img, uint64_t size)
 		return -EBUSY;
 	}
 	old = q->size;
+	if (size != old && qcow2_bitmaps_block_resize(q)) {
+		ret = -ENOTSUP;
+		goto out_unlock;
+	}
 	ret = qcow2_prepare_write(q);
 	if (ret || size == old)
 		goto out;
@@ -194,6 +198,7 @@ int qcow2_truncate(struct vd_image *img, uint64_t size)
 		ret = write_size(q, size);
 out:
 	q->resizing = false;
+out_unlock:
 	pthread_mutex_unlock(&q->lock);
 	return ret;
 }

@@ -35,43 +35,6 @@ int qcow2_write_header_field(struct qcow2 *q, unsigned off, const void *buf, uns
 	return ret;
 }
 
-/* Persistent bitmaps are not updated by vdiskfs: before the first write, flag
- * every bitmap in_use (inconsistent), as QEMU does while it has the image open. */
-static int bitmaps_mark_in_use(struct qcow2 *q)
-{
-	uint64_t pos = 0, n = q->bm_dir_size;
-	uint8_t *dir = malloc(n ? n : 1);
-	int ret;
-
-	if (!dir)
-		return -ENOMEM;
-	ret = sync_pread(q->img->fd, dir, n, q->bm_dir_offset);
-	for (uint32_t i = 0; !ret && i < q->nb_bitmaps; i++) {
-		uint32_t flags;
-		if (pos + 24 > n) {
-			vd_err("%s: bitmap directory at 0x%llx: entry %u runs past its end",
-			       q->img->path, (unsigned long long)q->bm_dir_offset, i);
-			ret = -EINVAL;
-			break;
-		}
-		flags = htobe32(qcow2_be32(dir + pos + 12) | 1);
-		memcpy(dir + pos + 12, &flags, 4);
-		pos += qcow2_align_up(24 + qcow2_be32(dir + pos + 20) + qcow2_be16(dir + pos + 18), 8);
-	}
-	if (!ret)
-		ret = sync_pwrite(q->img->fd, dir, n, q->bm_dir_offset);
-	if (!ret)
-		ret = sync_fdatasync(q->img->fd);
-	if (ret)
-		vd_err("%s: cannot mark the persistent bitmaps in use: %s", q->img->path,
-		       strerror(-ret));
-	else
-		vd_warn("%s: persistent bitmaps are not maintained: marked in use (inconsistent)",
-			q->img->path);
-	free(dir);
-	return ret;
-}
-
 /* Before the first change: handle bitmaps, clear autoclear bits we do not know. */
 int qcow2_prepare_write(struct qcow2 *q)
 {
@@ -83,7 +46,7 @@ int qcow2_prepare_write(struct qcow2 *q)
 	if (q->img->read_only)
 		return -EROFS;
 	if (q->has_bitmaps && (q->autoclear & QCOW2_AUTOCLEAR_BITMAPS)) {
-		ret = bitmaps_mark_in_use(q);
+		ret = qcow2_bitmaps_mark_in_use(q);
 		if (ret)
 			return ret;
 		known = QCOW2_AUTOCLEAR_BITMAPS;
@@ -155,6 +118,7 @@ static int parse_bitmaps_ext(struct qcow2 *q, const uint8_t *p, uint32_t len, ui
 	q->nb_bitmaps = qcow2_be32(p);
 	q->bm_dir_size = qcow2_be64(p + 8);
 	q->bm_dir_offset = qcow2_be64(p + 16);
+	q->bm_ext_off = at + 8;
 	if (q->nb_bitmaps < 1 || q->nb_bitmaps > 65535 || q->bm_dir_size > (64u << 20) ||
 	    q->bm_dir_offset & (q->cluster_size - 1)) {
 		vd_err("%s: bitmaps header extension at 0x%llx: bad directory (%u bitmaps, %llu "
@@ -570,6 +534,7 @@ static void qcow2_free(struct qcow2 *q)
 	free(q->rt);
 	free(q->snaps);
 	free(q->frees);
+	qcow2_bitmaps_free(q);
 	free(q);
 }
 
@@ -673,6 +638,8 @@ static int qcow2_open(struct vd_image *img)
 		ret = load_snapshots(q, st.st_size);
 	if (!ret)
 		ret = setup_caches(q);
+	if (!ret)
+		ret = qcow2_bitmaps_open(q, st.st_size);
 	if (ret)
 		goto fail;
 	q->host_end = qcow2_align_up(st.st_size, q->cluster_size) >> q->cluster_bits;
@@ -696,8 +663,13 @@ static int qcow2_finish(struct vd_image *img)
 	int ret;
 
 	pthread_mutex_lock(&q->lock);
-	/* Twice: the second pass writes the decrements the first applied. */
+	/* The writes' metadata, the bitmaps that describe them, then twice more:
+	 * the second pass writes the decrements the first applied. */
 	ret = qcow2_flush_locked(q);
+	if (!ret)
+		ret = qcow2_bitmaps_store(q);
+	if (!ret)
+		ret = qcow2_flush_locked(q);
 	if (!ret)
 		ret = qcow2_flush_locked(q);
 	if (!ret)
@@ -747,6 +719,9 @@ static void qcow2_info(struct vd_image *img, struct json_writer *j)
 	json_bool(j, "corrupt", q->incompat & QCOW2_INCOMPAT_CORRUPT);
 	json_u64(j, "snapshots", q->nb_snapshots);
 	json_u64(j, "bitmaps", q->has_bitmaps ? q->nb_bitmaps : 0);
+	pthread_mutex_lock(&q->lock);
+	qcow2_bitmaps_info(q, j);
+	pthread_mutex_unlock(&q->lock);
 	json_u64(j, "l1_size", q->l1_size);
 	json_u64(j, "header_length", q->header_length);
 }

@@ -110,6 +110,24 @@ struct qcow2_snapshot {
 	uint32_t l1_size;
 };
 
+/* Memory the enabled persistent bitmaps of one image may take. */
+#define QCOW2_BITMAP_MEM_MAX (256ull << 20)
+
+/* One entry of the bitmap directory. */
+struct qcow2_bitmap {
+	char *name;
+	uint64_t pos; /* of its entry in the directory */
+	uint32_t flags; /* on disk at open (after a store: as stored) */
+	uint8_t gbits;
+	uint64_t table_off;
+	uint32_t table_size;
+	/* Exact at open and understood: in_use is cleared again at store. */
+	bool kept;
+	uint64_t *table; /* kept bitmaps: the table, host order */
+	uint64_t nbits;
+	uint64_t *bits;	 /* enabled kept bitmaps of a writable image: whole table clusters */
+};
+
 struct qcow2 {
 	struct vd_image *img;
 	pthread_mutex_t lock;
@@ -145,6 +163,9 @@ struct qcow2 {
 	bool has_bitmaps;
 	uint32_t nb_bitmaps;
 	uint64_t bm_dir_offset, bm_dir_size;
+	uint64_t bm_ext_off; /* the bitmaps extension's data in the header cluster */
+	uint8_t *bm_dir;
+	struct qcow2_bitmap *bms;
 
 	bool write_ready; /* autoclear bits handled for writing */
 	bool resizing;	  /* a truncate runs (it drops the lock while zeroing) */
@@ -242,6 +263,16 @@ int qcow2_discard(struct vd_image *img, uint64_t off, uint64_t len);
 int qcow2_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len);
 int qcow2_truncate(struct vd_image *img, uint64_t size);
 int qcow2_allocated(struct vd_image *img, uint64_t *bytes);
+
+/* qcow2-bitmap.c */
+struct json_writer;
+int qcow2_bitmaps_open(struct qcow2 *q, uint64_t file_size);
+void qcow2_bitmaps_free(struct qcow2 *q);
+void qcow2_bitmaps_dirty(struct qcow2 *q, uint64_t off, uint64_t len);
+int qcow2_bitmaps_mark_in_use(struct qcow2 *q);
+int qcow2_bitmaps_store(struct qcow2 *q);
+bool qcow2_bitmaps_block_resize(struct qcow2 *q);
+void qcow2_bitmaps_info(struct qcow2 *q, struct json_writer *j);
 
 /* qcow2-create.c */
 int qcow2_create(const char *path, const struct vd_create_opts *o);

@@ -468,13 +468,17 @@ static void test_feature_bits(void)
 	g_assert_cmpuint(get_be64("fb.qcow2", 80), ==, 32);
 	g_assert_cmpint(qemu_check("fb.qcow2"), ==, 0);
 
-	/* bitmaps: flagged in use before the first write, check stays clean */
+	/* bitmaps: flagged in use from the first write until they are stored at
+	 * close, exact and not in use; a resize is refused meanwhile */
 	g_assert_cmpint(sh("cp bitmap.qcow2 bm.qcow2"), ==, 0);
 	img = img_open("bm.qcow2", false);
+	g_assert_cmpint(sh("qemu-img info -U bm.qcow2 | grep -q in-use"), !=, 0);
 	g_assert_cmpint(image_pwrite_sync(img, &b, 1, 0), ==, 0);
+	g_assert_cmpint(sh("qemu-img info -U bm.qcow2 | grep -q in-use"), ==, 0);
+	g_assert_cmpint(image_truncate(img, 8 << 20), ==, -ENOTSUP);
 	image_unref(img);
 	g_assert_cmpint(qemu_check("bm.qcow2"), ==, 0);
-	g_assert_cmpint(sh("qemu-img info bm.qcow2 | grep -q in-use"), ==, 0);
+	g_assert_cmpint(sh("qemu-img info bm.qcow2 | grep -q in-use"), !=, 0);
 
 	/* header_length 120 with an unknown trailing field: kept */
 	p = tpath("hl.qcow2");

@@ -136,6 +136,27 @@ static uint64_t find_ext(const char *name, uint32_t type)
 	g_assert_not_reached();
 }
 
+/* A damaged bitmap directory or table is refused at open, naming the entry. */
+static void test_bitmap_dir_damage(void)
+{
+	const char *b = fresh_copy("bitmap.qcow2");
+	uint64_t dir = get_be64(b, find_ext(b, 0x23852875) + 24);
+	uint64_t w = get_be64(b, dir + 16) >> 32; /* type, granularity_bits, name_size */
+
+	put_be32(b, dir + 16, (w & 0xff00ffff) | 40u << 16);
+	refused(b, -EINVAL, "bitmap directory at 0x");
+	g_assert_cmpstr(strstr(vd_log_last_error(), "entry 0 (offset 0) has a granularity outside"),
+			!=, NULL);
+
+	b = fresh_copy("bitmap.qcow2");
+	put_be32(b, dir + 16, (w & 0x00ffffff) | 2u << 24);
+	refused(b, -EINVAL, "entry 0 (offset 0) has an unknown bitmap type");
+
+	b = fresh_copy("bitmap.qcow2");
+	put_be64(b, get_be64(b, dir), 1ull << 60); /* reserved bits in table entry 0 */
+	refused(b, -EINVAL, "table entry 0 at 0x");
+}
+
 static void test_bad_headers(void)
 {
 	const char *b;
@@ -207,6 +228,7 @@ static void test_bad_headers(void)
 	put_be32(b, find_ext(b, 0x23852875) + 12, 1);
 	refused(b, -EINVAL, "bitmaps header extension at 0x");
 	g_assert_cmpstr(strstr(vd_log_last_error(), ": reserved field is not zero"), !=, NULL);
+	test_bitmap_dir_damage();
 }
 
 /* Without its autoclear bit (a program without bitmap support wrote the image)
