@@ -74,7 +74,7 @@ run_build() {
 	run_tests "$dir" "$dir"
 	if [ -w "$uring_param" ]; then
 		set_uring 1
-		run_tests "$dir" "$dir-ring" --suite integration
+		run_tests "$dir" "$dir-ring" --suite integration --no-suite transport-independent
 		set_uring 0
 	else
 		echo "== no FUSE over io_uring in this kernel: the ring pass is skipped"
