@@ -414,7 +414,7 @@ def keep(a, case, cls, detail, meta):
     shutil.copytree(case, dst, ignore=shutil.ignore_patterns("mnt", "ref.raw"))
     meta = dict(meta, result=cls, detail=detail)
     json.dump(meta, open(os.path.join(dst, "case.json"), "w"), indent=1)
-    line = f"contrib/fuzz-mount.sh --replay {dst}"
+    line = f"contrib/fuzz-mount.sh --vdiskfs {a.vdiskfs} --replay {dst}"
     open(os.path.join(dst, "REPRODUCE"), "w").write(line + "\n")
     return line
 
@@ -427,7 +427,11 @@ def replay(a):
     shutil.copytree(a.replay, work, ignore=shutil.ignore_patterns("mnt", "oracle", "*.log"))
     img = os.path.join(work, "src", "img." + meta["format"])
     cls, detail = run_case(a, work, img, meta["format"], f"{meta['seed']}:{meta['case']}")
-    print(f"{cls}: {detail}\nlog: {work}/vdiskfs.log")
+    if cls in FAILS:
+        lines = open(os.path.join(work, "vdiskfs.log"), errors="replace").readlines()
+        at = next((i for i, ln in enumerate(lines) if "ERROR:" in ln), max(len(lines) - 40, 0))
+        sys.stdout.writelines(lines[at:at + 40])
+    print(f"{cls}: {detail}")
     return 1 if cls in FAILS else 0
 
 
@@ -450,12 +454,22 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     a.work = os.path.join(os.path.abspath(a.work), f"vdiskfs-fuzzmount.{os.getpid()}")
     os.makedirs(a.work)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         if a.replay:
             return replay(a)
         return loop(a)
     finally:
-        shutil.rmtree(a.work, ignore_errors=True)
+        clean_work(a.work)
+
+
+def clean_work(work):
+    """Interrupted or done: nothing of ours stays mounted or on disk."""
+    with open("/proc/self/mounts") as f:
+        mnts = [line.split()[1] for line in f if line.split()[1].startswith(work + "/")]
+    for m in mnts:
+        run(["umount", "-l", m], 10)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def loop(a):
