@@ -68,7 +68,7 @@ load helpers
 import json, sys, threading
 bad = []
 def reader():
-    for _ in range(500):
+    for _ in range(100):
         try:
             with open(sys.argv[1], "rb", buffering=0) as f:
                 json.loads(f.read(1 << 16))
