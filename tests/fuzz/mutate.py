@@ -398,8 +398,19 @@ def truncate_or_grow(rng, img, fields, tables):
     return f"grow by {n:#x}"
 
 
+def activate_log(rng, img, fields, tables):
+    """vhdx: point the current header's LogGuid at a log entry, so it is replayed."""
+    ents = log_entries(img) if img[:8] == b"vhdxfile" else []
+    if not ents:
+        return flip_bits(rng, img, fields, tables)
+    e, _ = rng.choice(ents)
+    h = vhdx_current_header(img)
+    img[h + 48:h + 64] = img[e + 32:e + 48]
+    return f"LogGuid of {h:#x} from the entry at {e:#x}"
+
+
 OPS = ((mutate_field, 10), (cross_pointers, 3), (swap_tables, 2), (flip_bits, 3),
-       (truncate_or_grow, 1))
+       (truncate_or_grow, 1), (activate_log, 1))
 
 
 def mutate(data, seed):
