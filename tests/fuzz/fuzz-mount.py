@@ -250,6 +250,7 @@ def sanitizer_env():
     env = dict(os.environ)
     top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:detect_stack_use_after_return=0")
+    env["ASAN_OPTIONS"] += ":handle_abort=1"  # a hung daemon gets SIGABRT: its stacks in the log
     env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
     env.setdefault("LSAN_OPTIONS", f"suppressions={top}/tests/lsan.supp:print_suppressions=0")
     return env
@@ -297,11 +298,11 @@ def run_case(a, case, img, fmt, plan_seed):
 
 def judge(a, case, img, fmt, ref, res, before, size0):
     logb = open(os.path.join(case, "vdiskfs.log"), "rb").read()
+    if res.get("hang"):
+        return "hang", "timed out in " + res["hang"]
     if any(s in logb for s in SANITIZER):
         line = next(ln for ln in logb.splitlines() if any(s in ln for s in SANITIZER))
         return "crash", line.decode(errors="replace")[:200]
-    if res.get("hang"):
-        return "hang", "timed out in " + res["hang"]
     ex = res.get("exit")
     if ex not in (0, None) or res.get("enotconn"):
         return "crash", f"daemon exit {ex}" + (" (ENOTCONN)" if res.get("enotconn") else "")
