@@ -271,29 +271,34 @@ def run_case(a, case, img, fmt, plan_seed):
         time.sleep(0.02)
     res = {}
     if p.poll() is not None:
-        res["exit"] = p.returncode
-        res["errors"] = ["exited before mounting"]
-    elif not is_mounted(mnt):
-        res["hang"] = "mount"
+        res["early_exit"] = p.returncode
     else:
-        view = os.path.join(mnt, os.path.basename(img))
-        c = run([sys.executable, os.path.abspath(__file__), "--act", view,
-                 os.path.join(mnt, ".vdiskfs"), ref or "", str(plan_seed)], a.timeout)
-        if c is None:
-            res["hang"] = "actions"
+        if not is_mounted(mnt):
+            res["hang"] = "mount"
+        else:
+            act_on_view(a, mnt, os.path.basename(img), ref, plan_seed, res)
+        if res.get("hang"):
             p.send_signal(signal.SIGABRT)  # a sanitizer build prints where it was
             time.sleep(1)
-        else:
-            try:
-                res.update(json.loads(c.stdout or b"{}"))
-            except ValueError:
-                res["errors"] = [c.stderr.decode(errors="replace")[-300:]]
         st = stop_daemon(p, mnt, a.timeout)
         if st is None:
             res.setdefault("hang", "unmount")
         res["exit"] = st
     log.close()
     return judge(a, case, img, fmt, ref, res, before, size0)
+
+
+def act_on_view(a, mnt, name, ref, plan_seed, res):
+    """The actions in a child process, under the time limit; its results into res."""
+    c = run([sys.executable, os.path.abspath(__file__), "--act", os.path.join(mnt, name),
+             os.path.join(mnt, ".vdiskfs"), ref or "", str(plan_seed)], a.timeout)
+    if c is None:
+        res["hang"] = "actions"
+        return
+    try:
+        res.update(json.loads(c.stdout or b"{}"))
+    except ValueError:
+        res["errors"] = [c.stderr.decode(errors="replace")[-300:]]
 
 
 def judge(a, case, img, fmt, ref, res, before, size0):
@@ -303,6 +308,8 @@ def judge(a, case, img, fmt, ref, res, before, size0):
     if any(s in logb for s in SANITIZER):
         line = next(ln for ln in logb.splitlines() if any(s in ln for s in SANITIZER))
         return "crash", line.decode(errors="replace")[:200]
+    if "early_exit" in res:
+        return "crash", f"daemon exited with {res['early_exit']} before mounting"
     ex = res.get("exit")
     if ex not in (0, None) or res.get("enotconn"):
         return "crash", f"daemon exit {ex}" + (" (ENOTCONN)" if res.get("enotconn") else "")
@@ -318,8 +325,8 @@ def judge(a, case, img, fmt, ref, res, before, size0):
         if ref:
             return "refused-with-reason", reason or "(no reason in the control file)"
         return "refused", reason or os.strerror(res["open"])
-    if ex is None and "open" not in res:
-        return "crash", "; ".join(res.get("errors", []))
+    if "open" not in res:  # the actions died: say so loudly
+        return "crash", "actions: " + "; ".join(res.get("errors", []))
     if ref and res.get("size") is not None and res["size"] != os.path.getsize(ref):
         return "mismatch", f"view is {res['size']} bytes, qemu-img convert gives {os.path.getsize(ref)}"
     if ref and not res.get("same") and "diff_at" in res:
@@ -362,19 +369,13 @@ def after_writes(img, fmt, ref):
 
 
 def status_error(status, name):
+    """The reason the control file's "errors" gives for name, if any."""
     try:
-        js = json.loads(status)
-    except ValueError:
+        errs = json.loads(status).get("errors", [])
+    except (ValueError, AttributeError):
         return ""
-    for k in ("errors", "failed", "not_served"):
-        v = js.get(k) if isinstance(js, dict) else None
-        if isinstance(v, list):
-            for e in v:
-                if isinstance(e, dict) and e.get("name") == name:
-                    return str(e.get("error", ""))[:200]
-        if isinstance(v, dict) and name in v:
-            return str(v[name])[:200]
-    return ""
+    return next((str(e.get("error", ""))[:200] for e in errs
+                 if isinstance(e, dict) and e.get("name") == name), "")
 
 
 # ---------------------------------------------------------------- the loop
