@@ -440,7 +440,7 @@ def make_case(a, work, k, seed_list):
 def keep(a, case, cls, detail, meta):
     dst = os.path.join(a.out, f"{cls}-{meta['seed']}-{meta['case']}")
     shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(case, dst, ignore=shutil.ignore_patterns("mnt", "ref.raw"))
+    shutil.copytree(case, dst, ignore=shutil.ignore_patterns("mnt", "ref.raw", "oracle"))
     # The image as mutated (made again: the mutation is a function of the seed
     # image and its number) for --replay; as vdiskfs left it beside.
     img = os.path.join(dst, "src", "img." + meta["format"])
