@@ -1,13 +1,18 @@
 /* vdiskfs: command line → configuration → images opened → mount → event
  * loops; signals and unmount end it cleanly, with every image flushed. */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -19,8 +24,12 @@
 struct cmdline {
 	char *source, *mountpoint;
 	char *backing, *format, *vhdx_parent, *cache_size, *threads, *cache, *uring, *poll_us;
-	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms;
+	char *pid_file, *log, *log_level;
+	int log_syslog; /* log=syslog, or the default once daemonised */
+	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms, force_share,
+	    allow_shrink;
 	int nargs;
+	int pid_written;
 };
 
 enum {
@@ -46,7 +55,14 @@ static const struct fuse_opt cmd_opts[] = {
 	{"cache=%s", offsetof(struct cmdline, cache), 0},
 	{"uring=%s", offsetof(struct cmdline, uring), 0},
 	{"poll_us=%s", offsetof(struct cmdline, poll_us), 0},
+	{"pid_file=%s", offsetof(struct cmdline, pid_file), 0},
+	{"log=%s", offsetof(struct cmdline, log), 0},
+	{"log_level=%s", offsetof(struct cmdline, log_level), 0},
+	{"--pid-file=%s", offsetof(struct cmdline, pid_file), 0},
+	{"--pid-file %s", offsetof(struct cmdline, pid_file), 0},
 	OPT("direct_io", direct_io),
+	OPT("force_share", force_share),
+	OPT("allow_shrink", allow_shrink),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -76,9 +92,15 @@ static void usage(FILE *f)
 		"  -d                     debug output (implies -f)\n"
 		"  -h, --help             this help\n"
 		"  -V, --version          version\n"
+		"  --pid-file FILE        write the daemon's pid to FILE once the mount is\n"
+		"                         live; removed when it exits, its images released\n"
+		"                         (also -o pid_file=FILE)\n"
 		"  -o ro                  read-only views\n"
+		"  -o force_share         with ro: read images that another process writes\n"
+		"                         (like qemu-img -U; what is read may be inconsistent)\n"
 		"  -o allow_other         let other users at the views (permissions checked)\n"
 		"  -o direct_io           no page cache on the views\n"
+		"  -o allow_shrink        let truncate make a view smaller (refused: EPERM)\n"
 		"  -o threads=N           event-loop threads (default: one per CPU)\n"
 		"  -o cache_size=SIZE     metadata cache per image (e.g. 64M)\n"
 		"  -o cache=MODE          none (default: image data bypasses the host page\n"
@@ -90,6 +112,9 @@ static void usage(FILE *f)
 		"  -o backing=POLICY      follow | deny | within-source (default: follow,\n"
 		"                         within-source with allow_other)\n"
 		"  -o format=FMT          force raw, qcow2 or vhdx (single image)\n"
+		"  -o log=WHERE           stderr (default in the foreground), syslog (default\n"
+		"                         once detached) or a FILE to append to\n"
+		"  -o log_level=LEVEL     error, warning, info (default) or debug\n"
 		"  -o vhdx_parent=PATH    parent of a vhdx differencing disk\n"
 		"\n"
 		"See vdiskfs(1).\n");
@@ -145,6 +170,44 @@ static int cmd_proc(void *data, const char *arg, int key, struct fuse_args *out)
 	}
 }
 
+/* -o log= and -o log_level=. */
+static int configure_log(struct cmdline *c)
+{
+	static const char *const levels[] = {"error", "warning", "info", "debug"};
+	int ret;
+
+	if (c->log_level) {
+		unsigned i;
+
+		for (i = 0; i < G_N_ELEMENTS(levels) && strcmp(c->log_level, levels[i]); i++)
+			;
+		if (i == G_N_ELEMENTS(levels)) {
+			fprintf(stderr, "vdiskfs: log_level=%s: want error, warning, info or debug\n",
+				c->log_level);
+			return -EINVAL;
+		}
+		vd_log_set_level(c->debug ? VD_LOG_DEBUG : (enum vd_log_level)i);
+	}
+	c->log_syslog = !c->foreground;
+	if (!c->log || !strcmp(c->log, "syslog")) {
+		c->log_syslog = !c->log ? !c->foreground : 1;
+		return 0;
+	}
+	c->log_syslog = 0;
+	if (!strcmp(c->log, "stderr"))
+		return 0;
+	if (!*c->log) {
+		fprintf(stderr, "vdiskfs: log=: want stderr, syslog or a file\n");
+		return -EINVAL;
+	}
+	ret = vd_log_to_file(c->log);
+	if (ret) {
+		fprintf(stderr, "vdiskfs: log=%s: %s\n", c->log, strerror(-ret));
+		return ret;
+	}
+	return 0;
+}
+
 static int configure(struct cmdline *c, struct fuse_args *args)
 {
 	struct stat sst, mst;
@@ -186,6 +249,7 @@ static int configure(struct cmdline *c, struct fuse_args *args)
 	}
 	vfs_cfg.read_only = c->ro;
 	vfs_cfg.direct_io = c->direct_io;
+	vfs_cfg.allow_shrink = c->allow_shrink;
 	vfs_cfg.allow_other = c->allow_other;
 	vfs_cfg.owner = getuid();
 	vfs_cfg.threads = sysconf(_SC_NPROCESSORS_ONLN);
@@ -200,6 +264,11 @@ static int configure(struct cmdline *c, struct fuse_args *args)
 	}
 
 	vfs_cfg.open.read_only = c->ro;
+	if (c->force_share && !c->ro) {
+		fprintf(stderr, "vdiskfs: force_share needs ro: a writer never shares writing\n");
+		return -EINVAL;
+	}
+	vfs_cfg.open.force_share = c->force_share;
 	vfs_cfg.open.raw_by_default = vfs_cfg.single;
 	vfs_cfg.open.vhdx_parent = c->vhdx_parent;
 	vfs_cfg.open.within = vfs_cfg.single ? g_path_get_dirname(vfs_cfg.source) : vfs_cfg.source;
@@ -253,6 +322,15 @@ static int configure(struct cmdline *c, struct fuse_args *args)
 		return -EINVAL;
 	}
 
+	if (configure_log(c))
+		return -EINVAL;
+	if (c->pid_file) {
+		char *abs = g_canonicalize_filename(c->pid_file, NULL); /* daemonising leaves the cwd */
+
+		free(c->pid_file);
+		c->pid_file = abs;
+	}
+
 	/* How the mount shows in /proc/mounts: SOURCE on MOUNTPOINT type fuse.vdiskfs. */
 	char *o = g_strdup_printf("-osubtype=vdiskfs,fsname=%s", vfs_cfg.source);
 	fuse_opt_add_arg(args, o);
@@ -300,10 +378,123 @@ static void cmdline_free(struct cmdline *c)
 	free(c->cache);
 	free(c->uring);
 	free(c->poll_us);
+	g_free(c->pid_file);
+	free(c->log);
+	free(c->log_level);
 	if (vfs_cfg.single)
 		g_free((char *)vfs_cfg.open.within);
 	free(vfs_cfg.source);
 	free(vfs_cfg.mountpoint);
+}
+
+/* Undo mountinfo's octal escapes (\040 for a space, ...) in place. */
+static void mountinfo_unescape(char *s)
+{
+	char *d = s;
+
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
+		    s[3] >= '0' && s[3] <= '7') {
+			*d++ = (char)((s[1] - '0') << 6 | (s[2] - '0') << 3 | (s[3] - '0'));
+			s += 3;
+		} else {
+			*d++ = *s;
+		}
+	}
+	*d = '\0';
+}
+
+/* Is path already the mountpoint of a vdiskfs? Its source in *source (to be
+ * freed), or NULL. A second mount would stack over the first and hide it. */
+static bool mount_is_vdiskfs(const char *path, char **source)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL;
+	size_t cap = 0;
+	bool found = false;
+
+	*source = NULL;
+	if (!f)
+		return false;
+	while (!found && getline(&line, &cap, f) > 0) {
+		char *fields[10] = {0}, *save = NULL, *sep = strstr(line, " - ");
+		int n = 0;
+
+		if (!sep)
+			continue;
+		*sep = '\0';
+		for (char *t = strtok_r(line, " ", &save); t && n < 5; t = strtok_r(NULL, " ", &save))
+			fields[n++] = t;
+		save = NULL;
+		for (char *t = strtok_r(sep + 3, " \n", &save); t && n < 7;
+		     t = strtok_r(NULL, " \n", &save))
+			fields[n++] = t;
+		if (n < 7 || strcmp(fields[5], "fuse.vdiskfs"))
+			continue;
+		mountinfo_unescape(fields[4]);
+		if (strcmp(fields[4], path))
+			continue;
+		mountinfo_unescape(fields[6]);
+		*source = strdup(fields[6]);
+		found = true;
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+/* systemd's notification protocol, without libsystemd: one datagram of
+ * "KEY=value" lines to the socket named by $NOTIFY_SOCKET (a path, or an
+ * abstract name after '@'). Nothing happens when it is not set. */
+static void systemd_notify(const char *fmt, ...)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	char msg[512];
+	size_t len;
+	va_list ap;
+	int fd;
+
+	if (!path || (path[0] != '/' && path[0] != '@') || strlen(path) >= sizeof(sa.sun_path))
+		return;
+	len = strlen(path);
+	memcpy(sa.sun_path, path, len);
+	if (sa.sun_path[0] == '@')
+		sa.sun_path[0] = '\0';
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa,
+		   offsetof(struct sockaddr_un, sun_path) + len) < 0)
+		vd_warn("cannot notify systemd at %s: %s", path, strerror(errno));
+	close(fd);
+}
+
+/* The pid file: written once the mount is live (after daemonising, so it is
+ * the daemon's pid), removed as the very last thing, once every image is
+ * closed and its locks dropped, so that a script can wait for it to vanish. */
+static int pid_file_write(const char *path)
+{
+	char buf[32];
+	int fd, n, ret = 0;
+
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (fd < 0) {
+		ret = -errno;
+		goto out;
+	}
+	n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+	if (write(fd, buf, n) != n)
+		ret = errno ? -errno : -EIO;
+	if (close(fd) < 0 && !ret)
+		ret = -errno;
+out:
+	if (ret)
+		vd_err("cannot write the pid file %s: %s", path, strerror(-ret));
+	return ret;
 }
 
 static void start_signal_thread(void)
@@ -327,6 +518,7 @@ int main(int argc, char *argv[])
 	struct cmdline c = {0};
 	struct fuse_session *se = NULL;
 	bool se_busy = false;
+	char *msource;
 	int ret, status = 2;
 
 	vd_log_init("vdiskfs", false, false);
@@ -342,10 +534,17 @@ int main(int argc, char *argv[])
 	}
 	if (configure(&c, &args) || fault_set_from_env())
 		goto out;
-	vd_log_init("vdiskfs", false, c.debug);
+	vd_log_init("vdiskfs", c.log_syslog && c.foreground, c.debug);
 	raise_fd_limit();
 
 	status = 1;
+	if (mount_is_vdiskfs(vfs_cfg.mountpoint, &msource)) {
+		fprintf(stderr, "vdiskfs: %s is already a vdiskfs mount (of %s); unmount it first "
+				"(fusermount3 -u %s)\n",
+			vfs_cfg.mountpoint, msource ? msource : "?", vfs_cfg.mountpoint);
+		free(msource);
+		goto out;
+	}
 	if (ring_precheck(vfs_cfg.ring))
 		goto out;
 	ret = tree_init();
@@ -364,11 +563,18 @@ int main(int argc, char *argv[])
 		goto out_session;
 	}
 	if (!c.foreground) {
-		vd_log_init("vdiskfs", true, c.debug);
+		vd_log_init("vdiskfs", c.log_syslog, c.debug);
 		if (fuse_daemonize(0))
 			goto out_unmount;
 	}
+	if (c.pid_file) {
+		if (pid_file_write(c.pid_file))
+			goto out_unmount;
+		c.pid_written = 1;
+	}
 	vd_info("serving %s on %s", vfs_cfg.source, vfs_cfg.mountpoint);
+	systemd_notify("READY=1\nMAINPID=%d\nSTATUS=serving %s on %s", (int)getpid(),
+		       vfs_cfg.source, vfs_cfg.mountpoint);
 	start_signal_thread();
 	if (!vfs_cfg.single && (ret = notify_start(se)))
 		vd_warn("no notices to the kernel (%s): removed images stay open until it "
@@ -381,6 +587,8 @@ int main(int argc, char *argv[])
 	if (!notify_stop())
 		se_busy = true;
 	vd_info("unmounting %s", vfs_cfg.mountpoint);
+	systemd_notify("STOPPING=1\nSTATUS=unmounting %s: flushing and closing the images",
+		       vfs_cfg.mountpoint);
 	tree_shutdown();
 out_unmount:
 	fuse_session_unmount(se);
@@ -391,6 +599,8 @@ out_tree:
 	tree_shutdown();
 	uring_thread_exit();
 out:
+	if (c.pid_written)
+		unlink(c.pid_file);
 	fuse_opt_free_args(&args);
 	cmdline_free(&c);
 	return status;

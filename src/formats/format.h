@@ -135,7 +135,13 @@ struct vd_format {
 	 * img->size, img->cluster_size, img->backing_name/backing_fmt, img->priv.
 	 * May set img->read_only with a logged reason (corrupt bit, ...). */
 	int (*open)(struct vd_image *img);
-	/* Mark clean, flush, free priv. Does not close img->fd. */
+	/* Optional: make the file final while the image stays open for reading:
+	 * write and sync everything close would write (metadata, the clean mark,
+	 * the trimmed tail). NULL: flush, then fdatasync. image_finish() calls it
+	 * once and then clears img->writable. */
+	int (*finish)(struct vd_image *img);
+	/* Free priv, first writing back what finish would when img->writable is
+	 * still set; writes nothing to a finished image. Does not close img->fd. */
 	void (*close)(struct vd_image *img);
 
 	/* Map [off, off+len) (within img->size). Reads may return any extent type;

@@ -363,19 +363,22 @@ static void req_start(struct img_req *r)
 {
 	struct vd_image *img = r->img;
 	uint64_t expect = r->off;
+	bool write = r->write, was_adopted = r->adopted;
 	int ret;
 
 	vd_map_reset(&r->map);
 	r->map.waiter = &r->waiter;
-	ret = img->fmt->map(img, r->off, r->len, r->write ? VD_MAP_WRITE : 0, &r->map);
-	if (ret == -EAGAIN && r->write) {
-		/* parked on another request's allocation: waiter->wake resumes */
-		if (r->adopted) {
-			r->adopted = false;
+	r->adopted = false;
+	ret = img->fmt->map(img, r->off, r->len, write ? VD_MAP_WRITE : 0, &r->map);
+	if (ret == -EAGAIN && write) {
+		/* Parked on another request's allocation: from the moment the
+		 * driver dropped its lock, another thread's complete() may resume
+		 * and finish r, so r is not touched again here. */
+		if (was_adopted)
 			adopted--;
-		}
 		return;
 	}
+	r->adopted = was_adopted;
 	r->pending = 1;
 	if (ret) {
 		req_put(r, ret);
@@ -495,17 +498,20 @@ void image_write(struct vd_image *img, const void *buf, uint64_t len, uint64_t o
 static const char zero_buf[ZERO_CHUNK] __attribute__((aligned(DIO_ALIGN)));
 
 struct zero_job {
+	/* Chunks may finish on another thread (a parked write resumed there). */
+	pthread_mutex_t lock;
 	struct vd_image *img;
 	uint64_t limit;	       /* see img_check(); 0: img->size when each chunk starts */
 	uint64_t ranges[2][2]; /* [off, end) pairs to write zeroes over */
 	int nranges, cur;
 	uint64_t next;
 	int inflight, err;
+	bool pumping; /* a zero_pump_locked() frame is in its loop: it alone finishes */
 	vd_done_fn done;
 	void *opaque;
 };
 
-static void zero_pump(struct zero_job *z);
+static void zero_pump_locked(struct zero_job *z);
 
 static void zero_job_add(struct zero_job *z, uint64_t off, uint64_t end)
 {
@@ -516,39 +522,75 @@ static void zero_job_add(struct zero_job *z, uint64_t off, uint64_t end)
 	z->nranges++;
 }
 
+static void zero_job_free(struct zero_job *z)
+{
+	pthread_mutex_destroy(&z->lock);
+	free(z);
+}
+
 static void zero_chunk_done(void *opaque, int err)
 {
 	struct zero_job *z = opaque;
 
+	pthread_mutex_lock(&z->lock);
 	z->inflight--;
 	if (err && !z->err)
 		z->err = err;
-	zero_pump(z);
+	zero_pump_locked(z);
 }
 
-static void zero_pump(struct zero_job *z)
+/* The next chunk to write (with z->lock held): false when none may start. */
+static bool zero_next_chunk(struct zero_job *z, uint64_t *off, uint64_t *len)
 {
 	while (!z->err && z->inflight < ZERO_DEPTH && z->cur < z->nranges) {
 		uint64_t end = z->ranges[z->cur][1];
-		uint64_t n;
 
 		if (z->next >= end) {
 			if (++z->cur < z->nranges)
 				z->next = z->ranges[z->cur][0];
 			continue;
 		}
-		n = end - z->next < ZERO_CHUNK ? end - z->next : ZERO_CHUNK;
+		*off = z->next;
+		*len = end - z->next < ZERO_CHUNK ? end - z->next : ZERO_CHUNK;
+		z->next += *len;
 		z->inflight++;
-		z->next += n;
-		img_rw(z->img, (char *)zero_buf, n, z->next - n, true,
-		       z->limit ? z->limit : z->img->size, zero_chunk_done, z);
+		return true;
 	}
-	if (z->inflight == 0 && (z->err || z->cur >= z->nranges)) {
+	return false;
+}
+
+/* Called with z->lock held, returns without it. Start chunks while there is
+ * room, finish the job once none is left. A chunk may finish inside img_rw()
+ * (a refused check or allocation, ENOMEM), which calls back in here: that
+ * inner frame, or one on another thread, only counts; the frame in the loop
+ * starts what may start and alone finishes the job, after its last use of it
+ * (see "Completions" in image.h). Counting and this test are one locked step,
+ * so no frame looks at the job after another one freed it. */
+static void zero_pump_locked(struct zero_job *z)
+{
+	uint64_t off, len;
+	bool finished;
+
+	if (z->pumping) {
+		pthread_mutex_unlock(&z->lock);
+		return;
+	}
+	z->pumping = true;
+	while (zero_next_chunk(z, &off, &len)) {
+		pthread_mutex_unlock(&z->lock);
+		img_rw(z->img, (char *)zero_buf, len, off, true,
+		       z->limit ? z->limit : z->img->size, zero_chunk_done, z);
+		pthread_mutex_lock(&z->lock);
+	}
+	z->pumping = false;
+	finished = z->inflight == 0 && (z->err || z->cur >= z->nranges);
+	pthread_mutex_unlock(&z->lock);
+	if (finished) {
 		vd_done_fn done = z->done;
 		void *opaque = z->opaque;
 		int err = z->err;
 
-		free(z);
+		zero_job_free(z);
 		done(opaque, err);
 	}
 }
@@ -572,6 +614,7 @@ static void img_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unma
 		done(opaque, -ENOMEM);
 		return;
 	}
+	pthread_mutex_init(&z->lock, NULL);
 	z->img = img;
 	z->limit = limit;
 	z->done = done;
@@ -581,7 +624,7 @@ static void img_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unma
 		if (ret == -ENOTSUP && unmap && f->discard && f->write_zeroes)
 			ret = f->write_zeroes(img, a, b - a);
 		if (ret && ret != -ENOTSUP) {
-			free(z);
+			zero_job_free(z);
 			done(opaque, ret);
 			return;
 		}
@@ -595,12 +638,13 @@ static void img_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unma
 		zero_job_add(z, b, end);
 	}
 	if (!z->nranges) {
-		free(z);
+		zero_job_free(z);
 		done(opaque, 0);
 		return;
 	}
 	z->next = z->ranges[0][0];
-	zero_pump(z);
+	pthread_mutex_lock(&z->lock);
+	zero_pump_locked(z);
 }
 
 void image_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unmap, vd_done_fn done,
@@ -694,8 +738,7 @@ static void sync_start(struct img_sync *s)
 void image_fsync(struct vd_image *img, vd_done_fn done, void *opaque)
 {
 	struct sync_waiter *w;
-	struct img_sync **slot;
-	bool start = false;
+	struct img_sync **slot, *start = NULL;
 
 	if (!img->writable) {
 		done(opaque, 0);
@@ -719,13 +762,14 @@ void image_fsync(struct vd_image *img, vd_done_fn done, void *opaque)
 			return;
 		}
 		(*slot)->img = img;
-		start = slot == &img->sync_running;
+		if (slot == &img->sync_running)
+			start = *slot; /* ours to start: nobody else finishes it */
 	}
 	w->next = (*slot)->waiters;
 	(*slot)->waiters = w;
 	pthread_mutex_unlock(&img->sync_lock);
 	if (start)
-		sync_start(img->sync_running);
+		sync_start(start);
 }
 
 /* ---- block status through the chain, truncate ---- */

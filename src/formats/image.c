@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "image.h"
+#include "json.h"
 #include "log.h"
 #include "path.h"
 #include "uring.h"
@@ -141,28 +142,102 @@ static void image_free(struct vd_image *img)
 	free(img);
 }
 
-/* An open-file-description lock on the whole image, shared for read-only use
- * and exclusive for writing, so that a second writer (another vdiskfs, or QEMU,
- * which takes byte-range locks on the same file) is refused instead of
- * corrupting it. The kernel drops it when the last fd closes, even on SIGKILL. */
-static int image_lock(int fd, const char *path, bool read_only)
-{
-	struct flock fl = {
-		.l_type = read_only ? F_RDLCK : F_WRLCK,
-		.l_whence = SEEK_SET,
-	};
+/*
+ * QEMU's image locking protocol (block/file-posix.c), so that vdiskfs and the
+ * QEMU tools see each other: shared open-file-description locks on single
+ * bytes, byte 100 + i while holding permission i and byte 200 + i while not
+ * sharing it (i: 0 consistent read, 1 write, 2 write-unchanged, 3 resize).
+ * A user first takes its own bytes, then tests that nobody refuses to share a
+ * permission it holds (200 + i) and that nobody holds a permission it does not
+ * share (100 + i); taking before testing means two users racing both see each
+ * other. A view open for writing takes what a QEMU writer of a qcow2 image
+ * takes (read, write, resize; sharing neither write nor resize), a reader what
+ * a QEMU reader takes (read; sharing neither), a force-share reader only
+ * read (like qemu-img -U). The kernel drops the locks when the last fd of the
+ * file description closes, even on SIGKILL; image_free() drops them first.
+ */
+enum { LOCK_PERM_BASE = 100, LOCK_UNSHARED_BASE = 200, LOCK_NPERMS = 4 };
+enum { PERM_READ = 1, PERM_WRITE = 2, PERM_RESIZE = 8 };
 
-	if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
+static const char *const lock_perm_names[LOCK_NPERMS] = {"consistent read", "write",
+							 "write unchanged", "resize"};
+
+static int lock_byte(int fd, int type, int cmd, off_t byte, struct flock *fl)
+{
+	*fl = (struct flock){.l_type = type, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
+	return fcntl(fd, cmd, fl) < 0 ? -errno : 0;
+}
+
+/* Does another file description hold a lock on byte? 1, 0 or -errno. */
+static int lock_byte_taken(int fd, off_t byte)
+{
+	struct flock fl;
+	int ret = lock_byte(fd, F_WRLCK, F_OFD_GETLK, byte, &fl);
+
+	return ret ? ret : fl.l_type != F_UNLCK;
+}
+
+/* Take our bytes: 0, or -errno with the byte that could not be taken. */
+static int lock_take(int fd, unsigned perm, unsigned unshared, off_t *byte)
+{
+	struct flock fl;
+	int ret = 0;
+
+	for (int i = 0; i < LOCK_NPERMS && !ret; i++) {
+		*byte = LOCK_PERM_BASE + i;
+		if (perm & 1u << i)
+			ret = lock_byte(fd, F_RDLCK, F_OFD_SETLK, *byte, &fl);
+		*byte = LOCK_UNSHARED_BASE + i;
+		if (!ret && unshared & 1u << i)
+			ret = lock_byte(fd, F_RDLCK, F_OFD_SETLK, *byte, &fl);
+	}
+	return ret;
+}
+
+/* Test the bytes that conflict with ours: 0, 1 with the byte another file
+ * description holds, or -errno. */
+static int lock_conflict(int fd, unsigned perm, unsigned unshared, off_t *byte)
+{
+	int ret = 0;
+
+	for (int i = 0; i < LOCK_NPERMS && !ret; i++) {
+		*byte = LOCK_UNSHARED_BASE + i;
+		if (perm & 1u << i)
+			ret = lock_byte_taken(fd, *byte);
+		if (ret)
+			break;
+		*byte = LOCK_PERM_BASE + i;
+		if (unshared & 1u << i)
+			ret = lock_byte_taken(fd, *byte);
+	}
+	return ret;
+}
+
+static int image_lock(int fd, const char *path, bool read_only, bool force_share)
+{
+	unsigned perm = read_only ? PERM_READ : PERM_READ | PERM_WRITE | PERM_RESIZE;
+	unsigned unshared = force_share && read_only ? 0 : PERM_WRITE | PERM_RESIZE;
+	struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
+	off_t byte = 0;
+	int ret;
+
+	ret = lock_take(fd, perm, unshared, &byte);
+	if (!ret)
+		ret = lock_conflict(fd, perm, unshared, &byte);
+	if (!ret)
 		return 0;
-	if (errno == EAGAIN || errno == EACCES) {
-		vd_err("%s: in use by another process (it holds a lock on the file); not opened "
-		       "%s",
-		       path, read_only ? "for reading" : "for writing");
+	fcntl(fd, F_OFD_SETLK, &fl); /* drop what was taken */
+	if (ret == 1 || ret == -EAGAIN || ret == -EACCES) {
+		vd_err("%s: in use by another process: it %s the %s permission (QEMU's image "
+		       "locks, byte %d); not opened %s",
+		       path, byte >= LOCK_UNSHARED_BASE ? "does not share" : "holds",
+		       lock_perm_names[byte % 100], (int)byte,
+		       read_only ? "for reading" : "for writing");
 		return -EBUSY;
 	}
-	if (errno == EINVAL || errno == ENOLCK || errno == EOPNOTSUPP)
+	if (ret == -EINVAL || ret == -ENOLCK || ret == -EOPNOTSUPP)
 		return 0; /* a file system without locks: nothing to enforce */
-	return -errno;
+	return ret;
 }
 
 /* An image open for writing just became another image's backing file: what
@@ -376,7 +451,7 @@ static int image_open_chain(const char *path, const char *real, const struct vd_
 
 	pthread_mutex_lock(&registry_lock);
 	found = registry_find(st.st_dev, st.st_ino);
-	if (!found && (ret = image_lock(fd, path, read_only))) {
+	if (!found && (ret = image_lock(fd, path, read_only, o->force_share))) {
 		pthread_mutex_unlock(&registry_lock);
 		close(fd);
 		return ret;
@@ -522,6 +597,55 @@ int image_open(const char *path, const struct vd_open_opts *o, struct vd_image *
 void image_ref(struct vd_image *img)
 {
 	atomic_fetch_add(&img->refs, 1);
+}
+
+void image_facts_json(struct vd_image *img, bool read_only, struct json_writer *j)
+{
+	json_str(j, "image", img->path);
+	json_str(j, "format", img->fmt->name);
+	json_u64(j, "virtual-size", img->size);
+	json_u64(j, "cluster-size", img->cluster_size);
+	json_u64(j, "allocated", image_allocated(img));
+	json_bool(j, "read-only", img->read_only || read_only);
+	json_bool(j, "broken", atomic_load(&img->broken));
+	json_str(j, "backing", img->backing ? img->backing->path : NULL);
+	if (img->backing) {
+		json_begin_array(j, "backing-chain");
+		for (struct vd_image *b = img->backing; b; b = b->backing) {
+			json_begin_object(j, NULL);
+			json_str(j, "image", b->path);
+			json_str(j, "format", b->fmt->name);
+			json_u64(j, "virtual-size", b->size);
+			json_end_object(j);
+		}
+		json_end_array(j);
+	}
+	if (img->fmt->info) {
+		json_begin_object(j, img->fmt->name);
+		img->fmt->info(img, j);
+		json_end_object(j);
+	}
+}
+
+int image_finish(struct vd_image *img)
+{
+	int ret;
+
+	if (!img->writable)
+		return 0;
+	img->read_only = true;
+	if (img->fmt->finish) {
+		ret = img->fmt->finish(img);
+	} else {
+		ret = img->fmt->flush ? img->fmt->flush(img) : 0;
+		if (!ret)
+			ret = sync_fdatasync(img->fd);
+	}
+	img->writable = false;
+	if (ret)
+		vd_err("%s: cannot write back the image before leaving it: %s", img->path,
+		       strerror(-ret));
+	return ret;
 }
 
 void image_unref(struct vd_image *img)

@@ -32,6 +32,7 @@ struct vd_open_opts {
 	bool raw_by_default; /* no magic matched: raw (single-image mounts) */
 	bool cache_direct;   /* aligned data I/O bypasses the host page cache */
 	bool nofollow;	     /* the path is resolved: no symbolic link anywhere in it */
+	bool force_share;    /* read-only: share every permission, like qemu-img -U */
 };
 
 struct vd_image {
@@ -77,6 +78,17 @@ int image_open(const char *path, const struct vd_open_opts *o, struct vd_image *
 void image_ref(struct vd_image *img);
 /* Drop a reference; the last one flushes and closes the whole chain. */
 void image_unref(struct vd_image *img);
+/* Make a writable image's file final (everything close would write is
+ * written and synced) and refuse its writes from now on (EROFS); reads go on,
+ * and close writes nothing more. For an image that is retired while requests
+ * may still read it (the mirror's old source). Logs and returns -errno when
+ * the file could not be made final. */
+int image_finish(struct vd_image *img);
+/* The image's facts as JSON members (inside an open object): path, format,
+ * sizes, allocation, read-only (or forced so), broken, the backing chain and
+ * an object named after the format with the driver's own facts. */
+struct json_writer;
+void image_facts_json(struct vd_image *img, bool read_only, struct json_writer *j);
 /* Probe a file: the driver whose magic matches, or NULL. */
 const struct vd_format *image_probe(int fd, const char *path, bool raw_by_default);
 /* Bytes the image allocates for guest data in its own layer (the driver's
@@ -89,7 +101,19 @@ void image_mark_broken(struct vd_image *img, const char *why);
 /* ---- asynchronous I/O on guest ranges (image-io.c) ----
  * Each call completes exactly once through done(opaque, err), possibly before it
  * returns, on the calling thread or on the thread whose completion finished it.
- * The calling thread must have an io_uring context (uring_thread_init()). */
+ * The calling thread must have an io_uring context (uring_thread_init()).
+ *
+ * Completions. done() may run inside the call: for a refused check, ENOMEM, a
+ * map or allocation the driver refused (a hostile image), a read of zeroes
+ * only. A write parked behind another request's allocation completes on the
+ * thread that finished that request, perhaps while its submitter is still in
+ * the call. So whoever hands state to these calls (or to a driver's map()
+ * with a waiter) touches it no more once the call can have finished it, and
+ * a loop that submits several parts of one job guards the job: it holds a
+ * count of its own while it loops and drops it last (req_start(), the COW
+ * merge, the mirror's fan-out), or only its outermost frame may finish the
+ * job (zero_pump_locked()); a count that another thread's completion also
+ * changes is atomic or under a lock. */
 typedef void (*vd_done_fn)(void *opaque, int err);
 
 void image_read(struct vd_image *img, void *buf, uint64_t len, uint64_t off, vd_done_fn done,

@@ -118,16 +118,38 @@ static bool rebuild_used(struct qcow2 *q, uint64_t cl)
 	return q->rebuild_counts && cl < q->rebuild_n && q->rebuild_counts[cl];
 }
 
-/* A free cluster holding the header, the L1 or the refcount table means the
- * refcounts are wrong (a missing refcount block): never allocate it (QEMU's
- * overlap check refuses the same write). */
+/* The active metadata in cluster cl, found in the L1 and refcount tables
+ * (only a cluster inside the file can hold any), or NULL. */
+static const char *metadata_in(struct qcow2 *q, uint64_t cl)
+{
+	uint64_t off = cl << q->cluster_bits;
+
+	if (qcow2_hits_fixed_metadata(q, off, q->cluster_size))
+		return "the header, the L1 table or the refcount table";
+	if (cl >= q->host_end)
+		return NULL;
+	for (uint32_t i = 0; i < q->l1_size; i++)
+		if ((q->l1[i] & QCOW2_OFF_MASK) == off)
+			return "an L2 table";
+	for (uint64_t i = 0; i < q->rt_entries; i++)
+		if ((q->rt[i] & QCOW2_RT_OFF_MASK) == off)
+			return "a refcount block";
+	return NULL;
+}
+
+/* A free cluster holding the header, the L1 or the refcount table, an L2
+ * table or a refcount block means the refcounts are wrong (a missing
+ * refcount block, an entry cleared): never allocate it, or a guest write
+ * would overwrite metadata (QEMU's overlap check refuses the same write). */
 static int metadata_not_free(struct qcow2 *q, uint64_t cl)
 {
-	if (!qcow2_hits_fixed_metadata(q, cl << q->cluster_bits, q->cluster_size))
+	const char *what = metadata_in(q, cl);
+
+	if (!what)
 		return 0;
-	vd_err("%s: the cluster at 0x%llx holds the header, the L1 table or the refcount table "
-	       "but its refcount is 0: refcounts are inconsistent, not allocating it",
-	       q->img->path, (unsigned long long)(cl << q->cluster_bits));
+	vd_err("%s: the cluster at 0x%llx holds %s but its refcount is 0: refcounts are "
+	       "inconsistent, not allocating it",
+	       q->img->path, (unsigned long long)(cl << q->cluster_bits), what);
 	return -EIO;
 }
 
@@ -414,7 +436,9 @@ void qcow2_prealloc_trim(struct qcow2 *q)
 	if (q->file_size <= end)
 		return;
 	ret = sync_ftruncate(q->img->fd, end);
-	if (ret)
+	if (!ret)
+		q->file_size = end;
+	else
 		vd_warn("%s: cannot cut the preallocated tail at 0x%" PRIx64 ": %s", q->img->path,
 			end, strerror(-ret));
 }
@@ -453,17 +477,31 @@ void qcow2_compressed_range(const struct qcow2 *q, uint64_t entry, uint64_t *off
 	*len = nsect * 512;
 }
 
-/* Drop the allocation an L2 entry (first word) held, once it is safe. */
+/* Drop the allocation an L2 entry (first word) held, once it is safe. An
+ * entry that points outside the file (or, uncompressed, off a cluster
+ * boundary) held nothing: its refcount is never looked up, since that could
+ * create refcount blocks and tables far past the end of the file. */
 int qcow2_free_entry(struct qcow2 *q, uint64_t entry)
 {
 	uint64_t off, len;
 
 	if (entry & QCOW2_COMPRESSED) {
 		qcow2_compressed_range(q, entry, &off, &len);
-		return qcow2_defer_free(q, off, len);
+	} else {
+		off = entry & QCOW2_OFF_MASK;
+		len = q->cluster_size;
+		if (!off)
+			return 0;
 	}
-	off = entry & QCOW2_OFF_MASK;
-	return off ? qcow2_defer_free(q, off, q->cluster_size) : 0;
+	if (qcow2_cl(q, off) >= q->host_end ||
+	    (!(entry & QCOW2_COMPRESSED) && (off & (q->cluster_size - 1)))) {
+		vd_err("%s: L2 entry 0x%llx dropped at discard or overwrite points to 0x%llx: "
+		       "unaligned or past the end of the file",
+		       q->img->path, (unsigned long long)entry, (unsigned long long)off);
+		image_mark_broken(q->img, "qcow2 metadata is inconsistent");
+		return -EIO;
+	}
+	return qcow2_defer_free(q, off, len);
 }
 
 static bool range_busy(struct qcow2 *q, uint64_t off, uint64_t len)

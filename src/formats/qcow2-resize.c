@@ -163,6 +163,11 @@ int qcow2_truncate(struct vd_image *img, uint64_t size)
 	uint64_t need = size / per_l2 + !!(size % per_l2), old;
 	int ret;
 
+	if (size % 512) {
+		vd_err("%s: cannot resize to %llu bytes: a qcow2 size must be a multiple of 512",
+		       img->path, (unsigned long long)size);
+		return -EINVAL;
+	}
 	pthread_mutex_lock(&q->lock);
 	if (q->resizing) {
 		vd_err("%s: cannot change the size: another resize is running", img->path);

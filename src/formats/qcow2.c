@@ -242,6 +242,13 @@ static int parse_header(struct qcow2 *q, struct qcow2_hdr *h, const uint8_t *b)
 	}
 	q->cluster_size = 1u << q->cluster_bits;
 	q->size = qcow2_be64(b + 24);
+	if (q->size % 512) {
+		/* QEMU counts a qcow2 disk in whole sectors and never shows the tail. */
+		vd_warn("%s: qcow2 header at offset 24: virtual size %llu is not a multiple of 512; "
+			"served as %llu bytes, as QEMU reads it",
+			path, (unsigned long long)q->size, (unsigned long long)(q->size & ~511ull));
+		q->size &= ~511ull;
+	}
 	h->crypt = qcow2_be32(b + 32);
 	q->l1_size = qcow2_be32(b + 36);
 	q->l1_offset = qcow2_be64(b + 40);
@@ -682,26 +689,34 @@ fail:
 	return ret;
 }
 
+/* Metadata written back and synced, the preallocated tail cut. */
+static int qcow2_finish(struct vd_image *img)
+{
+	struct qcow2 *q = img->priv;
+	int ret;
+
+	pthread_mutex_lock(&q->lock);
+	/* Twice: the second pass writes the decrements the first applied. */
+	ret = qcow2_flush_locked(q);
+	if (!ret)
+		ret = qcow2_flush_locked(q);
+	if (!ret)
+		ret = sync_fdatasync(img->fd);
+	if (ret)
+		vd_err("%s: metadata flush at close failed: %s", img->path, strerror(-ret));
+	qcow2_prealloc_trim(q);
+	pthread_mutex_unlock(&q->lock);
+	return ret;
+}
+
 static void qcow2_close(struct vd_image *img)
 {
 	struct qcow2 *q = img->priv;
-	int ret = 0;
 
 	if (!q)
 		return;
-	pthread_mutex_lock(&q->lock);
-	if (img->writable) {
-		/* Twice: the second pass writes the decrements the first applied. */
-		ret = qcow2_flush_locked(q);
-		if (!ret)
-			ret = qcow2_flush_locked(q);
-		if (!ret)
-			ret = sync_fdatasync(img->fd);
-		if (ret)
-			vd_err("%s: metadata flush at close failed: %s", img->path, strerror(-ret));
-		qcow2_prealloc_trim(q);
-	}
-	pthread_mutex_unlock(&q->lock);
+	if (img->writable)
+		qcow2_finish(img);
 	qcow2_free(q);
 	img->priv = NULL;
 }
@@ -740,6 +755,7 @@ const struct vd_format vd_format_qcow2 = {
 	.name = "qcow2",
 	.probe = qcow2_probe,
 	.open = qcow2_open,
+	.finish = qcow2_finish,
 	.close = qcow2_close,
 	.map = qcow2_map,
 	.complete = qcow2_complete,

@@ -4,6 +4,8 @@
  * apply, flush). Log space is reused only after an entry was applied. */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 
@@ -13,7 +15,10 @@
 
 #define LOG_HDR 64
 #define LOG_DESC 32
-#define LOG_MAX (1ull << 30)
+#define LOG_MAX	       (1ull << 30) /* a log to replay is read whole */
+#define LOG_WRITE_MAX  (1ull << 30) /* data sectors + zero runs one replay writes */
+#define LOG_GROW_MAX   (4ull << 30) /* LastFileOffset - FlushedFileOffset */
+#define LOG_ZERO_CHUNK VHDX_MiB
 
 /* ---- header updates ---- */
 
@@ -222,71 +227,227 @@ static int log_find_active(const struct log_ring *r, struct log_seq *best)
 	return best->valid ? 0 : -ENOENT;
 }
 
-/* ---- replay ---- */
+/* ---- checking the active sequence, before anything is written ---- */
 
-static int log_apply_entry(struct vhdx *v, const struct log_entry *e)
+/* One descriptor's target: a data sector (4 KiB) or a zero run. */
+struct log_desc {
+	bool zero;
+	uint64_t off, len;
+};
+
+static void log_desc_get(const uint8_t *d, struct log_desc *x)
 {
-	uint64_t dsec = (LOG_HDR + (uint64_t)LOG_DESC * e->ndesc + VHDX_LOG_SECTOR - 1) /
-			VHDX_LOG_SECTOR;
-	const uint8_t *d = e->data + LOG_HDR;
-	uint8_t *page = calloc(1, VHDX_LOG_SECTOR);
-	unsigned data_i = 0;
-	int ret = 0;
-
-	if (!page)
-		return -ENOMEM;
-	for (uint32_t i = 0; i < e->ndesc && !ret; i++, d += LOG_DESC) {
-		bool zero = !memcmp(d, "zero", 4);
-		uint64_t off = vhdx_get64(d + 16);
-		uint64_t len = zero ? vhdx_get64(d + 8) : VHDX_LOG_SECTOR;
-
-		if (off < VHDX_RT1_OFF || off + len < off ||
-		    (off < v->hdr.log_offset + v->hdr.log_length && v->hdr.log_offset < off + len)) {
-			vd_err("%s: log entry at 0x%" PRIx64 " writes to 0x%" PRIx64 " (headers or "
-			       "log)",
-			       v->img->path, v->hdr.log_offset + e->off, off);
-			ret = -EINVAL;
-			break;
-		}
-		if (zero) {
-			memset(page, 0, VHDX_LOG_SECTOR);
-			for (uint64_t o = 0; o < len && !ret; o += VHDX_LOG_SECTOR)
-				ret = sync_pwrite(v->img->fd, page, VHDX_LOG_SECTOR, off + o);
-			continue;
-		}
-		const uint8_t *s = e->data + (dsec + data_i++) * VHDX_LOG_SECTOR;
-		memcpy(page, d + 8, 8);			 /* leading bytes */
-		memcpy(page + 8, s + 8, 4084);		 /* payload */
-		memcpy(page + 4092, d + 4, 4);		 /* trailing bytes */
-		ret = sync_pwrite(v->img->fd, page, VHDX_LOG_SECTOR, off);
-	}
-	free(page);
-	return ret;
+	x->zero = !memcmp(d, "zero", 4);
+	x->off = vhdx_get64(d + 16);
+	x->len = x->zero ? vhdx_get64(d + 8) : VHDX_LOG_SECTOR;
 }
 
-static int log_replay(struct vhdx *v, const struct log_ring *r, const struct log_seq *s,
-		      uint64_t file_size)
+typedef int (*log_entry_fn)(struct vhdx *v, const struct log_entry *e, void *arg);
+
+/* Call fn for each entry of the active sequence, tail to head. The entries
+ * are copied again from the ring in memory, so what was checked is what is
+ * written. */
+static int log_seq_foreach(struct vhdx *v, const struct log_ring *r, const struct log_seq *s,
+			   log_entry_fn fn, void *arg)
 {
-	static const vhdx_guid zero;
 	struct log_entry e = {0};
 	uint64_t off = s->tail;
-	int ret;
+	int ret = 0;
 
-	/* FileWriteGuid changes before the first modification, replay included. */
-	ret = vhdx_header_update(v, false, &v->hdr.log_guid);
-	for (unsigned guard = 0; !ret; guard++) {
-		if (guard > r->len / VHDX_LOG_SECTOR || !log_entry_read(r, off, &e)) {
+	for (uint64_t n = 0; !ret; n++) {
+		if (n > r->len / VHDX_LOG_SECTOR || !log_entry_read(r, off, &e)) {
+			vd_err("%s: log entry at 0x%" PRIx64 " of the log at 0x%" PRIx64
+			       " cannot be read again",
+			       v->img->path, off, v->hdr.log_offset);
 			ret = -EINVAL;
 			break;
 		}
-		ret = log_apply_entry(v, &e);
-		if (ret || e.seq == s->last_seq)
+		ret = fn(v, &e, arg);
+		if (e.seq == s->last_seq)
 			break;
 		off = (off + e.len) % r->len;
 	}
 	free(e.data);
-	if (!ret && file_size < s->last.last)
-		ret = sync_ftruncate(v->img->fd, s->last.last);
+	return ret;
+}
+
+static int log_refuse(const struct vhdx *v, const struct log_entry *e, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Refuse the image for what entry e says; returns -EINVAL. */
+static int log_refuse(const struct vhdx *v, const struct log_entry *e, const char *fmt, ...)
+{
+	va_list ap;
+	char *why;
+
+	va_start(ap, fmt);
+	why = g_strdup_vprintf(fmt, ap);
+	va_end(ap);
+	vd_err("%s: log entry at 0x%" PRIx64 " of the log (file offset 0x%" PRIx64
+	       ", sequence %" PRIu64 "): %s; not replaying the log",
+	       v->img->path, e->off, v->hdr.log_offset + e->off, e->seq, why);
+	g_free(why);
+	return -EINVAL;
+}
+
+/* Where may [off, off+len) be written? Below the entry's LastFileOffset
+ * (last, rounded up to 1 MiB), never in the header section (headers and
+ * region tables: the region table read before the replay stays valid) or
+ * the log, either wholly inside one region or outside all of them in one
+ * 1 MiB block (a sector bitmap). Fills why and returns false if not. */
+static bool log_target_ok(const struct vhdx *v, uint64_t off, uint64_t len, uint64_t last,
+			  char *why, size_t n)
+{
+	bool inside = false;
+
+	if (!len) {
+		snprintf(why, n, "is empty");
+		return false;
+	}
+	if (off + len < off || off + len > last) {
+		snprintf(why, n, "ends past LastFileOffset 0x%" PRIx64, last);
+		return false;
+	}
+	for (int i = 0; i < v->nused; i++) {
+		const struct vhdx_range *u = &v->used[i];
+		bool never = u->off < VHDX_MiB || u->off == v->hdr.log_offset;
+
+		if (off >= u->off + u->len || u->off >= off + len)
+			continue;
+		if (never || off < u->off || off + len > u->off + u->len) {
+			snprintf(why, n, "%s the %s at 0x%" PRIx64,
+				 never ? "lies in" : "straddles the edge of", u->what, u->off);
+			return false;
+		}
+		inside = true;
+	}
+	if (!inside && off / VHDX_MiB != (off + len - 1) / VHDX_MiB) {
+		snprintf(why, n, "spans more than one 1 MiB block outside the regions");
+		return false;
+	}
+	return true;
+}
+
+struct log_check {
+	uint64_t file_size;
+	uint64_t bytes; /* data sectors and zero runs of the sequence so far */
+};
+
+static int log_check_entry(struct vhdx *v, const struct log_entry *e, void *arg)
+{
+	struct log_check *c = arg;
+	const uint8_t *d = e->data + LOG_HDR;
+	uint64_t last;
+	char why[160], tgt[80];
+
+	if (e->flushed > e->last)
+		return log_refuse(v, e,
+				  "FlushedFileOffset 0x%" PRIx64 " is past LastFileOffset "
+				  "0x%" PRIx64,
+				  e->flushed, e->last);
+	if (e->last - e->flushed > LOG_GROW_MAX)
+		return log_refuse(v, e,
+				  "LastFileOffset 0x%" PRIx64 " is more than %llu GiB past "
+				  "FlushedFileOffset 0x%" PRIx64,
+				  e->last, LOG_GROW_MAX >> 30, e->flushed);
+	if (e->flushed > c->file_size)
+		return log_refuse(v, e,
+				  "the file is 0x%" PRIx64 " bytes, shorter than its "
+				  "FlushedFileOffset 0x%" PRIx64 ": truncated",
+				  c->file_size, e->flushed);
+	last = vhdx_align_up(e->last, VHDX_MiB);
+	for (uint32_t i = 0; i < e->ndesc; i++, d += LOG_DESC) {
+		struct log_desc x;
+
+		log_desc_get(d, &x);
+		if (x.zero)
+			snprintf(tgt, sizeof(tgt),
+				 "FileOffset 0x%" PRIx64 " + ZeroLength 0x%" PRIx64, x.off, x.len);
+		else
+			snprintf(tgt, sizeof(tgt), "FileOffset 0x%" PRIx64, x.off);
+		if (!log_target_ok(v, x.off, x.len, last, why, sizeof(why)))
+			return log_refuse(v, e, "descriptor %u (%s): %s %s", i,
+					  x.zero ? "zero" : "data", tgt, why);
+		c->bytes += x.len;
+		if (c->bytes > LOG_WRITE_MAX)
+			return log_refuse(v, e,
+					  "descriptor %u (%s): the sequence writes more than "
+					  "%llu MiB (data sectors and zero runs)",
+					  i, x.zero ? "zero" : "data", LOG_WRITE_MAX >> 20);
+	}
+	return 0;
+}
+
+/* ---- replay ---- */
+
+struct log_apply {
+	uint64_t end;  /* the file's size as the replay leaves it so far */
+	uint8_t *zero; /* LOG_ZERO_CHUNK zero bytes */
+};
+
+/* Zero [off, off+len): only what lies inside the file; past its end the
+ * file is extended at the end of the replay and reads as zeroes. */
+static int log_apply_zero(struct vhdx *v, struct log_apply *a, uint64_t off, uint64_t len)
+{
+	uint64_t stop = off + len < a->end ? off + len : a->end;
+	int ret = 0;
+
+	for (; off < stop && !ret; off += LOG_ZERO_CHUNK) {
+		uint64_t n = stop - off < LOG_ZERO_CHUNK ? stop - off : LOG_ZERO_CHUNK;
+		ret = sync_pwrite(v->img->fd, a->zero, n, off);
+	}
+	return ret;
+}
+
+static int log_apply_entry(struct vhdx *v, const struct log_entry *e, void *arg)
+{
+	uint64_t dsec = (LOG_HDR + (uint64_t)LOG_DESC * e->ndesc + VHDX_LOG_SECTOR - 1) /
+			VHDX_LOG_SECTOR;
+	const uint8_t *d = e->data + LOG_HDR;
+	const uint8_t *s = e->data + dsec * VHDX_LOG_SECTOR;
+	struct log_apply *a = arg;
+	uint8_t page[VHDX_LOG_SECTOR];
+	int ret = 0;
+
+	for (uint32_t i = 0; i < e->ndesc && !ret; i++, d += LOG_DESC) {
+		struct log_desc x;
+
+		log_desc_get(d, &x);
+		if (x.zero) {
+			ret = log_apply_zero(v, a, x.off, x.len);
+			continue;
+		}
+		memcpy(page, d + 8, 8);	       /* leading bytes */
+		memcpy(page + 8, s + 8, 4084); /* payload */
+		memcpy(page + 4092, d + 4, 4); /* trailing bytes */
+		s += VHDX_LOG_SECTOR;
+		ret = sync_pwrite(v->img->fd, page, VHDX_LOG_SECTOR, x.off);
+		if (!ret && x.off + VHDX_LOG_SECTOR > a->end)
+			a->end = x.off + VHDX_LOG_SECTOR;
+	}
+	return ret;
+}
+
+/* Write the checked sequence: new FileWriteGuid first, every entry in order,
+ * the file at least the head's LastFileOffset, flush, LogGuid cleared. */
+static int log_replay(struct vhdx *v, const struct log_ring *r, const struct log_seq *s,
+		      uint64_t *file_size)
+{
+	static const vhdx_guid zero;
+	struct log_apply a = {.end = *file_size};
+	uint64_t last = vhdx_align_up(s->last.last, VHDX_MiB);
+	int ret;
+
+	a.zero = calloc(1, LOG_ZERO_CHUNK);
+	if (!a.zero)
+		return -ENOMEM;
+	ret = vhdx_header_update(v, false, &v->hdr.log_guid);
+	if (!ret)
+		ret = log_seq_foreach(v, r, s, log_apply_entry, &a);
+	if (!ret && a.end < last) {
+		ret = sync_ftruncate(v->img->fd, last);
+		a.end = last;
+	}
 	if (!ret)
 		ret = sync_fdatasync(v->img->fd);
 	if (!ret)
@@ -294,6 +455,9 @@ static int log_replay(struct vhdx *v, const struct log_ring *r, const struct log
 	if (ret)
 		vd_err("%s: replaying the log at 0x%" PRIx64 " failed: %s", v->img->path,
 		       v->hdr.log_offset, strerror(-ret));
+	else
+		*file_size = a.end;
+	free(a.zero);
 	return ret;
 }
 
@@ -317,10 +481,11 @@ static int log_check_fields(struct vhdx *v, uint64_t file_size)
 	return 0;
 }
 
-static int log_read_and_replay(struct vhdx *v, uint64_t file_size)
+static int log_read_and_replay(struct vhdx *v, uint64_t *file_size)
 {
 	struct vd_image *img = v->img;
 	struct log_ring r = {.len = v->hdr.log_length, .guid = v->hdr.log_guid};
+	struct log_check c = {.file_size = *file_size};
 	struct log_seq s;
 	int ret;
 
@@ -343,13 +508,9 @@ static int log_read_and_replay(struct vhdx *v, uint64_t file_size)
 			img->path, v->hdr.log_offset);
 		goto out;
 	}
-	if (file_size < s.last.flushed) {
-		vd_err("%s: file is 0x%" PRIx64 " bytes, shorter than the log entry at 0x%" PRIx64
-		       " requires (0x%" PRIx64 "): truncated",
-		       img->path, file_size, v->hdr.log_offset + s.last.off, s.last.flushed);
-		ret = -EINVAL;
+	ret = log_seq_foreach(v, &r, &s, log_check_entry, &c);
+	if (ret)
 		goto out;
-	}
 	if (img->read_only) {
 		vd_err("%s: the log at 0x%" PRIx64 " must be replayed before the image can be read; "
 		       "open it read-write once or repair it with \"qemu-img check -r all %s\"",
@@ -367,7 +528,7 @@ out:
 	return ret;
 }
 
-/* Validate the log fields, register the log range, replay a dirty log. */
+/* Validate the log fields and register the log range. */
 int vhdx_log_open(struct vhdx *v, uint64_t file_size)
 {
 	int ret = log_check_fields(v, file_size);
@@ -375,6 +536,13 @@ int vhdx_log_open(struct vhdx *v, uint64_t file_size)
 	if (ret)
 		return ret;
 	v->used[v->nused++] = (struct vhdx_range){v->hdr.log_offset, v->hdr.log_length, "log"};
+	return 0;
+}
+
+/* Replay a dirty log (after the region table is read: the replay checks its
+ * targets against the regions); *file_size is the file's size afterwards. */
+int vhdx_log_replay(struct vhdx *v, uint64_t *file_size)
+{
 	if (vhdx_guid_zero(&v->hdr.log_guid))
 		return 0;
 	return log_read_and_replay(v, file_size);
@@ -450,17 +618,40 @@ static void log_build(struct vhdx *v, const struct log_pages *p, uint64_t first,
 	vhdx_put32(buf + 4, vhdx_checksum(buf, len, 4));
 }
 
+/* A new LogGuid in the headers: the entries written under the old one (all
+ * applied by now) stop being log entries for any reader. */
+static int log_new_guid(struct vhdx *v)
+{
+	vhdx_guid g;
+	int ret;
+
+	vhdx_guid_random(&g);
+	ret = vhdx_header_update(v, false, &g);
+	if (!ret)
+		v->log_seq = 1;
+	return ret;
+}
+
 static int log_write_entry(struct vhdx *v, const struct log_pages *p, uint64_t first,
 			   uint64_t n, uint64_t flushed, uint64_t last)
 {
 	uint64_t len = (log_desc_sectors(n) + n) * VHDX_LOG_SECTOR;
-	uint8_t *buf = malloc(len);
+	uint8_t *buf;
 	int fd = v->img->fd, ret;
 
-	if (!buf)
-		return -ENOMEM;
 	if (v->log_head + len > v->hdr.log_length)
 		v->log_head = 0;
+	/* Each lap of the ring under its own LogGuid: QEMU's replay chains
+	 * entries by sequence number whatever their tail says, and refuses a
+	 * chain that goes all the way round the ring. */
+	if (!v->log_head && v->log_seq > 1) {
+		ret = log_new_guid(v);
+		if (ret)
+			return ret;
+	}
+	buf = malloc(len);
+	if (!buf)
+		return -ENOMEM;
 	log_build(v, p, first, n, buf, len, flushed, last);
 	ret = sync_pwrite(fd, buf, len, v->hdr.log_offset + v->log_head);
 	free(buf);
@@ -480,17 +671,14 @@ static int log_write_entry(struct vhdx *v, const struct log_pages *p, uint64_t f
 
 static int log_activate(struct vhdx *v)
 {
-	vhdx_guid g;
 	int ret;
 
 	if (v->log_active)
 		return 0;
-	vhdx_guid_random(&g);
-	ret = vhdx_header_update(v, false, &g);
+	ret = log_new_guid(v);
 	if (ret)
 		return ret;
 	v->log_active = true;
-	v->log_seq = 1;
 	v->log_head = 0;
 	return 0;
 }

@@ -678,6 +678,8 @@ static int vhdx_open_structures(struct vhdx *v, uint64_t file_size)
 	if (!ret)
 		ret = vhdx_read_region_table(v);
 	if (!ret)
+		ret = vhdx_log_replay(v, &file_size);
+	if (!ret)
 		ret = vhdx_read_metadata(v);
 	if (!ret)
 		ret = vhdx_bat_load(v, file_size);
@@ -724,6 +726,20 @@ fail:
 	return ret;
 }
 
+/* Metadata written back, the log closed in the headers, the file synced. */
+static int vhdx_finish(struct vd_image *img)
+{
+	struct vhdx *v = img->priv;
+	int ret;
+
+	pthread_mutex_lock(&v->lock);
+	ret = v->session_file_guid ? vhdx_close_log(v) : vhdx_flush_locked(v);
+	pthread_mutex_unlock(&v->lock);
+	if (!ret)
+		ret = sync_fdatasync(img->fd);
+	return ret;
+}
+
 static void vhdx_close(struct vd_image *img)
 {
 	struct vhdx *v = img->priv;
@@ -731,7 +747,7 @@ static void vhdx_close(struct vd_image *img)
 	if (!v)
 		return;
 	pthread_mutex_lock(&v->lock);
-	if (v->session_file_guid)
+	if (img->writable && v->session_file_guid)
 		vhdx_close_log(v);
 	pthread_mutex_unlock(&v->lock);
 	vhdx_free(v);
@@ -809,6 +825,7 @@ const struct vd_format vd_format_vhdx = {
 	.discard = vhdx_discard,
 	.write_zeroes = vhdx_discard,
 	.flush = vhdx_flush,
+	.finish = vhdx_finish,
 	.truncate = vhdx_truncate,
 	.create = vhdx_create,
 	.info = vhdx_info,

@@ -208,6 +208,7 @@ const char *vhdx_overlaps(const struct vhdx *v, uint64_t off, uint64_t len);
 
 /* vhdx-log.c */
 int vhdx_log_open(struct vhdx *v, uint64_t file_size);
+int vhdx_log_replay(struct vhdx *v, uint64_t *file_size);
 int vhdx_header_update(struct vhdx *v, bool new_data_guid, const vhdx_guid *log_guid);
 int vhdx_begin_write(struct vhdx *v, bool data);
 int vhdx_flush_locked(struct vhdx *v);

@@ -120,6 +120,7 @@ static void control_verb_done(void *opaque, int err)
 {
 	struct control_wait *w = opaque;
 
+	vnode_note_verb(w->n, err);
 	if (err) {
 		g_string_append_printf(w->fh->text, "error: %s\n", strerror(-err));
 	} else {
@@ -152,6 +153,7 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 	switch (cmd->verb) {
 	case CONTROL_MIRROR_START:
 		ret = xattr_mirror_start(n, &cmd->opts);
+		vnode_note_verb(n, ret);
 		if (ret)
 			control_error(out, ret);
 		else

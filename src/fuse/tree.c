@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
 #include "mirror.h"
 #include "path.h"
@@ -26,8 +27,13 @@ static struct vnode root_node = {.ino = VFS_ROOT_INO, .kind = VN_DIR, .nlookup =
 static struct vnode control_node = {.ino = VFS_CONTROL_INO, .kind = VN_CONTROL, .nlookup = 1};
 
 /* A file that is not served: not an image (err NULL), or an image that failed.
- * It is looked at again when it changes, or, if it failed for want of file
- * descriptors or memory (transient), once an image has been closed. */
+ * It is looked at again when it changes; an image that failed also on the
+ * first lookup or listing after its back-off (1 s, doubling up to a minute:
+ * another process may hold it locked, or it may be repaired in place), and,
+ * if it failed for want of file descriptors or memory (transient), once an
+ * image has been closed. */
+#define RETRY_FIRST_NS 1000000000ull
+#define RETRY_MAX_NS 60000000000ull
 struct failed_file {
 	dev_t dev;
 	ino_t ino;
@@ -35,6 +41,7 @@ struct failed_file {
 	off_t size;
 	char *err;
 	bool transient;
+	uint64_t backoff_ns, retry_at_ns;
 };
 static bool retry_transient; /* an image was closed since the last scan */
 
@@ -69,6 +76,7 @@ static void vnode_free(struct vnode *n)
 	mirror_free(n->mirror); /* cancels a job: the source stays the image */
 	image_unref(n->img);
 	retry_transient = true;
+	g_free(n->last_error);
 	g_free(n->name);
 	g_free(n);
 }
@@ -113,7 +121,14 @@ static bool failed_same(const struct failed_file *f, const struct stat *st)
 
 static void failed_note(const char *name, const struct stat *st, const char *err, bool transient)
 {
+	struct failed_file *old = g_hash_table_lookup(failed, name);
 	struct failed_file *f = g_new0(struct failed_file, 1);
+
+	f->backoff_ns = RETRY_FIRST_NS;
+	if (old && old->err && failed_same(old, st))
+		f->backoff_ns = old->backoff_ns * 2 > RETRY_MAX_NS ? RETRY_MAX_NS
+								  : old->backoff_ns * 2;
+	f->retry_at_ns = vd_now_ns() + f->backoff_ns;
 
 	f->dev = st->st_dev;
 	f->ino = st->st_ino;
@@ -209,7 +224,7 @@ static struct vnode *tree_scan_name(const char *name, int *err)
 	if (n)
 		vnode_unlink(n); /* replaced by another file */
 	f = g_hash_table_lookup(failed, name);
-	if (f && failed_same(f, &st)) {
+	if (f && failed_same(f, &st) && (!f->err || vd_now_ns() < f->retry_at_ns)) {
 		g_free(path);
 		return NULL;
 	}

@@ -3,6 +3,7 @@
  * answered at once. */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <linux/falloc.h>
 #include <linux/fuse.h>
 #include <stdlib.h>
@@ -131,7 +132,17 @@ static void vfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 			fuse_reply_err(req, EBUSY);
 			return;
 		}
+		if ((uint64_t)attr->st_size < n->img->size && !vfs_cfg.allow_shrink) {
+			vd_err("%s: refusing to shrink the disk from %" PRIu64 " to %" PRIu64
+			       " bytes: what lies past the new end would be lost (mount with "
+			       "-o allow_shrink to allow it)",
+			       n->img->path, n->img->size, (uint64_t)attr->st_size);
+			fuse_reply_err(req, EPERM);
+			return;
+		}
 		if ((uint64_t)attr->st_size != n->img->size) {
+			uint64_t old = n->img->size;
+
 			ret = image_truncate(n->img, attr->st_size);
 			if (ret) {
 				if (ret == -ENOTSUP)
@@ -140,6 +151,8 @@ static void vfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 				fuse_reply_err(req, ret == -ENOTSUP ? EOPNOTSUPP : -ret);
 				return;
 			}
+			vd_info("%s: resized from %" PRIu64 " to %" PRIu64 " bytes", n->img->path,
+				old, (uint64_t)attr->st_size);
 		}
 	} else if (to_set & FUSE_SET_ATTR_SIZE) {
 		fuse_reply_err(req, n->kind == VN_DIR ? EISDIR : EPERM);

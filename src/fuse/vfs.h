@@ -26,6 +26,7 @@ struct vfs_config {
 	bool single;	  /* SOURCE is one image; the mountpoint is the view */
 	bool read_only;
 	bool direct_io;
+	bool allow_shrink; /* a view may be made smaller (data past the end is lost) */
 	bool allow_other;
 	unsigned threads;
 	enum ring_mode ring; /* -o uring= */
@@ -51,6 +52,7 @@ struct vnode {
 	uint64_t nlookup;
 	unsigned opens;
 	bool gone; /* removed from the source directory */
+	char *last_error; /* why the last refused verb was refused (xattr.c's lock) */
 };
 
 /* ---- tree.c ---- */
@@ -79,6 +81,9 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 	       size_t size, int flags);
 /* Everything about one image as a JSON object (used by .info and the control file). */
 void image_info_json(struct vnode *n, struct json_writer *j, bool mirror);
+/* After a verb on the view: remember why it was refused (err < 0: the
+ * thread's last logged error, or strerror), or forget it (err == 0). */
+void vnode_note_verb(struct vnode *n, int err);
 /* Start a mirror of the view with this mount's settings: 0 or -errno (logged). */
 int xattr_mirror_start(struct vnode *n, const struct mirror_opts *o);
 

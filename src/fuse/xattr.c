@@ -2,9 +2,11 @@
  * user.vdiskfs.* (and the whole set as one JSON object in .info). The mirror
  * verbs join them here. The facts follow the view's read permission (the
  * kernel checks it); everything under user.vdiskfs.mirror. (its status names
- * the target) stays with root and the mount's owner, like the control file. */
+ * the target) and last-error (the reason the last verb was refused) stay with
+ * root and the mount's owner, like the control file. */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,38 +18,30 @@
 
 static const char *const xattr_names[] = {
 	"format", "virtual-size", "cluster-size", "backing", "allocated", "image", "info",
-	"mirror.status",
+	"mirror.status", "last-error",
 };
+
+static pthread_mutex_t last_error_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void vnode_note_verb(struct vnode *n, int err)
+{
+	char *msg = NULL;
+
+	if (err) {
+		const char *last = vd_log_last_error();
+
+		msg = g_strdup(*last ? last : strerror(-err));
+	}
+	pthread_mutex_lock(&last_error_lock);
+	g_free(n->last_error);
+	n->last_error = msg;
+	pthread_mutex_unlock(&last_error_lock);
+}
 
 void image_info_json(struct vnode *n, struct json_writer *j, bool mirror)
 {
-	struct vd_image *img = n->img;
-
-	json_str(j, "name", n->name ? n->name : img->name);
-	json_str(j, "image", img->path);
-	json_str(j, "format", img->fmt->name);
-	json_u64(j, "virtual-size", img->size);
-	json_u64(j, "cluster-size", img->cluster_size);
-	json_u64(j, "allocated", image_allocated(img));
-	json_bool(j, "read-only", img->read_only || vfs_cfg.read_only);
-	json_bool(j, "broken", atomic_load(&img->broken));
-	json_str(j, "backing", img->backing ? img->backing->path : NULL);
-	if (img->backing) {
-		json_begin_array(j, "backing-chain");
-		for (struct vd_image *b = img->backing; b; b = b->backing) {
-			json_begin_object(j, NULL);
-			json_str(j, "image", b->path);
-			json_str(j, "format", b->fmt->name);
-			json_u64(j, "virtual-size", b->size);
-			json_end_object(j);
-		}
-		json_end_array(j);
-	}
-	if (img->fmt->info) {
-		json_begin_object(j, img->fmt->name);
-		img->fmt->info(img, j);
-		json_end_object(j);
-	}
+	json_str(j, "name", n->name ? n->name : n->img->name);
+	image_facts_json(n->img, vfs_cfg.read_only, j);
 	if (mirror && n->mirror) {
 		json_begin_object(j, "mirror");
 		mirror_status_json(n->mirror, j);
@@ -55,9 +49,10 @@ void image_info_json(struct vnode *n, struct json_writer *j, bool mirror)
 	}
 }
 
-static bool xattr_is_mirror(const char *key)
+/* Only root and the mount's owner may read or set it. */
+static bool xattr_owner_only(const char *key)
 {
-	return !strncmp(key, "mirror.", strlen("mirror."));
+	return !strncmp(key, "mirror.", strlen("mirror.")) || !strcmp(key, "last-error");
 }
 
 /* The value of one attribute, or NULL if there is no such attribute. */
@@ -83,6 +78,10 @@ static GString *xattr_value(struct vnode *n, const char *key, bool mirror)
 			mirror_status_line(n->mirror, s);
 		else
 			g_string_append(s, "phase=none");
+	} else if (!strcmp(key, "last-error")) {
+		pthread_mutex_lock(&last_error_lock);
+		g_string_append(s, n->last_error ? n->last_error : "");
+		pthread_mutex_unlock(&last_error_lock);
 	} else if (!strcmp(key, "info")) {
 		struct json_writer j;
 		json_init(&j, s);
@@ -118,7 +117,7 @@ void xattr_get(fuse_req_t req, struct vnode *n, const char *name, size_t size)
 	}
 	key = name + strlen(XATTR_PREFIX);
 	mirror = vfs_req_by_owner(req);
-	if (xattr_is_mirror(key) && !mirror) {
+	if (xattr_owner_only(key) && !mirror) {
 		fuse_reply_err(req, EACCES);
 		return;
 	}
@@ -139,7 +138,7 @@ void xattr_list(fuse_req_t req, struct vnode *n, size_t size)
 		bool mirror = vfs_req_by_owner(req);
 
 		for (size_t i = 0; i < G_N_ELEMENTS(xattr_names); i++) {
-			if (xattr_is_mirror(xattr_names[i]) && !mirror)
+			if (xattr_owner_only(xattr_names[i]) && !mirror)
 				continue; /* listed only to those who may read it */
 			g_string_append(s, XATTR_PREFIX);
 			g_string_append(s, xattr_names[i]);
@@ -165,12 +164,14 @@ int xattr_mirror_start(struct vnode *n, const struct mirror_opts *o)
 
 struct xattr_wait {
 	fuse_req_t req;
+	struct vnode *n; /* kept by the kernel's reference while the request runs */
 };
 
 static void xattr_verb_done(void *opaque, int err)
 {
 	struct xattr_wait *w = opaque;
 
+	vnode_note_verb(w->n, err);
 	fuse_reply_err(w->req, -err);
 	free(w);
 	loop_req_end();
@@ -194,19 +195,18 @@ static void xattr_mirror(fuse_req_t req, struct vnode *n, const char *verb, cons
 			ret = xattr_mirror_start(n, &o);
 		mirror_opts_free(&o);
 		g_free(v);
+		vnode_note_verb(n, ret);
 		fuse_reply_err(req, -ret);
 		return;
 	}
-	if (!n->mirror) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	w = malloc(sizeof(*w));
+	w = n->mirror ? malloc(sizeof(*w)) : NULL;
 	if (!w) {
+		vnode_note_verb(n, -ENOMEM);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
 	w->req = req;
+	w->n = n;
 	loop_req_begin(); /* answered when the swap or the drop is done */
 	if (!strcmp(verb, "complete"))
 		mirror_complete(n->mirror, xattr_verb_done, w);
@@ -224,11 +224,12 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 		return;
 	}
 	key = name + strlen(XATTR_PREFIX);
-	if (xattr_is_mirror(key) && !vfs_req_by_owner(req)) {
+	if (xattr_owner_only(key) && !vfs_req_by_owner(req)) {
 		vd_err("%s: %s: only the owner of the mount may run mirrors", n->img->path, name);
 		fuse_reply_err(req, EACCES);
 		return;
 	}
+	vd_log_clear_error();
 	if (!strcmp(key, "mirror.start") || !strcmp(key, "mirror.complete") ||
 	    !strcmp(key, "mirror.cancel")) {
 		xattr_mirror(req, n, key + strlen("mirror."), value, size);
@@ -237,10 +238,12 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 	for (size_t i = 0; i < G_N_ELEMENTS(xattr_names); i++) {
 		if (!strcmp(key, xattr_names[i])) {
 			vd_err("%s: %s is read-only", n->img->path, name);
+			vnode_note_verb(n, -EPERM);
 			fuse_reply_err(req, EPERM);
 			return;
 		}
 	}
 	vd_err("%s: unknown attribute %s", n->img->path, name);
+	vnode_note_verb(n, -EINVAL);
 	fuse_reply_err(req, EINVAL);
 }

@@ -137,11 +137,23 @@ static void chunk_wake(struct rl_range *r)
 static void copy_flushed(void *opaque, int err)
 {
 	struct mirror_job *job = opaque;
+	struct mirror *m = job->m;
+	void (*cont)(struct mirror *m);
 
 	if (err)
 		mirror_fail(job, "flushing the destination: %s", strerror(-err));
 	else
 		mirror_copy_ready(job);
+	/* The flush counted as copy work in flight, so that a cancel or complete
+	 * drained meanwhile does not drop the destination under it. */
+	pthread_mutex_lock(&m->lock);
+	job->copy_inflight--;
+	cont = mirror_drain_check(m);
+	pthread_mutex_unlock(&m->lock);
+	if (copy_self != job)
+		mirror_copy_kick(job);
+	if (cont)
+		cont(m);
 }
 
 /* Refill the bucket; return 0 if a chunk may go now, else ms to wait. */
@@ -257,6 +269,7 @@ static int copy_pump(struct mirror_job *job)
 	if (job->phase == MP_RUNNING && !job->stop && job->pos >= job->total &&
 	    !job->copy_inflight && !job->flushing) {
 		job->flushing = true;
+		job->copy_inflight++; /* until copy_flushed() */
 		flush = true;
 	}
 	pthread_mutex_unlock(&m->lock);

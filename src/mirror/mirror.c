@@ -390,6 +390,13 @@ static void complete_flushed(void *opaque, int err)
 	vd_done_fn done;
 	void *done_opaque;
 
+	/* Nothing is in flight and new requests are parked, so the source is
+	 * made final now, before anyone is told the mirror completed: nothing
+	 * writes it after this, not even its close. The destination holds every
+	 * byte already, so a source that cannot be written back does not stop
+	 * the swap (image_finish() logs why). */
+	if (!err)
+		image_finish(job->src);
 	pthread_mutex_lock(&m->lock);
 	done = job->op_done;
 	done_opaque = job->op_opaque;
@@ -443,7 +450,7 @@ static int verb_check(struct mirror *m, struct mirror_job *job, const char *verb
 {
 	if (!job) {
 		vd_err("%s: mirror %s: no mirror is running", (*m->slot)->path, verb);
-		return -ENOENT;
+		return -ESRCH; /* no such job: not ENOENT, which reads as no such view */
 	}
 	if (job->phase == MP_COMPLETING || job->phase == MP_CANCELLING) {
 		vd_err("%s: mirror %s: the mirror is already %s", job->src->path, verb,

@@ -121,3 +121,53 @@ expect_refusal() {
 	vd_umount "$T/view"
 	qemu-io -f qcow2 -c 'write 0 4k' "$T/a.qcow2"
 }
+
+@test "a second vdiskfs on a mountpoint that already is a vdiskfs mount is refused" {
+	mkdir "$T/src" "$T/mnt" "$T/other"
+	head -c 1M /dev/urandom >"$T/src/a.raw"
+	truncate -s 1M "$T/other/b.raw"
+	vd_mount "$T/src" "$T/mnt"
+	run timeout 20 "$VDISKFS" -f "$T/other" "$T/mnt"
+	[ "$status" -eq 1 ]
+	[[ "$output" == *"$T/mnt is already a vdiskfs mount (of $T/src); unmount it first"* ]]
+	# the first mount is still the one that answers
+	[ "$(ls "$T/mnt")" = a.raw ]
+	cmp "$T/mnt/a.raw" "$T/src/a.raw"
+	# a single-image view too, even when the image is the mountpoint itself
+	truncate -s 1M "$T/other/c.raw"
+	vd_mount "$T/other/c.raw" "$T/other/c.raw"
+	run timeout 20 "$VDISKFS" -f "$T/other/b.raw" "$T/other/c.raw"
+	[ "$status" -eq 1 ]
+	[[ "$output" == *"is already a vdiskfs mount"* ]]
+}
+
+@test "-o log=FILE and log_level: time-stamped lines in the file, filtered by level" {
+	truncate -s 1M "$T/a.raw"
+	touch "$T/view"
+	"$VDISKFS" -o log="$T/vd.log" "$T/a.raw" "$T/view"
+	is_mounted "$T/view"
+	run truncate -s 0 "$T/view" # refused: an error line
+	[ "$status" -ne 0 ]
+	fusermount3 -u "$T/view"
+	local i
+	for i in $(seq 1 100); do grep -q unmounting "$T/vd.log" && break; sleep 0.05; done
+	cat "$T/vd.log"
+	grep -Eq "^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3} vdiskfs: serving $T/a.raw on $T/view$" "$T/vd.log"
+	grep -q "vdiskfs: $T/a.raw: refusing to shrink" "$T/vd.log"
+	# errors only
+	sleep 0.5
+	: >"$T/vd.log"
+	vd_mount "$T/a.raw" "$T/view" -o log="$T/vd.log",log_level=error
+	run truncate -s 0 "$T/view"
+	vd_umount "$T/view"
+	[ "$(grep -c . "$T/vd.log")" -eq 1 ]
+	grep -q "refusing to shrink" "$T/vd.log"
+	# and nothing on stderr when the log goes to a file
+	[ ! -s "$T/vdiskfs.log" ]
+	run "$VDISKFS" -f -o log_level=loud "$T/a.raw" "$T/view"
+	[ "$status" -eq 2 ]
+	[[ "$output" == *"log_level=loud: want error, warning, info or debug"* ]]
+	run "$VDISKFS" -f -o log="$T/no/dir/x.log" "$T/a.raw" "$T/view"
+	[ "$status" -eq 2 ]
+	[[ "$output" == *"log=$T/no/dir/x.log: No such file or directory"* ]]
+}

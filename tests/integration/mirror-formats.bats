@@ -21,13 +21,24 @@ mirror_under_load() {
 	[[ "$(mstatus "$T/view")" == "phase=running target=$T/dst.$df format=$df "* ]]
 	wait_phase "$T/view" ready 60
 	setfattr -n user.vdiskfs.mirror.complete -v 1 "$T/view"
+	[[ "$(mstatus "$T/view")" == "phase=completed"* ]]
+	# completed means the source file is final: not one byte changes after,
+	# not when the writer goes on, not when the old source is closed (2 s later)
+	local final
+	final=$(stat -c %s "$T/src.$sf"; sha256sum <"$T/src.$sf")
 	[ "$(getfattr --only-values -n user.vdiskfs.format "$T/view")" = "$df" ]
 	sleep 0.5
 	touch "$T/stop"
 	wait "$wpid" || { cat "$T/writer.out" >&2; return 1; }
 	cmp "$T/view" "$T/ref.raw"
+	sleep 2.5
+	[ "$(stat -c %s "$T/src.$sf"; sha256sum <"$T/src.$sf")" = "$final" ]
 	vd_umount "$T/view"
 	[ "$VD_STATUS" -eq 0 ]
+	[ "$(stat -c %s "$T/src.$sf"; sha256sum <"$T/src.$sf")" = "$final" ]
+	if [ "$sf" != raw ]; then
+		qemu_check "$T/src.$sf"
+	fi
 	qemu-img compare -q -f raw -F "$df" "$T/ref.raw" "$T/dst.$df"
 	if [ "$df" = qcow2 ]; then
 		qemu_check "$T/dst.$df"

@@ -7,7 +7,10 @@
 # loses no write acknowledged before an fsync; an image written through its
 # view and then opened as a backing file is flushed; the file grown ahead of
 # allocation is cut back at unmount; SEEK_DATA/SEEK_HOLE agree
-# with qemu-img map; st_blocks counts the clusters the image holds.
+# with qemu-img map; st_blocks counts the clusters the image holds; images
+# whose refcounts make allocation fail (shared/repro, and hostile ones made
+# here) fail the request with EIO or are refused at open, never crash the
+# daemon, and leave no corruption qemu-img check did not see before.
 
 load helpers
 load crash
@@ -193,6 +196,34 @@ PY
 	done
 }
 
+@test "qcow2: a virtual size that is not a multiple of 512 is served in whole sectors, like QEMU" {
+	shared_image repro/qcow2-size-0xffffff.qcow2.xz "$T/odd.qcow2"
+	qemu-img convert -f qcow2 -O raw "$T/odd.qcow2" "$T/odd.ref"
+	[ "$(stat -c %s "$T/odd.ref")" -eq 16776704 ]
+	touch "$T/view"
+	vd_mount "$T/odd.qcow2" "$T/view" -o ro
+	[ "$(stat -c %s "$T/view")" -eq 16776704 ]
+	[ "$(getfattr --only-values -n user.vdiskfs.virtual-size "$T/view")" -eq 16776704 ]
+	cmp "$T/view" "$T/odd.ref"
+	vd_umount "$T/view"
+	grep -q "virtual size 16777215 is not a multiple of 512; served as 16776704 bytes" "$T/vdiskfs.log"
+	# read-write: the view ends at the same sector, writes to its last sector land,
+	# and a resize to a size QEMU would refuse is refused
+	vd_mount "$T/odd.qcow2" "$T/view"
+	[ "$(stat -c %s "$T/view")" -eq 16776704 ]
+	printf 'last sector' | dd of="$T/view" bs=512 seek=$((16776704 / 512 - 1)) conv=notrunc status=none
+	printf 'last sector' | dd of="$T/odd.ref" bs=512 seek=$((16776704 / 512 - 1)) conv=notrunc status=none
+	run truncate -s 20000001 "$T/view"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Invalid argument"* ]]
+	[ "$(stat -c %s "$T/view")" -eq 16776704 ]
+	vd_umount "$T/view"
+	[ "$VD_STATUS" -eq 0 ]
+	grep -q "cannot resize to 20000001 bytes: a qcow2 size must be a multiple of 512" "$T/vdiskfs.log"
+	qemu_check "$T/odd.qcow2"
+	qemu-img compare -f qcow2 -F raw "$T/odd.qcow2" "$T/odd.ref"
+}
+
 @test "qcow2: SIGKILL during random writes + fsync, three rounds" {
 	qemu-img create -q -f qcow2 -o cluster_size=64k "$T/crash.qcow2" 64M
 	local round
@@ -322,4 +353,116 @@ PY
 	done
 	[ "$b2" -gt "$b" ]
 	[ "$b2" -lt $((b + 65536)) ]
+}
+
+# check_state IMAGE OUT: qemu-img check's corruption count, then its error
+# lines (sorted, each once), into OUT
+check_state() {
+	local n
+	n=$(qemu-img check --output=json "$1" 2>/dev/null | sed -n 's/.*"corruptions": \([0-9]*\).*/\1/p')
+	echo "${n:-0}" >"$2"
+	qemu-img check "$1" 2>&1 | grep '^ERROR' | sort -u >>"$2" || true
+}
+
+# not_worse IMAGE BEFORE: no more corruptions than check_state saw in BEFORE,
+# and none it did not list there
+not_worse() {
+	local now new
+	check_state "$1" "$T/check-now"
+	now=$(head -n1 "$T/check-now")
+	new=$(comm -13 <(tail -n +2 "$2") <(tail -n +2 "$T/check-now"))
+	if [ "$now" -gt "$(head -n1 "$2")" ] || [ -n "$new" ]; then
+		echo "$1: corruptions $(head -n1 "$2") before, $now after; new: $new" >&2
+		return 1
+	fi
+}
+
+# ok_or_eio CMD...: the command succeeds or fails with EIO, nothing else
+ok_or_eio() {
+	run "$@"
+	[ "$status" -eq 0 ] || [[ "$output" == *"Input/output error"* ]] ||
+		{ echo "$*: exit $status: $output" >&2; return 1; }
+}
+
+@test "qcow2: refused allocations in unaligned punch holes fail the request, not the daemon" {
+	shared_image repro/zero-pump-refused-alloc.qcow2.xz "$T/img.qcow2"
+	qemu-img convert -O raw "$T/img.qcow2" "$T/before.raw"
+	check_state "$T/img.qcow2" "$T/check-before"
+	touch "$T/view"
+	vd_mount "$T/img.qcow2" "$T/view"
+	local i
+	for i in 0 1 2 3; do
+		# 4 KiB inside an unallocated cluster: its edges are written as
+		# zeroes into a new cluster, and the first one the refcounts call
+		# free holds the refcount table: refused, EIO for this request
+		run fallocate -p -o $((6553600 + i * 65536)) -l 4096 "$T/view"
+		[ "$status" -eq 1 ]
+		[[ "$output" == *"Input/output error"* ]]
+	done
+	kill -0 "$VD_PID"
+	cmp "$T/view" "$T/before.raw"
+	grep -q "refcount is 0: refcounts are inconsistent, not allocating it" "$T/vdiskfs.log"
+	vd_umount "$T/view"
+	[ "$VD_STATUS" -eq 0 ]
+	not_worse "$T/img.qcow2" "$T/check-before"
+}
+
+# hostile_qcow2 SRC DIR KIND...: copies DIR/KIND.qcow2 of a fresh qemu-img
+# image (one L2 table, 16-bit refcounts) made hostile: l2-rc0 (the refcount
+# of its L2 table cleared), swap (L1 points at the refcount block, the
+# refcount table at the L2 table), cb15/cb17 (cluster_bits changed)
+hostile_qcow2() {
+	python3 - "$@" <<'PY'
+import struct, sys
+src, out = sys.argv[1:3]
+for kind in sys.argv[3:]:
+    b = bytearray(open(src, "rb").read())
+    q = lambda o: struct.unpack(">Q", b[o:o + 8])[0]
+    l1, rt = q(40), q(48)
+    rb, l2 = q(rt) & ~0x1ff, q(l1) & 0x00fffffffffffe00
+    if kind == "l2-rc0":
+        c = l2 >> 16
+        b[rb + 2 * c:rb + 2 * c + 2] = b"\0\0"
+    elif kind == "swap":
+        b[l1:l1 + 8] = struct.pack(">Q", (1 << 63) | rb)
+        b[rt:rt + 8] = struct.pack(">Q", l2)
+    else:
+        b[20:24] = struct.pack(">I", int(kind[2:]))
+    open("%s/%s.qcow2" % (out, kind), "wb").write(b)
+PY
+}
+
+@test "qcow2: hostile refcounts, a swapped L2 table, changed cluster_bits: EIO or refusal, no new corruption" {
+	qemu-img create -q -f qcow2 -o cluster_size=64k "$T/base.qcow2" 16M
+	qemu-io -f qcow2 -c 'write -P 0x11 0 192k' -c 'write -P 0x22 4M 64k' "$T/base.qcow2" >/dev/null
+	local k
+	hostile_qcow2 "$T/base.qcow2" "$T" l2-rc0 swap cb15 cb17
+	for k in l2-rc0 swap cb15 cb17; do
+		rm -f "$T/view"
+		touch "$T/view"
+		if [ $k = cb17 ]; then
+			# the tables are not aligned to 128 KiB clusters (qemu-img
+			# does not open it either)
+			run "$VDISKFS" -f "$T/$k.qcow2" "$T/view"
+			[ "$status" -ne 0 ]
+			[[ "$output" == *"refcount table at 0x10000 is not cluster aligned"* ]]
+			continue
+		fi
+		check_state "$T/$k.qcow2" "$T/check-before"
+		vd_mount "$T/$k.qcow2" "$T/view"
+		ok_or_eio dd if=/dev/urandom of="$T/view" bs=64k seek=128 count=1 conv=notrunc,fsync status=none
+		ok_or_eio dd if=/dev/urandom of="$T/view" bs=4k seek=1 count=1 conv=notrunc,fsync status=none
+		ok_or_eio fallocate -p -o $(((8 << 20) + 4096)) -l 4096 "$T/view"
+		ok_or_eio fallocate -z -o $((9 << 20)) -l 200000 "$T/view"
+		ok_or_eio fallocate -p -o 0 -l 65536 "$T/view"
+		ok_or_eio sync "$T/view"
+		ok_or_eio dd if="$T/view" of=/dev/null bs=1M status=none
+		kill -0 "$VD_PID"
+		vd_umount "$T/view"
+		[ "$VD_STATUS" -eq 0 ]
+		not_worse "$T/$k.qcow2" "$T/check-before" || { cat "$T/vdiskfs.log"; false; }
+	done
+	# what each was refused for is named
+	grep -q "the cluster at 0x40000 holds an L2 table but its refcount is 0" "$T/vdiskfs.log"
+	grep -q "points to 0x1000100010000: unaligned or past the end of the file" "$T/vdiskfs.log"
 }

@@ -176,3 +176,39 @@ PY
 	echo "most WRITEs in the daemon at once: $most"
 	[ "$most" -ge 2 ]
 }
+
+@test "shrinking a view is refused (EPERM, logged) unless the mount allows it" {
+	qemu-img create -q -f qcow2 "$T/a.qcow2" 64M
+	qemu-io -f qcow2 -c 'write -P 0x44 10M 1M' "$T/a.qcow2" >/dev/null
+	mount_raw 8M
+	dd if=/dev/urandom of="$T/view" bs=1M count=8 conv=notrunc status=none
+	cp "$T/disk.raw" "$T/ref"
+	run truncate -s 0 "$T/view"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Operation not permitted"* ]]
+	[ "$(stat -c %s "$T/disk.raw")" -eq $((8 << 20)) ]
+	cmp "$T/disk.raw" "$T/ref"
+	grep -q "disk.raw: refusing to shrink the disk from 8388608 to 0 bytes: what lies past the new end would be lost (mount with -o allow_shrink to allow it)" "$T/vdiskfs.log"
+	# growing works as before, and is logged
+	truncate -s 12M "$T/view"
+	grep -q "disk.raw: resized from 8388608 to 12582912 bytes" "$T/vdiskfs.log"
+	vd_umount "$T/view"
+	# a qcow2 view the same; with allow_shrink both shrink
+	touch "$T/qview"
+	vd_mount "$T/a.qcow2" "$T/qview"
+	run truncate -s 32M "$T/qview"
+	[ "$status" -ne 0 ]
+	[ "$(stat -c %s "$T/qview")" -eq $((64 << 20)) ]
+	vd_umount "$T/qview"
+	vd_mount "$T/a.qcow2" "$T/qview" -o allow_shrink
+	truncate -s 32M "$T/qview"
+	[ "$(stat -c %s "$T/qview")" -eq $((32 << 20)) ]
+	vd_umount "$T/qview"
+	[ "$(qemu-img info --output=json "$T/a.qcow2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')" -eq $((32 << 20)) ]
+	qemu_check "$T/a.qcow2"
+	vd_mount "$T/disk.raw" "$T/view" -o allow_shrink
+	truncate -s 4M "$T/view"
+	vd_umount "$T/view"
+	[ "$(stat -c %s "$T/disk.raw")" -eq $((4 << 20)) ]
+	cmp -n $((4 << 20)) "$T/disk.raw" "$T/ref"
+}

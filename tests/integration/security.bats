@@ -75,6 +75,10 @@ setup() {
 	[ "$status" -eq 0 ]
 	[[ "$output" == *"user.vdiskfs.format="* ]]
 	[[ "$output" != *"mirror"* ]] # neither listed nor inside .info
+	[[ "$output" != *"last-error"* ]]
+	run as_nobody getfattr -n user.vdiskfs.last-error "$T/mnt/mine.raw"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Permission denied"* ]]
 	[[ "$(getfattr -d -m - "$T/mnt/mine.raw")" == *"user.vdiskfs.mirror.status=\"phase=running"* ]]
 	[[ "$(getfattr --only-values -n user.vdiskfs.info "$T/mnt/mine.raw")" == *'"mirror":'* ]]
 

@@ -104,3 +104,57 @@ qimg() {
 	vd_mount "$T/d.vhdx" "$T/view"
 	alloc_is "$T/view" $((3 << 20))
 }
+
+# digest FILE: its size and SHA-256
+digest() {
+	echo "$(stat -c %s "$1") $(sha256sum <"$1")"
+}
+
+@test "vhdx: a log entry naming a 256 MiB zero run or data at 1 TiB is refused, the image untouched" {
+	local name d
+	for name in vhdx-log-zero-256M vhdx-log-data-at-1T; do
+		shared_image "repro/$name.vhdx.xz" "$T/$name.vhdx"
+		d=$(digest "$T/$name.vhdx")
+		touch "$T/v"
+		run timeout 30 "$VDISKFS" -f "$T/$name.vhdx" "$T/v"
+		echo "$output"
+		[ "$status" -ne 0 ] && [ "$status" -ne 124 ]
+		[[ "$output" == *"log entry at 0x0 of the log (file offset 0x100000, sequence 4660): descriptor "*" ends past LastFileOffset 0xf00000"* ]]
+		[ "$(digest "$T/$name.vhdx")" = "$d" ]
+	done
+	[[ "$output" == *"descriptor 0 (data): FileOffset 0x10000000000 ends past"* ]]
+}
+
+@test "vhdx: in a directory mount, ls lists a hostile log under errors and does not replay it" {
+	mkdir "$T/src" "$T/mnt"
+	shared_image repro/vhdx-log-zero-256M.vhdx.xz "$T/src/zero.vhdx"
+	shared_image repro/vhdx-log-data-at-1T.vhdx.xz "$T/src/data.vhdx"
+	qemu-img create -q -f vhdx "$T/src/good.vhdx" 8M
+	local dz dd
+	dz=$(digest "$T/src/zero.vhdx")
+	dd=$(digest "$T/src/data.vhdx")
+	vd_mount "$T/src" "$T/mnt"
+	run ls "$T/mnt"
+	[ "$output" = "good.vhdx" ]
+	run python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(sorted(e["name"] for e in d["errors"] if "LastFileOffset" in e["error"]))' "$T/mnt/.vdiskfs"
+	echo "$output"
+	[ "$output" = "['data.vhdx', 'zero.vhdx']" ]
+	[ "$(digest "$T/src/zero.vhdx")" = "$dz" ]
+	[ "$(digest "$T/src/data.vhdx")" = "$dd" ]
+}
+
+@test "vhdx: QEMU's dirty-log image replays and reads like qemu-img after check -r all" {
+	shared_image foreign/qemu-dirtylog-10G-4M.vhdx.bz2 "$T/d.vhdx"
+	cp "$T/d.vhdx" "$T/q.vhdx"
+	qemu-img check -q -r all "$T/q.vhdx" || true
+	qemu-img convert -f vhdx -O raw "$T/q.vhdx" "$T/q.raw"
+	touch "$T/v"
+	vd_mount "$T/d.vhdx" "$T/v"
+	grep -q "replayed the log" "$T/vdiskfs.log"
+	run qemu-img compare -f raw -F raw "$T/v" "$T/q.raw"
+	echo "$output"
+	[ "$status" -eq 0 ]
+	vd_umount "$T/v"
+	[ "$VD_STATUS" -eq 0 ]
+	qemu_check "$T/d.vhdx"
+}

@@ -43,6 +43,35 @@ assert d["read-only"] is False and d["backing"] is None, d'
 	grep -q "user.vdiskfs.nonsense" "$T/vdiskfs.log"
 }
 
+@test "a refused verb leaves its reason in user.vdiskfs.last-error" {
+	truncate -s 1M "$T/disk.raw" "$T/exists.raw"
+	touch "$T/view"
+	vd_mount "$T/disk.raw" "$T/view"
+	last() { getfattr --only-values -n user.vdiskfs.last-error "$T/view"; }
+	[ "$(last)" = "" ]
+	run setfattr -n user.vdiskfs.format -v qcow2 "$T/view"
+	[ "$(last)" = "$T/disk.raw: user.vdiskfs.format is read-only" ]
+	# six causes of EINVAL, each in words
+	run setfattr -n user.vdiskfs.mirror.start -v "relative.raw" "$T/view"
+	[[ "$output" == *"Invalid argument"* ]]
+	[[ "$(last)" == *"relative.raw"* ]]
+	run setfattr -n user.vdiskfs.mirror.start -v "target=$T/x.raw,speed=fast" "$T/view"
+	[[ "$output" == *"Invalid argument"* ]]
+	[[ "$(last)" == *"speed"* ]]
+	run setfattr -n user.vdiskfs.mirror.start -v "$T/exists.raw" "$T/view"
+	[[ "$output" == *"File exists"* ]]
+	[[ "$(last)" == *"$T/exists.raw"*"exists"* ]]
+	# no job is not no such view
+	run setfattr -n user.vdiskfs.mirror.complete -v 1 "$T/view"
+	[[ "$output" == *"No such process"* ]]
+	[ "$(last)" = "$T/disk.raw: mirror complete: no mirror is running" ]
+	# a verb that works clears it
+	setfattr -n user.vdiskfs.mirror.start -v "$T/dst.raw" "$T/view"
+	[ "$(last)" = "" ]
+	setfattr -n user.vdiskfs.mirror.cancel -v 1 "$T/view"
+	[[ "$(getfattr -d -m - "$T/view")" == *"user.vdiskfs.last-error"* ]]
+}
+
 @test "the control file reads as JSON status and runs commands" {
 	mkdir "$T/src" "$T/mnt"
 	truncate -s 1M "$T/src/a.raw"

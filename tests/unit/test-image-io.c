@@ -2,7 +2,11 @@
  * multi-extent requests answered once, backing reads, copy-on-write merges
  * (one source, several sources, invalid segment lists), tickets (a failed
  * link fails the write), parked writes (also one resumed by another thread's
- * blocking call), error propagation, zeroing and fsync coalescing. */
+ * blocking call), error propagation, zeroing and fsync coalescing; and
+ * failures that finish a request inside the call that submits it (a refused
+ * allocation in a multi-chunk zero job, a part of a split read or write, a
+ * COW source, a parked write that another thread resumes and fails at once):
+ * each answered once, never touched after it was freed. */
 #include <errno.h>
 #include <fcntl.h>
 #include <glib.h>
@@ -22,9 +26,17 @@ static struct {
 	int completes, complete_err, complete_ret, flushes, zeroes_calls;
 	bool park_next, bad_map, mixed_cow;
 	bool wake_on_complete; /* complete() wakes the parked write, as drivers do */
+	/* A parked write is resumed at once by another thread, whose map of it
+	 * is refused: it is finished before the parking map() returned. */
+	bool wake_elsewhere;
 	struct vd_cow bad_cow; /* used when its len is set */
 	struct vd_waiter *_Atomic parked;
 	uint64_t zero_off, zero_len;
+	atomic_int write_maps; /* write map() calls so far */
+	int refuse_from;       /* refuse write maps from this one on (1-based), as qcow2
+				* refuses an allocation on inconsistent refcounts */
+	unsigned bad_ext;      /* this write extent (1-based) has a COW source that
+				* fails at once (a compressed descriptor out of range) */
 } fake;
 
 static int host_fd;
@@ -65,6 +77,48 @@ static void mixed_cow(struct vd_cow *c, uint64_t u)
 		g_assert_cmpint(vd_cow_add(c, &s[i]), ==, 0);
 }
 
+/* One more byte of old data past the extent, from a compressed cluster that
+ * does not contain it: the fill fails inside the COW merge's submission. */
+static void bad_cow(struct vd_extent *e)
+{
+	e->cow = (struct vd_cow){
+		.off = e->off, .len = e->len + 1, .n = 1,
+		.seg = {{.off = e->off + e->len, .len = 1, .type = VD_EXT_COMPRESSED,
+			 .fd = host_fd, .csize = 512, .cluster_off = e->off + e->len + 1,
+			 .cluster_size = U}}};
+}
+
+static void *wake_main(void *arg)
+{
+	struct vd_waiter *w = arg;
+
+	w->wake(w);
+	return NULL;
+}
+
+/* The write map's refusals and parking; 1 when the map goes on. */
+static int fake_map_write_gate(struct vd_map *m)
+{
+	int n = atomic_fetch_add(&fake.write_maps, 1) + 1;
+	pthread_t th;
+
+	if (fake.refuse_from && n >= fake.refuse_from)
+		return -EIO;
+	if (!fake.park_next)
+		return 1;
+	fake.park_next = false;
+	if (!fake.wake_elsewhere) {
+		fake.parked = m->waiter;
+		return -EAGAIN;
+	}
+	/* As if the driver had dropped its lock and another thread's complete()
+	 * resumed the write at once; its map is refused there. */
+	fake.refuse_from = n + 1;
+	g_assert_cmpint(pthread_create(&th, NULL, wake_main, m->waiter), ==, 0);
+	g_assert_cmpint(pthread_join(th, NULL), ==, 0);
+	return -EAGAIN;
+}
+
 static int fake_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags,
 		    struct vd_map *m)
 {
@@ -72,10 +126,10 @@ static int fake_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned f
 		struct vd_extent e = {.off = off + 1, .len = len - 1, .type = VD_EXT_ZERO};
 		return vd_map_add(m, &e);
 	}
-	if ((flags & VD_MAP_WRITE) && fake.park_next) {
-		fake.park_next = false;
-		fake.parked = m->waiter;
-		return -EAGAIN;
+	if (flags & VD_MAP_WRITE) {
+		int ret = fake_map_write_gate(m);
+		if (ret <= 0)
+			return ret;
 	}
 	while (len) {
 		uint64_t u = off / U, n = MIN(len, (u + 1) * U - off);
@@ -92,6 +146,8 @@ static int fake_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned f
 					.off = u * U, .len = U, .n = 1,
 					.seg = {{.off = u * U, .len = U, .type = unit_type(u),
 						 .fd = host_fd, .host_off = unit_host(u)}}};
+			if (m->n + 1 == fake.bad_ext)
+				bad_cow(&e);
 		}
 		if (vd_map_add(m, &e))
 			return -ENOMEM;
@@ -164,6 +220,7 @@ static void setup_images(void)
 	static struct vd_image raw_backing, top;
 	char host[VSIZE], back[BSIZE];
 
+	g_assert_cmpint(uring_thread_init(64), ==, 0); /* tests also submit themselves */
 	memset(&fake, 0, sizeof(fake));
 	host_fd = make_file(VSIZE, 1);
 	raw_backing = (struct vd_image){.path = "backing.raw", .fmt = &vd_format_raw,
@@ -555,6 +612,195 @@ static void test_fsync_inline(void)
 	teardown_images();
 }
 
+/* ---- failures that finish a request inside the call that submits it ---- */
+
+/* A flat image larger than a zero chunk whose driver has no write_zeroes:
+ * zeroing it is a job of several 1 MiB written-zero chunks, each a write
+ * that maps (allocates) on its own. */
+#define FLAT_SIZE (5 * 1024 * 1024 + 3 * U)
+
+static int flat_map(struct vd_image *im, uint64_t off, uint64_t len, unsigned flags,
+		    struct vd_map *m)
+{
+	struct vd_extent e = {.off = off, .len = len, .type = VD_EXT_DATA, .fd = im->fd,
+			      .host_off = off};
+
+	if (flags & VD_MAP_WRITE) {
+		int ret = fake_map_write_gate(m);
+		if (ret <= 0)
+			return ret;
+	}
+	return vd_map_add(m, &e);
+}
+
+static const struct vd_format flat_format = {
+	.name = "flat",
+	.map = flat_map,
+};
+
+static struct vd_image flat;
+
+static void setup_flat(void)
+{
+	char path[] = "/var/tmp/vdiskfs-imgio-XXXXXX";
+
+	g_assert_cmpint(uring_thread_init(64), ==, 0);
+	memset(&fake, 0, sizeof(fake));
+	flat = (struct vd_image){.path = "flat", .fmt = &flat_format, .fd = mkstemp(path),
+				 .dio_fd = -1, .size = FLAT_SIZE, .zero_align = U,
+				 .writable = true};
+	g_assert_cmpint(flat.fd, >=, 0);
+	unlink(path);
+	g_assert_cmpint(ftruncate(flat.fd, FLAT_SIZE), ==, 0);
+	pthread_mutex_init(&flat.sync_lock, NULL);
+}
+
+/* Submit, run the ring until answered and idle: exactly one answer. */
+static void expect_one_answer(struct counter *c, int err)
+{
+	drain(c, 1);
+	g_assert_cmpint(c->calls, ==, 1);
+	g_assert_cmpint(c->err, ==, err);
+	g_assert_cmpuint(uring_inflight(), ==, 0);
+}
+
+/* Zeroing [100, FLAT_SIZE - 100) is six chunks (four in flight at most):
+ * the allocation of the first, a middle and the last is refused, as qcow2
+ * does when a refcount says a cluster holding fixed metadata is free. The
+ * job ends with that error, once, and starts no chunk after it. */
+static void test_zero_job_refused(void)
+{
+	static const int refuse[] = {1, 3, 6};
+
+	for (unsigned i = 0; i < G_N_ELEMENTS(refuse); i++) {
+		struct counter c = {0};
+
+		setup_flat();
+		fake.refuse_from = refuse[i];
+		image_zero(&flat, FLAT_SIZE - 200, 100, true, count_done, &c);
+		expect_one_answer(&c, -EIO);
+		g_assert_cmpint(atomic_load(&fake.write_maps), ==, refuse[i]);
+		close(flat.fd);
+	}
+	/* The same job with nothing refused writes all six. */
+	setup_flat();
+	g_assert_cmpint(image_zero_sync(&flat, FLAT_SIZE - 200, 100, true), ==, 0);
+	g_assert_cmpint(atomic_load(&fake.write_maps), ==, 6);
+	close(flat.fd);
+}
+
+/* The first chunk's write parks, and another thread resumes it and fails it
+ * before the pumping call returned: the job is answered once, by the frame
+ * that pumps, not freed under it. */
+static void test_zero_job_resumed_elsewhere(void)
+{
+	struct counter c = {0};
+
+	setup_flat();
+	fake.park_next = true;
+	fake.wake_elsewhere = true;
+	image_zero(&flat, 3 * U, 100, true, count_done, &c);
+	expect_one_answer(&c, -EIO);
+	g_assert_cmpint(atomic_load(&fake.write_maps), ==, 2);
+	close(flat.fd);
+}
+
+/* A parked write that another thread resumes and fails before map() has
+ * returned to its submitter: answered once, never touched after. */
+static void test_parked_write_finished_elsewhere(void)
+{
+	struct counter c = {0};
+	char data[U] = {0};
+
+	setup_images();
+	fake.park_next = true;
+	fake.wake_elsewhere = true;
+	image_write(img, data, U, 4 * U, count_done, &c);
+	expect_one_answer(&c, -EIO);
+	g_assert_cmpint(fake.completes, ==, 0);
+	teardown_images();
+}
+
+/* A write of units 0..4 (five extents, partial first and last) whose first,
+ * middle or last extent's old bytes cannot be read: the failure comes inside
+ * the submission; the write fails once and its ticket is rolled back once. */
+static void test_write_split_part_fails(void)
+{
+	static const unsigned bad[] = {1, 3, 5};
+	char *data = g_malloc0(5 * U);
+
+	for (unsigned i = 0; i < G_N_ELEMENTS(bad); i++) {
+		struct counter c = {0};
+
+		setup_images();
+		fake.bad_ext = bad[i];
+		image_write(img, data, 5 * U - 200, 100, count_done, &c);
+		expect_one_answer(&c, -EIO);
+		g_assert_cmpint(fake.completes, ==, 1);
+		g_assert_cmpint(fake.complete_err, ==, -EIO);
+		teardown_images();
+	}
+	g_free(data);
+}
+
+/* A COW merge inside one unit whose old bytes come from four sources: the
+ * guest's bytes cover the first; zeroes are filled at once, the backing
+ * image (marked broken) refuses at once, the last is read from the host. */
+static void test_cow_source_fails(void)
+{
+	struct counter c = {0};
+	char data[MIXED_A + 200] = {0};
+
+	setup_images();
+	fake.mixed_cow = true;
+	atomic_store(&backing->broken, true);
+	image_write(img, data, sizeof(data), 6 * U, count_done, &c);
+	expect_one_answer(&c, -EIO);
+	g_assert_cmpint(fake.completes, ==, 1);
+	g_assert_cmpint(fake.complete_err, ==, -EIO);
+	teardown_images();
+}
+
+/* Reads split into extents with zeroes answered inline and a backing part
+ * refused at once, first, in the middle and last. */
+static void test_read_split_part_fails(void)
+{
+	static const uint64_t range[][2] = {{2 * U, 3 * U}, {0, 5 * U}, {0, 3 * U}};
+	char *buf = g_malloc(5 * U);
+
+	for (unsigned i = 0; i < G_N_ELEMENTS(range); i++) {
+		struct counter c = {0};
+
+		setup_images();
+		atomic_store(&backing->broken, true);
+		image_read(img, buf, range[i][1], range[i][0], count_done, &c);
+		expect_one_answer(&c, -EIO);
+		teardown_images();
+	}
+	g_free(buf);
+}
+
+/* A write parked behind another one is resumed by that write's complete()
+ * and refused there: each is answered once, with its own result. */
+static void test_resumed_write_refused(void)
+{
+	struct counter a = {0}, b = {0};
+	char data[U] = {0};
+
+	setup_images();
+	fake.park_next = true;
+	image_write(img, data, U, 4 * U, count_done, &a);
+	g_assert_nonnull(fake.parked);
+	fake.wake_on_complete = true;
+	fake.refuse_from = 3; /* a's first map, b's map, then a's again */
+	image_write(img, data, U, 8 * U, count_done, &b);
+	expect_one_answer(&b, 0);
+	g_assert_cmpint(a.calls, ==, 1);
+	g_assert_cmpint(a.err, ==, -EIO);
+	g_assert_cmpint(fake.completes, ==, 1);
+	teardown_images();
+}
+
 static void test_block_status_chain(void)
 {
 	uint64_t pnum;
@@ -584,5 +830,14 @@ int main(int argc, char **argv)
 	g_test_add_func("/image-io/fsync-coalesced", test_fsync_coalesced);
 	g_test_add_func("/image-io/fsync-inline", test_fsync_inline);
 	g_test_add_func("/image-io/block-status", test_block_status_chain);
+	g_test_add_func("/image-io/sync-fail/zero-job-refused", test_zero_job_refused);
+	g_test_add_func("/image-io/sync-fail/zero-job-resumed-elsewhere",
+			test_zero_job_resumed_elsewhere);
+	g_test_add_func("/image-io/sync-fail/parked-write-finished-elsewhere",
+			test_parked_write_finished_elsewhere);
+	g_test_add_func("/image-io/sync-fail/write-split-part", test_write_split_part_fails);
+	g_test_add_func("/image-io/sync-fail/cow-source", test_cow_source_fails);
+	g_test_add_func("/image-io/sync-fail/read-split-part", test_read_split_part_fails);
+	g_test_add_func("/image-io/sync-fail/resumed-write-refused", test_resumed_write_refused);
 	return g_test_run();
 }

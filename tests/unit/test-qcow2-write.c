@@ -561,7 +561,7 @@ static void test_resize(void)
 			==, 0);
 }
 
-/* Grow an overlay of base.raw (3 MiB) from old to 4 MiB + 1000 through the
+/* Grow an overlay of base.raw (3 MiB) from old to 4 MiB + 1024 through the
  * driver after the qemu-io commands prep (may be "") and, with snap, an
  * internal snapshot s1: the old bytes stay, the new range reads as zeroes, not
  * backing data, through vdiskfs and qemu-img; qemu-img check is clean; s1
@@ -569,7 +569,7 @@ static void test_resize(void)
 static void grow_case(const char *name, const char *opts, uint64_t old, const char *prep,
 		      bool snap)
 {
-	uint64_t size = (4 << 20) + 1000;
+	uint64_t size = (4 << 20) + 1024; /* whole sectors (QEMU's rule), not clusters */
 	char *q = g_strdup_printf("%s.qcow2", name), *r = g_strdup_printf("%s.raw", name);
 	struct vd_image *img;
 
@@ -587,6 +587,8 @@ static void grow_case(const char *name, const char *opts, uint64_t old, const ch
 			   (unsigned long long)size, r),
 			==, 0);
 	img = img_open(q, false);
+	g_assert_cmpint(image_truncate(img, size + 1000), ==, -EINVAL); /* not whole sectors */
+	g_assert_cmpuint(img->size, ==, old);
 	g_assert_cmpint(image_truncate(img, size), ==, 0);
 	g_assert_cmpuint(img->size, ==, size);
 	compare_raw(img, r);
@@ -600,9 +602,9 @@ static void grow_case(const char *name, const char *opts, uint64_t old, const ch
 				==, 0);
 	/* and once more, from the new unaligned end */
 	img = img_open(q, false);
-	g_assert_cmpint(image_truncate(img, size + 70000), ==, 0);
+	g_assert_cmpint(image_truncate(img, size + 70144), ==, 0);
 	image_unref(img);
-	g_assert_cmpint(sh("truncate -s %llu %s", (unsigned long long)size + 70000, r), ==, 0);
+	g_assert_cmpint(sh("truncate -s %llu %s", (unsigned long long)size + 70144, r), ==, 0);
 	g_assert_cmpint(qemu_check(q), ==, 0);
 	g_assert_cmpint(qemu_compare(q, r), ==, 0);
 	g_free(q);

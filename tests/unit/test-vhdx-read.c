@@ -1,12 +1,14 @@
 /* VHDX reads: images qemu-img makes (dynamic and fixed, block sizes 1 to
  * 256 MiB, block_state_zero on and off, sparse > 4 GiB with data above 4 GiB)
  * read like `qemu-img convert -O raw`; header and region-table choice; a
- * QEMU log left dirty is replayed; 4K-sector images; bad images refused. */
+ * QEMU log left dirty is replayed; a hostile log is refused before anything
+ * is written; 4K-sector images; bad images refused. */
 #include <errno.h>
 #include <glib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "log.h"
 #include "uring.h"
 #include "vhdx-fixture.h"
 #include "vhdx.h"
@@ -355,6 +357,214 @@ static void test_dirty_log(void)
 	g_free(p);
 }
 
+/* ---- hostile logs: every target checked before anything is written ---- */
+
+static uint64_t file_size(const char *path)
+{
+	struct stat st;
+
+	g_assert_cmpint(stat(path, &st), ==, 0);
+	return st.st_size;
+}
+
+/* Size and SHA-256 of a file (the size first: a runaway replay makes it huge). */
+static char *file_digest(const char *path)
+{
+	uint64_t size = file_size(path);
+	gchar *buf, *sum, *d;
+	gsize len;
+
+	g_assert_cmpuint(size, <, 64 << 20);
+	g_assert_true(g_file_get_contents(path, &buf, &len, NULL));
+	sum = g_compute_checksum_for_data(G_CHECKSUM_SHA256, (const guchar *)buf, len);
+	d = g_strdup_printf("%" G_GSIZE_FORMAT " %s", len, sum);
+	g_free(buf);
+	g_free(sum);
+	return d;
+}
+
+struct log_image {
+	char *path;
+	uint64_t size, bat, meta, log; /* file size, BAT, metadata and log offsets */
+};
+
+/* A fresh copy of a small dynamic image with data in blocks 0 and 3. */
+static void log_image(struct log_image *li, const char *name)
+{
+	uint8_t hdr[4096];
+
+	if (fx_sh_rc("test -e logbase.vhdx"))
+		qemu_image("logbase.vhdx", "block_size=1M", "16M",
+			   "-c 'write -P 0x31 0 64k' -c 'write -P 0x32 3M 1M'");
+	fx_sh("cp logbase.vhdx %s", name);
+	li->path = fx_path(name);
+	li->size = file_size(li->path);
+	li->bat = fx_region(li->path, vhdx_guid_bat.b);
+	li->meta = fx_region(li->path, vhdx_guid_meta.b);
+	fx_pread(li->path, hdr, sizeof(hdr), fx_current_header(li->path));
+	li->log = vhdx_get64(hdr + 72);
+}
+
+/* The offsets of the image log_image() copies (no copy kept). */
+static void log_layout(struct log_image *li)
+{
+	log_image(li, "probe.vhdx");
+	g_free(li->path);
+	li->path = NULL;
+}
+
+/* The image with this log entry is refused, read-only or not, with a message
+ * that has want in it, and the file is left as it was. */
+static void log_refused(const char *name, uint64_t flushed, uint64_t last,
+			const struct fx_log_desc *d, unsigned n, const char *want)
+{
+	struct log_image li;
+	struct vd_image *img = NULL;
+	char *before, *after;
+
+	log_image(&li, name);
+	fx_log_entry(li.path, 0, 7, flushed, last, d, n);
+	before = file_digest(li.path);
+	for (int ro = 1; ro >= 0; ro--) {
+		g_assert_cmpint(fx_open(li.path, ro, &img), ==, -EINVAL);
+		if (!strstr(vd_log_last_error(), want))
+			g_error("%s: message \"%s\" lacks \"%s\"", name, vd_log_last_error(), want);
+		g_assert_nonnull(strstr(vd_log_last_error(), "log entry at 0x0 of the log"));
+	}
+	after = file_digest(li.path);
+	g_assert_cmpstr(before, ==, after);
+	g_free(before);
+	g_free(after);
+	g_free(li.path);
+}
+
+static uint8_t log_page[4096];
+
+/* A data descriptor writing log_page at off, a zero run of len at off. */
+static struct fx_log_desc data_at(uint64_t off)
+{
+	return (struct fx_log_desc){.off = off, .data = log_page};
+}
+
+static struct fx_log_desc zero_at(uint64_t off, uint64_t len)
+{
+	return (struct fx_log_desc){.zero = true, .off = off, .len = len};
+}
+
+static void test_log_targets(void)
+{
+	struct log_image li;
+	uint64_t s, b;
+
+	log_layout(&li);
+	s = li.size;
+	b = li.bat;
+	memset(log_page, 0x5a, sizeof(log_page));
+	/* As in the two repro images: a 256 MiB zero run, a data sector at 1 TiB. */
+	log_refused("zero256m.vhdx", s, s,
+		    (struct fx_log_desc[]){data_at(b), zero_at(b + 4096, 256 << 20)}, 2,
+		    "descriptor 1 (zero): FileOffset 0x");
+	log_refused("data1t.vhdx", s, s, (struct fx_log_desc[]){data_at(1ull << 40)}, 1,
+		    "descriptor 0 (data): FileOffset 0x10000000000 ends past LastFileOffset");
+	/* Past the entry's LastFileOffset, though inside the file. */
+	log_refused("pastlast.vhdx", li.meta, li.meta, (struct fx_log_desc[]){data_at(li.meta)}, 1,
+		    "ends past LastFileOffset");
+	/* Wrapping around 2^64. */
+	log_refused("wrap.vhdx", s, s, (struct fx_log_desc[]){zero_at(-4096ull * 2, 8192 * 2)}, 1,
+		    "ends past LastFileOffset");
+	/* The header section: a region table, a header. */
+	log_refused("rt.vhdx", s, s, (struct fx_log_desc[]){data_at(b), data_at(VHDX_RT1_OFF)}, 2,
+		    "descriptor 1 (data): FileOffset 0x30000 lies in the header section");
+	log_refused("hdr.vhdx", s, s, (struct fx_log_desc[]){zero_at(0, 1 << 20)}, 1,
+		    "lies in the header section");
+	/* The log itself. */
+	log_refused("log.vhdx", s, s, (struct fx_log_desc[]){data_at(li.log + (64 << 10))}, 1,
+		    "lies in the log at 0x100000");
+	/* Across the end of the BAT region into the next MiB. */
+	log_refused("straddle.vhdx", s, s,
+		    (struct fx_log_desc[]){zero_at(b + (1 << 20) - 4096, 8192)}, 1,
+		    "straddles the edge of the BAT region");
+	/* Outside the regions: one 1 MiB block (a sector bitmap) at most. */
+	log_refused("span.vhdx", s, s + (4 << 20), (struct fx_log_desc[]){zero_at(s, 2 << 20)}, 1,
+		    "spans more than one 1 MiB block outside the regions");
+	log_refused("empty.vhdx", s, s, (struct fx_log_desc[]){zero_at(b, 0)}, 1,
+		    "descriptor 0 (zero): FileOffset 0x200000 + ZeroLength 0x0 is empty");
+}
+
+static void test_log_sizes(void)
+{
+	struct fx_log_desc *d = g_new0(struct fx_log_desc, 1025);
+	struct log_image li;
+
+	log_layout(&li);
+	d[0] = data_at(li.bat);
+	log_refused("flushed.vhdx", li.size, li.size - (1 << 20), d, 1, "is past LastFileOffset");
+	log_refused("grow.vhdx", li.size, li.size + (4ull << 30) + (1 << 20), d, 1,
+		    "is more than 4 GiB past FlushedFileOffset");
+	log_refused("short.vhdx", li.size + (1 << 20), li.size + (1 << 20), d, 1,
+		    "shorter than its FlushedFileOffset");
+	/* 1025 zero runs of 1 MiB over the BAT: more than 1 GiB to write. */
+	for (unsigned i = 0; i < 1025; i++)
+		d[i] = zero_at(li.bat, 1 << 20);
+	log_refused("budget.vhdx", li.size, li.size, d, 1025,
+		    "descriptor 1024 (zero): the sequence writes more than 1024 MiB");
+	g_free(d);
+}
+
+/* A log that extends the file to its LastFileOffset: a crash after a block
+ * was allocated and its first 4 KiB written, before the end of the block and
+ * the BAT entry were stable. The replay extends the file to 2 MiB past the
+ * block (a zero run past the end of the file is not written), the block
+ * reads back, and QEMU agrees. */
+static void test_log_extends_file(void)
+{
+	char *p = qemu_image("ext.vhdx", "block_size=1M", "16M", "-c 'write -P 0x44 5M 4k'");
+	uint64_t bat = fx_region(p, vhdx_guid_bat.b), blk;
+	uint8_t page[4096], old[4096];
+	struct fx_log_desc d[2];
+	struct vd_image *img;
+	char *raw;
+
+	fx_pread(p, page, sizeof(page), bat);
+	blk = VHDX_BAT_OFF(vhdx_get64(page + 5 * 8));
+	g_assert_cmpuint(blk + (1 << 20), ==, file_size(p));
+	memcpy(old, page, sizeof(old));
+	vhdx_put64(old + 5 * 8, VHDX_BAT_ZERO);
+	fx_pwrite(p, old, sizeof(old), bat);
+	g_assert_cmpint(truncate(p, blk + 4096), ==, 0);
+	d[0] = (struct fx_log_desc){.off = bat, .data = page};
+	d[1] = (struct fx_log_desc){.zero = true, .off = blk + (1 << 20), .len = 1 << 20};
+	fx_log_entry(p, 0, 3, blk, blk + (2 << 20), d, 2);
+	g_assert_cmpint(fx_open(p, true, &img), ==, -EPERM);
+	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
+	raw = fx_path("ext.vhdx.raw");
+	fx_compare(img, raw, 0, img->size);
+	image_unref(img);
+	g_free(raw);
+	g_assert_cmpuint(file_size(p), ==, blk + (2 << 20));
+	g_assert_cmpint(fx_sh_rc("qemu-img check -q ext.vhdx"), ==, 0);
+	g_assert_cmpint(fx_sh_rc("qemu-img compare -q -f vhdx -F raw ext.vhdx ext.vhdx.raw"), ==,
+			0);
+	g_free(p);
+}
+
+/* The log is read whole at open: one over 1 GiB is refused. */
+static void test_log_limit(void)
+{
+	char *p = qemu_image("biglog.vhdx", "block_size=1M,log_size=1025M", "16M", NULL);
+	uint64_t h = fx_current_header(p);
+	uint8_t hdr[4096];
+	struct vd_image *img;
+
+	fx_pread(p, hdr, sizeof(hdr), h);
+	memset(hdr + 48, 0x4c, 16); /* a LogGuid: the log must be replayed */
+	vhdx_put32(hdr + 4, vhdx_checksum(hdr, sizeof(hdr), 4));
+	fx_pwrite(p, hdr, sizeof(hdr), h);
+	g_assert_cmpint(fx_open(p, false, &img), ==, -ENOTSUP);
+	g_assert_nonnull(strstr(vd_log_last_error(), "larger than the limit of 1024 MiB"));
+	g_free(p);
+}
+
 /* ---- 4K logical sectors ---- */
 
 static void test_4k_patched(void)
@@ -402,6 +612,10 @@ int main(int argc, char **argv)
 	g_test_add_func("/vhdx/read/bat-past-eof", test_bat_past_eof);
 	g_test_add_func("/vhdx/read/garbage", test_garbage);
 	g_test_add_func("/vhdx/read/dirty-log", test_dirty_log);
+	g_test_add_func("/vhdx/read/log-targets", test_log_targets);
+	g_test_add_func("/vhdx/read/log-sizes", test_log_sizes);
+	g_test_add_func("/vhdx/read/log-extends-file", test_log_extends_file);
+	g_test_add_func("/vhdx/read/log-limit", test_log_limit);
 	g_test_add_func("/vhdx/read/4k-sectors", test_4k_patched);
 	ret = g_test_run();
 	fx_teardown();
