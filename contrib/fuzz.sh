@@ -4,7 +4,8 @@
 # TARGET: qcow2, vhdx, mirror-opts, control (default: all). Builds build-fuzz with clang first.
 # qcow2 and vhdx open each input read-write in a directory in /dev/shm (log
 # replay, dirty-bit rebuild, backing files, a small write), walk and read it
-# (tests/fuzz/fuzz-image.c). Their inputs are images or packed sparse images:
+# (tests/fuzz/fuzz-image.c); one input in three also gets an injected I/O
+# failure (docs/fuzzing.md). Their inputs are images or packed sparse images:
 # tests/fuzz/pack-image.py unpack turns one into the image file it stands for.
 # A crash leaves its input in build-fuzz/fuzz-artifacts/TARGET/: copy it to
 # tests/fuzz/regressions/TARGET/ (every build replays that folder) and fix it.
@@ -17,7 +18,7 @@ while [ $# -gt 0 ]; do
 	case $1 in
 	-t) seconds=$2; shift ;;
 	-j) jobs=$2; shift ;;
-	-h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+	-h|--help) sed -n '2,11p' "$0"; exit 0 ;;
 	*) targets+=("$1") ;;
 	esac
 	shift

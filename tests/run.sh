@@ -87,6 +87,19 @@ UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
 LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$top/tests/lsan.supp:print_suppressions=0} \
 	run_build build-asan -Db_sanitize=address,undefined -Db_lundef=false
 
+# Whole-daemon mutation fuzzing (contrib/fuzz-mount.sh), a fixed slice: the
+# same mutated images every run (FUZZ_MOUNT_ROUNDS, seed FUZZ_MOUNT_SEED);
+# a crash, hang, escape or difference from qemu-img fails the run.
+echo "== fuzz-mount: ${FUZZ_MOUNT_ROUNDS:-120} mutated images"
+if contrib/fuzz-mount.sh --vdiskfs build-asan/vdiskfs --rounds "${FUZZ_MOUNT_ROUNDS:-120}" \
+	--seed "${FUZZ_MOUNT_SEED:-20261206}" --out build-asan/fuzz-mount-out; then
+	summary+=("fuzz-mount: 1 passed, 0 failed")
+	total_pass=$((total_pass + 1))
+else
+	summary+=("fuzz-mount: 0 passed, 1 failed (cases kept in build-asan/fuzz-mount-out)")
+	total_fail=$((total_fail + 1))
+fi
+
 # The libFuzzer targets, each for a bounded time (FUZZ_SECONDS, default 60),
 # from the committed seeds; a crash fails the run and keeps its input.
 fuzz_seconds=${FUZZ_SECONDS:-60}

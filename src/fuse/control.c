@@ -73,6 +73,7 @@ void control_open(fuse_req_t req, struct fuse_file_info *fi)
 void control_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct control_fh *fh = (struct control_fh *)(uintptr_t)fi->fh;
+	char *copy;
 	size_t pos;
 
 	/* The reply is read from its start at offset 0, and by the first read
@@ -89,7 +90,12 @@ void control_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info 
 	if (size > fh->text->len - pos)
 		size = fh->text->len - pos;
 	fh->cursor = pos + size;
-	fuse_reply_buf(req, fh->text->str + pos, size);
+	/* From a copy: once the reader has the bytes it may close the file, and
+	 * the release on another thread frees fh->text while this one is still
+	 * inside the reply call (the sanitizers check the iovec after writev). */
+	copy = g_memdup2(fh->text->str + pos, size);
+	fuse_reply_buf(req, copy, size);
+	g_free(copy);
 }
 
 /* A command answered when a mirror verb finishes. */

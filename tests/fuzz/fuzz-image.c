@@ -19,7 +19,15 @@
  * benign qcow2 image the target made (a hard link under the name asked for;
  * backing=within-source keeps the rest inside the directory); a vhdx
  * differencing disk gets the target's parent.vhdx (-o vhdx_parent), whose
- * DataWriteGuid is FUZZ_PARENT_GUID, so seeds made against it link up. */
+ * DataWriteGuid is FUZZ_PARENT_GUID, so seeds made against it link up.
+ *
+ * Failures: a hash of the input's last bytes arms the I/O fault injection
+ * (src/io/fault.c) for about one input in three: the Nth write, fallocate,
+ * truncate or sync (or any I/O) of the open or of the writes fails with
+ * ENOSPC, EIO or EDQUOT, once or from then on, so that refused cluster and
+ * block allocations and failed metadata updates reach their error paths.
+ * VDISKFS_FUZZ_FAULTS=0 arms none (make-seeds.sh, writing seeds through the
+ * target). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -357,18 +365,57 @@ static uint64_t fuzz_walk(struct vd_image *img, struct budget *b)
 	return first;
 }
 
+/* What the input arms: nothing, or a fault in the open or in the writes. */
+struct fuzz_fault {
+	bool at_open, at_write;
+	unsigned long nth, count;
+	unsigned kinds;
+	int err;
+};
+
+static uint64_t input_hash(const uint8_t *data, size_t size)
+{
+	uint64_t h = 0x9e3779b97f4a7c15ull;
+
+	for (size_t i = size > 64 ? size - 64 : 0; i < size; i++)
+		h = (h ^ data[i]) * 0x100000001b3ull;
+	return h;
+}
+
+static struct fuzz_fault fuzz_fault_plan(uint64_t h)
+{
+	static const int errs[] = {ENOSPC, EIO, EDQUOT};
+	static const unsigned kinds[] = {FAULT_WRITE, FAULT_WRITE, FAULT_SYNC, FAULT_ALL};
+	const char *env = getenv("VDISKFS_FUZZ_FAULTS");
+	struct fuzz_fault f = {0};
+
+	h = h * 0xff51afd7ed558ccdull ^ h >> 29; /* apart from fuzz_write's choices */
+	if (h % 3 || (env && !strcmp(env, "0")))
+		return f;
+	h /= 3;
+	f.at_open = h & 1;
+	f.at_write = !f.at_open;
+	f.nth = 1 + (h >> 1) % 24;
+	f.count = (h >> 6) & 1;
+	f.kinds = kinds[(h >> 7) % 4];
+	f.err = errs[(h >> 9) % 3];
+	return f;
+}
+
+static void fuzz_fault_arm(const struct fuzz_fault *f)
+{
+	fault_set(f->nth, f->err, f->kinds, f->count);
+}
+
 /* A few bytes written into the first data extent (copy-on-write of compressed,
  * shared or backing clusters) and at an offset chosen by the input, a cluster
  * zeroed or discarded, a flush. */
-static void fuzz_write(struct vd_image *img, const uint8_t *data, size_t size, uint64_t first)
+static void fuzz_write(struct vd_image *img, uint64_t seed, uint64_t first)
 {
-	uint64_t seed = 0x9e3779b97f4a7c15ull;
 	char buf[32];
 
 	if (img->read_only || !img->size)
 		return;
-	for (size_t i = size > 64 ? size - 64 : 0; i < size; i++)
-		seed = (seed ^ data[i]) * 0x100000001b3ull;
 	for (int i = 0; i < 2; i++) {
 		uint64_t off = i ? (seed >> 20) % img->size : first + seed % 4096;
 		size_t len;
@@ -385,6 +432,9 @@ static void fuzz_write(struct vd_image *img, const uint8_t *data, size_t size, u
 		uint64_t c = (seed >> 40) % (img->size / img->cluster_size - 1);
 
 		image_zero_sync(img, img->cluster_size, c * img->cluster_size, seed & 1);
+		/* Not aligned: the partial clusters are written as zeroes. */
+		image_zero_sync(img, img->cluster_size / 2 + 512,
+				c * img->cluster_size + img->cluster_size / 4, seed & 2);
 	}
 	image_fsync_sync(img);
 }
@@ -400,6 +450,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	    .cache_size = 1 << 20,
 	};
 	struct budget b = {.start = now_ns()};
+	uint64_t h = input_hash(data, size);
+	struct fuzz_fault f = fuzz_fault_plan(h);
 	struct vd_image *img;
 	int fd, ret;
 
@@ -417,13 +469,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	else
 		qcow2_link_backing(fd, lnk, sizeof(lnk));
 	close(fd);
+	if (f.at_open)
+		fuzz_fault_arm(&f);
 	ret = image_open(img_path, &o, &img);
 	if (getenv("VDISKFS_FUZZ_VERBOSE"))
-		fprintf(stderr, "fuzz: open: %s\n", strerror(-ret));
+		fprintf(stderr, "fuzz: open: %s; fault: nth %lu kinds %u err %d%s\n", strerror(-ret),
+			f.nth, f.kinds, f.err, f.at_open ? " at open" : f.at_write ? " at write" : "");
 	if (!ret) {
-		fuzz_write(img, data, size, fuzz_walk(img, &b));
-		image_unref(img);
+		uint64_t first = fuzz_walk(img, &b);
+
+		if (f.at_write)
+			fuzz_fault_arm(&f);
+		fuzz_write(img, h, first);
+		image_unref(img); /* the flush at close may fail too */
 	}
+	if (getenv("VDISKFS_FUZZ_VERBOSE"))
+		fprintf(stderr, "fuzz: %lu I/Os counted\n", fault_counted());
+	fault_set(0, 0, 0, 0);
 	if (lnk[0])
 		unlink(lnk);
 	return 0;

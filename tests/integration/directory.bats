@@ -57,6 +57,37 @@ load helpers
 	[ "$output" = "['broken.qcow2'] ['good.raw']" ]
 }
 
+@test "the control file read and closed by many threads at once (found by fuzz-mount)" {
+	# A reader closes the file as soon as it has the bytes; the release (on
+	# another loop thread) must not free what a read is still replying from.
+	# The AddressSanitizer build saw the reply buffer freed under writev.
+	mkdir "$T/src" "$T/mnt"
+	truncate -s 1M "$T/src/a.raw"
+	vd_mount "$T/src" "$T/mnt" -o threads=4
+	run python3 - "$T/mnt/.vdiskfs" <<'PY'
+import json, sys, threading
+bad = []
+def reader():
+    for _ in range(100):
+        try:
+            with open(sys.argv[1], "rb", buffering=0) as f:
+                json.loads(f.read(1 << 16))
+        except (OSError, ValueError) as e:
+            bad.append(repr(e))
+            return
+ts = [threading.Thread(target=reader) for _ in range(4)]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+print(bad[:1])
+PY
+	echo "$output"
+	[ "$output" = "[]" ]
+	vd_umount "$T/mnt"
+	[ "$VD_STATUS" -eq 0 ]
+}
+
 @test "the view of an image in use keeps working after the file is removed" {
 	mkdir "$T/src" "$T/mnt"
 	head -c 1M /dev/urandom >"$T/src/a.raw"
