@@ -588,12 +588,15 @@ static int map_write(struct qcow2 *q, uint64_t off, uint64_t len, struct vd_map 
  * copy-on-write may drop the cluster's last reference meanwhile. The free
  * then stays queued (range_busy() in qcow2-refcount.c), so the cluster is
  * neither punched nor handed to another guest offset under the read, which
- * would return that offset's bytes. */
+ * would return that offset's bytes. An image never opened for writing frees
+ * nothing: its reads need no hold. */
 static int read_hold(struct qcow2 *q, struct vd_map *m)
 {
 	struct qcow2_ticket *t = NULL;
 	int ret = 0;
 
+	if (!q->img->writable)
+		return 0;
 	for (unsigned i = 0; i < m->n && !ret; i++) {
 		const struct vd_extent *e = &m->ext[i];
 		struct qcow2_item it = {.kind = QI_READ, .src_off = e->host_off};
