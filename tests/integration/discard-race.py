@@ -13,22 +13,14 @@ same operations go to REF, a raw file. A racing read may return the old bytes
 or zeroes, byte by byte, and nothing else; a checked read must match exactly.
 Exits 1 on the first mismatch, naming the process, offset and operation.
 """
-import ctypes
 import mmap
 import os
 import random
 import sys
 import threading
 
-PUNCH_HOLE, KEEP_SIZE, ZERO_RANGE = 0x02, 0x01, 0x10
-libc = ctypes.CDLL(None, use_errno=True)
-libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-
-
-def fallocate(fd, mode, off, length):
-    if libc.fallocate(fd, mode, off, length) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, "fallocate(%#x, %d, %d): %s" % (mode, off, length, os.strerror(e)))
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from falloc import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, falloc
 
 
 def pattern(off, length, tag):
@@ -92,14 +84,14 @@ def run(view, ref, k, base, size, ops, seed):
             if rnd.random() < 0.25:  # unaligned: written zeroes at the edges
                 off += rnd.randrange(0, 4096, 512)
                 length = min(length, size - off)
-            mode = PUNCH_HOLE | KEEP_SIZE if op < 0.65 else ZERO_RANGE
+            mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE if op < 0.65 else FALLOC_FL_ZERO_RANGE
             r0, r1 = off & ~4095, (off + length + 4095) & ~4095
             seen = {}
             t = threading.Thread(target=lambda: seen.update(d=dread(vfd, base + r0, r1 - r0)))
             t.start()
-            fallocate(vfd, mode, base + off, length)
+            falloc(vfd, mode, base + off, length)
             t.join()
-            fallocate(rfd, mode, base + off, length)
+            falloc(rfd, mode, base + off, length)
             if not old_or_zero(seen["d"], bytes(model[r0:r1])):
                 fail(k, "read racing fallocate %#x" % mode, base + r0, r1 - r0, seen["d"],
                      bytes(model[r0:r1]))
