@@ -547,7 +547,8 @@ static void punch(struct qcow2 *q, uint64_t cl, uint64_t n)
  * and the punch happen together, synchronously, under q->lock, which
  * qcow2_alloc_clusters() also holds: no allocation can see the cluster free
  * before the punch returned, so a punch never lands on a new owner's data.
- * Never move the punch after the lock is dropped or onto the ring.
+ * Never move the punch after the lock is dropped or onto the ring. (A
+ * rollback gives back clusters nothing ever referenced, without a punch.)
  */
 static int apply_frees(struct qcow2 *q)
 {
