@@ -474,7 +474,7 @@ PY
 	truncate -s 2M "$T/ref.raw"
 	touch "$T/view"
 	vd_mount "$T/race.qcow2" "$T/view"
-	python3 "$VDISKFS_SRC/tests/integration/discard-race.py" "$T/view" "$T/ref.raw" 4 400 1
+	python3 "$VDISKFS_SRC/tests/integration/discard-race.py" "$T/view" "$T/ref.raw" 4 300 1
 	cmp "$T/view" "$T/ref.raw"
 	vd_umount "$T/view"
 	[ "$VD_STATUS" -eq 0 ]
