@@ -801,12 +801,12 @@ static int zero_range(struct vd_image *img, uint64_t off, uint64_t len, bool dis
 	ret = qcow2_prepare_write(q);
 	if (!ret)
 		qcow2_bitmaps_dirty(q, off, len);
-	for (c = c0; c < c1 && !ret; c++) {
+	while (!ret && c < c1) {
 		ret = zero_cluster(q, c, discard);
-		if (ret)
-			break;
+		if (!ret)
+			c++;
 	}
-	zero_drop_inflight(q, c0, c);
+	zero_drop_inflight(q, c0, c); /* the clusters zeroed */
 	/* Let the host file shrink now: flush, then drop and punch the clusters. */
 	if (!ret && discard)
 		ret = qcow2_flush_locked(q);
