@@ -154,7 +154,9 @@ struct vd_format {
 	/* Called once for every map that returned a ticket, after all its data
 	 * I/O finished: err == 0 links new allocations, err < 0 rolls them back.
 	 * Returns 0, or -errno when the allocations could not be linked (rolled
-	 * back as far as they were not): the request then fails with it. */
+	 * back as far as they were not): the request then fails with it. A read
+	 * may get a ticket too (host space it holds until its I/O is done, so
+	 * that nothing frees and reuses that space under it). */
 	int (*complete)(struct vd_image *img, void *ticket, int err);
 
 	/* Optional: the bytes of the clusters / blocks in which this layer holds

@@ -395,7 +395,7 @@ static int ticket_add(struct qcow2_ticket *t, const struct qcow2_item *it)
 		t->cap = cap;
 	}
 	t->items[t->n++] = *it;
-	if (it->kind != QI_INPLACE) {
+	if (it->kind == QI_INPLACE_META || it->kind == QI_NEW) {
 		if (!t->has_meta || it->gcl < t->meta_first)
 			t->meta_first = it->gcl;
 		if (!t->has_meta || it->gcl > t->meta_last)
@@ -522,14 +522,20 @@ static void ticket_free(struct qcow2_ticket *t)
 	free(t);
 }
 
-static void ticket_unlink(struct qcow2 *q, struct qcow2_ticket *t)
+static void ticket_link(struct qcow2_ticket **head, struct qcow2_ticket *t)
 {
-	for (struct qcow2_ticket **pp = &q->inflight; *pp; pp = &(*pp)->next) {
-		if (*pp == t) {
-			*pp = t->next;
-			return;
-		}
-	}
+	t->next = *head;
+	if (t->next)
+		t->next->pprev = &t->next;
+	t->pprev = head;
+	*head = t;
+}
+
+static void ticket_unlink(struct qcow2_ticket *t)
+{
+	*t->pprev = t->next;
+	if (t->next)
+		t->next->pprev = t->pprev;
 }
 
 /* Give back the clusters items [first, n) allocated: nothing refers to them. */
@@ -572,9 +578,47 @@ static int map_write(struct qcow2 *q, uint64_t off, uint64_t len, struct vd_map 
 		off += n;
 		len -= n;
 	}
-	t->next = q->inflight;
-	q->inflight = t;
+	ticket_link(&q->inflight, t);
 	m->ticket = t;
+	return 0;
+}
+
+/* The host bytes of a read's DATA and COMPRESSED extents, held until the read
+ * completed: its I/O starts after the lock is dropped, and a discard or a
+ * copy-on-write may drop the cluster's last reference meanwhile. The free
+ * then stays queued (range_busy() in qcow2-refcount.c), so the cluster is
+ * neither punched nor handed to another guest offset under the read, which
+ * would return that offset's bytes. An image never opened for writing frees
+ * nothing: its reads need no hold. */
+static int read_hold(struct qcow2 *q, struct vd_map *m)
+{
+	struct qcow2_ticket *t = NULL;
+	int ret = 0;
+
+	if (!q->img->writable)
+		return 0;
+	for (unsigned i = 0; i < m->n && !ret; i++) {
+		const struct vd_extent *e = &m->ext[i];
+		struct qcow2_item it = {.kind = QI_READ, .src_off = e->host_off};
+
+		if (e->type == VD_EXT_DATA)
+			it.src_len = e->len;
+		else if (e->type == VD_EXT_COMPRESSED)
+			it.src_len = e->csize;
+		else
+			continue;
+		if (!t && !(t = calloc(1, sizeof(*t))))
+			return -ENOMEM;
+		ret = ticket_add(t, &it);
+	}
+	if (ret) {
+		ticket_free(t);
+		return ret;
+	}
+	if (t) {
+		ticket_link(&q->readers, t);
+		m->ticket = t;
+	}
 	return 0;
 }
 
@@ -596,6 +640,8 @@ int qcow2_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags, 
 			off += n;
 			len -= n;
 		}
+		if (!ret)
+			ret = read_hold(q, m);
 	}
 	pthread_mutex_unlock(&q->lock);
 	return ret;
@@ -613,6 +659,11 @@ static int link_item(struct qcow2 *q, const struct qcow2_item *it, bool *linked)
 	int ret;
 
 	*linked = false;
+	if (it->dropped) {
+		if (it->kind == QI_NEW)
+			qcow2_alloc_rollback(q, it->host, 1);
+		return 0;
+	}
 	ret = qcow2_l2_get(q, it->gcl, true, &ce, &idx); /* may evict and load tables */
 	if (ret)
 		return ret;
@@ -642,12 +693,12 @@ int qcow2_complete(struct vd_image *img, void *ticket, int err)
 	int ret = 0;
 
 	pthread_mutex_lock(&q->lock);
-	ticket_unlink(q, t);
+	ticket_unlink(t);
 	if (err) {
 		ticket_rollback(q, t, 0);
 	} else {
 		for (; i < t->n; i++) {
-			if (t->items[i].kind == QI_INPLACE)
+			if (t->items[i].kind == QI_INPLACE || t->items[i].kind == QI_READ)
 				continue;
 			ret = link_item(q, &t->items[i], &linked);
 			if (ret)
@@ -717,10 +768,29 @@ static int zero_cluster(struct qcow2 *q, uint64_t gcl, bool discard)
 	return keep ? 0 : qcow2_free_entry(q, e);
 }
 
+/* Writes in flight that change entries of guest clusters [c0, c1) lose those
+ * changes: the zeroing is ordered after them. Linking them afterwards instead
+ * would mix the zeroing with the old bytes a copy-on-write merged into the
+ * write (backing, compressed or snapshot-shared data), which neither order of
+ * the two requests gives. A write in place needs nothing: its bytes land in a
+ * cluster the entry no longer maps as data. */
+static void zero_drop_inflight(struct qcow2 *q, uint64_t c0, uint64_t c1)
+{
+	for (struct qcow2_ticket *t = q->inflight; t; t = t->next) {
+		if (!t->has_meta || t->meta_last < c0 || t->meta_first >= c1)
+			continue;
+		for (unsigned i = 0; i < t->n; i++) {
+			struct qcow2_item *it = &t->items[i];
+			if (it->gcl >= c0 && it->gcl < c1 && it->kind != QI_INPLACE)
+				it->dropped = true;
+		}
+	}
+}
+
 static int zero_range(struct vd_image *img, uint64_t off, uint64_t len, bool discard)
 {
 	struct qcow2 *q = img->priv;
-	uint64_t c0 = qcow2_cl(q, off), c1 = qcow2_cl(q, off + len);
+	uint64_t c0 = qcow2_cl(q, off), c1 = qcow2_cl(q, off + len), c = c0;
 	int ret;
 
 	if ((off | len) & (q->cluster_size - 1))
@@ -731,8 +801,12 @@ static int zero_range(struct vd_image *img, uint64_t off, uint64_t len, bool dis
 	ret = qcow2_prepare_write(q);
 	if (!ret)
 		qcow2_bitmaps_dirty(q, off, len);
-	for (uint64_t c = c0; c < c1 && !ret; c++)
+	while (!ret && c < c1) {
 		ret = zero_cluster(q, c, discard);
+		if (!ret)
+			c++;
+	}
+	zero_drop_inflight(q, c0, c); /* the clusters zeroed */
 	/* Let the host file shrink now: flush, then drop and punch the clusters. */
 	if (!ret && discard)
 		ret = qcow2_flush_locked(q);

@@ -504,12 +504,14 @@ int qcow2_free_entry(struct qcow2 *q, uint64_t entry)
 	return qcow2_defer_free(q, off, len);
 }
 
-static bool range_busy(struct qcow2 *q, uint64_t off, uint64_t len)
+static bool tickets_use(const struct qcow2 *q, const struct qcow2_ticket *t, uint64_t off,
+			uint64_t len)
 {
-	for (struct qcow2_ticket *t = q->inflight; t; t = t->next) {
+	for (; t; t = t->next) {
 		for (unsigned i = 0; i < t->n; i++) {
 			const struct qcow2_item *it = &t->items[i];
-			if (off < it->host + q->cluster_size && it->host < off + len)
+			if (it->kind != QI_READ && off < it->host + q->cluster_size &&
+			    it->host < off + len)
 				return true;
 			if (it->src_len && off < it->src_off + it->src_len &&
 			    it->src_off < off + len)
@@ -519,6 +521,13 @@ static bool range_busy(struct qcow2 *q, uint64_t off, uint64_t len)
 	return false;
 }
 
+/* Host bytes that a write in flight writes or copies from, or a read in
+ * flight reads. */
+static bool range_busy(struct qcow2 *q, uint64_t off, uint64_t len)
+{
+	return tickets_use(q, q->inflight, off, len) || tickets_use(q, q->readers, off, len);
+}
+
 static void punch(struct qcow2 *q, uint64_t cl, uint64_t n)
 {
 	if (n)
@@ -526,7 +535,21 @@ static void punch(struct qcow2 *q, uint64_t cl, uint64_t n)
 			       cl << q->cluster_bits, n << q->cluster_bits);
 }
 
-/* Apply the decrements whose host clusters no write is still using. */
+/*
+ * Apply the decrements whose host clusters no request is still using.
+ *
+ * The ordering rule: a freed host cluster may be handed out again only after
+ * its punch-hole completed and after no in-flight read or write still
+ * targets it. Both halves hold here. A free whose bytes an in-flight
+ * request uses (range_busy(): a write's target or COW source, a read's
+ * extents) stays queued with its reference, so the cluster is not free and
+ * nothing can be placed in it; a later flush retries it. The decrement to 0
+ * and the punch happen together, synchronously, under q->lock, which
+ * qcow2_alloc_clusters() also holds: no allocation can see the cluster free
+ * before the punch returned, so a punch never lands on a new owner's data.
+ * Never move the punch after the lock is dropped or onto the ring. (A
+ * rollback gives back clusters nothing ever referenced, without a punch.)
+ */
 static int apply_frees(struct qcow2 *q)
 {
 	size_t keep = 0;

@@ -79,6 +79,7 @@ enum qcow2_item_kind {
 	QI_INPLACE,	 /* COPIED cluster, no metadata change */
 	QI_INPLACE_META, /* COPIED cluster whose entry changes (zero flag, subclusters) */
 	QI_NEW,		 /* a freshly allocated cluster replaces the entry */
+	QI_READ,	 /* host bytes a read reads (src_off/src_len only) */
 };
 
 struct qcow2_item {
@@ -87,10 +88,11 @@ struct qcow2_item {
 	uint64_t host;	   /* host cluster written */
 	uint32_t set_alloc; /* extended L2: subclusters the write makes allocated */
 	uint64_t src_off, src_len; /* host bytes read for copy-on-write (busy) */
+	bool dropped; /* zeroed or discarded while in flight: not linked */
 };
 
 struct qcow2_ticket {
-	struct qcow2_ticket *next;
+	struct qcow2_ticket *next, **pprev; /* on q->inflight or q->readers */
 	uint64_t meta_first, meta_last; /* guest clusters whose entries change */
 	bool has_meta;
 	struct vd_waiter *waiters;
@@ -185,7 +187,8 @@ struct qcow2 {
 	uint64_t alloc_bytes;
 
 	struct qcow2_cache l2c, rbc;
-	struct qcow2_ticket *inflight;
+	struct qcow2_ticket *inflight; /* writes: their clusters and COW sources */
+	struct qcow2_ticket *readers;  /* reads: the host bytes they read */
 	struct qcow2_free *frees;
 	size_t nfrees, cap_frees;
 };

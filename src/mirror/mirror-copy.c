@@ -100,6 +100,39 @@ static void chunk_read(void *opaque, int err)
 	image_write(job->dst, c->buf, c->len, c->off, chunk_written, c);
 }
 
+/* A zero chunk's status was read before its range was held: a guest write
+ * that held the range meanwhile (or was in flight then, not yet linked in the
+ * source's metadata) has since written both sides, and zeroing the
+ * destination now would erase it there. Now that no guest request can hold
+ * the range, look again: if the source has data in it, the chunk copies. */
+static int chunk_recheck(struct mirror_chunk *c)
+{
+	struct mirror_job *job = c->job;
+	uint64_t end = c->off + c->len, pnum;
+	enum vd_bs st = VD_BS_ZERO;
+	int ret;
+
+	for (uint64_t pos = c->off; pos < end; pos += pnum) {
+		ret = image_block_status(job->src, pos, end - pos, &pnum, &st);
+		if (ret) {
+			mirror_fail(job, "block status of the source at offset %" PRIu64 ": %s",
+				    pos, strerror(-ret));
+			return ret;
+		}
+		if (st == VD_BS_DATA)
+			break;
+	}
+	if (st != VD_BS_DATA)
+		return 0;
+	if (posix_memalign(&c->buf, 4096, c->len)) {
+		c->buf = NULL;
+		mirror_fail(job, "out of memory for a %" PRIu64 "-byte chunk", c->len);
+		return -ENOMEM;
+	}
+	c->zero = false;
+	return 0;
+}
+
 /* The chunk holds its range: do its I/O, unless the job stopped meanwhile. */
 static void chunk_go(struct mirror_chunk *c)
 {
@@ -109,7 +142,7 @@ static void chunk_go(struct mirror_chunk *c)
 	pthread_mutex_lock(&job->m->lock);
 	stop = job->stop;
 	pthread_mutex_unlock(&job->m->lock);
-	if (stop)
+	if (stop || (c->zero && chunk_recheck(c)))
 		chunk_end(c, false);
 	else if (c->zero)
 		image_zero(job->dst, c->len, c->off, true, chunk_written, c);

@@ -466,3 +466,18 @@ PY
 	grep -q "the cluster at 0x40000 holds an L2 table but its refcount is 0" "$T/vdiskfs.log"
 	grep -q "points to 0x1000100010000: unaligned or past the end of the file" "$T/vdiskfs.log"
 }
+
+@test "qcow2: discards and zeroing race allocating writes and reads on reused clusters" {
+	# 4 KiB clusters over 2 MiB: every discard frees clusters that the next
+	# allocating write of any process takes again at once
+	qemu-img create -q -f qcow2 -o cluster_size=4k "$T/race.qcow2" 2M
+	truncate -s 2M "$T/ref.raw"
+	touch "$T/view"
+	vd_mount "$T/race.qcow2" "$T/view"
+	python3 "$VDISKFS_SRC/tests/integration/discard-race.py" "$T/view" "$T/ref.raw" 4 300 1
+	cmp "$T/view" "$T/ref.raw"
+	vd_umount "$T/view"
+	[ "$VD_STATUS" -eq 0 ]
+	qemu_check "$T/race.qcow2"
+	qemu-img compare -f qcow2 -F raw "$T/race.qcow2" "$T/ref.raw"
+}

@@ -729,6 +729,167 @@ static void test_concurrent_one_cluster(void)
 	g_free(p);
 }
 
+/* ---- discard against I/O in flight on the host cluster it frees ---- */
+
+/* What another thread does while this thread's request is mapped, its I/O
+ * queued on this thread's ring but not yet submitted: discard one guest
+ * cluster, write another unless pat is 0 (an allocating write: the
+ * allocator hands out the lowest free cluster, so a cluster the discard
+ * freed comes back at once), and fsync (deferred frees are applied). */
+struct racer {
+	struct vd_image *img;
+	uint64_t discard_off, write_off;
+	uint8_t pat;
+};
+
+static void *racer_main(void *arg)
+{
+	struct racer *r = arg;
+	uint32_t cs = r->img->cluster_size;
+	uint8_t *buf = g_malloc(cs);
+
+	g_assert_cmpint(uring_thread_init(64), ==, 0);
+	memset(buf, r->pat, cs);
+	g_assert_cmpint(image_zero_sync(r->img, cs, r->discard_off, true), ==, 0);
+	if (r->pat)
+		g_assert_cmpint(image_pwrite_sync(r->img, buf, cs, r->write_off), ==, 0);
+	g_assert_cmpint(image_fsync_sync(r->img), ==, 0);
+	uring_thread_exit();
+	g_free(buf);
+	return NULL;
+}
+
+static void race_done(void *opaque, int err)
+{
+	int *res = opaque;
+
+	*res = err;
+}
+
+/* Run r on another thread while a request of ours waits on our ring. */
+static void race_with(struct racer *r, int *res)
+{
+	pthread_t th;
+
+	g_assert_cmpint(*res, ==, 1); /* queued, not done */
+	g_assert_cmpint(pthread_create(&th, NULL, racer_main, r), ==, 0);
+	g_assert_cmpint(pthread_join(th, NULL), ==, 0);
+	while (*res == 1)
+		g_assert_cmpint(uring_run(100), >=, 0);
+	g_assert_cmpint(*res, ==, 0);
+}
+
+static void assert_filled(const uint8_t *buf, size_t len, uint8_t v, const char *what)
+{
+	for (size_t i = 0; i < len; i++)
+		if (buf[i] != v)
+			g_error("%s: byte %zu is 0x%02x, expected 0x%02x", what, i, buf[i], v);
+}
+
+/* A read of guest cluster A is mapped (host cluster H) and queued; meanwhile A
+ * is discarded and guest cluster B written. Without a hold on H for the
+ * read, H is freed and punched at once, B gets H, and the read returns B's
+ * bytes (or, for a compressed A, fails to inflate them). The read may see
+ * A's old bytes or zeroes, never B's. */
+static void test_discard_under_read(gconstpointer compressed)
+{
+	struct vd_image *img;
+	struct racer r;
+	uint8_t *buf = g_malloc(65536);
+	int res = 1;
+
+	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -o cluster_size=64k dr.qcow2 4M && "
+			   "qemu-io -f qcow2 -c 'write %s -P 0xaa 0 64k' dr.qcow2 >/dev/null",
+			   compressed ? "-c" : ""),
+			==, 0);
+	img = img_open("dr.qcow2", false);
+	g_assert_cmpint(uring_thread_init(64), ==, 0);
+	image_read(img, buf, 65536, 0, race_done, &res);
+	r = (struct racer){.img = img, .discard_off = 0, .write_off = 1 << 20, .pat = 0xbb};
+	race_with(&r, &res);
+	if (buf[0])
+		assert_filled(buf, 65536, 0xaa, "read racing a discard");
+	else
+		assert_filled(buf, 65536, 0, "read racing a discard");
+	g_assert_cmpint(image_pread_sync(img, buf, 65536, 1 << 20), ==, 0);
+	assert_filled(buf, 65536, 0xbb, "cluster written after the discard");
+	g_assert_cmpint(image_pread_sync(img, buf, 65536, 0), ==, 0);
+	assert_filled(buf, 65536, 0, "discarded cluster");
+	image_unref(img);
+	g_assert_cmpint(qemu_check("dr.qcow2"), ==, 0);
+	g_free(buf);
+}
+
+/* The same with an in-place write of guest cluster A queued: it must land in
+ * a cluster nobody else owns, so B (written after the discard) keeps its
+ * bytes, and so does C, written after the fsync that applies the free once
+ * the write has landed (a punch of H then must not hit C either). */
+static void test_discard_under_write(void)
+{
+	struct vd_create_opts o = {.size = 4 << 20, .cluster_size = 65536};
+	char *p = tpath("dw.qcow2");
+	struct racer r;
+	struct vd_image *img;
+	uint8_t *buf = g_malloc(65536), *w = g_malloc(65536);
+	int res = 1;
+
+	g_assert_cmpint(vd_format_qcow2.create(p, &o), ==, 0);
+	img = img_open("dw.qcow2", false);
+	g_assert_cmpint(uring_thread_init(64), ==, 0);
+	memset(w, 0xaa, 65536);
+	g_assert_cmpint(image_pwrite_sync(img, w, 65536, 0), ==, 0);
+	g_assert_cmpint(image_fsync_sync(img), ==, 0);
+	memset(w, 0xcc, 65536);
+	image_write(img, w, 65536, 0, race_done, &res);
+	r = (struct racer){.img = img, .discard_off = 0, .write_off = 1 << 20, .pat = 0xbb};
+	race_with(&r, &res);
+	r = (struct racer){.img = img, .discard_off = 2 << 20, .write_off = 3 << 20, .pat = 0xdd};
+	racer_main(&r);
+	g_assert_cmpint(image_pread_sync(img, buf, 65536, 1 << 20), ==, 0);
+	assert_filled(buf, 65536, 0xbb, "cluster written after the discard");
+	g_assert_cmpint(image_pread_sync(img, buf, 65536, 3 << 20), ==, 0);
+	assert_filled(buf, 65536, 0xdd, "cluster written after the free");
+	image_unref(img);
+	g_assert_cmpint(qemu_check("dw.qcow2"), ==, 0);
+	g_free(buf);
+	g_free(w);
+	g_free(p);
+}
+
+/* A partial write into a cluster the backing file shows through is queued
+ * (a new cluster, the rest of it copied from the backing file); meanwhile the
+ * cluster is discarded. Linked afterwards, the write would bring back backing
+ * bytes around its own: the discard must win or lose as a whole, so the rest
+ * of the cluster reads zeroes. */
+static void test_discard_under_cow_write(void)
+{
+	struct vd_image *img;
+	struct racer r = {.discard_off = 65536};
+	uint8_t *buf = g_malloc(65536), *w = g_malloc(4096);
+	int res = 1;
+
+	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -o cluster_size=64k -b base.raw -F raw "
+			   "dc.qcow2 4M"),
+			==, 0);
+	img = img_open("dc.qcow2", false);
+	g_assert_cmpint(uring_thread_init(64), ==, 0);
+	memset(w, 0xcc, 4096);
+	image_write(img, w, 4096, 65536 + 8192, race_done, &res);
+	r.img = img;
+	race_with(&r, &res);
+	g_assert_cmpint(image_pread_sync(img, buf, 65536, 65536), ==, 0);
+	assert_filled(buf, 8192, 0, "discarded cluster before the racing write");
+	assert_filled(buf + 12288, 65536 - 12288, 0, "discarded cluster after the racing write");
+	if (buf[8192])
+		assert_filled(buf + 8192, 4096, 0xcc, "the racing write");
+	else
+		assert_filled(buf + 8192, 4096, 0, "the racing write");
+	image_unref(img);
+	g_assert_cmpint(qemu_check("dc.qcow2"), ==, 0);
+	g_free(buf);
+	g_free(w);
+}
+
 int main(int argc, char **argv)
 {
 	static const char *fx[] = {"c512",    "c4096",	 "c65536", "c2097152", "v2",
@@ -759,6 +920,11 @@ int main(int argc, char **argv)
 	g_test_add_func("/qcow2/write/grow-v2", test_grow_v2);
 	g_test_add_func("/qcow2/write/concurrent-one-cluster", test_concurrent_one_cluster);
 	g_test_add_func("/qcow2/write/small-cache", test_small_cache);
+	g_test_add_data_func("/qcow2/write/discard-under-read", NULL, test_discard_under_read);
+	g_test_add_data_func("/qcow2/write/discard-under-read-compressed", "",
+			     test_discard_under_read);
+	g_test_add_func("/qcow2/write/discard-under-write", test_discard_under_write);
+	g_test_add_func("/qcow2/write/discard-under-cow-write", test_discard_under_cow_write);
 	ret = g_test_run();
 	fixtures_remove();
 	return ret;
