@@ -450,17 +450,40 @@ static void log_build(struct vhdx *v, const struct log_pages *p, uint64_t first,
 	vhdx_put32(buf + 4, vhdx_checksum(buf, len, 4));
 }
 
+/* A new LogGuid in the headers: the entries written under the old one (all
+ * applied by now) stop being log entries for any reader. */
+static int log_new_guid(struct vhdx *v)
+{
+	vhdx_guid g;
+	int ret;
+
+	vhdx_guid_random(&g);
+	ret = vhdx_header_update(v, false, &g);
+	if (!ret)
+		v->log_seq = 1;
+	return ret;
+}
+
 static int log_write_entry(struct vhdx *v, const struct log_pages *p, uint64_t first,
 			   uint64_t n, uint64_t flushed, uint64_t last)
 {
 	uint64_t len = (log_desc_sectors(n) + n) * VHDX_LOG_SECTOR;
-	uint8_t *buf = malloc(len);
+	uint8_t *buf;
 	int fd = v->img->fd, ret;
 
-	if (!buf)
-		return -ENOMEM;
 	if (v->log_head + len > v->hdr.log_length)
 		v->log_head = 0;
+	/* Each lap of the ring under its own LogGuid: QEMU's replay chains
+	 * entries by sequence number whatever their tail says, and refuses a
+	 * chain that goes all the way round the ring. */
+	if (!v->log_head && v->log_seq > 1) {
+		ret = log_new_guid(v);
+		if (ret)
+			return ret;
+	}
+	buf = malloc(len);
+	if (!buf)
+		return -ENOMEM;
 	log_build(v, p, first, n, buf, len, flushed, last);
 	ret = sync_pwrite(fd, buf, len, v->hdr.log_offset + v->log_head);
 	free(buf);
@@ -480,17 +503,14 @@ static int log_write_entry(struct vhdx *v, const struct log_pages *p, uint64_t f
 
 static int log_activate(struct vhdx *v)
 {
-	vhdx_guid g;
 	int ret;
 
 	if (v->log_active)
 		return 0;
-	vhdx_guid_random(&g);
-	ret = vhdx_header_update(v, false, &g);
+	ret = log_new_guid(v);
 	if (ret)
 		return ret;
 	v->log_active = true;
-	v->log_seq = 1;
 	v->log_head = 0;
 	return 0;
 }
