@@ -2,17 +2,10 @@
 """Guest load for the mirror tests: random O_DIRECT writes, punch-holes and
 zero-ranges on [OFF, OFF+LEN) of VIEW, mirrored into the plain file REF, until
 STOPFILE exists. REF is the oracle the destination is compared with."""
-import ctypes, mmap, os, random, sys
+import mmap, os, random, sys
 
-FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 1, 2, 16
-libc = ctypes.CDLL(None, use_errno=True)
-libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-
-
-def falloc(fd, mode, off, ln):
-    if libc.fallocate(fd, mode, off, ln) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
+from falloc import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
+from falloc import fallocate as falloc
 
 
 view, ref, off, ln, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]

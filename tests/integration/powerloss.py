@@ -36,7 +36,6 @@ completions share one counter). A write, fallocate or truncate that
 completed before a completed flush of its file started is kept. Every other
 operation submitted before c is kept, dropped or torn (a random subset of its
 512 B or 4 KiB sectors applied); operations after c are dropped."""
-import ctypes
 import mmap
 import os
 import random
@@ -47,6 +46,8 @@ import sys
 import threading
 import time
 from collections import namedtuple
+
+from falloc import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate
 
 SECTOR = 512
 STAMP = struct.Struct("<QQ")
@@ -70,17 +71,6 @@ def cmd_stamp(path, size, every=1):
 
 
 # ---- the writer ----
-
-FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 1, 2, 0x10
-libc = ctypes.CDLL(None, use_errno=True)
-libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-
-
-def fallocate(fd, mode, off, ln):
-    if libc.fallocate(fd, mode, off, ln) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
 
 class Writer:
     def __init__(self, view, wlog, seed, ops, sync_pct, unit, discard_pct):
