@@ -45,7 +45,7 @@ pl_fixture() {
 		PL_FMT=vhdx
 		qemu-img create -q -f vhdx -o subformat=dynamic,block_size=1M,log_size=1M \
 			"$d/img.vhdx" 32M
-		PL_OPS=900 PL_WRITER=(4 40 1048576 45)
+		PL_OPS=1000 PL_WRITER=(4 50 1048576 45)
 		;;
 	*)
 		echo "unknown power-loss scenario $name" >&2
