@@ -61,29 +61,50 @@ pl_scenario() {
 	pl_scenario vhdx drop-acked
 }
 
-# The vhdx log is a ring of entries that share the header's LogGuid. Entry 129
-# of 8 KiB lands at the start of a 1 MiB log still full of entries 2-128, all
-# applied; a crash then (SIGKILL leaves the same file) must still replay in
-# QEMU, whose replay chains entries by sequence number alone and refuses a
-# chain that goes all the way round. Found by the power-loss simulation.
-@test "powerloss: vhdx log wrapped onto a full ring replays in qemu-img" {
-	qemu-img create -q -f vhdx -o subformat=dynamic,block_size=1M,log_size=1M \
-		"$T/ring.vhdx" 160M
-	touch "$T/v"
-	vd_mount "$T/ring.vhdx" "$T/v"
-	# One new block, hence one BAT log entry, per fdatasync.
-	python3 - "$T/v" <<'PY'
+# The vhdx log is a ring of entries. When 128 entries of 8 KiB fill a 1 MiB
+# log under one LogGuid, or the ring wraps, a crash must still replay in QEMU,
+# which chains entries by sequence number alone: it looped for ever on a full
+# ring whose newest entry was torn (its data sector lost; SIGKILL keeps it
+# whole, so it is torn by hand here), and failed on the wrapped ring. Found by
+# the power-loss simulation.
+@test "powerloss: a vhdx log that filled its ring or wrapped replays in qemu-img, torn or not" {
+	local n torn
+	# 128 fdatasyncs fill the ring (the newest entry torn: QEMU looped), 130
+	# wrap it (QEMU failed)
+	for n in 128 130; do
+		torn=$((n == 128))
+		rm -f "$T/ring.vhdx"
+		qemu-img create -q -f vhdx -o subformat=dynamic,block_size=1M,log_size=1M \
+			"$T/ring.vhdx" 160M
+		touch "$T/v"
+		vd_mount "$T/ring.vhdx" "$T/v"
+		# One new block, hence one BAT log entry, per fdatasync.
+		python3 - "$T/v" "$n" <<'PY'
 import os, sys
 fd = os.open(sys.argv[1], os.O_RDWR)
-for i in range(129):
+for i in range(int(sys.argv[2])):
     os.pwrite(fd, b"%08d" % i * 512, i << 20)
     os.fdatasync(fd)
 PY
-	vd_kill9 "$T/v"
-	cp "$T/ring.vhdx" "$T/qemu.vhdx"
-	run qemu-img check -r all -f vhdx "$T/qemu.vhdx"
-	echo "$output"
-	[ "$status" -eq 0 ]
-	vd_mount "$T/ring.vhdx" "$T/v" # replays the log too
-	qemu-img compare -f raw -F vhdx "$T/v" "$T/qemu.vhdx"
+		vd_kill9 "$T/v"
+		[ "$torn" -eq 0 ] || python3 - "$T/ring.vhdx" <<'PY'
+import os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+log = os.pread(fd, 1 << 20, 1 << 20)
+heads = [os.pread(fd, 80, at) for at in (64 << 10, 128 << 10)]
+guid = max(heads, key=lambda h: struct.unpack_from("<Q", h, 8))[48:64]
+ents = [(struct.unpack_from("<Q", log, o + 16)[0], o, struct.unpack_from("<I", log, o + 8)[0])
+        for o in range(0, 1 << 20, 4096) if log[o:o + 4] == b"loge" and log[o + 32:o + 48] == guid]
+seq, at, ln = max(ents)
+os.pwrite(fd, bytes(4096), (1 << 20) + at + ln - 4096)
+print("tore entry %d at 0x%x" % (seq, at))
+PY
+		cp "$T/ring.vhdx" "$T/qemu.vhdx"
+		run timeout 120 qemu-img check -r all -f vhdx "$T/qemu.vhdx"
+		echo "after $n entries, torn $torn: $output"
+		[ "$status" -eq 0 ]
+		vd_mount "$T/ring.vhdx" "$T/v" # replays the log too
+		qemu-img compare -f raw -F vhdx "$T/v" "$T/qemu.vhdx"
+		vd_umount "$T/v"
+	done
 }

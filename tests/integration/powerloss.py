@@ -52,6 +52,7 @@ from falloc import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RAN
 SECTOR = 512
 STAMP = struct.Struct("<QQ")
 MAX_LEN = 64 << 10
+QEMU_TIMEOUT = 120  # s; QEMU's vhdx replay has looped for ever on a bad log
 
 # ---- the guest's data: every 512 B sector says where it belongs ----
 
@@ -388,8 +389,11 @@ def qemu_check(fmt, img, work):
         img, args = copy, ["-r", "all"]
     else:
         args = []
-    p = subprocess.run(["qemu-img", "check"] + args + ["-f", fmt, img],
-                       capture_output=True, text=True)
+    try:
+        p = subprocess.run(["qemu-img", "check"] + args + ["-f", fmt, img],
+                           capture_output=True, text=True, timeout=QEMU_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return img, "qemu-img check did not finish in %d s" % QEMU_TIMEOUT
     if p.returncode not in (0, 3):
         return img, "qemu-img check exits %d: %s" % (p.returncode,
                                                       (p.stdout + p.stderr).strip()[-600:])
@@ -398,7 +402,8 @@ def qemu_check(fmt, img, work):
 
 def qemu_read(fmt, img, work):
     raw = os.path.join(work, "qemu.raw")
-    subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "raw", img, raw], check=True)
+    subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "raw", img, raw], check=True,
+                   timeout=QEMU_TIMEOUT)
     return open(raw, "rb").read()
 
 
