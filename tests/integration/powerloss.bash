@@ -9,11 +9,11 @@ PL_SCENARIOS="empty backing snapshot compressed c512 evict vhdx"
 
 # pl_fixture NAME DIR: DIR/img.FMT and DIR/base.raw (what the guest sees
 # before the run); sets PL_FMT, PL_OPS (writer operations), PL_WRITER (its
-# threads, sync percentage, discard unit and percentage), PL_OPTS (mount
-# options).
+# threads, sync percentage, discard unit and percentage, write alignment:
+# $PL_ALIGN, default 512), PL_OPTS (mount options).
 pl_fixture() {
 	local name=$1 d=$2 q
-	PL_FMT=qcow2 PL_OPS=300 PL_OPTS=() PL_WRITER=(4 8 512 12)
+	PL_FMT=qcow2 PL_OPS=300 PL_OPTS=() PL_WRITER=(4 8 512 12 "${PL_ALIGN:-512}")
 	q=$d/img.qcow2
 	case $name in
 	empty)
@@ -45,7 +45,7 @@ pl_fixture() {
 		PL_FMT=vhdx
 		qemu-img create -q -f vhdx -o subformat=dynamic,block_size=1M,log_size=1M \
 			"$d/img.vhdx" 32M
-		PL_OPS=1000 PL_WRITER=(4 50 1048576 45)
+		PL_OPS=1000 PL_WRITER=(4 50 1048576 45 "${PL_ALIGN:-512}")
 		;;
 	*)
 		echo "unknown power-loss scenario $name" >&2

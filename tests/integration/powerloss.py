@@ -6,12 +6,12 @@ contrib/powerloss.sh).
       Fill FILE (SIZE bytes) with generation-0 stamps, one 512 B sector in
       EVERY (default 1) stamped, the rest zero: the guest data of a fixture.
 
-  powerloss.py write VIEW WLOG SEED [OPS] [THREADS] [SYNC%] [UNIT] [DISCARD%]
+  powerloss.py write VIEW WLOG SEED [OPS] [THREADS] [SYNC%] [UNIT] [DISCARD%] [ALIGN]
       The guest: THREADS threads (default 4) share OPS operations on VIEW
       (O_DIRECT, so several requests are in flight): SYNC% of them (default
       8) fdatasyncs, DISCARD% of the rest (default 12) punched holes and
       zeroed ranges (in multiples of UNIT bytes, default 512), the rest
-      writes. Each 512 B sector written holds its own
+      writes (in multiples of ALIGN bytes, default 512). Each 512 B sector written holds its own
       guest offset and the write's generation. WLOG gets, under one lock,
       "W|P|Z gen off len t0" before an operation, "E gen t1" after it,
       "S k t0" and "s k t1" around fdatasync k (t: CLOCK_MONOTONIC ns).
@@ -74,7 +74,7 @@ def cmd_stamp(path, size, every=1):
 # ---- the writer ----
 
 class Writer:
-    def __init__(self, view, wlog, seed, ops, sync_pct, unit, discard_pct):
+    def __init__(self, view, wlog, seed, ops, sync_pct, unit, discard_pct, align):
         self.fd = os.open(view, os.O_RDWR | os.O_DIRECT)
         if os.fstat(self.fd).st_dev == os.stat(os.path.dirname(os.path.abspath(view))).st_dev:
             sys.exit("%s is not mounted" % view)
@@ -86,6 +86,7 @@ class Writer:
         self.sync = sync_pct / 100
         self.unit = unit
         self.discard = discard_pct / 100
+        self.align = align
         self.gen = 0
         self.syncs = 0
         self.error = None
@@ -108,7 +109,7 @@ class Writer:
             self.gen += 1
             r = (r - self.sync) / (1 - self.sync)
             kind = "P" if r < self.discard * 0.6 else "Z" if r < self.discard else "W"
-            unit = SECTOR if kind == "W" else self.unit
+            unit = self.align if kind == "W" else self.unit
             ln = self.rnd.randrange(1, max(MAX_LEN // unit, 2) + 1) * unit
             off = self.rnd.randrange(0, (self.size - ln) // unit + 1) * unit
             return (kind, self.gen, off, ln)
@@ -142,8 +143,9 @@ class Writer:
                 self.error = e
 
 
-def cmd_write(view, wlog, seed, ops=300, threads=4, sync_pct=8, unit=SECTOR, discard_pct=12):
-    w = Writer(view, wlog, seed, ops, sync_pct, unit, discard_pct)
+def cmd_write(view, wlog, seed, ops=300, threads=4, sync_pct=8, unit=SECTOR, discard_pct=12,
+              align=SECTOR):
+    w = Writer(view, wlog, seed, ops, sync_pct, unit, discard_pct, align)
     ts = [threading.Thread(target=w.thread) for _ in range(threads)]
     for t in ts:
         t.start()
@@ -639,7 +641,7 @@ def main():
         return cmd_scenario(*sys.argv[2:7])
     if len(sys.argv) > 1 and sys.argv[1] == "write":
         cmd_write(sys.argv[2], sys.argv[3], int(sys.argv[4]),
-                  *[int(x) for x in sys.argv[5:10]])
+                  *[int(x) for x in sys.argv[5:11]])
         return 0
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd", choices=["states"])
