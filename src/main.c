@@ -532,7 +532,7 @@ int main(int argc, char *argv[])
 		status = 0;
 		goto out;
 	}
-	if (configure(&c, &args) || fault_set_from_env())
+	if (configure(&c, &args) || fault_set_from_env() || iolog_set_from_env())
 		goto out;
 	vd_log_init("vdiskfs", c.log_syslog && c.foreground, c.debug);
 	raise_fd_limit();

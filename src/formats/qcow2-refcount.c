@@ -365,6 +365,7 @@ static int cluster_free(struct qcow2 *q, uint64_t cl, bool *is_free)
 static void prealloc(struct qcow2 *q, uint64_t first, uint64_t n)
 {
 	uint64_t end = (first + n) << q->cluster_bits, from = q->file_size, to;
+	int ret;
 
 	if (q->prealloc_off || end <= from)
 		return;
@@ -374,8 +375,9 @@ static void prealloc(struct qcow2 *q, uint64_t first, uint64_t n)
 	if (from < first << q->cluster_bits)
 		from = first << q->cluster_bits;
 	to = (end + PREALLOC_STEP) & ~(PREALLOC_STEP - 1);
-	if (fallocate(q->img->fd, 0, from, to - from) < 0) {
-		vd_debug("%s: no preallocation: %s", q->img->path, strerror(errno));
+	ret = sync_prealloc(q->img->fd, from, to - from);
+	if (ret) {
+		vd_debug("%s: no preallocation: %s", q->img->path, strerror(-ret));
 		q->prealloc_off = true;
 		return;
 	}

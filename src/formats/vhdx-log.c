@@ -639,11 +639,13 @@ static int log_write_entry(struct vhdx *v, const struct log_pages *p, uint64_t f
 	uint8_t *buf;
 	int fd = v->img->fd, ret;
 
-	if (v->log_head + len > v->hdr.log_length)
+	/* Each lap of the ring under its own LogGuid, and ending two sectors
+	 * or more before the ring's end: QEMU's replay chains entries by
+	 * sequence number whatever their tail says, fails on a chain that goes
+	 * all the way round the ring, and loops for ever when the chain from
+	 * the ring's start ends at its last sector or at its end. */
+	if (v->log_head + len + 2 * VHDX_LOG_SECTOR > v->hdr.log_length)
 		v->log_head = 0;
-	/* Each lap of the ring under its own LogGuid: QEMU's replay chains
-	 * entries by sequence number whatever their tail says, and refuses a
-	 * chain that goes all the way round the ring. */
 	if (!v->log_head && v->log_seq > 1) {
 		ret = log_new_guid(v);
 		if (ret)

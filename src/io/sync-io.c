@@ -1,6 +1,6 @@
 /* Synchronous I/O for metadata (headers, tables, logs): full transfers with
- * EINTR and short-transfer handling, counted by the fault hook like the
- * io_uring data path. */
+ * EINTR and short-transfer handling, counted by the fault hook and recorded
+ * by the I/O log like the io_uring data path. */
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
@@ -43,13 +43,10 @@ int sync_pread_zfill(int fd, void *buf, size_t len, uint64_t off)
 	return sync_pread_common(fd, buf, len, off, true);
 }
 
-int sync_pwrite(int fd, const void *buf, size_t len, uint64_t off)
+static int sync_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
 {
 	size_t done = 0;
-	int err = fault_check(FAULT_WRITE, fd);
 
-	if (err)
-		return err;
 	while (done < len) {
 		ssize_t n = pwrite(fd, (const char *)buf + done, len - done, off + done);
 		if (n < 0) {
@@ -64,29 +61,62 @@ int sync_pwrite(int fd, const void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+/* Each helper below: the fault hook decides first (an injected failure is
+ * recorded as a failed operation), then the recorder, then the call. */
+int sync_pwrite(int fd, const void *buf, size_t len, uint64_t off)
+{
+	int err = fault_check(FAULT_WRITE, fd);
+	uint64_t id = iolog_submit(IOLOG_WRITE, fd, off, len, 0, buf);
+
+	if (!err)
+		err = sync_pwrite_all(fd, buf, len, off);
+	iolog_complete(id, err);
+	return err;
+}
+
 int sync_fdatasync(int fd)
 {
 	int err = fault_check(FAULT_SYNC, fd);
+	uint64_t id = iolog_submit(IOLOG_DATASYNC, fd, 0, 0, 0, NULL);
 
-	if (err)
-		return err;
-	return fdatasync(fd) < 0 ? -errno : 0;
+	if (!err)
+		err = fdatasync(fd) < 0 ? -errno : 0;
+	iolog_complete(id, err);
+	return err;
+}
+
+static int sync_fallocate_rec(int fd, int mode, uint64_t off, uint64_t len)
+{
+	uint64_t id = iolog_submit(IOLOG_FALLOCATE, fd, off, len, mode, NULL);
+	int err = fallocate(fd, mode, off, len) < 0 ? -errno : 0;
+
+	iolog_complete(id, err);
+	return err;
 }
 
 int sync_fallocate(int fd, int mode, uint64_t off, uint64_t len)
 {
 	int err = fault_check(FAULT_WRITE, fd);
 
-	if (err)
+	if (err) {
+		iolog_complete(iolog_submit(IOLOG_FALLOCATE, fd, off, len, mode, NULL), err);
 		return err;
-	return fallocate(fd, mode, off, len) < 0 ? -errno : 0;
+	}
+	return sync_fallocate_rec(fd, mode, off, len);
+}
+
+int sync_prealloc(int fd, uint64_t off, uint64_t len)
+{
+	return sync_fallocate_rec(fd, 0, off, len);
 }
 
 int sync_ftruncate(int fd, uint64_t size)
 {
 	int err = fault_check(FAULT_WRITE, fd);
+	uint64_t id = iolog_submit(IOLOG_TRUNCATE, fd, size, 0, 0, NULL);
 
-	if (err)
-		return err;
-	return ftruncate(fd, size) < 0 ? -errno : 0;
+	if (!err)
+		err = ftruncate(fd, size) < 0 ? -errno : 0;
+	iolog_complete(id, err);
+	return err;
 }

@@ -1,6 +1,7 @@
 /* The io_uring engine: a ring per thread, callbacks on completion, short
- * transfers resubmitted until done (reads stop at end of file), and the fault
- * hook applied to every operation before it reaches the kernel. */
+ * transfers resubmitted until done (reads stop at end of file), the fault
+ * hook applied to every operation before it reaches the kernel, and writes
+ * and syncs recorded (iolog.c) at submission and at completion. */
 #include <errno.h>
 #include <liburing.h>
 #include <poll.h>
@@ -199,6 +200,12 @@ static void uring_start(struct uring_op *op, int fd, void *buf, uint32_t len, ui
 	op->opcode = opcode;
 	op->multishot = false;
 	op->fault = fault_check(kind, fd);
+	op->iolog = 0;
+	if (opcode == IORING_OP_WRITE)
+		op->iolog = iolog_submit(IOLOG_WRITE, fd, off, len, 0, buf);
+	else if (opcode == IORING_OP_FSYNC)
+		op->iolog = iolog_submit(op->flags ? IOLOG_DATASYNC : IOLOG_FSYNC, fd, 0, 0, 0,
+					 NULL);
 	ctx->inflight++;
 	uring_issue(op);
 }
@@ -278,6 +285,7 @@ static void uring_complete(struct uring_op *op, int res, unsigned cqe_flags)
 		return;
 	}
 	ctx->inflight--;
+	iolog_complete(op->iolog, res);
 	op->cb(op, res);
 }
 

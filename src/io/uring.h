@@ -4,6 +4,7 @@
 #ifndef VDISKFS_URING_H
 #define VDISKFS_URING_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -23,6 +24,7 @@ struct uring_op {
 	uint32_t done;
 	uint64_t off;
 	uint32_t flags;
+	uint64_t iolog; /* record id of a write or fsync, 0: not recorded */
 	uint8_t cmd_len; /* IORING_OP_URING_CMD: command bytes for the SQE */
 	uint8_t cmd[32];
 };
@@ -78,6 +80,37 @@ int fault_check(unsigned kind, int fd);
 /* I/Os counted since fault_set (for sweeps). */
 unsigned long fault_counted(void);
 
+/* ---- I/O recording (tests): every write, fallocate, ftruncate and sync of
+ * an image file, for the power-loss simulation (docs/powerloss.md) ---- */
+enum iolog_kind {
+	IOLOG_WRITE = 'w',
+	IOLOG_FALLOCATE = 'a', /* arg: the fallocate mode */
+	IOLOG_TRUNCATE = 't',  /* off: the new size */
+	IOLOG_DATASYNC = 's',
+	IOLOG_FSYNC = 'f',
+};
+extern atomic_bool iolog_armed;
+/* Open VDISKFS_IOLOG=FILE (records) and FILE.data (write payloads). */
+int iolog_set_from_env(void);
+uint64_t iolog_submit_armed(char kind, int fd, uint64_t off, uint64_t len, int arg,
+			    const void *buf);
+/* Record an operation as it is submitted (a write's bytes are kept now);
+ * returns its id for iolog_complete(), 0 when recording is off. */
+static inline uint64_t iolog_submit(char kind, int fd, uint64_t off, uint64_t len, int arg,
+				    const void *buf)
+{
+	if (!atomic_load_explicit(&iolog_armed, memory_order_relaxed))
+		return 0;
+	return iolog_submit_armed(kind, fd, off, len, arg, buf);
+}
+void iolog_complete_armed(uint64_t id, int res);
+/* Record the result of operation id (bytes or -errno); nothing for id 0. */
+static inline void iolog_complete(uint64_t id, int res)
+{
+	if (id)
+		iolog_complete_armed(id, res);
+}
+
 /* ---- synchronous helpers for metadata I/O (sync-io.c) ----
  * Full transfers or -errno; reads past EOF return -EIO unless noted. */
 int sync_pread(int fd, void *buf, size_t len, uint64_t off);
@@ -87,5 +120,8 @@ int sync_pwrite(int fd, const void *buf, size_t len, uint64_t off);
 int sync_fdatasync(int fd);
 int sync_fallocate(int fd, int mode, uint64_t off, uint64_t len);
 int sync_ftruncate(int fd, uint64_t size);
+/* fallocate(fd, 0, off, len) to grow a file ahead of writes: recorded, but
+ * not counted by the fault hook (a refusal is not an error for the caller). */
+int sync_prealloc(int fd, uint64_t off, uint64_t len);
 
 #endif

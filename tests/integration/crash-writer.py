@@ -19,25 +19,19 @@ qcow2.bats, vhdx.bats and contrib/crash-test.sh).
 
 Each write's bytes name the write and the 4 KiB page they belong to, so data
 that lands in the wrong place or comes from a stale write is caught too."""
-import ctypes
 import os
 import random
 import struct
 import sys
 
+from falloc import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate
+
 PAGE = 4096
 MAX_LEN = 128 << 10
 
 
-FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
-libc = ctypes.CDLL(None, use_errno=True)
-libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-
-
 def punch(fd, off, ln):
-    if libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, ln) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
+    fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, ln)
 
 
 def pattern(i, off, ln):

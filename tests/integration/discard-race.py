@@ -20,7 +20,7 @@ import sys
 import threading
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
-from falloc import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, falloc
+from falloc import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate
 
 
 def pattern(off, length, tag):
@@ -89,9 +89,9 @@ def run(view, ref, k, base, size, ops, seed):
             seen = {}
             t = threading.Thread(target=lambda: seen.update(d=dread(vfd, base + r0, r1 - r0)))
             t.start()
-            falloc(vfd, mode, base + off, length)
+            fallocate(vfd, mode, base + off, length)
             t.join()
-            falloc(rfd, mode, base + off, length)
+            fallocate(rfd, mode, base + off, length)
             if not old_or_zero(seen["d"], bytes(model[r0:r1])):
                 fail(k, "read racing fallocate %#x" % mode, base + r0, r1 - r0, seen["d"],
                      bytes(model[r0:r1]))

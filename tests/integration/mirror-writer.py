@@ -5,7 +5,7 @@ STOPFILE exists. REF is the oracle the destination is compared with."""
 import mmap, os, random, sys
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
-from falloc import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, falloc
+from falloc import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate
 
 view, ref, off, ln, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 vfd = os.open(view, os.O_RDWR | os.O_DIRECT)
@@ -24,11 +24,11 @@ while not os.path.exists(stop) or ops < 50:
         assert os.pwritev(vfd, [memoryview(buf)[:n]], pos) == n
         os.pwrite(rfd, data, pos)
     elif kind < 0.8:
-        falloc(vfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, pos, n)
-        falloc(rfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, pos, n)
+        fallocate(vfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, pos, n)
+        fallocate(rfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, pos, n)
     else:
-        falloc(vfd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, pos, n)
-        falloc(rfd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, pos, n)
+        fallocate(vfd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, pos, n)
+        fallocate(rfd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, pos, n)
     ops += 1
 os.fsync(vfd)
 print(ops)
