@@ -22,7 +22,7 @@ static int data_fd(struct vd_image *img, int fd, const void *buf, uint64_t len, 
 {
 	if (fd != img->fd || img->dio_fd < 0)
 		return fd;
-	if (((uintptr_t)buf | len | off) & (DIO_ALIGN - 1))
+	if (((len | off) & (img->dio_align - 1)) || ((uintptr_t)buf & (img->dio_mem_align - 1)))
 		return fd;
 	return img->dio_fd;
 }

@@ -40,6 +40,9 @@ struct vd_image {
 	char *name; /* base name, for messages */
 	int fd;
 	int dio_fd; /* O_DIRECT twin of fd for aligned data I/O, or -1 */
+	/* What dio_fd needs (the file system's own, from statx; else 4096):
+	 * offset and length, and buffer address, alignment. */
+	uint32_t dio_align, dio_mem_align;
 	dev_t dev;
 	ino_t ino;
 	const struct vd_format *fmt;

@@ -23,11 +23,10 @@ pl_count() {
 	fi
 }
 
-# Guest writes 4 KiB-aligned here: with 512 B-aligned writes from several
-# threads, vdiskfs writes one host page both buffered (the unaligned parts)
-# and O_DIRECT at once, the kernel logs "Page cache invalidation failure on
-# direct I/O" and fails the next fdatasync with EIO (docs/powerloss.md; not
-# fixed yet). contrib/powerloss.sh keeps 512 B.
+# Guest writes 4 KiB-aligned here. 512 B-aligned data now goes O_DIRECT like
+# the rest, but with 512 B clusters a buffered metadata write can still share
+# a page with an O_DIRECT data write, which the kernel answers with EIO at the
+# next fdatasync (docs/powerloss.md). contrib/powerloss.sh writes 512 B.
 PL_ALIGN=4096
 
 # scenario NAME [CONTROL]: a recorded run, its crash states, and the control

@@ -212,3 +212,21 @@ PY
 	[ "$(stat -c %s "$T/disk.raw")" -eq $((4 << 20)) ]
 	cmp -n $((4 << 20)) "$T/disk.raw" "$T/ref"
 }
+
+@test "cache=none: sector-aligned writes bypass the host page cache (no buffered write beside an O_DIRECT one)" {
+	mount_raw 8M
+	# drop whatever the page cache holds of the image, then write 512-byte
+	# aligned sectors that are not 4 KiB aligned, as a guest does
+	vd_umount "$T/view"
+	dd if="$T/disk.raw" iflag=direct of=/dev/null bs=1M status=none
+	python3 -c 'import os,sys; fd=os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$T/disk.raw"
+	vd_mount "$T/disk.raw" "$T/view"
+	local i before after
+	before=$(fincore --bytes --noheadings --output RES "$T/disk.raw") # the probe's read
+	for i in 9 11 13 17 33 65 129 1025; do
+		head -c 512 /dev/urandom | dd of="$T/view" bs=512 seek=$i oflag=direct conv=notrunc status=none
+	done
+	after=$(fincore --bytes --noheadings --output RES "$T/disk.raw")
+	echo "page cache of the image: $before before the writes, $after after"
+	[ "$after" -le "$before" ] # O_DIRECT writes only drop pages; a buffered one would add its page
+}
