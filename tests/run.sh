@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 top=$(pwd)
 
 pkgs=(meson ninja-build pkg-config gcc libfuse3-dev liburing-dev zlib1g-dev libzstd-dev
-      libglib2.0-dev fuse3 bats qemu-utils fio attr fdisk e2fsprogs python3 xz-utils bzip2
+      libglib2.0-dev fuse3 bats qemu-utils qemu-system-common libnbd-bin fio attr fdisk
+      e2fsprogs util-linux-extra python3 xz-utils bzip2 gzip
       clang-14 libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
