@@ -9,11 +9,12 @@
 load helpers
 load powerloss
 
-# States per scenario, kept few as the suite runs this file four times
-# (normal and ASan builds, each with and without FUSE over io_uring): 3 in
-# the first pass of the normal build, 1 in the others (the recorded run, what
-# the sanitizers and the other transport are for, is the same; the states are
-# checked offline). contrib/powerloss.sh runs thousands.
+# States per scenario, kept few as the suite runs this file in the normal and
+# the ASan build (not again over FUSE-over-io_uring: what is recorded is the
+# daemon's own image-file I/O): 3 in the normal build, 1 under ASan (the
+# recorded run, what the sanitizers are for, is the same; the states are
+# checked offline), 1 if it is run with the ring on. contrib/powerloss.sh
+# runs thousands.
 pl_count() {
 	if ldd "$VDISKFS" 2>/dev/null | grep -q libasan ||
 		grep -qs Y /sys/module/fuse/parameters/enable_uring; then
