@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "mountinfo.h"
 #include "size.h"
 #include "uring.h"
 #include "vfs.h"
@@ -188,13 +189,8 @@ static int configure_log(struct cmdline *c)
 		}
 		vd_log_set_level(c->debug ? VD_LOG_DEBUG : (enum vd_log_level)i);
 	}
-	c->log_syslog = !c->foreground;
-	if (!c->log || !strcmp(c->log, "syslog")) {
-		c->log_syslog = !c->log ? !c->foreground : 1;
-		return 0;
-	}
-	c->log_syslog = 0;
-	if (!strcmp(c->log, "stderr"))
+	c->log_syslog = c->log ? !strcmp(c->log, "syslog") : !c->foreground;
+	if (!c->log || !strcmp(c->log, "syslog") || !strcmp(c->log, "stderr"))
 		return 0;
 	if (!*c->log) {
 		fprintf(stderr, "vdiskfs: log=: want stderr, syslog or a file\n");
@@ -387,59 +383,29 @@ static void cmdline_free(struct cmdline *c)
 	free(vfs_cfg.mountpoint);
 }
 
-/* Undo mountinfo's octal escapes (\040 for a space, ...) in place. */
-static void mountinfo_unescape(char *s)
-{
-	char *d = s;
+struct served {
+	const char *path;
+	char *source;
+};
 
-	for (; *s; s++) {
-		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
-		    s[3] >= '0' && s[3] <= '7') {
-			*d++ = (char)((s[1] - '0') << 6 | (s[2] - '0') << 3 | (s[3] - '0'));
-			s += 3;
-		} else {
-			*d++ = *s;
-		}
-	}
-	*d = '\0';
+static bool served_note(const struct mountinfo_entry *m, void *opaque)
+{
+	struct served *s = opaque;
+
+	if (strcmp(m->fstype, "fuse.vdiskfs") || strcmp(m->mountpoint, s->path))
+		return false;
+	s->source = strdup(m->source ? m->source : "?");
+	return true;
 }
 
 /* Is path already the mountpoint of a vdiskfs? Its source in *source (to be
- * freed), or NULL. A second mount would stack over the first and hide it. */
+ * freed). A second mount would stack over the first and hide it. */
 static bool mount_is_vdiskfs(const char *path, char **source)
 {
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	char *line = NULL;
-	size_t cap = 0;
-	bool found = false;
+	struct served s = {.path = path};
+	bool found = mountinfo_each(served_note, &s);
 
-	*source = NULL;
-	if (!f)
-		return false;
-	while (!found && getline(&line, &cap, f) > 0) {
-		char *fields[10] = {0}, *save = NULL, *sep = strstr(line, " - ");
-		int n = 0;
-
-		if (!sep)
-			continue;
-		*sep = '\0';
-		for (char *t = strtok_r(line, " ", &save); t && n < 5; t = strtok_r(NULL, " ", &save))
-			fields[n++] = t;
-		save = NULL;
-		for (char *t = strtok_r(sep + 3, " \n", &save); t && n < 7;
-		     t = strtok_r(NULL, " \n", &save))
-			fields[n++] = t;
-		if (n < 7 || strcmp(fields[5], "fuse.vdiskfs"))
-			continue;
-		mountinfo_unescape(fields[4]);
-		if (strcmp(fields[4], path))
-			continue;
-		mountinfo_unescape(fields[6]);
-		*source = strdup(fields[6]);
-		found = true;
-	}
-	free(line);
-	fclose(f);
+	*source = s.source;
 	return found;
 }
 

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "mountinfo.h"
 #include "uring.h"
 #include "vfs.h"
 
@@ -180,22 +181,19 @@ static int loop_init(struct fuse_session *se, unsigned nthreads)
 /* Buffered sequential reads of a view come in readahead-sized requests: the
  * kernel starts the mount's bdi at 128 KiB and INIT can only lower it. Raise
  * it to 1 MiB (one request at max_pages) through sysfs, where we may (root). */
+static bool ours_note(const struct mountinfo_entry *m, void *opaque)
+{
+	if (!strcmp(m->mountpoint, vfs_cfg.mountpoint))
+		snprintf(opaque, 64, "%u:%u", m->major, m->minor); /* the last one is ours */
+	return false;
+}
+
 static void loop_tune_readahead(void)
 {
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	char line[4096], path[4096], dev[64] = "";
-	unsigned maj, min;
+	char path[128], dev[64] = "";
+	FILE *f;
 
-	if (!f)
-		return;
-	while (fgets(line, sizeof(line), f)) {
-		/* "id parent maj:min root mountpoint ...", spaces in paths as \040 */
-		if (sscanf(line, "%*u %*u %u:%u %*s %4095s", &maj, &min, path) != 3)
-			continue;
-		if (!strcmp(path, vfs_cfg.mountpoint))
-			snprintf(dev, sizeof(dev), "%u:%u", maj, min);
-	}
-	fclose(f);
+	mountinfo_each(ours_note, dev);
 	if (!*dev)
 		return;
 	snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", dev);

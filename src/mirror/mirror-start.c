@@ -12,69 +12,38 @@
 
 #include "log.h"
 #include "mirror-int.h"
+#include "mountinfo.h"
 #include "path.h"
 
 #define FUSE_SUPER_MAGIC 0x65735546
 
-/* Undo mountinfo's octal escapes (\040 for a space) in place. */
-static void mountinfo_unescape(char *s)
-{
-	char *d = s;
+struct holder {
+	const char *path;
+	size_t best_len;
+	bool vd;
+};
 
-	for (; *s; s++) {
-		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '7' && s[2] && s[3]) {
-			*d++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
-			s += 3;
-		} else {
-			*d++ = *s;
-		}
-	}
-	*d = '\0';
+/* The deepest mount holding path decides. */
+static bool holder_note(const struct mountinfo_entry *m, void *opaque)
+{
+	struct holder *h = opaque;
+	size_t len = strlen(m->mountpoint);
+
+	if (!path_within(h->path, m->mountpoint) || len < h->best_len)
+		return false;
+	h->best_len = len;
+	h->vd = !strcmp(m->fstype, "fuse.vdiskfs") ||
+		(!strncmp(m->fstype, "fuse", 4) && m->source && strstr(m->source, "vdiskfs"));
+	return false;
 }
 
 /* Is the mount that holds path a vdiskfs mount? */
 static bool mount_is_vdiskfs(const char *path)
 {
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	char *line = NULL, *best = NULL;
-	size_t cap = 0, best_len = 0;
-	bool vd = false;
+	struct holder h = {.path = path};
 
-	if (!f)
-		return false;
-	while (getline(&line, &cap, f) > 0) {
-		char *save = NULL, *tok, *mnt = NULL, *fstype = NULL, *source = NULL;
-		int field = 0;
-		bool after_dash = false;
-
-		for (tok = strtok_r(line, " \n", &save); tok; tok = strtok_r(NULL, " \n", &save)) {
-			if (after_dash) {
-				if (!fstype)
-					fstype = tok;
-				else if (!source)
-					source = tok;
-			} else if (!strcmp(tok, "-") && field >= 6) {
-				after_dash = true;
-			} else if (field == 4) {
-				mnt = tok;
-			}
-			field++;
-		}
-		if (!mnt || !fstype)
-			continue;
-		mountinfo_unescape(mnt);
-		if (!path_within(path, mnt) || strlen(mnt) < best_len)
-			continue;
-		best_len = strlen(mnt);
-		free(best);
-		best = strdup(mnt);
-		vd = !strcmp(fstype, "fuse.vdiskfs") ||
-		     (!strncmp(fstype, "fuse", 4) && source && strstr(source, "vdiskfs"));
-	}
-	free(line);
-	free(best);
-	fclose(f);
-	return vd;
+	mountinfo_each(holder_note, &h);
+	return h.vd;
 }
 
 /* Refuse a destination inside any vdiskfs mount: writing it from our own
