@@ -16,11 +16,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "log.h"
-#include "mountinfo.h"
-#include "size.h"
-#include "uring.h"
-#include "vfs.h"
+#include "util/log.h"
+#include "util/mountinfo.h"
+#include "util/size.h"
+#include "io/uring.h"
+#include "io/fault.h"
+#include "io/iolog.h"
+#include "fuse/vfs.h"
 
 struct cmdline {
 	char *source, *mountpoint;
@@ -295,11 +297,11 @@ static int configure(struct cmdline *c, struct fuse_args *args)
 		return -EINVAL;
 	}
 	if (!c->uring || !strcmp(c->uring, "auto")) {
-		vfs_cfg.ring = RING_AUTO;
+		vfs_cfg.ring = FURING_AUTO;
 	} else if (!strcmp(c->uring, "on")) {
-		vfs_cfg.ring = RING_ON;
+		vfs_cfg.ring = FURING_ON;
 	} else if (!strcmp(c->uring, "off")) {
-		vfs_cfg.ring = RING_OFF;
+		vfs_cfg.ring = FURING_OFF;
 	} else {
 		fprintf(stderr, "vdiskfs: uring=%s: want auto, on or off\n", c->uring);
 		return -EINVAL;
@@ -511,7 +513,7 @@ int main(int argc, char *argv[])
 		free(msource);
 		goto out;
 	}
-	if (ring_precheck(vfs_cfg.ring))
+	if (furing_precheck(vfs_cfg.ring))
 		goto out;
 	ret = tree_init();
 	if (ret) {

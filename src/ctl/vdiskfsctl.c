@@ -13,10 +13,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "image.h"
-#include "json.h"
-#include "log.h"
-#include "size.h"
+#include "image/image.h"
+#include "util/json.h"
+#include "util/log.h"
+#include "util/size.h"
 
 #define XATTR_PREFIX "user.vdiskfs."
 #define CONTROL_NAME ".vdiskfs"

@@ -7,10 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "json.h"
-#include "log.h"
-#include "qcow2.h"
-#include "uring.h"
+#include "util/json.h"
+#include "util/log.h"
+#include "formats/qcow2.h"
+#include "io/sync-io.h"
 
 #define BME_IN_USE	       (1u << 0)
 #define BME_AUTO	       (1u << 1)
@@ -98,7 +98,7 @@ static int load_table(struct qcow2 *q, struct qcow2_bitmap *b, uint64_t file_siz
 	b->table = calloc(b->table_size, 8);
 	if (!b->table)
 		return -ENOMEM;
-	ret = sync_pread(q->img->fd, b->table, (uint64_t)b->table_size * 8, b->table_off);
+	ret = meta_pread(q->img->fd, b->table, (uint64_t)b->table_size * 8, b->table_off);
 	if (ret) {
 		vd_err("%s: cannot read the table of bitmap '%s' at 0x%llx: %s", q->img->path,
 		       b->name, (unsigned long long)b->table_off, strerror(-ret));
@@ -156,7 +156,7 @@ static int load_bits(struct qcow2 *q, struct qcow2_bitmap *b, uint8_t *buf)
 				set_bits(b->bits, j * per, last - 1);
 			continue;
 		}
-		ret = sync_pread(q->img->fd, buf, q->cluster_size, off);
+		ret = meta_pread(q->img->fd, buf, q->cluster_size, off);
 		if (ret) {
 			vd_err("%s: cannot read bitmap '%s' data at 0x%llx: %s", q->img->path,
 			       b->name, (unsigned long long)off, strerror(-ret));
@@ -220,7 +220,7 @@ int qcow2_bitmaps_open(struct qcow2 *q, uint64_t file_size)
 	q->bms = calloc(q->nb_bitmaps, sizeof(*q->bms));
 	if (!q->bm_dir || !q->bms)
 		return -ENOMEM;
-	ret = sync_pread(q->img->fd, q->bm_dir, q->bm_dir_size, q->bm_dir_offset);
+	ret = meta_pread(q->img->fd, q->bm_dir, q->bm_dir_size, q->bm_dir_offset);
 	for (uint32_t i = 0; !ret && i < q->nb_bitmaps; i++) {
 		ret = check_entry(q, i, pos, file_size);
 		if (!ret && q->bms[i].kept)
@@ -272,9 +272,9 @@ int qcow2_bitmaps_mark_in_use(struct qcow2 *q)
 
 	for (uint32_t i = 0; i < q->nb_bitmaps; i++)
 		set_flags(q->bm_dir, &q->bms[i], q->bms[i].flags | BME_IN_USE);
-	ret = sync_pwrite(q->img->fd, q->bm_dir, q->bm_dir_size, q->bm_dir_offset);
+	ret = meta_pwrite(q->img->fd, q->bm_dir, q->bm_dir_size, q->bm_dir_offset);
 	if (!ret)
-		ret = sync_fdatasync(q->img->fd);
+		ret = meta_fdatasync(q->img->fd);
 	if (ret)
 		vd_err("%s: cannot mark the persistent bitmaps in use in the directory at 0x%llx: "
 		       "%s",
@@ -352,7 +352,7 @@ static int store_bits(struct bm_store *s, struct qcow2_bitmap *b, uint64_t *tab)
 			return ret;
 		for (uint64_t k = 0; k < per; k++)
 			((uint64_t *)s->buf)[k] = htole64(w[k]);
-		ret = sync_pwrite(q->img->fd, s->buf, q->cluster_size, off);
+		ret = meta_pwrite(q->img->fd, s->buf, q->cluster_size, off);
 		if (ret)
 			return ret;
 		tab[j] = off;
@@ -371,7 +371,7 @@ static int store_table(struct bm_store *s, const uint64_t *tab, uint32_t n, uint
 		be[j] = htobe64(tab[j]);
 	ret = store_alloc(s, (uint64_t)n * 8, off);
 	if (!ret)
-		ret = sync_pwrite(s->q->img->fd, be, (uint64_t)n * 8, *off);
+		ret = meta_pwrite(s->q->img->fd, be, (uint64_t)n * 8, *off);
 	free(be);
 	return ret;
 }
@@ -404,7 +404,7 @@ static int store_new(struct bm_store *s, uint8_t *dir, uint64_t *dir_off)
 	if (!ret)
 		ret = store_alloc(s, q->bm_dir_size, dir_off);
 	if (!ret)
-		ret = sync_pwrite(q->img->fd, dir, q->bm_dir_size, *dir_off);
+		ret = meta_pwrite(q->img->fd, dir, q->bm_dir_size, *dir_off);
 	return ret;
 }
 

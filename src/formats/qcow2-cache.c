@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "log.h"
-#include "qcow2.h"
-#include "uring.h"
+#include "util/log.h"
+#include "formats/qcow2.h"
+#include "io/sync-io.h"
 
 int qcow2_cache_init(struct qcow2_cache *c, struct qcow2 *q, unsigned n, const char *what)
 {
@@ -44,7 +44,7 @@ static int cache_writeback(struct qcow2_cache *c, struct qcow2_cache_entry *e)
 	struct qcow2 *q = c->q;
 	int ret;
 
-	ret = sync_pwrite(q->img->fd, e->buf, q->cluster_size, e->off);
+	ret = meta_pwrite(q->img->fd, e->buf, q->cluster_size, e->off);
 	if (ret) {
 		vd_err("%s: cannot write %s at 0x%llx: %s", q->img->path, c->what,
 		       (unsigned long long)e->off, strerror(-ret));
@@ -119,7 +119,7 @@ int qcow2_cache_get(struct qcow2_cache *c, uint64_t off, struct qcow2_cache_entr
 		ret = cache_victim(c, &e);
 		if (ret)
 			return ret;
-		ret = sync_pread(q->img->fd, e->buf, q->cluster_size, off);
+		ret = meta_pread(q->img->fd, e->buf, q->cluster_size, off);
 		if (ret) {
 			vd_err("%s: cannot read %s at 0x%llx: %s", q->img->path, c->what,
 			       (unsigned long long)off, strerror(-ret));

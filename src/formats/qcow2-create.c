@@ -7,9 +7,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "log.h"
-#include "qcow2.h"
-#include "uring.h"
+#include "util/log.h"
+#include "formats/qcow2.h"
+#include "io/sync-io.h"
 
 #define CREATE_HEADER_LEN 112
 
@@ -144,11 +144,11 @@ int qcow2_create(const char *path, const struct vd_create_opts *o)
 	}
 	/* The L1 table is all zeroes: the file simply ends where it ends. */
 	end = l.l1_size ? bytes + l.l1_size * 8 : bytes;
-	ret = sync_pwrite(fd, b, bytes, 0);
+	ret = meta_pwrite(fd, b, bytes, 0);
 	if (!ret)
-		ret = sync_ftruncate(fd, end);
+		ret = meta_ftruncate(fd, end);
 	if (!ret)
-		ret = sync_fdatasync(fd);
+		ret = meta_fdatasync(fd);
 	close(fd);
 	if (ret) {
 		vd_err("%s: cannot write the new image: %s", path, strerror(-ret));

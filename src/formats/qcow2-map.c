@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "log.h"
-#include "qcow2.h"
-#include "uring.h"
+#include "util/log.h"
+#include "formats/qcow2.h"
+#include "io/sync-io.h"
 
 enum qcow2_ctype qcow2_classify(const struct qcow2 *q, uint64_t e)
 {
@@ -961,7 +961,7 @@ static int alloc_count(struct qcow2 *q)
 				ret = -ENOMEM;
 				break;
 			}
-			ret = sync_pread_zfill(q->img->fd, tmp.buf, q->cluster_size, off);
+			ret = meta_pread_zfill(q->img->fd, tmp.buf, q->cluster_size, off);
 			ce = &tmp;
 		}
 		for (uint32_t k = 0; k < q->l2_entries && !ret; k++) {

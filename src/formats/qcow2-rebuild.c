@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "log.h"
-#include "qcow2.h"
-#include "uring.h"
+#include "util/log.h"
+#include "formats/qcow2.h"
+#include "io/sync-io.h"
 
 struct rebuild {
 	struct qcow2 *q;
@@ -41,7 +41,7 @@ static int count_l2(struct rebuild *r, uint64_t l2off)
 {
 	struct qcow2 *q = r->q;
 	unsigned step = q->ext_l2 ? 16 : 8;
-	int ret = sync_pread(q->img->fd, r->buf, q->cluster_size, l2off);
+	int ret = meta_pread(q->img->fd, r->buf, q->cluster_size, l2off);
 
 	for (uint32_t i = 0; !ret && i < q->l2_entries; i++) {
 		uint64_t e = qcow2_be64(r->buf + i * step), off, len;
@@ -73,7 +73,7 @@ static int count_l1(struct rebuild *r, uint64_t off, uint32_t size, const uint64
 		l1 = malloc((uint64_t)size * 8);
 		if (!l1)
 			return -ENOMEM;
-		ret = sync_pread(q->img->fd, l1, (uint64_t)size * 8, off);
+		ret = meta_pread(q->img->fd, l1, (uint64_t)size * 8, off);
 		for (uint32_t i = 0; i < size; i++)
 			l1[i] = be64toh(l1[i]);
 		mem = l1;
@@ -104,7 +104,7 @@ static int count_bitmaps(struct rebuild *r)
 	if (!dir)
 		return -ENOMEM;
 	if (!ret)
-		ret = sync_pread(q->img->fd, dir, n, q->bm_dir_offset);
+		ret = meta_pread(q->img->fd, dir, n, q->bm_dir_offset);
 	for (uint32_t i = 0; !ret && i < q->nb_bitmaps && pos + 24 <= n; i++) {
 		uint64_t toff = qcow2_be64(dir + pos);
 		uint32_t tsize = qcow2_be32(dir + pos + 8);
@@ -116,7 +116,7 @@ static int count_bitmaps(struct rebuild *r)
 		}
 		ret = count(r, toff, (uint64_t)tsize * 8, "bitmap table");
 		if (!ret)
-			ret = sync_pread(q->img->fd, tab, (uint64_t)tsize * 8, toff);
+			ret = meta_pread(q->img->fd, tab, (uint64_t)tsize * 8, toff);
 		for (uint32_t j = 0; !ret && j < tsize; j++) {
 			uint64_t d = be64toh(tab[j]) & QCOW2_OFF_MASK;
 			if (d)
@@ -235,7 +235,7 @@ int qcow2_rebuild_refcounts(struct qcow2 *q)
 	if (!ret)
 		ret = qcow2_flush_locked(q);
 	if (!ret)
-		ret = sync_fdatasync(q->img->fd);
+		ret = meta_fdatasync(q->img->fd);
 	if (ret)
 		goto out;
 	v = htobe64(q->incompat & ~QCOW2_INCOMPAT_DIRTY);

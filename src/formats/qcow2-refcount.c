@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "log.h"
-#include "qcow2.h"
-#include "uring.h"
+#include "util/log.h"
+#include "formats/qcow2.h"
+#include "io/sync-io.h"
 
 /* ---- one entry inside a refcount block ---- */
 
@@ -97,10 +97,10 @@ int qcow2_refcount_get(struct qcow2 *q, uint64_t cl, uint64_t *rc)
 static int write_sync(struct qcow2 *q, const void *buf, size_t len, uint64_t off,
 		      const char *what)
 {
-	int ret = sync_pwrite(q->img->fd, buf, len, off);
+	int ret = meta_pwrite(q->img->fd, buf, len, off);
 
 	if (!ret)
-		ret = sync_fdatasync(q->img->fd);
+		ret = meta_fdatasync(q->img->fd);
 	if (ret)
 		vd_err("%s: cannot write %s at 0x%llx: %s", q->img->path, what,
 		       (unsigned long long)off, strerror(-ret));
@@ -231,7 +231,7 @@ static int reftable_grow(struct qcow2 *q, uint64_t need)
 		for (uint64_t c = T; c < T + tc + nb; c++)
 			if (c >= bc0 && c < bc0 + q->rb_entries)
 				rb_write(q, blk, c - bc0, 1);
-		ret = sync_pwrite(q->img->fd, blk, q->cluster_size,
+		ret = meta_pwrite(q->img->fd, blk, q->cluster_size,
 				  (T + tc + b) << q->cluster_bits);
 		if (ret)
 			goto out_err;
@@ -239,7 +239,7 @@ static int reftable_grow(struct qcow2 *q, uint64_t need)
 	}
 	for (uint64_t i = 0; i < tc * per; i++)
 		nrt[i] = htobe64(nrt[i]);
-	ret = sync_fdatasync(q->img->fd);
+	ret = meta_fdatasync(q->img->fd);
 	if (!ret)
 		ret = write_sync(q, nrt, tc * q->cluster_size, T << q->cluster_bits,
 				 "refcount table");
@@ -375,7 +375,7 @@ static void prealloc(struct qcow2 *q, uint64_t first, uint64_t n)
 	if (from < first << q->cluster_bits)
 		from = first << q->cluster_bits;
 	to = (end + PREALLOC_STEP) & ~(PREALLOC_STEP - 1);
-	ret = sync_prealloc(q->img->fd, from, to - from);
+	ret = meta_prealloc(q->img->fd, from, to - from);
 	if (ret) {
 		vd_debug("%s: no preallocation: %s", q->img->path, strerror(-ret));
 		q->prealloc_off = true;
@@ -437,7 +437,7 @@ void qcow2_prealloc_trim(struct qcow2 *q)
 
 	if (q->file_size <= end)
 		return;
-	ret = sync_ftruncate(q->img->fd, end);
+	ret = meta_ftruncate(q->img->fd, end);
 	if (!ret)
 		q->file_size = end;
 	else
@@ -533,7 +533,7 @@ static bool range_busy(struct qcow2 *q, uint64_t off, uint64_t len)
 static void punch(struct qcow2 *q, uint64_t cl, uint64_t n)
 {
 	if (n)
-		sync_fallocate(q->img->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		meta_fallocate(q->img->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			       cl << q->cluster_bits, n << q->cluster_bits);
 }
 
@@ -595,7 +595,7 @@ int qcow2_refcount_sync(struct qcow2 *q)
 {
 	int ret = qcow2_cache_flush(&q->rbc, NULL);
 
-	return ret ? ret : sync_fdatasync(q->img->fd);
+	return ret ? ret : meta_fdatasync(q->img->fd);
 }
 
 static bool l1_has_dirty(const struct qcow2 *q)
@@ -620,7 +620,7 @@ static int l1_flush(struct qcow2 *q)
 			continue;
 		for (unsigned i = 0; i < n / 8; i++)
 			buf[i] = htobe64(q->l1[s * 64 + i]);
-		ret = sync_pwrite(q->img->fd, buf, n, q->l1_offset + s * 512);
+		ret = meta_pwrite(q->img->fd, buf, n, q->l1_offset + s * 512);
 		if (ret) {
 			vd_err("%s: cannot write the L1 table at 0x%llx: %s", q->img->path,
 			       (unsigned long long)(q->l1_offset + s * 512), strerror(-ret));
@@ -638,16 +638,16 @@ int qcow2_flush_locked(struct qcow2 *q)
 
 	ret = qcow2_cache_flush(&q->rbc, NULL);
 	if (!ret && (l2 || l1 || q->nfrees))
-		ret = sync_fdatasync(q->img->fd);
+		ret = meta_fdatasync(q->img->fd);
 	if (!ret && l2) {
 		ret = qcow2_cache_flush(&q->l2c, NULL);
 		if (!ret && (l1 || q->nfrees))
-			ret = sync_fdatasync(q->img->fd);
+			ret = meta_fdatasync(q->img->fd);
 	}
 	if (!ret && l1) {
 		ret = l1_flush(q);
 		if (!ret && q->nfrees)
-			ret = sync_fdatasync(q->img->fd);
+			ret = meta_fdatasync(q->img->fd);
 	}
 	if (!ret && q->nfrees)
 		ret = apply_frees(q);

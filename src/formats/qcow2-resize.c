@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "log.h"
-#include "qcow2.h"
-#include "uring.h"
+#include "util/log.h"
+#include "formats/qcow2.h"
+#include "io/sync-io.h"
 
 static int l1_grow(struct qcow2 *q, uint32_t need)
 {
@@ -44,9 +44,9 @@ static int l1_grow(struct qcow2 *q, uint32_t need)
 		buf[i] = htobe64(nl1[i]);
 	ret = qcow2_refcount_sync(q);
 	if (!ret)
-		ret = sync_pwrite(q->img->fd, buf, ncl << q->cluster_bits, noff);
+		ret = meta_pwrite(q->img->fd, buf, ncl << q->cluster_bits, noff);
 	if (!ret)
-		ret = sync_fdatasync(q->img->fd);
+		ret = meta_fdatasync(q->img->fd);
 	if (ret) {
 		qcow2_alloc_rollback(q, noff, ncl);
 		goto out;
@@ -145,14 +145,14 @@ static int hide_backing(struct qcow2 *q, uint64_t old, uint64_t size)
 		return 0;
 	end = qcow2_align_up(b->size < size ? b->size : size, q->cluster_size);
 	pthread_mutex_unlock(&q->lock);
-	ret = image_zero_grow_sync(q->img, end - old, old);
+	ret = image_zero_grow_wait(q->img, end - old, old);
 	pthread_mutex_lock(&q->lock);
 	/* The zeroes' data and entries are durable before the header says the
 	 * range is part of the disk. */
 	if (!ret)
 		ret = qcow2_flush_locked(q);
 	if (!ret)
-		ret = sync_fdatasync(q->img->fd);
+		ret = meta_fdatasync(q->img->fd);
 	return ret;
 }
 

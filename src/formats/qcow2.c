@@ -8,10 +8,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "json.h"
-#include "log.h"
-#include "qcow2.h"
-#include "uring.h"
+#include "util/json.h"
+#include "util/log.h"
+#include "formats/qcow2.h"
+#include "io/fault.h"
+#include "io/sync-io.h"
 
 #define DEFAULT_L2_CACHE (2u << 20) /* 32 tables of 64 KiB: 16 GiB of guest space */
 #define DEFAULT_RB_CACHE (512u << 10)
@@ -25,10 +26,10 @@ static int qcow2_probe(const uint8_t *buf, size_t len, const char *path)
 
 int qcow2_write_header_field(struct qcow2 *q, unsigned off, const void *buf, unsigned len)
 {
-	int ret = sync_pwrite(q->img->fd, buf, len, off);
+	int ret = meta_pwrite(q->img->fd, buf, len, off);
 
 	if (!ret)
-		ret = sync_fdatasync(q->img->fd);
+		ret = meta_fdatasync(q->img->fd);
 	if (ret)
 		vd_err("%s: cannot update the qcow2 header at offset %u: %s", q->img->path, off,
 		       strerror(-ret));
@@ -419,9 +420,9 @@ static int load_tables(struct qcow2 *q, uint64_t file_size)
 	q->rt = calloc(q->rt_entries, 8);
 	if (!q->l1 || !q->l1_dirty || !q->rt)
 		return -ENOMEM;
-	ret = sync_pread(fd, q->l1, (uint64_t)q->l1_size * 8, q->l1_offset);
+	ret = meta_pread(fd, q->l1, (uint64_t)q->l1_size * 8, q->l1_offset);
 	if (!ret)
-		ret = sync_pread(fd, q->rt, q->rt_entries * 8, q->rt_offset);
+		ret = meta_pread(fd, q->rt, q->rt_entries * 8, q->rt_offset);
 	if (ret) {
 		vd_err("%s: cannot read the L1 or refcount table: %s", q->img->path,
 		       strerror(-ret));
@@ -468,7 +469,7 @@ static int load_snapshots(struct qcow2 *q, uint64_t file_size)
 		struct qcow2_snapshot *s = &q->snaps[i];
 		uint32_t extra, idl, namel;
 
-		ret = sync_pread(q->img->fd, e, sizeof(e), pos);
+		ret = meta_pread(q->img->fd, e, sizeof(e), pos);
 		if (ret) {
 			vd_err("%s: snapshot table entry %u at 0x%llx is past the end of the file",
 			       q->img->path, i, (unsigned long long)pos);
@@ -544,7 +545,7 @@ static int read_cluster0(struct qcow2 *q, struct qcow2_hdr *h, uint8_t **out)
 	uint8_t *c0;
 	int ret;
 
-	ret = sync_pread_zfill(q->img->fd, first, sizeof(first), 0);
+	ret = meta_pread_zfill(q->img->fd, first, sizeof(first), 0);
 	if (!ret)
 		ret = parse_header(q, h, first);
 	if (ret)
@@ -552,7 +553,7 @@ static int read_cluster0(struct qcow2 *q, struct qcow2_hdr *h, uint8_t **out)
 	c0 = malloc(q->cluster_size);
 	if (!c0)
 		return -ENOMEM;
-	ret = sync_pread_zfill(q->img->fd, c0, q->cluster_size, 0);
+	ret = meta_pread_zfill(q->img->fd, c0, q->cluster_size, 0);
 	if (ret) {
 		free(c0);
 		return ret;
@@ -673,7 +674,7 @@ static int qcow2_finish(struct vd_image *img)
 	if (!ret)
 		ret = qcow2_flush_locked(q);
 	if (!ret)
-		ret = sync_fdatasync(img->fd);
+		ret = meta_fdatasync(img->fd);
 	if (ret)
 		vd_err("%s: metadata flush at close failed: %s", img->path, strerror(-ret));
 	qcow2_prealloc_trim(q);

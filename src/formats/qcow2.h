@@ -10,7 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "image.h"
+#include "image/format.h"
 
 #define QCOW2_MAGIC 0x514649fbu
 

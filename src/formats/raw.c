@@ -8,10 +8,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "image.h"
-#include "json.h"
-#include "log.h"
-#include "uring.h"
+#include "image/format.h"
+#include "util/json.h"
+#include "util/log.h"
+#include "io/sync-io.h"
 
 static int raw_probe(const uint8_t *buf, size_t len, const char *path)
 {
@@ -85,12 +85,12 @@ static int raw_block_status(struct vd_image *img, uint64_t off, uint64_t len, ui
 
 static int raw_discard(struct vd_image *img, uint64_t off, uint64_t len)
 {
-	return sync_fallocate(img->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
+	return meta_fallocate(img->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
 }
 
 static int raw_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len)
 {
-	int ret = sync_fallocate(img->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, off, len);
+	int ret = meta_fallocate(img->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, off, len);
 
 	if (ret == -EOPNOTSUPP)
 		ret = raw_discard(img, off, len);
@@ -99,7 +99,7 @@ static int raw_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len)
 
 static int raw_truncate(struct vd_image *img, uint64_t size)
 {
-	int ret = sync_ftruncate(img->fd, size);
+	int ret = meta_ftruncate(img->fd, size);
 
 	if (!ret)
 		img->size = size;
@@ -113,7 +113,7 @@ static int raw_create(const char *path, const struct vd_create_opts *o)
 
 	if (fd < 0)
 		return -errno;
-	ret = sync_ftruncate(fd, o->size);
+	ret = meta_ftruncate(fd, o->size);
 	close(fd);
 	if (ret)
 		unlink(path);

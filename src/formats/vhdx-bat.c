@@ -7,9 +7,9 @@
 #include <linux/falloc.h>
 #include <stdlib.h>
 
-#include "log.h"
-#include "uring.h"
-#include "vhdx.h"
+#include "util/log.h"
+#include "io/sync-io.h"
+#include "formats/vhdx.h"
 
 #define BAT_PAGE_ENTRIES (VHDX_LOG_SECTOR / 8)
 #define VHDX_DIRTY_MAX 64 /* dirty pages that force a log flush on complete() */
@@ -173,7 +173,7 @@ int vhdx_bat_load(struct vhdx *v, uint64_t file_size)
 	if (!v->bat || !v->bat_dirty || (v->has_parent && !v->sb))
 		return -ENOMEM;
 	nread = min64(v->bat_entries, v->bat_len / 8);
-	ret = sync_pread_zfill(v->img->fd, v->bat, nread * 8, v->bat_off);
+	ret = meta_pread_zfill(v->img->fd, v->bat, nread * 8, v->bat_off);
 	if (ret) {
 		vd_err("%s: cannot read the BAT at 0x%" PRIx64 ": %s", v->img->path, v->bat_off,
 		       strerror(-ret));
@@ -313,7 +313,7 @@ static int sb_get(struct vhdx *v, uint64_t chunk, bool alloc, uint8_t **out)
 	if (!sb->bits)
 		return -ENOMEM;
 	if (VHDX_BAT_STATE(e) == VHDX_SB_PRESENT) {
-		ret = sync_pread_zfill(v->img->fd, sb->bits, VHDX_SB_SIZE, VHDX_BAT_OFF(e));
+		ret = meta_pread_zfill(v->img->fd, sb->bits, VHDX_SB_SIZE, VHDX_BAT_OFF(e));
 	} else {
 		ret = alloc_space(v, VHDX_SB_SIZE, &off);
 		if (!ret)
@@ -349,7 +349,7 @@ static int alloc_space(struct vhdx *v, uint64_t len, uint64_t *out)
 	if (off < VHDX_MiB || off % VHDX_MiB)
 		return -EIO;
 	/* Extending the file makes the new space read as zeroes. */
-	ret = sync_ftruncate(v->img->fd, off + len);
+	ret = meta_ftruncate(v->img->fd, off + len);
 	if (ret) {
 		vd_err("%s: cannot extend the file to 0x%" PRIx64 " for a new block: %s",
 		       v->img->path, off + len, strerror(-ret));
@@ -723,11 +723,11 @@ static int zero_host(struct vhdx *v, uint64_t host, uint64_t len)
 	int ret;
 
 	/* Fixed disks keep their space; dynamic ones give it back. */
-	ret = sync_fallocate(v->img->fd, mode | (v->leave_alloc ? FALLOC_FL_ZERO_RANGE
+	ret = meta_fallocate(v->img->fd, mode | (v->leave_alloc ? FALLOC_FL_ZERO_RANGE
 								: FALLOC_FL_PUNCH_HOLE),
 			     host, len);
 	if (ret == -EOPNOTSUPP && v->leave_alloc)
-		ret = sync_fallocate(v->img->fd, mode | FALLOC_FL_PUNCH_HOLE, host, len);
+		ret = meta_fallocate(v->img->fd, mode | FALLOC_FL_PUNCH_HOLE, host, len);
 	return ret == -EOPNOTSUPP ? -ENOTSUP : ret;
 }
 

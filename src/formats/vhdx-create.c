@@ -7,9 +7,10 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "log.h"
-#include "uring.h"
-#include "vhdx.h"
+#include "util/log.h"
+#include "io/fault.h"
+#include "io/sync-io.h"
+#include "formats/vhdx.h"
 
 #define C_LOG_OFF VHDX_MiB
 #define C_LOG_LEN VHDX_MiB
@@ -124,7 +125,7 @@ static int write_metadata(int fd, const struct cparams *p)
 		meta_entry(m, n++, &vhdx_guid_parent_locator, o + 40, loc->len, 4);
 	}
 	vhdx_put16(m + 10, n);
-	ret = sync_pwrite(fd, m, C_META_LEN, C_META_OFF);
+	ret = meta_pwrite(fd, m, C_META_LEN, C_META_OFF);
 out:
 	if (loc)
 		g_byte_array_free(loc, TRUE);
@@ -146,7 +147,7 @@ static int write_bat(int fd, const struct cparams *p, uint64_t bat_len, uint64_t
 				      : VHDX_BAT_ZERO;
 		bat[b + b / cr] = htole64(e);
 	}
-	ret = sync_pwrite(fd, bat, bat_len, C_BAT_OFF);
+	ret = meta_pwrite(fd, bat, bat_len, C_BAT_OFF);
 	free(bat);
 	return ret;
 }
@@ -169,7 +170,7 @@ static int write_headers(int fd)
 	vhdx_header_build(buf + VHDX_HEADER1_OFF, &h);
 	h.seq = 2;
 	vhdx_header_build(buf + VHDX_HEADER2_OFF, &h);
-	ret = sync_pwrite(fd, buf, VHDX_MiB, 0);
+	ret = meta_pwrite(fd, buf, VHDX_MiB, 0);
 	free(buf);
 	return ret;
 }
@@ -192,9 +193,9 @@ static int write_region_tables(int fd, uint64_t bat_len)
 	vhdx_put32(rt + 72, C_META_LEN);
 	vhdx_put32(rt + 76, 1);
 	vhdx_put32(rt + 4, vhdx_checksum(rt, VHDX_RT_SIZE, 4));
-	ret = sync_pwrite(fd, rt, VHDX_RT_SIZE, VHDX_RT1_OFF);
+	ret = meta_pwrite(fd, rt, VHDX_RT_SIZE, VHDX_RT1_OFF);
 	if (!ret)
-		ret = sync_pwrite(fd, rt, VHDX_RT_SIZE, VHDX_RT2_OFF);
+		ret = meta_pwrite(fd, rt, VHDX_RT_SIZE, VHDX_RT2_OFF);
 	free(rt);
 	return ret;
 }
@@ -211,7 +212,7 @@ static int write_image(int fd, const struct cparams *p)
 
 	if (bat_len > UINT32_MAX)
 		return -EFBIG;
-	ret = sync_ftruncate(fd, end);
+	ret = meta_ftruncate(fd, end);
 	if (!ret)
 		ret = write_headers(fd);
 	if (!ret)
@@ -221,7 +222,7 @@ static int write_image(int fd, const struct cparams *p)
 	if (!ret)
 		ret = write_bat(fd, p, bat_len, data_off);
 	if (!ret)
-		ret = sync_fdatasync(fd);
+		ret = meta_fdatasync(fd);
 	return ret;
 }
 

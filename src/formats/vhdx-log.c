@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
-#include "log.h"
-#include "uring.h"
-#include "vhdx.h"
+#include "util/log.h"
+#include "io/sync-io.h"
+#include "formats/vhdx.h"
 
 #define LOG_HDR 64
 #define LOG_DESC 32
@@ -35,9 +35,9 @@ static int header_write_once(struct vhdx *v, struct vhdx_header *h)
 	h->seq = v->hdr.seq + 1;
 	memcpy(buf, v->hdr_raw, sizeof(buf));
 	vhdx_header_build(buf, h);
-	ret = sync_pwrite(v->img->fd, buf, sizeof(buf), slot ? VHDX_HEADER2_OFF : VHDX_HEADER1_OFF);
+	ret = meta_pwrite(v->img->fd, buf, sizeof(buf), slot ? VHDX_HEADER2_OFF : VHDX_HEADER1_OFF);
 	if (!ret)
-		ret = sync_fdatasync(v->img->fd);
+		ret = meta_fdatasync(v->img->fd);
 	if (ret) {
 		vd_err("%s: cannot write header %d: %s", v->img->path, slot + 1, strerror(-ret));
 		return ret;
@@ -394,7 +394,7 @@ static int log_apply_zero(struct vhdx *v, struct log_apply *a, uint64_t off, uin
 
 	for (; off < stop && !ret; off += LOG_ZERO_CHUNK) {
 		uint64_t n = stop - off < LOG_ZERO_CHUNK ? stop - off : LOG_ZERO_CHUNK;
-		ret = sync_pwrite(v->img->fd, a->zero, n, off);
+		ret = meta_pwrite(v->img->fd, a->zero, n, off);
 	}
 	return ret;
 }
@@ -421,7 +421,7 @@ static int log_apply_entry(struct vhdx *v, const struct log_entry *e, void *arg)
 		memcpy(page + 8, s + 8, 4084); /* payload */
 		memcpy(page + 4092, d + 4, 4); /* trailing bytes */
 		s += VHDX_LOG_SECTOR;
-		ret = sync_pwrite(v->img->fd, page, VHDX_LOG_SECTOR, x.off);
+		ret = meta_pwrite(v->img->fd, page, VHDX_LOG_SECTOR, x.off);
 		if (!ret && x.off + VHDX_LOG_SECTOR > a->end)
 			a->end = x.off + VHDX_LOG_SECTOR;
 	}
@@ -445,11 +445,11 @@ static int log_replay(struct vhdx *v, const struct log_ring *r, const struct log
 	if (!ret)
 		ret = log_seq_foreach(v, r, s, log_apply_entry, &a);
 	if (!ret && a.end < last) {
-		ret = sync_ftruncate(v->img->fd, last);
+		ret = meta_ftruncate(v->img->fd, last);
 		a.end = last;
 	}
 	if (!ret)
-		ret = sync_fdatasync(v->img->fd);
+		ret = meta_fdatasync(v->img->fd);
 	if (!ret)
 		ret = vhdx_header_update(v, false, &zero);
 	if (ret)
@@ -498,7 +498,7 @@ static int log_read_and_replay(struct vhdx *v, uint64_t *file_size)
 	r.buf = malloc(r.len);
 	if (!r.buf)
 		return -ENOMEM;
-	ret = sync_pread(img->fd, r.buf, r.len, v->hdr.log_offset);
+	ret = meta_pread(img->fd, r.buf, r.len, v->hdr.log_offset);
 	if (ret)
 		goto out;
 	if (log_find_active(&r, &s)) {
@@ -655,15 +655,15 @@ static int log_write_entry(struct vhdx *v, const struct log_pages *p, uint64_t f
 	if (!buf)
 		return -ENOMEM;
 	log_build(v, p, first, n, buf, len, flushed, last);
-	ret = sync_pwrite(fd, buf, len, v->hdr.log_offset + v->log_head);
+	ret = meta_pwrite(fd, buf, len, v->hdr.log_offset + v->log_head);
 	free(buf);
 	if (!ret)
-		ret = sync_fdatasync(fd);
+		ret = meta_fdatasync(fd);
 	for (uint64_t i = 0; i < n && !ret; i++)
-		ret = sync_pwrite(fd, p->data + (first + i) * VHDX_LOG_SECTOR, VHDX_LOG_SECTOR,
+		ret = meta_pwrite(fd, p->data + (first + i) * VHDX_LOG_SECTOR, VHDX_LOG_SECTOR,
 				  p->off[first + i]);
 	if (!ret)
-		ret = sync_fdatasync(fd);
+		ret = meta_fdatasync(fd);
 	if (!ret) {
 		v->log_seq++;
 		v->log_head = (v->log_head + len) % v->hdr.log_length;
@@ -718,7 +718,7 @@ int vhdx_flush_locked(struct vhdx *v)
 		return 0;
 	ret = vhdx_begin_write(v, false);
 	if (!ret)
-		ret = sync_fdatasync(v->img->fd);
+		ret = meta_fdatasync(v->img->fd);
 	if (!ret)
 		ret = log_activate(v);
 	if (!ret)

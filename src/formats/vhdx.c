@@ -9,10 +9,10 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 
-#include "json.h"
-#include "log.h"
-#include "uring.h"
-#include "vhdx.h"
+#include "util/json.h"
+#include "util/log.h"
+#include "io/sync-io.h"
+#include "formats/vhdx.h"
 
 const vhdx_guid vhdx_guid_bat = {{0x66, 0x77, 0xc2, 0x2d, 0x23, 0xf6, 0x00, 0x42, 0x9d, 0x64,
 				  0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08}};
@@ -168,9 +168,9 @@ static int vhdx_read_headers(struct vhdx *v)
 
 	if (!buf)
 		return -ENOMEM;
-	ret = sync_pread(img->fd, buf, VHDX_HEADER_SIZE, VHDX_HEADER1_OFF);
+	ret = meta_pread(img->fd, buf, VHDX_HEADER_SIZE, VHDX_HEADER1_OFF);
 	if (!ret)
-		ret = sync_pread(img->fd, buf + VHDX_HEADER_SIZE, VHDX_HEADER_SIZE,
+		ret = meta_pread(img->fd, buf + VHDX_HEADER_SIZE, VHDX_HEADER_SIZE,
 				 VHDX_HEADER2_OFF);
 	if (ret) {
 		vd_err("%s: cannot read the VHDX headers at 0x10000: %s", img->path,
@@ -313,7 +313,7 @@ static int vhdx_read_region_table(struct vhdx *v)
 	for (int copy = 0; copy < 2; copy++) {
 		uint64_t off = copy ? VHDX_RT2_OFF : VHDX_RT1_OFF;
 
-		ret = sync_pread(img->fd, rt, VHDX_RT_SIZE, off);
+		ret = meta_pread(img->fd, rt, VHDX_RT_SIZE, off);
 		if (ret) {
 			vd_err("%s: cannot read the region table at 0x%" PRIx64 ": %s", img->path,
 			       off, strerror(-ret));
@@ -353,7 +353,7 @@ static int meta_read_item(struct vhdx *v, struct meta_item *it, void *buf, uint3
 		       v->meta_off + it->off, it->len, want);
 		return -EINVAL;
 	}
-	return sync_pread(v->img->fd, buf, want, v->meta_off + it->off);
+	return meta_pread(v->img->fd, buf, want, v->meta_off + it->off);
 }
 
 static int utf16_value(const uint8_t *p, uint16_t len, char **out)
@@ -410,7 +410,7 @@ static int vhdx_parse_locator(struct vhdx *v, struct meta_item *it)
 	buf = malloc(it->len);
 	if (!buf)
 		return -ENOMEM;
-	ret = sync_pread(img->fd, buf, it->len, v->meta_off + it->off);
+	ret = meta_pread(img->fd, buf, it->len, v->meta_off + it->off);
 	if (ret)
 		goto out;
 	ret = -EINVAL;
@@ -471,7 +471,7 @@ static int vhdx_meta_table(struct vhdx *v, struct meta_item *items, int nitems)
 
 	if (!t)
 		return -ENOMEM;
-	ret = sync_pread(img->fd, t, VHDX_META_TABLE_SIZE, v->meta_off);
+	ret = meta_pread(img->fd, t, VHDX_META_TABLE_SIZE, v->meta_off);
 	if (ret)
 		goto out;
 	n = vhdx_get16(t + 10);
@@ -698,7 +698,7 @@ static int vhdx_open(struct vd_image *img)
 	v->img = img;
 	pthread_mutex_init(&v->lock, NULL);
 	v->inflight = g_hash_table_new(g_direct_hash, g_direct_equal);
-	ret = sync_pread(img->fd, sig, 8, 0);
+	ret = meta_pread(img->fd, sig, 8, 0);
 	if (ret || memcmp(sig, "vhdxfile", 8)) {
 		vd_err("%s: no \"vhdxfile\" identifier at offset 0", img->path);
 		ret = -EINVAL;
@@ -736,7 +736,7 @@ static int vhdx_finish(struct vd_image *img)
 	ret = v->session_file_guid ? vhdx_close_log(v) : vhdx_flush_locked(v);
 	pthread_mutex_unlock(&v->lock);
 	if (!ret)
-		ret = sync_fdatasync(img->fd);
+		ret = meta_fdatasync(img->fd);
 	return ret;
 }
 

@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "image.h"
+#include "image/format.h"
 
 #define VHDX_MiB (1ull << 20)
 #define VHDX_KiB 1024ull

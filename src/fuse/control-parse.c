@@ -4,8 +4,8 @@
 #include <errno.h>
 #include <string.h>
 
-#include "log.h"
-#include "vfs.h"
+#include "util/log.h"
+#include "fuse/vfs.h"
 
 static const struct {
 	const char *word;

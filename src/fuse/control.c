@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "log.h"
-#include "mirror.h"
-#include "vfs.h"
+#include "util/log.h"
+#include "mirror/mirror.h"
+#include "fuse/vfs.h"
 
 static void status_image(struct vnode *n, void *opaque)
 {

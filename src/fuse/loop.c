@@ -12,10 +12,10 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "log.h"
-#include "mountinfo.h"
-#include "uring.h"
-#include "vfs.h"
+#include "util/log.h"
+#include "util/mountinfo.h"
+#include "io/uring.h"
+#include "fuse/vfs.h"
 
 /* libfuse 3.14 reads at most 256 pages plus a 4 KiB header. */
 #define LOOP_BUFSIZE ((256 + 16) * 4096)
@@ -125,7 +125,7 @@ static void *loop_thread_main(void *arg)
 	int ret;
 
 	cur_loop = t;
-	ret = ring_active() ? uring_thread_init_cmd(512) : uring_thread_init(256);
+	ret = furing_active() ? uring_thread_init_cmd(512) : uring_thread_init(256);
 	if (ret) {
 		vd_err("cannot set up io_uring: %s", strerror(-ret));
 		fuse_session_exit(t->se);
@@ -136,7 +136,7 @@ static void *loop_thread_main(void *arg)
 	t->poll_stop.data = t;
 	uring_poll(&t->poll_fuse, fuse_session_fd(t->se), POLLIN, true, loop_on_fuse);
 	uring_poll(&t->poll_stop, stop_fd, POLLIN, true, loop_on_stop);
-	ring_thread_start(t->idx);
+	furing_thread_start(t->idx);
 	while (!atomic_load(&stopping)) {
 		ret = uring_run(-1);
 		if (ret < 0 && ret != -EINTR) {
@@ -161,7 +161,7 @@ static int loop_init(struct fuse_session *se, unsigned nthreads)
 	struct fuse_buf buf = {0};
 	int n, ret;
 
-	ret = ring_setup(se, vfs_cfg.ring);
+	ret = furing_setup(se, vfs_cfg.ring);
 	if (ret)
 		return ret;
 	do {
@@ -175,7 +175,7 @@ static int loop_init(struct fuse_session *se, unsigned nthreads)
 	free(buf.mem);
 	if (fuse_session_exited(se))
 		return -ENODEV;
-	return ring_prepare(nthreads);
+	return furing_prepare(nthreads);
 }
 
 /* Buffered sequential reads of a view come in readahead-sized requests: the

@@ -9,8 +9,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "log.h"
-#include "vfs.h"
+#include "util/log.h"
+#include "fuse/vfs.h"
 
 struct notice {
 	fuse_ino_t ino;

@@ -10,11 +10,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "log.h"
-#include "mirror.h"
-#include "path.h"
-#include "vfs.h"
+#include "util/clock.h"
+#include "util/log.h"
+#include "mirror/mirror.h"
+#include "util/path.h"
+#include "fuse/vfs.h"
 
 struct vfs_config vfs_cfg;
 
@@ -339,7 +339,7 @@ void tree_shutdown(void)
 		mirror_free(n->mirror);
 		n->mirror = NULL;
 		if (n->img) {
-			int ret = image_fsync_sync(n->img);
+			int ret = image_fsync_wait(n->img);
 			if (ret)
 				vd_err("%s: flush at unmount failed: %s", n->img->path,
 				       strerror(-ret));

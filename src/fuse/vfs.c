@@ -11,10 +11,10 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#include "log.h"
-#include "mirror.h"
-#include "uring.h"
-#include "vfs.h"
+#include "util/log.h"
+#include "mirror/mirror.h"
+
+#include "fuse/vfs.h"
 
 #define VFS_TIMEOUT 86400.0 /* sizes only change through us */
 #define VFS_DIR_TIMEOUT 1.0 /* directory mounts notice added and removed images */
@@ -235,13 +235,13 @@ struct vfs_io {
 	char *buf;	/* read buffer, or the request buffer a WRITE arrived in */
 	bool own_buf;	/* free buf at the end (not a FUSE ring payload buffer) */
 	size_t len;
-	struct mirror *gate; /* passed the mirror gate straight to the image */
+	struct mirror_call call; /* the mirror layer's, for the request's way */
 };
 
 static struct vfs_io *vfs_io_new(fuse_req_t req, char *buf, size_t len)
 {
 	struct vfs_io *io = malloc(sizeof(*io));
-	bool own = buf && buf != ring_req_payload();
+	bool own = buf && buf != furing_req_payload();
 
 	if (!io) {
 		if (own)
@@ -253,48 +253,24 @@ static struct vfs_io *vfs_io_new(fuse_req_t req, char *buf, size_t len)
 	io->buf = buf;
 	io->own_buf = own;
 	io->len = len;
-	io->gate = NULL;
 	loop_req_begin();
 	return io;
 }
 
 static void vfs_io_end(struct vfs_io *io)
 {
-	if (io->gate)
-		mirror_leave(io->gate);
 	if (io->own_buf)
 		free(io->buf);
 	free(io);
 	loop_req_end();
 }
 
-/* Hand a data request to the view's image, or to the mirror layer while a
- * mirror job runs (it fans writes out to both sides). */
-static void vfs_submit(struct vnode *n, struct vfs_io *io, enum mirror_op op, void *buf,
+/* Hand a data request to the view's mirror layer, which sends it to the image
+ * (or, while a job runs, to both sides). */
+static void vfs_submit(struct vnode *n, struct vfs_io *io, enum image_op op, void *buf,
 		       uint64_t len, uint64_t off, vd_done_fn done)
 {
-	struct vd_image *img = n->img;
-
-	if (n->mirror && !mirror_enter(n->mirror, &img)) {
-		mirror_io(n->mirror, op, buf, len, off, done, io);
-		return;
-	}
-	io->gate = n->mirror;
-	switch (op) {
-	case MIRROR_READ:
-		image_read(img, buf, len, off, done, io);
-		break;
-	case MIRROR_WRITE:
-		image_write(img, buf, len, off, done, io);
-		break;
-	case MIRROR_ZERO:
-	case MIRROR_DISCARD:
-		image_zero(img, len, off, op == MIRROR_DISCARD, done, io);
-		break;
-	case MIRROR_FSYNC:
-		image_fsync(img, done, io);
-		break;
-	}
+	mirror_submit(n->mirror, &io->call, op, buf, len, off, done, io);
 }
 
 static void vfs_read_done(void *opaque, int err)
@@ -327,7 +303,7 @@ static void vfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (size > n->img->size - off)
 		size = n->img->size - off; /* a short read at the end */
 	/* Over the FUSE ring, read straight into the reply's payload buffer. */
-	buf = ring_req_payload();
+	buf = furing_req_payload();
 	if (!buf)
 		buf = vfs_alloc(size);
 	if (!buf) {
@@ -336,7 +312,7 @@ static void vfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	io = vfs_io_new(req, buf, size);
 	if (io)
-		vfs_submit(n, io, MIRROR_READ, buf, size, off, vfs_read_done);
+		vfs_submit(n, io, IMAGE_READ, buf, size, off, vfs_read_done);
 }
 
 static void vfs_write_done(void *opaque, int err)
@@ -372,7 +348,7 @@ static void vfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t si
 	/* The payload lives in the loop's receive buffer, which the next request
 	 * reuses: small payloads are copied, large ones keep the whole buffer. A
 	 * FUSE ring payload buffer stays ours until the reply. */
-	if (ring_req_payload()) {
+	if (furing_req_payload()) {
 		io = vfs_io_new(req, (char *)buf, size);
 	} else if (size <= VFS_WRITE_COPY_MAX) {
 		char *copy = vfs_alloc(size);
@@ -387,7 +363,7 @@ static void vfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t si
 		io = vfs_io_new(req, loop_take_buffer(), size);
 	}
 	if (io)
-		vfs_submit(n, io, MIRROR_WRITE, (void *)buf, size, off, vfs_write_done);
+		vfs_submit(n, io, IMAGE_WRITE, (void *)buf, size, off, vfs_write_done);
 }
 
 static void vfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -405,26 +381,26 @@ static void vfs_err_done(void *opaque, int err)
 
 static void vfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-	struct vnode *n = tree_get(ino);
+	struct vnode *n = (struct vnode *)(uintptr_t)fi->fh;
 	struct vfs_io *io;
 
-	if (!n || n->kind != VN_IMAGE) {
+	if (ino == VFS_CONTROL_INO) {
 		fuse_reply_err(req, 0);
 		return;
 	}
 	io = vfs_io_new(req, NULL, 0);
 	if (io)
-		vfs_submit(n, io, MIRROR_FSYNC, NULL, 0, 0, vfs_err_done);
+		vfs_submit(n, io, IMAGE_FSYNC, NULL, 0, 0, vfs_err_done);
 }
 
 static void vfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
 			  struct fuse_file_info *fi)
 {
-	struct vnode *n = tree_get(ino);
+	struct vnode *n = (struct vnode *)(uintptr_t)fi->fh;
 	struct vfs_io *io;
 	bool unmap;
 
-	if (!n || n->kind != VN_IMAGE) {
+	if (ino == VFS_CONTROL_INO) {
 		fuse_reply_err(req, EOPNOTSUPP);
 		return;
 	}
@@ -465,7 +441,7 @@ static void vfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, o
 	}
 	io = vfs_io_new(req, NULL, 0);
 	if (io)
-		vfs_submit(n, io, unmap ? MIRROR_DISCARD : MIRROR_ZERO, NULL, len, off,
+		vfs_submit(n, io, unmap ? IMAGE_DISCARD : IMAGE_ZERO, NULL, len, off,
 			   vfs_err_done);
 }
 

@@ -1,6 +1,6 @@
 /* The FUSE front: configuration, the node tree (single image or directory of
  * images plus the control file), the low-level operations and the event loop.
- * It knows images only through formats/image.h, never a format's internals. */
+ * It knows images only through image/image.h, never a format's internals. */
 #ifndef VDISKFS_VFS_H
 #define VDISKFS_VFS_H
 
@@ -9,16 +9,16 @@
 #include <glib.h>
 #include <stdbool.h>
 
-#include "image.h"
-#include "json.h"
-#include "mirror.h"
+#include "image/image.h"
+#include "util/json.h"
+#include "mirror/mirror.h"
 
 #define VFS_ROOT_INO	1
 #define VFS_CONTROL_INO 2
 #define VFS_CONTROL_NAME ".vdiskfs"
 
 /* -o uring=: FUSE over io_uring when the kernel offers it, required, or never. */
-enum ring_mode { RING_AUTO, RING_ON, RING_OFF };
+enum furing_mode { FURING_AUTO, FURING_ON, FURING_OFF };
 
 struct vfs_config {
 	char *source;	  /* absolute path of the image or directory */
@@ -29,7 +29,7 @@ struct vfs_config {
 	bool allow_shrink; /* a view may be made smaller (data past the end is lost) */
 	bool allow_other;
 	unsigned threads;
-	enum ring_mode ring; /* -o uring= */
+	enum furing_mode ring; /* -o uring= */
 	uid_t owner;	  /* who mounted: may use the control file and mirror verbs */
 	struct vd_open_opts open;
 };
@@ -123,21 +123,21 @@ void control_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info 
 void control_write(fuse_req_t req, const char *buf, size_t size, struct fuse_file_info *fi);
 void control_release(fuse_req_t req, struct fuse_file_info *fi);
 
-/* ---- ring.c: FUSE over io_uring (see the file's header) ---- */
+/* ---- fuse-uring.c: FUSE over io_uring (see the file's header) ---- */
 /* Before the first request: hook libfuse's I/O so INIT can ask for the ring. */
-int ring_setup(struct fuse_session *se, enum ring_mode mode);
-/* Before mounting: -EOPNOTSUPP (logged) if mode is RING_ON and the kernel's
+int furing_setup(struct fuse_session *se, enum furing_mode mode);
+/* Before mounting: -EOPNOTSUPP (logged) if mode is FURING_ON and the kernel's
  * enable_uring switch is off. */
-int ring_precheck(enum ring_mode mode);
-/* After INIT: lay out the ring for nthreads loops (-EOPNOTSUPP if RING_ON and
+int furing_precheck(enum furing_mode mode);
+/* After INIT: lay out the ring for nthreads loops (-EOPNOTSUPP if FURING_ON and
  * the kernel did not offer it). */
-int ring_prepare(unsigned nthreads);
-bool ring_active(void);
+int furing_prepare(unsigned nthreads);
+bool furing_active(void);
 /* On loop thread idx, whose io_uring came from uring_thread_init_cmd(). */
-void ring_thread_start(unsigned idx);
+void furing_thread_start(unsigned idx);
 /* The current request's ring payload buffer (page-aligned, 1 MiB, valid until
  * the reply), or NULL when it came through /dev/fuse. */
-void *ring_req_payload(void);
+void *furing_req_payload(void);
 
 /* ---- notify.c ---- */
 /* Start the thread that tells the kernel about vanished names (directory

@@ -10,9 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "log.h"
-#include "mirror.h"
-#include "vfs.h"
+#include "util/log.h"
+#include "mirror/mirror.h"
+#include "fuse/vfs.h"
 
 #define XATTR_PREFIX "user.vdiskfs."
 

@@ -9,8 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "log.h"
-#include "uring.h"
+#include "util/log.h"
+#include "io/fault.h"
 
 static atomic_ulong fault_nth;	 /* 0 = disarmed */
 static atomic_ulong fault_seen;	 /* I/Os counted */

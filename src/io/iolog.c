@@ -13,8 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "log.h"
-#include "uring.h"
+#include "util/log.h"
+#include "io/iolog.h"
 
 #define IOLOG_MAX_FILES 64
 

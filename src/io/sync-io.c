@@ -6,9 +6,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "uring.h"
+#include "io/fault.h"
+#include "io/iolog.h"
+#include "io/sync-io.h"
 
-static int sync_pread_common(int fd, void *buf, size_t len, uint64_t off, bool zfill)
+static int meta_pread_common(int fd, void *buf, size_t len, uint64_t off, bool zfill)
 {
 	size_t done = 0;
 	int err = fault_check(FAULT_READ, fd);
@@ -33,17 +35,17 @@ static int sync_pread_common(int fd, void *buf, size_t len, uint64_t off, bool z
 	return 0;
 }
 
-int sync_pread(int fd, void *buf, size_t len, uint64_t off)
+int meta_pread(int fd, void *buf, size_t len, uint64_t off)
 {
-	return sync_pread_common(fd, buf, len, off, false);
+	return meta_pread_common(fd, buf, len, off, false);
 }
 
-int sync_pread_zfill(int fd, void *buf, size_t len, uint64_t off)
+int meta_pread_zfill(int fd, void *buf, size_t len, uint64_t off)
 {
-	return sync_pread_common(fd, buf, len, off, true);
+	return meta_pread_common(fd, buf, len, off, true);
 }
 
-static int sync_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+static int meta_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
 {
 	size_t done = 0;
 
@@ -63,18 +65,18 @@ static int sync_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
 
 /* Each helper below: the fault hook decides first (an injected failure is
  * recorded as a failed operation), then the recorder, then the call. */
-int sync_pwrite(int fd, const void *buf, size_t len, uint64_t off)
+int meta_pwrite(int fd, const void *buf, size_t len, uint64_t off)
 {
 	int err = fault_check(FAULT_WRITE, fd);
 	uint64_t id = iolog_submit(IOLOG_WRITE, fd, off, len, 0, buf);
 
 	if (!err)
-		err = sync_pwrite_all(fd, buf, len, off);
+		err = meta_pwrite_all(fd, buf, len, off);
 	iolog_complete(id, err);
 	return err;
 }
 
-int sync_fdatasync(int fd)
+int meta_fdatasync(int fd)
 {
 	int err = fault_check(FAULT_SYNC, fd);
 	uint64_t id = iolog_submit(IOLOG_DATASYNC, fd, 0, 0, 0, NULL);
@@ -85,7 +87,7 @@ int sync_fdatasync(int fd)
 	return err;
 }
 
-static int sync_fallocate_rec(int fd, int mode, uint64_t off, uint64_t len)
+static int meta_fallocate_rec(int fd, int mode, uint64_t off, uint64_t len)
 {
 	uint64_t id = iolog_submit(IOLOG_FALLOCATE, fd, off, len, mode, NULL);
 	int err = fallocate(fd, mode, off, len) < 0 ? -errno : 0;
@@ -94,7 +96,7 @@ static int sync_fallocate_rec(int fd, int mode, uint64_t off, uint64_t len)
 	return err;
 }
 
-int sync_fallocate(int fd, int mode, uint64_t off, uint64_t len)
+int meta_fallocate(int fd, int mode, uint64_t off, uint64_t len)
 {
 	int err = fault_check(FAULT_WRITE, fd);
 
@@ -102,15 +104,15 @@ int sync_fallocate(int fd, int mode, uint64_t off, uint64_t len)
 		iolog_complete(iolog_submit(IOLOG_FALLOCATE, fd, off, len, mode, NULL), err);
 		return err;
 	}
-	return sync_fallocate_rec(fd, mode, off, len);
+	return meta_fallocate_rec(fd, mode, off, len);
 }
 
-int sync_prealloc(int fd, uint64_t off, uint64_t len)
+int meta_prealloc(int fd, uint64_t off, uint64_t len)
 {
-	return sync_fallocate_rec(fd, 0, off, len);
+	return meta_fallocate_rec(fd, 0, off, len);
 }
 
-int sync_ftruncate(int fd, uint64_t size)
+int meta_ftruncate(int fd, uint64_t size)
 {
 	int err = fault_check(FAULT_WRITE, fd);
 	uint64_t id = iolog_submit(IOLOG_TRUNCATE, fd, size, 0, 0, NULL);

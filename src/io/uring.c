@@ -8,8 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "clock.h"
-#include "uring.h"
+#include "util/clock.h"
+#include "io/uring.h"
+#include "io/fault.h"
+#include "io/iolog.h"
 
 struct uring_ctx {
 	struct io_uring ring;

@@ -12,9 +12,9 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "log.h"
-#include "mirror-int.h"
+#include "util/clock.h"
+#include "util/log.h"
+#include "mirror/mirror-int.h"
 
 #define COPY_ZERO_MAX (64ull << 20) /* one zeroing op locks at most this much */
 #define COPY_GRACE_MS 2000	    /* old source kept open after complete */
@@ -97,7 +97,7 @@ static void chunk_read(void *opaque, int err)
 		chunk_end(c, true); /* allocated zeroes: the destination stays sparse */
 		return;
 	}
-	image_write(job->dst, c->buf, c->len, c->off, chunk_written, c);
+	image_submit(job->dst, IMAGE_WRITE, c->buf, c->len, c->off, chunk_written, c);
 }
 
 /* A zero chunk's status was read before its range was held: a guest write
@@ -145,9 +145,9 @@ static void chunk_go(struct mirror_chunk *c)
 	if (stop || (c->zero && chunk_recheck(c)))
 		chunk_end(c, false);
 	else if (c->zero)
-		image_zero(job->dst, c->len, c->off, true, chunk_written, c);
+		image_submit(job->dst, IMAGE_DISCARD, NULL, c->len, c->off, chunk_written, c);
 	else
-		image_read(job->src, c->buf, c->len, c->off, chunk_read, c);
+		image_submit(job->src, IMAGE_READ, c->buf, c->len, c->off, chunk_read, c);
 }
 
 /* Granted by another thread's unlock: hand it to the copier's own ring. */
@@ -307,7 +307,7 @@ static int copy_pump(struct mirror_job *job)
 	}
 	pthread_mutex_unlock(&m->lock);
 	if (flush)
-		image_fsync(job->dst, copy_flushed, job);
+		image_submit(job->dst, IMAGE_FSYNC, NULL, 0, 0, copy_flushed, job);
 	return -1;
 }
 

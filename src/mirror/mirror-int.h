@@ -8,13 +8,10 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
-#include "mirror.h"
-#include "rangelock.h"
-#include "uring.h"
-
-#ifndef container_of
-#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-#endif
+#include "mirror/mirror.h"
+#include "mirror/rangelock.h"
+#include "io/uring.h"
+#include "util/compiler.h"
 
 enum mirror_phase {
 	MP_NONE,
@@ -70,7 +67,7 @@ struct mirror {
 	struct vd_image **slot;
 	struct mirror_job *_Atomic job; /* non-NULL from start to the end of complete/cancel */
 	atomic_long direct;		/* requests in flight that bypassed the mirror */
-	long inflight;			/* requests in flight through mirror_io */
+	long inflight;			/* requests in flight through the fan-out */
 	bool quiesce;			/* park new requests until the drain finishes */
 	bool starting;			/* a start is opening the destination */
 	void (*drained)(struct mirror *m);

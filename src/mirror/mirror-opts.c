@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "log.h"
-#include "mirror.h"
-#include "size.h"
+#include "util/log.h"
+#include "mirror/mirror.h"
+#include "util/size.h"
 
 void mirror_opts_init(struct mirror_opts *o)
 {

@@ -10,10 +10,10 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
-#include "log.h"
-#include "mirror-int.h"
-#include "mountinfo.h"
-#include "path.h"
+#include "util/log.h"
+#include "mirror/mirror-int.h"
+#include "util/mountinfo.h"
+#include "util/path.h"
 
 #define FUSE_SUPER_MAGIC 0x65735546
 

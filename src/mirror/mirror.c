@@ -11,8 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "log.h"
-#include "mirror-int.h"
+#include "util/log.h"
+#include "mirror/mirror-int.h"
 
 static const char *const phase_names[] = {
 	[MP_NONE] = "none",		[MP_RUNNING] = "running",
@@ -24,7 +24,7 @@ static const char *const phase_names[] = {
 struct mirror_req {
 	struct mirror *m;
 	struct mirror_job *job; /* set when the request also goes to the destination */
-	enum mirror_op op;
+	enum image_op op;
 	void *buf;
 	uint64_t len, off;
 	vd_done_fn done;
@@ -172,10 +172,12 @@ void (*mirror_drain_check(struct mirror *m))(struct mirror *m)
 
 /* ---- the gate and the fan-out ---- */
 
-bool mirror_enter(struct mirror *m, struct vd_image **img)
+/* Without a job a request goes straight to the image, counted in m->direct
+ * so that a starting job can wait for the ones in flight. Pairs with start
+ * storing the job and then waiting for direct == 0: either start sees this
+ * request, or this request sees the job. */
+static bool gate_enter(struct mirror *m, struct vd_image **img)
 {
-	/* Pairs with start storing the job and then waiting for direct == 0:
-	 * either start sees this request, or this request sees the job. */
 	atomic_fetch_add(&m->direct, 1);
 	if (atomic_load(&m->job)) {
 		atomic_fetch_sub(&m->direct, 1);
@@ -185,28 +187,18 @@ bool mirror_enter(struct mirror *m, struct vd_image **img)
 	return true;
 }
 
-void mirror_leave(struct mirror *m)
+static void gate_done(void *opaque, int err)
 {
+	struct mirror_call *c = opaque;
+	struct mirror *m = c->m;
+
+	/* The image's I/O is over: leave before the answer, which may let
+	 * the view go away. */
 	atomic_fetch_sub(&m->direct, 1);
+	c->done(c->opaque, err);
 }
 
-static const char *op_name(enum mirror_op op)
-{
-	switch (op) {
-	case MIRROR_READ:
-		return "read";
-	case MIRROR_WRITE:
-		return "write";
-	case MIRROR_ZERO:
-		return "write-zeroes";
-	case MIRROR_DISCARD:
-		return "discard";
-	default:
-		return "fsync";
-	}
-}
-
-static void req_finish(struct mirror_req *r)
+static void mreq_finish(struct mirror_req *r)
 {
 	struct mirror *m = r->m;
 	struct mirror_job *job = r->job;
@@ -216,18 +208,18 @@ static void req_finish(struct mirror_req *r)
 		if (r->dst_err)
 			mirror_fail(job, "destination %s of %" PRIu64 " bytes at offset %" PRIu64
 					 " failed: %s",
-				    op_name(r->op), r->len, r->off, strerror(-r->dst_err));
+				    image_op_name(r->op), r->len, r->off, strerror(-r->dst_err));
 		else if (r->src_err)
 			mirror_fail(job, "source %s at offset %" PRIu64 " failed (%s): the two "
 					 "sides may differ",
-				    op_name(r->op), r->off, strerror(-r->src_err));
+				    image_op_name(r->op), r->off, strerror(-r->src_err));
 		if (r->locked)
 			rangelock_unlock(&job->rl, &r->range);
 	}
 	r->done(r->opaque, r->src_err);
 	pthread_mutex_lock(&m->lock);
 	m->inflight--;
-	if (job && r->op != MIRROR_FSYNC)
+	if (job && r->op != IMAGE_FSYNC)
 		job->guest_bytes -= r->len;
 	cont = mirror_drain_check(m);
 	pthread_mutex_unlock(&m->lock);
@@ -236,62 +228,49 @@ static void req_finish(struct mirror_req *r)
 		cont(m);
 }
 
-static void req_put(struct mirror_req *r)
+static void mreq_put(struct mirror_req *r)
 {
 	if (atomic_fetch_sub(&r->pending, 1) == 1)
-		req_finish(r);
+		mreq_finish(r);
 }
 
-static void req_src_done(void *opaque, int err)
+static void mreq_src_done(void *opaque, int err)
 {
 	struct mirror_req *r = opaque;
 
 	r->src_err = err;
-	req_put(r);
+	mreq_put(r);
 }
 
-static void req_dst_done(void *opaque, int err)
+static void mreq_dst_done(void *opaque, int err)
 {
 	struct mirror_req *r = opaque;
 
 	r->dst_err = err;
-	req_put(r);
+	mreq_put(r);
 }
 
-static void req_submit(struct mirror_req *r, struct vd_image *img, vd_done_fn cb)
+static void mreq_submit(struct mirror_req *r, struct vd_image *img, vd_done_fn cb)
 {
-	switch (r->op) {
-	case MIRROR_READ:
-		image_read(img, r->buf, r->len, r->off, cb, r);
-		break;
-	case MIRROR_WRITE:
-		image_write(img, r->buf, r->len, r->off, cb, r);
-		break;
-	case MIRROR_ZERO:
-	case MIRROR_DISCARD:
-		image_zero(img, r->len, r->off, r->op == MIRROR_DISCARD, cb, r);
-		break;
-	case MIRROR_FSYNC:
-		image_fsync(img, cb, r);
-		break;
-	}
+	image_submit(img, r->op, r->op == IMAGE_READ || r->op == IMAGE_WRITE ? r->buf : NULL, r->len,
+		     r->off, cb, r);
 }
 
-static void req_go(struct mirror_req *r)
+static void mreq_go(struct mirror_req *r)
 {
 	atomic_store(&r->pending, r->dst ? 3 : 2); /* one for this function */
-	req_submit(r, r->src, req_src_done);
+	mreq_submit(r, r->src, mreq_src_done);
 	if (r->dst)
-		req_submit(r, r->dst, req_dst_done);
-	req_put(r);
+		mreq_submit(r, r->dst, mreq_dst_done);
+	mreq_put(r);
 }
 
-static void req_wake(struct rl_range *range)
+static void mreq_wake(struct rl_range *range)
 {
-	req_go(container_of(range, struct mirror_req, range));
+	mreq_go(container_of(range, struct mirror_req, range));
 }
 
-static void req_dispatch(struct mirror_req *r)
+static void mreq_dispatch(struct mirror_req *r)
 {
 	struct mirror *m = r->m;
 	struct mirror_job *job;
@@ -309,27 +288,36 @@ static void req_dispatch(struct mirror_req *r)
 	r->job = NULL;
 	r->dst = NULL;
 	r->src = job ? job->src : *m->slot;
-	if (job && r->op != MIRROR_READ &&
+	if (job && r->op != IMAGE_READ &&
 	    (job->phase == MP_RUNNING || job->phase == MP_READY)) {
 		r->job = job;
 		r->dst = job->dst;
-		if (r->op != MIRROR_FSYNC)
+		if (r->op != IMAGE_FSYNC)
 			job->guest_bytes += r->len;
 	}
 	pthread_mutex_unlock(&m->lock);
-	if (r->dst && r->op != MIRROR_FSYNC && r->len) {
+	if (r->dst && r->op != IMAGE_FSYNC && r->len) {
 		r->locked = true;
-		if (!rangelock_lock(&job->rl, &r->range, r->off, r->len, req_wake))
+		if (!rangelock_lock(&job->rl, &r->range, r->off, r->len, mreq_wake))
 			return; /* parked: resumed by whoever releases the range */
 	}
-	req_go(r);
+	mreq_go(r);
 }
 
-void mirror_io(struct mirror *m, enum mirror_op op, void *buf, uint64_t len, uint64_t off,
-	       vd_done_fn done, void *opaque)
+void mirror_submit(struct mirror *m, struct mirror_call *c, enum image_op op, void *buf,
+		   uint64_t len, uint64_t off, vd_done_fn done, void *opaque)
 {
-	struct mirror_req *r = calloc(1, sizeof(*r));
+	struct vd_image *img;
+	struct mirror_req *r;
 
+	if (gate_enter(m, &img)) {
+		c->m = m;
+		c->done = done;
+		c->opaque = opaque;
+		image_submit(img, op, buf, len, off, gate_done, c);
+		return;
+	}
+	r = calloc(1, sizeof(*r));
 	if (!r) {
 		done(opaque, -ENOMEM);
 		return;
@@ -341,7 +329,7 @@ void mirror_io(struct mirror *m, enum mirror_op op, void *buf, uint64_t len, uin
 	r->off = off;
 	r->done = done;
 	r->opaque = opaque;
-	req_dispatch(r);
+	mreq_dispatch(r);
 }
 
 /* Take the parked requests and end the quiesce (with m->lock held). */
@@ -362,7 +350,7 @@ static void resume_parked(struct mirror_req *list)
 
 	for (; list; list = next) {
 		next = list->next;
-		req_dispatch(list);
+		mreq_dispatch(list);
 	}
 }
 
@@ -442,7 +430,7 @@ static void complete_drained(struct mirror *m)
 {
 	struct mirror_job *job = atomic_load(&m->job);
 
-	image_fsync(job->dst, complete_flushed, job);
+	image_submit(job->dst, IMAGE_FSYNC, NULL, 0, 0, complete_flushed, job);
 }
 
 /* Can the verb run in this phase? 0 or -errno with a message. */

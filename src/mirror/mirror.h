@@ -9,8 +9,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "image.h"
-#include "json.h"
+#include "image/image.h"
+#include "util/json.h"
 
 #define MIRROR_DEFAULT_GRANULARITY (1u << 20)
 #define MIRROR_MIN_GRANULARITY	   (4u << 10)
@@ -35,8 +35,6 @@ int mirror_opts_parse(struct mirror_opts *o, const char *value);
 
 /* ---- the per-view mirror (mirror.c) ---- */
 struct mirror;
-
-enum mirror_op { MIRROR_READ, MIRROR_WRITE, MIRROR_ZERO, MIRROR_DISCARD, MIRROR_FSYNC };
 
 /* What start needs to know about the mount it runs in. */
 struct mirror_env {
@@ -66,15 +64,17 @@ void mirror_status_line(struct mirror *m, GString *s);
 /* The same as members of the current JSON object. */
 void mirror_status_json(struct mirror *m, struct json_writer *j);
 
-/* ---- the I/O gate ----
- * Without a job a data request goes straight to the image: mirror_enter()
- * returns true with the image, and the caller calls mirror_leave() after the
- * request completed. With a job it returns false and the request must go
- * through mirror_io(), which fans writes out to both sides. */
-bool mirror_enter(struct mirror *m, struct vd_image **img);
-void mirror_leave(struct mirror *m);
-/* buf: READ/WRITE only. done(opaque, err) once, with the source's result. */
-void mirror_io(struct mirror *m, enum mirror_op op, void *buf, uint64_t len, uint64_t off,
-	       vd_done_fn done, void *opaque);
+/* ---- the view's data path ----
+ * Every data request of a view comes here. Without a job it goes straight to
+ * the view's image; with one, writes go to both sides under the job's range
+ * lock (mirror.c). done(opaque, err) runs once, with the source's result; c is
+ * the caller's and must stay valid until then. */
+struct mirror_call {
+	struct mirror *m;
+	vd_done_fn done;
+	void *opaque;
+};
+void mirror_submit(struct mirror *m, struct mirror_call *c, enum image_op op, void *buf,
+		   uint64_t len, uint64_t off, vd_done_fn done, void *opaque);
 
 #endif

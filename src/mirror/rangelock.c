@@ -3,7 +3,7 @@
  * flight), so a linear scan is cheaper than a tree. */
 #include <assert.h>
 
-#include "rangelock.h"
+#include "mirror/rangelock.h"
 
 void rangelock_init(struct rangelock *rl)
 {

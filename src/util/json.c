@@ -1,7 +1,7 @@
 /* JSON writer: commas, nesting and string escaping. */
 #include <inttypes.h>
 
-#include "json.h"
+#include "util/json.h"
 
 void json_init(struct json_writer *j, GString *s)
 {

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mountinfo.h"
+#include "util/mountinfo.h"
 
 /* Undo mountinfo's octal escapes (\040 for a space) in place. */
 static void mountinfo_unescape(char *s)

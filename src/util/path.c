@@ -1,7 +1,7 @@
 /* Path arithmetic on strings (path.h). */
 #include <string.h>
 
-#include "path.h"
+#include "util/path.h"
 
 bool path_within(const char *path, const char *dir)
 {

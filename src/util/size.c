@@ -3,7 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
-#include "size.h"
+#include "util/size.h"
 
 int parse_size(const char *s, uint64_t *out)
 {

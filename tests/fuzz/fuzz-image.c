@@ -41,11 +41,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "format.h"
-#include "image.h"
-#include "log.h"
-#include "uring.h"
-#include "vhdx.h"
+#include "image/format.h"
+#include "image/image.h"
+#include "util/log.h"
+#include "io/uring.h"
+#include "io/fault.h"
+#include "formats/vhdx.h"
 
 #ifndef FUZZ_FORMAT
 #error "FUZZ_FORMAT must name the driver"
@@ -138,9 +139,9 @@ static int make_backing(const char *fmt, const char *path, uint32_t cluster)
 	for (size_t i = 0; i < sizeof(buf); i++)
 		buf[i] = (char)(i * 7 + 1);
 	for (uint64_t off = 0; !ret && off < BACKING_SIZE; off += 3 * BACKING_SIZE / 16)
-		ret = image_pwrite_sync(img, buf, sizeof(buf), off + 512);
+		ret = image_pwrite_wait(img, buf, sizeof(buf), off + 512);
 	if (!ret)
-		ret = image_fsync_sync(img);
+		ret = image_fsync_wait(img);
 	image_unref(img);
 	return ret;
 }
@@ -354,13 +355,13 @@ static uint64_t fuzz_walk(struct vd_image *img, struct budget *b)
 			uint64_t len = off + pnum - at < READ_CHUNK ? off + pnum - at : READ_CHUNK;
 
 			b->bytes += len;
-			image_pread_sync(img, buf, len, at);
+			image_pread_wait(img, buf, len, at);
 		}
 		off += pnum;
 	}
 	/* The very end of the disk, whatever the walk reached. */
 	if (img->size)
-		image_pread_sync(img, buf, img->size < 4096 ? img->size : 4096,
+		image_pread_wait(img, buf, img->size < 4096 ? img->size : 4096,
 				 img->size < 4096 ? 0 : img->size - 4096);
 	return first;
 }
@@ -425,18 +426,18 @@ static void fuzz_write(struct vd_image *img, uint64_t seed, uint64_t first)
 		len = img->size - off < sizeof(buf) ? img->size - off : sizeof(buf);
 
 		memset(buf, 0xa5 + i, sizeof(buf));
-		image_pwrite_sync(img, buf, len, off);
-		image_pread_sync(img, buf, len, off);
+		image_pwrite_wait(img, buf, len, off);
+		image_pread_wait(img, buf, len, off);
 	}
 	if (img->cluster_size && img->size >= 2ull * img->cluster_size) {
 		uint64_t c = (seed >> 40) % (img->size / img->cluster_size - 1);
 
-		image_zero_sync(img, img->cluster_size, c * img->cluster_size, seed & 1);
+		image_zero_wait(img, img->cluster_size, c * img->cluster_size, seed & 1);
 		/* Not aligned: the partial clusters are written as zeroes. */
-		image_zero_sync(img, img->cluster_size / 2 + 512,
+		image_zero_wait(img, img->cluster_size / 2 + 512,
 				c * img->cluster_size + img->cluster_size / 4, seed & 2);
 	}
-	image_fsync_sync(img);
+	image_fsync_wait(img);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

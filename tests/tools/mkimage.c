@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "format.h"
-#include "log.h"
-#include "size.h"
+#include "image/format.h"
+#include "util/log.h"
+#include "util/size.h"
 
 static int usage(void)
 {

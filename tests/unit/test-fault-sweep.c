@@ -14,10 +14,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "log.h"
-#include "uring.h"
+#include "util/log.h"
+#include "io/fault.h"
 #include "vhdx-fixture.h"
-#include "vhdx.h"
+#include "formats/vhdx.h"
 
 #define K (1ull << 10)
 #define M (1ull << 20)
@@ -447,11 +447,11 @@ static int run_op(struct vd_image *img, const struct wl_op *op, unsigned seed)
 	switch (op->kind) {
 	case OP_WRITE:
 		fx_pattern(io_buf, op->len, op->off, seed);
-		return image_pwrite_sync(img, io_buf, op->len, op->off);
+		return image_pwrite_wait(img, io_buf, op->len, op->off);
 	case OP_DISCARD:
-		return image_zero_sync(img, op->len, op->off, true);
+		return image_zero_wait(img, op->len, op->off, true);
 	default:
-		return image_fsync_sync(img);
+		return image_fsync_wait(img);
 	}
 }
 
@@ -508,7 +508,7 @@ static void check_view(const struct sweep *s, const struct run *r, struct vd_ima
 			check_range(s, r, NULL, off, n);
 			continue;
 		}
-		ret = image_pread_sync(img, buf, n, off);
+		ret = image_pread_wait(img, buf, n, off);
 		if (ret)
 			fail(s, r, "read fails after reopening");
 		check_range(s, r, buf, off, n);

@@ -8,9 +8,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "image.h"
-#include "mirror-int.h"
-#include "uring.h"
+#include "image/image.h"
+#include "mirror/mirror-int.h"
+#include "io/uring.h"
 
 static const struct vd_open_opts rw_opts = {.backing = VD_BACKING_FOLLOW};
 
@@ -74,6 +74,7 @@ static void test_zero_run_under_write(void)
 	struct mirror_opts o;
 	struct vd_image *img;
 	struct mirror *m;
+	struct mirror_call call;
 	struct flag f = {0};
 	int fd;
 
@@ -81,7 +82,7 @@ static void test_zero_run_under_write(void)
 	g_assert_cmpint(vd_format_qcow2.create(src, &co), ==, 0);
 	g_assert_cmpint(image_open(src, &rw_opts, &img), ==, 0);
 	memset(buf, 0x5a, 1 << 20);
-	g_assert_cmpint(image_pwrite_sync(img, buf, 1 << 20, 0), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, buf, 1 << 20, 0), ==, 0);
 	fd = open(dst, O_RDWR | O_CREAT | O_TRUNC, 0644);
 	g_assert_cmpint(fd, >=, 0);
 	memset(buf, 0xee, 1 << 20);
@@ -93,7 +94,7 @@ static void test_zero_run_under_write(void)
 	g_assert_cmpint(mirror_opts_parse(&o, val), ==, 0);
 	g_assert_cmpint(mirror_start(m, &o, &env), ==, 0);
 	memset(w, 0xcc, 65536);
-	mirror_io(m, MIRROR_WRITE, w, 65536, 2 << 20, flag_done, &f);
+	mirror_submit(m, &call, IMAGE_WRITE, w, 65536, 2 << 20, flag_done, &f);
 	g_assert_false(f.done);
 	for (int i = 0; i < 2000 && !rl_waiting(&atomic_load(&m->job)->rl); i++)
 		g_usleep(10000);

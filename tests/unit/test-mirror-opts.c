@@ -3,7 +3,7 @@
 #include <errno.h>
 #include <glib.h>
 
-#include "mirror.h"
+#include "mirror/mirror.h"
 
 static int parse(const char *v, struct mirror_opts *o)
 {

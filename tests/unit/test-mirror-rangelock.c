@@ -6,7 +6,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 
-#include "rangelock.h"
+#include "mirror/rangelock.h"
 
 static struct rangelock rl;
 static GPtrArray *woken;

@@ -11,9 +11,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "image.h"
-#include "log.h"
-#include "uring.h"
+#include "image/image.h"
+#include "util/log.h"
+#include "io/uring.h"
 
 static char *dir;
 
@@ -144,7 +144,7 @@ static void compare_range(struct vd_image *img, int rawfd, uint64_t off, uint64_
 	uint8_t *a = g_malloc(len), *b = g_malloc0(len);
 	ssize_t n;
 
-	g_assert_cmpint(image_pread_sync(img, a, len, off), ==, 0);
+	g_assert_cmpint(image_pread_wait(img, a, len, off), ==, 0);
 	n = pread(rawfd, b, len, off);
 	g_assert_cmpint(n, >=, 0);
 	assert_same(img->name, a, b, len, off);
@@ -196,7 +196,7 @@ G_GNUC_UNUSED static int qemu_compare(const char *qcow2, const char *raw)
 G_GNUC_UNUSED static void both_write(struct vd_image *img, int rawfd, const void *buf, uint64_t len,
 		       uint64_t off)
 {
-	g_assert_cmpint(image_pwrite_sync(img, buf, len, off), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, buf, len, off), ==, 0);
 	g_assert_cmpint(pwrite(rawfd, buf, len, off), ==, (ssize_t)len);
 }
 

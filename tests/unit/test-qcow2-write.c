@@ -11,7 +11,7 @@ static void zero_both(struct vd_image *img, int rawfd, uint64_t len, uint64_t of
 {
 	uint8_t *z = g_malloc0(len);
 
-	g_assert_cmpint(image_zero_sync(img, len, off, unmap), ==, 0);
+	g_assert_cmpint(image_zero_wait(img, len, off, unmap), ==, 0);
 	g_assert_cmpint(pwrite(rawfd, z, len, off), ==, (ssize_t)len);
 	g_free(z);
 }
@@ -46,7 +46,7 @@ static void workload(struct vd_image *img, int rawfd, unsigned seed, int nops, u
 		} else if (op < 97) {
 			zero_both(img, rawfd, len, off, true);
 		} else {
-			g_assert_cmpint(image_fsync_sync(img), ==, 0);
+			g_assert_cmpint(image_fsync_wait(img), ==, 0);
 		}
 	}
 	g_free(buf);
@@ -381,7 +381,7 @@ static void test_header_length_104(void)
 	workload(img, fd, 104, 80, 200000);
 	g_assert_cmpint(image_truncate(img, 5 << 20), ==, 0);
 	g_assert_cmpint(ftruncate(fd, 5 << 20), ==, 0);
-	g_assert_cmpint(image_pwrite_sync(img, "end", 3, (5 << 20) - 3), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, "end", 3, (5 << 20) - 3), ==, 0);
 	g_assert_cmpint(pwrite(fd, "end", 3, (5 << 20) - 3), ==, 3);
 	compare_raw(img, "h104.raw");
 	image_unref(img);
@@ -462,7 +462,7 @@ static void test_feature_bits(void)
 	g_assert_cmpuint(get_be64("fb.qcow2", 88), ==, 32);
 	img = img_open("fb.qcow2", false);
 	g_assert_cmpuint(get_be64("fb.qcow2", 88), ==, 32); /* opening alone changes nothing */
-	g_assert_cmpint(image_pwrite_sync(img, &b, 1, 12345), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, &b, 1, 12345), ==, 0);
 	image_unref(img);
 	g_assert_cmpuint(get_be64("fb.qcow2", 88), ==, 0);
 	g_assert_cmpuint(get_be64("fb.qcow2", 80), ==, 32);
@@ -473,7 +473,7 @@ static void test_feature_bits(void)
 	g_assert_cmpint(sh("cp bitmap.qcow2 bm.qcow2"), ==, 0);
 	img = img_open("bm.qcow2", false);
 	g_assert_cmpint(sh("qemu-img info -U bm.qcow2 | grep -q in-use"), !=, 0);
-	g_assert_cmpint(image_pwrite_sync(img, &b, 1, 0), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, &b, 1, 0), ==, 0);
 	g_assert_cmpint(sh("qemu-img info -U bm.qcow2 | grep -q in-use"), ==, 0);
 	g_assert_cmpint(image_truncate(img, 8 << 20), ==, -ENOTSUP);
 	image_unref(img);
@@ -494,7 +494,7 @@ static void test_feature_bits(void)
 	}
 	close(fd);
 	img = img_open("hl.qcow2", false);
-	g_assert_cmpint(image_pwrite_sync(img, &b, 1, 70000), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, &b, 1, 70000), ==, 0);
 	g_assert_cmpint(image_truncate(img, 3 << 20), ==, 0);
 	image_unref(img);
 	g_assert_cmpuint(get_be64("hl.qcow2", 112), ==, 0x1122334455667788ull);
@@ -515,20 +515,20 @@ static void test_discard_shrinks_file(void)
 	g_assert_cmpint(vd_format_qcow2.create(p, &o), ==, 0);
 	img = img_open("d.qcow2", false);
 	fill_pattern(buf, 4 << 20, 3);
-	g_assert_cmpint(image_pwrite_sync(img, buf, 4 << 20, 1 << 20), ==, 0);
-	g_assert_cmpint(image_fsync_sync(img), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, buf, 4 << 20, 1 << 20), ==, 0);
+	g_assert_cmpint(image_fsync_wait(img), ==, 0);
 	g_assert_cmpint(stat(p, &a), ==, 0);
-	g_assert_cmpint(image_zero_sync(img, 3 << 20, 1 << 20, true), ==, 0);
+	g_assert_cmpint(image_zero_wait(img, 3 << 20, 1 << 20, true), ==, 0);
 	g_assert_cmpint(stat(p, &b), ==, 0);
 	g_assert_cmpint(b.st_blocks, <, a.st_blocks - (2 << 20) / 512);
 	g_assert_cmpint(img->fmt->block_status(img, 1 << 20, 1 << 20, &pnum, &st), ==, 0);
 	g_assert_cmpint(st, !=, VD_BS_DATA);
-	g_assert_cmpint(image_pread_sync(img, buf, 1 << 20, 2 << 20), ==, 0);
+	g_assert_cmpint(image_pread_wait(img, buf, 1 << 20, 2 << 20), ==, 0);
 	for (int i = 0; i < 1 << 20; i++)
 		g_assert_cmpint(buf[i], ==, 0);
 	/* freed clusters are reused and their stale bytes never show */
-	g_assert_cmpint(image_pwrite_sync(img, "x", 1, 10 << 20), ==, 0);
-	g_assert_cmpint(image_pread_sync(img, buf, 65536, 10 << 20), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, "x", 1, 10 << 20), ==, 0);
+	g_assert_cmpint(image_pread_wait(img, buf, 65536, 10 << 20), ==, 0);
 	g_assert_cmpint(buf[0], ==, 'x');
 	for (int i = 1; i < 65536; i++)
 		g_assert_cmpint(buf[i], ==, 0);
@@ -548,10 +548,10 @@ static void test_resize(void)
 	img = img_open("rs.qcow2", false);
 	g_assert_cmpint(image_truncate(img, 4ull << 30), ==, 0); /* L1 grows too */
 	g_assert_cmpuint(img->size, ==, 4ull << 30);
-	g_assert_cmpint(image_pread_sync(img, buf, sizeof(buf), 2 << 20), ==, 0);
+	g_assert_cmpint(image_pread_wait(img, buf, sizeof(buf), 2 << 20), ==, 0);
 	for (unsigned i = 0; i < sizeof(buf); i++)
 		g_assert_cmpint(buf[i], ==, 0);
-	g_assert_cmpint(image_pwrite_sync(img, "abc", 3, (3ull << 30) + 5), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, "abc", 3, (3ull << 30) + 5), ==, 0);
 	/* shrink over allocated data: refused; over an unallocated tail: fine */
 	g_assert_cmpint(image_truncate(img, 1ull << 30), ==, -EBUSY);
 	g_assert_cmpint(image_truncate(img, (3ull << 30) + 65536), ==, 0);
@@ -688,7 +688,7 @@ static void *writer_main(void *arg)
 	for (int round = 0; round < 8; round++) {
 		memset(buf, 0x10 + w->idx, sizeof(buf));
 		/* every writer hits the same fresh cluster of each round, its own slice */
-		g_assert_cmpint(image_pwrite_sync(w->img, buf, sizeof(buf),
+		g_assert_cmpint(image_pwrite_wait(w->img, buf, sizeof(buf),
 						  w->base + round * 65536 + w->idx * 4096),
 				==, 0);
 	}
@@ -715,7 +715,7 @@ static void test_concurrent_one_cluster(void)
 	for (int i = 0; i < 4; i++)
 		pthread_join(th[i], NULL);
 	for (int round = 0; round < 8; round++) {
-		g_assert_cmpint(image_pread_sync(img, buf, sizeof(buf), (1 << 20) + round * 65536),
+		g_assert_cmpint(image_pread_wait(img, buf, sizeof(buf), (1 << 20) + round * 65536),
 				==, 0);
 		for (int i = 0; i < 4; i++)
 			for (int j = 0; j < 4096; j++)
@@ -750,10 +750,10 @@ static void *racer_main(void *arg)
 
 	g_assert_cmpint(uring_thread_init(64), ==, 0);
 	memset(buf, r->pat, cs);
-	g_assert_cmpint(image_zero_sync(r->img, cs, r->discard_off, true), ==, 0);
+	g_assert_cmpint(image_zero_wait(r->img, cs, r->discard_off, true), ==, 0);
 	if (r->pat)
-		g_assert_cmpint(image_pwrite_sync(r->img, buf, cs, r->write_off), ==, 0);
-	g_assert_cmpint(image_fsync_sync(r->img), ==, 0);
+		g_assert_cmpint(image_pwrite_wait(r->img, buf, cs, r->write_off), ==, 0);
+	g_assert_cmpint(image_fsync_wait(r->img), ==, 0);
 	uring_thread_exit();
 	g_free(buf);
 	return NULL;
@@ -804,16 +804,16 @@ static void test_discard_under_read(gconstpointer compressed)
 			==, 0);
 	img = img_open("dr.qcow2", false);
 	g_assert_cmpint(uring_thread_init(64), ==, 0);
-	image_read(img, buf, 65536, 0, race_done, &res);
+	image_submit(img, IMAGE_READ, buf, 65536, 0, race_done, &res);
 	r = (struct racer){.img = img, .discard_off = 0, .write_off = 1 << 20, .pat = 0xbb};
 	race_with(&r, &res);
 	if (buf[0])
 		assert_filled(buf, 65536, 0xaa, "read racing a discard");
 	else
 		assert_filled(buf, 65536, 0, "read racing a discard");
-	g_assert_cmpint(image_pread_sync(img, buf, 65536, 1 << 20), ==, 0);
+	g_assert_cmpint(image_pread_wait(img, buf, 65536, 1 << 20), ==, 0);
 	assert_filled(buf, 65536, 0xbb, "cluster written after the discard");
-	g_assert_cmpint(image_pread_sync(img, buf, 65536, 0), ==, 0);
+	g_assert_cmpint(image_pread_wait(img, buf, 65536, 0), ==, 0);
 	assert_filled(buf, 65536, 0, "discarded cluster");
 	image_unref(img);
 	g_assert_cmpint(qemu_check("dr.qcow2"), ==, 0);
@@ -837,17 +837,17 @@ static void test_discard_under_write(void)
 	img = img_open("dw.qcow2", false);
 	g_assert_cmpint(uring_thread_init(64), ==, 0);
 	memset(w, 0xaa, 65536);
-	g_assert_cmpint(image_pwrite_sync(img, w, 65536, 0), ==, 0);
-	g_assert_cmpint(image_fsync_sync(img), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, w, 65536, 0), ==, 0);
+	g_assert_cmpint(image_fsync_wait(img), ==, 0);
 	memset(w, 0xcc, 65536);
-	image_write(img, w, 65536, 0, race_done, &res);
+	image_submit(img, IMAGE_WRITE, w, 65536, 0, race_done, &res);
 	r = (struct racer){.img = img, .discard_off = 0, .write_off = 1 << 20, .pat = 0xbb};
 	race_with(&r, &res);
 	r = (struct racer){.img = img, .discard_off = 2 << 20, .write_off = 3 << 20, .pat = 0xdd};
 	racer_main(&r);
-	g_assert_cmpint(image_pread_sync(img, buf, 65536, 1 << 20), ==, 0);
+	g_assert_cmpint(image_pread_wait(img, buf, 65536, 1 << 20), ==, 0);
 	assert_filled(buf, 65536, 0xbb, "cluster written after the discard");
-	g_assert_cmpint(image_pread_sync(img, buf, 65536, 3 << 20), ==, 0);
+	g_assert_cmpint(image_pread_wait(img, buf, 65536, 3 << 20), ==, 0);
 	assert_filled(buf, 65536, 0xdd, "cluster written after the free");
 	image_unref(img);
 	g_assert_cmpint(qemu_check("dw.qcow2"), ==, 0);
@@ -874,10 +874,10 @@ static void test_discard_under_cow_write(void)
 	img = img_open("dc.qcow2", false);
 	g_assert_cmpint(uring_thread_init(64), ==, 0);
 	memset(w, 0xcc, 4096);
-	image_write(img, w, 4096, 65536 + 8192, race_done, &res);
+	image_submit(img, IMAGE_WRITE, w, 4096, 65536 + 8192, race_done, &res);
 	r.img = img;
 	race_with(&r, &res);
-	g_assert_cmpint(image_pread_sync(img, buf, 65536, 65536), ==, 0);
+	g_assert_cmpint(image_pread_wait(img, buf, 65536, 65536), ==, 0);
 	assert_filled(buf, 8192, 0, "discarded cluster before the racing write");
 	assert_filled(buf + 12288, 65536 - 12288, 0, "discarded cluster after the racing write");
 	if (buf[8192])

@@ -251,8 +251,8 @@ static void test_bitmaps_autoclear_clear(void)
 	e2 = get_be64(b, ext + 24);
 	img = img_open(q, false);
 	compare_raw(img, "bitmap.raw");
-	g_assert_cmpint(image_pwrite_sync(img, "x", 1, 70000), ==, 0);
-	g_assert_cmpint(image_zero_sync(img, 65536, 0, true), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, "x", 1, 70000), ==, 0);
+	g_assert_cmpint(image_zero_wait(img, 65536, 0, true), ==, 0);
 	image_unref(img);
 	g_assert_cmpuint(get_be64(q, ext + 8), ==, e0);
 	g_assert_cmpuint(get_be64(q, ext + 16), ==, e1);
@@ -338,7 +338,7 @@ static void test_bad_tables(void)
 	g_assert_cmpint(sh("cp %s rt0-before.qcow2", b), ==, 0);
 	memset(buf, 0x5a, sizeof(buf));
 	vd_log_clear_error();
-	g_assert_cmpint(image_pwrite_sync(img, buf, sizeof(buf), 3584 << 10), ==, -EIO);
+	g_assert_cmpint(image_pwrite_wait(img, buf, sizeof(buf), 3584 << 10), ==, -EIO);
 	g_assert_cmpstr(strstr(vd_log_last_error(), "the cluster at 0x10000 holds the header, "
 						    "the L1 table or the refcount table but its "
 						    "refcount is 0"),
@@ -350,14 +350,14 @@ static void test_bad_tables(void)
 	b = fresh_copy("c65536.qcow2");
 	put_be64(b, get_be64(b, l1) & 0x00fffffffffffe00ull, 0x8000000100000000ull);
 	img = img_open(b, true);
-	g_assert_cmpint(image_pread_sync(img, buf, sizeof(buf), 0), ==, -EIO);
+	g_assert_cmpint(image_pread_wait(img, buf, sizeof(buf), 0), ==, -EIO);
 	image_unref(img);
 
 	/* A data cluster pointer that is not cluster aligned. */
 	b = fresh_copy("c65536.qcow2");
 	put_be64(b, get_be64(b, l1) & 0x00fffffffffffe00ull, 0x8000000000050200ull);
 	img = img_open(b, true);
-	g_assert_cmpint(image_pread_sync(img, buf, sizeof(buf), 0), ==, -EIO);
+	g_assert_cmpint(image_pread_wait(img, buf, sizeof(buf), 0), ==, -EIO);
 	image_unref(img);
 }
 
@@ -373,7 +373,7 @@ static void test_bad_snapshot_table(void)
 			   "se.qcow2 && [ $(( $(stat -c %%s se.qcow2) %% 8 )) != 0 ]"),
 			==, 0);
 	img = img_open("se.qcow2", false);
-	g_assert_cmpint(image_pwrite_sync(img, "x", 1, 0), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, "x", 1, 0), ==, 0);
 	image_unref(img);
 	g_assert_cmpint(qemu_check("se.qcow2"), ==, 0);
 
@@ -435,14 +435,14 @@ static void test_bad_compressed(void)
 	g_assert_cmpuint(at, !=, 0);
 	put_be64(b, at, (e & ~((1ull << 54) - 1)) | 0x3fffffffffffull);
 	img = img_open(b, true);
-	g_assert_cmpint(image_pread_sync(img, buf, sizeof(buf), ((at - l2) / 8) << 16), ==, -EIO);
+	g_assert_cmpint(image_pread_wait(img, buf, sizeof(buf), ((at - l2) / 8) << 16), ==, -EIO);
 	image_unref(img);
 
 	/* Garbage where the compressed bytes should be: EIO, not a crash. */
 	b = fresh_copy("zlib.qcow2");
 	put_be64(b, at, (e & ~((1ull << 54) - 1)) | 0x30000ull);
 	img = img_open(b, true);
-	g_assert_cmpint(image_pread_sync(img, buf, sizeof(buf), ((at - l2) / 8) << 16), ==, -EIO);
+	g_assert_cmpint(image_pread_wait(img, buf, sizeof(buf), ((at - l2) / 8) << 16), ==, -EIO);
 	image_unref(img);
 }
 

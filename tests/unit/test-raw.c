@@ -8,8 +8,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "image.h"
-#include "uring.h"
+#include "image/image.h"
+
 
 static char *dir;
 
@@ -76,15 +76,15 @@ static void test_discard_and_zero(void)
 
 	g_assert_cmpint(image_open(path, &opts, &img), ==, 0);
 	g_assert_cmpint(stat(path, &before), ==, 0);
-	g_assert_cmpint(image_zero_sync(img, 65536, 1 << 20, true), ==, 0);
+	g_assert_cmpint(image_zero_wait(img, 65536, 1 << 20, true), ==, 0);
 	g_assert_cmpint(stat(path, &after), ==, 0);
 	g_assert_cmpint(after.st_blocks, <, before.st_blocks);
-	g_assert_cmpint(image_pread_sync(img, buf, sizeof(buf), 1 << 20), ==, 0);
+	g_assert_cmpint(image_pread_wait(img, buf, sizeof(buf), 1 << 20), ==, 0);
 	for (size_t i = 0; i < sizeof(buf); i++)
 		g_assert_cmpint(buf[i], ==, 0);
 	/* Zeroing an odd range leaves the bytes around it alone. */
-	g_assert_cmpint(image_zero_sync(img, 1000, (3 << 20) + 10, false), ==, 0);
-	g_assert_cmpint(image_pread_sync(img, buf, 2000, 3 << 20), ==, 0);
+	g_assert_cmpint(image_zero_wait(img, 1000, (3 << 20) + 10, false), ==, 0);
+	g_assert_cmpint(image_pread_wait(img, buf, 2000, 3 << 20), ==, 0);
 	for (int i = 0; i < 2000; i++)
 		g_assert_cmpint(buf[i], ==, (i >= 10 && i < 1010) ? 0 : 0x77);
 	image_unref(img);
@@ -101,13 +101,13 @@ static void test_resize_and_readonly(void)
 	g_assert_cmpint(image_open(path, &opts, &img), ==, 0);
 	g_assert_cmpint(image_truncate(img, 8 << 20), ==, 0);
 	g_assert_cmpuint(img->size, ==, 8 << 20);
-	g_assert_cmpint(image_pwrite_sync(img, buf, sizeof(buf), (8 << 20) - 16), ==, 0);
-	g_assert_cmpint(image_pwrite_sync(img, buf, sizeof(buf), (8 << 20) - 8), ==, -ENOSPC);
-	g_assert_cmpint(image_fsync_sync(img), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, buf, sizeof(buf), (8 << 20) - 16), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, buf, sizeof(buf), (8 << 20) - 8), ==, -ENOSPC);
+	g_assert_cmpint(image_fsync_wait(img), ==, 0);
 	image_unref(img);
 	ro.read_only = true;
 	g_assert_cmpint(image_open(path, &ro, &img), ==, 0);
-	g_assert_cmpint(image_pwrite_sync(img, buf, sizeof(buf), 0), ==, -EROFS);
+	g_assert_cmpint(image_pwrite_wait(img, buf, sizeof(buf), 0), ==, -EROFS);
 	g_assert_cmpint(image_truncate(img, 1 << 20), ==, -EROFS);
 	image_unref(img);
 	g_free(path);

@@ -10,7 +10,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "uring.h"
+#include "io/uring.h"
+#include "io/fault.h"
+#include "io/iolog.h"
+#include "io/sync-io.h"
 
 struct result {
 	int res;
@@ -129,12 +132,12 @@ static void test_fault_nth(void)
 	g_assert_cmpuint(fault_counted(), ==, 3);
 	/* The synchronous metadata helpers count too. */
 	fault_set(1, EIO, FAULT_ALL, 0);
-	g_assert_cmpint(sync_pread(fd, buf, sizeof(buf), 0), ==, -EIO);
-	g_assert_cmpint(sync_fdatasync(fd), ==, -EIO);
+	g_assert_cmpint(meta_pread(fd, buf, sizeof(buf), 0), ==, -EIO);
+	g_assert_cmpint(meta_fdatasync(fd), ==, -EIO);
 	fault_set(0, 0, 0, 0);
-	g_assert_cmpint(sync_pread(fd, buf, sizeof(buf), 0), ==, 0);
-	g_assert_cmpint(sync_pread(fd, buf, sizeof(buf), 8000), ==, -EIO);
-	g_assert_cmpint(sync_pread_zfill(fd, buf, sizeof(buf), 8000), ==, 0);
+	g_assert_cmpint(meta_pread(fd, buf, sizeof(buf), 0), ==, 0);
+	g_assert_cmpint(meta_pread(fd, buf, sizeof(buf), 8000), ==, -EIO);
+	g_assert_cmpint(meta_pread_zfill(fd, buf, sizeof(buf), 8000), ==, 0);
 	g_assert_cmpint(buf[511], ==, 0);
 	close(fd);
 }
@@ -148,8 +151,8 @@ static void test_fault_path(void)
 	/* Only files whose path contains the filter count: here the temp file. */
 	fault_set_path("vdiskfs-uring-");
 	fault_set(1, EIO, FAULT_READ, 0);
-	g_assert_cmpint(sync_pread(b, buf, sizeof(buf), 0), ==, 0);
-	g_assert_cmpint(sync_pread(a, buf, sizeof(buf), 0), ==, -EIO);
+	g_assert_cmpint(meta_pread(b, buf, sizeof(buf), 0), ==, 0);
+	g_assert_cmpint(meta_pread(a, buf, sizeof(buf), 0), ==, -EIO);
 	g_assert_cmpuint(fault_counted(), ==, 1);
 	fault_set(0, 0, 0, 0);
 	fault_set_path(NULL);
@@ -235,12 +238,12 @@ static void test_iolog(void)
 	uring_read(&op, fd, buf, sizeof(buf), 0, op_done);
 	run_until(&r, 2);
 	memset(small, 0x11, sizeof(small));
-	g_assert_cmpint(sync_pwrite(fd, small, sizeof(small), 8192), ==, 0);
-	g_assert_cmpint(sync_ftruncate(fd, 32768), ==, 0);
-	g_assert_cmpint(sync_fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 4096, 4096),
+	g_assert_cmpint(meta_pwrite(fd, small, sizeof(small), 8192), ==, 0);
+	g_assert_cmpint(meta_ftruncate(fd, 32768), ==, 0);
+	g_assert_cmpint(meta_fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 4096, 4096),
 			==, 0);
 	fault_set(1, EIO, FAULT_WRITE, 1);
-	g_assert_cmpint(sync_pwrite(fd, small, sizeof(small), 0), ==, -EIO);
+	g_assert_cmpint(meta_pwrite(fd, small, sizeof(small), 0), ==, -EIO);
 	fault_set(0, 0, 0, 0);
 	uring_fsync(&op, fd, true, op_done);
 	run_until(&r, 3);

@@ -10,9 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "uring.h"
+
 #include "vhdx-fixture.h"
-#include "vhdx.h"
+#include "formats/vhdx.h"
 
 #define M (1ull << 20)
 
@@ -22,7 +22,7 @@ static void expect_write(const char *ref, uint64_t off, uint64_t len, unsigned s
 	char *buf = g_malloc(len), *r = fx_path(ref);
 
 	fx_pattern(buf, len, off, seed);
-	g_assert_cmpint(image_pwrite_sync(img, buf, len, off), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, buf, len, off), ==, 0);
 	fx_pwrite(r, buf, len, off);
 	g_free(buf);
 	g_free(r);
@@ -94,7 +94,7 @@ static void test_block_status(void)
 	create_child("bs.vhdx", "parent.vhdx", M);
 	p = fx_path("bs.vhdx");
 	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
-	g_assert_cmpint(image_pwrite_sync(img, buf, 512, 2 * M + 1024), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, buf, 512, 2 * M + 1024), ==, 0);
 	g_assert_cmpint(img->fmt->block_status(img, 0, img->size, &pnum, &st), ==, 0);
 	g_assert_cmpint(st, ==, VD_BS_UNALLOC);
 	g_assert_cmpuint(pnum, ==, 2 * M + 1024);
@@ -198,12 +198,12 @@ static void test_discard(void)
 	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
 	expect_write("child.ref", 4 * M + 512, 1024, 31, img);
 	/* Whole blocks read as zeroes afterwards, not as the parent. */
-	g_assert_cmpint(image_zero_sync(img, 2 * M, M, true), ==, 0);
+	g_assert_cmpint(image_zero_wait(img, 2 * M, M, true), ==, 0);
 	fx_pwrite(r, z, 2 * M, M);
 	/* Part of a partially present block and part of an absent one. */
-	g_assert_cmpint(image_zero_sync(img, 4096, 4 * M, true), ==, 0);
+	g_assert_cmpint(image_zero_wait(img, 4096, 4 * M, true), ==, 0);
 	fx_pwrite(r, z, 4096, 4 * M);
-	g_assert_cmpint(image_zero_sync(img, 8192, 10 * M + 4096, false), ==, 0);
+	g_assert_cmpint(image_zero_wait(img, 8192, 10 * M + 4096, false), ==, 0);
 	fx_pwrite(r, z, 8192, 10 * M + 4096);
 	fx_compare(img, r, 0, img->size);
 	image_unref(img);

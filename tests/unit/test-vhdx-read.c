@@ -8,10 +8,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "log.h"
-#include "uring.h"
+#include "util/log.h"
+
 #include "vhdx-fixture.h"
-#include "vhdx.h"
+#include "formats/vhdx.h"
 
 /* Make NAME with qemu-img, write patterns with qemu-io, convert to NAME.raw. */
 static char *qemu_image(const char *name, const char *opts, const char *size, const char *io)
@@ -578,13 +578,13 @@ static void test_4k_patched(void)
 	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
 	g_assert_cmpuint(img->zero_align, ==, 4096);
 	fx_pattern(buf, 3 << 20, 0, 7);
-	g_assert_cmpint(image_pwrite_sync(img, buf, 3 << 20, (5ull << 30) + 12345), ==, 0);
-	g_assert_cmpint(image_pwrite_sync(img, buf, 4096, 0), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, buf, 3 << 20, (5ull << 30) + 12345), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, buf, 4096, 0), ==, 0);
 	image_unref(img);
 	g_assert_cmpint(fx_open(p, true, &img), ==, 0);
-	g_assert_cmpint(image_pread_sync(img, back, 3 << 20, (5ull << 30) + 12345), ==, 0);
+	g_assert_cmpint(image_pread_wait(img, back, 3 << 20, (5ull << 30) + 12345), ==, 0);
 	g_assert_cmpmem(buf, 3 << 20, back, 3 << 20);
-	g_assert_cmpint(image_pread_sync(img, back, 8192, 0), ==, 0);
+	g_assert_cmpint(image_pread_wait(img, back, 8192, 0), ==, 0);
 	g_assert_cmpmem(buf, 4096, back, 4096);
 	g_assert_cmpint(back[4096] | back[8191], ==, 0);
 	image_unref(img);

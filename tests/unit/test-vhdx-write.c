@@ -1,4 +1,4 @@
-/* VHDX writes through image_pwrite_sync / image_zero_sync: workloads on
+/* VHDX writes through image_pwrite_wait / image_zero_wait: workloads on
  * images from qemu-img and from our own create, then `qemu-img check` and
  * `qemu-img compare` against a raw file that received the same writes;
  * header GUIDs, concurrent allocation, a crash without close, discard on
@@ -12,9 +12,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "uring.h"
+#include "io/uring.h"
 #include "vhdx-fixture.h"
-#include "vhdx.h"
+#include "formats/vhdx.h"
 
 #define M (1ull << 20)
 
@@ -29,7 +29,7 @@ static void twin_write(struct twin *t, uint64_t off, uint64_t len, unsigned seed
 	char *buf = g_malloc(len);
 
 	fx_pattern(buf, len, off, seed);
-	g_assert_cmpint(image_pwrite_sync(t->img, buf, len, off), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(t->img, buf, len, off), ==, 0);
 	g_assert_cmpint(pwrite(t->raw, buf, len, off), ==, (ssize_t)len);
 	g_free(buf);
 }
@@ -38,7 +38,7 @@ static void twin_zero(struct twin *t, uint64_t off, uint64_t len, bool unmap)
 {
 	char *buf = g_malloc0(len);
 
-	g_assert_cmpint(image_zero_sync(t->img, len, off, unmap), ==, 0);
+	g_assert_cmpint(image_zero_wait(t->img, len, off, unmap), ==, 0);
 	g_assert_cmpint(pwrite(t->raw, buf, len, off), ==, (ssize_t)len);
 	g_free(buf);
 }
@@ -84,7 +84,7 @@ static void workload(struct twin *t, unsigned seed)
 		else
 			twin_write(t, off, len, seed + 10 + i);
 		if (i % 10 == 0)
-			g_assert_cmpint(image_fsync_sync(t->img), ==, 0);
+			g_assert_cmpint(image_fsync_wait(t->img), ==, 0);
 	}
 	g_rand_free(r);
 }
@@ -221,7 +221,7 @@ static void test_guids(void)
 	g_assert_cmpint(fx_open(p, true, &img), ==, 0);
 	image_unref(img);
 	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
-	g_assert_cmpint(image_pread_sync(img, buf, 512, 0), ==, 0);
+	g_assert_cmpint(image_pread_wait(img, buf, 512, 0), ==, 0);
 	image_unref(img);
 	fx_pread(p, h1[0], 4096, VHDX_HEADER1_OFF);
 	fx_pread(p, h1[1], 4096, VHDX_HEADER2_OFF);
@@ -229,7 +229,7 @@ static void test_guids(void)
 	/* A write: new FileWriteGuid and DataWriteGuid, LogGuid clear after close. */
 	cur = fx_current_header(p);
 	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
-	g_assert_cmpint(image_pwrite_sync(img, buf, 512, 4096), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, buf, 512, 4096), ==, 0);
 	image_unref(img);
 	fx_pread(p, h1[0], 4096, fx_current_header(p));
 	g_assert_cmpmem(h0[cur == VHDX_HEADER2_OFF], 4, h1[0], 4); /* signature */
@@ -257,7 +257,7 @@ static void *race_thread(void *arg)
 	/* Every thread writes its own 4 KiB slot of the same fresh blocks. */
 	for (int b = 0; b < 16; b++) {
 		memset(buf, 'A' + r->id, sizeof(buf));
-		g_assert_cmpint(image_pwrite_sync(r->img, buf, sizeof(buf),
+		g_assert_cmpint(image_pwrite_wait(r->img, buf, sizeof(buf),
 						  b * M + r->id * 8192 + 512),
 				==, 0);
 	}
@@ -285,14 +285,14 @@ static void test_concurrent_alloc(void)
 	for (int b = 0; b < 16; b++)
 		for (int i = 0; i < 4; i++)
 			memset(expect + b * M + i * 8192 + 512, 'A' + i, 4096);
-	g_assert_cmpint(image_pread_sync(img, got, 16 * M, 0), ==, 0);
+	g_assert_cmpint(image_pread_wait(img, got, 16 * M, 0), ==, 0);
 	g_assert_cmpmem(expect, 16 * M, got, 16 * M);
 	image_unref(img);
 	/* One allocation per block: the file grew by 16 blocks, not more. */
 	g_assert_cmpint(stat(p, &st), ==, 0);
 	g_assert_cmpint(fx_sh_rc("qemu-img check -q race.vhdx"), ==, 0);
 	g_assert_cmpint(fx_open(p, true, &img), ==, 0);
-	g_assert_cmpint(image_pread_sync(img, got, 16 * M, 0), ==, 0);
+	g_assert_cmpint(image_pread_wait(img, got, 16 * M, 0), ==, 0);
 	g_assert_cmpmem(expect, 16 * M, got, 16 * M);
 	g_assert_cmpuint(st.st_size, <=, ((struct vhdx *)img->priv)->file_end);
 	g_assert_cmpuint(st.st_size, ==, 8 * M + 16 * M);
@@ -320,12 +320,12 @@ static void test_crash_without_close(void)
 		uring_thread_init(64);
 		twin_open(&t, "crash.vhdx", "crash.ref", 0);
 		workload(&t, 51);
-		image_fsync_sync(t.img);
+		image_fsync_wait(t.img);
 		close(t.raw);
 		/* Unsynced writes after the last fsync may or may not survive. */
 		{
 			char buf[4096] = {0x7f};
-			image_pwrite_sync(t.img, buf, sizeof(buf), 60 * M);
+			image_pwrite_wait(t.img, buf, sizeof(buf), 60 * M);
 		}
 		_exit(0);
 	}
@@ -361,7 +361,7 @@ static void test_discard(void)
 	fx_sh("qemu-img create -q -f vhdx -o block_size=1M disc.vhdx 32M");
 	twin_open(&t, "disc.vhdx", "disc.ref", 0);
 	twin_write(&t, 0, 16 * M, 61);
-	g_assert_cmpint(image_fsync_sync(t.img), ==, 0);
+	g_assert_cmpint(image_fsync_wait(t.img), ==, 0);
 	g_assert_cmpint(stat(p, &a), ==, 0);
 	twin_zero(&t, 2 * M, 4 * M, true);		/* whole blocks */
 	twin_zero(&t, 8 * M + 4096, 8192, true);	/* part of a block */
@@ -369,7 +369,7 @@ static void test_discard(void)
 	g_assert_cmpint(image_block_status(t.img, 2 * M, 4 * M, &pnum, &st), ==, 0);
 	g_assert_cmpint(st, ==, VD_BS_ZERO);
 	g_assert_cmpuint(pnum, ==, 4 * M);
-	g_assert_cmpint(image_fsync_sync(t.img), ==, 0);
+	g_assert_cmpint(image_fsync_wait(t.img), ==, 0);
 	g_assert_cmpint(stat(p, &b), ==, 0);
 	g_assert_cmpuint(b.st_blocks, <, a.st_blocks - 4 * M / 512 + 1);
 	twin_close(&t);

@@ -15,11 +15,11 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "image.h"
-#include "json.h"
-#include "log.h"
-#include "path.h"
-#include "uring.h"
+#include "image/image.h"
+#include "util/json.h"
+#include "util/log.h"
+#include "util/path.h"
+#include "io/sync-io.h"
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct vd_image **registry;
@@ -269,7 +269,7 @@ static void image_flush_demoted(struct vd_image *img)
 	int ret = img->fmt->flush ? img->fmt->flush(img) : 0;
 
 	if (!ret)
-		ret = sync_fdatasync(img->fd);
+		ret = meta_fdatasync(img->fd);
 	if (ret)
 		vd_err("%s: cannot flush it before serving it read-only: %s (fsync and close "
 		       "try again)",
@@ -660,7 +660,7 @@ int image_finish(struct vd_image *img)
 	} else {
 		ret = img->fmt->flush ? img->fmt->flush(img) : 0;
 		if (!ret)
-			ret = sync_fdatasync(img->fd);
+			ret = meta_fdatasync(img->fd);
 	}
 	img->writable = false;
 	if (ret)

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "format.h"
+#include "image/format.h"
 
 /* Probing order: formats with magic first; raw last (it matches by name). */
 const struct vd_format *const vd_formats[] = {

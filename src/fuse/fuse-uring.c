@@ -30,20 +30,20 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "log.h"
-#include "uring.h"
-#include "vfs.h"
+#include "util/log.h"
+#include "io/uring.h"
+#include "fuse/vfs.h"
 
 /* The kernel ABI of protocol 7.42, which Debian 12's headers predate. */
-#define RING_HDR_SZ 128
-#define RING_OP_SZ 128
-#define RING_CMD_REGISTER 1
-#define RING_CMD_COMMIT_AND_FETCH 2
-#define RING_INIT_EXT (1u << 30)       /* init flags: flags2 is valid */
-#define RING_INIT_OVER_URING (1u << 9) /* init flags2: bit 41 of the 64-bit flags */
-#define RING_FUSE_INIT 26
+#define FURING_HDR_SZ 128
+#define FURING_OP_SZ 128
+#define FURING_CMD_REGISTER 1
+#define FURING_CMD_COMMIT_AND_FETCH 2
+#define FURING_INIT_EXT (1u << 30)       /* init flags: flags2 is valid */
+#define FURING_INIT_OVER_URING (1u << 9) /* init flags2: bit 41 of the 64-bit flags */
+#define FURING_FUSE_INIT 26
 
-struct ring_ent_in_out {
+struct furing_ent_in_out {
 	uint64_t flags;
 	uint64_t commit_id;
 	uint32_t payload_sz;
@@ -51,13 +51,13 @@ struct ring_ent_in_out {
 	uint64_t reserved;
 };
 
-struct ring_req_header {
-	char in_out[RING_HDR_SZ]; /* fuse_in_header in, fuse_out_header out */
-	char op_in[RING_OP_SZ];	  /* the opcode's fixed argument */
-	struct ring_ent_in_out ent;
+struct furing_req_header {
+	char in_out[FURING_HDR_SZ]; /* fuse_in_header in, fuse_out_header out */
+	char op_in[FURING_OP_SZ];	  /* the opcode's fixed argument */
+	struct furing_ent_in_out ent;
 };
 
-struct ring_cmd_req {
+struct furing_cmd_req {
 	uint64_t flags;
 	uint64_t commit_id;
 	uint16_t qid;
@@ -66,53 +66,53 @@ struct ring_cmd_req {
 
 /* Entries per queue: requests a CPU can have at the daemon at once (more wait
  * in the kernel). Payload buffers are reserved, not touched, until used. */
-#define RING_DEPTH 32
+#define FURING_DEPTH 32
 /* Room in front of each payload for the in-header and the opcode argument. */
-#define RING_LEAD 4096
+#define FURING_LEAD 4096
 
-struct ring_owner;
+struct furing_owner;
 
-struct ring_ent {
+struct furing_ent {
 	struct uring_op op;
-	struct ring_req_header *hdr;
-	char *payload; /* page-aligned, ring_payload_sz bytes */
+	struct furing_req_header *hdr;
+	char *payload; /* page-aligned, furing_payload_sz bytes */
 	struct iovec iov[2];
 	uint16_t qid;
-	unsigned idx;	  /* in ring_uniques */
-	struct ring_owner *owner;
-	struct ring_ent *next_commit;
+	unsigned idx;	  /* in furing_uniques */
+	struct furing_owner *owner;
+	struct furing_ent *next_commit;
 };
 
 /* One per event-loop thread: commits other threads hand it, so that an
  * entry's next request comes back to the thread that registered it. */
-struct ring_owner {
+struct furing_owner {
 	pthread_mutex_t lock;
-	struct ring_ent *pending;
+	struct furing_ent *pending;
 	int efd;
 	struct uring_op poll;
 };
 
-static struct fuse_session *ring_se;
-static enum ring_mode ring_mode = RING_AUTO;
-static bool ring_on; /* INIT asked the kernel for the ring */
+static struct fuse_session *furing_se;
+static enum furing_mode furing_mode = FURING_AUTO;
+static bool furing_on; /* INIT asked the kernel for the ring */
 static uint64_t init_unique;
 static bool init_offered;
-static unsigned ring_nqueues, ring_nthreads;
-static size_t ring_payload_sz;
-static struct ring_ent *ring_ents;
-static _Atomic uint64_t *ring_uniques; /* request in each entry, 0 when free */
-static struct ring_owner *ring_owners;
-static char *ring_mem;
-static size_t ring_mem_sz;
-static __thread struct ring_owner *my_owner;
-static __thread struct ring_ent *cur_ent;
+static unsigned furing_nqueues, furing_nthreads;
+static size_t furing_payload_sz;
+static struct furing_ent *furing_ents;
+static _Atomic uint64_t *furing_uniques; /* request in each entry, 0 when free */
+static struct furing_owner *furing_owners;
+static char *furing_mem;
+static size_t furing_mem_sz;
+static __thread struct furing_owner *my_owner;
+static __thread struct furing_ent *cur_ent;
 
-bool ring_active(void)
+bool furing_active(void)
 {
-	return ring_on;
+	return furing_on;
 }
 
-void *ring_req_payload(void)
+void *furing_req_payload(void)
 {
 	return cur_ent ? cur_ent->payload : NULL;
 }
@@ -120,50 +120,50 @@ void *ring_req_payload(void)
 /* ---- the INIT exchange ---- */
 
 /* Called with every request read from /dev/fuse before libfuse sees it. */
-static void ring_inspect(const void *buf, size_t len)
+static void furing_inspect(const void *buf, size_t len)
 {
 	const struct fuse_in_header *in = buf;
 	const struct fuse_init_in *arg = (const void *)(in + 1);
 
 	if (len < sizeof(*in) + offsetof(struct fuse_init_in, flags2) + 4 ||
-	    in->opcode != RING_FUSE_INIT)
+	    in->opcode != FURING_FUSE_INIT)
 		return;
 	init_unique = in->unique;
-	init_offered = (arg->flags & RING_INIT_EXT) && (arg->flags2 & RING_INIT_OVER_URING);
+	init_offered = (arg->flags & FURING_INIT_EXT) && (arg->flags2 & FURING_INIT_OVER_URING);
 }
 
-static void ring_patch_init(struct iovec *iov, int count)
+static void furing_patch_init(struct iovec *iov, int count)
 {
 	struct fuse_init_out *out;
 
 	if (count < 2 || iov[1].iov_len < offsetof(struct fuse_init_out, flags2) + 4)
 		return;
 	out = iov[1].iov_base;
-	if (ring_mode == RING_OFF || !init_offered)
+	if (furing_mode == FURING_OFF || !init_offered)
 		return;
-	out->flags |= RING_INIT_EXT;
-	out->flags2 |= RING_INIT_OVER_URING;
-	ring_on = true;
+	out->flags |= FURING_INIT_EXT;
+	out->flags2 |= FURING_INIT_OVER_URING;
+	furing_on = true;
 }
 
 /* ---- requests ---- */
 
-static void ring_on_request(struct uring_op *op, int res);
+static void furing_on_request(struct uring_op *op, int res);
 
-static void ring_submit(struct ring_ent *e, uint32_t cmd_op, uint64_t commit_id)
+static void furing_submit(struct furing_ent *e, uint32_t cmd_op, uint64_t commit_id)
 {
-	struct ring_cmd_req req = {.commit_id = commit_id, .qid = e->qid};
+	struct furing_cmd_req req = {.commit_id = commit_id, .qid = e->qid};
 
-	uring_cmd(&e->op, fuse_session_fd(ring_se), cmd_op, e->iov, 2, &req, sizeof(req),
-		  ring_on_request);
+	uring_cmd(&e->op, fuse_session_fd(furing_se), cmd_op, e->iov, 2, &req, sizeof(req),
+		  furing_on_request);
 }
 
-static void ring_on_request(struct uring_op *op, int res)
+static void furing_on_request(struct uring_op *op, int res)
 {
-	struct ring_ent *e = op->data;
+	struct furing_ent *e = op->data;
 	struct fuse_in_header *in = (void *)e->hdr->in_out;
 	uint32_t psz = e->hdr->ent.payload_sz;
-	struct ring_ent *saved = cur_ent;
+	struct furing_ent *saved = cur_ent;
 	struct fuse_buf buf = {0};
 	size_t opsz;
 	char *start;
@@ -176,8 +176,8 @@ static void ring_on_request(struct uring_op *op, int res)
 	}
 	if (loop_stopping())
 		return; /* shutting down: the kernel ends it with the connection */
-	if (in->len < sizeof(*in) + psz || in->len - sizeof(*in) - psz > RING_OP_SZ ||
-	    psz > ring_payload_sz) {
+	if (in->len < sizeof(*in) + psz || in->len - sizeof(*in) - psz > FURING_OP_SZ ||
+	    psz > furing_payload_sz) {
 		vd_err("fuse ring: malformed request (len %u, payload %u)", in->len, psz);
 		return;
 	}
@@ -185,33 +185,33 @@ static void ring_on_request(struct uring_op *op, int res)
 	start = e->payload - opsz - sizeof(*in);
 	memcpy(start, in, sizeof(*in));
 	memcpy(start + sizeof(*in), e->hdr->op_in, opsz);
-	atomic_store_explicit(&ring_uniques[e->idx], in->unique, memory_order_release);
+	atomic_store_explicit(&furing_uniques[e->idx], in->unique, memory_order_release);
 	buf.mem = start;
 	buf.size = in->len;
 	cur_ent = e;
-	fuse_session_process_buf(ring_se, &buf);
+	fuse_session_process_buf(furing_se, &buf);
 	cur_ent = saved;
 }
 
-static struct ring_ent *ring_find(uint64_t unique)
+static struct furing_ent *furing_find(uint64_t unique)
 {
 	unsigned i;
 
 	if (!unique)
 		return NULL;
-	if (cur_ent && atomic_load_explicit(&ring_uniques[cur_ent->idx],
+	if (cur_ent && atomic_load_explicit(&furing_uniques[cur_ent->idx],
 					    memory_order_acquire) == unique)
 		return cur_ent;
-	for (i = 0; i < ring_nqueues * RING_DEPTH; i++)
-		if (atomic_load_explicit(&ring_uniques[i], memory_order_acquire) == unique)
-			return &ring_ents[i];
+	for (i = 0; i < furing_nqueues * FURING_DEPTH; i++)
+		if (atomic_load_explicit(&furing_uniques[i], memory_order_acquire) == unique)
+			return &furing_ents[i];
 	return NULL;
 }
 
-static void ring_commit_pending(struct uring_op *op, int res)
+static void furing_commit_pending(struct uring_op *op, int res)
 {
-	struct ring_owner *o = op->data;
-	struct ring_ent *e;
+	struct furing_owner *o = op->data;
+	struct furing_ent *e;
 	uint64_t v;
 
 	if (read(o->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
@@ -221,34 +221,34 @@ static void ring_commit_pending(struct uring_op *op, int res)
 	o->pending = NULL;
 	pthread_mutex_unlock(&o->lock);
 	while (e) {
-		struct ring_ent *next = e->next_commit;
+		struct furing_ent *next = e->next_commit;
 
-		ring_submit(e, RING_CMD_COMMIT_AND_FETCH, e->hdr->ent.commit_id);
+		furing_submit(e, FURING_CMD_COMMIT_AND_FETCH, e->hdr->ent.commit_id);
 		e = next;
 	}
 	if (!op->multishot)
-		uring_poll(op, o->efd, POLLIN, true, ring_commit_pending);
+		uring_poll(op, o->efd, POLLIN, true, furing_commit_pending);
 }
 
 /* libfuse's reply path: replies to ring requests go back through the ring. */
-static ssize_t ring_writev(int fd, struct iovec *iov, int count, void *userdata)
+static ssize_t furing_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
 	struct fuse_out_header *oh = iov[0].iov_base;
-	struct ring_ent *e;
+	struct furing_ent *e;
 	size_t total = iov[0].iov_len, psz = 0;
 	int i;
 
 	if (count < 1 || iov[0].iov_len < sizeof(*oh))
 		return writev(fd, iov, count);
-	e = ring_on ? ring_find(oh->unique) : NULL;
+	e = furing_on ? furing_find(oh->unique) : NULL;
 	if (!e) {
 		if (oh->unique && oh->unique == init_unique)
-			ring_patch_init(iov, count);
+			furing_patch_init(iov, count);
 		return writev(fd, iov, count);
 	}
 	for (i = 1; i < count; i++)
 		total += iov[i].iov_len;
-	if (total - sizeof(*oh) > ring_payload_sz) {
+	if (total - sizeof(*oh) > furing_payload_sz) {
 		/* Cannot happen with libfuse's limits; answer EIO rather than hang. */
 		vd_err("fuse ring: reply of %zu bytes does not fit", total);
 		oh->error = -EIO;
@@ -264,9 +264,9 @@ static ssize_t ring_writev(int fd, struct iovec *iov, int count, void *userdata)
 	memcpy(e->hdr->in_out, oh, sizeof(*oh));
 	e->hdr->ent.payload_sz = psz;
 	e->hdr->ent.commit_id = oh->unique;
-	atomic_store_explicit(&ring_uniques[e->idx], 0, memory_order_release);
+	atomic_store_explicit(&furing_uniques[e->idx], 0, memory_order_release);
 	if (my_owner == e->owner) {
-		ring_submit(e, RING_CMD_COMMIT_AND_FETCH, oh->unique);
+		furing_submit(e, FURING_CMD_COMMIT_AND_FETCH, oh->unique);
 	} else {
 		uint64_t one = 1;
 
@@ -280,12 +280,12 @@ static ssize_t ring_writev(int fd, struct iovec *iov, int count, void *userdata)
 	return total;
 }
 
-static ssize_t ring_read(int fd, void *buf, size_t len, void *userdata)
+static ssize_t furing_read(int fd, void *buf, size_t len, void *userdata)
 {
 	ssize_t n = read(fd, buf, len);
 
 	if (n > 0)
-		ring_inspect(buf, n);
+		furing_inspect(buf, n);
 	return n;
 }
 
@@ -314,118 +314,118 @@ static unsigned possible_cpus(void)
 	return last + 1;
 }
 
-int ring_setup(struct fuse_session *se, enum ring_mode mode)
+int furing_setup(struct fuse_session *se, enum furing_mode mode)
 {
-	static const struct fuse_custom_io io = {.writev = ring_writev, .read = ring_read};
+	static const struct fuse_custom_io io = {.writev = furing_writev, .read = furing_read};
 
-	ring_se = se;
-	ring_mode = mode;
+	furing_se = se;
+	furing_mode = mode;
 	if (fuse_session_custom_io(se, &io, fuse_session_fd(se)))
 		return -EINVAL;
 	return 0;
 }
 
-#define RING_PARAM "/sys/module/fuse/parameters/enable_uring"
-#define RING_NOT_OFFERED                                                                           \
-	"FUSE over io_uring is not offered by the kernel (needs Linux 6.14+ and: echo 1 > " RING_PARAM \
+#define FURING_PARAM "/sys/module/fuse/parameters/enable_uring"
+#define FURING_NOT_OFFERED                                                                           \
+	"FUSE over io_uring is not offered by the kernel (needs Linux 6.14+ and: echo 1 > " FURING_PARAM \
 	")"
 
 /* Before mounting, so that a daemon about to fork can still fail in front of
  * the user: -o uring=on needs the kernel's switch on. */
-int ring_precheck(enum ring_mode mode)
+int furing_precheck(enum furing_mode mode)
 {
 	FILE *f;
 	int c = 0;
 
-	if (mode != RING_ON)
+	if (mode != FURING_ON)
 		return 0;
-	f = fopen(RING_PARAM, "re");
+	f = fopen(FURING_PARAM, "re");
 	if (f) {
 		c = fgetc(f);
 		fclose(f);
 	}
 	if (c == 'Y' || c == '1')
 		return 0;
-	vd_err(RING_NOT_OFFERED);
+	vd_err(FURING_NOT_OFFERED);
 	return -EOPNOTSUPP;
 }
 
 /* After INIT: the ring was asked for; lay out the entries for nthreads loops. */
-int ring_prepare(unsigned nthreads)
+int furing_prepare(unsigned nthreads)
 {
 	size_t stride;
 	unsigned q, k, i;
 
-	if (!ring_on) {
-		if (ring_mode == RING_ON) {
-			vd_err(RING_NOT_OFFERED);
+	if (!furing_on) {
+		if (furing_mode == FURING_ON) {
+			vd_err(FURING_NOT_OFFERED);
 			return -EOPNOTSUPP;
 		}
 		return 0;
 	}
-	ring_nqueues = possible_cpus();
-	ring_nthreads = nthreads;
+	furing_nqueues = possible_cpus();
+	furing_nthreads = nthreads;
 	/* The kernel wants room for a full max_write (1 MiB with libfuse 3.14). */
-	ring_payload_sz = 1024 * 1024 + 4096;
-	stride = RING_LEAD + ring_payload_sz;
-	ring_mem_sz = stride * ring_nqueues * RING_DEPTH;
-	ring_mem = mmap(NULL, ring_mem_sz, PROT_READ | PROT_WRITE,
+	furing_payload_sz = 1024 * 1024 + 4096;
+	stride = FURING_LEAD + furing_payload_sz;
+	furing_mem_sz = stride * furing_nqueues * FURING_DEPTH;
+	furing_mem = mmap(NULL, furing_mem_sz, PROT_READ | PROT_WRITE,
 			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (ring_mem == MAP_FAILED)
+	if (furing_mem == MAP_FAILED)
 		return -errno;
-	ring_ents = calloc(ring_nqueues * RING_DEPTH, sizeof(*ring_ents));
-	ring_uniques = calloc(ring_nqueues * RING_DEPTH, sizeof(*ring_uniques));
-	ring_owners = calloc(nthreads, sizeof(*ring_owners));
-	if (!ring_ents || !ring_uniques || !ring_owners)
+	furing_ents = calloc(furing_nqueues * FURING_DEPTH, sizeof(*furing_ents));
+	furing_uniques = calloc(furing_nqueues * FURING_DEPTH, sizeof(*furing_uniques));
+	furing_owners = calloc(nthreads, sizeof(*furing_owners));
+	if (!furing_ents || !furing_uniques || !furing_owners)
 		return -ENOMEM;
 	for (i = 0; i < nthreads; i++) {
-		pthread_mutex_init(&ring_owners[i].lock, NULL);
-		ring_owners[i].efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-		if (ring_owners[i].efd < 0)
+		pthread_mutex_init(&furing_owners[i].lock, NULL);
+		furing_owners[i].efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (furing_owners[i].efd < 0)
 			return -errno;
 	}
-	for (q = 0; q < ring_nqueues; q++) {
-		for (k = 0; k < RING_DEPTH; k++) {
-			struct ring_ent *e;
+	for (q = 0; q < furing_nqueues; q++) {
+		for (k = 0; k < FURING_DEPTH; k++) {
+			struct furing_ent *e;
 
-			i = q * RING_DEPTH + k;
-			e = &ring_ents[i];
+			i = q * FURING_DEPTH + k;
+			e = &furing_ents[i];
 			e->idx = i;
 			e->qid = q;
 			/* Every thread takes a share of every queue: one issuing
 			 * thread (one CPU's queue) still keeps all loops busy. */
-			e->owner = &ring_owners[k % nthreads];
-			e->payload = ring_mem + i * stride + RING_LEAD;
+			e->owner = &furing_owners[k % nthreads];
+			e->payload = furing_mem + i * stride + FURING_LEAD;
 			e->hdr = calloc(1, sizeof(*e->hdr));
 			if (!e->hdr)
 				return -ENOMEM;
 			e->iov[0].iov_base = e->hdr;
 			e->iov[0].iov_len = sizeof(*e->hdr);
 			e->iov[1].iov_base = e->payload;
-			e->iov[1].iov_len = ring_payload_sz;
+			e->iov[1].iov_len = furing_payload_sz;
 			e->op.data = e;
 		}
 	}
-	vd_info("FUSE over io_uring: %u queues of %u entries on %u threads", ring_nqueues,
-		RING_DEPTH, nthreads);
+	vd_info("FUSE over io_uring: %u queues of %u entries on %u threads", furing_nqueues,
+		FURING_DEPTH, nthreads);
 	return 0;
 }
 
 /* On loop thread idx (with a ring from uring_thread_init_cmd()): register its
  * share of every queue's entries. */
-void ring_thread_start(unsigned idx)
+void furing_thread_start(unsigned idx)
 {
-	struct ring_owner *o;
+	struct furing_owner *o;
 	unsigned q, k;
 
-	if (!ring_on || idx >= ring_nthreads)
+	if (!furing_on || idx >= furing_nthreads)
 		return;
-	o = &ring_owners[idx];
+	o = &furing_owners[idx];
 	my_owner = o;
 	o->poll.data = o;
-	uring_poll(&o->poll, o->efd, POLLIN, true, ring_commit_pending);
-	for (q = 0; q < ring_nqueues; q++)
-		for (k = 0; k < RING_DEPTH; k++)
-			if (ring_ents[q * RING_DEPTH + k].owner == o)
-				ring_submit(&ring_ents[q * RING_DEPTH + k], RING_CMD_REGISTER, 0);
+	uring_poll(&o->poll, o->efd, POLLIN, true, furing_commit_pending);
+	for (q = 0; q < furing_nqueues; q++)
+		for (k = 0; k < FURING_DEPTH; k++)
+			if (furing_ents[q * FURING_DEPTH + k].owner == o)
+				furing_submit(&furing_ents[q * FURING_DEPTH + k], FURING_CMD_REGISTER, 0);
 }

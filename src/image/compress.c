@@ -7,7 +7,7 @@
 #include <zlib.h>
 #include <zstd.h>
 
-#include "image.h"
+#include "image/image.h"
 
 static int inflate_raw(const void *in, size_t inlen, void *out, size_t outlen)
 {

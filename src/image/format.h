@@ -119,6 +119,85 @@ struct vd_create_opts {
 	unsigned mode;		/* permission bits of the new file; 0 = 0644 (less umask) */
 };
 
+/* ---- the image as a driver sees it ---- */
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+enum vd_backing_policy {
+	VD_BACKING_FOLLOW,	  /* open whatever the image names */
+	VD_BACKING_DENY,	  /* refuse images that have a backing file */
+	VD_BACKING_WITHIN_SOURCE, /* only files under a given directory */
+};
+
+#define VD_BACKING_MAX_DEPTH 16
+#define VD_BACKING_MAX_NAMES 4
+
+struct vd_open_opts {
+	bool read_only;
+	const char *format; /* force a driver by name, or NULL to probe */
+	enum vd_backing_policy backing;
+	const char *within; /* directory for VD_BACKING_WITHIN_SOURCE */
+	uint64_t cache_size; /* metadata cache bytes per image; 0 = driver default */
+	const char *vhdx_parent; /* override for a vhdx differencing parent path */
+	bool raw_by_default; /* no magic matched: raw (single-image mounts) */
+	bool cache_direct;   /* aligned data I/O bypasses the host page cache */
+	bool nofollow;	     /* the path is resolved: no symbolic link anywhere in it */
+	bool force_share;    /* read-only: share every permission, like qemu-img -U */
+};
+
+struct vd_image {
+	char *path; /* as given (absolute for backing files) */
+	char *name; /* base name, for messages */
+	int fd;
+	int dio_fd; /* O_DIRECT twin of fd for aligned data I/O, or -1 */
+	/* What dio_fd needs (the file system's own, from statx; else 4096):
+	 * offset and length, and buffer address, alignment. */
+	uint32_t dio_align, dio_mem_align;
+	dev_t dev;
+	ino_t ino;
+	const struct vd_format *fmt;
+	void *priv; /* the driver's state */
+	bool read_only; /* new writes fail with EROFS */
+	/* Opened for writing (after the driver's open). Stays set when read_only
+	 * is set later, because the image became another image's backing file:
+	 * fsync and close still write back what the earlier writes left dirty. */
+	bool writable;
+	const struct vd_open_opts *opts; /* valid during open only */
+
+	uint64_t size;	       /* virtual size in bytes */
+	uint32_t cluster_size; /* cluster / block size; 0 for raw */
+	uint32_t zero_align;   /* discard/write_zeroes granularity (>= 512) */
+
+	/* Backing file: drivers fill the names at open; image.c opens it. */
+	char *backing_names[VD_BACKING_MAX_NAMES]; /* candidates, first match wins */
+	char *backing_fmt;
+	struct vd_image *backing;
+	int depth;
+
+	/* A runtime inconsistency (EIO from a driver) marks the image broken. */
+	atomic_bool broken;
+	atomic_int refs;
+
+	/* The image layer's own (image-io.c): fsync batches. Drivers do not
+	 * touch these. */
+	pthread_mutex_t sync_lock;
+	struct fsync_batch *sync_running, *sync_next;
+	/* direct fdatasync calls: their average time, and none before (ns) */
+	_Atomic uint64_t sync_inline_avg, sync_inline_after;
+};
+
+/* Mark broken after a runtime inconsistency; logs once. */
+void image_mark_broken(struct vd_image *img, const char *why);
+
+/* The one call from a driver back up into the image layer: a driver's
+ * truncate() while it grows the view may zero [off, off+len), which
+ * may lie past img->size since the new size is not visible yet, through the
+ * same paths as IMAGE_ZERO (the driver's write_zeroes for aligned parts, or
+ * written zeroes). Called without the driver's lock; blocks until done like
+ * image_submit_wait(). */
+int image_zero_grow_wait(struct vd_image *img, uint64_t len, uint64_t off);
+
 /*
  * One format. Every function returns 0 or a negative errno. Drivers log a message
  * naming the image, offset and structure (vd_err() in util/log.h) before

@@ -7,12 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "clock.h"
-#include "image.h"
-#include "log.h"
-#include "uring.h"
-
-#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+#include "util/clock.h"
+#include "image/image-int.h"
+#include "util/log.h"
+#include "io/uring.h"
+#include "io/sync-io.h"
 
 #define DIO_ALIGN 4096
 
@@ -154,7 +153,7 @@ static void img_fill(struct vd_image *img, const struct img_src *src, uint64_t g
 			memset(dst + (b->size - goff), 0, goff + len - b->size);
 			len = b->size - goff;
 		}
-		image_read(b, dst, len, goff, fill_backing_done, f);
+		image_submit(b, IMAGE_READ, dst, len, goff, fill_backing_done, f);
 		break;
 	}
 }
@@ -189,16 +188,16 @@ struct img_req {
 
 /* Requests that req_wake() resumed on this thread and that are not finished:
  * their I/O is on this thread's ring, so the thread must keep running it until
- * they are (see image_sync_call()). A request finishes on the thread that
- * started its I/O, so the count goes up and down on the same thread. */
-static __thread unsigned adopted;
+ * they are (see image_wait()). A request finishes on the thread that started
+ * its I/O, so the count goes up and down on the same thread. */
+__thread unsigned image_adopted;
 
 static void req_finish(struct img_req *r)
 {
 	struct vd_image *img = r->img;
 
 	if (r->adopted)
-		adopted--;
+		image_adopted--;
 	if (r->map.ticket) {
 		/* A write is answered only once its allocations are linked. */
 		int ret = img->fmt->complete(img, r->map.ticket, r->err);
@@ -375,7 +374,7 @@ static void req_start(struct img_req *r)
 		 * driver dropped its lock, another thread's complete() may resume
 		 * and finish r, so r is not touched again here. */
 		if (was_adopted)
-			adopted--;
+			image_adopted--;
 		return;
 	}
 	r->adopted = was_adopted;
@@ -433,7 +432,7 @@ static void req_wake(struct vd_waiter *w)
 	struct img_req *r = container_of(w, struct img_req, waiter);
 
 	r->adopted = true;
-	adopted++;
+	image_adopted++;
 	req_start(r);
 }
 
@@ -477,18 +476,6 @@ static void img_rw(struct vd_image *img, char *buf, uint64_t len, uint64_t off, 
 	r->waiter.wake = req_wake;
 	vd_map_init(&r->map);
 	req_start(r);
-}
-
-void image_read(struct vd_image *img, void *buf, uint64_t len, uint64_t off, vd_done_fn done,
-		void *opaque)
-{
-	img_rw(img, buf, len, off, false, img->size, done, opaque);
-}
-
-void image_write(struct vd_image *img, const void *buf, uint64_t len, uint64_t off,
-		 vd_done_fn done, void *opaque)
-{
-	img_rw(img, (char *)buf, len, off, true, img->size, done, opaque);
 }
 
 /* ---- zeroing: the driver for aligned ranges, written zeroes for the rest ---- */
@@ -647,129 +634,45 @@ static void img_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unma
 	zero_pump_locked(z);
 }
 
-void image_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unmap, vd_done_fn done,
-		void *opaque)
+const char *image_op_name(enum image_op op)
 {
-	img_zero(img, len, off, unmap, 0, done, opaque);
+	static const char *const names[] = {
+		[IMAGE_READ] = "read",
+		[IMAGE_WRITE] = "write",
+		[IMAGE_ZERO] = "write-zeroes",
+		[IMAGE_DISCARD] = "discard",
+		[IMAGE_FSYNC] = "fsync",
+	};
+
+	return op < sizeof(names) / sizeof(names[0]) && names[op] ? names[op] : "unknown";
 }
 
-/* ---- fsync: metadata in the driver's order, then a data-file fsync; calls
- * that arrive while one runs share the next one ---- */
-
-struct sync_waiter {
-	struct sync_waiter *next;
-	vd_done_fn done;
-	void *opaque;
-};
-
-struct img_sync {
-	struct vd_image *img;
-	struct sync_waiter *waiters;
-	struct uring_op op;
-};
-
-static void sync_start(struct img_sync *s);
-
-static void sync_finish(struct img_sync *s, int err)
+void image_submit(struct vd_image *img, enum image_op op, void *buf, uint64_t len, uint64_t off,
+		  vd_done_fn done, void *opaque)
 {
-	struct vd_image *img = s->img;
-	struct sync_waiter *w = s->waiters, *next;
-	struct img_sync *n;
-
-	pthread_mutex_lock(&img->sync_lock);
-	n = img->sync_next;
-	img->sync_running = n;
-	img->sync_next = NULL;
-	pthread_mutex_unlock(&img->sync_lock);
-	free(s);
-	for (; w; w = next) {
-		next = w->next;
-		w->done(w->opaque, err);
-		free(w);
-	}
-	if (n)
-		sync_start(n);
-}
-
-static void sync_fsync_done(struct uring_op *op, int res)
-{
-	sync_finish(container_of(op, struct img_sync, op), res < 0 ? res : 0);
-}
-
-/* An fdatasync through io_uring is always handed to a kernel worker thread,
- * and its completion back: two wake-ups that cost more than a local disk's
- * cache flush itself. So a thread with no other I/O of its own in flight
- * calls it directly, as long as this image's direct calls have been quick on
- * average (over SYNC_INLINE_MAX_NS, say on slow or remote storage, the
- * image's flushes go through the ring for a second before it tries again),
- * so that flushes never hold an event loop for long. */
-#define SYNC_INLINE_MAX_NS 2000000ull
-
-static bool sync_inline(struct vd_image *img, int *err)
-{
-	uint64_t t0 = vd_now_ns(), t1, avg, after = atomic_load(&img->sync_inline_after);
-
-	if (uring_inflight() || t0 < after)
-		return false;
-	*err = sync_fdatasync(img->fd);
-	t1 = vd_now_ns();
-	/* The first call after a back-off judges by itself alone: one long
-	 * flush (the journal commit after a burst of writes) must not keep the
-	 * average high, and flushes off the loop, for as many seconds as it
-	 * takes to decay one sample per second. */
-	avg = after ? t1 - t0 : (atomic_load(&img->sync_inline_avg) * 7 + (t1 - t0)) / 8;
-	atomic_store(&img->sync_inline_avg, avg);
-	atomic_store(&img->sync_inline_after, avg > SYNC_INLINE_MAX_NS ? t1 + 1000000000ull : 0);
-	return true;
-}
-
-static void sync_start(struct img_sync *s)
-{
-	struct vd_image *img = s->img;
-	int ret = img->fmt->flush ? img->fmt->flush(img) : 0;
-
-	if (ret || sync_inline(img, &ret)) {
-		sync_finish(s, ret);
+	switch (op) {
+	case IMAGE_READ:
+	case IMAGE_WRITE:
+		img_rw(img, buf, len, off, op == IMAGE_WRITE, img->size, done, opaque);
+		return;
+	case IMAGE_ZERO:
+	case IMAGE_DISCARD:
+		img_zero(img, len, off, op == IMAGE_DISCARD, 0, done, opaque);
+		return;
+	case IMAGE_FSYNC:
+		fsync_batch_join(img, done, opaque);
 		return;
 	}
-	uring_fsync(&s->op, img->fd, true, sync_fsync_done);
+	done(opaque, -EINVAL);
 }
 
-void image_fsync(struct vd_image *img, vd_done_fn done, void *opaque)
+int image_zero_grow_wait(struct vd_image *img, uint64_t len, uint64_t off)
 {
-	struct sync_waiter *w;
-	struct img_sync **slot, *start = NULL;
+	struct image_wait w;
 
-	if (!img->writable) {
-		done(opaque, 0);
-		return;
-	}
-	w = calloc(1, sizeof(*w));
-	if (!w) {
-		done(opaque, -ENOMEM);
-		return;
-	}
-	w->done = done;
-	w->opaque = opaque;
-	pthread_mutex_lock(&img->sync_lock);
-	slot = img->sync_running ? &img->sync_next : &img->sync_running;
-	if (!*slot) {
-		*slot = calloc(1, sizeof(**slot));
-		if (!*slot) {
-			pthread_mutex_unlock(&img->sync_lock);
-			free(w);
-			done(opaque, -ENOMEM);
-			return;
-		}
-		(*slot)->img = img;
-		if (slot == &img->sync_running)
-			start = *slot; /* ours to start: nobody else finishes it */
-	}
-	w->next = (*slot)->waiters;
-	(*slot)->waiters = w;
-	pthread_mutex_unlock(&img->sync_lock);
-	if (start)
-		sync_start(start);
+	image_wait_init(&w);
+	img_zero(img, len, off, false, off + len, image_wait_done, &w);
+	return image_wait(&w);
 }
 
 /* ---- block status through the chain, truncate ---- */
@@ -810,83 +713,3 @@ int image_truncate(struct vd_image *img, uint64_t size)
 	return img->fmt->truncate(img, size);
 }
 
-/* ---- blocking wrappers ---- */
-
-struct sync_wait {
-	atomic_bool done;
-	int err;
-};
-
-static void sync_wait_cb(void *opaque, int err)
-{
-	struct sync_wait *w = opaque;
-
-	w->err = err;
-	atomic_store(&w->done, true);
-}
-
-enum sync_op { SYNC_READ, SYNC_WRITE, SYNC_ZERO, SYNC_UNMAP, SYNC_FSYNC, SYNC_ZERO_GROW };
-
-static int image_sync_call(enum sync_op op, struct vd_image *img, void *buf, uint64_t len,
-			   uint64_t off)
-{
-	struct sync_wait w = {.done = false};
-	int ret = uring_thread_init(64);
-
-	if (ret)
-		return ret;
-	switch (op) {
-	case SYNC_READ:
-		image_read(img, buf, len, off, sync_wait_cb, &w);
-		break;
-	case SYNC_WRITE:
-		image_write(img, buf, len, off, sync_wait_cb, &w);
-		break;
-	case SYNC_ZERO:
-	case SYNC_UNMAP:
-		image_zero(img, len, off, op == SYNC_UNMAP, sync_wait_cb, &w);
-		break;
-	case SYNC_FSYNC:
-		image_fsync(img, sync_wait_cb, &w);
-		break;
-	case SYNC_ZERO_GROW:
-		img_zero(img, len, off, false, off + len, sync_wait_cb, &w);
-		break;
-	}
-	/* A request of ours parked on another thread's allocation finishes
-	 * there (we poll for it). Requests of other threads that our
-	 * completions resumed have their I/O on our ring: we leave only once
-	 * they finished, else nobody would reap it (this thread may exit or
-	 * block next) and their callers would wait forever. */
-	while (!atomic_load(&w.done) || adopted) {
-		ret = uring_run(uring_inflight() ? 100 : 10);
-		if (ret < 0)
-			return ret;
-	}
-	return w.err;
-}
-
-int image_pread_sync(struct vd_image *img, void *buf, uint64_t len, uint64_t off)
-{
-	return image_sync_call(SYNC_READ, img, buf, len, off);
-}
-
-int image_pwrite_sync(struct vd_image *img, const void *buf, uint64_t len, uint64_t off)
-{
-	return image_sync_call(SYNC_WRITE, img, (void *)buf, len, off);
-}
-
-int image_zero_sync(struct vd_image *img, uint64_t len, uint64_t off, bool unmap)
-{
-	return image_sync_call(unmap ? SYNC_UNMAP : SYNC_ZERO, img, NULL, len, off);
-}
-
-int image_fsync_sync(struct vd_image *img)
-{
-	return image_sync_call(SYNC_FSYNC, img, NULL, 0, 0);
-}
-
-int image_zero_grow_sync(struct vd_image *img, uint64_t len, uint64_t off)
-{
-	return image_sync_call(SYNC_ZERO_GROW, img, NULL, len, off);
-}

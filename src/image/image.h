@@ -1,0 +1,108 @@
+/* An open image: one host file, its format driver and its backing chain, plus
+ * the generic asynchronous I/O on guest ranges (image-io.c) that every format
+ * shares: map, submit through io_uring, copy-on-write merge, backing reads,
+ * decompression, fsync coalescing. */
+#ifndef VDISKFS_IMAGE_H
+#define VDISKFS_IMAGE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "image/format.h"
+
+/* Open an image and its backing chain. On failure logs one line naming the
+ * cause and returns -errno. */
+int image_open(const char *path, const struct vd_open_opts *o, struct vd_image **out);
+void image_ref(struct vd_image *img);
+/* Drop a reference; the last one flushes and closes the whole chain. */
+void image_unref(struct vd_image *img);
+/* Make a writable image's file final (everything close would write is
+ * written and synced) and refuse its writes from now on (EROFS); reads go on,
+ * and close writes nothing more. For an image that is retired while requests
+ * may still read it (the mirror's old source). Logs and returns -errno when
+ * the file could not be made final. */
+int image_finish(struct vd_image *img);
+/* The image's facts as JSON members (inside an open object): path, format,
+ * sizes, allocation, read-only (or forced so), broken, the backing chain and
+ * an object named after the format with the driver's own facts. */
+struct json_writer;
+void image_facts_json(struct vd_image *img, bool read_only, struct json_writer *j);
+/* Probe a file: the driver whose magic matches, or NULL. */
+const struct vd_format *image_probe(int fd, const char *path, bool raw_by_default);
+/* Bytes the image allocates for guest data in its own layer (the driver's
+ * count: qcow2 L2 tables, vhdx BAT), or the host file's st_blocks * 512 where
+ * the driver keeps none (raw). The backing chain is not counted. */
+uint64_t image_allocated(struct vd_image *img);
+
+/* ---- asynchronous I/O on guest ranges (image-io.c) ----
+ * Each call completes exactly once through done(opaque, err), possibly before it
+ * returns, on the calling thread or on the thread whose completion finished it.
+ * The calling thread must have an io_uring context (uring_thread_init()).
+ *
+ * Completions. done() may run inside the call: for a refused check, ENOMEM, a
+ * map or allocation the driver refused (a hostile image), a read of zeroes
+ * only. A write parked behind another request's allocation completes on the
+ * thread that finished that request, perhaps while its submitter is still in
+ * the call. So whoever hands state to these calls (or to a driver's map()
+ * with a waiter) touches it no more once the call can have finished it, and
+ * a loop that submits several parts of one job guards the job: it holds a
+ * count of its own while it loops and drops it last (req_start(), the COW
+ * merge, the mirror's fan-out), or only its outermost frame may finish the
+ * job (zero_pump_locked()); a count that another thread's completion also
+ * changes is atomic or under a lock. */
+typedef void (*vd_done_fn)(void *opaque, int err);
+
+/* The requests of the data path: one vocabulary for the view, the mirror and
+ * every job. buf is read into (READ) or written from (WRITE); the others take
+ * none. */
+enum image_op {
+	IMAGE_READ,
+	IMAGE_WRITE,
+	IMAGE_ZERO,    /* write zeroes, keeping the allocation where the format can */
+	IMAGE_DISCARD, /* zero, deallocating where the format can (punch hole) */
+	IMAGE_FSYNC,   /* metadata flush in the safe order, then IORING_OP_FSYNC
+			* (datasync) of the data file; concurrent calls share one */
+};
+const char *image_op_name(enum image_op op);
+
+void image_submit(struct vd_image *img, enum image_op op, void *buf, uint64_t len, uint64_t off,
+		  vd_done_fn done, void *opaque);
+
+/* Status of the whole chain at off: DATA or ZERO (UNALLOC resolved through the
+ * backing images; past the backing's end reads as ZERO). */
+int image_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
+		       enum vd_bs *status);
+int image_truncate(struct vd_image *img, uint64_t size);
+
+/* The blocking form of image_submit(), for tests, tools and start-up: runs
+ * the calling thread's ring until the request is done, and until the parked
+ * writes of other threads that it resumed meanwhile (their I/O is on this
+ * ring) are done too. Returns 0 or -errno. */
+int image_submit_wait(struct vd_image *img, enum image_op op, void *buf, uint64_t len,
+		      uint64_t off);
+
+static inline int image_pread_wait(struct vd_image *img, void *buf, uint64_t len, uint64_t off)
+{
+	return image_submit_wait(img, IMAGE_READ, buf, len, off);
+}
+
+static inline int image_pwrite_wait(struct vd_image *img, const void *buf, uint64_t len,
+				    uint64_t off)
+{
+	return image_submit_wait(img, IMAGE_WRITE, (void *)buf, len, off);
+}
+
+static inline int image_zero_wait(struct vd_image *img, uint64_t len, uint64_t off, bool unmap)
+{
+	return image_submit_wait(img, unmap ? IMAGE_DISCARD : IMAGE_ZERO, NULL, len, off);
+}
+
+static inline int image_fsync_wait(struct vd_image *img)
+{
+	return image_submit_wait(img, IMAGE_FSYNC, NULL, 0, 0);
+}
+
+#endif
