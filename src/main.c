@@ -206,7 +206,9 @@ static int configure_log(struct cmdline *c)
 	return 0;
 }
 
-static int configure(struct cmdline *c, struct fuse_args *args)
+/* SOURCE and MOUNTPOINT: both exist, and a file is mounted on a file (its
+ * raw view), a directory on a directory. */
+static int configure_paths(struct cmdline *c)
 {
 	struct stat sst, mst;
 	char real[PATH_MAX];
@@ -245,57 +247,87 @@ static int configure(struct cmdline *c, struct fuse_args *args)
 			c->mountpoint);
 		return -EINVAL;
 	}
-	vfs_cfg.read_only = c->ro;
-	vfs_cfg.direct_io = c->direct_io;
-	vfs_cfg.allow_shrink = c->allow_shrink;
-	vfs_cfg.allow_other = c->allow_other;
-	vfs_cfg.owner = getuid();
-	vfs_cfg.threads = sysconf(_SC_NPROCESSORS_ONLN);
-	if (c->threads) {
-		char *end;
-		unsigned long n = strtoul(c->threads, &end, 10);
-		if (*end || !*c->threads || n < 1 || n > 64) {
-			fprintf(stderr, "vdiskfs: threads=%s: want 1 to 64\n", c->threads);
-			return -EINVAL;
-		}
-		vfs_cfg.threads = n;
-	}
+	return 0;
+}
 
-	vfs_cfg.open.read_only = c->ro;
+/* -o name=val as a number in [min, max]; val NULL leaves *out as it is. */
+static int configure_number(const char *name, const char *val, unsigned long min,
+			    unsigned long max, unsigned long *out)
+{
+	char *end;
+	unsigned long n;
+
+	if (!val)
+		return 0;
+	n = strtoul(val, &end, 10);
+	if (*end || !*val || n < min || n > max) {
+		fprintf(stderr, "vdiskfs: %s=%s: want %lu to %lu\n", name, val, min, max);
+		return -EINVAL;
+	}
+	*out = n;
+	return 0;
+}
+
+/* How images are opened: every view and every backing file. */
+static int configure_open(struct cmdline *c)
+{
+	struct vd_open_opts *o = &vfs_cfg.open;
+
+	o->read_only = c->ro;
 	if (c->force_share && !c->ro) {
 		fprintf(stderr, "vdiskfs: force_share needs ro: a writer never shares writing\n");
 		return -EINVAL;
 	}
-	vfs_cfg.open.force_share = c->force_share;
-	vfs_cfg.open.raw_by_default = vfs_cfg.single;
-	vfs_cfg.open.vhdx_parent = c->vhdx_parent;
-	vfs_cfg.open.within = vfs_cfg.single ? g_path_get_dirname(vfs_cfg.source) : vfs_cfg.source;
+	o->force_share = c->force_share;
+	o->raw_by_default = vfs_cfg.single;
+	o->vhdx_parent = c->vhdx_parent;
+	o->within = vfs_cfg.single ? g_path_get_dirname(vfs_cfg.source) : vfs_cfg.source;
 	if (c->format) {
 		if (!vd_format_by_name(c->format)) {
 			fprintf(stderr, "vdiskfs: format=%s: want raw, qcow2 or vhdx\n", c->format);
 			return -EINVAL;
 		}
-		vfs_cfg.open.format = c->format;
+		o->format = c->format;
 	}
 	if (!c->backing)
-		vfs_cfg.open.backing = c->allow_other ? VD_BACKING_WITHIN_SOURCE : VD_BACKING_FOLLOW;
+		o->backing = c->allow_other ? VD_BACKING_WITHIN_SOURCE : VD_BACKING_FOLLOW;
 	else if (!strcmp(c->backing, "follow"))
-		vfs_cfg.open.backing = VD_BACKING_FOLLOW;
+		o->backing = VD_BACKING_FOLLOW;
 	else if (!strcmp(c->backing, "deny"))
-		vfs_cfg.open.backing = VD_BACKING_DENY;
+		o->backing = VD_BACKING_DENY;
 	else if (!strcmp(c->backing, "within-source"))
-		vfs_cfg.open.backing = VD_BACKING_WITHIN_SOURCE;
+		o->backing = VD_BACKING_WITHIN_SOURCE;
 	else {
 		fprintf(stderr, "vdiskfs: backing=%s: want follow, deny or within-source\n",
 			c->backing);
 		return -EINVAL;
 	}
 	if (!c->cache || !strcmp(c->cache, "none")) {
-		vfs_cfg.open.cache_direct = true;
+		o->cache_direct = true;
 	} else if (strcmp(c->cache, "writeback")) {
 		fprintf(stderr, "vdiskfs: cache=%s: want none or writeback\n", c->cache);
 		return -EINVAL;
 	}
+	if (c->cache_size && parse_size(c->cache_size, &o->cache_size)) {
+		fprintf(stderr, "vdiskfs: cache_size=%s: not a size (e.g. 64M)\n", c->cache_size);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* The FUSE front: permissions, event loops, the transport. */
+static int configure_front(struct cmdline *c)
+{
+	unsigned long n = sysconf(_SC_NPROCESSORS_ONLN), poll = 0;
+
+	vfs_cfg.read_only = c->ro;
+	vfs_cfg.direct_io = c->direct_io;
+	vfs_cfg.allow_shrink = c->allow_shrink;
+	vfs_cfg.allow_other = c->allow_other;
+	vfs_cfg.owner = getuid();
+	if (configure_number("threads", c->threads, 1, 64, &n))
+		return -EINVAL;
+	vfs_cfg.threads = n;
 	if (!c->uring || !strcmp(c->uring, "auto")) {
 		vfs_cfg.ring = FURING_AUTO;
 	} else if (!strcmp(c->uring, "on")) {
@@ -306,20 +338,23 @@ static int configure(struct cmdline *c, struct fuse_args *args)
 		fprintf(stderr, "vdiskfs: uring=%s: want auto, on or off\n", c->uring);
 		return -EINVAL;
 	}
-	if (c->poll_us) {
-		char *end;
-		unsigned long n = strtoul(c->poll_us, &end, 10);
-		if (*end || !*c->poll_us || n > 1000) {
-			fprintf(stderr, "vdiskfs: poll_us=%s: want 0 to 1000\n", c->poll_us);
-			return -EINVAL;
-		}
-		uring_set_poll(n);
-	}
-	if (c->cache_size && parse_size(c->cache_size, &vfs_cfg.open.cache_size)) {
-		fprintf(stderr, "vdiskfs: cache_size=%s: not a size (e.g. 64M)\n", c->cache_size);
+	if (configure_number("poll_us", c->poll_us, 0, 1000, &poll))
 		return -EINVAL;
-	}
+	if (c->poll_us)
+		uring_set_poll(poll);
+	return 0;
+}
 
+static int configure(struct cmdline *c, struct fuse_args *args)
+{
+	int ret = configure_paths(c);
+
+	if (!ret)
+		ret = configure_front(c);
+	if (!ret)
+		ret = configure_open(c);
+	if (ret)
+		return ret;
 	if (configure_log(c))
 		return -EINVAL;
 	if (c->pid_file) {

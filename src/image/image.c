@@ -419,26 +419,21 @@ static int image_open_file(const char *path, int flags, uint64_t resolve)
 	return fd;
 }
 
-/* Open path (or real, its checked resolved path, without following links;
- * o->nofollow: path itself is resolved already, follow no link in it). */
-static int image_open_chain(const char *path, const char *real, const struct vd_open_opts *o,
-			    bool read_only, const char *force_fmt, struct open_chain *chain,
-			    struct vd_image **out)
+/* Open the file of one chain member (step 1 of image_open_chain()): within
+ * the fd budget, read-write unless read-only or the file system is, and not
+ * an image already in the chain. Each refusal is logged. Returns the fd (its
+ * stat in *st; *read_only set when it fell back) or -errno. */
+static int image_open_fd(const char *path, const char *real, const char *opath, uint64_t resolve,
+			 bool top_nofollow, struct open_chain *chain, bool *read_only,
+			 struct stat *st)
 {
-	struct vd_image *img, *found;
-	const char *opath = real ? real : path;
-	bool top_nofollow = !chain->n && o->nofollow;
-	uint64_t resolve = real || top_nofollow ? RESOLVE_NO_SYMLINKS : 0;
-	struct stat st;
-	bool demote;
-	int fd, ret;
+	int fd, ret = image_fd_budget(path);
 
-	ret = image_fd_budget(path);
 	if (ret)
 		return ret;
-	fd = image_open_file(opath, read_only ? O_RDONLY : O_RDWR, resolve);
-	if (fd == -EROFS && !read_only) {
-		read_only = true;
+	fd = image_open_file(opath, *read_only ? O_RDONLY : O_RDWR, resolve);
+	if (fd == -EROFS && !*read_only) {
+		*read_only = true;
 		fd = image_open_file(opath, O_RDONLY, resolve);
 	}
 	if (fd < 0) {
@@ -456,55 +451,138 @@ static int image_open_chain(const char *path, const char *real, const struct vd_
 			vd_err("%s: cannot open: %s", path, strerror(-fd));
 		return fd;
 	}
-	if (fstat(fd, &st) < 0) {
+	if (fstat(fd, st) < 0) {
 		ret = -errno;
 		close(fd);
 		return ret;
 	}
 	for (int i = 0; i < chain->n; i++) {
-		if (chain->dev[i] == st.st_dev && chain->ino[i] == st.st_ino) {
+		if (chain->dev[i] == st->st_dev && chain->ino[i] == st->st_ino) {
 			vd_err("%s: backing chain loops back to an image already in it", path);
 			close(fd);
 			return -ELOOP;
 		}
 	}
+	return fd;
+}
+
+/* Step 2: an image this daemon has open already is shared (one set of
+ * caches and tickets per file), not deeper than it could be opened alone; a
+ * writable one that becomes a backing file is served read-only from now on.
+ * Otherwise the file gets QEMU's locks for the way we open it. Returns 1 with
+ * *out referenced (fd closed), 0 (fd locked, ours to use), or -errno (fd
+ * closed). The registry lock is not held while the caller opens the driver
+ * (which reads the file): a second open of the same new file meanwhile does
+ * not find it and opens it on its own, which QEMU's locks taken here refuse
+ * when either side writes; two readers just do not share. */
+static int image_share(int fd, const char *path, const struct vd_open_opts *o,
+		       const struct open_chain *chain, bool read_only, const struct stat *st,
+		       struct vd_image **out)
+{
+	struct vd_image *found;
+	bool demote;
+	int len = 0, ret;
 
 	pthread_mutex_lock(&registry_lock);
-	found = registry_find(st.st_dev, st.st_ino);
-	if (!found && (ret = image_lock(fd, path, read_only, o->force_share))) {
+	found = registry_find(st->st_dev, st->st_ino);
+	if (!found) {
+		ret = image_lock(fd, path, read_only, o->force_share);
 		pthread_mutex_unlock(&registry_lock);
-		close(fd);
+		if (ret)
+			close(fd);
 		return ret;
 	}
-	if (found) {
-		int len = 0;
-
-		for (struct vd_image *b = found; b->backing; b = b->backing)
-			len++;
-		if (chain->n + len > VD_BACKING_MAX_DEPTH) {
-			/* shared, but not deeper than it could be opened alone */
-			pthread_mutex_unlock(&registry_lock);
-			close(fd);
-			vd_err("%s: backing chain deeper than the limit of %d backing files: %s, "
-			       "at level %d, has %d more",
-			       chain->top, VD_BACKING_MAX_DEPTH, path, chain->n, len);
-			return -ELOOP;
-		}
-		image_ref(found);
-		demote = chain->n && !found->read_only;
-		if (demote) {
-			vd_warn("%s: is the backing file of another image: now served read-only",
-				found->path);
-			found->read_only = true;
-		}
+	for (struct vd_image *b = found; b->backing; b = b->backing)
+		len++;
+	if (chain->n + len > VD_BACKING_MAX_DEPTH) {
 		pthread_mutex_unlock(&registry_lock);
 		close(fd);
-		if (demote)
-			image_flush_demoted(found);
-		*out = found;
-		return 0;
+		vd_err("%s: backing chain deeper than the limit of %d backing files: %s, "
+		       "at level %d, has %d more",
+		       chain->top, VD_BACKING_MAX_DEPTH, path, chain->n, len);
+		return -ELOOP;
+	}
+	image_ref(found);
+	demote = chain->n && !found->read_only;
+	if (demote) {
+		vd_warn("%s: is the backing file of another image: now served read-only",
+			found->path);
+		found->read_only = true;
 	}
 	pthread_mutex_unlock(&registry_lock);
+	close(fd);
+	if (demote)
+		image_flush_demoted(found);
+	*out = found;
+	return 1;
+}
+
+/* With cache=none, data bypasses the host page cache where the file system
+ * allows it, through a second, O_DIRECT descriptor that must be the very file
+ * img->fd is. Without one, data goes through the page cache. */
+static void image_open_dio_twin(struct vd_image *img, const char *opath, uint64_t resolve)
+{
+	struct stat dst;
+	int dfd = image_open_file(opath, (img->read_only ? O_RDONLY : O_RDWR) | O_DIRECT, resolve);
+
+	if (dfd >= 0 && (fstat(dfd, &dst) < 0 || dst.st_dev != img->dev || dst.st_ino != img->ino)) {
+		close(dfd);
+		dfd = -EXDEV;
+	}
+	if (dfd < 0) {
+		vd_debug("%s: no O_DIRECT (%s): data goes through the page cache", img->path,
+			 strerror(-dfd));
+		return;
+	}
+	img->dio_fd = dfd;
+	atomic_fetch_add(&image_nfds, 1);
+	image_dio_align(img);
+}
+
+/* Step 3: the driver, named (format=) or probed. */
+static int image_pick_format(struct vd_image *img, const char *force_fmt, bool raw_by_default)
+{
+	if (force_fmt) {
+		img->fmt = vd_format_by_name(force_fmt);
+		if (!img->fmt) {
+			vd_err("%s: unknown format \"%s\"", img->path, force_fmt);
+			return -EINVAL;
+		}
+	} else {
+		img->fmt = image_probe(img->fd, img->path, raw_by_default);
+		if (!img->fmt) {
+			vd_err("%s: not a qcow2, vhdx or raw image", img->path);
+			return -EMEDIUMTYPE;
+		}
+	}
+	if (!img->fmt->open) {
+		vd_err("%s: the %s driver is not available", img->path, img->fmt->name);
+		return -ENOTSUP;
+	}
+	return 0;
+}
+
+/* Open path (or real, its checked resolved path, without following links;
+ * o->nofollow: path itself is resolved already, follow no link in it): the
+ * file, a share of an image already open, or a new image with its driver and
+ * its backing chain, registered. */
+static int image_open_chain(const char *path, const char *real, const struct vd_open_opts *o,
+			    bool read_only, const char *force_fmt, struct open_chain *chain,
+			    struct vd_image **out)
+{
+	struct vd_image *img;
+	const char *opath = real ? real : path;
+	bool top_nofollow = !chain->n && o->nofollow;
+	uint64_t resolve = real || top_nofollow ? RESOLVE_NO_SYMLINKS : 0;
+	struct stat st;
+	int fd, ret;
+
+	fd = image_open_fd(path, real, opath, resolve, top_nofollow, chain, &read_only, &st);
+	if (fd < 0)
+		return fd;
+	ret = image_share(fd, path, o, chain, read_only, &st, out);
+	if (ret)
+		return ret < 0 ? ret : 0;
 
 	img = calloc(1, sizeof(*img));
 	if (!img) {
@@ -514,26 +592,6 @@ static int image_open_chain(const char *path, const char *real, const struct vd_
 	img->fd = fd;
 	atomic_fetch_add(&image_nfds, 1);
 	img->dio_fd = -1;
-	if (o->cache_direct) {
-		/* Data bypasses the host page cache where the file system allows it;
-		 * the twin must be the very file fd is. */
-		struct stat dst;
-		int dfd = image_open_file(opath, (read_only ? O_RDONLY : O_RDWR) | O_DIRECT, resolve);
-
-		if (dfd >= 0 &&
-		    (fstat(dfd, &dst) < 0 || dst.st_dev != st.st_dev || dst.st_ino != st.st_ino)) {
-			close(dfd);
-			dfd = -EXDEV;
-		}
-		if (dfd < 0) {
-			vd_debug("%s: no O_DIRECT (%s): data goes through the page cache", path,
-				 strerror(-dfd));
-		} else {
-			img->dio_fd = dfd;
-			atomic_fetch_add(&image_nfds, 1);
-			image_dio_align(img);
-		}
-	}
 	img->path = strdup(path);
 	img->name = strrchr(img->path, '/') ? strrchr(img->path, '/') + 1 : img->path;
 	img->dev = st.st_dev;
@@ -543,28 +601,13 @@ static int image_open_chain(const char *path, const char *real, const struct vd_
 	img->zero_align = 512;
 	atomic_init(&img->refs, 1);
 	pthread_mutex_init(&img->sync_lock, NULL);
+	if (o->cache_direct)
+		image_open_dio_twin(img, opath, resolve);
 
-	if (force_fmt) {
-		img->fmt = vd_format_by_name(force_fmt);
-		if (!img->fmt) {
-			vd_err("%s: unknown format \"%s\"", path, force_fmt);
-			ret = -EINVAL;
-			goto out_free;
-		}
-	} else {
-		img->fmt = image_probe(fd, path, chain->n > 0 || o->raw_by_default);
-		if (!img->fmt) {
-			vd_err("%s: not a qcow2, vhdx or raw image", path);
-			ret = -EMEDIUMTYPE;
-			goto out_free;
-		}
-	}
-	img->opts = o;
-	if (!img->fmt->open) {
-		vd_err("%s: the %s driver is not available", path, img->fmt->name);
-		ret = -ENOTSUP;
+	ret = image_pick_format(img, force_fmt, chain->n > 0 || o->raw_by_default);
+	if (ret)
 		goto out_free;
-	}
+	img->opts = o;
 	ret = img->fmt->open(img);
 	if (ret)
 		goto out_free;

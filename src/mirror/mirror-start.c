@@ -2,6 +2,7 @@
  * start is checked before anything is created, and a destination created
  * here is removed again if opening it fails. */
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,17 +72,14 @@ static int target_check_mount(const char *target, const char *real, const char *
 	return 0;
 }
 
-int mirror_open_target(struct mirror *m, const struct mirror_opts *o,
-		       const struct mirror_env *env, struct mirror_job *job)
+/* The target's path as it will be opened: absolute, outside our own mount,
+ * its directory resolved (links among the directories are followed, the last
+ * component is not). Returns 0 with *real (g_free) or -errno, logged. */
+static int target_resolve(const struct mirror_opts *o, const struct mirror_env *env, char **real)
 {
-	struct vd_image *src = job->src, *dst = NULL;
-	const struct vd_format *fmt = NULL;
-	char *canon = NULL, *dir = NULL, *base = NULL, *real = NULL;
+	char *canon, *dir, *base;
 	char realdir[PATH_MAX];
-	struct vd_open_opts oo;
-	struct stat st, sst;
-	bool exists, created = false;
-	int ret;
+	int ret = -EINVAL;
 
 	if (!o->target || o->target[0] != '/') {
 		vd_err("mirror: the target must be an absolute path");
@@ -90,7 +88,6 @@ int mirror_open_target(struct mirror *m, const struct mirror_opts *o,
 	canon = g_canonicalize_filename(o->target, "/");
 	dir = g_path_get_dirname(canon);
 	base = g_path_get_basename(canon);
-	ret = -EINVAL;
 	if (env->mountpoint && path_within(canon, env->mountpoint)) {
 		vd_err("mirror: target %s is inside this vdiskfs mount (%s)", o->target,
 		       env->mountpoint);
@@ -101,136 +98,175 @@ int mirror_open_target(struct mirror *m, const struct mirror_opts *o,
 		vd_err("mirror: directory of target %s: %s", o->target, strerror(errno));
 		goto out;
 	}
-	real = g_build_filename(realdir, base, NULL);
-	ret = target_check_mount(o->target, real, realdir, env);
-	if (ret)
-		goto out;
+	*real = g_build_filename(realdir, base, NULL);
+	ret = target_check_mount(o->target, *real, realdir, env);
+	if (ret) {
+		g_free(*real);
+		*real = NULL;
+	}
+out:
+	g_free(base);
+	g_free(dir);
+	g_free(canon);
+	return ret;
+}
 
-	exists = lstat(real, &st) == 0;
-	if (exists) {
+/* What is at the target now: nothing (and existing=1 not asked), or with
+ * existing=1 a regular file that is no file of the source's chain. The
+ * destination is the file named, never where a link points: a link planted
+ * at the target path must not redirect the copy (with or without existing=1).
+ * Returns 0 with *exists, or -errno, logged. */
+static int target_check_file(const struct mirror_opts *o, struct vd_image *src, const char *real,
+			     bool *exists)
+{
+	struct stat st;
+
+	*exists = lstat(real, &st) == 0;
+	if (*exists) {
 		for (struct vd_image *i = src; i; i = i->backing) {
 			if (i->dev == st.st_dev && i->ino == st.st_ino) {
 				vd_err("mirror: target %s is %s", o->target,
 				       i == src ? "the source itself"
 						: "a file of the source's backing chain");
-				ret = -EINVAL;
-				goto out;
+				return -EINVAL;
 			}
 		}
 	}
-	/* The destination is the file named, never where a link points: a link
-	 * planted at the target path must not redirect the copy (with or without
-	 * existing=1). Links among the target's directories are followed. */
-	if (exists && S_ISLNK(st.st_mode)) {
+	if (*exists && S_ISLNK(st.st_mode)) {
 		vd_err("mirror: target %s is a symbolic link: refused (name the file itself)",
 		       o->target);
-		ret = -EINVAL;
-		goto out;
+		return -EINVAL;
 	}
-	if (exists && !o->existing) {
+	if (*exists && !o->existing) {
 		vd_err("mirror: target %s exists (use existing=1 to write over an existing image)",
 		       o->target);
-		ret = -EEXIST;
-		goto out;
+		return -EEXIST;
 	}
-	if (!exists && o->existing) {
+	if (!*exists && o->existing) {
 		vd_err("mirror: target %s does not exist (existing=1)", o->target);
-		ret = -ENOENT;
-		goto out;
+		return -ENOENT;
 	}
-	if (exists && !S_ISREG(st.st_mode)) {
+	if (*exists && !S_ISREG(st.st_mode)) {
 		vd_err("mirror: target %s is not a regular file", o->target);
-		ret = -EINVAL;
-		goto out;
+		return -EINVAL;
 	}
-	if (o->format) {
-		fmt = vd_format_by_name(o->format);
-	} else if (!exists) {
-		fmt = src->fmt;
-	}
-	if (o->format && !fmt) {
+	return 0;
+}
+
+/* The destination's driver: format= if given, else the source's for a new
+ * file, else (*fmt NULL) probed when the existing file is opened. */
+static int target_pick_format(const struct mirror_opts *o, struct vd_image *src, bool exists,
+			      const struct vd_format **fmt)
+{
+	*fmt = o->format ? vd_format_by_name(o->format) : exists ? NULL : src->fmt;
+	if (o->format && !*fmt) {
 		vd_err("mirror: unknown format %s", o->format);
-		ret = -EINVAL;
-		goto out;
+		return -EINVAL;
 	}
-	if (fmt && (!fmt->open || (!exists && !fmt->create))) {
-		vd_err("mirror: the %s driver cannot %s images yet", fmt->name,
+	if (*fmt && (!(*fmt)->open || (!exists && !(*fmt)->create))) {
+		vd_err("mirror: the %s driver cannot %s images yet", (*fmt)->name,
 		       exists ? "open" : "create");
-		ret = -ENOTSUP;
-		goto out;
+		return -ENOTSUP;
 	}
+	return 0;
+}
 
-	if (fstat(src->fd, &sst) < 0) {
-		ret = -errno;
-		goto out;
-	}
-	if (!exists) {
-		struct vd_create_opts co = {
-			.size = src->size,
-			/* Block sizes carry over only within a format (a qcow2
-			 * cluster is no vhdx block size). */
-			.cluster_size = fmt == src->fmt ? src->cluster_size : 0,
-			/* Born with the source's permissions: a private disk's
-			 * copy must not be readable by others even for a moment. */
-			.mode = sst.st_mode & 0777,
-		};
+/* A new destination the size of the source, born with the source's
+ * permissions: a private disk's copy must not be readable by others even for
+ * a moment. Block sizes carry over only within a format (a qcow2 cluster is
+ * no vhdx block size). */
+static int target_create(const struct mirror_opts *o, struct vd_image *src,
+			 const struct vd_format *fmt, const char *real, const struct stat *sst)
+{
+	struct vd_create_opts co = {
+		.size = src->size,
+		.cluster_size = fmt == src->fmt ? src->cluster_size : 0,
+		.mode = sst->st_mode & 0777,
+	};
+	int ret = fmt->create(real, &co);
 
-		ret = fmt->create(real, &co);
-		if (ret) {
-			vd_err("mirror: cannot create %s image %s: %s", fmt->name, o->target,
-			       strerror(-ret));
-			goto out;
-		}
-		created = true;
-	}
+	if (ret)
+		vd_err("mirror: cannot create %s image %s: %s", fmt->name, o->target,
+		       strerror(-ret));
+	return ret;
+}
 
-	oo = *env->open;
+/* Open the destination (no link slipped in since the checks) and check that
+ * it can take the copy: writable, used by nothing else, not smaller. */
+static int target_open(const struct mirror_opts *o, const struct mirror_env *env,
+		       struct vd_image *src, const struct vd_format *fmt, const char *real,
+		       bool created, const struct stat *sst, struct vd_image **out)
+{
+	struct vd_open_opts oo = *env->open;
+	struct vd_image *dst;
+	int ret;
+
 	oo.read_only = false;
 	oo.format = fmt ? fmt->name : NULL;
 	oo.raw_by_default = true;
-	oo.nofollow = true; /* no link slipped in since the checks above */
+	oo.nofollow = true;
 	if (created)
 		oo.backing = VD_BACKING_DENY;
 	ret = image_open(real, &oo, &dst);
 	if (ret) {
 		vd_err("mirror: cannot open target %s: %s", o->target, strerror(-ret));
-		goto out_unlink;
+		return ret;
 	}
 	/* And the source's owner where we may give it (root), so that the view
 	 * keeps its owner after complete. */
-	if (created && fchown(dst->fd, sst.st_uid, sst.st_gid) < 0 && errno != EPERM)
+	if (created && fchown(dst->fd, sst->st_uid, sst->st_gid) < 0 && errno != EPERM)
 		vd_warn("mirror: cannot give %s the source's owner: %s", o->target, strerror(errno));
 	if (dst->read_only) {
 		vd_err("mirror: target %s can only be opened read-only", o->target);
 		ret = -EROFS;
-		goto out_close;
-	}
-	if (atomic_load(&dst->refs) > 1) {
+	} else if (atomic_load(&dst->refs) > 1) {
 		vd_err("mirror: target %s is in use by another view or chain", o->target);
 		ret = -EBUSY;
-		goto out_close;
-	}
-	if (dst->size < src->size) {
-		vd_err("mirror: target %s is smaller (%llu bytes) than the source (%llu bytes)",
-		       o->target, (unsigned long long)dst->size, (unsigned long long)src->size);
+	} else if (dst->size < src->size) {
+		vd_err("mirror: target %s is smaller (%" PRIu64 " bytes) than the source (%" PRIu64
+		       " bytes)",
+		       o->target, dst->size, src->size);
 		ret = -ENOSPC;
-		goto out_close;
+	}
+	if (ret) {
+		image_unref(dst);
+		return ret;
+	}
+	*out = dst;
+	return 0;
+}
+
+int mirror_open_target(struct mirror *m, const struct mirror_opts *o,
+		       const struct mirror_env *env, struct mirror_job *job)
+{
+	struct vd_image *src = job->src, *dst;
+	const struct vd_format *fmt;
+	char *real = NULL;
+	struct stat sst;
+	bool exists;
+	int ret;
+
+	ret = target_resolve(o, env, &real);
+	if (!ret)
+		ret = target_check_file(o, src, real, &exists);
+	if (!ret)
+		ret = target_pick_format(o, src, exists, &fmt);
+	if (!ret && fstat(src->fd, &sst) < 0)
+		ret = -errno;
+	if (!ret && !exists)
+		ret = target_create(o, src, fmt, real, &sst);
+	if (ret)
+		goto out;
+	ret = target_open(o, env, src, fmt, real, !exists, &sst, &dst);
+	if (ret) {
+		if (!exists)
+			unlink(real);
+		goto out;
 	}
 	job->dst = dst;
 	job->target = g_strdup(real);
-	job->dst_zero = created;
-	ret = 0;
-	goto out;
-
-out_close:
-	image_unref(dst);
-out_unlink:
-	if (created)
-		unlink(real);
+	job->dst_zero = !exists;
 out:
 	g_free(real);
-	g_free(base);
-	g_free(dir);
-	g_free(canon);
 	return ret;
 }
