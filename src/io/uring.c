@@ -190,17 +190,24 @@ static void uring_issue(struct uring_op *op)
 	io_uring_sqe_set_data(sqe, op);
 }
 
-static void uring_start(struct uring_op *op, int fd, void *buf, uint32_t len, uint64_t off,
-			uint8_t opcode, unsigned kind, uring_cb cb)
+/* The fields every operation sets (a counted I/O asks the fault hook next). */
+static void uring_op_set(struct uring_op *op, int fd, uint8_t opcode, bool multishot, uring_cb cb)
 {
 	op->cb = cb;
 	op->fd = fd;
+	op->opcode = opcode;
+	op->multishot = multishot;
+	op->fault = 0;
+}
+
+static void uring_start(struct uring_op *op, int fd, void *buf, uint32_t len, uint64_t off,
+			uint8_t opcode, unsigned kind, uring_cb cb)
+{
+	uring_op_set(op, fd, opcode, false, cb);
 	op->buf = buf;
 	op->len = len;
 	op->off = off;
 	op->done = 0;
-	op->opcode = opcode;
-	op->multishot = false;
 	op->fault = fault_check(kind, fd);
 	op->iolog = 0;
 	if (opcode == IORING_OP_WRITE)
@@ -231,26 +238,18 @@ void uring_fsync(struct uring_op *op, int fd, bool datasync, uring_cb cb)
 
 void uring_poll(struct uring_op *op, int fd, unsigned events, bool multishot, uring_cb cb)
 {
-	op->cb = cb;
-	op->fd = fd;
-	op->opcode = IORING_OP_POLL_ADD;
+	uring_op_set(op, fd, IORING_OP_POLL_ADD, multishot, cb);
 	op->flags = events;
-	op->multishot = multishot;
-	op->fault = 0;
 	uring_issue(op);
 }
 
 void uring_cmd(struct uring_op *op, int fd, uint32_t cmd_op, const void *addr, uint32_t len,
 	       const void *cmd, size_t cmd_len, uring_cb cb)
 {
-	op->cb = cb;
-	op->fd = fd;
+	uring_op_set(op, fd, IORING_OP_URING_CMD, false, cb);
 	op->buf = (void *)addr;
 	op->len = len;
-	op->opcode = IORING_OP_URING_CMD;
 	op->flags = cmd_op;
-	op->multishot = false;
-	op->fault = 0;
 	op->cmd_len = cmd_len < sizeof(op->cmd) ? cmd_len : sizeof(op->cmd);
 	memcpy(op->cmd, cmd, op->cmd_len);
 	uring_issue(op);

@@ -344,6 +344,18 @@ static struct mirror_req *unquiesce_locked(struct mirror *m)
 	return list;
 }
 
+/* The job leaves the view (complete or cancel, with m->lock held): it waits
+ * in m->old until it is reaped (its copier may still be winding down), new
+ * requests go straight to the image again, and the parked ones are returned
+ * for the caller to resume once it unlocked. */
+static struct mirror_req *job_retire_locked(struct mirror *m, struct mirror_job *job)
+{
+	job->old_next = m->old;
+	m->old = job;
+	atomic_store(&m->job, NULL);
+	return unquiesce_locked(m);
+}
+
 static void resume_parked(struct mirror_req *list)
 {
 	struct mirror_req *next;
@@ -413,10 +425,7 @@ static void complete_flushed(void *opaque, int err)
 	m->last_format = g_strdup(job->dst->fmt->name);
 	m->last_total = job->total;
 	m->last_phase = MP_COMPLETED;
-	job->old_next = m->old;
-	m->old = job;
-	atomic_store(&m->job, NULL);
-	parked = unquiesce_locked(m);
+	parked = job_retire_locked(m, job);
 	pthread_mutex_unlock(&m->lock);
 	vd_info("%s: mirror complete: the view now reads and writes %s; the source is no "
 		"longer used",
@@ -507,10 +516,7 @@ static void cancel_drained(struct mirror *m)
 	dst = job->dst;
 	job->dst = NULL;
 	m->last_phase = MP_NONE;
-	job->old_next = m->old;
-	m->old = job;
-	atomic_store(&m->job, NULL);
-	parked = unquiesce_locked(m);
+	parked = job_retire_locked(m, job);
 	pthread_mutex_unlock(&m->lock);
 	image_unref(dst);
 	vd_info("%s: mirror cancelled; the view stays on the source; the destination is left "

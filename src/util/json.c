@@ -35,30 +35,37 @@ static void json_key(struct json_writer *j, const char *key)
 	}
 }
 
-void json_begin_object(struct json_writer *j, const char *key)
+static void json_open(struct json_writer *j, const char *key, char c)
 {
 	json_key(j, key);
-	g_string_append_c(j->s, '{');
+	g_string_append_c(j->s, c);
 	j->need_comma = false;
+}
+
+static void json_close(struct json_writer *j, char c)
+{
+	g_string_append_c(j->s, c);
+	j->need_comma = true;
+}
+
+void json_begin_object(struct json_writer *j, const char *key)
+{
+	json_open(j, key, '{');
 }
 
 void json_end_object(struct json_writer *j)
 {
-	g_string_append_c(j->s, '}');
-	j->need_comma = true;
+	json_close(j, '}');
 }
 
 void json_begin_array(struct json_writer *j, const char *key)
 {
-	json_key(j, key);
-	g_string_append_c(j->s, '[');
-	j->need_comma = false;
+	json_open(j, key, '[');
 }
 
 void json_end_array(struct json_writer *j)
 {
-	g_string_append_c(j->s, ']');
-	j->need_comma = true;
+	json_close(j, ']');
 }
 
 void json_str(struct json_writer *j, const char *key, const char *val)
