@@ -168,7 +168,7 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 		w->n = n; /* the lookup reference is dropped when the verb is done */
 		loop_req_begin();
 		if (cmd->verb == CONTROL_MIRROR_COMPLETE)
-			mirror_complete(n->mirror, control_verb_done, w);
+			xattr_mirror_complete(n, control_verb_done, w);
 		else
 			mirror_cancel(n->mirror, control_verb_done, w);
 		return 1;

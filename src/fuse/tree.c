@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -258,6 +259,87 @@ static struct vnode *tree_scan_name(const char *name, int *err)
 	g_hash_table_remove(failed, name);
 	*err = 0;
 	return vnode_new(name, img, &st);
+}
+
+/* SOURCE/name becomes a second name of the new image: a hard link to it on
+ * the same file system, else a symbolic link. It is made beside, under a
+ * hidden name, and exchanged with SOURCE/name in one step, so that the name
+ * never vanishes; the old source then keeps the hidden name with the time of
+ * the swap, out of the views, until the operator deletes it. */
+static int tree_relink(const char *path, const char *name, const char *target, char **kept,
+		       bool *symbolic)
+{
+	char *tmp = g_strdup_printf("%s/.%s.vdiskfs-swap", vfs_cfg.source, name);
+	GDateTime *now = g_date_time_new_now_local();
+	char *stamp = g_date_time_format(now, "%Y%m%d-%H%M%S");
+	int ret = 0;
+
+	g_date_time_unref(now);
+	*kept = NULL;
+	unlink(tmp); /* left by a daemon killed here */
+	*symbolic = link(target, tmp) < 0;
+	if (*symbolic) {
+		if (symlink(target, tmp) < 0) {
+			ret = -errno;
+			goto out;
+		}
+	}
+	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_EXCHANGE) < 0) {
+		ret = -errno;
+		if (ret == -ENOENT && rename(tmp, path) == 0)
+			ret = 0; /* the source file was deleted already */
+		else
+			unlink(tmp);
+		goto out;
+	}
+	*kept = g_strdup_printf("%s/.%s.before-mirror-%s", vfs_cfg.source, name, stamp);
+	if (rename(tmp, *kept) < 0) {
+		g_free(*kept);
+		*kept = tmp;
+		tmp = NULL;
+	}
+out:
+	g_free(stamp);
+	g_free(tmp);
+	return ret;
+}
+
+void tree_mirror_completed(struct vnode *n)
+{
+	char *path, *kept;
+	bool symbolic;
+	struct stat st;
+	int ret;
+
+	if (vfs_cfg.single)
+		return;
+	path = g_build_filename(vfs_cfg.source, n->name, NULL);
+	ret = tree_relink(path, n->name, n->img->path, &kept, &symbolic);
+	if (ret) {
+		vd_err("%s: the view now serves %s, but %s could not be made to name it (%s): "
+		       "after a remount the name serves the old source unless you replace it "
+		       "with %s",
+		       n->name, n->img->path, path, strerror(-ret), n->img->path);
+		g_free(path);
+		return;
+	}
+	vd_info("%s: %s is now a %s link to %s%s%s%s", n->name, path, symbolic ? "symbolic" : "hard",
+		n->img->path,
+		kept ? "; the old source is kept as " : "", kept ? kept : "",
+		kept ? " (not served; delete it when it is no longer needed)" : "");
+	if (symbolic && vfs_cfg.open.backing == VD_BACKING_WITHIN_SOURCE &&
+	    !path_within(n->img->path, vfs_cfg.source))
+		vd_warn("%s: %s is outside %s: after a remount backing=within-source refuses the "
+			"link (mount with backing=follow, or move the image into %s)",
+			n->name, n->img->path, vfs_cfg.source, vfs_cfg.source);
+	pthread_mutex_lock(&tree_lock);
+	if (stat(path, &st) == 0) {
+		n->sdev = st.st_dev;
+		n->sino = st.st_ino;
+	}
+	pthread_mutex_unlock(&tree_lock);
+	g_free(kept);
+	g_free(path);
 }
 
 static void tree_rescan(void)

@@ -70,6 +70,10 @@ void tree_foreach(void (*fn)(struct vnode *n, void *opaque), void *opaque, bool 
 void tree_foreach_error(void (*fn)(const char *name, const char *err, void *opaque),
 			void *opaque);
 void vnode_stat(struct vnode *n, struct stat *st);
+/* A directory mount's view completed a mirror: SOURCE/name becomes the new
+ * image, so that the name serves it after a remount too (vdiskfs-mirror(7),
+ * DIRECTORY MOUNTS). Logs what it did; nothing for a single-image mount. */
+void tree_mirror_completed(struct vnode *n);
 
 /* ---- vfs.c ---- */
 extern const struct fuse_lowlevel_ops vfs_ops;
@@ -86,6 +90,9 @@ void image_info_json(struct vnode *n, struct json_writer *j, bool mirror);
 void vnode_note_verb(struct vnode *n, int err);
 /* Start a mirror of the view with this mount's settings: 0 or -errno (logged). */
 int xattr_mirror_start(struct vnode *n, const struct mirror_opts *o);
+/* Complete the view's mirror (mirror_complete()), and in a directory mount
+ * make SOURCE/name the new image once it did (tree_mirror_completed()). */
+void xattr_mirror_complete(struct vnode *n, vd_done_fn done, void *opaque);
 
 /* ---- control-parse.c ---- */
 enum control_verb {

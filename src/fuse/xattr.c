@@ -162,6 +162,36 @@ int xattr_mirror_start(struct vnode *n, const struct mirror_opts *o)
 	return mirror_start(n->mirror, o, &env);
 }
 
+struct complete_wait {
+	struct vnode *n;
+	vd_done_fn done;
+	void *opaque;
+};
+
+static void xattr_complete_done(void *opaque, int err)
+{
+	struct complete_wait *c = opaque;
+
+	if (!err)
+		tree_mirror_completed(c->n);
+	c->done(c->opaque, err);
+	free(c);
+}
+
+void xattr_mirror_complete(struct vnode *n, vd_done_fn done, void *opaque)
+{
+	struct complete_wait *c = malloc(sizeof(*c));
+
+	if (!c) {
+		done(opaque, -ENOMEM);
+		return;
+	}
+	c->n = n;
+	c->done = done;
+	c->opaque = opaque;
+	mirror_complete(n->mirror, xattr_complete_done, c);
+}
+
 struct xattr_wait {
 	fuse_req_t req;
 	struct vnode *n; /* kept by the kernel's reference while the request runs */
@@ -209,7 +239,7 @@ static void xattr_mirror(fuse_req_t req, struct vnode *n, const char *verb, cons
 	w->n = n;
 	loop_req_begin(); /* answered when the swap or the drop is done */
 	if (!strcmp(verb, "complete"))
-		mirror_complete(n->mirror, xattr_verb_done, w);
+		xattr_mirror_complete(n, xattr_verb_done, w);
 	else
 		mirror_cancel(n->mirror, xattr_verb_done, w);
 }

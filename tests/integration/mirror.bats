@@ -353,3 +353,54 @@ PY
 	# reads still work, from the source
 	dd if="$T/view" of=/dev/null bs=1M status=none
 }
+
+# complete_in_dir NAME TARGET: mirror SOURCE's view NAME to TARGET while it
+# keeps its name, write after complete, and check the name serves the new
+# image across a remount, the old source kept under a hidden name.
+complete_in_dir() {
+	local name=$1 target=$2
+	mkdir -p "$T/srcdir" "$T/mnt"
+	make_image "$T/srcdir/$name" qcow2 16 8
+	cp "$T/ref.raw" "$T/old.raw"
+	vd_mount "$T/srcdir" "$T/mnt"
+	setfattr -n user.vdiskfs.mirror.start -v "target=$target" "$T/mnt/$name"
+	wait_phase "$T/mnt/$name" ready 30
+	setfattr -n user.vdiskfs.mirror.complete -v 1 "$T/mnt/$name"
+	dd if=/dev/urandom of="$T/ref.raw" bs=64k count=4 seek=5 conv=notrunc status=none
+	dd if="$T/ref.raw" of="$T/mnt/$name" bs=64k count=4 skip=5 seek=5 conv=notrunc \
+		oflag=direct status=none
+	cmp "$T/mnt/$name" "$T/ref.raw"
+	grep -q "$T/srcdir/$name is now a" "$T/vdiskfs.log"
+	vd_umount "$T/mnt"
+	[ "$VD_STATUS" -eq 0 ]
+	# the old source, untouched, under a hidden name the mount does not show
+	local kept=("$T/srcdir/.$name.before-mirror-"*)
+	[ "${#kept[@]}" -eq 1 ] && [ -f "${kept[0]}" ]
+	qemu-img compare -q -f raw -F qcow2 "$T/old.raw" "${kept[0]}"
+	vd_mount "$T/srcdir" "$T/mnt"
+	[ "$(ls "$T/mnt")" = "$name" ]
+	cmp "$T/mnt/$name" "$T/ref.raw"
+	# and it is the target that the view writes now
+	dd if=/dev/urandom of="$T/ref.raw" bs=64k count=2 seek=40 conv=notrunc status=none
+	dd if="$T/ref.raw" of="$T/mnt/$name" bs=64k count=2 skip=40 seek=40 conv=notrunc \
+		oflag=direct status=none
+	vd_umount "$T/mnt"
+	qemu-img compare -q -f raw -F qcow2 "$T/ref.raw" "$target"
+	qemu_check "$target"
+}
+
+@test "directory mount: after complete the name serves the new image across a remount (same file system: hard link)" {
+	mkdir -p "$T/elsewhere"
+	complete_in_dir vm1.qcow2 "$T/elsewhere/vm1-moved.qcow2"
+	# one file with two names, the operator's target still where it was put
+	[ "$(stat -c %i "$T/srcdir/vm1.qcow2")" = "$(stat -c %i "$T/elsewhere/vm1-moved.qcow2")" ]
+	[ ! -L "$T/srcdir/vm1.qcow2" ]
+}
+
+@test "directory mount: after complete to another file system the name is a symbolic link to it" {
+	local other
+	other=$(mktemp -d /dev/shm/vdiskfs-test.XXXXXX)
+	complete_in_dir vm2.qcow2 "$other/vm2.qcow2"
+	[ "$(readlink "$T/srcdir/vm2.qcow2")" = "$other/vm2.qcow2" ]
+	rm -rf "$other"
+}
