@@ -515,6 +515,7 @@ int main(int argc, char **argv)
 	int n = 0;
 
 	vd_log_init("vdiskfsctl", false, false);
+	vd_log_set_level(VD_LOG_WARN); /* the opens and closes of info are the daemon's story */
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 

@@ -3,6 +3,7 @@
  * and loop detection). Images are shared by (device, inode): a file that is
  * another open image's backing file is one image, served read-only. */
 #include <errno.h>
+#include <inttypes.h>
 #include <glib.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -654,6 +655,11 @@ int image_open(const char *path, const struct vd_open_opts *o, struct vd_image *
 	}
 	chain.top = abs;
 	ret = image_open_chain(abs, NULL, o, o->read_only, o->format, &chain, out);
+	if (!ret)
+		vd_info("%s: opened (%s, %s, %" PRIu64 " bytes%s%s)", abs, (*out)->fmt->name,
+			(*out)->read_only ? "read-only" : "read-write", (*out)->size,
+			(*out)->backing ? ", backing file " : "",
+			(*out)->backing ? (*out)->backing->path : "");
 	g_free(abs);
 	return ret;
 }
@@ -728,6 +734,7 @@ void image_unref(struct vd_image *img)
 
 	backing = img->backing;
 	img->fmt->close(img);
+	vd_info("%s: closed", img->path);
 	image_free(img);
 	image_unref(backing);
 }

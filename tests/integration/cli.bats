@@ -171,3 +171,17 @@ expect_refusal() {
 	[ "$status" -eq 2 ]
 	[[ "$output" == *"log=$T/no/dir/x.log: No such file or directory"* ]]
 }
+
+@test "info level logs every image opened and closed" {
+	qemu-img create -q -f qcow2 "$T/a.qcow2" 64M
+	touch "$T/view"
+	vd_mount "$T/a.qcow2" "$T/view"
+	vd_umount "$T/view"
+	grep -q "vdiskfs: $T/a.qcow2: opened (qcow2, read-write, 67108864 bytes)$" "$T/vdiskfs.log"
+	grep -q "vdiskfs: $T/a.qcow2: closed$" "$T/vdiskfs.log"
+	: >"$T/vdiskfs.log"
+	vd_mount "$T/a.qcow2" "$T/view" -o log_level=warning
+	vd_umount "$T/view"
+	run grep -c "opened\|closed" "$T/vdiskfs.log"
+	[ "$output" = 0 ]
+}
