@@ -38,6 +38,9 @@ static void usage(FILE *f)
 		"                                  (or failure), --complete then swaps it in\n"
 		"  complete VIEW [--wait]          swap a ready mirror in\n"
 		"  cancel VIEW                     stop a mirror; the view stays on its source\n"
+		"  pause VIEW, resume VIEW         hold or go on with a mirror's copy (guest writes\n"
+		"                                  still reach both sides)\n"
+		"  set-speed VIEW RATE             change a mirror's copy limit (bytes/s, K/M/G; 0: none)\n"
 		"  wait VIEW [--complete]          follow a running mirror to ready\n"
 		"\n"
 		"  --json        machine-readable output\n"
@@ -195,6 +198,12 @@ static void progress_show(struct progress *p, const char *line)
 
 	if (!phase)
 		phase = g_strdup("none");
+	if (status_u64(line, "paused")) {
+		char *held = g_strdup_printf("%s,paused", phase);
+
+		g_free(phase);
+		phase = held;
+	}
 	if (p->last_t > 0 && t > p->last_t && copied >= p->last_copied) {
 		double r = (copied - p->last_copied) / (t - p->last_t);
 
@@ -497,6 +506,13 @@ static int run(int argc, char **argv)
 	}
 	if (!strcmp(cmd, "cancel") && argc == 2)
 		return view_set(argv[1], "mirror.cancel", "1") ? EXIT_RUNTIME : EXIT_OK;
+	if ((!strcmp(cmd, "pause") || !strcmp(cmd, "resume")) && argc == 2)
+		return view_set(argv[1], !strcmp(cmd, "pause") ? "mirror.pause" : "mirror.resume",
+				"1")
+			       ? EXIT_RUNTIME
+			       : EXIT_OK;
+	if (!strcmp(cmd, "set-speed") && argc == 3)
+		return view_set(argv[1], "mirror.speed", argv[2]) ? EXIT_RUNTIME : EXIT_OK;
 	if (!strcmp(cmd, "wait") && argc == 2) {
 		if (mirror_follow(argv[1], "ready"))
 			return EXIT_RUNTIME;

@@ -18,11 +18,15 @@ static const struct {
     {"mirror-complete", CONTROL_MIRROR_COMPLETE, 1, 1, " NAME"},
     {"mirror-cancel", CONTROL_MIRROR_CANCEL, 1, 1, " NAME"},
     {"mirror-status", CONTROL_MIRROR_STATUS, 1, 1, " NAME"},
+    {"mirror-pause", CONTROL_MIRROR_PAUSE, 1, 1, " NAME"},
+    {"mirror-resume", CONTROL_MIRROR_RESUME, 1, 1, " NAME"},
+    {"mirror-speed", CONTROL_MIRROR_SPEED, 2, 2, " NAME RATE"},
 };
 
 void control_cmd_free(struct control_cmd *cmd)
 {
 	g_free(cmd->name);
+	g_free(cmd->arg);
 	mirror_opts_free(&cmd->opts);
 	memset(cmd, 0, sizeof(*cmd));
 }
@@ -88,7 +92,8 @@ int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString 
 		g_string_append_printf(err,
 				       "error: unknown command \"%s\" (known: status, "
 				       "mirror-start, mirror-complete, mirror-cancel, "
-				       "mirror-status)\n",
+				       "mirror-status, mirror-pause, mirror-resume, "
+				       "mirror-speed)\n",
 				       argv[0]);
 		goto out;
 	}
@@ -101,6 +106,8 @@ int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString 
 	cmd->verb = control_verbs[i].verb;
 	if (argc > 1)
 		cmd->name = g_strdup(argv[1]);
+	if (cmd->verb == CONTROL_MIRROR_SPEED)
+		cmd->arg = g_strdup(argv[2]);
 	ret = cmd->verb == CONTROL_MIRROR_START ? control_parse_start(cmd, argc, argv, err) : 0;
 out:
 	if (ret)

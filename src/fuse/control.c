@@ -163,6 +163,22 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 		mirror_status_line(n->mirror, out);
 		g_string_append_c(out, '\n');
 		break;
+	case CONTROL_MIRROR_PAUSE:
+	case CONTROL_MIRROR_RESUME:
+	case CONTROL_MIRROR_SPEED:
+		ret = xattr_mirror_adjust(n, cmd->verb == CONTROL_MIRROR_PAUSE    ? "pause"
+					     : cmd->verb == CONTROL_MIRROR_RESUME ? "resume"
+										  : "speed",
+					  cmd->arg);
+		vnode_note_verb(n, ret);
+		if (ret) {
+			control_error(out, ret);
+		} else {
+			g_string_append(out, "ok: ");
+			mirror_status_line(n->mirror, out);
+			g_string_append_c(out, '\n');
+		}
+		break;
 	case CONTROL_MIRROR_COMPLETE:
 	case CONTROL_MIRROR_CANCEL:
 		w->n = n; /* the lookup reference is dropped when the verb is done */

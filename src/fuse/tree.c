@@ -308,7 +308,6 @@ void tree_mirror_completed(struct vnode *n)
 {
 	char *path, *kept;
 	bool symbolic;
-	struct stat st;
 	int ret;
 
 	if (vfs_cfg.single)
@@ -332,12 +331,9 @@ void tree_mirror_completed(struct vnode *n)
 		vd_warn("%s: %s is outside %s: after a remount backing=within-source refuses the "
 			"link (mount with backing=follow, or move the image into %s)",
 			n->name, n->img->path, vfs_cfg.source, vfs_cfg.source);
-	pthread_mutex_lock(&tree_lock);
-	if (stat(path, &st) == 0) {
-		n->sdev = st.st_dev;
-		n->sino = st.st_ino;
-	}
-	pthread_mutex_unlock(&tree_lock);
+	/* The node keeps the old source's identity: while this mount lives the
+	 * name stands for the new image whatever becomes of SOURCE/name
+	 * (tree_scan_name()); the link is for the next mount. */
 	g_free(kept);
 	g_free(path);
 }

@@ -93,6 +93,9 @@ int xattr_mirror_start(struct vnode *n, const struct mirror_opts *o);
 /* Complete the view's mirror (mirror_complete()), and in a directory mount
  * make SOURCE/name the new image once it did (tree_mirror_completed()). */
 void xattr_mirror_complete(struct vnode *n, vd_done_fn done, void *opaque);
+/* The verbs that adjust a running mirror: "pause", "resume", or "speed"
+ * with value a rate (like speed= of start). 0 or -errno, logged. */
+int xattr_mirror_adjust(struct vnode *n, const char *verb, const char *value);
 
 /* ---- control-parse.c ---- */
 enum control_verb {
@@ -102,12 +105,16 @@ enum control_verb {
 	CONTROL_MIRROR_COMPLETE,
 	CONTROL_MIRROR_CANCEL,
 	CONTROL_MIRROR_STATUS,
+	CONTROL_MIRROR_PAUSE,
+	CONTROL_MIRROR_RESUME,
+	CONTROL_MIRROR_SPEED,
 };
 
 struct control_cmd {
 	enum control_verb verb;
 	char *name;		 /* the view: every verb but status */
 	struct mirror_opts opts; /* mirror-start only */
+	char *arg;		 /* mirror-speed: the rate */
 };
 
 /* Parse one command line as written to the control file (len bytes, a

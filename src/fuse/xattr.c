@@ -162,6 +162,23 @@ int xattr_mirror_start(struct vnode *n, const struct mirror_opts *o)
 	return mirror_start(n->mirror, o, &env);
 }
 
+int xattr_mirror_adjust(struct vnode *n, const char *verb, const char *value)
+{
+	struct mirror_opts o;
+	int ret;
+
+	if (!n->mirror)
+		return -ENOMEM;
+	if (!strcmp(verb, "pause") || !strcmp(verb, "resume"))
+		return mirror_pause(n->mirror, !strcmp(verb, "pause"));
+	mirror_opts_init(&o);
+	ret = mirror_opts_set(&o, "speed", value);
+	if (!ret)
+		ret = mirror_set_speed(n->mirror, o.speed);
+	mirror_opts_free(&o);
+	return ret;
+}
+
 struct complete_wait {
 	struct vnode *n;
 	vd_done_fn done;
@@ -263,6 +280,18 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 	if (!strcmp(key, "mirror.start") || !strcmp(key, "mirror.complete") ||
 	    !strcmp(key, "mirror.cancel")) {
 		xattr_mirror(req, n, key + strlen("mirror."), value, size);
+		return;
+	}
+	if (!strcmp(key, "mirror.pause") || !strcmp(key, "mirror.resume") ||
+	    !strcmp(key, "mirror.speed")) {
+		char *v = g_strndup(value, size);
+		int ret;
+
+		g_strchomp(v);
+		ret = xattr_mirror_adjust(n, key + strlen("mirror."), v);
+		g_free(v);
+		vnode_note_verb(n, ret);
+		fuse_reply_err(req, -ret);
 		return;
 	}
 	for (size_t i = 0; i < G_N_ELEMENTS(xattr_names); i++) {

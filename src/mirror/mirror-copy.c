@@ -192,17 +192,20 @@ static void copy_flushed(void *opaque, int err)
 /* Refill the bucket; return 0 if a chunk may go now, else ms to wait. */
 static int copy_throttle(struct mirror_job *job)
 {
-	uint64_t now = vd_now_ns();
+	uint64_t now = vd_now_ns(), speed = atomic_load(&job->speed);
 
-	if (!job->speed)
+	if (!speed) {
+		job->last_ns = now;
+		job->tokens = 0; /* a limit set later starts from an empty bucket */
 		return 0;
-	job->tokens += (double)(now - job->last_ns) * job->speed / 1e9;
+	}
+	job->tokens += (double)(now - job->last_ns) * speed / 1e9;
 	job->last_ns = now;
 	if (job->tokens > job->granularity)
 		job->tokens = job->granularity;
 	if (job->tokens >= 0)
 		return 0;
-	return (int)(-job->tokens * 1000 / job->speed) + 1;
+	return (int)(-job->tokens * 1000 / speed) + 1;
 }
 
 /* The next run to copy from job->pos: DATA coalesced up to the next
@@ -259,8 +262,8 @@ static int copy_pump(struct mirror_job *job)
 		int ret, wait;
 
 		pthread_mutex_lock(&m->lock);
-		go = job->phase == MP_RUNNING && !job->stop && job->copy_inflight < job->depth &&
-		     job->pos < job->total;
+		go = job->phase == MP_RUNNING && !job->stop && !job->paused &&
+		     job->copy_inflight < job->depth && job->pos < job->total;
 		pthread_mutex_unlock(&m->lock);
 		if (!go)
 			break;
@@ -290,7 +293,7 @@ static int copy_pump(struct mirror_job *job)
 		c->len = len;
 		c->zero = zero;
 		job->pos += len;
-		if (!zero && job->speed)
+		if (!zero && atomic_load(&job->speed))
 			job->tokens -= len;
 		pthread_mutex_lock(&m->lock);
 		job->copy_inflight++;
@@ -299,7 +302,7 @@ static int copy_pump(struct mirror_job *job)
 			chunk_go(c);
 	}
 	pthread_mutex_lock(&m->lock);
-	if (job->phase == MP_RUNNING && !job->stop && job->pos >= job->total &&
+	if (job->phase == MP_RUNNING && !job->stop && !job->paused && job->pos >= job->total &&
 	    !job->copy_inflight && !job->flushing) {
 		job->flushing = true;
 		job->copy_inflight++; /* until copy_flushed() */

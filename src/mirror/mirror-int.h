@@ -30,7 +30,8 @@ struct mirror_job {
 	struct mirror *m;
 	struct vd_image *src, *dst;
 	char *target;
-	uint64_t total, granularity, speed;
+	uint64_t total, granularity;
+	atomic_ullong speed; /* copy limit in bytes/s, 0: none (set-speed changes it) */
 	unsigned depth;	    /* copier chunks in flight */
 	bool dst_zero;	    /* a fresh destination: reads as zeroes until written */
 	atomic_ullong copied; /* bytes known identical on both sides */
@@ -45,6 +46,7 @@ struct mirror_job {
 	bool stop;		    /* copier: issue nothing more */
 	bool exit;		    /* copier thread: leave once idle */
 	bool hurry;		    /* no grace period before closing the old source */
+	bool paused;		    /* copier: issue nothing more until resumed */
 	struct vd_image *retired;   /* the old source after complete */
 	vd_done_fn op_done;	    /* the complete / cancel waiting for drain */
 	void *op_opaque;

@@ -498,6 +498,58 @@ void mirror_complete(struct mirror *m, vd_done_fn done, void *opaque)
 		quiesce_then(m, complete_drained);
 }
 
+/* ---- pause, resume, speed ---- */
+
+int mirror_pause(struct mirror *m, bool pause)
+{
+	const char *verb = pause ? "pause" : "resume";
+	struct mirror_job *job;
+	bool was;
+	int ret;
+
+	pthread_mutex_lock(&m->lock);
+	job = atomic_load(&m->job);
+	ret = verb_check(m, job, verb);
+	if (!ret && job->phase == MP_FAILED) {
+		vd_err("%s: mirror %s: the mirror failed (%s); cancel it", job->src->path, verb,
+		       job->error);
+		ret = -EIO;
+	}
+	if (ret) {
+		pthread_mutex_unlock(&m->lock);
+		return ret;
+	}
+	was = job->paused;
+	job->paused = pause;
+	pthread_mutex_unlock(&m->lock);
+	if (was != pause)
+		vd_info("%s: mirror to %s %s", job->src->path, job->target,
+			pause ? "paused: the copy waits, guest writes still reach both sides"
+			      : "resumed");
+	mirror_copy_kick(job);
+	return 0;
+}
+
+int mirror_set_speed(struct mirror *m, uint64_t speed)
+{
+	struct mirror_job *job;
+	int ret;
+
+	pthread_mutex_lock(&m->lock);
+	job = atomic_load(&m->job);
+	ret = verb_check(m, job, "speed");
+	if (ret) {
+		pthread_mutex_unlock(&m->lock);
+		return ret;
+	}
+	atomic_store(&job->speed, speed);
+	pthread_mutex_unlock(&m->lock);
+	vd_info("%s: mirror to %s: speed limit %" PRIu64 " bytes/s%s", job->src->path,
+		job->target, speed, speed ? "" : " (none)");
+	mirror_copy_kick(job);
+	return 0;
+}
+
 /* ---- cancel ---- */
 
 static void cancel_drained(struct mirror *m)
@@ -544,6 +596,7 @@ struct mirror_snap {
 	enum mirror_phase phase;
 	const char *target, *format;
 	uint64_t copied, total, dirty, speed;
+	bool paused;
 	char error[256];
 };
 
@@ -560,7 +613,8 @@ static void mirror_snap(struct mirror *m, struct mirror_snap *s)
 		s->copied = atomic_load(&job->copied);
 		s->total = job->total;
 		s->dirty = s->total - s->copied + job->guest_bytes;
-		s->speed = job->speed;
+		s->speed = atomic_load(&job->speed);
+		s->paused = job->paused;
 		snprintf(s->error, sizeof(s->error), "%s", job->error);
 	} else if (m->last_phase == MP_COMPLETED) {
 		s->phase = MP_COMPLETED;
@@ -582,9 +636,9 @@ void mirror_status_line(struct mirror *m, GString *out)
 		g_string_append_printf(out,
 				       "phase=%s target=%s format=%s copied=%" PRIu64
 				       " total=%" PRIu64 " dirty=%" PRIu64 " speed=%" PRIu64
-				       " error=%s",
+				       " paused=%d error=%s",
 				       phase_names[s.phase], s.target, s.format, s.copied, s.total,
-				       s.dirty, s.speed, s.error);
+				       s.dirty, s.speed, s.paused, s.error);
 	pthread_mutex_unlock(&m->lock);
 }
 
@@ -602,6 +656,7 @@ void mirror_status_json(struct mirror *m, struct json_writer *j)
 		json_u64(j, "total", s.total);
 		json_u64(j, "dirty", s.dirty);
 		json_u64(j, "speed", s.speed);
+		json_bool(j, "paused", s.paused);
 		json_str(j, "error", s.error[0] ? s.error : NULL);
 	}
 	pthread_mutex_unlock(&m->lock);
@@ -659,7 +714,7 @@ int mirror_start(struct mirror *m, const struct mirror_opts *o, const struct mir
 	job->efd = -1;
 	job->src = src;
 	job->total = src->size;
-	job->speed = o->speed;
+	atomic_init(&job->speed, o->speed);
 	job->granularity = o->granularity ? o->granularity : MIRROR_DEFAULT_GRANULARITY;
 	job->depth = job->granularity <= (1u << 20) ? 8 : 4;
 	rangelock_init(&job->rl);

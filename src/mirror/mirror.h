@@ -55,6 +55,11 @@ int mirror_start(struct mirror *m, const struct mirror_opts *o, const struct mir
  * or the drop is done, possibly before the call returns. */
 void mirror_complete(struct mirror *m, vd_done_fn done, void *opaque);
 void mirror_cancel(struct mirror *m, vd_done_fn done, void *opaque);
+/* Pause or resume the copy of a running or ready job (guest writes keep
+ * reaching both sides), or change its speed limit (bytes/s, 0: none). 0, or
+ * -ESRCH (no job), -EBUSY (completing or cancelling), -EIO (failed), logged. */
+int mirror_pause(struct mirror *m, bool pause);
+int mirror_set_speed(struct mirror *m, uint64_t speed);
 /* Is a job running (truncate and the like must wait)? */
 bool mirror_busy(struct mirror *m);
 

@@ -275,8 +275,9 @@ except OSError as e:
     assert e.errno == errno.ESRCH, e
 PY
 	cmp "$T/mnt/a.raw" "$T/ref.raw"
-	# the old source may go: the name stays, now the destination's
-	rm "$T/src/a.raw"
+	# the old source (kept hidden) and the name's link may go: the name
+	# stays while mounted, now the destination's
+	rm "$T/src/a.raw" "$T/src/.a.raw.before-mirror-"*
 	sleep 1.1
 	[ "$(ls "$T/mnt")" = a.raw ]
 	cmp "$T/mnt/a.raw" "$T/ref.raw"
@@ -403,4 +404,56 @@ complete_in_dir() {
 	complete_in_dir vm2.qcow2 "$other/vm2.qcow2"
 	[ "$(readlink "$T/srcdir/vm2.qcow2")" = "$other/vm2.qcow2" ]
 	rm -rf "$other"
+}
+
+@test "pause, resume and a new speed limit, by xattr, control file and vdiskfsctl" {
+	mkdir -p "$T/src" "$T/mnt"
+	make_image "$T/src/a.raw" raw 32 32
+	vd_mount "$T/src" "$T/mnt"
+	local v="$T/mnt/a.raw" c1 c2
+	run setfattr -n user.vdiskfs.mirror.pause -v 1 "$v"
+	[[ "$output" == *"No such process"* ]] # no job
+	setfattr -n user.vdiskfs.mirror.start -v "target=$T/dst.raw,speed=4M,granularity=256K" "$v"
+	setfattr -n user.vdiskfs.mirror.pause -v 1 "$v"
+	[[ "$(mstatus "$v")" == "phase=running "*" speed=4194304 paused=1 error=" ]]
+	sleep 0.3 # chunks already issued land
+	c1=$(mstatus "$v" | sed 's/.*copied=\([0-9]*\).*/\1/')
+	sleep 1
+	c2=$(mstatus "$v" | sed 's/.*copied=\([0-9]*\).*/\1/')
+	[ "$c1" = "$c2" ] # nothing copied while paused
+	[ "$c2" -lt $((32 << 20)) ]
+	# guest writes still reach both sides while paused
+	dd if=/dev/urandom of="$T/ref.raw" bs=64k count=4 seek=100 conv=notrunc status=none
+	dd if="$T/ref.raw" of="$v" bs=64k count=4 skip=100 seek=100 conv=notrunc oflag=direct \
+		status=none
+	# the control file: lift the limit, resume; the rest takes well under 8 s at 4M
+	python3 - "$T/mnt/.vdiskfs" <<'PY'
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+for line in ("mirror-speed a.raw 0", "mirror-resume a.raw"):
+    os.write(fd, line.encode() + b"\n")
+    out = os.pread(fd, 1 << 16, 0).decode()
+    assert out.startswith("ok: phase=running"), out
+try:
+    os.write(fd, b"mirror-speed a.raw fast\n")
+    raise SystemExit("a bad rate accepted")
+except OSError as e:
+    assert "bad value \"fast\" for speed" in os.pread(fd, 1 << 16, 0).decode()
+PY
+	wait_phase "$v" ready 4
+	[[ "$(mstatus "$v")" == *" speed=0 paused=0 error=" ]]
+	# vdiskfsctl: pause and a new speed in ready, then complete
+	"$VDISKFSCTL" pause "$v"
+	"$VDISKFSCTL" set-speed "$v" 8M
+	[[ "$(mstatus "$v")" == "phase=ready "*" speed=8388608 paused=1 error=" ]]
+	"$VDISKFSCTL" resume "$v"
+	run "$VDISKFSCTL" set-speed "$v" 12Q
+	[ "$status" -eq 1 ]
+	"$VDISKFSCTL" complete "$v"
+	cmp "$v" "$T/ref.raw"
+	run "$VDISKFSCTL" pause "$v"
+	[ "$status" -eq 1 ]
+	[[ "$output" == *"no mirror is running"* ]]
+	vd_umount "$T/mnt"
+	cmp "$T/dst.raw" "$T/ref.raw"
 }
