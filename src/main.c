@@ -26,11 +26,12 @@
 
 struct cmdline {
 	char *source, *mountpoint;
-	char *backing, *format, *vhdx_parent, *cache_size, *threads, *cache, *uring, *poll_us;
+	char *backing, *format, *vhdx_parent, *cache_size, *threads, *cache, *uring, *poll_us,
+		*inactive_wait;
 	char *pid_file, *log, *log_level;
 	int log_syslog; /* log=syslog, or the default once daemonised */
 	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms, force_share,
-	    allow_shrink;
+	    allow_shrink, inactive;
 	int nargs;
 	int pid_written;
 };
@@ -58,6 +59,7 @@ static const struct fuse_opt cmd_opts[] = {
 	{"cache=%s", offsetof(struct cmdline, cache), 0},
 	{"uring=%s", offsetof(struct cmdline, uring), 0},
 	{"poll_us=%s", offsetof(struct cmdline, poll_us), 0},
+	{"inactive_wait=%s", offsetof(struct cmdline, inactive_wait), 0},
 	{"pid_file=%s", offsetof(struct cmdline, pid_file), 0},
 	{"log=%s", offsetof(struct cmdline, log), 0},
 	{"log_level=%s", offsetof(struct cmdline, log_level), 0},
@@ -66,6 +68,7 @@ static const struct fuse_opt cmd_opts[] = {
 	OPT("direct_io", direct_io),
 	OPT("force_share", force_share),
 	OPT("allow_shrink", allow_shrink),
+	OPT("inactive", inactive),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -104,6 +107,8 @@ static void usage(FILE *f)
 		"  -o allow_other         let other users at the views (permissions checked)\n"
 		"  -o direct_io           no page cache on the views\n"
 		"  -o allow_shrink        let truncate make a view smaller (refused: EPERM)\n"
+		"  -o inactive            start inactive: no lock, data waits until activated\n"
+		"  -o inactive_wait=SECS  how long data requests wait for activation (default 300)\n"
 		"  -o threads=N           event-loop threads (default: one per CPU)\n"
 		"  -o cache_size=SIZE     metadata cache per image (e.g. 64M)\n"
 		"  -o cache=MODE          none (default: image data bypasses the host page\n"
@@ -279,6 +284,7 @@ static int configure_open(struct cmdline *c)
 		return -EINVAL;
 	}
 	o->force_share = c->force_share;
+	o->inactive = c->inactive;
 	o->raw_by_default = vfs_cfg.single;
 	o->vhdx_parent = c->vhdx_parent;
 	o->within = vfs_cfg.single ? g_path_get_dirname(vfs_cfg.source) : vfs_cfg.source;
@@ -340,6 +346,11 @@ static int configure_front(struct cmdline *c)
 	}
 	if (configure_number("poll_us", c->poll_us, 0, 1000, &poll))
 		return -EINVAL;
+	vfs_cfg.inactive_wait_s = 300;
+	if (configure_number("inactive_wait", c->inactive_wait, 1, 86400, &n))
+		return -EINVAL;
+	if (c->inactive_wait)
+		vfs_cfg.inactive_wait_s = n;
 	if (c->poll_us)
 		uring_set_poll(poll);
 	return 0;
@@ -411,6 +422,7 @@ static void cmdline_free(struct cmdline *c)
 	free(c->cache);
 	free(c->uring);
 	free(c->poll_us);
+	free(c->inactive_wait);
 	g_free(c->pid_file);
 	free(c->log);
 	free(c->log_level);
@@ -579,11 +591,15 @@ int main(int argc, char *argv[])
 	systemd_notify("READY=1\nMAINPID=%d\nSTATUS=serving %s on %s", (int)getpid(),
 		       vfs_cfg.source, vfs_cfg.mountpoint);
 	start_signal_thread();
-	if (!vfs_cfg.single && (ret = notify_start(se)))
+	if ((ret = notify_start(se)))
 		vd_warn("no notices to the kernel (%s): removed images stay open until it "
 			"forgets them",
 			strerror(-ret));
+	if ((ret = handover_start()))
+		vd_warn("no thread to end requests that wait for an inactive view: %s",
+			strerror(-ret));
 	ret = loop_run(se, vfs_cfg.threads);
+	handover_stop();
 	if (ret)
 		vd_err("event loop failed: %s", strerror(-ret));
 	status = ret ? 1 : 0;

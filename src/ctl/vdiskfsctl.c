@@ -41,6 +41,7 @@ static void usage(FILE *f)
 		"  pause VIEW, resume VIEW         hold or go on with a mirror's copy (guest writes\n"
 		"                                  still reach both sides)\n"
 		"  set-speed VIEW RATE             change a mirror's copy limit (bytes/s, K/M/G; 0: none)\n"
+		"  activate VIEW, inactivate VIEW  hand a view over between hosts (vdiskfs(1))\n"
 		"  wait VIEW [--complete]          follow a running mirror to ready\n"
 		"\n"
 		"  --json        machine-readable output\n"
@@ -509,6 +510,10 @@ static int run(int argc, char **argv)
 	if ((!strcmp(cmd, "pause") || !strcmp(cmd, "resume")) && argc == 2)
 		return view_set(argv[1], !strcmp(cmd, "pause") ? "mirror.pause" : "mirror.resume",
 				"1")
+			       ? EXIT_RUNTIME
+			       : EXIT_OK;
+	if ((!strcmp(cmd, "activate") || !strcmp(cmd, "inactivate")) && argc == 2)
+		return view_set(argv[1], "active", !strcmp(cmd, "activate") ? "1" : "0")
 			       ? EXIT_RUNTIME
 			       : EXIT_OK;
 	if (!strcmp(cmd, "set-speed") && argc == 3)

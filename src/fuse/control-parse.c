@@ -21,6 +21,8 @@ static const struct {
     {"mirror-pause", CONTROL_MIRROR_PAUSE, 1, 1, " NAME"},
     {"mirror-resume", CONTROL_MIRROR_RESUME, 1, 1, " NAME"},
     {"mirror-speed", CONTROL_MIRROR_SPEED, 2, 2, " NAME RATE"},
+    {"activate", CONTROL_ACTIVATE, 1, 1, " NAME"},
+    {"inactivate", CONTROL_INACTIVATE, 1, 1, " NAME"},
 };
 
 void control_cmd_free(struct control_cmd *cmd)
@@ -93,7 +95,7 @@ int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString 
 				       "error: unknown command \"%s\" (known: status, "
 				       "mirror-start, mirror-complete, mirror-cancel, "
 				       "mirror-status, mirror-pause, mirror-resume, "
-				       "mirror-speed)\n",
+				       "mirror-speed, activate, inactivate)\n",
 				       argv[0]);
 		goto out;
 	}

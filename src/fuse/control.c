@@ -123,6 +123,8 @@ static void control_verb_done(void *opaque, int err)
 	vnode_note_verb(w->n, err);
 	if (err) {
 		g_string_append_printf(w->fh->text, "error: %s\n", strerror(-err));
+	} else if (atomic_load(&w->n->img->inactive)) {
+		g_string_append(w->fh->text, "ok: inactive\n");
 	} else {
 		g_string_append(w->fh->text, "ok: ");
 		mirror_status_line(w->n->mirror, w->fh->text);
@@ -179,6 +181,19 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 			g_string_append_c(out, '\n');
 		}
 		break;
+	case CONTROL_ACTIVATE:
+		ret = handover_activate(n);
+		vnode_note_verb(n, ret);
+		if (ret)
+			control_error(out, ret);
+		else
+			g_string_append(out, "ok: active\n");
+		break;
+	case CONTROL_INACTIVATE:
+		w->n = n; /* the lookup reference is dropped when the verb is done */
+		loop_req_begin();
+		handover_inactivate(n, control_verb_done, w);
+		return 1;
 	case CONTROL_MIRROR_COMPLETE:
 	case CONTROL_MIRROR_CANCEL:
 		w->n = n; /* the lookup reference is dropped when the verb is done */

@@ -3,8 +3,10 @@
  * releases the host file) instead of caching it until memory runs short. The
  * kernel takes the directory's lock to do so, and a lookup in progress holds
  * that lock until an event loop answers it: so a thread of its own sends the
- * notices, never an event loop. */
+ * notices, never an event loop. It also drops a view's cached pages when the
+ * image may change behind it (hand-over). */
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
@@ -14,7 +16,7 @@
 
 struct notice {
 	fuse_ino_t ino;
-	char name[];
+	char name[]; /* empty: invalidate the node's cache */
 };
 
 static struct {
@@ -45,11 +47,14 @@ static void *notify_thread(void *arg)
 		}
 		nt.busy = true;
 		pthread_mutex_unlock(&nt.lock);
-		ret = fuse_lowlevel_notify_delete(nt.se, VFS_ROOT_INO, e->ino, e->name,
-						  strlen(e->name));
+		if (e->name[0])
+			ret = fuse_lowlevel_notify_delete(nt.se, VFS_ROOT_INO, e->ino, e->name,
+							  strlen(e->name));
+		else
+			ret = fuse_lowlevel_notify_inval_inode(nt.se, e->ino, 0, 0);
 		if (ret && ret != -ENOENT)
-			vd_debug("%s: could not tell the kernel it is gone: %s", e->name,
-				 strerror(-ret));
+			vd_debug("node %" PRIu64 " (%s): could not tell the kernel: %s",
+				 (uint64_t)e->ino, e->name, strerror(-ret));
 		g_free(e);
 		pthread_mutex_lock(&nt.lock);
 		nt.busy = false;
@@ -70,6 +75,11 @@ int notify_start(struct fuse_session *se)
 	nt.running = !ret;
 	pthread_mutex_unlock(&nt.lock);
 	return ret;
+}
+
+void notify_inval(fuse_ino_t ino)
+{
+	notify_gone(ino, "");
 }
 
 void notify_gone(fuse_ino_t ino, const char *name)

@@ -108,6 +108,8 @@ static struct vnode *vnode_new(const char *name, struct vd_image *img, const str
 	n->mirror = mirror_new(&n->img);
 	n->sdev = st->st_dev;
 	n->sino = st->st_ino;
+	if (n->mirror)
+		handover_view_new(n);
 	g_hash_table_insert(by_ino, &n->ino, n);
 	if (name)
 		g_hash_table_insert(by_name, n->name, n);
@@ -387,6 +389,8 @@ int tree_init(void)
 		root_node.kind = VN_IMAGE;
 		root_node.img = img;
 		root_node.mirror = mirror_new(&root_node.img);
+		if (root_node.mirror)
+			handover_view_new(&root_node);
 		root_node.sdev = st.st_dev;
 		root_node.sino = st.st_ino;
 		g_hash_table_insert(by_ino, &root_node.ino, &root_node);

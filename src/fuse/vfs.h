@@ -31,6 +31,7 @@ struct vfs_config {
 	unsigned threads;
 	enum furing_mode ring; /* -o uring= */
 	uid_t owner;	  /* who mounted: may use the control file and mirror verbs */
+	unsigned inactive_wait_s; /* how long data waits for an inactive view */
 	struct vd_open_opts open;
 };
 
@@ -108,6 +109,8 @@ enum control_verb {
 	CONTROL_MIRROR_PAUSE,
 	CONTROL_MIRROR_RESUME,
 	CONTROL_MIRROR_SPEED,
+	CONTROL_ACTIVATE,
+	CONTROL_INACTIVATE,
 };
 
 struct control_cmd {
@@ -153,10 +156,27 @@ void furing_thread_start(unsigned idx);
  * the reply), or NULL when it came through /dev/fuse. */
 void *furing_req_payload(void);
 
+/* ---- handover.c: inactive and active views (hand-over between hosts) ---- */
+/* Hold the view's requests, then write the image back, leave it clean and
+ * release its locks; done(opaque, err) then (perhaps at once). A failure
+ * leaves the view active. */
+void handover_inactivate(struct vnode *n, vd_done_fn done, void *opaque);
+/* Take the locks and read the image anew, then let the held requests go on.
+ * 0, or -errno (logged) with the view still inactive. */
+int handover_activate(struct vnode *n);
+/* A new view whose image was opened inactive starts holding its requests. */
+void handover_view_new(struct vnode *n);
+/* The thread that fails requests held longer than inactive_wait (and all of
+ * them once the loops stop). */
+int handover_start(void);
+void handover_stop(void);
+
 /* ---- notify.c ---- */
 /* Start the thread that tells the kernel about vanished names (directory
  * mounts, once mounted). 0 or -errno. */
 int notify_start(struct fuse_session *se);
+/* Drop the kernel's cached pages and attributes of ino (never blocks). */
+void notify_inval(fuse_ino_t ino);
 /* The view ino, known to the kernel as name in the root, is gone (never blocks). */
 void notify_gone(fuse_ino_t ino, const char *name);
 /* Stop the thread; false if a notice is stuck in the kernel (then the session

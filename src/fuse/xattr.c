@@ -18,7 +18,7 @@
 
 static const char *const xattr_names[] = {
 	"format", "virtual-size", "cluster-size", "backing", "allocated", "image", "info",
-	"mirror.status", "last-error",
+	"mirror.status", "last-error", "active",
 };
 
 static pthread_mutex_t last_error_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -73,6 +73,8 @@ static GString *xattr_value(struct vnode *n, const char *key, bool mirror)
 		g_string_append_printf(s, "%" PRIu64, image_allocated(img));
 	} else if (!strcmp(key, "image")) {
 		g_string_append(s, img->path);
+	} else if (!strcmp(key, "active")) {
+		g_string_append(s, atomic_load(&img->inactive) ? "0" : "1");
 	} else if (!strcmp(key, "mirror.status")) {
 		if (n->mirror)
 			mirror_status_line(n->mirror, s);
@@ -261,6 +263,37 @@ static void xattr_mirror(fuse_req_t req, struct vnode *n, const char *verb, cons
 		mirror_cancel(n->mirror, xattr_verb_done, w);
 }
 
+/* user.vdiskfs.active: 1 activates (at once), 0 inactivates (answered once
+ * the view's requests drained and the image is written back). */
+static void xattr_active(fuse_req_t req, struct vnode *n, const char *value, size_t size)
+{
+	struct xattr_wait *w;
+	int ret;
+
+	if (size != 1 || (value[0] != '0' && value[0] != '1')) {
+		vd_err("%s: active: want 1 or 0", n->img->path);
+		vnode_note_verb(n, -EINVAL);
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (value[0] == '1') {
+		ret = handover_activate(n);
+		vnode_note_verb(n, ret);
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	w = malloc(sizeof(*w));
+	if (!w) {
+		vnode_note_verb(n, -ENOMEM);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	w->req = req;
+	w->n = n;
+	loop_req_begin(); /* answered once the image is written back */
+	handover_inactivate(n, xattr_verb_done, w);
+}
+
 void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *value,
 	       size_t size, int flags)
 {
@@ -271,8 +304,9 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 		return;
 	}
 	key = name + strlen(XATTR_PREFIX);
-	if (xattr_owner_only(key) && !vfs_req_by_owner(req)) {
-		vd_err("%s: %s: only the owner of the mount may run mirrors", n->img->path, name);
+	if ((xattr_owner_only(key) || !strcmp(key, "active")) && !vfs_req_by_owner(req)) {
+		vd_err("%s: %s: only the owner of the mount may run mirrors or hand views over",
+		       n->img->path, name);
 		fuse_reply_err(req, EACCES);
 		return;
 	}
@@ -280,6 +314,10 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 	if (!strcmp(key, "mirror.start") || !strcmp(key, "mirror.complete") ||
 	    !strcmp(key, "mirror.cancel")) {
 		xattr_mirror(req, n, key + strlen("mirror."), value, size);
+		return;
+	}
+	if (!strcmp(key, "active")) {
+		xattr_active(req, n, value, size);
 		return;
 	}
 	if (!strcmp(key, "mirror.pause") || !strcmp(key, "mirror.resume") ||

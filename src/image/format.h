@@ -144,6 +144,7 @@ struct vd_open_opts {
 	bool cache_direct;   /* aligned data I/O bypasses the host page cache */
 	bool nofollow;	     /* the path is resolved: no symbolic link anywhere in it */
 	bool force_share;    /* read-only: share every permission, like qemu-img -U */
+	bool inactive;	     /* the top image starts inactive (image_activate()) */
 };
 
 struct vd_image {
@@ -178,6 +179,13 @@ struct vd_image {
 	/* A runtime inconsistency (EIO from a driver) marks the image broken. */
 	atomic_bool broken;
 	atomic_int refs;
+
+	/* Hand-over (image.c): while inactive the driver is closed (priv is
+	 * NULL), no lock is held and nothing is cached. The image layer's
+	 * metadata calls hold active_lock for reading; image_activate() and
+	 * image_inactivate() change the state with it held for writing. */
+	pthread_rwlock_t active_lock;
+	atomic_bool inactive;
 
 	/* The image layer's own (image-io.c): fsync batches. Drivers do not
 	 * touch these. */

@@ -441,7 +441,7 @@ static void req_wake(struct vd_waiter *w)
 static int img_check(struct vd_image *img, uint64_t len, uint64_t off, bool write,
 		     uint64_t limit)
 {
-	if (atomic_load(&img->broken))
+	if (atomic_load(&img->broken) || atomic_load(&img->inactive))
 		return -EIO;
 	if (write && img->read_only)
 		return -EROFS;
@@ -686,7 +686,16 @@ int image_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_
 		return -EINVAL;
 	if (len > img->size - off)
 		len = img->size - off;
-	ret = img->fmt->block_status(img, off, len, pnum, status);
+	pthread_rwlock_rdlock(&img->active_lock);
+	if (atomic_load(&img->inactive)) {
+		/* Nothing known while another host may write: all of it may be data. */
+		*pnum = len;
+		*status = VD_BS_DATA;
+		ret = 0;
+	} else {
+		ret = img->fmt->block_status(img, off, len, pnum, status);
+	}
+	pthread_rwlock_unlock(&img->active_lock);
 	if (ret)
 		return ret;
 	if (*pnum == 0 || *pnum > len) {
@@ -706,10 +715,20 @@ int image_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_
 
 int image_truncate(struct vd_image *img, uint64_t size)
 {
+	int ret;
+
 	if (img->read_only)
 		return -EROFS;
 	if (!img->fmt->truncate)
 		return -ENOTSUP;
-	return img->fmt->truncate(img, size);
+	pthread_rwlock_rdlock(&img->active_lock);
+	if (atomic_load(&img->inactive)) {
+		vd_err("%s: not resized: the image is inactive", img->path);
+		ret = -EBUSY;
+	} else {
+		ret = img->fmt->truncate(img, size);
+	}
+	pthread_rwlock_unlock(&img->active_lock);
+	return ret;
 }
 

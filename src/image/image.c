@@ -105,8 +105,13 @@ uint64_t image_allocated(struct vd_image *img)
 {
 	struct stat st;
 	uint64_t bytes;
+	int ret = -ENOTSUP;
 
-	if (img->fmt->allocated && img->fmt->allocated(img, &bytes) == 0)
+	pthread_rwlock_rdlock(&img->active_lock);
+	if (img->fmt->allocated && !atomic_load(&img->inactive))
+		ret = img->fmt->allocated(img, &bytes);
+	pthread_rwlock_unlock(&img->active_lock);
+	if (!ret)
 		return bytes;
 	if (fstat(img->fd, &st) < 0)
 		return 0;
@@ -139,6 +144,7 @@ static void image_free(struct vd_image *img)
 		atomic_fetch_sub(&image_nfds, 1);
 	}
 	pthread_mutex_destroy(&img->sync_lock);
+	pthread_rwlock_destroy(&img->active_lock);
 	free(img->path);
 	free(img);
 }
@@ -420,6 +426,18 @@ static int image_open_file(const char *path, int flags, uint64_t resolve)
 	return fd;
 }
 
+/* The driver closed, what it read at open forgotten (it reads it again). */
+static void image_forget_driver(struct vd_image *img)
+{
+	for (int i = 0; i < VD_BACKING_MAX_NAMES; i++) {
+		free(img->backing_names[i]);
+		img->backing_names[i] = NULL;
+	}
+	free(img->backing_fmt);
+	img->backing_fmt = NULL;
+	img->priv = NULL;
+}
+
 /* Open the file of one chain member (step 1 of image_open_chain()): within
  * the fd budget, read-write unless read-only or the file system is, and not
  * an image already in the chain. Each refusal is logged. Returns the fd (its
@@ -487,7 +505,8 @@ static int image_share(int fd, const char *path, const struct vd_open_opts *o,
 	pthread_mutex_lock(&registry_lock);
 	found = registry_find(st->st_dev, st->st_ino);
 	if (!found) {
-		ret = image_lock(fd, path, read_only, o->force_share);
+		/* An image opened inactive holds no lock until it is activated. */
+		ret = o->inactive && !chain->n ? 0 : image_lock(fd, path, read_only, o->force_share);
 		pthread_mutex_unlock(&registry_lock);
 		if (ret)
 			close(fd);
@@ -575,6 +594,7 @@ static int image_open_chain(const char *path, const char *real, const struct vd_
 	const char *opath = real ? real : path;
 	bool top_nofollow = !chain->n && o->nofollow;
 	uint64_t resolve = real || top_nofollow ? RESOLVE_NO_SYMLINKS : 0;
+	bool inactive = o->inactive && !chain->n;
 	struct stat st;
 	int fd, ret;
 
@@ -602,12 +622,17 @@ static int image_open_chain(const char *path, const char *real, const struct vd_
 	img->zero_align = 512;
 	atomic_init(&img->refs, 1);
 	pthread_mutex_init(&img->sync_lock, NULL);
+	pthread_rwlock_init(&img->active_lock, NULL);
 	if (o->cache_direct)
 		image_open_dio_twin(img, opath, resolve);
 
 	ret = image_pick_format(img, force_fmt, chain->n > 0 || o->raw_by_default);
 	if (ret)
 		goto out_free;
+	/* Opened inactive, the driver only reads (the size, the backing file):
+	 * another host may be writing the image. */
+	if (inactive)
+		img->read_only = true;
 	img->opts = o;
 	ret = img->fmt->open(img);
 	if (ret)
@@ -623,6 +648,14 @@ static int image_open_chain(const char *path, const char *real, const struct vd_
 		goto out_close;
 	img->opts = NULL;
 
+	if (inactive) {
+		img->fmt->close(img); /* read-only: writes nothing */
+		image_forget_driver(img);
+		img->read_only = read_only;
+		img->writable = false;
+		atomic_store(&img->inactive, true);
+	}
+
 	pthread_mutex_lock(&registry_lock);
 	ret = registry_add(img);
 	pthread_mutex_unlock(&registry_lock);
@@ -634,7 +667,8 @@ static int image_open_chain(const char *path, const char *real, const struct vd_
 out_close:
 	if (img->backing)
 		image_unref(img->backing);
-	img->fmt->close(img);
+	if (!atomic_load(&img->inactive))
+		img->fmt->close(img);
 out_free:
 	image_free(img);
 	return ret;
@@ -690,11 +724,26 @@ void image_facts_json(struct vd_image *img, bool read_only, struct json_writer *
 		}
 		json_end_array(j);
 	}
-	if (img->fmt->info) {
+	json_bool(j, "active", !atomic_load(&img->inactive));
+	pthread_rwlock_rdlock(&img->active_lock);
+	if (img->fmt->info && !atomic_load(&img->inactive)) {
 		json_begin_object(j, img->fmt->name);
 		img->fmt->info(img, j);
 		json_end_object(j);
 	}
+	pthread_rwlock_unlock(&img->active_lock);
+}
+
+/* Everything close would write, written and synced (the driver's finish, or
+ * a flush and an fdatasync). */
+static int image_write_back(struct vd_image *img)
+{
+	int ret;
+
+	if (img->fmt->finish)
+		return img->fmt->finish(img);
+	ret = img->fmt->flush ? img->fmt->flush(img) : 0;
+	return ret ? ret : meta_fdatasync(img->fd);
 }
 
 int image_finish(struct vd_image *img)
@@ -704,17 +753,83 @@ int image_finish(struct vd_image *img)
 	if (!img->writable)
 		return 0;
 	img->read_only = true;
-	if (img->fmt->finish) {
-		ret = img->fmt->finish(img);
-	} else {
-		ret = img->fmt->flush ? img->fmt->flush(img) : 0;
-		if (!ret)
-			ret = meta_fdatasync(img->fd);
-	}
+	ret = image_write_back(img);
 	img->writable = false;
 	if (ret)
 		vd_err("%s: cannot write back the image before leaving it: %s", img->path,
 		       strerror(-ret));
+	return ret;
+}
+
+/* ---- hand-over between hosts ---- */
+
+static void image_unlock_file(struct vd_image *img)
+{
+	struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
+
+	fcntl(img->fd, F_OFD_SETLK, &fl);
+}
+
+int image_inactivate(struct vd_image *img)
+{
+	int ret = 0;
+
+	pthread_rwlock_wrlock(&img->active_lock);
+	if (atomic_load(&img->inactive))
+		goto out;
+	if (img->writable) {
+		ret = image_write_back(img);
+		if (ret) {
+			vd_err("%s: not inactivated: cannot write the image back: %s", img->path,
+			       strerror(-ret));
+			goto out;
+		}
+	}
+	img->fmt->close(img); /* writes nothing more: everything is written back */
+	image_forget_driver(img);
+	img->writable = false;
+	image_unlock_file(img);
+	atomic_store(&img->inactive, true);
+	vd_info("%s: inactive: written back and left clean, locks released; another host "
+		"may activate it now",
+		img->path);
+out:
+	pthread_rwlock_unlock(&img->active_lock);
+	return ret;
+}
+
+int image_activate(struct vd_image *img, const struct vd_open_opts *o)
+{
+	uint64_t size = img->size;
+	int ret = 0;
+
+	pthread_rwlock_wrlock(&img->active_lock);
+	if (!atomic_load(&img->inactive))
+		goto out;
+	ret = image_lock(img->fd, img->path, img->read_only, o->force_share);
+	if (ret) {
+		vd_err("%s: not activated: another host or process still has it (inactivate it "
+		       "there first)",
+		       img->path);
+		goto out;
+	}
+	img->opts = o;
+	ret = img->fmt->open(img); /* every piece of metadata read again */
+	img->opts = NULL;
+	if (ret) {
+		image_forget_driver(img);
+		image_unlock_file(img);
+		vd_err("%s: not activated: the image could not be opened (%s); it stays inactive",
+		       img->path, strerror(-ret));
+		goto out;
+	}
+	img->writable = !img->read_only;
+	atomic_store(&img->inactive, false);
+	vd_info("%s: active: metadata read from the file, %s%s", img->path,
+		img->read_only ? "read-only" : "read-write",
+		img->size != size ? " (its size changed meanwhile)" : "");
+out:
+	pthread_rwlock_unlock(&img->active_lock);
 	return ret;
 }
 
@@ -733,7 +848,8 @@ void image_unref(struct vd_image *img)
 	pthread_mutex_unlock(&registry_lock);
 
 	backing = img->backing;
-	img->fmt->close(img);
+	if (!atomic_load(&img->inactive))
+		img->fmt->close(img);
 	vd_info("%s: closed", img->path);
 	image_free(img);
 	image_unref(backing);

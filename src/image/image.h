@@ -25,6 +25,16 @@ void image_unref(struct vd_image *img);
  * may still read it (the mirror's old source). Logs and returns -errno when
  * the file could not be made final. */
 int image_finish(struct vd_image *img);
+/* Hand-over between hosts sharing the image's storage (QEMU's inactive and
+ * active nodes). Inactivate: everything written back and the image left
+ * clean, the driver closed, every lock released. Activate: QEMU's locks
+ * taken again and the driver opened anew, reading every piece of metadata
+ * from the file. The caller holds the image's data requests meanwhile (the
+ * image refuses them with EIO while inactive); metadata calls see the image
+ * as all data while inactive. Both log what they did; 0 or -errno, and a
+ * failed call leaves the state as it was. */
+int image_inactivate(struct vd_image *img);
+int image_activate(struct vd_image *img, const struct vd_open_opts *o);
 /* The image's facts as JSON members (inside an open object): path, format,
  * sizes, allocation, read-only (or forced so), broken, the backing chain and
  * an object named after the format with the driver's own facts. */

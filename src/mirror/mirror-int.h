@@ -77,6 +77,10 @@ struct mirror {
 	/* Ended jobs whose copier threads are closing down (one may hold an
 	 * old source for its grace period); joined and freed by a later start. */
 	struct mirror_job *old;
+	/* Hand-over (mirror_hold()): requests wait in parked until released. */
+	atomic_bool held;
+	vd_done_fn hold_done;
+	void *hold_opaque;
 	/* What status shows after a job ended. */
 	enum mirror_phase last_phase;
 	char *last_target, *last_format;

@@ -205,6 +205,7 @@ static int target_open(const struct mirror_opts *o, const struct mirror_env *env
 	oo.format = fmt ? fmt->name : NULL;
 	oo.raw_by_default = true;
 	oo.nofollow = true;
+	oo.inactive = false;
 	if (created)
 		oo.backing = VD_BACKING_DENY;
 	ret = image_open(real, &oo, &dst);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "util/clock.h"
 #include "util/log.h"
 #include "mirror/mirror-int.h"
 
@@ -35,6 +36,7 @@ struct mirror_req {
 	bool locked;
 	struct rl_range range;
 	struct mirror_req *next; /* parked while the view drains */
+	uint64_t parked_ns;	 /* when it was parked */
 };
 
 struct mirror *mirror_new(struct vd_image **slot)
@@ -163,6 +165,8 @@ void (*mirror_drain_check(struct mirror *m))(struct mirror *m)
 
 	if (!m->quiesce || !m->drained || m->inflight)
 		return NULL;
+	if (atomic_load(&m->held) && atomic_load(&m->direct))
+		return NULL; /* a hold waits for the requests that passed the gate too */
 	if (job && job->copy_inflight)
 		return NULL;
 	fn = m->drained;
@@ -179,7 +183,7 @@ void (*mirror_drain_check(struct mirror *m))(struct mirror *m)
 static bool gate_enter(struct mirror *m, struct vd_image **img)
 {
 	atomic_fetch_add(&m->direct, 1);
-	if (atomic_load(&m->job)) {
+	if (atomic_load(&m->job) || atomic_load(&m->held)) {
 		atomic_fetch_sub(&m->direct, 1);
 		return false;
 	}
@@ -193,8 +197,16 @@ static void gate_done(void *opaque, int err)
 	struct mirror *m = c->m;
 
 	/* The image's I/O is over: leave before the answer, which may let
-	 * the view go away. */
-	atomic_fetch_sub(&m->direct, 1);
+	 * the view go away. A hold waits for the last one to leave. */
+	if (atomic_fetch_sub(&m->direct, 1) == 1 && atomic_load(&m->held)) {
+		void (*cont)(struct mirror *m);
+
+		pthread_mutex_lock(&m->lock);
+		cont = mirror_drain_check(m);
+		pthread_mutex_unlock(&m->lock);
+		if (cont)
+			cont(m);
+	}
 	c->done(c->opaque, err);
 }
 
@@ -277,6 +289,7 @@ static void mreq_dispatch(struct mirror_req *r)
 
 	pthread_mutex_lock(&m->lock);
 	if (m->quiesce) {
+		r->parked_ns = vd_now_ns();
 		r->next = NULL;
 		*m->parked_tail = r;
 		m->parked_tail = &r->next;
@@ -498,6 +511,99 @@ void mirror_complete(struct mirror *m, vd_done_fn done, void *opaque)
 		quiesce_then(m, complete_drained);
 }
 
+/* ---- holding the view's requests (hand-over) ---- */
+
+static void hold_drained(struct mirror *m)
+{
+	vd_done_fn done;
+	void *opaque;
+
+	pthread_mutex_lock(&m->lock);
+	done = m->hold_done;
+	opaque = m->hold_opaque;
+	m->hold_done = NULL;
+	pthread_mutex_unlock(&m->lock);
+	if (done)
+		done(opaque, 0);
+}
+
+int mirror_hold(struct mirror *m, vd_done_fn drained, void *opaque)
+{
+	pthread_mutex_lock(&m->lock);
+	if (atomic_load(&m->job) || m->starting || m->quiesce || atomic_load(&m->held)) {
+		struct mirror_job *job = atomic_load(&m->job);
+
+		pthread_mutex_unlock(&m->lock);
+		if (job)
+			vd_err("%s: a mirror to %s runs: complete or cancel it first",
+			       job->src->path, job->target);
+		else
+			vd_err("%s: the view is busy (a mirror starting, or already held)",
+			       (*m->slot)->path);
+		return -EBUSY;
+	}
+	/* Pairs with gate_enter(): either it sees held, or the drain check
+	 * sees its request in direct. */
+	atomic_store(&m->held, true);
+	m->hold_done = drained;
+	m->hold_opaque = opaque;
+	quiesce_then(m, hold_drained);
+	return 0;
+}
+
+void mirror_release(struct mirror *m)
+{
+	struct mirror_req *parked;
+
+	pthread_mutex_lock(&m->lock);
+	if (!atomic_load(&m->held)) {
+		pthread_mutex_unlock(&m->lock);
+		return;
+	}
+	atomic_store(&m->held, false);
+	m->hold_done = NULL;
+	parked = unquiesce_locked(m);
+	pthread_mutex_unlock(&m->lock);
+	resume_parked(parked);
+}
+
+bool mirror_held(struct mirror *m)
+{
+	return atomic_load(&m->held);
+}
+
+unsigned mirror_expire_held(struct mirror *m, uint64_t max_ns)
+{
+	struct mirror_req *expired = NULL, **pp, *r;
+	uint64_t now = vd_now_ns();
+	unsigned n = 0;
+
+	pthread_mutex_lock(&m->lock);
+	if (!atomic_load(&m->held)) {
+		pthread_mutex_unlock(&m->lock);
+		return 0;
+	}
+	for (pp = &m->parked; (r = *pp);) {
+		if (now - r->parked_ns < max_ns) {
+			pp = &r->next;
+			continue;
+		}
+		*pp = r->next;
+		r->next = expired;
+		expired = r;
+	}
+	m->parked_tail = &m->parked;
+	while (*m->parked_tail)
+		m->parked_tail = &(*m->parked_tail)->next;
+	pthread_mutex_unlock(&m->lock);
+	for (; expired; expired = r, n++) {
+		r = expired->next;
+		expired->done(expired->opaque, -EIO);
+		free(expired);
+	}
+	return n;
+}
+
 /* ---- pause, resume, speed ---- */
 
 int mirror_pause(struct mirror *m, bool pause)
@@ -677,6 +783,11 @@ int mirror_start(struct mirror *m, const struct mirror_opts *o, const struct mir
 		vd_err("%s: cannot mirror a read-only %s", src->path,
 		       env->read_only ? "mount" : "image");
 		return -EROFS;
+	}
+	if (atomic_load(&m->held)) {
+		pthread_mutex_unlock(&m->lock);
+		vd_err("%s: cannot mirror an inactive view: activate it first", src->path);
+		return -EBUSY;
 	}
 	job = atomic_load(&m->job);
 	if (job || m->starting) {

@@ -60,6 +60,15 @@ void mirror_cancel(struct mirror *m, vd_done_fn done, void *opaque);
  * -ESRCH (no job), -EBUSY (completing or cancelling), -EIO (failed), logged. */
 int mirror_pause(struct mirror *m, bool pause);
 int mirror_set_speed(struct mirror *m, uint64_t speed);
+/* Hand-over: hold the view's data requests (new ones wait) and run
+ * drained(opaque, 0) once none is in flight (perhaps at once). 0, or -EBUSY
+ * (logged) while a job exists or the view is held already. Release lets the
+ * held requests go on in order; expire fails those held longer than max_ns
+ * with EIO and returns how many. */
+int mirror_hold(struct mirror *m, vd_done_fn drained, void *opaque);
+void mirror_release(struct mirror *m);
+bool mirror_held(struct mirror *m);
+unsigned mirror_expire_held(struct mirror *m, uint64_t max_ns);
 /* Is a job running (truncate and the like must wait)? */
 bool mirror_busy(struct mirror *m);
 
