@@ -158,35 +158,28 @@ int qcow2_l2_get(struct qcow2 *q, uint64_t gcl, bool write, struct qcow2_cache_e
 
 /* ---- reads ---- */
 
-static int add(struct vd_map *m, uint64_t off, uint64_t len, enum vd_ext_type t, int fd,
-	       uint64_t host)
-{
-	struct vd_extent e = {.off = off, .len = len, .type = t, .fd = fd, .host_off = host};
-
-	return vd_map_add(m, &e);
-}
-
-static int compressed_desc(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t *coff,
-			   uint32_t *csize)
+/* The source of compressed guest cluster gcl, entry e. */
+static int compressed_src(struct qcow2 *q, uint64_t gcl, uint64_t e, struct vd_src *s)
 {
 	uint64_t nsect = ((e >> q->csize_shift) & q->csize_mask) + 1;
 
-	*coff = e & q->coff_mask;
-	if (*coff >> 56 || qcow2_cl(q, *coff) >= q->host_end)
+	s->type = VD_EXT_COMPRESSED;
+	s->fd = q->img->fd;
+	s->algo = q->compression ? VD_COMPRESS_ZSTD : VD_COMPRESS_DEFLATE;
+	s->cluster_off = gcl << q->cluster_bits;
+	s->cluster_size = q->cluster_size;
+	s->host_off = e & q->coff_mask;
+	if (s->host_off >> 56 || qcow2_cl(q, s->host_off) >= q->host_end)
 		return corrupt(q, "compressed data lies past the end of the file", gcl, e);
-	*csize = nsect * 512 - (*coff & 511);
+	s->csize = nsect * 512 - (s->host_off & 511);
 	return 0;
 }
 
 static int add_compressed(struct qcow2 *q, struct vd_map *m, uint64_t gcl, uint64_t e,
 			  uint64_t off, uint64_t len)
 {
-	struct vd_extent x = {.off = off, .len = len, .type = VD_EXT_COMPRESSED,
-			      .fd = q->img->fd, .algo = q->compression ? VD_COMPRESS_ZSTD
-								      : VD_COMPRESS_DEFLATE,
-			      .cluster_off = gcl << q->cluster_bits,
-			      .cluster_size = q->cluster_size};
-	int ret = compressed_desc(q, gcl, e, &x.host_off, &x.csize);
+	struct vd_extent x = {.off = off, .len = len};
+	int ret = compressed_src(q, gcl, e, &x.src);
 
 	return ret ? ret : vd_map_add(m, &x);
 }
@@ -210,23 +203,23 @@ static int map_read_cluster(struct qcow2 *q, struct vd_map *m, uint64_t off, uin
 	uint64_t gcl = qcow2_cl(q, off), in = off & (q->cluster_size - 1), e, bm, host;
 	struct qcow2_cache_entry *ce;
 	unsigned idx;
-	int fd = q->img->fd, ret;
+	int ret;
 
 	ret = qcow2_l2_get(q, gcl, false, &ce, &idx);
 	if (ret)
 		return ret;
 	if (!ce)
-		return add(m, off, n, VD_EXT_UNALLOC, -1, 0);
+		return vd_map_add_hole(m, off, n, VD_EXT_UNALLOC);
 	l2_read(q, ce, idx, &e, &bm);
 	host = e & QCOW2_OFF_MASK;
 	switch (qcow2_classify(q, e)) {
 	case QC_UNALLOC:
 		if (!q->ext_l2)
-			return add(m, off, n, VD_EXT_UNALLOC, -1, 0);
+			return vd_map_add_hole(m, off, n, VD_EXT_UNALLOC);
 		break;
 	case QC_ZERO_PLAIN:
 	case QC_ZERO_ALLOC:
-		return add(m, off, n, VD_EXT_ZERO, -1, 0);
+		return vd_map_add_hole(m, off, n, VD_EXT_ZERO);
 	case QC_COMPRESSED:
 		if (q->ext_l2 && bm)
 			return corrupt(q, "compressed cluster with a subcluster bitmap", gcl, bm);
@@ -236,7 +229,7 @@ static int map_read_cluster(struct qcow2 *q, struct vd_map *m, uint64_t off, uin
 		if (ret)
 			return ret;
 		if (!q->ext_l2)
-			return add(m, off, n, VD_EXT_DATA, fd, host + in);
+			return vd_map_add_data(m, off, n, q->img->fd, host + in);
 		break;
 	}
 	/* extended L2: one run per subcluster state */
@@ -247,8 +240,10 @@ static int map_read_cluster(struct qcow2 *q, struct vd_map *m, uint64_t off, uin
 
 		k = k < n ? k : n;
 		ret = subcluster_type(q, gcl, e, bm, sc, &t);
-		if (!ret)
-			ret = add(m, off, k, t, t == VD_EXT_DATA ? fd : -1, host + in);
+		if (!ret && t == VD_EXT_DATA)
+			ret = vd_map_add_data(m, off, k, q->img->fd, host + in);
+		else if (!ret)
+			ret = vd_map_add_hole(m, off, k, t);
 		if (ret)
 			return ret;
 		off += k;
@@ -272,7 +267,7 @@ struct plan {
 	uint64_t unit, gbase, host;
 	uint64_t ws, we;       /* the cluster bytes the write covers */
 	bool fresh;	       /* newly allocated never-written host space: zeroes need no copy */
-	struct vd_cow_seg src; /* PLAN_SRC: the source (off/len unset); PLAN_SHARED: old host */
+	struct vd_src src;     /* PLAN_SRC: the source; PLAN_SHARED: the old host cluster */
 	uint64_t bm;	       /* PLAN_SUBCL, PLAN_SHARED: the bitmap before the write */
 };
 
@@ -296,15 +291,13 @@ static int plan_shared(struct qcow2 *q, const struct plan *p, struct vd_cow *c)
 
 	for (uint64_t cs = 0; cs < q->cluster_size && !ret; cs += q->sc_size) {
 		uint64_t ce = cs + q->sc_size;
-		struct vd_cow_seg s = p->src;
+		struct vd_cow_seg s = {.off = p->gbase + cs, .len = q->sc_size, .src = p->src};
 
 		if (cs >= p->ws && ce <= p->we)
 			continue; /* written whole */
 		if (ce > p->ws && cs < p->we)
-			s.type = subcl_src(p, cs >> q->sc_bits); /* written in part */
-		s.off = p->gbase + cs;
-		s.len = q->sc_size;
-		s.host_off += cs;
+			s.src.type = subcl_src(p, cs >> q->sc_bits); /* written in part */
+		s.src.host_off += cs;
 		ret = vd_cow_add(c, &s);
 	}
 	return ret;
@@ -314,7 +307,7 @@ static int plan_shared(struct qcow2 *q, const struct plan *p, struct vd_cow *c)
  * 0 with c->len == 0 when no copy is needed. */
 static int plan_cow(struct qcow2 *q, const struct plan *p, uint64_t u, struct vd_cow *c)
 {
-	struct vd_cow_seg s = p->src;
+	struct vd_cow_seg s = {.src = p->src};
 
 	memset(c, 0, sizeof(*c));
 	switch (p->mode) {
@@ -323,8 +316,8 @@ static int plan_cow(struct qcow2 *q, const struct plan *p, uint64_t u, struct vd
 	case PLAN_SRC:
 		break;
 	case PLAN_SUBCL:
-		s.type = subcl_src(p, u >> q->sc_bits);
-		if (s.type == VD_EXT_DATA)
+		s.src.type = subcl_src(p, u >> q->sc_bits);
+		if (s.src.type == VD_EXT_DATA)
 			return 0;
 		break;
 	case PLAN_SHARED:
@@ -332,20 +325,24 @@ static int plan_cow(struct qcow2 *q, const struct plan *p, uint64_t u, struct vd
 		c->len = p->unit;
 		return plan_shared(q, p, c);
 	}
-	if (p->fresh && (s.type == VD_EXT_ZERO || (s.type == VD_EXT_UNALLOC && !q->img->backing)))
+	if (p->fresh &&
+	    (s.src.type == VD_EXT_ZERO || (s.src.type == VD_EXT_UNALLOC && !q->img->backing)))
 		return 0;
 	s.off = c->off = p->gbase + u;
 	s.len = c->len = p->unit;
-	if (s.type == VD_EXT_DATA)
-		s.host_off += u;
+	if (s.src.type == VD_EXT_DATA)
+		s.src.host_off += u;
 	return vd_cow_add(c, &s);
 }
 
 static int emit(struct qcow2 *q, struct vd_map *m, const struct plan *p, uint64_t ws, uint64_t we,
 		const struct vd_cow *cow)
 {
-	struct vd_extent x = {.off = p->gbase + ws, .len = we - ws, .type = VD_EXT_DATA,
-			      .fd = q->img->fd, .host_off = p->host + ws};
+	struct vd_extent x = {
+		.off = p->gbase + ws,
+		.len = we - ws,
+		.src = {.type = VD_EXT_DATA, .fd = q->img->fd, .host_off = p->host + ws},
+	};
 
 	if (cow)
 		x.cow = *cow;
@@ -436,12 +433,7 @@ static int plan_old(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, stru
 		p->src.type = VD_EXT_ZERO;
 		return 0;
 	case QC_COMPRESSED:
-		p->src.type = VD_EXT_COMPRESSED;
-		p->src.fd = q->img->fd;
-		ret = compressed_desc(q, gcl, e, &p->src.host_off, &p->src.csize);
-		p->src.algo = q->compression ? VD_COMPRESS_ZSTD : VD_COMPRESS_DEFLATE;
-		p->src.cluster_off = gcl << q->cluster_bits;
-		p->src.cluster_size = q->cluster_size;
+		ret = compressed_src(q, gcl, e, &p->src);
 		qcow2_compressed_range(q, e, &it->src_off, &it->src_len);
 		return ret;
 	case QC_NORMAL:
@@ -599,12 +591,12 @@ static int read_hold(struct qcow2 *q, struct vd_map *m)
 		return 0;
 	for (unsigned i = 0; i < m->n && !ret; i++) {
 		const struct vd_extent *e = &m->ext[i];
-		struct qcow2_item it = {.kind = QI_READ, .src_off = e->host_off};
+		struct qcow2_item it = {.kind = QI_READ, .src_off = e->src.host_off};
 
-		if (e->type == VD_EXT_DATA)
+		if (e->src.type == VD_EXT_DATA)
 			it.src_len = e->len;
-		else if (e->type == VD_EXT_COMPRESSED)
-			it.src_len = e->csize;
+		else if (e->src.type == VD_EXT_COMPRESSED)
+			it.src_len = e->src.csize;
 		else
 			continue;
 		if (!t && !(t = calloc(1, sizeof(*t))))

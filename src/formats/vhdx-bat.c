@@ -362,14 +362,6 @@ static int alloc_space(struct vhdx *v, uint64_t len, uint64_t *out)
 
 /* ---- map ---- */
 
-static int add_ext(struct vd_map *m, enum vd_ext_type t, int fd, uint64_t off, uint64_t len,
-		   uint64_t host)
-{
-	struct vd_extent e = {.off = off, .len = len, .type = t, .fd = fd, .host_off = host};
-
-	return vd_map_add(m, &e);
-}
-
 /* Runs of a partially present block [pos, end): DATA where the bitmap says
  * this file, UNALLOC (the parent) elsewhere. */
 static int map_read_partial(struct vhdx *v, uint64_t b, uint64_t host, uint64_t pos,
@@ -386,8 +378,10 @@ static int map_read_partial(struct vhdx *v, uint64_t b, uint64_t host, uint64_t 
 
 		while (run < end && bit_get(bits, bit0 + (run - bstart) / v->lss) == here)
 			run = min64((run / v->lss + 1) * v->lss, end);
-		ret = add_ext(m, here ? VD_EXT_DATA : VD_EXT_UNALLOC, v->img->fd, pos, run - pos,
-			      host + (pos - bstart));
+		if (here)
+			ret = vd_map_add_data(m, pos, run - pos, v->img->fd, host + (pos - bstart));
+		else
+			ret = vd_map_add_hole(m, pos, run - pos, VD_EXT_UNALLOC);
 		pos = run;
 	}
 	return ret;
@@ -405,18 +399,18 @@ static int map_read(struct vhdx *v, uint64_t off, uint64_t len, struct vd_map *m
 
 		switch (VHDX_BAT_STATE(e)) {
 		case VHDX_BAT_FULLY_PRESENT:
-			ret = add_ext(m, VD_EXT_DATA, v->img->fd, pos, bend - pos,
-				      VHDX_BAT_OFF(e) + pos - bstart);
+			ret = vd_map_add_data(m, pos, bend - pos, v->img->fd,
+					      VHDX_BAT_OFF(e) + pos - bstart);
 			break;
 		case VHDX_BAT_PARTIALLY_PRESENT:
 			ret = map_read_partial(v, b, VHDX_BAT_OFF(e), pos, bend, m);
 			break;
 		case VHDX_BAT_NOT_PRESENT:
-			ret = add_ext(m, v->has_parent ? VD_EXT_UNALLOC : VD_EXT_ZERO, -1, pos,
-				      bend - pos, 0);
+			ret = vd_map_add_hole(m, pos, bend - pos,
+					      v->has_parent ? VD_EXT_UNALLOC : VD_EXT_ZERO);
 			break;
 		default:
-			ret = add_ext(m, VD_EXT_ZERO, -1, pos, bend - pos, 0);
+			ret = vd_map_add_hole(m, pos, bend - pos, VD_EXT_ZERO);
 			break;
 		}
 		pos = bend;
@@ -477,7 +471,7 @@ static int map_write_partial(struct vhdx *v, uint64_t b, uint64_t host, const ui
 
 	while (!ret && pos < e) {
 		uint64_t sstart = pos / lss * lss, send = sstart + lss, pend;
-		struct vd_extent x = {.type = VD_EXT_DATA, .fd = v->img->fd};
+		struct vd_extent x = {.src = {.type = VD_EXT_DATA, .fd = v->img->fd}};
 		bool here = bits && bit_get(bits, bit0 + (sstart - bstart) / lss);
 
 		if (pos == sstart && e >= send) {
@@ -488,11 +482,11 @@ static int map_write_partial(struct vhdx *v, uint64_t b, uint64_t host, const ui
 				x.cow = (struct vd_cow){
 					.off = sstart, .len = lss, .n = 1,
 					.seg = {{.off = sstart, .len = lss,
-						 .type = VD_EXT_UNALLOC}}};
+						 .src.type = VD_EXT_UNALLOC}}};
 		}
 		x.off = pos;
 		x.len = pend - pos;
-		x.host_off = host + (pos - bstart);
+		x.src.host_off = host + (pos - bstart);
 		ret = vd_map_add(m, &x);
 		pos = pend;
 	}
@@ -518,7 +512,7 @@ static int map_write_block(struct vhdx *v, uint64_t b, uint64_t s, uint64_t e,
 	int ret;
 
 	if (st == VHDX_BAT_FULLY_PRESENT)
-		return add_ext(m, VD_EXT_DATA, v->img->fd, s, e - s, VHDX_BAT_OFF(ent) + s - bstart);
+		return vd_map_add_data(m, s, e - s, v->img->fd, VHDX_BAT_OFF(ent) + s - bstart);
 	if (st == VHDX_BAT_PARTIALLY_PRESENT) {
 		ret = sb_get(v, b / v->chunk_ratio, false, &bits);
 		return ret ? ret : map_write_partial(v, b, VHDX_BAT_OFF(ent), bits, s, e, m, w);
@@ -536,7 +530,7 @@ static int map_write_block(struct vhdx *v, uint64_t b, uint64_t s, uint64_t e,
 	ret = new_block(v, w, b, VHDX_BAT_FULLY_PRESENT, &host);
 	if (ret)
 		return ret;
-	return add_ext(m, VD_EXT_DATA, v->img->fd, s, e - s, host + s - bstart);
+	return vd_map_add_data(m, s, e - s, v->img->fd, host + s - bstart);
 }
 
 static void *block_key(uint64_t b)
