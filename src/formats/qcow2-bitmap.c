@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/endian.h"
+#include "util/compiler.h"
 #include "util/json.h"
 #include "util/log.h"
 #include "formats/qcow2.h"
@@ -28,7 +30,7 @@
 
 static uint64_t entry_size(const uint8_t *e)
 {
-	return qcow2_align_up(24 + (uint64_t)qcow2_be32(e + 20) + qcow2_be16(e + 18), 8);
+	return ALIGN_UP(24 + (uint64_t)get_be32(e + 20) + get_be16(e + 18), 8);
 }
 
 static int bad_entry(struct qcow2 *q, uint32_t i, uint64_t pos, const char *why)
@@ -60,11 +62,11 @@ static int check_entry(struct qcow2 *q, uint32_t i, uint64_t pos, uint64_t file_
 	if (pos + 24 > q->bm_dir_size || pos + entry_size(e) > q->bm_dir_size)
 		return bad_entry(q, i, pos, "runs past the end of the directory");
 	b->pos = pos;
-	b->table_off = qcow2_be64(e);
-	b->table_size = qcow2_be32(e + 8);
-	b->flags = qcow2_be32(e + 12);
+	b->table_off = get_be64(e);
+	b->table_size = get_be32(e + 8);
+	b->flags = get_be32(e + 12);
 	b->gbits = e[17];
-	nlen = qcow2_be16(e + 18);
+	nlen = get_be16(e + 18);
 	if (e[16] != BME_TYPE_DIRTY)
 		return bad_entry(q, i, pos, "has an unknown bitmap type");
 	if (b->gbits < BME_MIN_GBITS || b->gbits > BME_MAX_GBITS)
@@ -82,11 +84,11 @@ static int check_entry(struct qcow2 *q, uint32_t i, uint64_t pos, uint64_t file_
 		return bad_entry(q, i, pos,
 				 "has a bitmap table unaligned, past the end of the file or on "
 				 "the header, L1 or refcount table");
-	b->name = strndup((const char *)e + 24 + qcow2_be32(e + 20), nlen);
+	b->name = strndup((const char *)e + 24 + get_be32(e + 20), nlen);
 	if (!b->name)
 		return -ENOMEM;
 	/* Exact now and understood: its in_use mark is cleared again at store. */
-	b->kept = !(b->flags & BME_IN_USE) && !qcow2_be32(e + 20) &&
+	b->kept = !(b->flags & BME_IN_USE) && !get_be32(e + 20) &&
 		  b->table_size == bitmap_tsize(q, b->gbits);
 	return 0;
 }
@@ -296,7 +298,7 @@ struct bm_store {
 static int store_alloc(struct bm_store *s, uint64_t bytes, uint64_t *off)
 {
 	struct qcow2 *q = s->q;
-	uint64_t n = qcow2_align_up(bytes, q->cluster_size) >> q->cluster_bits;
+	uint64_t n = ALIGN_UP(bytes, q->cluster_size) >> q->cluster_bits;
 	bool fresh;
 	int ret;
 
@@ -385,7 +387,7 @@ static int store_new(struct bm_store *s, uint8_t *dir, uint64_t *dir_off)
 
 	for (uint32_t i = 0; i < q->nb_bitmaps && !ret; i++) {
 		struct qcow2_bitmap *b = &q->bms[i];
-		uint64_t toff = 0, v;
+		uint64_t toff = 0;
 
 		if (!b->kept)
 			continue;
@@ -398,8 +400,7 @@ static int store_new(struct bm_store *s, uint8_t *dir, uint64_t *dir_off)
 		ret = store_bits(s, b, s->tables[i]);
 		if (!ret)
 			ret = store_table(s, s->tables[i], b->table_size, &toff);
-		v = htobe64(toff);
-		memcpy(dir + b->pos, &v, 8);
+		put_be64(dir + b->pos, toff);
 	}
 	if (!ret)
 		ret = store_alloc(s, q->bm_dir_size, dir_off);
@@ -427,7 +428,7 @@ static int store_switched(struct bm_store *s, uint8_t *dir, uint64_t dir_off)
 			free(b->table);
 			b->table = s->tables[i];
 			s->tables[i] = NULL;
-			b->table_off = qcow2_be64(dir + b->pos);
+			b->table_off = get_be64(dir + b->pos);
 		}
 		if (b->kept)
 			b->flags &= ~BME_IN_USE;

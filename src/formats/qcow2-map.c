@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/endian.h"
+#include "util/compiler.h"
 #include "util/log.h"
 #include "formats/qcow2.h"
 #include "io/sync-io.h"
@@ -42,8 +44,8 @@ static void l2_read(const struct qcow2 *q, const struct qcow2_cache_entry *ce, u
 {
 	const uint8_t *p = (const uint8_t *)ce->buf + ((uint64_t)idx << (q->ext_l2 ? 4 : 3));
 
-	*e = qcow2_be64(p);
-	*bm = q->ext_l2 ? qcow2_be64(p + 8) : 0;
+	*e = get_be64(p);
+	*bm = q->ext_l2 ? get_be64(p + 8) : 0;
 }
 
 /* The bytes an entry counts in st_blocks: a cluster holding guest data (with
@@ -69,18 +71,16 @@ static void l2_write(struct qcow2 *q, struct qcow2_cache_entry *ce, unsigned idx
 		     uint64_t bm)
 {
 	uint8_t *p = (uint8_t *)ce->buf + ((uint64_t)idx << (q->ext_l2 ? 4 : 3));
-	uint64_t v = htobe64(e), oe, obm;
+	uint64_t oe, obm;
 
 	if (q->alloc_known) {
 		l2_read(q, ce, idx, &oe, &obm);
 		q->alloc_bytes += entry_weight(q, e, bm) - entry_weight(q, oe, obm);
 	}
 
-	memcpy(p, &v, 8);
-	if (q->ext_l2) {
-		v = htobe64(bm);
-		memcpy(p + 8, &v, 8);
-	}
+	put_be64(p, e);
+	if (q->ext_l2)
+		put_be64(p + 8, bm);
 	qcow2_cache_dirty(&q->l2c, ce);
 }
 
@@ -238,7 +238,7 @@ static int map_read_cluster(struct qcow2 *q, struct vd_map *m, uint64_t off, uin
 		uint64_t k = ((uint64_t)(sc + 1) << q->sc_bits) - in;
 		enum vd_ext_type t;
 
-		k = k < n ? k : n;
+		k = min_u64(k, n);
 		ret = subcluster_type(q, gcl, e, bm, sc, &t);
 		if (!ret && t == VD_EXT_DATA)
 			ret = vd_map_add_data(m, off, k, q->img->fd, host + in);
@@ -560,7 +560,7 @@ static int map_write(struct qcow2 *q, uint64_t off, uint64_t len, struct vd_map 
 	qcow2_bitmaps_dirty(q, off, len);
 	while (len) {
 		uint64_t n = q->cluster_size - (off & (q->cluster_size - 1));
-		n = n < len ? n : len;
+		n = min_u64(n, len);
 		ret = write_cluster(q, t, m, off, n);
 		if (ret) {
 			ticket_rollback(q, t, 0);
@@ -627,7 +627,7 @@ int qcow2_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags, 
 	} else {
 		while (len && !ret) {
 			uint64_t n = q->cluster_size - (off & (q->cluster_size - 1));
-			n = n < len ? n : len;
+			n = min_u64(n, len);
 			ret = map_read_cluster(q, m, off, n);
 			off += n;
 			len -= n;
@@ -878,7 +878,7 @@ static int table_status(struct qcow2 *q, uint64_t off, uint64_t max, uint64_t *n
 	unsigned idx;
 	int ret;
 
-	max = max < span ? max : span;
+	max = min_u64(max, span);
 	ret = qcow2_l2_get(q, gcl, false, &ce, &idx);
 	if (ret)
 		return ret;
@@ -900,7 +900,7 @@ static int table_status(struct qcow2 *q, uint64_t off, uint64_t max, uint64_t *n
 		if (k < q->cluster_size - in)
 			break; /* the run ends inside this cluster */
 	}
-	*n = *n < max ? *n : max;
+	*n = min_u64(*n, max);
 	return 0;
 }
 

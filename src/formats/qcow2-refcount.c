@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/endian.h"
+#include "util/compiler.h"
 #include "util/log.h"
 #include "formats/qcow2.h"
 #include "io/sync-io.h"
@@ -23,11 +25,11 @@ static uint64_t rb_read(const struct qcow2 *q, const uint8_t *b, uint64_t i)
 	case 8:
 		return b[i];
 	case 16:
-		return qcow2_be16(b + 2 * i);
+		return get_be16(b + 2 * i);
 	case 32:
-		return qcow2_be32(b + 4 * i);
+		return get_be32(b + 4 * i);
 	case 64:
-		return qcow2_be64(b + 8 * i);
+		return get_be64(b + 8 * i);
 	default: /* 1, 2, 4 bits: packed LSB first */
 		return (b[i * bits / 8] >> (i * bits % 8)) & ((1u << bits) - 1);
 	}
@@ -36,25 +38,19 @@ static uint64_t rb_read(const struct qcow2 *q, const uint8_t *b, uint64_t i)
 static void rb_write(const struct qcow2 *q, uint8_t *b, uint64_t i, uint64_t v)
 {
 	unsigned bits = q->refcount_bits;
-	uint16_t v16;
-	uint32_t v32;
-	uint64_t v64;
 
 	switch (bits) {
 	case 8:
 		b[i] = v;
 		break;
 	case 16:
-		v16 = htobe16(v);
-		memcpy(b + 2 * i, &v16, 2);
+		put_be16(b + 2 * i, v);
 		break;
 	case 32:
-		v32 = htobe32(v);
-		memcpy(b + 4 * i, &v32, 4);
+		put_be32(b + 4 * i, v);
 		break;
 	case 64:
-		v64 = htobe64(v);
-		memcpy(b + 8 * i, &v64, 8);
+		put_be64(b + 8 * i, v);
 		break;
 	default: {
 		unsigned sh = i * bits % 8, mask = ((1u << bits) - 1) << sh;
@@ -195,7 +191,7 @@ static int refblock_create(struct qcow2 *q, uint64_t rtidx)
 static int reftable_grow(struct qcow2 *q, uint64_t need)
 {
 	uint64_t per = q->cluster_size / 8, cover = q->rt_entries << q->rb_bits;
-	uint64_t T = q->host_end > cover ? q->host_end : cover;
+	uint64_t T = max_u64(q->host_end, cover);
 	uint64_t entries, tc, nb = 1, first, last;
 	uint64_t *nrt = NULL;
 	uint8_t *blk = NULL, hdr[12];
@@ -245,12 +241,8 @@ static int reftable_grow(struct qcow2 *q, uint64_t need)
 				 "refcount table");
 	if (ret)
 		goto out_err;
-	{
-		uint64_t o = htobe64(T << q->cluster_bits);
-		uint32_t n = htobe32(tc);
-		memcpy(hdr, &o, 8);
-		memcpy(hdr + 8, &n, 4);
-	}
+	put_be64(hdr, T << q->cluster_bits);
+	put_be32(hdr + 8, tc);
 	ret = qcow2_write_header_field(q, QCOW2_HDR_RT, hdr, 12);
 	if (ret)
 		goto out;

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "util/endian.h"
+#include "util/compiler.h"
 #include "util/json.h"
 #include "util/log.h"
 #include "formats/qcow2.h"
@@ -19,7 +21,7 @@
 
 static int qcow2_probe(const uint8_t *buf, size_t len, const char *path)
 {
-	if (len >= 8 && qcow2_be32(buf) == QCOW2_MAGIC)
+	if (len >= 8 && get_be32(buf) == QCOW2_MAGIC)
 		return 100;
 	return 0;
 }
@@ -111,14 +113,14 @@ static int parse_bitmaps_ext(struct qcow2 *q, const uint8_t *p, uint32_t len, ui
 			q->img->path, (unsigned long long)at);
 		return 0;
 	}
-	if (qcow2_be32(p + 4) != 0) {
+	if (get_be32(p + 4) != 0) {
 		vd_err("%s: bitmaps header extension at 0x%llx: reserved field is not zero",
 		       q->img->path, (unsigned long long)at);
 		return -EINVAL;
 	}
-	q->nb_bitmaps = qcow2_be32(p);
-	q->bm_dir_size = qcow2_be64(p + 8);
-	q->bm_dir_offset = qcow2_be64(p + 16);
+	q->nb_bitmaps = get_be32(p);
+	q->bm_dir_size = get_be64(p + 8);
+	q->bm_dir_offset = get_be64(p + 16);
 	q->bm_ext_off = at + 8;
 	if (q->nb_bitmaps < 1 || q->nb_bitmaps > 65535 || q->bm_dir_size > (64u << 20) ||
 	    q->bm_dir_offset & (q->cluster_size - 1)) {
@@ -143,7 +145,7 @@ static int parse_extensions(struct qcow2 *q, struct qcow2_hdr *h, const uint8_t 
 		end = q->cluster_size; /* a bad backing offset is refused afterwards */
 
 	while (pos + 8 <= end) {
-		uint32_t type = qcow2_be32(c0 + pos), len = qcow2_be32(c0 + pos + 4);
+		uint32_t type = get_be32(c0 + pos), len = get_be32(c0 + pos + 4);
 		const uint8_t *p = c0 + pos + 8;
 
 		if (type == QCOW2_EXT_END)
@@ -178,7 +180,7 @@ static int parse_extensions(struct qcow2 *q, struct qcow2_hdr *h, const uint8_t 
 		default: /* kept untouched: the header is only ever rewritten by field */
 			break;
 		}
-		pos += 8 + qcow2_align_up(len, 8);
+		pos += 8 + ALIGN_UP((uint64_t)len, 8);
 	}
 	return 0;
 }
@@ -187,26 +189,26 @@ static int parse_header(struct qcow2 *q, struct qcow2_hdr *h, const uint8_t *b)
 {
 	const char *path = q->img->path;
 
-	if (qcow2_be32(b) != QCOW2_MAGIC) {
+	if (get_be32(b) != QCOW2_MAGIC) {
 		vd_err("%s: qcow2 header at offset 0: bad magic", path);
 		return -EINVAL;
 	}
-	q->version = qcow2_be32(b + 4);
+	q->version = get_be32(b + 4);
 	if (q->version != 2 && q->version != 3) {
 		vd_err("%s: qcow2 header at offset 4: version %u is not supported", path,
 		       q->version);
 		return -ENOTSUP;
 	}
-	h->backing_off = qcow2_be64(b + 8);
-	h->backing_len = qcow2_be32(b + 16);
-	q->cluster_bits = qcow2_be32(b + 20);
+	h->backing_off = get_be64(b + 8);
+	h->backing_len = get_be32(b + 16);
+	q->cluster_bits = get_be32(b + 20);
 	if (q->cluster_bits < 9 || q->cluster_bits > 21) {
 		vd_err("%s: qcow2 header at offset 20: cluster_bits %u out of range 9..21", path,
 		       q->cluster_bits);
 		return -EINVAL;
 	}
 	q->cluster_size = 1u << q->cluster_bits;
-	q->size = qcow2_be64(b + 24);
+	q->size = get_be64(b + 24);
 	if (q->size % 512) {
 		/* QEMU counts a qcow2 disk in whole sectors and never shows the tail. */
 		vd_warn("%s: qcow2 header at offset 24: virtual size %llu is not a multiple of 512; "
@@ -214,23 +216,23 @@ static int parse_header(struct qcow2 *q, struct qcow2_hdr *h, const uint8_t *b)
 			path, (unsigned long long)q->size, (unsigned long long)(q->size & ~511ull));
 		q->size &= ~511ull;
 	}
-	h->crypt = qcow2_be32(b + 32);
-	q->l1_size = qcow2_be32(b + 36);
-	q->l1_offset = qcow2_be64(b + 40);
-	q->rt_offset = qcow2_be64(b + 48);
-	q->rt_clusters = qcow2_be32(b + 56);
-	q->nb_snapshots = qcow2_be32(b + 60);
-	q->snapshots_offset = qcow2_be64(b + 64);
+	h->crypt = get_be32(b + 32);
+	q->l1_size = get_be32(b + 36);
+	q->l1_offset = get_be64(b + 40);
+	q->rt_offset = get_be64(b + 48);
+	q->rt_clusters = get_be32(b + 56);
+	q->nb_snapshots = get_be32(b + 60);
+	q->snapshots_offset = get_be64(b + 64);
 	if (q->version == 2) {
 		q->header_length = 72;
 		q->refcount_order = 4;
 		return 0;
 	}
-	q->incompat = qcow2_be64(b + 72);
-	q->compat = qcow2_be64(b + 80);
-	q->autoclear = qcow2_be64(b + 88);
-	q->refcount_order = qcow2_be32(b + 96);
-	q->header_length = qcow2_be32(b + 100);
+	q->incompat = get_be64(b + 72);
+	q->compat = get_be64(b + 80);
+	q->autoclear = get_be64(b + 88);
+	q->refcount_order = get_be32(b + 96);
+	q->header_length = get_be32(b + 100);
 	if (q->header_length < 104 || q->header_length % 8 ||
 	    q->header_length > q->cluster_size) {
 		vd_err("%s: qcow2 header at offset 100: bad header length %u", path,
@@ -350,7 +352,7 @@ bool qcow2_hits_fixed_metadata(struct qcow2 *q, uint64_t off, uint64_t len)
 static int check_layout(struct qcow2 *q, uint64_t file_size)
 {
 	uint64_t cs = q->cluster_size;
-	uint64_t l1b = qcow2_align_up((uint64_t)q->l1_size * 8, cs);
+	uint64_t l1b = ALIGN_UP((uint64_t)q->l1_size * 8, cs);
 	uint64_t rtb = (uint64_t)q->rt_clusters * cs;
 	uint64_t need, per_l2 = (uint64_t)cs * q->l2_entries;
 	int ret;
@@ -475,11 +477,11 @@ static int load_snapshots(struct qcow2 *q, uint64_t file_size)
 			       q->img->path, i, (unsigned long long)pos);
 			return -EINVAL;
 		}
-		s->l1_offset = qcow2_be64(e);
-		s->l1_size = qcow2_be32(e + 8);
-		idl = qcow2_be16(e + 12);
-		namel = qcow2_be16(e + 14);
-		extra = qcow2_be32(e + 36);
+		s->l1_offset = get_be64(e);
+		s->l1_size = get_be32(e + 8);
+		idl = get_be16(e + 12);
+		namel = get_be16(e + 14);
+		extra = get_be32(e + 36);
 		if (extra > 1024) {
 			vd_err("%s: snapshot %u at 0x%llx: extra data too large", q->img->path, i,
 			       (unsigned long long)pos);
@@ -490,7 +492,7 @@ static int load_snapshots(struct qcow2 *q, uint64_t file_size)
 		if (ret)
 			return ret;
 		end = pos + 40 + extra + idl + namel;
-		pos = qcow2_align_up(end, 8);
+		pos = ALIGN_UP(end, 8);
 	}
 	q->snapshots_bytes = pos - q->snapshots_offset;
 	/* QEMU does not write the padding after the last entry: the file may end there */
@@ -643,7 +645,7 @@ static int qcow2_open(struct vd_image *img)
 		ret = qcow2_bitmaps_open(q, st.st_size);
 	if (ret)
 		goto fail;
-	q->host_end = qcow2_align_up(st.st_size, q->cluster_size) >> q->cluster_bits;
+	q->host_end = ALIGN_UP((uint64_t)st.st_size, q->cluster_size) >> q->cluster_bits;
 	q->file_size = st.st_size;
 	q->free_hint = 1;
 	img->size = q->size;

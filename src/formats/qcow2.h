@@ -193,35 +193,9 @@ struct qcow2 {
 	size_t nfrees, cap_frees;
 };
 
-static inline uint64_t qcow2_be64(const void *p)
-{
-	uint64_t v;
-	__builtin_memcpy(&v, p, 8);
-	return be64toh(v);
-}
-
-static inline uint32_t qcow2_be32(const void *p)
-{
-	uint32_t v;
-	__builtin_memcpy(&v, p, 4);
-	return be32toh(v);
-}
-
-static inline uint16_t qcow2_be16(const void *p)
-{
-	uint16_t v;
-	__builtin_memcpy(&v, p, 2);
-	return be16toh(v);
-}
-
 static inline uint64_t qcow2_cl(const struct qcow2 *q, uint64_t off)
 {
 	return off >> q->cluster_bits;
-}
-
-static inline uint64_t qcow2_align_up(uint64_t v, uint64_t a)
-{
-	return (v + a - 1) / a * a;
 }
 
 /* qcow2.c */

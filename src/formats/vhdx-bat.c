@@ -7,6 +7,7 @@
 #include <linux/falloc.h>
 #include <stdlib.h>
 
+#include "util/compiler.h"
 #include "util/log.h"
 #include "io/sync-io.h"
 #include "formats/vhdx.h"
@@ -22,11 +23,6 @@ uint64_t vhdx_bat_index(const struct vhdx *v, uint64_t block)
 uint64_t vhdx_sb_index(const struct vhdx *v, uint64_t chunk)
 {
 	return chunk * (v->chunk_ratio + 1) + v->chunk_ratio;
-}
-
-static inline uint64_t min64(uint64_t a, uint64_t b)
-{
-	return a < b ? a : b;
 }
 
 /* ---- loading ---- */
@@ -125,7 +121,7 @@ static int bat_validate(struct vhdx *v, uint64_t file_size)
 	for (int i = 0; i < v->nused; i++)
 		if (v->used[i].off + v->used[i].len > end)
 			end = v->used[i].off + v->used[i].len;
-	v->file_end = vhdx_align_up(end, VHDX_MiB);
+	v->file_end = ALIGN_UP(end, VHDX_MiB);
 	free(s);
 	return ret;
 }
@@ -172,7 +168,7 @@ int vhdx_bat_load(struct vhdx *v, uint64_t file_size)
 		v->sb = calloc(v->nchunks, sizeof(*v->sb));
 	if (!v->bat || !v->bat_dirty || (v->has_parent && !v->sb))
 		return -ENOMEM;
-	nread = min64(v->bat_entries, v->bat_len / 8);
+	nread = min_u64(v->bat_entries, v->bat_len / 8);
 	ret = meta_pread_zfill(v->img->fd, v->bat, nread * 8, v->bat_off);
 	if (ret) {
 		vd_err("%s: cannot read the BAT at 0x%" PRIx64 ": %s", v->img->path, v->bat_off,
@@ -212,7 +208,7 @@ static uint64_t bat_weight(const struct vhdx *v, uint64_t idx, uint64_t entry)
 		return 0;
 	b = idx - idx / (v->chunk_ratio + 1);
 	start = b * v->block_size;
-	return start >= v->disk_size ? 0 : min64(v->block_size, v->disk_size - start);
+	return start >= v->disk_size ? 0 : min_u64(v->block_size, v->disk_size - start);
 }
 
 static void bat_set(struct vhdx *v, uint64_t idx, uint64_t entry)
@@ -377,7 +373,7 @@ static int map_read_partial(struct vhdx *v, uint64_t b, uint64_t host, uint64_t 
 		uint64_t run = pos;
 
 		while (run < end && bit_get(bits, bit0 + (run - bstart) / v->lss) == here)
-			run = min64((run / v->lss + 1) * v->lss, end);
+			run = min_u64((run / v->lss + 1) * v->lss, end);
 		if (here)
 			ret = vd_map_add_data(m, pos, run - pos, v->img->fd, host + (pos - bstart));
 		else
@@ -394,7 +390,7 @@ static int map_read(struct vhdx *v, uint64_t off, uint64_t len, struct vd_map *m
 
 	while (!ret && pos < end) {
 		uint64_t b = pos / v->block_size, bstart = b * v->block_size;
-		uint64_t bend = min64(bstart + v->block_size, end);
+		uint64_t bend = min_u64(bstart + v->block_size, end);
 		uint64_t e = v->bat[vhdx_bat_index(v, b)];
 
 		switch (VHDX_BAT_STATE(e)) {
@@ -477,7 +473,7 @@ static int map_write_partial(struct vhdx *v, uint64_t b, uint64_t host, const ui
 		if (pos == sstart && e >= send) {
 			pend = e / lss * lss;
 		} else {
-			pend = min64(e, send);
+			pend = min_u64(e, send);
 			if (!here)
 				x.cow = (struct vd_cow){
 					.off = sstart, .len = lss, .n = 1,
@@ -505,7 +501,7 @@ static int map_write_partial(struct vhdx *v, uint64_t b, uint64_t host, const ui
 static int map_write_block(struct vhdx *v, uint64_t b, uint64_t s, uint64_t e,
 			   struct vd_map *m, struct wctx *w)
 {
-	uint64_t bstart = b * v->block_size, bend = min64(bstart + v->block_size, v->disk_size);
+	uint64_t bstart = b * v->block_size, bend = min_u64(bstart + v->block_size, v->disk_size);
 	uint64_t ent = v->bat[vhdx_bat_index(v, b)], host;
 	unsigned st = VHDX_BAT_STATE(ent);
 	uint8_t *bits;
@@ -556,7 +552,7 @@ static int map_write(struct vhdx *v, uint64_t off, uint64_t len, struct vd_map *
 	}
 	for (uint64_t b = first; b <= last && !ret; b++) {
 		uint64_t s = b == first ? off : b * v->block_size;
-		uint64_t e = min64((b + 1) * v->block_size, off + len);
+		uint64_t e = min_u64((b + 1) * v->block_size, off + len);
 		ret = map_write_block(v, b, s, e, m, &w);
 	}
 	if (ret) {
@@ -658,7 +654,7 @@ static int status_in_block(struct vhdx *v, uint64_t pos, uint64_t end, uint64_t 
 	bool here;
 	int ret;
 
-	end = min64(end, bstart + v->block_size);
+	end = min_u64(end, bstart + v->block_size);
 	*run = end;
 	switch (VHDX_BAT_STATE(e)) {
 	case VHDX_BAT_FULLY_PRESENT:
@@ -731,8 +727,8 @@ static bool discard_possible(struct vhdx *v, uint64_t off, uint64_t len)
 {
 	for (uint64_t pos = off; pos < off + len;) {
 		uint64_t b = pos / v->block_size, bstart = b * v->block_size;
-		uint64_t bend = min64(bstart + v->block_size, v->disk_size);
-		uint64_t e = min64(bend, off + len);
+		uint64_t bend = min_u64(bstart + v->block_size, v->disk_size);
+		uint64_t e = min_u64(bend, off + len);
 		unsigned st = VHDX_BAT_STATE(v->bat[vhdx_bat_index(v, b)]);
 
 		if (g_hash_table_lookup(v->inflight, block_key(b)))
@@ -746,7 +742,7 @@ static bool discard_possible(struct vhdx *v, uint64_t off, uint64_t len)
 
 static int discard_block(struct vhdx *v, uint64_t b, uint64_t s, uint64_t e)
 {
-	uint64_t bstart = b * v->block_size, bend = min64(bstart + v->block_size, v->disk_size);
+	uint64_t bstart = b * v->block_size, bend = min_u64(bstart + v->block_size, v->disk_size);
 	uint64_t idx = vhdx_bat_index(v, b), ent = v->bat[idx], host = VHDX_BAT_OFF(ent);
 	unsigned st = VHDX_BAT_STATE(ent);
 	uint8_t *bits;
@@ -787,7 +783,7 @@ int vhdx_discard(struct vd_image *img, uint64_t off, uint64_t len)
 	ret = vhdx_begin_write(v, true);
 	for (uint64_t pos = off; !ret && pos < off + len;) {
 		uint64_t b = pos / v->block_size;
-		uint64_t e = min64((b + 1) * v->block_size, off + len);
+		uint64_t e = min_u64((b + 1) * v->block_size, off + len);
 		ret = discard_block(v, b, pos, e);
 		pos = e;
 	}

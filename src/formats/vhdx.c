@@ -9,6 +9,7 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 
+#include "util/endian.h"
 #include "util/json.h"
 #include "util/log.h"
 #include "io/sync-io.h"
@@ -128,35 +129,35 @@ void vhdx_guid_format(const vhdx_guid *g, char out[39])
 
 void vhdx_header_parse(const uint8_t *buf, struct vhdx_header *h)
 {
-	h->seq = vhdx_get64(buf + 8);
+	h->seq = get_le64(buf + 8);
 	memcpy(h->file_write.b, buf + 16, 16);
 	memcpy(h->data_write.b, buf + 32, 16);
 	memcpy(h->log_guid.b, buf + 48, 16);
-	h->log_version = vhdx_get16(buf + 64);
-	h->version = vhdx_get16(buf + 66);
-	h->log_length = vhdx_get32(buf + 68);
-	h->log_offset = vhdx_get64(buf + 72);
+	h->log_version = get_le16(buf + 64);
+	h->version = get_le16(buf + 66);
+	h->log_length = get_le32(buf + 68);
+	h->log_offset = get_le64(buf + 72);
 }
 
 /* Fill the 80 defined bytes (reserved bytes of buf are kept) and the CRC. */
 void vhdx_header_build(uint8_t *buf, const struct vhdx_header *h)
 {
 	memcpy(buf, "head", 4);
-	vhdx_put64(buf + 8, h->seq);
+	put_le64(buf + 8, h->seq);
 	memcpy(buf + 16, h->file_write.b, 16);
 	memcpy(buf + 32, h->data_write.b, 16);
 	memcpy(buf + 48, h->log_guid.b, 16);
-	vhdx_put16(buf + 64, h->log_version);
-	vhdx_put16(buf + 66, h->version);
-	vhdx_put32(buf + 68, h->log_length);
-	vhdx_put64(buf + 72, h->log_offset);
-	vhdx_put32(buf + 4, vhdx_checksum(buf, VHDX_HEADER_SIZE, 4));
+	put_le16(buf + 64, h->log_version);
+	put_le16(buf + 66, h->version);
+	put_le32(buf + 68, h->log_length);
+	put_le64(buf + 72, h->log_offset);
+	put_le32(buf + 4, vhdx_checksum(buf, VHDX_HEADER_SIZE, 4));
 }
 
 static bool header_valid(const uint8_t *buf)
 {
-	return !memcmp(buf, "head", 4) && vhdx_get32(buf + 4) == vhdx_checksum(buf, 4096, 4) &&
-	       vhdx_get16(buf + 66) == 1;
+	return !memcmp(buf, "head", 4) && get_le32(buf + 4) == vhdx_checksum(buf, 4096, 4) &&
+	       get_le16(buf + 66) == 1;
 }
 
 static int vhdx_read_headers(struct vhdx *v)
@@ -187,7 +188,7 @@ static int vhdx_read_headers(struct vhdx *v)
 		goto out;
 	}
 	if (ok1 && ok2) {
-		uint64_t s1 = vhdx_get64(buf + 8), s2 = vhdx_get64(buf + VHDX_HEADER_SIZE + 8);
+		uint64_t s1 = get_le64(buf + 8), s2 = get_le64(buf + VHDX_HEADER_SIZE + 8);
 		if (s1 == s2 && memcmp(buf, buf + VHDX_HEADER_SIZE, VHDX_HEADER_SIZE)) {
 			vd_err("%s: headers at 0x10000 and 0x20000 have the same sequence number "
 			       "%" PRIu64 " but differ",
@@ -241,22 +242,22 @@ static int vhdx_use_range(struct vhdx *v, uint64_t off, uint64_t len, const char
 
 static bool region_table_valid(const uint8_t *rt)
 {
-	return !memcmp(rt, "regi", 4) && vhdx_get32(rt + 4) == vhdx_checksum(rt, VHDX_RT_SIZE, 4) &&
-	       vhdx_get32(rt + 8) <= 2047;
+	return !memcmp(rt, "regi", 4) && get_le32(rt + 4) == vhdx_checksum(rt, VHDX_RT_SIZE, 4) &&
+	       get_le32(rt + 8) <= 2047;
 }
 
 static int vhdx_parse_region_table(struct vhdx *v, const uint8_t *rt, uint64_t rt_off)
 {
 	struct vd_image *img = v->img;
-	uint32_t n = vhdx_get32(rt + 8);
+	uint32_t n = get_le32(rt + 8);
 	bool have_bat = false, have_meta = false;
 	int ret;
 
 	for (uint32_t i = 0; i < n; i++) {
 		const uint8_t *e = rt + 16 + 32 * i;
 		vhdx_guid g;
-		uint64_t off = vhdx_get64(e + 16);
-		uint32_t len = vhdx_get32(e + 24), req = vhdx_get32(e + 28);
+		uint64_t off = get_le64(e + 16);
+		uint32_t len = get_le32(e + 24), req = get_le32(e + 28);
 		const char *what = "unknown region";
 
 		memcpy(g.b, e, 16);
@@ -420,13 +421,13 @@ static int vhdx_parse_locator(struct vhdx *v, struct meta_item *it)
 		ret = -ENOTSUP;
 		goto out;
 	}
-	n = vhdx_get16(buf + 18);
+	n = get_le16(buf + 18);
 	if (!n || 20 + 12ull * n > it->len)
 		goto bad;
 	for (unsigned i = 0; i < n; i++) {
 		const uint8_t *kv = buf + 20 + 12 * i;
-		uint32_t ko = vhdx_get32(kv), vo = vhdx_get32(kv + 4);
-		uint16_t kl = vhdx_get16(kv + 8), vl = vhdx_get16(kv + 10);
+		uint32_t ko = get_le32(kv), vo = get_le32(kv + 4);
+		uint16_t kl = get_le16(kv + 8), vl = get_le16(kv + 10);
 		char *key, *val;
 
 		if (!ko || !vo || !kl || !vl || (kl | vl) & 1 || (uint64_t)ko + kl > it->len ||
@@ -474,7 +475,7 @@ static int vhdx_meta_table(struct vhdx *v, struct meta_item *items, int nitems)
 	ret = meta_pread(img->fd, t, VHDX_META_TABLE_SIZE, v->meta_off);
 	if (ret)
 		goto out;
-	n = vhdx_get16(t + 10);
+	n = get_le16(t + 10);
 	ret = -EINVAL;
 	if (memcmp(t, "metadata", 8) || n > 2047) {
 		vd_err("%s: metadata table at 0x%" PRIx64 " has a bad signature or entry count",
@@ -483,8 +484,8 @@ static int vhdx_meta_table(struct vhdx *v, struct meta_item *items, int nitems)
 	}
 	for (unsigned i = 0; i < n; i++) {
 		const uint8_t *e = t + 32 + 32 * i;
-		uint32_t off = vhdx_get32(e + 16), len = vhdx_get32(e + 20);
-		uint32_t flags = vhdx_get32(e + 24);
+		uint32_t off = get_le32(e + 16), len = get_le32(e + 20);
+		uint32_t flags = get_le32(e + 24);
 		int k;
 
 		if (len && (off < VHDX_META_TABLE_SIZE || (uint64_t)off + len > v->meta_len ||
@@ -571,13 +572,13 @@ static int vhdx_read_metadata(struct vhdx *v)
 		}
 		return ret;
 	}
-	v->block_size = vhdx_get32(fp);
-	flags = vhdx_get32(fp + 4);
+	v->block_size = get_le32(fp);
+	flags = get_le32(fp + 4);
 	v->has_parent = flags & 2;
 	v->leave_alloc = (flags & 1) && !v->has_parent;
-	v->disk_size = vhdx_get64(ds);
-	v->lss = vhdx_get32(lss);
-	v->pss = vhdx_get32(pss);
+	v->disk_size = get_le64(ds);
+	v->lss = get_le32(lss);
+	v->pss = get_le32(pss);
 	ret = vhdx_check_params(v, flags);
 	if (ret)
 		return ret;

@@ -142,46 +142,6 @@ struct vhdx {
 	uint64_t log_seq, log_head;
 };
 
-/* little-endian field access */
-static inline uint16_t vhdx_get16(const void *p)
-{
-	uint16_t v;
-	memcpy(&v, p, 2);
-	return le16toh(v);
-}
-static inline uint32_t vhdx_get32(const void *p)
-{
-	uint32_t v;
-	memcpy(&v, p, 4);
-	return le32toh(v);
-}
-static inline uint64_t vhdx_get64(const void *p)
-{
-	uint64_t v;
-	memcpy(&v, p, 8);
-	return le64toh(v);
-}
-static inline void vhdx_put16(void *p, uint16_t v)
-{
-	v = htole16(v);
-	memcpy(p, &v, 2);
-}
-static inline void vhdx_put32(void *p, uint32_t v)
-{
-	v = htole32(v);
-	memcpy(p, &v, 4);
-}
-static inline void vhdx_put64(void *p, uint64_t v)
-{
-	v = htole64(v);
-	memcpy(p, &v, 8);
-}
-
-static inline uint64_t vhdx_align_up(uint64_t x, uint64_t a)
-{
-	return (x + a - 1) / a * a;
-}
-
 static inline bool vhdx_guid_eq(const vhdx_guid *a, const vhdx_guid *b)
 {
 	return !memcmp(a->b, b->b, 16);

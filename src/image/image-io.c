@@ -284,8 +284,8 @@ static void write_part_start(struct img_req *r, struct img_part *p)
 		const struct vd_cow_seg *s = &e->cow.seg[i];
 		uint64_t s_end = s->off + s->len;
 
-		cow_fill(p, s, s->off, s_end < e->off ? s_end : e->off);
-		cow_fill(p, s, s->off > end ? s->off : end, s_end);
+		cow_fill(p, s, s->off, min_u64(s_end, e->off));
+		cow_fill(p, s, max_u64(s->off, end), s_end);
 	}
 	cow_fill_done(p, 0);
 }
