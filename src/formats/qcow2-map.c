@@ -1,7 +1,7 @@
 /* qcow2 guest-to-host mapping: L2 lookups, read extents for every cluster and
  * subcluster type, allocating writes with copy-on-write plans and tickets,
  * linking on completion (the in-flight list makes overlapping writers wait),
- * discard, write-zeroes and block status. All under the image lock. */
+ * discard and write-zeroes. All under the image lock. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +10,6 @@
 #include "util/compiler.h"
 #include "util/log.h"
 #include "formats/qcow2.h"
-#include "io/sync-io.h"
 
 enum qcow2_ctype qcow2_classify(const struct qcow2 *q, uint64_t e)
 {
@@ -39,32 +38,13 @@ static int check_host(struct qcow2 *q, uint64_t gcl, uint64_t host)
 	return 0;
 }
 
-static void l2_read(const struct qcow2 *q, const struct qcow2_cache_entry *ce, unsigned idx,
-		    uint64_t *e, uint64_t *bm)
+void qcow2_l2_read(const struct qcow2 *q, const struct qcow2_cache_entry *ce, unsigned idx,
+		   uint64_t *e, uint64_t *bm)
 {
 	const uint8_t *p = (const uint8_t *)ce->buf + ((uint64_t)idx << (q->ext_l2 ? 4 : 3));
 
 	*e = get_be64(p);
 	*bm = q->ext_l2 ? get_be64(p + 8) : 0;
-}
-
-/* The bytes an entry counts in st_blocks: a cluster holding guest data (with
- * extended L2: at least one allocated subcluster) whole, a compressed one by
- * the host sectors it occupies; zero and unallocated clusters nothing. */
-static uint64_t entry_weight(const struct qcow2 *q, uint64_t e, uint64_t bm)
-{
-	uint64_t nsect;
-
-	switch (qcow2_classify(q, e)) {
-	case QC_NORMAL:
-		return !q->ext_l2 || (bm & QCOW2_EXTL2_ALL_ALLOC) ? q->cluster_size : 0;
-	case QC_COMPRESSED:
-		/* the 512-byte host sectors the compressed bytes touch */
-		nsect = ((e >> q->csize_shift) & q->csize_mask) + 1;
-		return nsect * 512;
-	default:
-		return 0;
-	}
 }
 
 static void l2_write(struct qcow2 *q, struct qcow2_cache_entry *ce, unsigned idx, uint64_t e,
@@ -74,8 +54,8 @@ static void l2_write(struct qcow2 *q, struct qcow2_cache_entry *ce, unsigned idx
 	uint64_t oe, obm;
 
 	if (q->alloc_known) {
-		l2_read(q, ce, idx, &oe, &obm);
-		q->alloc_bytes += entry_weight(q, e, bm) - entry_weight(q, oe, obm);
+		qcow2_l2_read(q, ce, idx, &oe, &obm);
+		q->alloc_bytes += qcow2_entry_weight(q, e, bm) - qcow2_entry_weight(q, oe, obm);
 	}
 
 	put_be64(p, e);
@@ -122,7 +102,7 @@ static int l2_make_writable(struct qcow2 *q, uint64_t l1i, struct qcow2_cache_en
 
 /* An L2 table offset from L1 entry l1i must be cluster aligned and inside
  * the file: 0, or -EIO with a message naming the entry. */
-static int l2_table_check(const struct qcow2 *q, uint64_t l1i, uint64_t off)
+int qcow2_l2_table_check(const struct qcow2 *q, uint64_t l1i, uint64_t off)
 {
 	if (!(off & (q->cluster_size - 1)) && qcow2_cl(q, off) < q->host_end)
 		return 0;
@@ -148,7 +128,7 @@ int qcow2_l2_get(struct qcow2 *q, uint64_t gcl, bool write, struct qcow2_cache_e
 		return l2_make_writable(q, l1i, e);
 	if (!off)
 		return 0;
-	ret = l2_table_check(q, l1i, off);
+	ret = qcow2_l2_table_check(q, l1i, off);
 	if (ret) {
 		image_mark_broken(q->img, "qcow2 metadata is inconsistent");
 		return ret;
@@ -185,8 +165,8 @@ static int add_compressed(struct qcow2 *q, struct vd_map *m, uint64_t gcl, uint6
 }
 
 /* Subcluster sc of an extended entry: what it reads as. */
-static int subcluster_type(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, unsigned sc,
-			   enum vd_ext_type *t)
+int qcow2_subcluster_type(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, unsigned sc,
+			  enum vd_ext_type *t)
 {
 	bool a = bm >> sc & 1, z = bm >> (32 + sc) & 1;
 
@@ -210,7 +190,7 @@ static int map_read_cluster(struct qcow2 *q, struct vd_map *m, uint64_t off, uin
 		return ret;
 	if (!ce)
 		return vd_map_add_hole(m, off, n, VD_EXT_UNALLOC);
-	l2_read(q, ce, idx, &e, &bm);
+	qcow2_l2_read(q, ce, idx, &e, &bm);
 	host = e & QCOW2_OFF_MASK;
 	switch (qcow2_classify(q, e)) {
 	case QC_UNALLOC:
@@ -239,7 +219,7 @@ static int map_read_cluster(struct qcow2 *q, struct vd_map *m, uint64_t off, uin
 		enum vd_ext_type t;
 
 		k = min_u64(k, n);
-		ret = subcluster_type(q, gcl, e, bm, sc, &t);
+		ret = qcow2_subcluster_type(q, gcl, e, bm, sc, &t);
 		if (!ret && t == VD_EXT_DATA)
 			ret = vd_map_add_data(m, off, k, q->img->fd, host + in);
 		else if (!ret)
@@ -467,7 +447,7 @@ static int write_cluster(struct qcow2 *q, struct qcow2_ticket *t, struct vd_map 
 	ret = qcow2_l2_get(q, gcl, true, &ce, &idx);
 	if (ret)
 		return ret;
-	l2_read(q, ce, idx, &e, &bm);
+	qcow2_l2_read(q, ce, idx, &e, &bm);
 	type = qcow2_classify(q, e);
 	if (q->ext_l2)
 		it.set_alloc = touched_mask(q, ws, we);
@@ -660,7 +640,7 @@ static int link_item(struct qcow2 *q, const struct qcow2_item *it, bool *linked)
 	if (ret)
 		return ret;
 	*linked = true;
-	l2_read(q, ce, idx, &e, &bm);
+	qcow2_l2_read(q, ce, idx, &e, &bm);
 	if (it->kind == QI_INPLACE_META) {
 		if ((e & QCOW2_OFF_MASK) != it->host || (e & QCOW2_COMPRESSED))
 			return 0; /* discarded while the data was landing */
@@ -749,7 +729,7 @@ static int zero_cluster(struct qcow2 *q, uint64_t gcl, bool discard)
 	if (ret)
 		return ret;
 	if (ce)
-		l2_read(q, ce, idx, &e, &bm);
+		qcow2_l2_read(q, ce, idx, &e, &bm);
 	zero_target(q, e, bm, discard, &ne, &nbm, &keep);
 	if (ne == e && nbm == bm)
 		return 0;
@@ -814,170 +794,4 @@ int qcow2_discard(struct vd_image *img, uint64_t off, uint64_t len)
 int qcow2_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len)
 {
 	return zero_range(img, off, len, false);
-}
-
-/* ---- block status ---- */
-
-static enum vd_bs bs_of(enum vd_ext_type t)
-{
-	return t == VD_EXT_DATA ? VD_BS_DATA : t == VD_EXT_ZERO ? VD_BS_ZERO : VD_BS_UNALLOC;
-}
-
-/* Status of cluster bytes [in, cluster end) under entry e: *n bytes of one kind
- * from in (extended L2: a run of subclusters alike). */
-static int entry_status(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, uint64_t in,
-			uint64_t *n, enum vd_bs *st)
-{
-	enum vd_ext_type t, t2;
-	int ret;
-
-	*n = q->cluster_size - in;
-	switch (qcow2_classify(q, e)) {
-	case QC_ZERO_PLAIN:
-	case QC_ZERO_ALLOC:
-		*st = VD_BS_ZERO;
-		return 0;
-	case QC_COMPRESSED:
-		*st = VD_BS_DATA;
-		return 0;
-	case QC_NORMAL:
-	case QC_UNALLOC:
-		if (!q->ext_l2) {
-			*st = e & QCOW2_OFF_MASK ? VD_BS_DATA : VD_BS_UNALLOC;
-			return 0;
-		}
-		break;
-	}
-	ret = subcluster_type(q, gcl, e, bm, in >> q->sc_bits, &t);
-	if (ret)
-		return ret;
-	*st = bs_of(t);
-	for (uint64_t p = ((in >> q->sc_bits) + 1) << q->sc_bits; p < q->cluster_size;
-	     p += q->sc_size) {
-		ret = subcluster_type(q, gcl, e, bm, p >> q->sc_bits, &t2);
-		if (ret)
-			return ret;
-		if (t2 != t) {
-			*n = p - in;
-			break;
-		}
-	}
-	return 0;
-}
-
-/* Status of the run from off up to max bytes, inside the guest range one L2
- * table covers: an empty L1 entry is one run, a loaded table is scanned
- * without looking it up again for every cluster. */
-static int table_status(struct qcow2 *q, uint64_t off, uint64_t max, uint64_t *n, enum vd_bs *st)
-{
-	uint64_t gcl = qcow2_cl(q, off), in = off & (q->cluster_size - 1), e, bm, k;
-	uint64_t span = ((uint64_t)q->l2_entries << q->cluster_bits) -
-			(off & (((uint64_t)q->l2_entries << q->cluster_bits) - 1));
-	struct qcow2_cache_entry *ce;
-	enum vd_bs s = VD_BS_UNALLOC;
-	unsigned idx;
-	int ret;
-
-	max = min_u64(max, span);
-	ret = qcow2_l2_get(q, gcl, false, &ce, &idx);
-	if (ret)
-		return ret;
-	if (!ce) {
-		*n = max;
-		*st = VD_BS_UNALLOC;
-		return 0;
-	}
-	*n = 0;
-	for (; *n < max; idx++, gcl++, in = 0) {
-		l2_read(q, ce, idx, &e, &bm);
-		ret = entry_status(q, gcl, e, bm, in, &k, &s);
-		if (ret)
-			return ret;
-		if (*n && s != *st)
-			break;
-		*st = s;
-		*n += k;
-		if (k < q->cluster_size - in)
-			break; /* the run ends inside this cluster */
-	}
-	*n = min_u64(*n, max);
-	return 0;
-}
-
-int qcow2_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
-		       enum vd_bs *status)
-{
-	struct qcow2 *q = img->priv;
-	uint64_t done = 0, n;
-	enum vd_bs st = VD_BS_UNALLOC;
-	int ret = 0;
-
-	pthread_mutex_lock(&q->lock);
-	while (done < len) {
-		ret = table_status(q, off + done, len - done, &n, &st);
-		if (ret)
-			break;
-		if (done && st != *status)
-			break;
-		*status = st;
-		done += n;
-	}
-	pthread_mutex_unlock(&q->lock);
-	*pnum = done;
-	return done ? 0 : ret;
-}
-
-/* ---- allocation count (st_blocks) ---- */
-
-/* Sum the weights of every active L2 table once: tables in the cache as they
- * are there (they may be newer than on disk), the others read with plain
- * reads that do not disturb the cache. Only allocated tables are read. */
-static int alloc_count(struct qcow2 *q)
-{
-	uint64_t sum = 0, e, bm;
-	struct qcow2_cache_entry tmp = {0};
-	int ret = 0;
-
-	for (uint32_t i = 0; i < q->l1_size && !ret; i++) {
-		uint64_t off = q->l1[i] & QCOW2_OFF_MASK;
-		struct qcow2_cache_entry *ce;
-
-		if (!off)
-			continue;
-		ret = l2_table_check(q, i, off);
-		if (ret)
-			break;
-		ce = qcow2_cache_peek(&q->l2c, off);
-		if (!ce) {
-			if (!tmp.buf && !(tmp.buf = malloc(q->cluster_size))) {
-				ret = -ENOMEM;
-				break;
-			}
-			ret = meta_pread_zfill(q->img->fd, tmp.buf, q->cluster_size, off);
-			ce = &tmp;
-		}
-		for (uint32_t k = 0; k < q->l2_entries && !ret; k++) {
-			l2_read(q, ce, k, &e, &bm);
-			sum += entry_weight(q, e, bm);
-		}
-	}
-	free(tmp.buf);
-	if (!ret) {
-		q->alloc_bytes = sum;
-		q->alloc_known = true;
-	}
-	return ret;
-}
-
-int qcow2_allocated(struct vd_image *img, uint64_t *bytes)
-{
-	struct qcow2 *q = img->priv;
-	int ret = 0;
-
-	pthread_mutex_lock(&q->lock);
-	if (!q->alloc_known)
-		ret = alloc_count(q);
-	*bytes = q->alloc_bytes;
-	pthread_mutex_unlock(&q->lock);
-	return ret;
 }
