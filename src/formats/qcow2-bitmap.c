@@ -4,6 +4,7 @@
  * write, and the store at close in QEMU's order (data, tables, a new
  * directory, the header extension; the old clusters freed after). */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,8 +36,8 @@ static uint64_t entry_size(const uint8_t *e)
 
 static int bad_entry(struct qcow2 *q, uint32_t i, uint64_t pos, const char *why)
 {
-	vd_err("%s: bitmap directory at 0x%llx: entry %u (offset %llu) %s", q->img->path,
-	       (unsigned long long)q->bm_dir_offset, i, (unsigned long long)pos, why);
+	vd_err("%s: bitmap directory at 0x%" PRIx64 ": entry %u (offset %" PRIu64 ") %s",
+	       q->img->path, q->bm_dir_offset, i, pos, why);
 	return -EINVAL;
 }
 
@@ -102,8 +103,8 @@ static int load_table(struct qcow2 *q, struct qcow2_bitmap *b, uint64_t file_siz
 		return -ENOMEM;
 	ret = meta_pread(q->img->fd, b->table, (uint64_t)b->table_size * 8, b->table_off);
 	if (ret) {
-		vd_err("%s: cannot read the table of bitmap '%s' at 0x%llx: %s", q->img->path,
-		       b->name, (unsigned long long)b->table_off, strerror(-ret));
+		vd_err("%s: cannot read the table of bitmap '%s' at 0x%" PRIx64 ": %s",
+		       q->img->path, b->name, b->table_off, strerror(-ret));
 		return ret;
 	}
 	for (uint32_t j = 0; j < b->table_size; j++) {
@@ -113,10 +114,9 @@ static int load_table(struct qcow2 *q, struct qcow2_bitmap *b, uint64_t file_siz
 		if ((t & BME_ENTRY_RESERVED) || (off && (t & BME_ENTRY_ALL_ONES)) ||
 		    (off & (q->cluster_size - 1)) || off >= file_size ||
 		    (off && qcow2_hits_fixed_metadata(q, off, q->cluster_size))) {
-			vd_err("%s: bitmap '%s': table entry %u at 0x%llx is invalid (0x%llx)",
-			       q->img->path, b->name, j,
-			       (unsigned long long)(b->table_off + 8ull * j),
-			       (unsigned long long)t);
+			vd_err("%s: bitmap '%s': table entry %u at 0x%" PRIx64
+			       " is invalid (0x%" PRIx64 ")",
+			       q->img->path, b->name, j, b->table_off + 8 * (uint64_t)j, t);
 			return -EINVAL;
 		}
 	}
@@ -160,8 +160,8 @@ static int load_bits(struct qcow2 *q, struct qcow2_bitmap *b, uint8_t *buf)
 		}
 		ret = meta_pread(q->img->fd, buf, q->cluster_size, off);
 		if (ret) {
-			vd_err("%s: cannot read bitmap '%s' data at 0x%llx: %s", q->img->path,
-			       b->name, (unsigned long long)off, strerror(-ret));
+			vd_err("%s: cannot read bitmap '%s' data at 0x%" PRIx64 ": %s",
+			       q->img->path, b->name, off, strerror(-ret));
 			return ret;
 		}
 		for (uint32_t k = 0; k < q->cluster_size / 8; k++)
@@ -186,10 +186,10 @@ static int load_enabled(struct qcow2 *q)
 		if (q->bms[i].kept && q->bms[i].flags & BME_AUTO)
 			total += (uint64_t)q->bms[i].table_size * q->cluster_size;
 	if (total > QCOW2_BITMAP_MEM_MAX) {
-		vd_err("%s: enabled persistent bitmaps need %llu bytes of memory, more than the "
-		       "limit of %llu: use a larger granularity",
-		       q->img->path, (unsigned long long)total,
-		       (unsigned long long)QCOW2_BITMAP_MEM_MAX);
+		vd_err("%s: enabled persistent bitmaps need %" PRIu64
+		       " bytes of memory, more than the "
+		       "limit of %" PRIu64 ": use a larger granularity",
+		       q->img->path, total, (uint64_t)QCOW2_BITMAP_MEM_MAX);
 		return -EFBIG;
 	}
 	buf = malloc(q->cluster_size);
@@ -212,10 +212,10 @@ int qcow2_bitmaps_open(struct qcow2 *q, uint64_t file_size)
 	if (q->bm_dir_offset > file_size || q->bm_dir_size > file_size - q->bm_dir_offset ||
 	    !q->bm_dir_offset ||
 	    qcow2_hits_fixed_metadata(q, q->bm_dir_offset, q->bm_dir_size)) {
-		vd_err("%s: bitmap directory at 0x%llx (%llu bytes) lies past the end of the "
+		vd_err("%s: bitmap directory at 0x%" PRIx64 " (%" PRIu64
+		       " bytes) lies past the end of the "
 		       "file or on the header, L1 or refcount table",
-		       q->img->path, (unsigned long long)q->bm_dir_offset,
-		       (unsigned long long)q->bm_dir_size);
+		       q->img->path, q->bm_dir_offset, q->bm_dir_size);
 		return -EINVAL;
 	}
 	q->bm_dir = malloc(q->bm_dir_size ? q->bm_dir_size : 1);
@@ -278,9 +278,11 @@ int qcow2_bitmaps_mark_in_use(struct qcow2 *q)
 	if (!ret)
 		ret = meta_fdatasync(q->img->fd);
 	if (ret)
-		vd_err("%s: cannot mark the persistent bitmaps in use in the directory at 0x%llx: "
-		       "%s",
-		       q->img->path, (unsigned long long)q->bm_dir_offset, strerror(-ret));
+		vd_err(
+		    "%s: cannot mark the persistent bitmaps in use in the directory at 0x%" PRIx64
+		    ": "
+		    "%s",
+		    q->img->path, q->bm_dir_offset, strerror(-ret));
 	return ret;
 }
 

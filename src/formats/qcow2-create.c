@@ -2,6 +2,7 @@
  * the backing-format extension and backing name in cluster 0, then the
  * refcount table, the refcount blocks and the L1 table, each counted once. */
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,8 +35,8 @@ static int layout_plan(const struct vd_create_opts *o, struct layout *l)
 	per_l2 = (uint64_t)l->cs * (l->cs / 8);
 	l->l1_size = l->size / per_l2 + !!(l->size % per_l2);
 	if (l->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
-		vd_err("qcow2 create: %llu bytes is too large for %u-byte clusters",
-		       (unsigned long long)o->size, l->cs);
+		vd_err("qcow2 create: %" PRIu64 " bytes is too large for %u-byte clusters", o->size,
+		       l->cs);
 		return -EFBIG;
 	}
 	l->l1c = ALIGN_UP(l->l1_size * 8, l->cs) / l->cs;

@@ -3,6 +3,7 @@
  * linking on completion (the in-flight list makes overlapping writers wait),
  * discard and write-zeroes. All under the image lock. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,8 +23,8 @@ enum qcow2_ctype qcow2_classify(const struct qcow2 *q, uint64_t e)
 
 static int corrupt(struct qcow2 *q, const char *what, uint64_t gcl, uint64_t val)
 {
-	vd_err("%s: L2 entry for guest offset 0x%llx (0x%llx): %s", q->img->path,
-	       (unsigned long long)(gcl << q->cluster_bits), (unsigned long long)val, what);
+	vd_err("%s: L2 entry for guest offset 0x%" PRIx64 " (0x%" PRIx64 "): %s", q->img->path,
+	       gcl << q->cluster_bits, val, what);
 	image_mark_broken(q->img, "qcow2 metadata is inconsistent");
 	return -EIO;
 }
@@ -106,9 +107,10 @@ int qcow2_l2_table_check(const struct qcow2 *q, uint64_t l1i, uint64_t off)
 {
 	if (!(off & (q->cluster_size - 1)) && qcow2_cl(q, off) < q->host_end)
 		return 0;
-	vd_err("%s: L1 entry %llu points to an L2 table at 0x%llx: unaligned or past the end of "
+	vd_err("%s: L1 entry %" PRIu64 " points to an L2 table at 0x%" PRIx64
+	       ": unaligned or past the end of "
 	       "the file",
-	       q->img->path, (unsigned long long)l1i, (unsigned long long)off);
+	       q->img->path, l1i, off);
 	return -EIO;
 }
 
@@ -680,9 +682,8 @@ int qcow2_complete(struct vd_image *img, void *ticket, int err)
 	if (ret) {
 		/* Loading an L2 table failed (say, writing back the one it evicts):
 		 * the write fails, and the clusters not linked are given back. */
-		vd_err("%s: cannot link the cluster written at guest offset 0x%llx: %s",
-		       img->path, (unsigned long long)(t->items[i].gcl << q->cluster_bits),
-		       strerror(-ret));
+		vd_err("%s: cannot link the cluster written at guest offset 0x%" PRIx64 ": %s",
+		       img->path, t->items[i].gcl << q->cluster_bits, strerror(-ret));
 		ticket_rollback(q, t, linked ? i + 1 : i);
 	}
 	w = t->waiters;

@@ -4,6 +4,7 @@
  * snapshot table, refcount structures, bitmaps), write the counts, fix COPIED
  * flags of the active tables, then clear the dirty bit. Runs at open. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,8 +31,8 @@ static int count(struct rebuild *r, uint64_t off, uint64_t len, const char *what
 	c0 = qcow2_cl(q, off);
 	c1 = qcow2_cl(q, off + len - 1);
 	if (c1 >= r->n) {
-		vd_err("%s: %s at 0x%llx lies past the end of the file", q->img->path, what,
-		       (unsigned long long)off);
+		vd_err("%s: %s at 0x%" PRIx64 " lies past the end of the file", q->img->path, what,
+		       off);
 		return -EINVAL;
 	}
 	for (uint64_t c = c0; c <= c1; c++)
@@ -203,10 +204,9 @@ static int write_counts(struct rebuild *r)
 	q->rebuild_n = r->n;
 	for (uint64_t c = 0; c < r->n && !ret; c++) {
 		if (r->cnt[c] > q->refcount_max) {
-			vd_err("%s: cluster at 0x%llx has %u references, more than %llu-bit "
+			vd_err("%s: cluster at 0x%" PRIx64 " has %u references, more than %u-bit "
 			       "refcounts hold",
-			       q->img->path, (unsigned long long)(c << q->cluster_bits), r->cnt[c],
-			       (unsigned long long)q->refcount_bits);
+			       q->img->path, c << q->cluster_bits, r->cnt[c], q->refcount_bits);
 			ret = -EINVAL;
 			break;
 		}

@@ -64,9 +64,10 @@ static int rb_load(struct qcow2 *q, uint64_t rtidx, struct qcow2_cache_entry **e
 	uint64_t off = q->rt[rtidx] & QCOW2_RT_OFF_MASK;
 
 	if (off & (q->cluster_size - 1) || qcow2_cl(q, off) >= q->host_end) {
-		vd_err("%s: refcount table entry %llu points to 0x%llx: unaligned or past the end "
+		vd_err("%s: refcount table entry %" PRIu64 " points to 0x%" PRIx64
+		       ": unaligned or past the end "
 		       "of the file",
-		       q->img->path, (unsigned long long)rtidx, (unsigned long long)off);
+		       q->img->path, rtidx, off);
 		return -EIO;
 	}
 	return qcow2_cache_get(&q->rbc, off, e);
@@ -98,8 +99,8 @@ static int write_sync(struct qcow2 *q, const void *buf, size_t len, uint64_t off
 	if (!ret)
 		ret = meta_fdatasync(q->img->fd);
 	if (ret)
-		vd_err("%s: cannot write %s at 0x%llx: %s", q->img->path, what,
-		       (unsigned long long)off, strerror(-ret));
+		vd_err("%s: cannot write %s at 0x%" PRIx64 ": %s", q->img->path, what, off,
+		       strerror(-ret));
 	return ret;
 }
 
@@ -143,9 +144,9 @@ static int metadata_not_free(struct qcow2 *q, uint64_t cl)
 
 	if (!what)
 		return 0;
-	vd_err("%s: the cluster at 0x%llx holds %s but its refcount is 0: refcounts are "
+	vd_err("%s: the cluster at 0x%" PRIx64 " holds %s but its refcount is 0: refcounts are "
 	       "inconsistent, not allocating it",
-	       q->img->path, (unsigned long long)(cl << q->cluster_bits), what);
+	       q->img->path, cl << q->cluster_bits, what);
 	return -EIO;
 }
 
@@ -306,8 +307,8 @@ static int refcount_update(struct qcow2 *q, uint64_t cl, bool absolute, int64_t 
 	old = rb_read(q, e->buf, cl & (q->rb_entries - 1));
 	nv = absolute ? (uint64_t)v : old + v;
 	if ((!absolute && v < 0 && old < (uint64_t)-v) || nv > q->refcount_max) {
-		vd_err("%s: refcount of cluster at 0x%llx would go from %llu to %s", q->img->path,
-		       (unsigned long long)(cl << q->cluster_bits), (unsigned long long)old,
+		vd_err("%s: refcount of cluster at 0x%" PRIx64 " would go from %" PRIu64 " to %s",
+		       q->img->path, cl << q->cluster_bits, old,
 		       v < 0 ? "below 0" : "past its maximum");
 		return -EIO;
 	}
@@ -489,9 +490,10 @@ int qcow2_free_entry(struct qcow2 *q, uint64_t entry)
 	}
 	if (qcow2_cl(q, off) >= q->host_end ||
 	    (!(entry & QCOW2_COMPRESSED) && (off & (q->cluster_size - 1)))) {
-		vd_err("%s: L2 entry 0x%llx dropped at discard or overwrite points to 0x%llx: "
+		vd_err("%s: L2 entry 0x%" PRIx64
+		       " dropped at discard or overwrite points to 0x%" PRIx64 ": "
 		       "unaligned or past the end of the file",
-		       q->img->path, (unsigned long long)entry, (unsigned long long)off);
+		       q->img->path, entry, off);
 		image_mark_broken(q->img, "qcow2 metadata is inconsistent");
 		return -EIO;
 	}
@@ -614,8 +616,8 @@ static int l1_flush(struct qcow2 *q)
 			buf[i] = htobe64(q->l1[s * 64 + i]);
 		ret = meta_pwrite(q->img->fd, buf, n, q->l1_offset + s * 512);
 		if (ret) {
-			vd_err("%s: cannot write the L1 table at 0x%llx: %s", q->img->path,
-			       (unsigned long long)(q->l1_offset + s * 512), strerror(-ret));
+			vd_err("%s: cannot write the L1 table at 0x%" PRIx64 ": %s", q->img->path,
+			       q->l1_offset + s * 512, strerror(-ret));
 			return ret;
 		}
 		q->l1_dirty[s] = 0;

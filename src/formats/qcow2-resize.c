@@ -3,6 +3,7 @@
  * backing file would show through) and shrinking when the dropped tail holds
  * no allocation. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -113,9 +114,9 @@ static int shrink(struct qcow2 *q, uint64_t size)
 		if (ret)
 			return ret;
 		if (alloc) {
-			vd_err("%s: cannot shrink to %llu bytes: guest offset 0x%llx is allocated",
-			       q->img->path, (unsigned long long)size,
-			       (unsigned long long)(c << q->cluster_bits));
+			vd_err("%s: cannot shrink to %" PRIu64 " bytes: guest offset 0x%" PRIx64
+			       " is allocated",
+			       q->img->path, size, c << q->cluster_bits);
 			return -EBUSY;
 		}
 	}
@@ -161,8 +162,9 @@ int qcow2_truncate(struct vd_image *img, uint64_t size)
 	int ret;
 
 	if (size % 512) {
-		vd_err("%s: cannot resize to %llu bytes: a qcow2 size must be a multiple of 512",
-		       img->path, (unsigned long long)size);
+		vd_err("%s: cannot resize to %" PRIu64
+		       " bytes: a qcow2 size must be a multiple of 512",
+		       img->path, size);
 		return -EINVAL;
 	}
 	pthread_mutex_lock(&q->lock);
