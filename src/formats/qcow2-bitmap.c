@@ -4,9 +4,12 @@
  * write, and the store at close in QEMU's order (data, tables, a new
  * directory, the header extension; the old clusters freed after). */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/endian.h"
+#include "util/compiler.h"
 #include "util/json.h"
 #include "util/log.h"
 #include "formats/qcow2.h"
@@ -28,13 +31,13 @@
 
 static uint64_t entry_size(const uint8_t *e)
 {
-	return qcow2_align_up(24 + (uint64_t)qcow2_be32(e + 20) + qcow2_be16(e + 18), 8);
+	return ALIGN_UP(24 + (uint64_t)get_be32(e + 20) + get_be16(e + 18), 8);
 }
 
 static int bad_entry(struct qcow2 *q, uint32_t i, uint64_t pos, const char *why)
 {
-	vd_err("%s: bitmap directory at 0x%llx: entry %u (offset %llu) %s", q->img->path,
-	       (unsigned long long)q->bm_dir_offset, i, (unsigned long long)pos, why);
+	vd_err("%s: bitmap directory at 0x%" PRIx64 ": entry %u (offset %" PRIu64 ") %s",
+	       q->img->path, q->bm_dir_offset, i, pos, why);
 	return -EINVAL;
 }
 
@@ -60,11 +63,11 @@ static int check_entry(struct qcow2 *q, uint32_t i, uint64_t pos, uint64_t file_
 	if (pos + 24 > q->bm_dir_size || pos + entry_size(e) > q->bm_dir_size)
 		return bad_entry(q, i, pos, "runs past the end of the directory");
 	b->pos = pos;
-	b->table_off = qcow2_be64(e);
-	b->table_size = qcow2_be32(e + 8);
-	b->flags = qcow2_be32(e + 12);
+	b->table_off = get_be64(e);
+	b->table_size = get_be32(e + 8);
+	b->flags = get_be32(e + 12);
 	b->gbits = e[17];
-	nlen = qcow2_be16(e + 18);
+	nlen = get_be16(e + 18);
 	if (e[16] != BME_TYPE_DIRTY)
 		return bad_entry(q, i, pos, "has an unknown bitmap type");
 	if (b->gbits < BME_MIN_GBITS || b->gbits > BME_MAX_GBITS)
@@ -82,11 +85,11 @@ static int check_entry(struct qcow2 *q, uint32_t i, uint64_t pos, uint64_t file_
 		return bad_entry(q, i, pos,
 				 "has a bitmap table unaligned, past the end of the file or on "
 				 "the header, L1 or refcount table");
-	b->name = strndup((const char *)e + 24 + qcow2_be32(e + 20), nlen);
+	b->name = strndup((const char *)e + 24 + get_be32(e + 20), nlen);
 	if (!b->name)
 		return -ENOMEM;
 	/* Exact now and understood: its in_use mark is cleared again at store. */
-	b->kept = !(b->flags & BME_IN_USE) && !qcow2_be32(e + 20) &&
+	b->kept = !(b->flags & BME_IN_USE) && !get_be32(e + 20) &&
 		  b->table_size == bitmap_tsize(q, b->gbits);
 	return 0;
 }
@@ -100,8 +103,8 @@ static int load_table(struct qcow2 *q, struct qcow2_bitmap *b, uint64_t file_siz
 		return -ENOMEM;
 	ret = meta_pread(q->img->fd, b->table, (uint64_t)b->table_size * 8, b->table_off);
 	if (ret) {
-		vd_err("%s: cannot read the table of bitmap '%s' at 0x%llx: %s", q->img->path,
-		       b->name, (unsigned long long)b->table_off, strerror(-ret));
+		vd_err("%s: cannot read the table of bitmap '%s' at 0x%" PRIx64 ": %s",
+		       q->img->path, b->name, b->table_off, strerror(-ret));
 		return ret;
 	}
 	for (uint32_t j = 0; j < b->table_size; j++) {
@@ -111,10 +114,9 @@ static int load_table(struct qcow2 *q, struct qcow2_bitmap *b, uint64_t file_siz
 		if ((t & BME_ENTRY_RESERVED) || (off && (t & BME_ENTRY_ALL_ONES)) ||
 		    (off & (q->cluster_size - 1)) || off >= file_size ||
 		    (off && qcow2_hits_fixed_metadata(q, off, q->cluster_size))) {
-			vd_err("%s: bitmap '%s': table entry %u at 0x%llx is invalid (0x%llx)",
-			       q->img->path, b->name, j,
-			       (unsigned long long)(b->table_off + 8ull * j),
-			       (unsigned long long)t);
+			vd_err("%s: bitmap '%s': table entry %u at 0x%" PRIx64
+			       " is invalid (0x%" PRIx64 ")",
+			       q->img->path, b->name, j, b->table_off + 8 * (uint64_t)j, t);
 			return -EINVAL;
 		}
 	}
@@ -158,8 +160,8 @@ static int load_bits(struct qcow2 *q, struct qcow2_bitmap *b, uint8_t *buf)
 		}
 		ret = meta_pread(q->img->fd, buf, q->cluster_size, off);
 		if (ret) {
-			vd_err("%s: cannot read bitmap '%s' data at 0x%llx: %s", q->img->path,
-			       b->name, (unsigned long long)off, strerror(-ret));
+			vd_err("%s: cannot read bitmap '%s' data at 0x%" PRIx64 ": %s",
+			       q->img->path, b->name, off, strerror(-ret));
 			return ret;
 		}
 		for (uint32_t k = 0; k < q->cluster_size / 8; k++)
@@ -184,10 +186,10 @@ static int load_enabled(struct qcow2 *q)
 		if (q->bms[i].kept && q->bms[i].flags & BME_AUTO)
 			total += (uint64_t)q->bms[i].table_size * q->cluster_size;
 	if (total > QCOW2_BITMAP_MEM_MAX) {
-		vd_err("%s: enabled persistent bitmaps need %llu bytes of memory, more than the "
-		       "limit of %llu: use a larger granularity",
-		       q->img->path, (unsigned long long)total,
-		       (unsigned long long)QCOW2_BITMAP_MEM_MAX);
+		vd_err("%s: enabled persistent bitmaps need %" PRIu64
+		       " bytes of memory, more than the "
+		       "limit of %" PRIu64 ": use a larger granularity",
+		       q->img->path, total, (uint64_t)QCOW2_BITMAP_MEM_MAX);
 		return -EFBIG;
 	}
 	buf = malloc(q->cluster_size);
@@ -210,10 +212,10 @@ int qcow2_bitmaps_open(struct qcow2 *q, uint64_t file_size)
 	if (q->bm_dir_offset > file_size || q->bm_dir_size > file_size - q->bm_dir_offset ||
 	    !q->bm_dir_offset ||
 	    qcow2_hits_fixed_metadata(q, q->bm_dir_offset, q->bm_dir_size)) {
-		vd_err("%s: bitmap directory at 0x%llx (%llu bytes) lies past the end of the "
+		vd_err("%s: bitmap directory at 0x%" PRIx64 " (%" PRIu64
+		       " bytes) lies past the end of the "
 		       "file or on the header, L1 or refcount table",
-		       q->img->path, (unsigned long long)q->bm_dir_offset,
-		       (unsigned long long)q->bm_dir_size);
+		       q->img->path, q->bm_dir_offset, q->bm_dir_size);
 		return -EINVAL;
 	}
 	q->bm_dir = malloc(q->bm_dir_size ? q->bm_dir_size : 1);
@@ -276,9 +278,11 @@ int qcow2_bitmaps_mark_in_use(struct qcow2 *q)
 	if (!ret)
 		ret = meta_fdatasync(q->img->fd);
 	if (ret)
-		vd_err("%s: cannot mark the persistent bitmaps in use in the directory at 0x%llx: "
-		       "%s",
-		       q->img->path, (unsigned long long)q->bm_dir_offset, strerror(-ret));
+		vd_err(
+		    "%s: cannot mark the persistent bitmaps in use in the directory at 0x%" PRIx64
+		    ": "
+		    "%s",
+		    q->img->path, q->bm_dir_offset, strerror(-ret));
 	return ret;
 }
 
@@ -296,7 +300,7 @@ struct bm_store {
 static int store_alloc(struct bm_store *s, uint64_t bytes, uint64_t *off)
 {
 	struct qcow2 *q = s->q;
-	uint64_t n = qcow2_align_up(bytes, q->cluster_size) >> q->cluster_bits;
+	uint64_t n = ALIGN_UP(bytes, q->cluster_size) >> q->cluster_bits;
 	bool fresh;
 	int ret;
 
@@ -385,7 +389,7 @@ static int store_new(struct bm_store *s, uint8_t *dir, uint64_t *dir_off)
 
 	for (uint32_t i = 0; i < q->nb_bitmaps && !ret; i++) {
 		struct qcow2_bitmap *b = &q->bms[i];
-		uint64_t toff = 0, v;
+		uint64_t toff = 0;
 
 		if (!b->kept)
 			continue;
@@ -398,8 +402,7 @@ static int store_new(struct bm_store *s, uint8_t *dir, uint64_t *dir_off)
 		ret = store_bits(s, b, s->tables[i]);
 		if (!ret)
 			ret = store_table(s, s->tables[i], b->table_size, &toff);
-		v = htobe64(toff);
-		memcpy(dir + b->pos, &v, 8);
+		put_be64(dir + b->pos, toff);
 	}
 	if (!ret)
 		ret = store_alloc(s, q->bm_dir_size, dir_off);
@@ -427,7 +430,7 @@ static int store_switched(struct bm_store *s, uint8_t *dir, uint64_t dir_off)
 			free(b->table);
 			b->table = s->tables[i];
 			s->tables[i] = NULL;
-			b->table_off = qcow2_be64(dir + b->pos);
+			b->table_off = get_be64(dir + b->pos);
 		}
 		if (b->kept)
 			b->flags &= ~BME_IN_USE;

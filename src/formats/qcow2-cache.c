@@ -3,6 +3,7 @@
  * tables written back on eviction (after the ordering hook) or on flush.
  * Callers hold the image lock; an L2 miss is loaded here with a sync pread. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,8 +47,8 @@ static int cache_writeback(struct qcow2_cache *c, struct qcow2_cache_entry *e)
 
 	ret = meta_pwrite(q->img->fd, e->buf, q->cluster_size, e->off);
 	if (ret) {
-		vd_err("%s: cannot write %s at 0x%llx: %s", q->img->path, c->what,
-		       (unsigned long long)e->off, strerror(-ret));
+		vd_err("%s: cannot write %s at 0x%" PRIx64 ": %s", q->img->path, c->what, e->off,
+		       strerror(-ret));
 		return ret;
 	}
 	e->dirty = false;
@@ -121,8 +122,8 @@ int qcow2_cache_get(struct qcow2_cache *c, uint64_t off, struct qcow2_cache_entr
 			return ret;
 		ret = meta_pread(q->img->fd, e->buf, q->cluster_size, off);
 		if (ret) {
-			vd_err("%s: cannot read %s at 0x%llx: %s", q->img->path, c->what,
-			       (unsigned long long)off, strerror(-ret));
+			vd_err("%s: cannot read %s at 0x%" PRIx64 ": %s", q->img->path, c->what,
+			       off, strerror(-ret));
 			return ret == -EIO || ret == -EINVAL ? -EIO : ret;
 		}
 		e->off = off;

@@ -2,11 +2,14 @@
  * the backing-format extension and backing name in cluster 0, then the
  * refcount table, the refcount blocks and the L1 table, each counted once. */
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "util/compiler.h"
+#include "util/endian.h"
 #include "util/log.h"
 #include "formats/qcow2.h"
 #include "io/sync-io.h"
@@ -28,15 +31,15 @@ static int layout_plan(const struct vd_create_opts *o, struct layout *l)
 		return -EINVAL;
 	}
 	l->cb = __builtin_ctz(l->cs);
-	l->size = qcow2_align_up(o->size, 512);
+	l->size = ALIGN_UP(o->size, 512);
 	per_l2 = (uint64_t)l->cs * (l->cs / 8);
 	l->l1_size = l->size / per_l2 + !!(l->size % per_l2);
 	if (l->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
-		vd_err("qcow2 create: %llu bytes is too large for %u-byte clusters",
-		       (unsigned long long)o->size, l->cs);
+		vd_err("qcow2 create: %" PRIu64 " bytes is too large for %u-byte clusters", o->size,
+		       l->cs);
 		return -EFBIG;
 	}
-	l->l1c = qcow2_align_up(l->l1_size * 8, l->cs) / l->cs;
+	l->l1c = ALIGN_UP(l->l1_size * 8, l->cs) / l->cs;
 	rb_entries = l->cs / 2; /* 16-bit refcounts */
 	l->rtc = 1;
 	l->rbc = 1;
@@ -54,42 +57,30 @@ static int layout_plan(const struct vd_create_opts *o, struct layout *l)
 	return 0;
 }
 
-static void put32(uint8_t *p, uint32_t v)
-{
-	v = htobe32(v);
-	memcpy(p, &v, 4);
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-	v = htobe64(v);
-	memcpy(p, &v, 8);
-}
-
 static int header_build(const struct vd_create_opts *o, const struct layout *l, uint8_t *b)
 {
 	size_t pos = CREATE_HEADER_LEN, blen = o->backing ? strlen(o->backing) : 0;
 	size_t flen = o->backing_fmt ? strlen(o->backing_fmt) : 0;
 
-	put32(b, QCOW2_MAGIC);
-	put32(b + 4, 3);
-	put32(b + 20, l->cb);
-	put64(b + 24, l->size);
-	put32(b + 36, l->l1_size);
-	put64(b + 40, l->l1_size ? l->meta * l->cs : 0);
-	put64(b + 48, l->cs);
-	put32(b + 56, l->rtc);
-	put32(b + 96, 4);
-	put32(b + 100, CREATE_HEADER_LEN);
+	put_be32(b, QCOW2_MAGIC);
+	put_be32(b + 4, 3);
+	put_be32(b + 20, l->cb);
+	put_be64(b + 24, l->size);
+	put_be32(b + 36, l->l1_size);
+	put_be64(b + 40, l->l1_size ? l->meta * l->cs : 0);
+	put_be64(b + 48, l->cs);
+	put_be32(b + 56, l->rtc);
+	put_be32(b + 96, 4);
+	put_be32(b + 100, CREATE_HEADER_LEN);
 	if (o->backing && o->backing_fmt) {
 		if (flen >= 16) {
 			vd_err("qcow2 create: backing format name \"%s\" too long", o->backing_fmt);
 			return -EINVAL;
 		}
-		put32(b + pos, QCOW2_EXT_BACKFMT);
-		put32(b + pos + 4, flen);
+		put_be32(b + pos, QCOW2_EXT_BACKFMT);
+		put_be32(b + pos + 4, flen);
 		memcpy(b + pos + 8, o->backing_fmt, flen);
-		pos += 8 + qcow2_align_up(flen, 8);
+		pos += 8 + ALIGN_UP((uint64_t)flen, 8);
 	}
 	pos += 8; /* end of extensions */
 	if (o->backing) {
@@ -97,8 +88,8 @@ static int header_build(const struct vd_create_opts *o, const struct layout *l, 
 			vd_err("qcow2 create: backing file name \"%s\" does not fit", o->backing);
 			return -EINVAL;
 		}
-		put64(b + 8, pos);
-		put32(b + 16, blen);
+		put_be64(b + 8, pos);
+		put_be32(b + 16, blen);
 		memcpy(b + pos, o->backing, blen);
 	}
 	return 0;
@@ -110,7 +101,7 @@ static void tables_build(const struct layout *l, uint8_t *b)
 	uint8_t *rt = b + l->cs, *rb = b + (1 + l->rtc) * (uint64_t)l->cs;
 
 	for (uint64_t i = 0; i < l->rbc; i++)
-		put64(rt + i * 8, (1 + l->rtc + i) * l->cs);
+		put_be64(rt + i * 8, (1 + l->rtc + i) * l->cs);
 	for (uint64_t c = 0; c < total; c++) {
 		uint8_t *p = rb + (c / rb_entries) * l->cs + (c % rb_entries) * 2;
 		p[0] = 0;

@@ -1,14 +1,16 @@
 /* qcow2 guest-to-host mapping: L2 lookups, read extents for every cluster and
  * subcluster type, allocating writes with copy-on-write plans and tickets,
  * linking on completion (the in-flight list makes overlapping writers wait),
- * discard, write-zeroes and block status. All under the image lock. */
+ * discard and write-zeroes. All under the image lock. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/endian.h"
+#include "util/compiler.h"
 #include "util/log.h"
 #include "formats/qcow2.h"
-#include "io/sync-io.h"
 
 enum qcow2_ctype qcow2_classify(const struct qcow2 *q, uint64_t e)
 {
@@ -21,8 +23,8 @@ enum qcow2_ctype qcow2_classify(const struct qcow2 *q, uint64_t e)
 
 static int corrupt(struct qcow2 *q, const char *what, uint64_t gcl, uint64_t val)
 {
-	vd_err("%s: L2 entry for guest offset 0x%llx (0x%llx): %s", q->img->path,
-	       (unsigned long long)(gcl << q->cluster_bits), (unsigned long long)val, what);
+	vd_err("%s: L2 entry for guest offset 0x%" PRIx64 " (0x%" PRIx64 "): %s", q->img->path,
+	       gcl << q->cluster_bits, val, what);
 	image_mark_broken(q->img, "qcow2 metadata is inconsistent");
 	return -EIO;
 }
@@ -37,50 +39,29 @@ static int check_host(struct qcow2 *q, uint64_t gcl, uint64_t host)
 	return 0;
 }
 
-static void l2_read(const struct qcow2 *q, const struct qcow2_cache_entry *ce, unsigned idx,
-		    uint64_t *e, uint64_t *bm)
+void qcow2_l2_read(const struct qcow2 *q, const struct qcow2_cache_entry *ce, unsigned idx,
+		   uint64_t *e, uint64_t *bm)
 {
 	const uint8_t *p = (const uint8_t *)ce->buf + ((uint64_t)idx << (q->ext_l2 ? 4 : 3));
 
-	*e = qcow2_be64(p);
-	*bm = q->ext_l2 ? qcow2_be64(p + 8) : 0;
-}
-
-/* The bytes an entry counts in st_blocks: a cluster holding guest data (with
- * extended L2: at least one allocated subcluster) whole, a compressed one by
- * the host sectors it occupies; zero and unallocated clusters nothing. */
-static uint64_t entry_weight(const struct qcow2 *q, uint64_t e, uint64_t bm)
-{
-	uint64_t nsect;
-
-	switch (qcow2_classify(q, e)) {
-	case QC_NORMAL:
-		return !q->ext_l2 || (bm & QCOW2_EXTL2_ALL_ALLOC) ? q->cluster_size : 0;
-	case QC_COMPRESSED:
-		/* the 512-byte host sectors the compressed bytes touch */
-		nsect = ((e >> q->csize_shift) & q->csize_mask) + 1;
-		return nsect * 512;
-	default:
-		return 0;
-	}
+	*e = get_be64(p);
+	*bm = q->ext_l2 ? get_be64(p + 8) : 0;
 }
 
 static void l2_write(struct qcow2 *q, struct qcow2_cache_entry *ce, unsigned idx, uint64_t e,
 		     uint64_t bm)
 {
 	uint8_t *p = (uint8_t *)ce->buf + ((uint64_t)idx << (q->ext_l2 ? 4 : 3));
-	uint64_t v = htobe64(e), oe, obm;
+	uint64_t oe, obm;
 
 	if (q->alloc_known) {
-		l2_read(q, ce, idx, &oe, &obm);
-		q->alloc_bytes += entry_weight(q, e, bm) - entry_weight(q, oe, obm);
+		qcow2_l2_read(q, ce, idx, &oe, &obm);
+		q->alloc_bytes += qcow2_entry_weight(q, e, bm) - qcow2_entry_weight(q, oe, obm);
 	}
 
-	memcpy(p, &v, 8);
-	if (q->ext_l2) {
-		v = htobe64(bm);
-		memcpy(p + 8, &v, 8);
-	}
+	put_be64(p, e);
+	if (q->ext_l2)
+		put_be64(p + 8, bm);
 	qcow2_cache_dirty(&q->l2c, ce);
 }
 
@@ -122,13 +103,14 @@ static int l2_make_writable(struct qcow2 *q, uint64_t l1i, struct qcow2_cache_en
 
 /* An L2 table offset from L1 entry l1i must be cluster aligned and inside
  * the file: 0, or -EIO with a message naming the entry. */
-static int l2_table_check(const struct qcow2 *q, uint64_t l1i, uint64_t off)
+int qcow2_l2_table_check(const struct qcow2 *q, uint64_t l1i, uint64_t off)
 {
 	if (!(off & (q->cluster_size - 1)) && qcow2_cl(q, off) < q->host_end)
 		return 0;
-	vd_err("%s: L1 entry %llu points to an L2 table at 0x%llx: unaligned or past the end of "
+	vd_err("%s: L1 entry %" PRIu64 " points to an L2 table at 0x%" PRIx64
+	       ": unaligned or past the end of "
 	       "the file",
-	       q->img->path, (unsigned long long)l1i, (unsigned long long)off);
+	       q->img->path, l1i, off);
 	return -EIO;
 }
 
@@ -148,7 +130,7 @@ int qcow2_l2_get(struct qcow2 *q, uint64_t gcl, bool write, struct qcow2_cache_e
 		return l2_make_writable(q, l1i, e);
 	if (!off)
 		return 0;
-	ret = l2_table_check(q, l1i, off);
+	ret = qcow2_l2_table_check(q, l1i, off);
 	if (ret) {
 		image_mark_broken(q->img, "qcow2 metadata is inconsistent");
 		return ret;
@@ -158,42 +140,35 @@ int qcow2_l2_get(struct qcow2 *q, uint64_t gcl, bool write, struct qcow2_cache_e
 
 /* ---- reads ---- */
 
-static int add(struct vd_map *m, uint64_t off, uint64_t len, enum vd_ext_type t, int fd,
-	       uint64_t host)
-{
-	struct vd_extent e = {.off = off, .len = len, .type = t, .fd = fd, .host_off = host};
-
-	return vd_map_add(m, &e);
-}
-
-static int compressed_desc(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t *coff,
-			   uint32_t *csize)
+/* The source of compressed guest cluster gcl, entry e. */
+static int compressed_src(struct qcow2 *q, uint64_t gcl, uint64_t e, struct vd_src *s)
 {
 	uint64_t nsect = ((e >> q->csize_shift) & q->csize_mask) + 1;
 
-	*coff = e & q->coff_mask;
-	if (*coff >> 56 || qcow2_cl(q, *coff) >= q->host_end)
+	s->type = VD_EXT_COMPRESSED;
+	s->fd = q->img->fd;
+	s->algo = q->compression ? VD_COMPRESS_ZSTD : VD_COMPRESS_DEFLATE;
+	s->cluster_off = gcl << q->cluster_bits;
+	s->cluster_size = q->cluster_size;
+	s->host_off = e & q->coff_mask;
+	if (s->host_off >> 56 || qcow2_cl(q, s->host_off) >= q->host_end)
 		return corrupt(q, "compressed data lies past the end of the file", gcl, e);
-	*csize = nsect * 512 - (*coff & 511);
+	s->csize = nsect * 512 - (s->host_off & 511);
 	return 0;
 }
 
 static int add_compressed(struct qcow2 *q, struct vd_map *m, uint64_t gcl, uint64_t e,
 			  uint64_t off, uint64_t len)
 {
-	struct vd_extent x = {.off = off, .len = len, .type = VD_EXT_COMPRESSED,
-			      .fd = q->img->fd, .algo = q->compression ? VD_COMPRESS_ZSTD
-								      : VD_COMPRESS_DEFLATE,
-			      .cluster_off = gcl << q->cluster_bits,
-			      .cluster_size = q->cluster_size};
-	int ret = compressed_desc(q, gcl, e, &x.host_off, &x.csize);
+	struct vd_extent x = {.off = off, .len = len};
+	int ret = compressed_src(q, gcl, e, &x.src);
 
 	return ret ? ret : vd_map_add(m, &x);
 }
 
 /* Subcluster sc of an extended entry: what it reads as. */
-static int subcluster_type(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, unsigned sc,
-			   enum vd_ext_type *t)
+int qcow2_subcluster_type(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, unsigned sc,
+			  enum vd_ext_type *t)
 {
 	bool a = bm >> sc & 1, z = bm >> (32 + sc) & 1;
 
@@ -210,23 +185,23 @@ static int map_read_cluster(struct qcow2 *q, struct vd_map *m, uint64_t off, uin
 	uint64_t gcl = qcow2_cl(q, off), in = off & (q->cluster_size - 1), e, bm, host;
 	struct qcow2_cache_entry *ce;
 	unsigned idx;
-	int fd = q->img->fd, ret;
+	int ret;
 
 	ret = qcow2_l2_get(q, gcl, false, &ce, &idx);
 	if (ret)
 		return ret;
 	if (!ce)
-		return add(m, off, n, VD_EXT_UNALLOC, -1, 0);
-	l2_read(q, ce, idx, &e, &bm);
+		return vd_map_add_hole(m, off, n, VD_EXT_UNALLOC);
+	qcow2_l2_read(q, ce, idx, &e, &bm);
 	host = e & QCOW2_OFF_MASK;
 	switch (qcow2_classify(q, e)) {
 	case QC_UNALLOC:
 		if (!q->ext_l2)
-			return add(m, off, n, VD_EXT_UNALLOC, -1, 0);
+			return vd_map_add_hole(m, off, n, VD_EXT_UNALLOC);
 		break;
 	case QC_ZERO_PLAIN:
 	case QC_ZERO_ALLOC:
-		return add(m, off, n, VD_EXT_ZERO, -1, 0);
+		return vd_map_add_hole(m, off, n, VD_EXT_ZERO);
 	case QC_COMPRESSED:
 		if (q->ext_l2 && bm)
 			return corrupt(q, "compressed cluster with a subcluster bitmap", gcl, bm);
@@ -236,7 +211,7 @@ static int map_read_cluster(struct qcow2 *q, struct vd_map *m, uint64_t off, uin
 		if (ret)
 			return ret;
 		if (!q->ext_l2)
-			return add(m, off, n, VD_EXT_DATA, fd, host + in);
+			return vd_map_add_data(m, off, n, q->img->fd, host + in);
 		break;
 	}
 	/* extended L2: one run per subcluster state */
@@ -245,10 +220,12 @@ static int map_read_cluster(struct qcow2 *q, struct vd_map *m, uint64_t off, uin
 		uint64_t k = ((uint64_t)(sc + 1) << q->sc_bits) - in;
 		enum vd_ext_type t;
 
-		k = k < n ? k : n;
-		ret = subcluster_type(q, gcl, e, bm, sc, &t);
-		if (!ret)
-			ret = add(m, off, k, t, t == VD_EXT_DATA ? fd : -1, host + in);
+		k = min_u64(k, n);
+		ret = qcow2_subcluster_type(q, gcl, e, bm, sc, &t);
+		if (!ret && t == VD_EXT_DATA)
+			ret = vd_map_add_data(m, off, k, q->img->fd, host + in);
+		else if (!ret)
+			ret = vd_map_add_hole(m, off, k, t);
 		if (ret)
 			return ret;
 		off += k;
@@ -272,7 +249,7 @@ struct plan {
 	uint64_t unit, gbase, host;
 	uint64_t ws, we;       /* the cluster bytes the write covers */
 	bool fresh;	       /* newly allocated never-written host space: zeroes need no copy */
-	struct vd_cow_seg src; /* PLAN_SRC: the source (off/len unset); PLAN_SHARED: old host */
+	struct vd_src src;     /* PLAN_SRC: the source; PLAN_SHARED: the old host cluster */
 	uint64_t bm;	       /* PLAN_SUBCL, PLAN_SHARED: the bitmap before the write */
 };
 
@@ -296,15 +273,13 @@ static int plan_shared(struct qcow2 *q, const struct plan *p, struct vd_cow *c)
 
 	for (uint64_t cs = 0; cs < q->cluster_size && !ret; cs += q->sc_size) {
 		uint64_t ce = cs + q->sc_size;
-		struct vd_cow_seg s = p->src;
+		struct vd_cow_seg s = {.off = p->gbase + cs, .len = q->sc_size, .src = p->src};
 
 		if (cs >= p->ws && ce <= p->we)
 			continue; /* written whole */
 		if (ce > p->ws && cs < p->we)
-			s.type = subcl_src(p, cs >> q->sc_bits); /* written in part */
-		s.off = p->gbase + cs;
-		s.len = q->sc_size;
-		s.host_off += cs;
+			s.src.type = subcl_src(p, cs >> q->sc_bits); /* written in part */
+		s.src.host_off += cs;
 		ret = vd_cow_add(c, &s);
 	}
 	return ret;
@@ -314,7 +289,7 @@ static int plan_shared(struct qcow2 *q, const struct plan *p, struct vd_cow *c)
  * 0 with c->len == 0 when no copy is needed. */
 static int plan_cow(struct qcow2 *q, const struct plan *p, uint64_t u, struct vd_cow *c)
 {
-	struct vd_cow_seg s = p->src;
+	struct vd_cow_seg s = {.src = p->src};
 
 	memset(c, 0, sizeof(*c));
 	switch (p->mode) {
@@ -323,8 +298,8 @@ static int plan_cow(struct qcow2 *q, const struct plan *p, uint64_t u, struct vd
 	case PLAN_SRC:
 		break;
 	case PLAN_SUBCL:
-		s.type = subcl_src(p, u >> q->sc_bits);
-		if (s.type == VD_EXT_DATA)
+		s.src.type = subcl_src(p, u >> q->sc_bits);
+		if (s.src.type == VD_EXT_DATA)
 			return 0;
 		break;
 	case PLAN_SHARED:
@@ -332,20 +307,24 @@ static int plan_cow(struct qcow2 *q, const struct plan *p, uint64_t u, struct vd
 		c->len = p->unit;
 		return plan_shared(q, p, c);
 	}
-	if (p->fresh && (s.type == VD_EXT_ZERO || (s.type == VD_EXT_UNALLOC && !q->img->backing)))
+	if (p->fresh &&
+	    (s.src.type == VD_EXT_ZERO || (s.src.type == VD_EXT_UNALLOC && !q->img->backing)))
 		return 0;
 	s.off = c->off = p->gbase + u;
 	s.len = c->len = p->unit;
-	if (s.type == VD_EXT_DATA)
-		s.host_off += u;
+	if (s.src.type == VD_EXT_DATA)
+		s.src.host_off += u;
 	return vd_cow_add(c, &s);
 }
 
 static int emit(struct qcow2 *q, struct vd_map *m, const struct plan *p, uint64_t ws, uint64_t we,
 		const struct vd_cow *cow)
 {
-	struct vd_extent x = {.off = p->gbase + ws, .len = we - ws, .type = VD_EXT_DATA,
-			      .fd = q->img->fd, .host_off = p->host + ws};
+	struct vd_extent x = {
+		.off = p->gbase + ws,
+		.len = we - ws,
+		.src = {.type = VD_EXT_DATA, .fd = q->img->fd, .host_off = p->host + ws},
+	};
 
 	if (cow)
 		x.cow = *cow;
@@ -436,12 +415,7 @@ static int plan_old(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, stru
 		p->src.type = VD_EXT_ZERO;
 		return 0;
 	case QC_COMPRESSED:
-		p->src.type = VD_EXT_COMPRESSED;
-		p->src.fd = q->img->fd;
-		ret = compressed_desc(q, gcl, e, &p->src.host_off, &p->src.csize);
-		p->src.algo = q->compression ? VD_COMPRESS_ZSTD : VD_COMPRESS_DEFLATE;
-		p->src.cluster_off = gcl << q->cluster_bits;
-		p->src.cluster_size = q->cluster_size;
+		ret = compressed_src(q, gcl, e, &p->src);
 		qcow2_compressed_range(q, e, &it->src_off, &it->src_len);
 		return ret;
 	case QC_NORMAL:
@@ -475,7 +449,7 @@ static int write_cluster(struct qcow2 *q, struct qcow2_ticket *t, struct vd_map 
 	ret = qcow2_l2_get(q, gcl, true, &ce, &idx);
 	if (ret)
 		return ret;
-	l2_read(q, ce, idx, &e, &bm);
+	qcow2_l2_read(q, ce, idx, &e, &bm);
 	type = qcow2_classify(q, e);
 	if (q->ext_l2)
 		it.set_alloc = touched_mask(q, ws, we);
@@ -568,7 +542,7 @@ static int map_write(struct qcow2 *q, uint64_t off, uint64_t len, struct vd_map 
 	qcow2_bitmaps_dirty(q, off, len);
 	while (len) {
 		uint64_t n = q->cluster_size - (off & (q->cluster_size - 1));
-		n = n < len ? n : len;
+		n = min_u64(n, len);
 		ret = write_cluster(q, t, m, off, n);
 		if (ret) {
 			ticket_rollback(q, t, 0);
@@ -599,12 +573,12 @@ static int read_hold(struct qcow2 *q, struct vd_map *m)
 		return 0;
 	for (unsigned i = 0; i < m->n && !ret; i++) {
 		const struct vd_extent *e = &m->ext[i];
-		struct qcow2_item it = {.kind = QI_READ, .src_off = e->host_off};
+		struct qcow2_item it = {.kind = QI_READ, .src_off = e->src.host_off};
 
-		if (e->type == VD_EXT_DATA)
+		if (e->src.type == VD_EXT_DATA)
 			it.src_len = e->len;
-		else if (e->type == VD_EXT_COMPRESSED)
-			it.src_len = e->csize;
+		else if (e->src.type == VD_EXT_COMPRESSED)
+			it.src_len = e->src.csize;
 		else
 			continue;
 		if (!t && !(t = calloc(1, sizeof(*t))))
@@ -635,7 +609,7 @@ int qcow2_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags, 
 	} else {
 		while (len && !ret) {
 			uint64_t n = q->cluster_size - (off & (q->cluster_size - 1));
-			n = n < len ? n : len;
+			n = min_u64(n, len);
 			ret = map_read_cluster(q, m, off, n);
 			off += n;
 			len -= n;
@@ -668,7 +642,7 @@ static int link_item(struct qcow2 *q, const struct qcow2_item *it, bool *linked)
 	if (ret)
 		return ret;
 	*linked = true;
-	l2_read(q, ce, idx, &e, &bm);
+	qcow2_l2_read(q, ce, idx, &e, &bm);
 	if (it->kind == QI_INPLACE_META) {
 		if ((e & QCOW2_OFF_MASK) != it->host || (e & QCOW2_COMPRESSED))
 			return 0; /* discarded while the data was landing */
@@ -708,9 +682,8 @@ int qcow2_complete(struct vd_image *img, void *ticket, int err)
 	if (ret) {
 		/* Loading an L2 table failed (say, writing back the one it evicts):
 		 * the write fails, and the clusters not linked are given back. */
-		vd_err("%s: cannot link the cluster written at guest offset 0x%llx: %s",
-		       img->path, (unsigned long long)(t->items[i].gcl << q->cluster_bits),
-		       strerror(-ret));
+		vd_err("%s: cannot link the cluster written at guest offset 0x%" PRIx64 ": %s",
+		       img->path, t->items[i].gcl << q->cluster_bits, strerror(-ret));
 		ticket_rollback(q, t, linked ? i + 1 : i);
 	}
 	w = t->waiters;
@@ -757,7 +730,7 @@ static int zero_cluster(struct qcow2 *q, uint64_t gcl, bool discard)
 	if (ret)
 		return ret;
 	if (ce)
-		l2_read(q, ce, idx, &e, &bm);
+		qcow2_l2_read(q, ce, idx, &e, &bm);
 	zero_target(q, e, bm, discard, &ne, &nbm, &keep);
 	if (ne == e && nbm == bm)
 		return 0;
@@ -822,170 +795,4 @@ int qcow2_discard(struct vd_image *img, uint64_t off, uint64_t len)
 int qcow2_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len)
 {
 	return zero_range(img, off, len, false);
-}
-
-/* ---- block status ---- */
-
-static enum vd_bs bs_of(enum vd_ext_type t)
-{
-	return t == VD_EXT_DATA ? VD_BS_DATA : t == VD_EXT_ZERO ? VD_BS_ZERO : VD_BS_UNALLOC;
-}
-
-/* Status of cluster bytes [in, cluster end) under entry e: *n bytes of one kind
- * from in (extended L2: a run of subclusters alike). */
-static int entry_status(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, uint64_t in,
-			uint64_t *n, enum vd_bs *st)
-{
-	enum vd_ext_type t, t2;
-	int ret;
-
-	*n = q->cluster_size - in;
-	switch (qcow2_classify(q, e)) {
-	case QC_ZERO_PLAIN:
-	case QC_ZERO_ALLOC:
-		*st = VD_BS_ZERO;
-		return 0;
-	case QC_COMPRESSED:
-		*st = VD_BS_DATA;
-		return 0;
-	case QC_NORMAL:
-	case QC_UNALLOC:
-		if (!q->ext_l2) {
-			*st = e & QCOW2_OFF_MASK ? VD_BS_DATA : VD_BS_UNALLOC;
-			return 0;
-		}
-		break;
-	}
-	ret = subcluster_type(q, gcl, e, bm, in >> q->sc_bits, &t);
-	if (ret)
-		return ret;
-	*st = bs_of(t);
-	for (uint64_t p = ((in >> q->sc_bits) + 1) << q->sc_bits; p < q->cluster_size;
-	     p += q->sc_size) {
-		ret = subcluster_type(q, gcl, e, bm, p >> q->sc_bits, &t2);
-		if (ret)
-			return ret;
-		if (t2 != t) {
-			*n = p - in;
-			break;
-		}
-	}
-	return 0;
-}
-
-/* Status of the run from off up to max bytes, inside the guest range one L2
- * table covers: an empty L1 entry is one run, a loaded table is scanned
- * without looking it up again for every cluster. */
-static int table_status(struct qcow2 *q, uint64_t off, uint64_t max, uint64_t *n, enum vd_bs *st)
-{
-	uint64_t gcl = qcow2_cl(q, off), in = off & (q->cluster_size - 1), e, bm, k;
-	uint64_t span = ((uint64_t)q->l2_entries << q->cluster_bits) -
-			(off & (((uint64_t)q->l2_entries << q->cluster_bits) - 1));
-	struct qcow2_cache_entry *ce;
-	enum vd_bs s = VD_BS_UNALLOC;
-	unsigned idx;
-	int ret;
-
-	max = max < span ? max : span;
-	ret = qcow2_l2_get(q, gcl, false, &ce, &idx);
-	if (ret)
-		return ret;
-	if (!ce) {
-		*n = max;
-		*st = VD_BS_UNALLOC;
-		return 0;
-	}
-	*n = 0;
-	for (; *n < max; idx++, gcl++, in = 0) {
-		l2_read(q, ce, idx, &e, &bm);
-		ret = entry_status(q, gcl, e, bm, in, &k, &s);
-		if (ret)
-			return ret;
-		if (*n && s != *st)
-			break;
-		*st = s;
-		*n += k;
-		if (k < q->cluster_size - in)
-			break; /* the run ends inside this cluster */
-	}
-	*n = *n < max ? *n : max;
-	return 0;
-}
-
-int qcow2_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
-		       enum vd_bs *status)
-{
-	struct qcow2 *q = img->priv;
-	uint64_t done = 0, n;
-	enum vd_bs st = VD_BS_UNALLOC;
-	int ret = 0;
-
-	pthread_mutex_lock(&q->lock);
-	while (done < len) {
-		ret = table_status(q, off + done, len - done, &n, &st);
-		if (ret)
-			break;
-		if (done && st != *status)
-			break;
-		*status = st;
-		done += n;
-	}
-	pthread_mutex_unlock(&q->lock);
-	*pnum = done;
-	return done ? 0 : ret;
-}
-
-/* ---- allocation count (st_blocks) ---- */
-
-/* Sum the weights of every active L2 table once: tables in the cache as they
- * are there (they may be newer than on disk), the others read with plain
- * reads that do not disturb the cache. Only allocated tables are read. */
-static int alloc_count(struct qcow2 *q)
-{
-	uint64_t sum = 0, e, bm;
-	struct qcow2_cache_entry tmp = {0};
-	int ret = 0;
-
-	for (uint32_t i = 0; i < q->l1_size && !ret; i++) {
-		uint64_t off = q->l1[i] & QCOW2_OFF_MASK;
-		struct qcow2_cache_entry *ce;
-
-		if (!off)
-			continue;
-		ret = l2_table_check(q, i, off);
-		if (ret)
-			break;
-		ce = qcow2_cache_peek(&q->l2c, off);
-		if (!ce) {
-			if (!tmp.buf && !(tmp.buf = malloc(q->cluster_size))) {
-				ret = -ENOMEM;
-				break;
-			}
-			ret = meta_pread_zfill(q->img->fd, tmp.buf, q->cluster_size, off);
-			ce = &tmp;
-		}
-		for (uint32_t k = 0; k < q->l2_entries && !ret; k++) {
-			l2_read(q, ce, k, &e, &bm);
-			sum += entry_weight(q, e, bm);
-		}
-	}
-	free(tmp.buf);
-	if (!ret) {
-		q->alloc_bytes = sum;
-		q->alloc_known = true;
-	}
-	return ret;
-}
-
-int qcow2_allocated(struct vd_image *img, uint64_t *bytes)
-{
-	struct qcow2 *q = img->priv;
-	int ret = 0;
-
-	pthread_mutex_lock(&q->lock);
-	if (!q->alloc_known)
-		ret = alloc_count(q);
-	*bytes = q->alloc_bytes;
-	pthread_mutex_unlock(&q->lock);
-	return ret;
 }

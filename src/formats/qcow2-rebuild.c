@@ -4,9 +4,12 @@
  * snapshot table, refcount structures, bitmaps), write the counts, fix COPIED
  * flags of the active tables, then clear the dirty bit. Runs at open. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/endian.h"
+#include "util/compiler.h"
 #include "util/log.h"
 #include "formats/qcow2.h"
 #include "io/sync-io.h"
@@ -28,8 +31,8 @@ static int count(struct rebuild *r, uint64_t off, uint64_t len, const char *what
 	c0 = qcow2_cl(q, off);
 	c1 = qcow2_cl(q, off + len - 1);
 	if (c1 >= r->n) {
-		vd_err("%s: %s at 0x%llx lies past the end of the file", q->img->path, what,
-		       (unsigned long long)off);
+		vd_err("%s: %s at 0x%" PRIx64 " lies past the end of the file", q->img->path, what,
+		       off);
 		return -EINVAL;
 	}
 	for (uint64_t c = c0; c <= c1; c++)
@@ -44,7 +47,7 @@ static int count_l2(struct rebuild *r, uint64_t l2off)
 	int ret = meta_pread(q->img->fd, r->buf, q->cluster_size, l2off);
 
 	for (uint32_t i = 0; !ret && i < q->l2_entries; i++) {
-		uint64_t e = qcow2_be64(r->buf + i * step), off, len;
+		uint64_t e = get_be64(r->buf + i * step), off, len;
 		switch (qcow2_classify(q, e)) {
 		case QC_COMPRESSED:
 			qcow2_compressed_range(q, e, &off, &len);
@@ -106,8 +109,8 @@ static int count_bitmaps(struct rebuild *r)
 	if (!ret)
 		ret = meta_pread(q->img->fd, dir, n, q->bm_dir_offset);
 	for (uint32_t i = 0; !ret && i < q->nb_bitmaps && pos + 24 <= n; i++) {
-		uint64_t toff = qcow2_be64(dir + pos);
-		uint32_t tsize = qcow2_be32(dir + pos + 8);
+		uint64_t toff = get_be64(dir + pos);
+		uint32_t tsize = get_be32(dir + pos + 8);
 		uint64_t *tab = calloc(tsize ? tsize : 1, 8);
 
 		if (!tab) {
@@ -123,7 +126,8 @@ static int count_bitmaps(struct rebuild *r)
 				ret = count(r, d, q->cluster_size, "bitmap data");
 		}
 		free(tab);
-		pos += qcow2_align_up(24 + qcow2_be32(dir + pos + 20) + qcow2_be16(dir + pos + 18), 8);
+		pos += ALIGN_UP(
+		    (uint64_t)(24 + get_be32(dir + pos + 20) + get_be16(dir + pos + 18)), 8);
 	}
 	free(dir);
 	return ret;
@@ -175,15 +179,14 @@ static int fix_copied(struct rebuild *r)
 			return ret;
 		for (uint32_t j = 0; j < q->l2_entries; j++) {
 			uint8_t *p = (uint8_t *)ce->buf + j * step;
-			uint64_t e = qcow2_be64(p), ne = e & ~QCOW2_COPIED, v;
+			uint64_t e = get_be64(p), ne = e & ~QCOW2_COPIED;
 			enum qcow2_ctype t = qcow2_classify(q, e);
 
 			if ((t == QC_NORMAL || t == QC_ZERO_ALLOC) &&
 			    r->cnt[qcow2_cl(q, e & QCOW2_OFF_MASK)] == 1)
 				ne |= QCOW2_COPIED;
 			if (ne != e) {
-				v = htobe64(ne);
-				memcpy(p, &v, 8);
+				put_be64(p, ne);
 				qcow2_cache_dirty(&q->l2c, ce);
 			}
 		}
@@ -201,10 +204,9 @@ static int write_counts(struct rebuild *r)
 	q->rebuild_n = r->n;
 	for (uint64_t c = 0; c < r->n && !ret; c++) {
 		if (r->cnt[c] > q->refcount_max) {
-			vd_err("%s: cluster at 0x%llx has %u references, more than %llu-bit "
+			vd_err("%s: cluster at 0x%" PRIx64 " has %u references, more than %u-bit "
 			       "refcounts hold",
-			       q->img->path, (unsigned long long)(c << q->cluster_bits), r->cnt[c],
-			       (unsigned long long)q->refcount_bits);
+			       q->img->path, c << q->cluster_bits, r->cnt[c], q->refcount_bits);
 			ret = -EINVAL;
 			break;
 		}

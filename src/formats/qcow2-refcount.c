@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/endian.h"
+#include "util/compiler.h"
 #include "util/log.h"
 #include "formats/qcow2.h"
 #include "io/sync-io.h"
@@ -23,11 +25,11 @@ static uint64_t rb_read(const struct qcow2 *q, const uint8_t *b, uint64_t i)
 	case 8:
 		return b[i];
 	case 16:
-		return qcow2_be16(b + 2 * i);
+		return get_be16(b + 2 * i);
 	case 32:
-		return qcow2_be32(b + 4 * i);
+		return get_be32(b + 4 * i);
 	case 64:
-		return qcow2_be64(b + 8 * i);
+		return get_be64(b + 8 * i);
 	default: /* 1, 2, 4 bits: packed LSB first */
 		return (b[i * bits / 8] >> (i * bits % 8)) & ((1u << bits) - 1);
 	}
@@ -36,25 +38,19 @@ static uint64_t rb_read(const struct qcow2 *q, const uint8_t *b, uint64_t i)
 static void rb_write(const struct qcow2 *q, uint8_t *b, uint64_t i, uint64_t v)
 {
 	unsigned bits = q->refcount_bits;
-	uint16_t v16;
-	uint32_t v32;
-	uint64_t v64;
 
 	switch (bits) {
 	case 8:
 		b[i] = v;
 		break;
 	case 16:
-		v16 = htobe16(v);
-		memcpy(b + 2 * i, &v16, 2);
+		put_be16(b + 2 * i, v);
 		break;
 	case 32:
-		v32 = htobe32(v);
-		memcpy(b + 4 * i, &v32, 4);
+		put_be32(b + 4 * i, v);
 		break;
 	case 64:
-		v64 = htobe64(v);
-		memcpy(b + 8 * i, &v64, 8);
+		put_be64(b + 8 * i, v);
 		break;
 	default: {
 		unsigned sh = i * bits % 8, mask = ((1u << bits) - 1) << sh;
@@ -68,9 +64,10 @@ static int rb_load(struct qcow2 *q, uint64_t rtidx, struct qcow2_cache_entry **e
 	uint64_t off = q->rt[rtidx] & QCOW2_RT_OFF_MASK;
 
 	if (off & (q->cluster_size - 1) || qcow2_cl(q, off) >= q->host_end) {
-		vd_err("%s: refcount table entry %llu points to 0x%llx: unaligned or past the end "
+		vd_err("%s: refcount table entry %" PRIu64 " points to 0x%" PRIx64
+		       ": unaligned or past the end "
 		       "of the file",
-		       q->img->path, (unsigned long long)rtidx, (unsigned long long)off);
+		       q->img->path, rtidx, off);
 		return -EIO;
 	}
 	return qcow2_cache_get(&q->rbc, off, e);
@@ -102,8 +99,8 @@ static int write_sync(struct qcow2 *q, const void *buf, size_t len, uint64_t off
 	if (!ret)
 		ret = meta_fdatasync(q->img->fd);
 	if (ret)
-		vd_err("%s: cannot write %s at 0x%llx: %s", q->img->path, what,
-		       (unsigned long long)off, strerror(-ret));
+		vd_err("%s: cannot write %s at 0x%" PRIx64 ": %s", q->img->path, what, off,
+		       strerror(-ret));
 	return ret;
 }
 
@@ -147,9 +144,9 @@ static int metadata_not_free(struct qcow2 *q, uint64_t cl)
 
 	if (!what)
 		return 0;
-	vd_err("%s: the cluster at 0x%llx holds %s but its refcount is 0: refcounts are "
+	vd_err("%s: the cluster at 0x%" PRIx64 " holds %s but its refcount is 0: refcounts are "
 	       "inconsistent, not allocating it",
-	       q->img->path, (unsigned long long)(cl << q->cluster_bits), what);
+	       q->img->path, cl << q->cluster_bits, what);
 	return -EIO;
 }
 
@@ -195,7 +192,7 @@ static int refblock_create(struct qcow2 *q, uint64_t rtidx)
 static int reftable_grow(struct qcow2 *q, uint64_t need)
 {
 	uint64_t per = q->cluster_size / 8, cover = q->rt_entries << q->rb_bits;
-	uint64_t T = q->host_end > cover ? q->host_end : cover;
+	uint64_t T = max_u64(q->host_end, cover);
 	uint64_t entries, tc, nb = 1, first, last;
 	uint64_t *nrt = NULL;
 	uint8_t *blk = NULL, hdr[12];
@@ -245,12 +242,8 @@ static int reftable_grow(struct qcow2 *q, uint64_t need)
 				 "refcount table");
 	if (ret)
 		goto out_err;
-	{
-		uint64_t o = htobe64(T << q->cluster_bits);
-		uint32_t n = htobe32(tc);
-		memcpy(hdr, &o, 8);
-		memcpy(hdr + 8, &n, 4);
-	}
+	put_be64(hdr, T << q->cluster_bits);
+	put_be32(hdr + 8, tc);
 	ret = qcow2_write_header_field(q, QCOW2_HDR_RT, hdr, 12);
 	if (ret)
 		goto out;
@@ -314,8 +307,8 @@ static int refcount_update(struct qcow2 *q, uint64_t cl, bool absolute, int64_t 
 	old = rb_read(q, e->buf, cl & (q->rb_entries - 1));
 	nv = absolute ? (uint64_t)v : old + v;
 	if ((!absolute && v < 0 && old < (uint64_t)-v) || nv > q->refcount_max) {
-		vd_err("%s: refcount of cluster at 0x%llx would go from %llu to %s", q->img->path,
-		       (unsigned long long)(cl << q->cluster_bits), (unsigned long long)old,
+		vd_err("%s: refcount of cluster at 0x%" PRIx64 " would go from %" PRIu64 " to %s",
+		       q->img->path, cl << q->cluster_bits, old,
 		       v < 0 ? "below 0" : "past its maximum");
 		return -EIO;
 	}
@@ -497,9 +490,10 @@ int qcow2_free_entry(struct qcow2 *q, uint64_t entry)
 	}
 	if (qcow2_cl(q, off) >= q->host_end ||
 	    (!(entry & QCOW2_COMPRESSED) && (off & (q->cluster_size - 1)))) {
-		vd_err("%s: L2 entry 0x%llx dropped at discard or overwrite points to 0x%llx: "
+		vd_err("%s: L2 entry 0x%" PRIx64
+		       " dropped at discard or overwrite points to 0x%" PRIx64 ": "
 		       "unaligned or past the end of the file",
-		       q->img->path, (unsigned long long)entry, (unsigned long long)off);
+		       q->img->path, entry, off);
 		image_mark_broken(q->img, "qcow2 metadata is inconsistent");
 		return -EIO;
 	}
@@ -622,8 +616,8 @@ static int l1_flush(struct qcow2 *q)
 			buf[i] = htobe64(q->l1[s * 64 + i]);
 		ret = meta_pwrite(q->img->fd, buf, n, q->l1_offset + s * 512);
 		if (ret) {
-			vd_err("%s: cannot write the L1 table at 0x%llx: %s", q->img->path,
-			       (unsigned long long)(q->l1_offset + s * 512), strerror(-ret));
+			vd_err("%s: cannot write the L1 table at 0x%" PRIx64 ": %s", q->img->path,
+			       q->l1_offset + s * 512, strerror(-ret));
 			return ret;
 		}
 		q->l1_dirty[s] = 0;

@@ -3,21 +3,23 @@
  * backing file would show through) and shrinking when the dropped tail holds
  * no allocation. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/endian.h"
+#include "util/compiler.h"
 #include "util/log.h"
 #include "formats/qcow2.h"
 #include "io/sync-io.h"
 
 static int l1_grow(struct qcow2 *q, uint32_t need)
 {
-	uint64_t bytes = (uint64_t)need * 8, ncl = qcow2_align_up(bytes, q->cluster_size) >>
-						   q->cluster_bits;
+	uint64_t bytes = (uint64_t)need * 8,
+		 ncl = ALIGN_UP(bytes, q->cluster_size) >> q->cluster_bits;
 	uint64_t old_off = q->l1_offset, old_ncl, noff;
 	uint64_t *buf, *nl1 = NULL;
 	uint8_t *ndirty = NULL, hdr[12];
-	uint32_t be32;
 	bool fresh;
 	int ret;
 
@@ -25,7 +27,7 @@ static int l1_grow(struct qcow2 *q, uint32_t need)
 		vd_err("%s: L1 table would exceed %u bytes", q->img->path, QCOW2_MAX_L1_BYTES);
 		return -EFBIG;
 	}
-	old_ncl = qcow2_align_up((uint64_t)q->l1_size * 8, q->cluster_size) >> q->cluster_bits;
+	old_ncl = ALIGN_UP((uint64_t)q->l1_size * 8, q->cluster_size) >> q->cluster_bits;
 	ret = qcow2_flush_locked(q); /* no dirty L1 entries pointing at unwritten tables */
 	if (ret)
 		return ret;
@@ -51,12 +53,8 @@ static int l1_grow(struct qcow2 *q, uint32_t need)
 		qcow2_alloc_rollback(q, noff, ncl);
 		goto out;
 	}
-	be32 = htobe32(need);
-	memcpy(hdr, &be32, 4);
-	{
-		uint64_t o = htobe64(noff);
-		memcpy(hdr + 4, &o, 8);
-	}
+	put_be32(hdr, need);
+	put_be64(hdr + 4, noff);
 	ret = qcow2_write_header_field(q, QCOW2_HDR_L1, hdr, 12);
 	if (ret)
 		goto out;
@@ -88,7 +86,7 @@ static int cluster_allocated(struct qcow2 *q, uint64_t gcl, bool *alloc)
 	*alloc = false;
 	if (ret || !ce)
 		return ret;
-	e = qcow2_be64((uint8_t *)ce->buf + ((uint64_t)idx << (q->ext_l2 ? 4 : 3)));
+	e = get_be64((uint8_t *)ce->buf + ((uint64_t)idx << (q->ext_l2 ? 4 : 3)));
 	*alloc = (e & (QCOW2_OFF_MASK | QCOW2_COMPRESSED)) != 0;
 	return 0;
 }
@@ -116,9 +114,9 @@ static int shrink(struct qcow2 *q, uint64_t size)
 		if (ret)
 			return ret;
 		if (alloc) {
-			vd_err("%s: cannot shrink to %llu bytes: guest offset 0x%llx is allocated",
-			       q->img->path, (unsigned long long)size,
-			       (unsigned long long)(c << q->cluster_bits));
+			vd_err("%s: cannot shrink to %" PRIu64 " bytes: guest offset 0x%" PRIx64
+			       " is allocated",
+			       q->img->path, size, c << q->cluster_bits);
 			return -EBUSY;
 		}
 	}
@@ -143,7 +141,7 @@ static int hide_backing(struct qcow2 *q, uint64_t old, uint64_t size)
 
 	if (!q->has_backing || !b || b->size <= old)
 		return 0;
-	end = qcow2_align_up(b->size < size ? b->size : size, q->cluster_size);
+	end = ALIGN_UP(min_u64(b->size, size), q->cluster_size);
 	pthread_mutex_unlock(&q->lock);
 	ret = image_zero_grow_wait(q->img, end - old, old);
 	pthread_mutex_lock(&q->lock);
@@ -164,8 +162,9 @@ int qcow2_truncate(struct vd_image *img, uint64_t size)
 	int ret;
 
 	if (size % 512) {
-		vd_err("%s: cannot resize to %llu bytes: a qcow2 size must be a multiple of 512",
-		       img->path, (unsigned long long)size);
+		vd_err("%s: cannot resize to %" PRIu64
+		       " bytes: a qcow2 size must be a multiple of 512",
+		       img->path, size);
 		return -EINVAL;
 	}
 	pthread_mutex_lock(&q->lock);

@@ -3,11 +3,14 @@
  * rewrites, close, info and the ops table. Mapping lives in qcow2-map.c,
  * refcounts in qcow2-refcount.c, the table cache in qcow2-cache.c. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "util/endian.h"
+#include "util/compiler.h"
 #include "util/json.h"
 #include "util/log.h"
 #include "formats/qcow2.h"
@@ -19,7 +22,7 @@
 
 static int qcow2_probe(const uint8_t *buf, size_t len, const char *path)
 {
-	if (len >= 8 && qcow2_be32(buf) == QCOW2_MAGIC)
+	if (len >= 8 && get_be32(buf) == QCOW2_MAGIC)
 		return 100;
 	return 0;
 }
@@ -89,8 +92,8 @@ static void unknown_incompat_msg(struct qcow2 *q, const struct qcow2_hdr *h, uin
 			break;
 	}
 	if (bits)
-		snprintf(names + n, sizeof(names) - n, "%sunknown incompatible feature 0x%llx",
-			 n ? ", " : "", (unsigned long long)bits);
+		snprintf(names + n, sizeof(names) - n, "%sunknown incompatible feature 0x%" PRIx64,
+			 n ? ", " : "", bits);
 	vd_err("%s: qcow2 header at offset 72: unsupported incompatible features: %s",
 	       q->img->path, names);
 }
@@ -101,31 +104,32 @@ static void unknown_incompat_msg(struct qcow2 *q, const struct qcow2_hdr *h, uin
 static int parse_bitmaps_ext(struct qcow2 *q, const uint8_t *p, uint32_t len, uint64_t at)
 {
 	if (len != 24) {
-		vd_err("%s: bitmaps header extension at 0x%llx: length %u, expected 24",
-		       q->img->path, (unsigned long long)at, len);
+		vd_err("%s: bitmaps header extension at 0x%" PRIx64 ": length %u, expected 24",
+		       q->img->path, at, len);
 		return -EINVAL;
 	}
 	if (!(q->autoclear & QCOW2_AUTOCLEAR_BITMAPS)) {
-		vd_warn("%s: bitmaps header extension at 0x%llx without its autoclear bit: the "
+		vd_warn("%s: bitmaps header extension at 0x%" PRIx64
+			" without its autoclear bit: the "
 			"bitmaps are inconsistent and ignored",
-			q->img->path, (unsigned long long)at);
+			q->img->path, at);
 		return 0;
 	}
-	if (qcow2_be32(p + 4) != 0) {
-		vd_err("%s: bitmaps header extension at 0x%llx: reserved field is not zero",
-		       q->img->path, (unsigned long long)at);
+	if (get_be32(p + 4) != 0) {
+		vd_err("%s: bitmaps header extension at 0x%" PRIx64 ": reserved field is not zero",
+		       q->img->path, at);
 		return -EINVAL;
 	}
-	q->nb_bitmaps = qcow2_be32(p);
-	q->bm_dir_size = qcow2_be64(p + 8);
-	q->bm_dir_offset = qcow2_be64(p + 16);
+	q->nb_bitmaps = get_be32(p);
+	q->bm_dir_size = get_be64(p + 8);
+	q->bm_dir_offset = get_be64(p + 16);
 	q->bm_ext_off = at + 8;
 	if (q->nb_bitmaps < 1 || q->nb_bitmaps > 65535 || q->bm_dir_size > (64u << 20) ||
 	    q->bm_dir_offset & (q->cluster_size - 1)) {
-		vd_err("%s: bitmaps header extension at 0x%llx: bad directory (%u bitmaps, %llu "
-		       "bytes at 0x%llx)",
-		       q->img->path, (unsigned long long)at, q->nb_bitmaps,
-		       (unsigned long long)q->bm_dir_size, (unsigned long long)q->bm_dir_offset);
+		vd_err("%s: bitmaps header extension at 0x%" PRIx64
+		       ": bad directory (%u bitmaps, %" PRIu64 " "
+		       "bytes at 0x%" PRIx64 ")",
+		       q->img->path, at, q->nb_bitmaps, q->bm_dir_size, q->bm_dir_offset);
 		return -EINVAL;
 	}
 	q->has_bitmaps = true;
@@ -143,22 +147,23 @@ static int parse_extensions(struct qcow2 *q, struct qcow2_hdr *h, const uint8_t 
 		end = q->cluster_size; /* a bad backing offset is refused afterwards */
 
 	while (pos + 8 <= end) {
-		uint32_t type = qcow2_be32(c0 + pos), len = qcow2_be32(c0 + pos + 4);
+		uint32_t type = get_be32(c0 + pos), len = get_be32(c0 + pos + 4);
 		const uint8_t *p = c0 + pos + 8;
 
 		if (type == QCOW2_EXT_END)
 			return 0;
 		if (len > end - pos - 8) {
-			vd_err("%s: header extension 0x%08x at 0x%llx: length %u runs past 0x%llx",
-			       img->path, type, (unsigned long long)pos, len,
-			       (unsigned long long)end);
+			vd_err("%s: header extension 0x%08x at 0x%" PRIx64
+			       ": length %u runs past 0x%" PRIx64,
+			       img->path, type, pos, len, end);
 			return -EINVAL;
 		}
 		switch (type) {
 		case QCOW2_EXT_BACKFMT:
 			if (len >= 16) {
-				vd_err("%s: backing format extension at 0x%llx: name too long",
-				       img->path, (unsigned long long)pos);
+				vd_err("%s: backing format extension at 0x%" PRIx64
+				       ": name too long",
+				       img->path, pos);
 				return -EINVAL;
 			}
 			free(img->backing_fmt);
@@ -178,7 +183,7 @@ static int parse_extensions(struct qcow2 *q, struct qcow2_hdr *h, const uint8_t 
 		default: /* kept untouched: the header is only ever rewritten by field */
 			break;
 		}
-		pos += 8 + qcow2_align_up(len, 8);
+		pos += 8 + ALIGN_UP((uint64_t)len, 8);
 	}
 	return 0;
 }
@@ -187,50 +192,51 @@ static int parse_header(struct qcow2 *q, struct qcow2_hdr *h, const uint8_t *b)
 {
 	const char *path = q->img->path;
 
-	if (qcow2_be32(b) != QCOW2_MAGIC) {
+	if (get_be32(b) != QCOW2_MAGIC) {
 		vd_err("%s: qcow2 header at offset 0: bad magic", path);
 		return -EINVAL;
 	}
-	q->version = qcow2_be32(b + 4);
+	q->version = get_be32(b + 4);
 	if (q->version != 2 && q->version != 3) {
 		vd_err("%s: qcow2 header at offset 4: version %u is not supported", path,
 		       q->version);
 		return -ENOTSUP;
 	}
-	h->backing_off = qcow2_be64(b + 8);
-	h->backing_len = qcow2_be32(b + 16);
-	q->cluster_bits = qcow2_be32(b + 20);
+	h->backing_off = get_be64(b + 8);
+	h->backing_len = get_be32(b + 16);
+	q->cluster_bits = get_be32(b + 20);
 	if (q->cluster_bits < 9 || q->cluster_bits > 21) {
 		vd_err("%s: qcow2 header at offset 20: cluster_bits %u out of range 9..21", path,
 		       q->cluster_bits);
 		return -EINVAL;
 	}
 	q->cluster_size = 1u << q->cluster_bits;
-	q->size = qcow2_be64(b + 24);
+	q->size = get_be64(b + 24);
 	if (q->size % 512) {
 		/* QEMU counts a qcow2 disk in whole sectors and never shows the tail. */
-		vd_warn("%s: qcow2 header at offset 24: virtual size %llu is not a multiple of 512; "
-			"served as %llu bytes, as QEMU reads it",
-			path, (unsigned long long)q->size, (unsigned long long)(q->size & ~511ull));
+		vd_warn("%s: qcow2 header at offset 24: virtual size %" PRIu64
+			" is not a multiple of 512; "
+			"served as %" PRIu64 " bytes, as QEMU reads it",
+			path, q->size, q->size & ~(uint64_t)511);
 		q->size &= ~511ull;
 	}
-	h->crypt = qcow2_be32(b + 32);
-	q->l1_size = qcow2_be32(b + 36);
-	q->l1_offset = qcow2_be64(b + 40);
-	q->rt_offset = qcow2_be64(b + 48);
-	q->rt_clusters = qcow2_be32(b + 56);
-	q->nb_snapshots = qcow2_be32(b + 60);
-	q->snapshots_offset = qcow2_be64(b + 64);
+	h->crypt = get_be32(b + 32);
+	q->l1_size = get_be32(b + 36);
+	q->l1_offset = get_be64(b + 40);
+	q->rt_offset = get_be64(b + 48);
+	q->rt_clusters = get_be32(b + 56);
+	q->nb_snapshots = get_be32(b + 60);
+	q->snapshots_offset = get_be64(b + 64);
 	if (q->version == 2) {
 		q->header_length = 72;
 		q->refcount_order = 4;
 		return 0;
 	}
-	q->incompat = qcow2_be64(b + 72);
-	q->compat = qcow2_be64(b + 80);
-	q->autoclear = qcow2_be64(b + 88);
-	q->refcount_order = qcow2_be32(b + 96);
-	q->header_length = qcow2_be32(b + 100);
+	q->incompat = get_be64(b + 72);
+	q->compat = get_be64(b + 80);
+	q->autoclear = get_be64(b + 88);
+	q->refcount_order = get_be32(b + 96);
+	q->header_length = get_be32(b + 100);
 	if (q->header_length < 104 || q->header_length % 8 ||
 	    q->header_length > q->cluster_size) {
 		vd_err("%s: qcow2 header at offset 100: bad header length %u", path,
@@ -281,9 +287,10 @@ static int check_features(struct qcow2 *q, const struct qcow2_hdr *h)
 	if (h->backing_off) {
 		if (h->backing_off > q->cluster_size || h->backing_len > 1023 ||
 		    h->backing_len > q->cluster_size - h->backing_off) {
-			vd_err("%s: qcow2 header at offset 8: backing file name (%u bytes at 0x%llx) "
+			vd_err("%s: qcow2 header at offset 8: backing file name (%u bytes at "
+			       "0x%" PRIx64 ") "
 			       "does not fit in the first cluster",
-			       img->path, h->backing_len, (unsigned long long)h->backing_off);
+			       img->path, h->backing_len, h->backing_off);
 			return -EINVAL;
 		}
 	}
@@ -295,21 +302,20 @@ static int check_table(struct qcow2 *q, const char *what, uint64_t off, uint64_t
 		       uint64_t max, uint64_t file_size)
 {
 	if (bytes > max) {
-		vd_err("%s: %s is too large (%llu bytes, limit %llu)", q->img->path, what,
-		       (unsigned long long)bytes, (unsigned long long)max);
+		vd_err("%s: %s is too large (%" PRIu64 " bytes, limit %" PRIu64 ")", q->img->path,
+		       what, bytes, max);
 		return -EINVAL;
 	}
 	if (!bytes)
 		return 0;
 	if (off & (q->cluster_size - 1) || !off) {
-		vd_err("%s: %s at 0x%llx is not cluster aligned", q->img->path, what,
-		       (unsigned long long)off);
+		vd_err("%s: %s at 0x%" PRIx64 " is not cluster aligned", q->img->path, what, off);
 		return -EINVAL;
 	}
 	if (off > INT64_MAX - bytes || off + bytes > file_size) {
-		vd_err("%s: %s at 0x%llx (%llu bytes) runs past the end of the file (%llu bytes)",
-		       q->img->path, what, (unsigned long long)off, (unsigned long long)bytes,
-		       (unsigned long long)file_size);
+		vd_err("%s: %s at 0x%" PRIx64 " (%" PRIu64
+		       " bytes) runs past the end of the file (%" PRIu64 " bytes)",
+		       q->img->path, what, off, bytes, file_size);
 		return -EINVAL;
 	}
 	return 0;
@@ -350,7 +356,7 @@ bool qcow2_hits_fixed_metadata(struct qcow2 *q, uint64_t off, uint64_t len)
 static int check_layout(struct qcow2 *q, uint64_t file_size)
 {
 	uint64_t cs = q->cluster_size;
-	uint64_t l1b = qcow2_align_up((uint64_t)q->l1_size * 8, cs);
+	uint64_t l1b = ALIGN_UP((uint64_t)q->l1_size * 8, cs);
 	uint64_t rtb = (uint64_t)q->rt_clusters * cs;
 	uint64_t need, per_l2 = (uint64_t)cs * q->l2_entries;
 	int ret;
@@ -368,10 +374,10 @@ static int check_layout(struct qcow2 *q, uint64_t file_size)
 		return ret;
 	need = q->size / per_l2 + !!(q->size % per_l2);
 	if (need > q->l1_size) {
-		vd_err("%s: L1 table is too small: %u entries for a virtual size of %llu bytes "
-		       "(needs %llu)",
-		       q->img->path, q->l1_size, (unsigned long long)q->size,
-		       (unsigned long long)need);
+		vd_err("%s: L1 table is too small: %u entries for a virtual size of %" PRIu64
+		       " bytes "
+		       "(needs %" PRIu64 ")",
+		       q->img->path, q->l1_size, q->size, need);
 		return -EINVAL;
 	}
 	if (q->nb_snapshots > QCOW2_MAX_SNAPSHOTS) {
@@ -381,10 +387,10 @@ static int check_layout(struct qcow2 *q, uint64_t file_size)
 	}
 	if (overlaps(0, cs, q->l1_offset, l1b) || overlaps(0, cs, q->rt_offset, rtb) ||
 	    overlaps(q->l1_offset, l1b, q->rt_offset, rtb)) {
-		vd_err("%s: metadata overlap: header (0x0), L1 table (0x%llx) and refcount table "
-		       "(0x%llx) share clusters",
-		       q->img->path, (unsigned long long)q->l1_offset,
-		       (unsigned long long)q->rt_offset);
+		vd_err("%s: metadata overlap: header (0x0), L1 table (0x%" PRIx64
+		       ") and refcount table "
+		       "(0x%" PRIx64 ") share clusters",
+		       q->img->path, q->l1_offset, q->rt_offset);
 		return -EINVAL;
 	}
 	return 0;
@@ -405,8 +411,7 @@ static int check_pointer(struct qcow2 *q, const char *what, uint64_t idx, uint64
 		why = "overlaps the header, the L1 table or the refcount table";
 	if (!why)
 		return 0;
-	vd_err("%s: %s entry %llu (0x%llx) %s", q->img->path, what, (unsigned long long)idx,
-	       (unsigned long long)off, why);
+	vd_err("%s: %s entry %" PRIu64 " (0x%" PRIx64 ") %s", q->img->path, what, idx, off, why);
 	return -EINVAL;
 }
 
@@ -458,8 +463,8 @@ static int load_snapshots(struct qcow2 *q, uint64_t file_size)
 	if (!q->nb_snapshots)
 		return 0;
 	if (pos & (q->cluster_size - 1) || !pos) {
-		vd_err("%s: snapshot table at 0x%llx is not cluster aligned", q->img->path,
-		       (unsigned long long)pos);
+		vd_err("%s: snapshot table at 0x%" PRIx64 " is not cluster aligned", q->img->path,
+		       pos);
 		return -EINVAL;
 	}
 	q->snaps = calloc(q->nb_snapshots, sizeof(*q->snaps));
@@ -471,18 +476,19 @@ static int load_snapshots(struct qcow2 *q, uint64_t file_size)
 
 		ret = meta_pread(q->img->fd, e, sizeof(e), pos);
 		if (ret) {
-			vd_err("%s: snapshot table entry %u at 0x%llx is past the end of the file",
-			       q->img->path, i, (unsigned long long)pos);
+			vd_err("%s: snapshot table entry %u at 0x%" PRIx64
+			       " is past the end of the file",
+			       q->img->path, i, pos);
 			return -EINVAL;
 		}
-		s->l1_offset = qcow2_be64(e);
-		s->l1_size = qcow2_be32(e + 8);
-		idl = qcow2_be16(e + 12);
-		namel = qcow2_be16(e + 14);
-		extra = qcow2_be32(e + 36);
+		s->l1_offset = get_be64(e);
+		s->l1_size = get_be32(e + 8);
+		idl = get_be16(e + 12);
+		namel = get_be16(e + 14);
+		extra = get_be32(e + 36);
 		if (extra > 1024) {
-			vd_err("%s: snapshot %u at 0x%llx: extra data too large", q->img->path, i,
-			       (unsigned long long)pos);
+			vd_err("%s: snapshot %u at 0x%" PRIx64 ": extra data too large",
+			       q->img->path, i, pos);
 			return -EINVAL;
 		}
 		ret = check_table(q, "snapshot L1 table", s->l1_offset, (uint64_t)s->l1_size * 8,
@@ -490,7 +496,7 @@ static int load_snapshots(struct qcow2 *q, uint64_t file_size)
 		if (ret)
 			return ret;
 		end = pos + 40 + extra + idl + namel;
-		pos = qcow2_align_up(end, 8);
+		pos = ALIGN_UP(end, 8);
 	}
 	q->snapshots_bytes = pos - q->snapshots_offset;
 	/* QEMU does not write the padding after the last entry: the file may end there */
@@ -499,10 +505,10 @@ static int load_snapshots(struct qcow2 *q, uint64_t file_size)
 	if (ret)
 		return ret;
 	if (qcow2_hits_fixed_metadata(q, q->snapshots_offset, q->snapshots_bytes)) {
-		vd_err("%s: metadata overlap: snapshot table at 0x%llx (%llu bytes) shares "
+		vd_err("%s: metadata overlap: snapshot table at 0x%" PRIx64 " (%" PRIu64
+		       " bytes) shares "
 		       "clusters with the header, the L1 table or the refcount table",
-		       q->img->path, (unsigned long long)q->snapshots_offset,
-		       (unsigned long long)q->snapshots_bytes);
+		       q->img->path, q->snapshots_offset, q->snapshots_bytes);
 		return -EINVAL;
 	}
 	return 0;
@@ -643,7 +649,7 @@ static int qcow2_open(struct vd_image *img)
 		ret = qcow2_bitmaps_open(q, st.st_size);
 	if (ret)
 		goto fail;
-	q->host_end = qcow2_align_up(st.st_size, q->cluster_size) >> q->cluster_bits;
+	q->host_end = ALIGN_UP((uint64_t)st.st_size, q->cluster_size) >> q->cluster_bits;
 	q->file_size = st.st_size;
 	q->free_hint = 1;
 	img->size = q->size;

@@ -1,7 +1,9 @@
 /* The qcow2 driver's private state and the functions its files share:
  * qcow2.c (open, header, ops table), qcow2-cache.c (L2 / refcount block cache),
- * qcow2-refcount.c (refcounts, allocation, deferred frees, flush order, rebuild),
- * qcow2-map.c (map, complete, discard, zeroing, block status), qcow2-create.c. */
+ * qcow2-refcount.c (refcounts, allocation, deferred frees, flush order),
+ * qcow2-rebuild.c (refcounts rebuilt after an unclean close), qcow2-map.c (map,
+ * complete, discard, zeroing), qcow2-status.c (block status, allocation count),
+ * qcow2-resize.c (truncate), qcow2-bitmap.c (persistent bitmaps), qcow2-create.c. */
 #ifndef VDISKFS_QCOW2_H
 #define VDISKFS_QCOW2_H
 
@@ -193,40 +195,15 @@ struct qcow2 {
 	size_t nfrees, cap_frees;
 };
 
-static inline uint64_t qcow2_be64(const void *p)
-{
-	uint64_t v;
-	__builtin_memcpy(&v, p, 8);
-	return be64toh(v);
-}
-
-static inline uint32_t qcow2_be32(const void *p)
-{
-	uint32_t v;
-	__builtin_memcpy(&v, p, 4);
-	return be32toh(v);
-}
-
-static inline uint16_t qcow2_be16(const void *p)
-{
-	uint16_t v;
-	__builtin_memcpy(&v, p, 2);
-	return be16toh(v);
-}
-
 static inline uint64_t qcow2_cl(const struct qcow2 *q, uint64_t off)
 {
 	return off >> q->cluster_bits;
 }
 
-static inline uint64_t qcow2_align_up(uint64_t v, uint64_t a)
-{
-	return (v + a - 1) / a * a;
-}
-
 /* qcow2.c */
 int qcow2_write_header_field(struct qcow2 *q, unsigned off, const void *buf, unsigned len);
 bool qcow2_hits_fixed_metadata(struct qcow2 *q, uint64_t off, uint64_t len);
+int qcow2_prepare_write(struct qcow2 *q);
 
 /* qcow2-cache.c */
 int qcow2_cache_init(struct qcow2_cache *c, struct qcow2 *q, unsigned n, const char *what);
@@ -250,22 +227,37 @@ int qcow2_defer_free(struct qcow2 *q, uint64_t off, uint64_t len);
 int qcow2_free_entry(struct qcow2 *q, uint64_t entry);
 int qcow2_refcount_sync(struct qcow2 *q);
 int qcow2_flush_locked(struct qcow2 *q);
-int qcow2_rebuild_refcounts(struct qcow2 *q);
 void qcow2_compressed_range(const struct qcow2 *q, uint64_t entry, uint64_t *off, uint64_t *len);
+
+/* qcow2-rebuild.c */
+int qcow2_rebuild_refcounts(struct qcow2 *q);
 
 /* qcow2-map.c */
 enum qcow2_ctype qcow2_classify(const struct qcow2 *q, uint64_t entry);
 int qcow2_l2_get(struct qcow2 *q, uint64_t gcl, bool write, struct qcow2_cache_entry **e,
 		 unsigned *idx);
-int qcow2_prepare_write(struct qcow2 *q);
+/* Entry idx of a loaded L2 table: the entry and (extended L2) its bitmap. */
+void qcow2_l2_read(const struct qcow2 *q, const struct qcow2_cache_entry *ce, unsigned idx,
+		   uint64_t *e, uint64_t *bm);
+/* Is the L2 table of L1 entry l1i at off aligned and in the file? 0 or -EIO. */
+int qcow2_l2_table_check(const struct qcow2 *q, uint64_t l1i, uint64_t off);
+/* What subcluster sc of an extended entry reads as; -EIO if inconsistent. */
+int qcow2_subcluster_type(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, unsigned sc,
+			  enum vd_ext_type *t);
 int qcow2_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags, struct vd_map *m);
 int qcow2_complete(struct vd_image *img, void *ticket, int err);
-int qcow2_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
-		       enum vd_bs *status);
 int qcow2_discard(struct vd_image *img, uint64_t off, uint64_t len);
 int qcow2_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len);
-int qcow2_truncate(struct vd_image *img, uint64_t size);
+
+/* qcow2-status.c */
+/* The bytes an entry counts in st_blocks. */
+uint64_t qcow2_entry_weight(const struct qcow2 *q, uint64_t e, uint64_t bm);
+int qcow2_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
+		       enum vd_bs *status);
 int qcow2_allocated(struct vd_image *img, uint64_t *bytes);
+
+/* qcow2-resize.c */
+int qcow2_truncate(struct vd_image *img, uint64_t size);
 
 /* qcow2-bitmap.c */
 struct json_writer;

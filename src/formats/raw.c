@@ -42,14 +42,7 @@ static void raw_close(struct vd_image *img)
 static int raw_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags,
 		   struct vd_map *m)
 {
-	struct vd_extent e = {
-		.off = off,
-		.len = len,
-		.type = VD_EXT_DATA,
-		.fd = img->fd,
-		.host_off = off,
-	};
-	return vd_map_add(m, &e);
+	return vd_map_add_data(m, off, len, img->fd, off);
 }
 
 static int raw_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,

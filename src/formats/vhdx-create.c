@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "util/endian.h"
+#include "util/compiler.h"
 #include "util/log.h"
 #include "io/fault.h"
 #include "io/sync-io.h"
@@ -58,7 +60,7 @@ static GByteArray *build_locator(const struct cparams *p)
 
 	vhdx_guid_format(&p->linkage, linkage);
 	memcpy(hdr, vhdx_guid_locator_type.b, 16);
-	vhdx_put16(hdr + 18, 3);
+	put_le16(hdr + 18, 3);
 	g_byte_array_append(a, hdr, sizeof(hdr));
 	g_byte_array_append(a, &ent[0][0], sizeof(ent));
 	for (int i = 0; i < 3; i++) {
@@ -69,10 +71,10 @@ static GByteArray *build_locator(const struct cparams *p)
 		vo = a->len;
 		if (put_utf16(a, kv[i][1], &vl))
 			goto fail;
-		vhdx_put32(ent[i], ko);
-		vhdx_put32(ent[i] + 4, vo);
-		vhdx_put16(ent[i] + 8, kl);
-		vhdx_put16(ent[i] + 10, vl);
+		put_le32(ent[i], ko);
+		put_le32(ent[i] + 4, vo);
+		put_le16(ent[i] + 8, kl);
+		put_le16(ent[i] + 10, vl);
 	}
 	memcpy(a->data + 20, ent, sizeof(ent));
 	return a;
@@ -87,9 +89,9 @@ static void meta_entry(uint8_t *t, int i, const vhdx_guid *id, uint32_t off, uin
 	uint8_t *e = t + 32 + 32 * i;
 
 	memcpy(e, id->b, 16);
-	vhdx_put32(e + 16, off);
-	vhdx_put32(e + 20, len);
-	vhdx_put32(e + 24, flags);
+	put_le32(e + 16, off);
+	put_le32(e + 20, len);
+	put_le32(e + 24, flags);
 }
 
 static int write_metadata(int fd, const struct cparams *p)
@@ -103,17 +105,17 @@ static int write_metadata(int fd, const struct cparams *p)
 	if (!m)
 		return -ENOMEM;
 	memcpy(m, "metadata", 8);
-	vhdx_put32(m + o, p->bs);
-	vhdx_put32(m + o + 4, p->diff ? 2 : p->fixed ? 1 : 0);
+	put_le32(m + o, p->bs);
+	put_le32(m + o + 4, p->diff ? 2 : p->fixed ? 1 : 0);
 	meta_entry(m, 0, &vhdx_guid_file_params, o, 8, 4);
-	vhdx_put64(m + o + 8, p->size);
+	put_le64(m + o + 8, p->size);
 	meta_entry(m, 1, &vhdx_guid_disk_size, o + 8, 8, 6);
 	vhdx_guid_random(&page83);
 	memcpy(m + o + 16, page83.b, 16);
 	meta_entry(m, 2, &vhdx_guid_page83, o + 16, 16, 6);
-	vhdx_put32(m + o + 32, p->lss);
+	put_le32(m + o + 32, p->lss);
 	meta_entry(m, 3, &vhdx_guid_lss, o + 32, 4, 6);
-	vhdx_put32(m + o + 36, 4096);
+	put_le32(m + o + 36, 4096);
 	meta_entry(m, 4, &vhdx_guid_pss, o + 36, 4, 6);
 	if (p->diff) {
 		loc = build_locator(p);
@@ -124,7 +126,7 @@ static int write_metadata(int fd, const struct cparams *p)
 		memcpy(m + o + 40, loc->data, loc->len);
 		meta_entry(m, n++, &vhdx_guid_parent_locator, o + 40, loc->len, 4);
 	}
-	vhdx_put16(m + 10, n);
+	put_le16(m + 10, n);
 	ret = meta_pwrite(fd, m, C_META_LEN, C_META_OFF);
 out:
 	if (loc)
@@ -183,16 +185,16 @@ static int write_region_tables(int fd, uint64_t bat_len)
 	if (!rt)
 		return -ENOMEM;
 	memcpy(rt, "regi", 4);
-	vhdx_put32(rt + 8, 2);
+	put_le32(rt + 8, 2);
 	memcpy(rt + 16, vhdx_guid_bat.b, 16);
-	vhdx_put64(rt + 32, C_BAT_OFF);
-	vhdx_put32(rt + 40, bat_len);
-	vhdx_put32(rt + 44, 1);
+	put_le64(rt + 32, C_BAT_OFF);
+	put_le32(rt + 40, bat_len);
+	put_le32(rt + 44, 1);
 	memcpy(rt + 48, vhdx_guid_meta.b, 16);
-	vhdx_put64(rt + 64, C_META_OFF);
-	vhdx_put32(rt + 72, C_META_LEN);
-	vhdx_put32(rt + 76, 1);
-	vhdx_put32(rt + 4, vhdx_checksum(rt, VHDX_RT_SIZE, 4));
+	put_le64(rt + 64, C_META_OFF);
+	put_le32(rt + 72, C_META_LEN);
+	put_le32(rt + 76, 1);
+	put_le32(rt + 4, vhdx_checksum(rt, VHDX_RT_SIZE, 4));
 	ret = meta_pwrite(fd, rt, VHDX_RT_SIZE, VHDX_RT1_OFF);
 	if (!ret)
 		ret = meta_pwrite(fd, rt, VHDX_RT_SIZE, VHDX_RT2_OFF);
@@ -205,7 +207,7 @@ static int write_image(int fd, const struct cparams *p)
 	uint64_t cr = ((1ull << 23) * p->lss) / p->bs;
 	uint64_t nblocks = (p->size + p->bs - 1) / p->bs;
 	uint64_t nchunks = (nblocks + cr - 1) / cr;
-	uint64_t bat_len = vhdx_align_up(nchunks * (cr + 1) * 8, VHDX_MiB);
+	uint64_t bat_len = ALIGN_UP(nchunks * (cr + 1) * 8, VHDX_MiB);
 	uint64_t data_off = C_BAT_OFF + bat_len;
 	uint64_t end = p->fixed ? data_off + nblocks * p->bs : data_off;
 	int ret;
@@ -313,7 +315,7 @@ static int check_params(const char *path, struct cparams *p)
 		       path, p->bs, p->lss);
 		return -EINVAL;
 	}
-	p->size = vhdx_align_up(p->size, p->lss);
+	p->size = ALIGN_UP(p->size, p->lss);
 	if (!p->size || p->size > VHDX_MAX_SIZE) {
 		vd_err("%s: size %" PRIu64 " invalid (1 byte to 64 TiB)", path, p->size);
 		return -EINVAL;

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include "util/endian.h"
+#include "util/compiler.h"
 #include "util/log.h"
 #include "io/sync-io.h"
 #include "formats/vhdx.h"
@@ -121,9 +123,9 @@ static bool log_descs_valid(struct log_entry *e)
 		bool zero = !memcmp(d, "zero", 4);
 		if (!zero && memcmp(d, "desc", 4))
 			return false;
-		if (vhdx_get64(d + 24) != e->seq || vhdx_get64(d + 16) % VHDX_LOG_SECTOR)
+		if (get_le64(d + 24) != e->seq || get_le64(d + 16) % VHDX_LOG_SECTOR)
 			return false;
-		if (zero && vhdx_get64(d + 8) % VHDX_LOG_SECTOR)
+		if (zero && get_le64(d + 8) % VHDX_LOG_SECTOR)
 			return false;
 		e->ndata += !zero;
 	}
@@ -132,7 +134,7 @@ static bool log_descs_valid(struct log_entry *e)
 		return false;
 	for (uint32_t i = 0; i < e->ndata; i++) {
 		const uint8_t *s = e->data + (dsec + i) * VHDX_LOG_SECTOR;
-		uint64_t seq = (uint64_t)vhdx_get32(s + 4) << 32 | vhdx_get32(s + 4092);
+		uint64_t seq = (uint64_t)get_le32(s + 4) << 32 | get_le32(s + 4092);
 		if (memcmp(s, "data", 4) || seq != e->seq)
 			return false;
 	}
@@ -148,12 +150,12 @@ static bool log_entry_read(const struct log_ring *r, uint64_t off, struct log_en
 	memset(e, 0, sizeof(*e));
 	ring_copy(r, h, off, LOG_HDR);
 	e->off = off;
-	e->len = vhdx_get32(h + 8);
-	e->tail = vhdx_get32(h + 12);
-	e->seq = vhdx_get64(h + 16);
-	e->ndesc = vhdx_get32(h + 24);
-	e->flushed = vhdx_get64(h + 48);
-	e->last = vhdx_get64(h + 56);
+	e->len = get_le32(h + 8);
+	e->tail = get_le32(h + 12);
+	e->seq = get_le64(h + 16);
+	e->ndesc = get_le32(h + 24);
+	e->flushed = get_le64(h + 48);
+	e->last = get_le64(h + 56);
 	if (memcmp(h, "loge", 4) || memcmp(h + 32, r->guid.b, 16) || !e->seq ||
 	    e->len < VHDX_LOG_SECTOR || e->len % VHDX_LOG_SECTOR || e->len > r->len ||
 	    e->tail % VHDX_LOG_SECTOR || e->tail >= r->len ||
@@ -163,7 +165,7 @@ static bool log_entry_read(const struct log_ring *r, uint64_t off, struct log_en
 	if (!e->data)
 		return false;
 	ring_copy(r, e->data, off, e->len);
-	if (vhdx_get32(e->data + 4) != vhdx_checksum(e->data, e->len, 4))
+	if (get_le32(e->data + 4) != vhdx_checksum(e->data, e->len, 4))
 		return false;
 	return log_descs_valid(e);
 }
@@ -238,8 +240,8 @@ struct log_desc {
 static void log_desc_get(const uint8_t *d, struct log_desc *x)
 {
 	x->zero = !memcmp(d, "zero", 4);
-	x->off = vhdx_get64(d + 16);
-	x->len = x->zero ? vhdx_get64(d + 8) : VHDX_LOG_SECTOR;
+	x->off = get_le64(d + 16);
+	x->len = x->zero ? get_le64(d + 8) : VHDX_LOG_SECTOR;
 }
 
 typedef int (*log_entry_fn)(struct vhdx *v, const struct log_entry *e, void *arg);
@@ -355,7 +357,7 @@ static int log_check_entry(struct vhdx *v, const struct log_entry *e, void *arg)
 				  "the file is 0x%" PRIx64 " bytes, shorter than its "
 				  "FlushedFileOffset 0x%" PRIx64 ": truncated",
 				  c->file_size, e->flushed);
-	last = vhdx_align_up(e->last, VHDX_MiB);
+	last = ALIGN_UP(e->last, VHDX_MiB);
 	for (uint32_t i = 0; i < e->ndesc; i++, d += LOG_DESC) {
 		struct log_desc x;
 
@@ -435,7 +437,7 @@ static int log_replay(struct vhdx *v, const struct log_ring *r, const struct log
 {
 	static const vhdx_guid zero;
 	struct log_apply a = {.end = *file_size};
-	uint64_t last = vhdx_align_up(s->last.last, VHDX_MiB);
+	uint64_t last = ALIGN_UP(s->last.last, VHDX_MiB);
 	int ret;
 
 	a.zero = calloc(1, LOG_ZERO_CHUNK);
@@ -593,13 +595,13 @@ static void log_build(struct vhdx *v, const struct log_pages *p, uint64_t first,
 
 	memset(buf, 0, len);
 	memcpy(buf, "loge", 4);
-	vhdx_put32(buf + 8, len);
-	vhdx_put32(buf + 12, v->log_head); /* every entry is its own sequence */
-	vhdx_put64(buf + 16, seq);
-	vhdx_put32(buf + 24, n);
+	put_le32(buf + 8, len);
+	put_le32(buf + 12, v->log_head); /* every entry is its own sequence */
+	put_le64(buf + 16, seq);
+	put_le32(buf + 24, n);
 	memcpy(buf + 32, v->hdr.log_guid.b, 16);
-	vhdx_put64(buf + 48, flushed);
-	vhdx_put64(buf + 56, last);
+	put_le64(buf + 48, flushed);
+	put_le64(buf + 56, last);
 	for (uint64_t i = 0; i < n; i++) {
 		uint8_t *d = buf + LOG_HDR + LOG_DESC * i;
 		uint8_t *s = buf + (dsec + i) * VHDX_LOG_SECTOR;
@@ -608,14 +610,14 @@ static void log_build(struct vhdx *v, const struct log_pages *p, uint64_t first,
 		memcpy(d, "desc", 4);
 		memcpy(d + 4, page + 4092, 4);
 		memcpy(d + 8, page, 8);
-		vhdx_put64(d + 16, p->off[first + i]);
-		vhdx_put64(d + 24, seq);
+		put_le64(d + 16, p->off[first + i]);
+		put_le64(d + 24, seq);
 		memcpy(s, "data", 4);
-		vhdx_put32(s + 4, seq >> 32);
+		put_le32(s + 4, seq >> 32);
 		memcpy(s + 8, page + 8, 4084);
-		vhdx_put32(s + 4092, (uint32_t)seq);
+		put_le32(s + 4092, (uint32_t)seq);
 	}
-	vhdx_put32(buf + 4, vhdx_checksum(buf, len, 4));
+	put_le32(buf + 4, vhdx_checksum(buf, len, 4));
 }
 
 /* A new LogGuid in the headers: the entries written under the old one (all
@@ -697,7 +699,7 @@ static int log_write_pages(struct vhdx *v, const struct log_pages *p)
 	if (fstat(v->img->fd, &st) < 0)
 		return -errno;
 	flushed = (uint64_t)st.st_size / VHDX_MiB * VHDX_MiB;
-	last = vhdx_align_up(st.st_size, VHDX_MiB);
+	last = ALIGN_UP((uint64_t)st.st_size, VHDX_MiB);
 	if (last < v->file_end)
 		last = v->file_end;
 	for (uint64_t i = 0; i < p->n && !ret; i += max_pages) {

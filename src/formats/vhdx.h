@@ -1,7 +1,8 @@
 /* The VHDX driver's private state and the seams between its files: vhdx.c
- * (headers, region table, metadata, open/close), vhdx-log.c (log replay and
- * log writes, header updates), vhdx-bat.c (BAT, sector bitmaps, map and
- * allocation) and vhdx-create.c (new images). On-disk layout: MS-VHDX v1. */
+ * (headers, open/close), vhdx-meta.c (region table, metadata, parent locator),
+ * vhdx-log.c (log replay and log writes, header updates), vhdx-bat.c (BAT,
+ * sector bitmaps, dirty pages, allocation), vhdx-map.c (map, complete, block
+ * status, discard) and vhdx-create.c (new images). On-disk layout: MS-VHDX v1. */
 #ifndef VDISKFS_VHDX_H
 #define VDISKFS_VHDX_H
 
@@ -142,44 +143,15 @@ struct vhdx {
 	uint64_t log_seq, log_head;
 };
 
-/* little-endian field access */
-static inline uint16_t vhdx_get16(const void *p)
+static inline bool vhdx_bit_get(const uint8_t *bits, uint64_t i)
 {
-	uint16_t v;
-	memcpy(&v, p, 2);
-	return le16toh(v);
-}
-static inline uint32_t vhdx_get32(const void *p)
-{
-	uint32_t v;
-	memcpy(&v, p, 4);
-	return le32toh(v);
-}
-static inline uint64_t vhdx_get64(const void *p)
-{
-	uint64_t v;
-	memcpy(&v, p, 8);
-	return le64toh(v);
-}
-static inline void vhdx_put16(void *p, uint16_t v)
-{
-	v = htole16(v);
-	memcpy(p, &v, 2);
-}
-static inline void vhdx_put32(void *p, uint32_t v)
-{
-	v = htole32(v);
-	memcpy(p, &v, 4);
-}
-static inline void vhdx_put64(void *p, uint64_t v)
-{
-	v = htole64(v);
-	memcpy(p, &v, 8);
+	return bits[i / 8] >> (i % 8) & 1;
 }
 
-static inline uint64_t vhdx_align_up(uint64_t x, uint64_t a)
+/* First bit of block b in its chunk's sector bitmap. */
+static inline uint64_t vhdx_sb_first_bit(const struct vhdx *v, uint64_t b)
 {
-	return (x + a - 1) / a * a;
+	return (b % v->chunk_ratio) * v->spb;
 }
 
 static inline bool vhdx_guid_eq(const vhdx_guid *a, const vhdx_guid *b)
@@ -203,8 +175,16 @@ int vhdx_guid_parse(const char *s, vhdx_guid *g);
 void vhdx_guid_format(const vhdx_guid *g, char out[39]);
 void vhdx_header_parse(const uint8_t *buf, struct vhdx_header *h);
 void vhdx_header_build(uint8_t *buf, const struct vhdx_header *h);
+
+/* vhdx-meta.c */
 /* Does [off, off+len) overlap a structure of the file? Returns its name or NULL. */
 const char *vhdx_overlaps(const struct vhdx *v, uint64_t off, uint64_t len);
+/* Record [off, off+len) as the structure what; -EINVAL if it overlaps one. */
+int vhdx_use_range(struct vhdx *v, uint64_t off, uint64_t len, const char *what);
+int vhdx_read_region_table(struct vhdx *v);
+int vhdx_read_metadata(struct vhdx *v);
+/* Fill the image's backing names from the parent locator (or -o vhdx_parent). */
+int vhdx_backing_names(struct vhdx *v);
 
 /* vhdx-log.c */
 int vhdx_log_open(struct vhdx *v, uint64_t file_size);
@@ -219,17 +199,31 @@ int vhdx_bat_load(struct vhdx *v, uint64_t file_size);
 void vhdx_bat_free(struct vhdx *v);
 uint64_t vhdx_bat_index(const struct vhdx *v, uint64_t block);
 uint64_t vhdx_sb_index(const struct vhdx *v, uint64_t chunk);
+/* The bytes BAT entry idx counts in st_blocks. */
+uint64_t vhdx_bat_weight(const struct vhdx *v, uint64_t idx, uint64_t entry);
+/* Set BAT entry idx, marking its page dirty. */
+void vhdx_bat_set(struct vhdx *v, uint64_t idx, uint64_t entry);
+/* Mark the pages of bits [bit_first, bit_first+n) of a chunk's bitmap dirty. */
+void vhdx_sb_mark(struct vhdx *v, uint64_t chunk, uint64_t bit_first, uint64_t n);
+void vhdx_bits_assign(uint8_t *bits, uint64_t first, uint64_t n, bool val);
+/* Collect the dirty metadata pages (BAT, sector bitmaps): calls fn for each. */
+int vhdx_dirty_pages(struct vhdx *v,
+		     int (*fn)(struct vhdx *v, uint64_t file_off, const uint8_t *page, void *arg),
+		     void *arg);
+void vhdx_dirty_clear(struct vhdx *v);
+/* The bitmap of a chunk, loaded on first use; with alloc, a chunk without
+ * one gets a fresh zeroed 1 MiB block at the end of the file. */
+int vhdx_sb_get(struct vhdx *v, uint64_t chunk, bool alloc, uint8_t **out);
+/* len bytes at the end of the file (extended to hold them): *out. */
+int vhdx_alloc_space(struct vhdx *v, uint64_t len, uint64_t *out);
+
+/* vhdx-map.c */
 int vhdx_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags, struct vd_map *m);
 int vhdx_complete(struct vd_image *img, void *ticket, int err);
 int vhdx_allocated(struct vd_image *img, uint64_t *bytes);
 int vhdx_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
 		      enum vd_bs *status);
 int vhdx_discard(struct vd_image *img, uint64_t off, uint64_t len);
-/* Collect the dirty metadata pages (BAT, sector bitmaps): calls fn for each. */
-int vhdx_dirty_pages(struct vhdx *v,
-		     int (*fn)(struct vhdx *v, uint64_t file_off, const uint8_t *page, void *arg),
-		     void *arg);
-void vhdx_dirty_clear(struct vhdx *v);
 
 /* vhdx-create.c */
 int vhdx_create(const char *path, const struct vd_create_opts *o);

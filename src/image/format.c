@@ -46,20 +46,34 @@ void vd_map_free(struct vd_map *m)
 	m->n = 0;
 }
 
-/* Can e continue p without changing what either means? */
-static bool vd_extent_joins(const struct vd_extent *p, const struct vd_extent *e)
+/* Can b, which starts where a's alen bytes end, read on from the same source?
+ * Compressed sources join only as the same blob. */
+static bool vd_src_joins(const struct vd_src *a, uint64_t alen, const struct vd_src *b)
 {
-	if (p->type != e->type || p->off + p->len != e->off || p->cow.len || e->cow.len)
+	if (a->type != b->type)
 		return false;
-	switch (e->type) {
+	switch (b->type) {
 	case VD_EXT_ZERO:
 	case VD_EXT_UNALLOC:
 		return true;
 	case VD_EXT_DATA:
-		return p->fd == e->fd && p->host_off + p->len == e->host_off;
-	default:
-		return false;
+		return a->fd == b->fd && a->host_off + alen == b->host_off;
+	case VD_EXT_COMPRESSED:
+		return a->fd == b->fd && a->host_off == b->host_off && a->csize == b->csize &&
+		       a->algo == b->algo && a->cluster_off == b->cluster_off &&
+		       a->cluster_size == b->cluster_size;
 	}
+	return false;
+}
+
+/* Can e continue p without changing what either means? Compressed extents are
+ * never joined (copy-on-write segments of the same blob are). */
+static bool vd_extent_joins(const struct vd_extent *p, const struct vd_extent *e)
+{
+	if (p->off + p->len != e->off || p->cow.len || e->cow.len ||
+	    e->src.type == VD_EXT_COMPRESSED)
+		return false;
+	return vd_src_joins(&p->src, p->len, &e->src);
 }
 
 int vd_map_add(struct vd_map *m, const struct vd_extent *e)
@@ -83,23 +97,19 @@ int vd_map_add(struct vd_map *m, const struct vd_extent *e)
 	return 0;
 }
 
-/* Does s read on from where p ends, from the same source? */
-static bool vd_cow_seg_joins(const struct vd_cow_seg *p, const struct vd_cow_seg *s)
+int vd_map_add_data(struct vd_map *m, uint64_t off, uint64_t len, int fd, uint64_t host_off)
 {
-	if (p->type != s->type || p->off + p->len != s->off)
-		return false;
-	switch (s->type) {
-	case VD_EXT_ZERO:
-	case VD_EXT_UNALLOC:
-		return true;
-	case VD_EXT_DATA:
-		return p->fd == s->fd && p->host_off + p->len == s->host_off;
-	case VD_EXT_COMPRESSED:
-		return p->fd == s->fd && p->host_off == s->host_off && p->csize == s->csize &&
-		       p->algo == s->algo && p->cluster_off == s->cluster_off &&
-		       p->cluster_size == s->cluster_size;
-	}
-	return false;
+	struct vd_extent e = {
+	    .off = off, .len = len, .src = {.type = VD_EXT_DATA, .fd = fd, .host_off = host_off}};
+
+	return vd_map_add(m, &e);
+}
+
+int vd_map_add_hole(struct vd_map *m, uint64_t off, uint64_t len, enum vd_ext_type type)
+{
+	struct vd_extent e = {.off = off, .len = len, .src = {.type = type, .fd = -1}};
+
+	return vd_map_add(m, &e);
 }
 
 int vd_cow_add(struct vd_cow *c, const struct vd_cow_seg *s)
@@ -110,7 +120,7 @@ int vd_cow_add(struct vd_cow *c, const struct vd_cow_seg *s)
 		return 0;
 	if (p && s->off < p->off + p->len)
 		return -EINVAL;
-	if (p && vd_cow_seg_joins(p, s)) {
+	if (p && p->off + p->len == s->off && vd_src_joins(&p->src, p->len, &s->src)) {
 		p->len += s->len;
 		return 0;
 	}

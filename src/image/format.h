@@ -23,24 +23,32 @@ enum vd_ext_type {
 
 enum vd_compress { VD_COMPRESS_DEFLATE, VD_COMPRESS_ZSTD };
 
-/* One run of old bytes for a copy-on-write: guest [off, off+len) reads from
- * this source, described like a read extent. */
-struct vd_cow_seg {
-	uint64_t off, len;
-	enum vd_ext_type type; /* DATA (old host copy), ZERO, UNALLOC, COMPRESSED */
-	int fd;
-	uint64_t host_off; /* DATA: host offset of guest byte off; COMPRESSED: the blob */
+/* Where the bytes of one guest run come from, for a read extent and for a
+ * copy-on-write segment alike. */
+struct vd_src {
+	enum vd_ext_type type;
+	int fd;		   /* DATA, COMPRESSED */
+	uint64_t host_off; /* DATA: the run's first byte; COMPRESSED: the blob */
+	/* COMPRESSED only: the blob is csize bytes (may reach past EOF: short reads are fine)
+	 * and inflates to cluster_size bytes holding guest bytes from cluster_off on. */
 	uint32_t csize;
 	enum vd_compress algo;
-	uint64_t cluster_off; /* COMPRESSED: guest offset the inflated cluster starts at */
+	uint64_t cluster_off;
 	uint32_t cluster_size;
+};
+
+/* One run of old bytes for a copy-on-write: guest [off, off+len) reads from
+ * src (DATA: the old host copy, ZERO, UNALLOC, COMPRESSED). */
+struct vd_cow_seg {
+	uint64_t off, len;
+	struct vd_src src;
 };
 
 #define VD_COW_SEGS 4
 
 /* A write that covers only part of a newly placed cluster or block writes the
- * whole [off, off+len) guest range at host_off - (extent off - cow.off) in one
- * I/O: old bytes with the guest's bytes merged in. The old bytes may come from
+ * whole [off, off+len) guest range at src.host_off - (extent off - cow.off) in
+ * one I/O: old bytes with the guest's bytes merged in. The old bytes may come from
  * several sources (an extended-L2 cluster mixes old host data, backing data and
  * zeroes): seg[0..n) are in guest order, do not overlap, lie inside the cow
  * range and together with the extent cover it. Only their bytes outside the
@@ -57,15 +65,7 @@ int vd_cow_add(struct vd_cow *c, const struct vd_cow_seg *s);
 
 struct vd_extent {
 	uint64_t off, len; /* guest range */
-	enum vd_ext_type type;
-	int fd;		   /* DATA, COMPRESSED */
-	uint64_t host_off; /* DATA: host offset of guest byte off; COMPRESSED: start of the blob */
-	/* COMPRESSED only: the blob is csize bytes (may reach past EOF: short reads are fine)
-	 * and inflates to cluster_size bytes holding guest bytes from cluster_off on. */
-	uint32_t csize;
-	enum vd_compress algo;
-	uint64_t cluster_off;
-	uint32_t cluster_size;
+	struct vd_src src;
 	/* Writes only: non-zero cow.len means merge-and-write the whole cow range. */
 	struct vd_cow cow;
 };
@@ -96,6 +96,10 @@ void vd_map_free(struct vd_map *m);
 /* Append an extent (merged with the previous one when contiguous and alike).
  * Returns 0 or -ENOMEM. */
 int vd_map_add(struct vd_map *m, const struct vd_extent *e);
+/* vd_map_add() of guest [off, off+len) stored at fd @ host_off (DATA), and of
+ * a run with no bytes in this layer's files (type ZERO or UNALLOC). */
+int vd_map_add_data(struct vd_map *m, uint64_t off, uint64_t len, int fd, uint64_t host_off);
+int vd_map_add_hole(struct vd_map *m, uint64_t off, uint64_t len, enum vd_ext_type type);
 
 /* What block status reports for a run of guest bytes. */
 enum vd_bs {

@@ -28,16 +28,6 @@ static int data_fd(struct vd_image *img, int fd, const void *buf, uint64_t len, 
 
 /* ---- filling a buffer from one source (used by reads and by COW) ---- */
 
-struct img_src {
-	enum vd_ext_type type;
-	int fd;
-	uint64_t host_off; /* DATA: host offset of guest byte goff; COMPRESSED: the blob */
-	uint32_t csize;
-	enum vd_compress algo;
-	uint64_t cluster_off;
-	uint32_t cluster_size;
-};
-
 struct img_fill {
 	struct vd_image *img;
 	vd_done_fn cb;
@@ -45,7 +35,7 @@ struct img_fill {
 	struct uring_op op;
 	char *dst;
 	uint64_t goff, len;
-	struct img_src src;
+	struct vd_src src;
 	char *blob;
 };
 
@@ -108,7 +98,7 @@ static void fill_backing_done(void *opaque, int err)
 }
 
 /* Read guest bytes [goff, goff+len) of img, which src describes, into dst. */
-static void img_fill(struct vd_image *img, const struct img_src *src, uint64_t goff, char *dst,
+static void img_fill(struct vd_image *img, const struct vd_src *src, uint64_t goff, char *dst,
 		     uint64_t len, vd_done_fn cb, void *opaque)
 {
 	struct img_fill *f;
@@ -223,20 +213,6 @@ static void req_put(struct img_req *r, int err)
 		req_finish(r);
 }
 
-static struct img_src src_from_extent(const struct vd_extent *e)
-{
-	struct img_src s = {
-		.type = e->type,
-		.fd = e->fd,
-		.host_off = e->host_off,
-		.csize = e->csize,
-		.algo = e->algo,
-		.cluster_off = e->cluster_off,
-		.cluster_size = e->cluster_size,
-	};
-	return s;
-}
-
 static void read_part_done(void *opaque, int err)
 {
 	req_put(opaque, err);
@@ -254,7 +230,7 @@ static void cow_fill_done(void *opaque, int err)
 {
 	struct img_part *p = opaque;
 	struct vd_extent *e = p->e;
-	uint64_t head = e->off - e->cow.off;
+	uint64_t head = e->off - e->cow.off, host = e->src.host_off - head;
 
 	if (err && !p->err)
 		p->err = err;
@@ -265,23 +241,15 @@ static void cow_fill_done(void *opaque, int err)
 		return;
 	}
 	memcpy(p->bounce + head, p->req->buf + (e->off - p->req->off), e->len);
-	uring_write(&p->op, data_fd(p->req->img, e->fd, p->bounce, e->cow.len, e->host_off - head),
-		    p->bounce, e->cow.len, e->host_off - head, write_part_done);
+	uring_write(&p->op, data_fd(p->req->img, e->src.fd, p->bounce, e->cow.len, host), p->bounce,
+		    e->cow.len, host, write_part_done);
 }
 
 /* Read guest bytes [from, to) of segment s into their place in the bounce buffer. */
 static void cow_fill(struct img_part *p, const struct vd_cow_seg *s, uint64_t from, uint64_t to)
 {
 	struct vd_extent *e = p->e;
-	struct img_src src = {
-		.type = s->type,
-		.fd = s->fd,
-		.host_off = s->host_off,
-		.csize = s->csize,
-		.algo = s->algo,
-		.cluster_off = s->cluster_off,
-		.cluster_size = s->cluster_size,
-	};
+	struct vd_src src = s->src;
 
 	if (from >= to)
 		return;
@@ -299,8 +267,8 @@ static void write_part_start(struct img_req *r, struct img_part *p)
 
 	if (!e->cow.len) {
 		char *buf = r->buf + (e->off - r->off);
-		uring_write(&p->op, data_fd(r->img, e->fd, buf, e->len, e->host_off), buf, e->len,
-			    e->host_off, write_part_done);
+		uring_write(&p->op, data_fd(r->img, e->src.fd, buf, e->len, e->src.host_off), buf,
+			    e->len, e->src.host_off, write_part_done);
 		return;
 	}
 	if (posix_memalign((void **)&p->bounce, DIO_ALIGN, e->cow.len))
@@ -316,8 +284,8 @@ static void write_part_start(struct img_req *r, struct img_part *p)
 		const struct vd_cow_seg *s = &e->cow.seg[i];
 		uint64_t s_end = s->off + s->len;
 
-		cow_fill(p, s, s->off, s_end < e->off ? s_end : e->off);
-		cow_fill(p, s, s->off > end ? s->off : end, s_end);
+		cow_fill(p, s, s->off, min_u64(s_end, e->off));
+		cow_fill(p, s, max_u64(s->off, end), s_end);
 	}
 	cow_fill_done(p, 0);
 }
@@ -329,7 +297,8 @@ static bool cow_valid(const struct vd_extent *e)
 	const struct vd_cow *c = &e->cow;
 	uint64_t pos = c->off, end = c->off + c->len, eend = e->off + e->len;
 
-	if (c->off > e->off || end < eend || e->host_off < e->off - c->off || c->n > VD_COW_SEGS)
+	if (c->off > e->off || end < eend || e->src.host_off < e->off - c->off ||
+	    c->n > VD_COW_SEGS)
 		return false;
 	for (unsigned i = 0; i <= c->n; i++) {
 		const struct vd_cow_seg *s = i < c->n ? &c->seg[i] : NULL;
@@ -340,7 +309,7 @@ static bool cow_valid(const struct vd_extent *e)
 			return false;
 		if (!s)
 			break;
-		if (!s->len || s->len > end - s->off || s->type > VD_EXT_COMPRESSED)
+		if (!s->len || s->len > end - s->off || s->src.type > VD_EXT_COMPRESSED)
 			return false;
 		pos = s->off + s->len;
 	}
@@ -351,7 +320,7 @@ static bool extent_valid(const struct img_req *r, const struct vd_extent *e, uin
 {
 	if (e->off != expect || !e->len || e->off + e->len > r->off + r->len)
 		return false;
-	if (r->write && e->type != VD_EXT_DATA)
+	if (r->write && e->src.type != VD_EXT_DATA)
 		return false;
 	if (e->cow.len && !cow_valid(e))
 		return false;
@@ -409,7 +378,6 @@ static void req_start(struct img_req *r)
 	for (unsigned i = 0; i < r->map.n; i++) {
 		struct img_part *p = &r->parts[i];
 		struct vd_extent *e = &r->map.ext[i];
-		struct img_src src;
 
 		p->req = r;
 		p->e = e;
@@ -417,8 +385,7 @@ static void req_start(struct img_req *r)
 		if (r->write) {
 			write_part_start(r, p);
 		} else {
-			src = src_from_extent(e);
-			img_fill(img, &src, e->off, r->buf + (e->off - r->off), e->len,
+			img_fill(img, &e->src, e->off, r->buf + (e->off - r->off), e->len,
 				 read_part_done, r);
 		}
 	}

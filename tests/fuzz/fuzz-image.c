@@ -41,6 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/endian.h"
 #include "image/format.h"
 #include "image/image.h"
 #include "util/log.h"
@@ -162,7 +163,7 @@ static int fix_parent_guid(const char *path)
 			break;
 		}
 		memcpy(h + 32, fuzz_parent_guid, 16);
-		vhdx_put32(h + 4, vhdx_checksum(h, sizeof(h), 4));
+		put_le32(h + 4, vhdx_checksum(h, sizeof(h), 4));
 		if (pwrite(fd, h, sizeof(h), off) != sizeof(h))
 			ret = -EIO;
 	}
@@ -213,11 +214,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	return ret ? 1 : 0;
 }
 
-static uint32_t get_le32(const uint8_t *p)
-{
-	return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 /* Write the input (plain or packed) to fd. */
 static int write_input(int fd, const uint8_t *data, size_t size)
 {
@@ -249,9 +245,8 @@ static void fix_crc(int fd, uint64_t off, uint32_t len, const char *sig)
 {
 	uint8_t *b = malloc(len);
 
-	if (b && pread(fd, b, len, off) == (ssize_t)len && !memcmp(b, sig, 4) &&
-	    vhdx_get32(b + 4)) {
-		vhdx_put32(b + 4, vhdx_checksum(b, len, 4));
+	if (b && pread(fd, b, len, off) == (ssize_t)len && !memcmp(b, sig, 4) && get_le32(b + 4)) {
+		put_le32(b + 4, vhdx_checksum(b, len, 4));
 		if (pwrite(fd, b + 4, 4, off + 4) != 4)
 			abort();
 	}
@@ -267,8 +262,8 @@ static void fix_log_crcs(int fd, uint64_t hdr_off)
 
 	if (pread(fd, h, sizeof(h), hdr_off) != sizeof(h) || memcmp(h, "head", 4))
 		return;
-	log_len = vhdx_get32(h + 68);
-	log_off = vhdx_get64(h + 72);
+	log_len = get_le32(h + 68);
+	log_off = get_le64(h + 72);
 	if (log_len > MAX_FILE || log_off > MAX_FILE)
 		return;
 	for (uint64_t p = 0; p + VHDX_LOG_SECTOR <= log_len; p += VHDX_LOG_SECTOR) {
@@ -283,7 +278,7 @@ static void fix_log_crcs(int fd, uint64_t hdr_off)
 		}
 		if (pread(fd, e, sizeof(e), log_off + p) != sizeof(e) || memcmp(e, "loge", 4))
 			continue;
-		len = vhdx_get32(e + 8);
+		len = get_le32(e + 8);
 		if (len && len % VHDX_LOG_SECTOR == 0 && len <= log_len - p)
 			fix_crc(fd, log_off + p, len, "loge");
 	}
@@ -310,9 +305,8 @@ static void qcow2_link_backing(int fd, char *lnk, size_t lnklen)
 	lnk[0] = 0;
 	if (pread(fd, h, sizeof(h), 0) != sizeof(h) || memcmp(h, "QFI\xfb", 4))
 		return;
-	off = (uint64_t)__builtin_bswap32(get_le32(h + 8)) << 32 |
-	      __builtin_bswap32(get_le32(h + 12));
-	len = __builtin_bswap32(get_le32(h + 16));
+	off = get_be64(h + 8);
+	len = get_be32(h + 16);
 	if (!len || len >= sizeof(name) || off > MAX_FILE ||
 	    pread(fd, name, len, off) != (ssize_t)len)
 		return;

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "util/endian.h"
 #include "util/log.h"
 #include "io/fault.h"
 #include "vhdx-fixture.h"
@@ -576,8 +577,8 @@ static char *run_digest(const struct sweep *s)
 		fx_pread(p, hdr, sizeof(hdr), fx_current_header(p));
 		skip[0][0] = VHDX_HEADER1_OFF;
 		skip[0][1] = VHDX_RT1_OFF;
-		skip[1][0] = vhdx_get64(hdr + 72);
-		skip[1][1] = skip[1][0] + vhdx_get32(hdr + 68);
+		skip[1][0] = get_le64(hdr + 72);
+		skip[1][1] = skip[1][0] + get_le32(hdr + 68);
 	}
 	while ((data = lseek(fd, data, SEEK_DATA)) >= 0) {
 		hole = lseek(fd, data, SEEK_HOLE);

@@ -65,12 +65,12 @@ static void mixed_cow(struct vd_cow *c, uint64_t u)
 {
 	uint64_t b = u * U;
 	struct vd_cow_seg s[4] = {
-		{.off = b, .len = MIXED_A, .type = VD_EXT_DATA, .fd = host_fd,
-		 .host_off = unit_host(15)},
-		{.off = b + MIXED_A, .len = MIXED_B - MIXED_A, .type = VD_EXT_ZERO},
-		{.off = b + MIXED_B, .len = MIXED_C - MIXED_B, .type = VD_EXT_UNALLOC},
-		{.off = b + MIXED_C, .len = U - MIXED_C, .type = VD_EXT_DATA, .fd = host_fd,
-		 .host_off = unit_host(14) + 100},
+		{.off = b, .len = MIXED_A, .src.type = VD_EXT_DATA, .src.fd = host_fd,
+		 .src.host_off = unit_host(15)},
+		{.off = b + MIXED_A, .len = MIXED_B - MIXED_A, .src.type = VD_EXT_ZERO},
+		{.off = b + MIXED_B, .len = MIXED_C - MIXED_B, .src.type = VD_EXT_UNALLOC},
+		{.off = b + MIXED_C, .len = U - MIXED_C, .src.type = VD_EXT_DATA, .src.fd = host_fd,
+		 .src.host_off = unit_host(14) + 100},
 	};
 
 	*c = (struct vd_cow){.off = b, .len = U};
@@ -84,9 +84,9 @@ static void bad_cow(struct vd_extent *e)
 {
 	e->cow = (struct vd_cow){
 		.off = e->off, .len = e->len + 1, .n = 1,
-		.seg = {{.off = e->off + e->len, .len = 1, .type = VD_EXT_COMPRESSED,
-			 .fd = host_fd, .csize = 512, .cluster_off = e->off + e->len + 1,
-			 .cluster_size = U}}};
+		.seg = {{.off = e->off + e->len, .len = 1, .src.type = VD_EXT_COMPRESSED,
+			 .src.fd = host_fd, .src.csize = 512,
+			 .src.cluster_off = e->off + e->len + 1, .src.cluster_size = U}}};
 }
 
 static void *wake_main(void *arg)
@@ -124,7 +124,7 @@ static int fake_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned f
 		    struct vd_map *m)
 {
 	if (fake.bad_map) {
-		struct vd_extent e = {.off = off + 1, .len = len - 1, .type = VD_EXT_ZERO};
+		struct vd_extent e = {.off = off + 1, .len = len - 1, .src.type = VD_EXT_ZERO};
 		return vd_map_add(m, &e);
 	}
 	if (flags & VD_MAP_WRITE) {
@@ -134,10 +134,11 @@ static int fake_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned f
 	}
 	while (len) {
 		uint64_t u = off / U, n = MIN(len, (u + 1) * U - off);
-		struct vd_extent e = {.off = off, .len = n, .type = unit_type(u), .fd = host_fd,
-				      .host_off = unit_host(u) + off % U};
+		struct vd_extent e = {.off = off, .len = n,
+				      .src = {.type = unit_type(u), .fd = host_fd,
+					      .host_off = unit_host(u) + off % U}};
 		if (flags & VD_MAP_WRITE) {
-			e.type = VD_EXT_DATA;
+			e.src.type = VD_EXT_DATA;
 			if (fake.bad_cow.len)
 				e.cow = fake.bad_cow;
 			else if (fake.mixed_cow && n < U)
@@ -145,8 +146,8 @@ static int fake_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned f
 			else if (n < U)
 				e.cow = (struct vd_cow){
 					.off = u * U, .len = U, .n = 1,
-					.seg = {{.off = u * U, .len = U, .type = unit_type(u),
-						 .fd = host_fd, .host_off = unit_host(u)}}};
+					.seg = {{.off = u * U, .len = U, .src.type = unit_type(u),
+						 .src.fd = host_fd, .src.host_off = unit_host(u)}}};
 			if (m->n + 1 == fake.bad_ext)
 				bad_cow(&e);
 		}
@@ -308,7 +309,7 @@ static void test_cow_mixed_sources(void)
 	char data[700], host[VSIZE], back[BSIZE], base[U], want[U], buf[U];
 	uint64_t u = 6, w = 2000; /* unit 6 is backed: the backing part is real data */
 	struct vd_cow c = {.off = 0, .len = U};
-	struct vd_cow_seg s = {.off = 0, .len = 10, .type = VD_EXT_ZERO};
+	struct vd_cow_seg s = {.off = 0, .len = 10, .src.type = VD_EXT_ZERO};
 	static const uint64_t one[] = {MIXED_C, U - 1, 0, MIXED_A};
 
 	setup_images();
@@ -348,11 +349,11 @@ static void test_cow_mixed_sources(void)
 	g_assert_cmpint(vd_cow_add(&c, &s), ==, -EINVAL);
 	for (int i = 0; i < VD_COW_SEGS - 1; i++) {
 		s.off = 100 + 10 * i;
-		s.type = i % 2 ? VD_EXT_ZERO : VD_EXT_UNALLOC;
+		s.src.type = i % 2 ? VD_EXT_ZERO : VD_EXT_UNALLOC;
 		g_assert_cmpint(vd_cow_add(&c, &s), ==, 0);
 	}
 	s.off = 1000;
-	s.type = VD_EXT_ZERO;
+	s.src.type = VD_EXT_ZERO;
 	g_assert_cmpint(vd_cow_add(&c, &s), ==, -EINVAL);
 }
 
@@ -363,21 +364,22 @@ static void test_cow_invalid(void)
 	static const struct vd_cow bad[] = {
 		/* no source for [0, 100) */
 		{.off = 0, .len = U, .n = 1, .seg = {{.off = 100, .len = U - 100,
-						      .type = VD_EXT_ZERO}}},
+						      .src.type = VD_EXT_ZERO}}},
 		/* a gap after the write */
-		{.off = 0, .len = U, .n = 2, .seg = {{.off = 0, .len = 2000, .type = VD_EXT_ZERO},
-						     {.off = 3000, .len = U - 3000,
-						      .type = VD_EXT_ZERO}}},
+		{.off = 0, .len = U, .n = 2,
+		 .seg = {{.off = 0, .len = 2000, .src.type = VD_EXT_ZERO},
+			 {.off = 3000, .len = U - 3000, .src.type = VD_EXT_ZERO}}},
 		/* overlapping */
-		{.off = 0, .len = U, .n = 2, .seg = {{.off = 0, .len = 2000, .type = VD_EXT_ZERO},
-						     {.off = 1000, .len = U - 1000,
-						      .type = VD_EXT_ZERO}}},
+		{.off = 0, .len = U, .n = 2,
+		 .seg = {{.off = 0, .len = 2000, .src.type = VD_EXT_ZERO},
+			 {.off = 1000, .len = U - 1000, .src.type = VD_EXT_ZERO}}},
 		/* past the cow range */
 		{.off = 0, .len = U, .n = 1, .seg = {{.off = 0, .len = U + 1,
-						      .type = VD_EXT_ZERO}}},
+						      .src.type = VD_EXT_ZERO}}},
 		/* an empty segment, and too many */
-		{.off = 0, .len = U, .n = 2, .seg = {{.off = 0, .len = 0, .type = VD_EXT_ZERO},
-						     {.off = 0, .len = U, .type = VD_EXT_ZERO}}},
+		{.off = 0, .len = U, .n = 2,
+		 .seg = {{.off = 0, .len = 0, .src.type = VD_EXT_ZERO},
+			 {.off = 0, .len = U, .src.type = VD_EXT_ZERO}}},
 		{.off = 0, .len = U, .n = VD_COW_SEGS + 1},
 	};
 	char data[10] = {0};
@@ -394,8 +396,8 @@ static void test_cow_invalid(void)
 	setup_images();
 	fake.bad_cow = (struct vd_cow){
 		.off = 0, .len = U, .n = 2,
-		.seg = {{.off = 0, .len = 2501, .type = VD_EXT_ZERO},
-			{.off = 2509, .len = U - 2509, .type = VD_EXT_ZERO}}};
+		.seg = {{.off = 0, .len = 2501, .src.type = VD_EXT_ZERO},
+			{.off = 2509, .len = U - 2509, .src.type = VD_EXT_ZERO}}};
 	g_assert_cmpint(image_pwrite_wait(img, data, sizeof(data), 2500), ==, 0);
 	teardown_images();
 }
@@ -626,8 +628,8 @@ static void test_fsync_inline(void)
 static int flat_map(struct vd_image *im, uint64_t off, uint64_t len, unsigned flags,
 		    struct vd_map *m)
 {
-	struct vd_extent e = {.off = off, .len = len, .type = VD_EXT_DATA, .fd = im->fd,
-			      .host_off = off};
+	struct vd_extent e = {.off = off, .len = len, .src.type = VD_EXT_DATA, .src.fd = im->fd,
+			      .src.host_off = off};
 
 	if (flags & VD_MAP_WRITE) {
 		int ret = fake_map_write_gate(m);

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "util/endian.h"
+#include "util/compiler.h"
 #include "util/log.h"
 
 #include "vhdx-fixture.h"
@@ -157,7 +159,7 @@ static void test_identical_headers(void)
 	compare_whole(p);
 	/* Same sequence number but different contents: refused. */
 	h[200] ^= 1;
-	vhdx_put32(h + 4, vhdx_checksum(h, sizeof(h), 4));
+	put_le32(h + 4, vhdx_checksum(h, sizeof(h), 4));
 	fx_pwrite(p, h, sizeof(h), VHDX_HEADER2_OFF);
 	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
 	g_free(p);
@@ -181,13 +183,13 @@ static void add_region(const char *p, bool required)
 	uint32_t n;
 
 	fx_pread(p, rt, sizeof(rt), VHDX_RT1_OFF);
-	n = vhdx_get32(rt + 8);
+	n = get_le32(rt + 8);
 	memset(rt + 16 + 32 * n, 0x7e, 16);
-	vhdx_put64(rt + 16 + 32 * n + 16, 100ull << 20);
-	vhdx_put32(rt + 16 + 32 * n + 24, 1 << 20);
-	vhdx_put32(rt + 16 + 32 * n + 28, required);
-	vhdx_put32(rt + 8, n + 1);
-	vhdx_put32(rt + 4, vhdx_checksum(rt, sizeof(rt), 4));
+	put_le64(rt + 16 + 32 * n + 16, 100ull << 20);
+	put_le32(rt + 16 + 32 * n + 24, 1 << 20);
+	put_le32(rt + 16 + 32 * n + 28, required);
+	put_le32(rt + 8, n + 1);
+	put_le32(rt + 4, vhdx_checksum(rt, sizeof(rt), 4));
 	fx_pwrite(p, rt, sizeof(rt), VHDX_RT1_OFF);
 }
 
@@ -212,12 +214,12 @@ static void add_meta_item(const char *p, uint32_t flags)
 	uint16_t n;
 
 	fx_pread(p, t, sizeof(t), meta);
-	n = vhdx_get16(t + 10);
+	n = get_le16(t + 10);
 	memset(t + 32 + 32 * n, 0x5c, 16);
-	vhdx_put32(t + 32 + 32 * n + 16, 128 << 10);
-	vhdx_put32(t + 32 + 32 * n + 20, 8);
-	vhdx_put32(t + 32 + 32 * n + 24, flags);
-	vhdx_put16(t + 10, n + 1);
+	put_le32(t + 32 + 32 * n + 16, 128 << 10);
+	put_le32(t + 32 + 32 * n + 20, 8);
+	put_le32(t + 32 + 32 * n + 24, flags);
+	put_le16(t + 10, n + 1);
 	fx_pwrite(p, t, sizeof(t), meta);
 }
 
@@ -257,7 +259,7 @@ static void test_bad_params(void)
 
 		g_snprintf(name, sizeof(name), "bp%u.vhdx", i);
 		p = qemu_image(name, "block_size=1M", "8M", NULL);
-		vhdx_put32(v, cases[i].val);
+		put_le32(v, cases[i].val);
 		fx_pwrite(p, v, 4, fx_meta_item(p, cases[i].guid) + cases[i].off);
 		g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
 		g_free(p);
@@ -275,19 +277,19 @@ static void test_bat_past_eof(void)
 
 	/* A block pointing into the log, then one past the end of the file. */
 	fx_pread(p, e, 8, bat);
-	vhdx_put64(e, (1ull << 20) | VHDX_BAT_FULLY_PRESENT);
+	put_le64(e, (1ull << 20) | VHDX_BAT_FULLY_PRESENT);
 	fx_pwrite(p, e, 8, bat);
 	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
 	g_assert_cmpint(stat(p, &st), ==, 0);
-	vhdx_put64(e, vhdx_align_up(st.st_size + 1, 1 << 20) | VHDX_BAT_FULLY_PRESENT);
+	put_le64(e, ALIGN_UP((uint64_t)(st.st_size + 1), 1 << 20) | VHDX_BAT_FULLY_PRESENT);
 	fx_pwrite(p, e, 8, bat);
 	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
 	/* Reserved bits. */
-	vhdx_put64(e, VHDX_BAT_ZERO | 0x100);
+	put_le64(e, VHDX_BAT_ZERO | 0x100);
 	fx_pwrite(p, e, 8, bat);
 	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
 	/* Truncated file: the second block is cut off. */
-	vhdx_put64(e, VHDX_BAT_ZERO);
+	put_le64(e, VHDX_BAT_ZERO);
 	fx_pwrite(p, e, 8, bat);
 	g_assert_cmpint(truncate(p, st.st_size - (3 << 20)), ==, 0);
 	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
@@ -326,13 +328,13 @@ static char *dirty_image(void)
 	/* The second write's entry follows the first one in the ring. */
 	for (uint64_t off = 0;; off += 4096) {
 		g_assert_cmpuint(off, <, 1 << 20);
-		fx_pread(p, log, sizeof(log), vhdx_get64(hdr + 72) + off);
-		if (!memcmp(log, "loge", 4) && vhdx_get64(log + 16) == 2)
+		fx_pread(p, log, sizeof(log), get_le64(hdr + 72) + off);
+		if (!memcmp(log, "loge", 4) && get_le64(log + 16) == 2)
 			break;
 	}
 	memcpy(hdr + 48, log + 32, 16); /* LogGuid of that entry */
-	vhdx_put64(hdr + 8, vhdx_get64(hdr + 8) + 1);
-	vhdx_put32(hdr + 4, vhdx_checksum(hdr, sizeof(hdr), 4));
+	put_le64(hdr + 8, get_le64(hdr + 8) + 1);
+	put_le32(hdr + 4, vhdx_checksum(hdr, sizeof(hdr), 4));
 	fx_pwrite(p, hdr, sizeof(hdr), h == VHDX_HEADER1_OFF ? VHDX_HEADER2_OFF : VHDX_HEADER1_OFF);
 	fx_pwrite(p, page, sizeof(page), bat);
 	return p;
@@ -402,7 +404,7 @@ static void log_image(struct log_image *li, const char *name)
 	li->bat = fx_region(li->path, vhdx_guid_bat.b);
 	li->meta = fx_region(li->path, vhdx_guid_meta.b);
 	fx_pread(li->path, hdr, sizeof(hdr), fx_current_header(li->path));
-	li->log = vhdx_get64(hdr + 72);
+	li->log = get_le64(hdr + 72);
 }
 
 /* The offsets of the image log_image() copies (no copy kept). */
@@ -526,10 +528,10 @@ static void test_log_extends_file(void)
 	char *raw;
 
 	fx_pread(p, page, sizeof(page), bat);
-	blk = VHDX_BAT_OFF(vhdx_get64(page + 5 * 8));
+	blk = VHDX_BAT_OFF(get_le64(page + 5 * 8));
 	g_assert_cmpuint(blk + (1 << 20), ==, file_size(p));
 	memcpy(old, page, sizeof(old));
-	vhdx_put64(old + 5 * 8, VHDX_BAT_ZERO);
+	put_le64(old + 5 * 8, VHDX_BAT_ZERO);
 	fx_pwrite(p, old, sizeof(old), bat);
 	g_assert_cmpint(truncate(p, blk + 4096), ==, 0);
 	d[0] = (struct fx_log_desc){.off = bat, .data = page};
@@ -558,7 +560,7 @@ static void test_log_limit(void)
 
 	fx_pread(p, hdr, sizeof(hdr), h);
 	memset(hdr + 48, 0x4c, 16); /* a LogGuid: the log must be replayed */
-	vhdx_put32(hdr + 4, vhdx_checksum(hdr, sizeof(hdr), 4));
+	put_le32(hdr + 4, vhdx_checksum(hdr, sizeof(hdr), 4));
 	fx_pwrite(p, hdr, sizeof(hdr), h);
 	g_assert_cmpint(fx_open(p, false, &img), ==, -ENOTSUP);
 	g_assert_nonnull(strstr(vd_log_last_error(), "larger than the limit of 1024 MiB"));
@@ -573,7 +575,7 @@ static void test_4k_patched(void)
 	uint8_t v[4], *buf = g_malloc(3 << 20), *back = g_malloc(3 << 20);
 	struct vd_image *img;
 
-	vhdx_put32(v, 4096);
+	put_le32(v, 4096);
 	fx_pwrite(p, v, 4, fx_meta_item(p, vhdx_guid_lss.b));
 	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
 	g_assert_cmpuint(img->zero_align, ==, 4096);
