@@ -80,7 +80,7 @@ void xattr_list(fuse_req_t req, struct vnode *n, size_t size);
 void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *value,
 	       size_t size, int flags);
 /* Everything about one image as a JSON object (used by .info and the control file). */
-void image_info_json(struct vnode *n, struct json_writer *j, bool mirror);
+void view_info_json(struct vnode *n, struct json_writer *j, bool mirror);
 /* After a verb on the view: remember why it was refused (err < 0: the
  * thread's last logged error, or strerror), or forget it (err == 0). */
 void vnode_note_verb(struct vnode *n, int err);
