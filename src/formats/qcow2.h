@@ -132,6 +132,20 @@ struct qcow2_bitmap {
 	uint64_t *bits;	 /* enabled kept bitmaps of a writable image: whole table clusters */
 };
 
+/*
+ * Locking (docs/design.md "Locks"; docs/qcow2.md "Locking and tickets"): one
+ * mutex, lock, guards everything that changes after open. Every operation on
+ * an open image takes it (info only around the bitmaps); the helpers in
+ * qcow2-*.c run under it, or in open before the image is shared. Metadata
+ * I/O is synchronous under it, data I/O never is, and waiters are woken only
+ * after it is dropped. It is a leaf: nothing else is locked while it is held
+ * (the I/O log's own lock aside, when armed); truncate drops it while the
+ * generic path writes zeroes (see resizing).
+ *
+ * Fixed after open: set by qcow2_open() (the dirty bit in incompat is cleared
+ * by the refcount rebuild there) and read without the lock; but size (truncate)
+ * and autoclear (qcow2_prepare_write()) are under lock.
+ */
 struct qcow2 {
 	struct vd_image *img;
 	pthread_mutex_t lock;
@@ -150,6 +164,8 @@ struct qcow2 {
 	uint64_t csize_mask, coff_mask;
 	bool has_backing;
 
+	/* Under lock from here on, unless marked fixed. The L1 table moves and
+	 * grows with truncate, the refcount table with allocation. */
 	uint64_t l1_offset;
 	uint32_t l1_size;
 	uint64_t *l1;	  /* host order */
@@ -160,10 +176,15 @@ struct qcow2 {
 	uint64_t rt_entries;
 	uint64_t *rt; /* host order */
 
+	/* Fixed after open: snapshots are read, never written. */
 	uint32_t nb_snapshots;
 	uint64_t snapshots_offset, snapshots_bytes;
 	struct qcow2_snapshot *snaps;
 
+	/* has_bitmaps, nb_bitmaps, bm_dir_size, bm_ext_off and the bms array
+	 * itself are fixed after open; the directory (bm_dir, bm_dir_offset)
+	 * and each bitmap's flags, table and bits are under lock (storing
+	 * rewrites them). */
 	bool has_bitmaps;
 	uint32_t nb_bitmaps;
 	uint64_t bm_dir_offset, bm_dir_size;
@@ -171,6 +192,7 @@ struct qcow2 {
 	uint8_t *bm_dir;
 	struct qcow2_bitmap *bms;
 
+	/* Allocation and write state: under lock. */
 	bool write_ready; /* autoclear bits handled for writing */
 	bool resizing;	  /* a truncate runs (it drops the lock while zeroing) */
 	uint64_t host_end; /* clusters: everything at or past is never-written host space */
@@ -188,6 +210,9 @@ struct qcow2 {
 	bool alloc_known;
 	uint64_t alloc_bytes;
 
+	/* Under lock: both caches, the tickets on both lists (and the waiters
+	 * queued on them), the deferred frees. A ticket taken off its list by
+	 * complete() belongs to the completing thread. */
 	struct qcow2_cache l2c, rbc;
 	struct qcow2_ticket *inflight; /* writes: their clusters and COW sources */
 	struct qcow2_ticket *readers;  /* reads: the host bytes they read */

@@ -89,11 +89,21 @@ struct vhdx_ticket {
 	struct vhdx_tblock b[];
 };
 
+/*
+ * Locking (docs/design.md "Locks"): one mutex, lock, guards everything that
+ * changes after open, as in qcow2. map, complete, discard, block status,
+ * allocated, flush, finish and close take it; metadata I/O (BAT and sector
+ * bitmap pages, the log, headers) is synchronous under it; waiters are woken
+ * only after it is dropped. It is a leaf (the I/O log's own lock aside, when
+ * armed). Fields are fixed after open (set by vhdx_open(), read without the
+ * lock) unless a comment says "under lock".
+ */
 struct vhdx {
 	struct vd_image *img;
 	pthread_mutex_t lock;
 
-	/* headers */
+	/* headers: under lock (rewritten at the session's first write, when the
+	 * log starts and at close); replayed is fixed */
 	uint8_t hdr_raw[VHDX_HEADER_SIZE]; /* the current header as on disk */
 	struct vhdx_header hdr;
 	int hdr_slot;			    /* 0: header 1 current, 1: header 2 */
@@ -121,7 +131,8 @@ struct vhdx {
 	uint64_t chunk_ratio;
 	uint32_t spb; /* sectors per block */
 
-	/* BAT, whole in memory (host order), dirty 4 KiB pages */
+	/* BAT, whole in memory (host order), dirty 4 KiB pages. The arrays and
+	 * bat_entries are fixed; their contents and the rest under lock. */
 	uint64_t *bat;
 	uint64_t bat_entries; /* in memory (whole pages) */
 	uint8_t *bat_dirty;
@@ -131,14 +142,15 @@ struct vhdx {
 	bool alloc_known;
 	uint64_t alloc_bytes;
 
-	/* sector bitmaps */
+	/* sector bitmaps: the array is fixed, each chunk's bits and dirty
+	 * flags (loaded on demand) under lock */
 	struct vhdx_sb *sb;
 
-	/* allocation and writes in flight */
+	/* allocation and writes in flight: under lock */
 	uint64_t file_end; /* next free 1 MiB-aligned offset */
 	GHashTable *inflight; /* block + 1 -> struct vhdx_ticket */
 
-	/* log writer */
+	/* log writer: under lock */
 	bool log_active; /* LogGuid set in the header this session */
 	uint64_t log_seq, log_head;
 };

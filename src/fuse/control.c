@@ -14,7 +14,7 @@ static void status_image(struct vnode *n, void *opaque)
 	struct json_writer *j = opaque;
 
 	json_begin_object(j, NULL);
-	image_info_json(n, j, true); /* root and the owner only */
+	view_info_json(n, j, true); /* root and the owner only */
 	json_end_object(j);
 }
 

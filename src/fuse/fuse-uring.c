@@ -72,44 +72,81 @@ struct furing_cmd_req {
 
 struct furing_owner;
 
+/* One ring entry: a request buffer registered with the kernel for queue qid.
+ * hdr, payload, iov, qid, idx and owner are set by furing_prepare() and never
+ * changed. What the buffers hold passes from hand to hand: the kernel fills them
+ * (between a REGISTER or COMMIT_AND_FETCH and its completion), the owner's
+ * thread processes the request, whichever thread answers it writes the reply
+ * into them (furing_writev()), and only the owner's thread submits op, on its
+ * own ring (directly, or handed over through owner->pending). */
 struct furing_ent {
 	struct uring_op op;
 	struct furing_req_header *hdr;
-	char *payload; /* page-aligned, furing_payload_sz bytes */
+	char *payload; /* page-aligned, furing.payload_sz bytes */
 	struct iovec iov[2];
 	uint16_t qid;
-	unsigned idx;	  /* in furing_uniques */
+	unsigned idx; /* in furing.uniques */
 	struct furing_owner *owner;
-	struct furing_ent *next_commit;
+	struct furing_ent *next_commit; /* on owner->pending: under owner->lock */
 };
 
 /* One per event-loop thread: commits other threads hand it, so that an
  * entry's next request comes back to the thread that registered it. */
 struct furing_owner {
-	pthread_mutex_t lock;
-	struct furing_ent *pending;
-	int efd;
-	struct uring_op poll;
+	pthread_mutex_t lock;	    /* guards pending only; a leaf */
+	struct furing_ent *pending; /* replied entries to commit, pushed by other threads */
+	int efd;		    /* wakes the owner; set by furing_prepare() */
+	struct uring_op poll;	    /* the owner thread's own */
 };
 
-static struct fuse_session *furing_se;
-static enum furing_mode furing_mode = FURING_AUTO;
-static bool furing_on; /* INIT asked the kernel for the ring */
-static uint64_t init_unique;
-static bool init_offered;
-static unsigned furing_nqueues, furing_nthreads;
-static size_t furing_payload_sz;
-static struct furing_ent *furing_ents;
-static _Atomic uint64_t *furing_uniques; /* request in each entry, 0 when free */
-static struct furing_owner *furing_owners;
-static char *furing_mem;
-static size_t furing_mem_sz;
+/*
+ * The ring's state, in three lifetimes. Everything here is written on the
+ * main thread before the loop threads are created (loop_run(): furing_setup(),
+ * the INIT exchange answered synchronously in loop_init(), then
+ * furing_prepare()), and only read afterwards, by every thread, without a
+ * lock: pthread_create() orders the writes before the loop threads' reads.
+ * (The notify thread starts earlier, but reaches the writev hook only with
+ * notices that loop threads hand it through its lock.) The exception is
+ * uniques, whose elements are atomics.
+ */
+static struct {
+	/* furing_setup(), before the first request. */
+	struct fuse_session *se;
+	enum furing_mode mode;
+
+	/* The INIT exchange. furing_read() notes INIT's unique and whether the
+	 * kernel offered the ring; the writev hook amends INIT's reply and sets
+	 * on. Loop threads run furing_read() on every request from /dev/fuse too,
+	 * but the kernel sends INIT only once, before they exist. */
+	uint64_t init_unique;
+	bool init_offered;
+	bool on; /* INIT asked the kernel for the ring */
+
+	/* furing_prepare(), after INIT; set only when on. */
+	unsigned nqueues, nthreads;
+	size_t payload_sz;
+	struct furing_ent *ents;     /* nqueues * FURING_DEPTH */
+	struct furing_owner *owners; /* nthreads */
+	char *mem;		     /* every entry's payload, one mapping (never unmapped) */
+	size_t mem_sz;
+	/* The request in each entry, 0 when free: stored (release) by the
+	 * thread that receives a request and cleared by the one that replies;
+	 * furing_find() scans them (acquire) from any thread. */
+	_Atomic uint64_t *uniques;
+} furing = {.mode = FURING_AUTO};
+
+/* Per thread. my_owner: this loop thread's owner, NULL on other threads (the
+ * mirror copier, which answers guest writes it resumed): a reply from there
+ * goes to the entry's owner through its pending list and eventfd. cur_ent: the
+ * entry whose request this thread is processing right now (set around
+ * fuse_session_process_buf()), so that a reply made inside the handler finds
+ * its entry without a scan and furing_req_payload() knows the payload. */
 static __thread struct furing_owner *my_owner;
 static __thread struct furing_ent *cur_ent;
 
 bool furing_active(void)
 {
-	return furing_on;
+	return furing.on;
 }
 
 void *furing_req_payload(void)
@@ -128,8 +165,9 @@ static void furing_inspect(const void *buf, size_t len)
 	if (len < sizeof(*in) + offsetof(struct fuse_init_in, flags2) + 4 ||
 	    in->opcode != FURING_FUSE_INIT)
 		return;
-	init_unique = in->unique;
-	init_offered = (arg->flags & FURING_INIT_EXT) && (arg->flags2 & FURING_INIT_OVER_URING);
+	furing.init_unique = in->unique;
+	furing.init_offered =
+	    (arg->flags & FURING_INIT_EXT) && (arg->flags2 & FURING_INIT_OVER_URING);
 }
 
 static void furing_patch_init(struct iovec *iov, int count)
@@ -139,11 +177,11 @@ static void furing_patch_init(struct iovec *iov, int count)
 	if (count < 2 || iov[1].iov_len < offsetof(struct fuse_init_out, flags2) + 4)
 		return;
 	out = iov[1].iov_base;
-	if (furing_mode == FURING_OFF || !init_offered)
+	if (furing.mode == FURING_OFF || !furing.init_offered)
 		return;
 	out->flags |= FURING_INIT_EXT;
 	out->flags2 |= FURING_INIT_OVER_URING;
-	furing_on = true;
+	furing.on = true;
 }
 
 /* ---- requests ---- */
@@ -154,7 +192,7 @@ static void furing_submit(struct furing_ent *e, uint32_t cmd_op, uint64_t commit
 {
 	struct furing_cmd_req req = {.commit_id = commit_id, .qid = e->qid};
 
-	uring_cmd(&e->op, fuse_session_fd(furing_se), cmd_op, e->iov, 2, &req, sizeof(req),
+	uring_cmd(&e->op, fuse_session_fd(furing.se), cmd_op, e->iov, 2, &req, sizeof(req),
 		  furing_on_request);
 }
 
@@ -177,7 +215,7 @@ static void furing_on_request(struct uring_op *op, int res)
 	if (loop_stopping())
 		return; /* shutting down: the kernel ends it with the connection */
 	if (in->len < sizeof(*in) + psz || in->len - sizeof(*in) - psz > FURING_OP_SZ ||
-	    psz > furing_payload_sz) {
+	    psz > furing.payload_sz) {
 		vd_err("fuse ring: malformed request (len %u, payload %u)", in->len, psz);
 		return;
 	}
@@ -185,11 +223,11 @@ static void furing_on_request(struct uring_op *op, int res)
 	start = e->payload - opsz - sizeof(*in);
 	memcpy(start, in, sizeof(*in));
 	memcpy(start + sizeof(*in), e->hdr->op_in, opsz);
-	atomic_store_explicit(&furing_uniques[e->idx], in->unique, memory_order_release);
+	atomic_store_explicit(&furing.uniques[e->idx], in->unique, memory_order_release);
 	buf.mem = start;
 	buf.size = in->len;
 	cur_ent = e;
-	fuse_session_process_buf(furing_se, &buf);
+	fuse_session_process_buf(furing.se, &buf);
 	cur_ent = saved;
 }
 
@@ -199,12 +237,12 @@ static struct furing_ent *furing_find(uint64_t unique)
 
 	if (!unique)
 		return NULL;
-	if (cur_ent && atomic_load_explicit(&furing_uniques[cur_ent->idx],
+	if (cur_ent && atomic_load_explicit(&furing.uniques[cur_ent->idx],
 					    memory_order_acquire) == unique)
 		return cur_ent;
-	for (i = 0; i < furing_nqueues * FURING_DEPTH; i++)
-		if (atomic_load_explicit(&furing_uniques[i], memory_order_acquire) == unique)
-			return &furing_ents[i];
+	for (i = 0; i < furing.nqueues * FURING_DEPTH; i++)
+		if (atomic_load_explicit(&furing.uniques[i], memory_order_acquire) == unique)
+			return &furing.ents[i];
 	return NULL;
 }
 
@@ -240,15 +278,15 @@ static ssize_t furing_writev(int fd, struct iovec *iov, int count, void *userdat
 
 	if (count < 1 || iov[0].iov_len < sizeof(*oh))
 		return writev(fd, iov, count);
-	e = furing_on ? furing_find(oh->unique) : NULL;
+	e = furing.on ? furing_find(oh->unique) : NULL;
 	if (!e) {
-		if (oh->unique && oh->unique == init_unique)
+		if (oh->unique && oh->unique == furing.init_unique)
 			furing_patch_init(iov, count);
 		return writev(fd, iov, count);
 	}
 	for (i = 1; i < count; i++)
 		total += iov[i].iov_len;
-	if (total - sizeof(*oh) > furing_payload_sz) {
+	if (total - sizeof(*oh) > furing.payload_sz) {
 		/* Cannot happen with libfuse's limits; answer EIO rather than hang. */
 		vd_err("fuse ring: reply of %zu bytes does not fit", total);
 		oh->error = -EIO;
@@ -264,7 +302,7 @@ static ssize_t furing_writev(int fd, struct iovec *iov, int count, void *userdat
 	memcpy(e->hdr->in_out, oh, sizeof(*oh));
 	e->hdr->ent.payload_sz = psz;
 	e->hdr->ent.commit_id = oh->unique;
-	atomic_store_explicit(&furing_uniques[e->idx], 0, memory_order_release);
+	atomic_store_explicit(&furing.uniques[e->idx], 0, memory_order_release);
 	if (my_owner == e->owner) {
 		furing_submit(e, FURING_CMD_COMMIT_AND_FETCH, oh->unique);
 	} else {
@@ -318,8 +356,8 @@ int furing_setup(struct fuse_session *se, enum furing_mode mode)
 {
 	static const struct fuse_custom_io io = {.writev = furing_writev, .read = furing_read};
 
-	furing_se = se;
-	furing_mode = mode;
+	furing.se = se;
+	furing.mode = mode;
 	if (fuse_session_custom_io(se, &io, fuse_session_fd(se)))
 		return -EINVAL;
 	return 0;
@@ -356,57 +394,57 @@ int furing_prepare(unsigned nthreads)
 	size_t stride;
 	unsigned q, k, i;
 
-	if (!furing_on) {
-		if (furing_mode == FURING_ON) {
+	if (!furing.on) {
+		if (furing.mode == FURING_ON) {
 			vd_err(FURING_NOT_OFFERED);
 			return -EOPNOTSUPP;
 		}
 		return 0;
 	}
-	furing_nqueues = possible_cpus();
-	furing_nthreads = nthreads;
+	furing.nqueues = possible_cpus();
+	furing.nthreads = nthreads;
 	/* The kernel wants room for a full max_write (1 MiB with libfuse 3.14). */
-	furing_payload_sz = 1024 * 1024 + 4096;
-	stride = FURING_LEAD + furing_payload_sz;
-	furing_mem_sz = stride * furing_nqueues * FURING_DEPTH;
-	furing_mem = mmap(NULL, furing_mem_sz, PROT_READ | PROT_WRITE,
+	furing.payload_sz = 1024 * 1024 + 4096;
+	stride = FURING_LEAD + furing.payload_sz;
+	furing.mem_sz = stride * furing.nqueues * FURING_DEPTH;
+	furing.mem = mmap(NULL, furing.mem_sz, PROT_READ | PROT_WRITE,
 			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (furing_mem == MAP_FAILED)
+	if (furing.mem == MAP_FAILED)
 		return -errno;
-	furing_ents = calloc(furing_nqueues * FURING_DEPTH, sizeof(*furing_ents));
-	furing_uniques = calloc(furing_nqueues * FURING_DEPTH, sizeof(*furing_uniques));
-	furing_owners = calloc(nthreads, sizeof(*furing_owners));
-	if (!furing_ents || !furing_uniques || !furing_owners)
+	furing.ents = calloc(furing.nqueues * FURING_DEPTH, sizeof(*furing.ents));
+	furing.uniques = calloc(furing.nqueues * FURING_DEPTH, sizeof(*furing.uniques));
+	furing.owners = calloc(nthreads, sizeof(*furing.owners));
+	if (!furing.ents || !furing.uniques || !furing.owners)
 		return -ENOMEM;
 	for (i = 0; i < nthreads; i++) {
-		pthread_mutex_init(&furing_owners[i].lock, NULL);
-		furing_owners[i].efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-		if (furing_owners[i].efd < 0)
+		pthread_mutex_init(&furing.owners[i].lock, NULL);
+		furing.owners[i].efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (furing.owners[i].efd < 0)
 			return -errno;
 	}
-	for (q = 0; q < furing_nqueues; q++) {
+	for (q = 0; q < furing.nqueues; q++) {
 		for (k = 0; k < FURING_DEPTH; k++) {
 			struct furing_ent *e;
 
 			i = q * FURING_DEPTH + k;
-			e = &furing_ents[i];
+			e = &furing.ents[i];
 			e->idx = i;
 			e->qid = q;
 			/* Every thread takes a share of every queue: one issuing
 			 * thread (one CPU's queue) still keeps all loops busy. */
-			e->owner = &furing_owners[k % nthreads];
-			e->payload = furing_mem + i * stride + FURING_LEAD;
+			e->owner = &furing.owners[k % nthreads];
+			e->payload = furing.mem + i * stride + FURING_LEAD;
 			e->hdr = calloc(1, sizeof(*e->hdr));
 			if (!e->hdr)
 				return -ENOMEM;
 			e->iov[0].iov_base = e->hdr;
 			e->iov[0].iov_len = sizeof(*e->hdr);
 			e->iov[1].iov_base = e->payload;
-			e->iov[1].iov_len = furing_payload_sz;
+			e->iov[1].iov_len = furing.payload_sz;
 			e->op.data = e;
 		}
 	}
-	vd_info("FUSE over io_uring: %u queues of %u entries on %u threads", furing_nqueues,
+	vd_info("FUSE over io_uring: %u queues of %u entries on %u threads", furing.nqueues,
 		FURING_DEPTH, nthreads);
 	return 0;
 }
@@ -418,14 +456,14 @@ void furing_thread_start(unsigned idx)
 	struct furing_owner *o;
 	unsigned q, k;
 
-	if (!furing_on || idx >= furing_nthreads)
+	if (!furing.on || idx >= furing.nthreads)
 		return;
-	o = &furing_owners[idx];
+	o = &furing.owners[idx];
 	my_owner = o;
 	o->poll.data = o;
 	uring_poll(&o->poll, o->efd, POLLIN, true, furing_commit_pending);
-	for (q = 0; q < furing_nqueues; q++)
+	for (q = 0; q < furing.nqueues; q++)
 		for (k = 0; k < FURING_DEPTH; k++)
-			if (furing_ents[q * FURING_DEPTH + k].owner == o)
-				furing_submit(&furing_ents[q * FURING_DEPTH + k], FURING_CMD_REGISTER, 0);
+			if (furing.ents[q * FURING_DEPTH + k].owner == o)
+				furing_submit(&furing.ents[q * FURING_DEPTH + k], FURING_CMD_REGISTER, 0);
 }

@@ -42,17 +42,36 @@ bool vfs_req_by_owner(fuse_req_t req);
 
 enum vnode_kind { VN_DIR, VN_IMAGE, VN_CONTROL };
 
+/*
+ * A node: the root, the control file or one view. ino, kind, name, mirror
+ * (until tree_shutdown()), sdev and sino are fixed once the node exists
+ * (tree.c). nlookup, opens and gone are under tree.c's tree_lock, which frees
+ * the node once all three say nobody refers to it: so a node reached through
+ * tree_get() or fi->fh stays valid while the kernel holds a lookup or an open
+ * on it. Locks: docs/design.md "Locks".
+ */
 struct vnode {
 	fuse_ino_t ino;
 	enum vnode_kind kind;
 	char *name;
+	/* The view's image. Swapped by mirror completion (the mirror keeps
+	 * &img as its slot: an atomic release store under the mirror's lock,
+	 * while the view's data requests are parked). The I/O of data requests
+	 * goes through the mirror, which loads it with acquire at its gate
+	 * (while a job runs it uses the job's images instead). Everything else
+	 * (bounds checks against its size, getattr, truncate, lseek, xattrs,
+	 * the control file, the rescan's identity check) reads it with a plain
+	 * load, without a lock or a reference: the old image stays open two
+	 * seconds after the swap, meant to outlast such a request
+	 * (docs/mirror.md "The old source after complete"), and closes at once
+	 * only when no request can be in flight (unmount, the node freed). */
 	struct vd_image *img;
 	struct mirror *mirror; /* images: the view's mirror slot (mirror.h) */
 	dev_t sdev; /* the source file's identity, to notice replacement */
 	ino_t sino;
-	uint64_t nlookup;
-	unsigned opens;
-	bool gone; /* removed from the source directory */
+	uint64_t nlookup; /* tree_lock */
+	unsigned opens;	  /* tree_lock */
+	bool gone;	  /* removed from the source directory (tree_lock) */
 	char *last_error; /* why the last refused verb was refused (xattr.c's lock) */
 };
 
@@ -85,7 +104,7 @@ void xattr_list(fuse_req_t req, struct vnode *n, size_t size);
 void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *value,
 	       size_t size, int flags);
 /* Everything about one image as a JSON object (used by .info and the control file). */
-void image_info_json(struct vnode *n, struct json_writer *j, bool mirror);
+void view_info_json(struct vnode *n, struct json_writer *j, bool mirror);
 /* After a verb on the view: remember why it was refused (err < 0: the
  * thread's last logged error, or strerror), or forget it (err == 0). */
 void vnode_note_verb(struct vnode *n, int err);

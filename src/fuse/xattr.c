@@ -38,7 +38,7 @@ void vnode_note_verb(struct vnode *n, int err)
 	pthread_mutex_unlock(&last_error_lock);
 }
 
-void image_info_json(struct vnode *n, struct json_writer *j, bool mirror)
+void view_info_json(struct vnode *n, struct json_writer *j, bool mirror)
 {
 	json_str(j, "name", n->name ? n->name : n->img->name);
 	image_facts_json(n->img, vfs_cfg.read_only, j);
@@ -88,7 +88,7 @@ static GString *xattr_value(struct vnode *n, const char *key, bool mirror)
 		struct json_writer j;
 		json_init(&j, s);
 		json_begin_object(&j, NULL);
-		image_info_json(n, &j, mirror);
+		view_info_json(n, &j, mirror);
 		json_end_object(&j);
 	} else {
 		g_string_free(s, TRUE);

@@ -152,6 +152,9 @@ struct vd_open_opts {
 };
 
 struct vd_image {
+	/* Fixed after open (image_open_chain() and the driver's open, before
+	 * the image is registered and shared): read by every thread without a
+	 * lock. Locks: docs/design.md "Locks". */
 	char *path; /* as given (absolute for backing files) */
 	char *name; /* base name, for messages */
 	int fd;
@@ -163,24 +166,33 @@ struct vd_image {
 	ino_t ino;
 	const struct vd_format *fmt;
 	void *priv; /* the driver's state */
+	/* Set at open; later set, never cleared, when the image becomes a
+	 * backing file (under the registry's lock) and by image_finish(). Read
+	 * without a lock: a write past the check when it changes still runs. */
 	bool read_only; /* new writes fail with EROFS */
 	/* Opened for writing (after the driver's open). Stays set when read_only
 	 * is set later, because the image became another image's backing file:
-	 * fsync and close still write back what the earlier writes left dirty. */
+	 * fsync and close still write back what the earlier writes left dirty.
+	 * Cleared only by image_finish(). */
 	bool writable;
 	const struct vd_open_opts *opts; /* valid during open only */
 
+	/* size changes with the driver's truncate (qcow2: under its lock) and
+	 * is read without a lock; the other two are fixed after open. */
 	uint64_t size;	       /* virtual size in bytes */
 	uint32_t cluster_size; /* cluster / block size; 0 for raw */
 	uint32_t zero_align;   /* discard/write_zeroes granularity (>= 512) */
 
-	/* Backing file: drivers fill the names at open; image.c opens it. */
+	/* Backing file: drivers fill the names at open; image.c opens it.
+	 * Fixed after open. */
 	char *backing_names[VD_BACKING_MAX_NAMES]; /* candidates, first match wins */
 	char *backing_fmt;
 	struct vd_image *backing;
 	int depth;
 
-	/* A runtime inconsistency (EIO from a driver) marks the image broken. */
+	/* A runtime inconsistency (EIO from a driver) marks the image broken.
+	 * Atomics. refs drops to zero only under the registry's lock
+	 * (image_unref()), so a registry lookup never revives a dying image. */
 	atomic_bool broken;
 	atomic_int refs;
 
@@ -192,10 +204,13 @@ struct vd_image {
 	atomic_bool inactive;
 
 	/* The image layer's own (image-io.c): fsync batches. Drivers do not
-	 * touch these. */
+	 * touch these. sync_lock guards sync_running and sync_next; it is a
+	 * leaf, never held across fmt->flush() or a waiter's done(). */
 	pthread_mutex_t sync_lock;
 	struct fsync_batch *sync_running, *sync_next;
-	/* direct fdatasync calls: their average time, and none before (ns) */
+	/* direct fdatasync calls: their average time, and none before (ns).
+	 * Atomics, no lock: only the running batch updates them, one at a
+	 * time per image, but successive batches may run on other threads. */
 	_Atomic uint64_t sync_inline_avg, sync_inline_after;
 };
 

@@ -22,6 +22,21 @@
 #include "util/path.h"
 #include "io/sync-io.h"
 
+/* The registry of open images by (dev, ino): registry, registry_n,
+ * registry_cap. Held from registry_find() through the image_ref() (and a
+ * demotion to read-only) or the image_lock() that follows, and in
+ * image_unref() across the last reference's drop and registry_del(), so a
+ * lookup never revives an image being closed. A leaf: nothing else is
+ * locked under it (image_lock()'s fcntl() calls do not wait).
+ * image_open_chain() drops it between registry_find() and registry_add(),
+ * because in between the driver opens the file (disk I/O, perhaps a refcount
+ * rebuild) and the backing chain is opened, which takes this lock itself:
+ * holding it would stall every open and close behind one open, and deadlock
+ * on the recursion. Two opens of one file racing in that window both miss;
+ * the QEMU-protocol locks the first took under this lock then refuse the
+ * second (EBUSY) unless both only read, and two read-only images of one file
+ * write nothing (on a file system without those locks, nothing stops two
+ * writers). */
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct vd_image **registry;
 static size_t registry_n, registry_cap;

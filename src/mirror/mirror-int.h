@@ -26,16 +26,22 @@ enum mirror_phase {
 struct mirror_chunk;
 struct mirror_req;
 
+/* One job, from start to complete/cancel; afterwards on m->old until its
+ * copier thread is joined. Locks: docs/design.md "Locks". */
 struct mirror_job {
+	/* Set by mirror_start() and mirror_open_target() before the job is
+	 * published in m->job, then only read (without a lock). dst is the
+	 * exception: cancel clears it under m->lock once everything that used
+	 * it has drained. */
 	struct mirror *m;
 	struct vd_image *src, *dst;
 	char *target;
 	uint64_t total, granularity;
-	atomic_ullong speed; /* copy limit in bytes/s, 0: none (set-speed changes it) */
-	unsigned depth;	    /* copier chunks in flight */
-	bool dst_zero;	    /* a fresh destination: reads as zeroes until written */
-	atomic_ullong copied; /* bytes known identical on both sides */
-	struct rangelock rl;
+	unsigned depth;	      /* copier chunks in flight */
+	bool dst_zero;	      /* a fresh destination: reads as zeroes until written */
+	atomic_ullong copied; /* bytes known identical on both sides (any thread adds) */
+	atomic_ullong speed;  /* copy limit in bytes/s, 0: none (set-speed stores it) */
+	struct rangelock rl;  /* has its own lock */
 
 	/* Under m->lock. */
 	enum mirror_phase phase;
@@ -50,8 +56,13 @@ struct mirror_job {
 	struct vd_image *retired;   /* the old source after complete */
 	vd_done_fn op_done;	    /* the complete / cancel waiting for drain */
 	void *op_opaque;
+	struct mirror_job *old_next; /* on m->old once ended */
 
-	/* The copier thread (mirror-copy.c). */
+	/* The copier thread's own (mirror-copy.c): pos, tokens, last_ns,
+	 * flushing and poll are used only there. thread and thread_started
+	 * are written by mirror_copy_start() on the starting thread and used by
+	 * whoever joins; efd is made there too (after the job is published)
+	 * and written by mirror_copy_kick() from any thread. */
 	pthread_t thread;
 	int efd;
 	struct uring_op poll;
@@ -60,24 +71,36 @@ struct mirror_job {
 	uint64_t last_ns;
 	bool flushing;
 	bool thread_started;
-	struct mirror_job *old_next; /* on m->old once ended */
 	atomic_bool finished; /* the copier thread has returned (or never ran) */
 };
 
+/* One per view, for the view's whole life. */
 struct mirror {
+	/* Guards the fields marked "under lock" here and in the job. A leaf:
+	 * nothing else is locked while it is held; the range lock, image
+	 * calls, drain continuations and done callbacks all come after it is
+	 * dropped. */
 	pthread_mutex_t lock;
+	/* Fixed: &vnode->img. The mirror stores *slot (release) only in
+	 * complete, under lock, with the view's requests parked. */
 	struct vd_image **slot;
+	/* Stored under lock (and by mirror_free() once nothing is in flight);
+	 * loaded without it by the gate and mirror_busy(). */
 	struct mirror_job *_Atomic job; /* non-NULL from start to the end of complete/cancel */
 	atomic_long direct;		/* requests in flight that bypassed the mirror */
-	long inflight;			/* requests in flight through the fan-out */
-	bool quiesce;			/* park new requests until the drain finishes */
-	bool starting;			/* a start is opening the destination */
+
+	/* Under lock. */
+	long inflight; /* requests in flight through the fan-out */
+	bool quiesce;  /* park new requests until the drain finishes */
+	bool starting; /* a start is opening the destination */
 	void (*drained)(struct mirror *m);
 	struct mirror_req *parked, **parked_tail;
 	/* Ended jobs whose copier threads are closing down (one may hold an
 	 * old source for its grace period); joined and freed by a later start. */
 	struct mirror_job *old;
-	/* Hand-over (mirror_hold()): requests wait in parked until released. */
+	/* Hand-over (mirror_hold()): requests wait in parked until released.
+	 * held is stored under lock and loaded without it by the gate (paired
+	 * with direct like job); hold_done and hold_opaque are under lock. */
 	atomic_bool held;
 	vd_done_fn hold_done;
 	void *hold_opaque;

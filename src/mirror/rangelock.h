@@ -9,6 +9,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* One owner's range. rangelock_lock() sets off, end, wake (and clears held)
+ * before it takes the lock; from then on prev, next and held are under the
+ * lock. gnext is used only by the unlocking thread, after it dropped the
+ * lock, for the ranges that one unlock granted. */
 struct rl_range {
 	uint64_t off, end; /* [off, end) */
 	void (*wake)(struct rl_range *r); /* the range is now held by its owner */
@@ -18,6 +22,8 @@ struct rl_range {
 };
 
 struct rangelock {
+	/* Guards both lists and the counts. A leaf: wake callbacks run after
+	 * it is dropped, and nothing else is locked while it is held. */
 	pthread_mutex_t lock;
 	struct rl_range *held;			/* unordered */
 	struct rl_range *wait_head, *wait_tail; /* FIFO */
