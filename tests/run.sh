@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine: install what is
 # missing, build a normal and an AddressSanitizer+UBSan build (warnings are
-# errors), and run every unit and integration test in both.
+# errors), and run every unit and integration test in both; a clang build
+# (warnings are errors too) runs the unit tests and the fuzz replays.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -61,7 +62,8 @@ uring_saved=$( [ -r "$uring_param" ] && cat "$uring_param" || true)
 set_uring() { [ ! -w "$uring_param" ] || echo "$1" >"$uring_param"; }
 trap 'set_uring "${uring_saved:-N}"' EXIT
 
-run_build() {
+# setup_build DIR [meson setup args...]: configure (again) and compile DIR.
+setup_build() {
 	local dir=$1
 	shift
 	echo "== build $dir"
@@ -71,6 +73,11 @@ run_build() {
 		meson setup "$dir" --werror "$@" >/dev/null
 	fi
 	meson compile -C "$dir"
+}
+
+run_build() {
+	local dir=$1
+	setup_build "$@"
 	set_uring 0
 	run_tests "$dir" "$dir"
 	if [ -w "$uring_param" ]; then
@@ -83,6 +90,10 @@ run_build() {
 }
 
 run_build build-ci
+# clang's warnings and code generation on the whole tree; the integration
+# tests stay with the two gcc builds (the suite's time on 2 CPUs).
+CC=clang-14 setup_build build-clang
+run_tests build-clang build-clang --suite unit --suite fuzz
 ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:detect_stack_use_after_return=0} \
 UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
 LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$top/tests/lsan.supp:print_suppressions=0} \

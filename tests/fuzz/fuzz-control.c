@@ -7,18 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "util/log.h"
+#include "fuzz-common.h"
 #include "fuse/vfs.h"
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-	vd_log_init("fuzz", false, false);
-	vd_log_quiet(true);
-	return 0;
-}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -48,6 +48,7 @@
 #include "io/uring.h"
 #include "io/fault.h"
 #include "formats/vhdx.h"
+#include "fuzz-common.h"
 
 #ifndef FUZZ_FORMAT
 #error "FUZZ_FORMAT must name the driver"
@@ -64,9 +65,6 @@
 /* The parent's DataWriteGuid, {f0221a5e-0000-4000-8000-0000000000f2}. */
 static const uint8_t fuzz_parent_guid[16] = {0x5e, 0x1a, 0x22, 0xf0, 0, 0, 0, 0x40,
 					     0x80, 0,	 0,    0,    0, 0, 0, 0xf2};
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static char dir[PATH_MAX], img_path[PATH_MAX + 16], backing_path[PATH_MAX + 16];
 static bool keep_dir;

@@ -119,6 +119,7 @@ bm_check() {
 }
 
 @test "bitmaps: writes, zeroes and holes through the view are in the enabled bitmaps, exact" {
+	require qemu-nbd nbdinfo
 	local cs b
 	for cs in 64k 512 2M; do
 		bm_image "$T/a$cs.qcow2" "$cs"

@@ -36,6 +36,15 @@ teardown_scratch() {
 	[ "$bad" -eq 0 ]
 }
 
+# require TOOL...: skip the test (honestly, as bats' skip) when a tool beyond
+# the base set (vdiskfs, qemu-img, qemu-io, fio, attr, python3) is missing.
+require() {
+	local t
+	for t in "$@"; do
+		command -v "$t" >/dev/null 2>&1 || skip "$t not found"
+	done
+}
+
 setup() { setup_scratch; }
 teardown() { teardown_scratch; }
 

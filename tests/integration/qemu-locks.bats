@@ -100,6 +100,7 @@ qemu_release() {
 }
 
 @test "beside a QEMU writer: vdiskfs writers and readers are refused, force_share reads" {
+	require qemu-storage-daemon
 	qemu-img create -q -f qcow2 "$T/a.qcow2" 16M
 	qemu-io -f qcow2 -c 'write -P 0x5a 0 1M' "$T/a.qcow2" >/dev/null
 	touch "$T/view"

@@ -214,6 +214,7 @@ PY
 }
 
 @test "cache=none: sector-aligned writes bypass the host page cache (no buffered write beside an O_DIRECT one)" {
+	require fincore
 	mount_raw 8M
 	# drop whatever the page cache holds of the image, then write 512-byte
 	# aligned sectors that are not 4 KiB aligned, as a guest does

@@ -17,7 +17,7 @@
 #include "util/endian.h"
 #include "util/log.h"
 #include "io/fault.h"
-#include "vhdx-fixture.h"
+#include "testlib.h"
 #include "formats/vhdx.h"
 
 #define K (1ull << 10)
@@ -80,9 +80,9 @@ struct run {
 static void make_base(void)
 {
 	size_t len = 3 * M;
-	char *buf = g_malloc(len), *p = fx_path("base.raw");
+	char *buf = g_malloc(len), *p = t_path("base.raw");
 
-	fx_pattern(buf, len, 0, BASE_SEED);
+	t_pattern(buf, len, 0, BASE_SEED);
 	g_assert_true(g_file_set_contents(p, buf, len, NULL));
 	g_free(buf);
 	g_free(p);
@@ -94,12 +94,12 @@ static void make_base(void)
 static void make_qcow2(void)
 {
 	make_base();
-	fx_sh("qemu-img create -q -f qcow2 -o cluster_size=512 -b base.raw -F raw sweep.qcow2 "
-	      "4M && "
-	      "qemu-io -f qcow2 -c 'write -P 0x44 1M 128K' -c 'write -c -P 0x44 1152K 128K' "
-	      "sweep.qcow2 && "
-	      "qemu-img snapshot -c s1 sweep.qcow2 && "
-	      "qemu-img convert -l snapshot.name=s1 -O raw sweep.qcow2 s1.ref");
+	t_sh("qemu-img create -q -f qcow2 -o cluster_size=512 -b base.raw -F raw sweep.qcow2 "
+	     "4M && "
+	     "qemu-io -f qcow2 -c 'write -P 0x44 1M 128K' -c 'write -c -P 0x44 1152K 128K' "
+	     "sweep.qcow2 && "
+	     "qemu-img snapshot -c s1 sweep.qcow2 && "
+	     "qemu-img convert -l snapshot.name=s1 -O raw sweep.qcow2 s1.ref");
 }
 
 /* clang-format off */
@@ -130,8 +130,8 @@ static const struct wl_op qcow2_ops[] = {
  * refcount block, so this sweep fails writes and syncs only. */
 static void make_qcow2_reftable(void)
 {
-	fx_sh("qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=64 grow.qcow2 4M && "
-	      "qemu-io -f qcow2 -c 'write -P 0x66 0 1900K' grow.qcow2");
+	t_sh("qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=64 grow.qcow2 4M && "
+	     "qemu-io -f qcow2 -c 'write -P 0x66 0 1900K' grow.qcow2");
 }
 
 /* clang-format off */
@@ -149,9 +149,9 @@ static const struct wl_op reftable_ops[] = {
 static void make_qcow2_extl2(void)
 {
 	make_base();
-	fx_sh("qemu-img create -q -f qcow2 -o cluster_size=16K,extended_l2=on -b base.raw -F raw "
-	      "sub.qcow2 4M && "
-	      "qemu-io -f qcow2 -c 'write -P 0x77 64K 16K' -c 'write -P 0x77 96K 512' sub.qcow2");
+	t_sh("qemu-img create -q -f qcow2 -o cluster_size=16K,extended_l2=on -b base.raw -F raw "
+	     "sub.qcow2 4M && "
+	     "qemu-io -f qcow2 -c 'write -P 0x77 64K 16K' -c 'write -P 0x77 96K 512' sub.qcow2");
 }
 
 /* clang-format off */
@@ -174,8 +174,8 @@ static const struct wl_op extl2_ops[] = {
  * log both. */
 static void make_vhdx(void)
 {
-	fx_sh("qemu-img create -q -f vhdx -o block_size=1M,log_size=1M sweep.vhdx 640M && "
-	      "qemu-io -f vhdx -c 'write -P 0x55 5M 2M' sweep.vhdx");
+	t_sh("qemu-img create -q -f vhdx -o block_size=1M,log_size=1M sweep.vhdx 640M && "
+	     "qemu-io -f vhdx -c 'write -P 0x55 5M 2M' sweep.vhdx");
 }
 
 /* clang-format off */
@@ -263,7 +263,7 @@ static void init_prepare(const struct sweep *s)
 		init_end = MAX(init_end, s->pre[k].off + s->pre[k].len);
 	g_free(init_buf);
 	init_buf = g_malloc0(init_end);
-	fx_pattern(init_buf, s->backing_size, 0, BASE_SEED);
+	t_pattern(init_buf, s->backing_size, 0, BASE_SEED);
 	for (int k = 0; k < 2; k++)
 		memset(init_buf + s->pre[k].off, s->pre_byte, s->pre[k].len);
 }
@@ -294,7 +294,7 @@ static void fill_src(const struct sweep *s, int src, uint8_t *buf, uint64_t off,
 	else if (s->ops[src].kind == OP_DISCARD)
 		memset(buf, 0, len);
 	else
-		fx_pattern(buf, len, off, src + 1);
+		t_pattern(buf, len, off, src + 1);
 }
 
 static bool issued(const struct sweep *s, const struct run *r, unsigned i)
@@ -345,7 +345,7 @@ static void dump_run(const struct sweep *s, const struct run *r)
 							  : "fsync",
 			   (unsigned long long)s->ops[i].off, (unsigned long long)s->ops[i].len,
 			   res[r->res[i]]);
-	g_printerr("  last successful fsync: op %d; image kept in %s\n", r->last_sync, fx_dir);
+	g_printerr("  last successful fsync: op %d; image kept in %s\n", r->last_sync, t_dir());
 }
 
 G_GNUC_NORETURN static void fail(const struct sweep *s, const struct run *r, const char *what)
@@ -428,7 +428,7 @@ static int sweep_open(const struct sweep *s, const char *path, bool ro, struct v
 
 static void copy_file(const char *from, const char *to)
 {
-	char *a = fx_path(from), *b = fx_path(to);
+	char *a = t_path(from), *b = t_path(to);
 	int in = open(a, O_RDONLY), out = open(b, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	ssize_t n;
 
@@ -447,7 +447,7 @@ static int run_op(struct vd_image *img, const struct wl_op *op, unsigned seed)
 {
 	switch (op->kind) {
 	case OP_WRITE:
-		fx_pattern(io_buf, op->len, op->off, seed);
+		t_pattern(io_buf, op->len, op->off, seed);
 		return image_pwrite_wait(img, io_buf, op->len, op->off);
 	case OP_DISCARD:
 		return image_zero_wait(img, op->len, op->off, true);
@@ -460,7 +460,7 @@ static int run_op(struct vd_image *img, const struct wl_op *op, unsigned seed)
  * I/Os counted before the close, and in *total with the close. */
 static unsigned long run_workload(const struct sweep *s, struct run *r, unsigned long *total)
 {
-	char *p = fx_path("run.img");
+	char *p = t_path("run.img");
 	struct vd_image *img;
 	unsigned long counted;
 
@@ -492,7 +492,7 @@ static unsigned long run_workload(const struct sweep *s, struct run *r, unsigned
  * view.raw (sparse) for qemu-img compare. */
 static void check_view(const struct sweep *s, const struct run *r, struct vd_image *img)
 {
-	char *vp = fx_path("view.raw");
+	char *vp = t_path("view.raw");
 	int fd = open(vp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	uint8_t *buf = io_buf;
 
@@ -526,7 +526,7 @@ static void qemu_expect(const struct sweep *s, const struct run *r, int rc, bool
 
 	if (ok)
 		return;
-	log = fx_path("qemu.log");
+	log = t_path("qemu.log");
 	if (g_file_get_contents(log, &out, NULL, NULL))
 		g_printerr("%s", out);
 	g_free(out);
@@ -565,7 +565,7 @@ static void hash_update(uint64_t h[4], const uint8_t *p, size_t n)
  * are left out: they hold GUIDs that are new in every session. */
 static char *run_digest(const struct sweep *s)
 {
-	char *p = fx_path("run.img");
+	char *p = t_path("run.img");
 	int fd = open(p, O_RDONLY);
 	uint64_t h[4] = {1, 2, 3, 4};
 	uint8_t *buf = io_buf, hdr[80];
@@ -574,7 +574,7 @@ static char *run_digest(const struct sweep *s)
 
 	g_assert_cmpint(fd, >=, 0);
 	if (!strcmp(s->fmt, "vhdx")) {
-		fx_pread(p, hdr, sizeof(hdr), fx_current_header(p));
+		t_pread(p, hdr, sizeof(hdr), t_vhdx_current_header(p));
 		skip[0][0] = VHDX_HEADER1_OFF;
 		skip[0][1] = VHDX_RT1_OFF;
 		skip[1][0] = get_le64(hdr + 72);
@@ -635,12 +635,12 @@ static void qemu_compare(const struct sweep *s, const struct run *r, const char 
 		for (j = i + 1; j < n && win[j][0] <= b; j++)
 			b = MAX(b, win[j][1]);
 		if (s->backing_size || (a == 0 && b >= size)) {
-			rc = fx_sh_rc("qemu-img compare -f %s -F raw %s view.raw >qemu.log 2>&1",
-				      s->fmt, image);
+			rc = t_sh_rc("qemu-img compare -f %s -F raw %s view.raw >qemu.log 2>&1",
+				     s->fmt, image);
 			qemu_expect(s, r, rc, rc == 0, "qemu-img compare with our view");
 			break;
 		}
-		rc = fx_sh_rc(
+		rc = t_sh_rc(
 		    "qemu-img compare --image-opts "
 		    "driver=raw,offset=%llu,size=%llu,file.driver=%s,file.file.filename=%s "
 		    "driver=raw,offset=%llu,size=%llu,file.filename=view.raw >qemu.log 2>&1",
@@ -656,7 +656,7 @@ static void qemu_compare(const struct sweep *s, const struct run *r, const char 
  * reads what we read. */
 static void verify(const struct sweep *s, const struct run *r, bool clean)
 {
-	char *p = fx_path("run.img"), *digest;
+	char *p = t_path("run.img"), *digest;
 	bool replayed = false, seen; /* replayed: by QEMU, into qemu.img */
 	uint64_t size;
 	struct vd_image *img;
@@ -664,7 +664,7 @@ static void verify(const struct sweep *s, const struct run *r, bool clean)
 
 	if (rc == -EPERM && !strcmp(s->fmt, "vhdx")) {
 		copy_file("run.img", "qemu.img");
-		rc = fx_sh_rc("qemu-img check -r all -f vhdx qemu.img >qemu.log 2>&1");
+		rc = t_sh_rc("qemu-img check -r all -f vhdx qemu.img >qemu.log 2>&1");
 		qemu_expect(s, r, rc, rc == 0, "qemu-img check -r all (log replay)");
 		replayed = true;
 		if (sweep_open(s, p, false, &img))
@@ -687,15 +687,15 @@ static void verify(const struct sweep *s, const struct run *r, bool clean)
 	else
 		g_hash_table_add(qemu_seen, digest);
 	if (!seen) {
-		rc = fx_sh_rc("qemu-img check -f %s run.img >qemu.log 2>&1", s->fmt);
+		rc = t_sh_rc("qemu-img check -f %s run.img >qemu.log 2>&1", s->fmt);
 		qemu_expect(s, r, rc, rc == 0 || (rc == 3 && !clean), "qemu-img check");
 	}
 	if (!seen || replayed)
 		qemu_compare(s, r, replayed ? "qemu.img" : "run.img", size);
 	if (!seen && s->snapshot) {
-		rc = fx_sh_rc("qemu-img convert -l snapshot.name=%s -O raw run.img snap.raw && "
-			      "cmp snap.raw %s.ref >qemu.log 2>&1",
-			      s->snapshot, s->snapshot);
+		rc = t_sh_rc("qemu-img convert -l snapshot.name=%s -O raw run.img snap.raw && "
+			     "cmp snap.raw %s.ref >qemu.log 2>&1",
+			     s->snapshot, s->snapshot);
 		qemu_expect(s, r, rc, rc == 0, "the snapshot changed");
 	}
 }
@@ -757,27 +757,24 @@ int main(int argc, char **argv)
 	const char *where = g_getenv("VDISKFS_SWEEP_DIR");
 	int ret;
 
-	g_test_init(&argc, &argv, NULL);
-	vd_log_init("test-fault-sweep", false, false);
+	t_init(&argc, &argv);
 	vd_log_quiet(!g_test_verbose());
 	/* Thousands of fsyncs: on tmpfs they cost nothing. */
 	if (!where && access("/dev/shm", W_OK) == 0)
 		where = "/dev/shm";
 	if (where)
 		g_setenv("VDISKFS_TESTDIR", where, true);
-	fx_setup();
 	io_buf = g_malloc(M);
 	qemu_seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-	g_test_add_data_func("/fault-sweep/qcow2", &sweeps[0], test_sweep);
-	g_test_add_data_func("/fault-sweep/qcow2-extl2", &sweeps[1], test_sweep);
-	g_test_add_data_func("/fault-sweep/qcow2-reftable", &sweeps[2], test_sweep);
-	g_test_add_data_func("/fault-sweep/vhdx", &sweeps[3], test_sweep);
-	ret = g_test_run();
+	t_add_qemu_data("/fault-sweep/qcow2", &sweeps[0], test_sweep);
+	t_add_qemu_data("/fault-sweep/qcow2-extl2", &sweeps[1], test_sweep);
+	t_add_qemu_data("/fault-sweep/qcow2-reftable", &sweeps[2], test_sweep);
+	t_add_qemu_data("/fault-sweep/vhdx", &sweeps[3], test_sweep);
+	ret = t_run();
 	g_hash_table_destroy(qemu_seen);
 	g_free(init_buf);
 	g_free(io_buf);
 	for (unsigned k = 0; k <= MAX_OPS; k++)
 		g_free(want_buf[k]);
-	fx_teardown();
 	return ret;
 }

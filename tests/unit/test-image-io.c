@@ -17,6 +17,7 @@
 #include "image/image.h"
 #include "io/uring.h"
 #include "io/fault.h"
+#include "testlib.h"
 
 #define U     4096
 #define UNITS 16
@@ -822,7 +823,7 @@ static void test_block_status_chain(void)
 
 int main(int argc, char **argv)
 {
-	g_test_init(&argc, &argv, NULL);
+	t_init(&argc, &argv);
 	g_test_add_func("/image-io/read-all-kinds", test_read_all_kinds);
 	g_test_add_func("/image-io/cow-write", test_cow_write);
 	g_test_add_func("/image-io/cow-mixed-sources", test_cow_mixed_sources);
@@ -845,5 +846,5 @@ int main(int argc, char **argv)
 	g_test_add_func("/image-io/sync-fail/cow-source", test_cow_source_fails);
 	g_test_add_func("/image-io/sync-fail/read-split-part", test_read_split_part_fails);
 	g_test_add_func("/image-io/sync-fail/resumed-write-refused", test_resumed_write_refused);
-	return g_test_run();
+	return t_run();
 }

@@ -11,6 +11,7 @@
 #include "image/image.h"
 #include "mirror/mirror-int.h"
 #include "io/uring.h"
+#include "testlib.h"
 
 static const struct vd_open_opts rw_opts = {.backing = VD_BACKING_FOLLOW};
 
@@ -135,7 +136,7 @@ static void test_zero_run_under_write(void)
 
 int main(int argc, char **argv)
 {
-	g_test_init(&argc, &argv, NULL);
+	t_init(&argc, &argv);
 	g_test_add_func("/mirror/copy/zero-run-under-write", test_zero_run_under_write);
-	return g_test_run();
+	return t_run();
 }

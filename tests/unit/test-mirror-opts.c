@@ -4,6 +4,7 @@
 #include <glib.h>
 
 #include "mirror/mirror.h"
+#include "testlib.h"
 
 static int parse(const char *v, struct mirror_opts *o)
 {
@@ -89,10 +90,10 @@ static void test_set_one(void)
 
 int main(int argc, char **argv)
 {
-	g_test_init(&argc, &argv, NULL);
+	t_init(&argc, &argv);
 	g_test_add_func("/mirror-opts/plain-path", test_plain_path);
 	g_test_add_func("/mirror-opts/key-values", test_key_values);
 	g_test_add_func("/mirror-opts/rejected", test_rejected);
 	g_test_add_func("/mirror-opts/set-one", test_set_one);
-	return g_test_run();
+	return t_run();
 }

@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 
 #include "mirror/rangelock.h"
+#include "testlib.h"
 
 static struct rangelock rl;
 static GPtrArray *woken;
@@ -146,10 +147,10 @@ static void test_stress_threads(void)
 
 int main(int argc, char **argv)
 {
-	g_test_init(&argc, &argv, NULL);
+	t_init(&argc, &argv);
 	g_test_add_func("/mirror-rangelock/overlap-waits", test_overlap_waits);
 	g_test_add_func("/mirror-rangelock/fifo", test_fifo_no_overtaking);
 	g_test_add_func("/mirror-rangelock/unlock-inside-wake", test_unlock_inside_wake);
 	g_test_add_func("/mirror-rangelock/stress", test_stress_threads);
-	return g_test_run();
+	return t_run();
 }

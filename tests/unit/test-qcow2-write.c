@@ -3,9 +3,52 @@
  * `qemu-img check` must be clean (exit 0) and `qemu-img compare` equal.
  * Also snapshots kept intact, dirty-image repair, autoclear bits, resize,
  * discard shrinking the host file, and concurrent writers on one cluster. */
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
-#include "test-qcow2-common.c"
+#include "io/uring.h"
+#include "testlib.h"
+
+static int qemu_check(const char *name)
+{
+	return t_qemu_img("check -f qcow2 '%s' >check.log 2>&1", name);
+}
+
+static int qemu_compare(const char *qcow2, const char *raw)
+{
+	return t_qemu_img("compare -f qcow2 -F raw '%s' '%s' >/dev/null 2>&1", qcow2, raw);
+}
+
+/* A write through the driver, mirrored into a raw reference file. */
+static void both_write(struct vd_image *img, int rawfd, const void *buf, uint64_t len, uint64_t off)
+{
+	g_assert_cmpint(image_pwrite_wait(img, buf, len, off), ==, 0);
+	g_assert_cmpint(pwrite(rawfd, buf, len, off), ==, (ssize_t)len);
+}
+
+/* A sparse copy of the scratch file raw, open for writing. */
+static int raw_open_copy(const char *raw, const char *copy)
+{
+	char *p = t_path(copy);
+	int fd;
+
+	t_sh("cp --sparse=always '%s' '%s'", raw, copy);
+	fd = open(p, O_RDWR);
+	g_assert_cmpint(fd, >=, 0);
+	g_free(p);
+	return fd;
+}
+
+static void fill_pattern(uint8_t *buf, size_t len, unsigned seed)
+{
+	for (size_t i = 0; i < len; i++)
+		buf[i] = (uint8_t)(seed * 131 + i * 7 + (i >> 9));
+}
 
 static void zero_both(struct vd_image *img, int rawfd, uint64_t len, uint64_t off, bool unmap)
 {
@@ -21,7 +64,10 @@ static void zero_both(struct vd_image *img, int rawfd, uint64_t len, uint64_t of
 static void check_and_compare(const char *q, const char *r)
 {
 	if (qemu_check(q) != 0) {
-		sh("cat check.log >&2");
+		char *log = t_path("check.log"), *out = NULL;
+
+		if (g_file_get_contents(log, &out, NULL, NULL))
+			g_printerr("%s", out);
 		g_assert_not_reached();
 	}
 	g_assert_cmpint(qemu_compare(q, r), ==, 0);
@@ -61,12 +107,12 @@ static void write_fixture(const char *name, int nops)
 	struct vd_image *img;
 	int fd;
 
-	g_assert_cmpint(sh("cp '%s' '%s'", src, q), ==, 0);
+	t_sh("cp '%s' '%s'", src, q);
 	fd = raw_open_copy(srcraw, r);
-	img = img_open(q, false);
+	img = t_open_ok(q, false);
 	g_assert_false(img->read_only);
 	workload(img, fd, g_str_hash(name), nops, 3 * img->cluster_size + 1000);
-	compare_raw(img, r);
+	t_compare_raw(img, r);
 	image_unref(img);
 	close(fd);
 	check_and_compare(q, r);
@@ -89,7 +135,7 @@ static void test_create(void)
 		struct vd_create_opts o = {.size = 24 << 20, .cluster_size = cs[i]};
 		char *q = g_strdup_printf("new%u.qcow2", cs[i]), *r = g_strdup_printf("new%u.raw",
 										     cs[i]);
-		char *p = tpath(q), *rp = tpath(r);
+		char *p = t_path(q), *rp = t_path(r);
 		struct vd_image *img;
 		int fd;
 
@@ -97,7 +143,7 @@ static void test_create(void)
 		g_assert_cmpint(qemu_check(q), ==, 0);
 		fd = open(rp, O_RDWR | O_CREAT | O_TRUNC, 0644);
 		g_assert_cmpint(ftruncate(fd, o.size), ==, 0);
-		img = img_open(q, false);
+		img = t_open_ok(q, false);
 		workload(img, fd, cs[i], 120, MIN(4 * cs[i] + 3000, 1 << 20));
 		image_unref(img);
 		close(fd);
@@ -113,14 +159,14 @@ static void test_create(void)
 static void test_reftable_growth(void)
 {
 	struct vd_create_opts o = {.size = 64 << 20, .cluster_size = 512};
-	char *p = tpath("grow.qcow2"), *rp = tpath("grow.raw");
+	char *p = t_path("grow.qcow2"), *rp = t_path("grow.raw");
 	struct vd_image *img;
 	uint8_t *buf = g_malloc(1 << 20);
 	int fd = open(rp, O_RDWR | O_CREAT | O_TRUNC, 0644);
 
 	g_assert_cmpint(ftruncate(fd, o.size), ==, 0);
 	g_assert_cmpint(vd_format_qcow2.create(p, &o), ==, 0);
-	img = img_open("grow.qcow2", false);
+	img = t_open_ok("grow.qcow2", false);
 	for (int i = 0; i < 20; i++) {
 		fill_pattern(buf, 1 << 20, i);
 		both_write(img, fd, buf, 1 << 20, (uint64_t)i * (3 << 20) % o.size);
@@ -138,7 +184,7 @@ static void test_create_backing(void)
 {
 	struct vd_create_opts o = {.size = 6 << 20, .cluster_size = 65536,
 				   .backing = "top.qcow2", .backing_fmt = "qcow2"};
-	char *p = tpath("ov.qcow2");
+	char *p = t_path("ov.qcow2");
 	struct vd_image *img;
 	uint8_t buf[100];
 	int fd;
@@ -146,13 +192,13 @@ static void test_create_backing(void)
 	g_assert_cmpint(vd_format_qcow2.create(p, &o), ==, 0);
 	g_assert_cmpint(qemu_check("ov.qcow2"), ==, 0);
 	fd = raw_open_copy("top.raw", "ov.raw");
-	img = img_open("ov.qcow2", false);
-	compare_raw(img, "top.raw");
+	img = t_open_ok("ov.qcow2", false);
+	t_compare_raw(img, "top.raw");
 	/* one byte into clusters over backing data: the rest comes from the chain */
 	memset(buf, 0xee, sizeof(buf));
 	both_write(img, fd, buf, 1, 70000);
 	both_write(img, fd, buf, 100, 5 * 65536 - 50);
-	compare_raw(img, "ov.raw");
+	t_compare_raw(img, "ov.raw");
 	image_unref(img);
 	close(fd);
 	g_assert_cmpint(qemu_check("ov.qcow2"), ==, 0);
@@ -163,14 +209,13 @@ static void test_create_backing(void)
 /* Writes into clusters shared with snapshots leave the snapshots as they were. */
 static void test_snapshots_kept(void)
 {
-	g_assert_cmpint(sh("cp snap.qcow2 ws.qcow2 && qemu-img snapshot -l ws.qcow2 >s-before && "
-			   "qemu-img convert -l snapshot.name=s1 -O raw ws.qcow2 s1-before.raw && "
-			   "qemu-img convert -l snapshot.name=s2 -O raw ws.qcow2 s2-before.raw"),
-			==, 0);
-	g_assert_cmpint(sh("cp snap.raw ws.raw"), ==, 0);
+	t_sh("cp snap.qcow2 ws.qcow2 && qemu-img snapshot -l ws.qcow2 >s-before && "
+	     "qemu-img convert -l snapshot.name=s1 -O raw ws.qcow2 s1-before.raw && "
+	     "qemu-img convert -l snapshot.name=s2 -O raw ws.qcow2 s2-before.raw");
+	t_sh("cp snap.raw ws.raw");
 	{
-		struct vd_image *img = img_open("ws.qcow2", false);
-		char *rp = tpath("ws.raw");
+		struct vd_image *img = t_open_ok("ws.qcow2", false);
+		char *rp = t_path("ws.raw");
 		int fd = open(rp, O_RDWR);
 		uint8_t buf[5000];
 
@@ -186,11 +231,10 @@ static void test_snapshots_kept(void)
 	}
 	g_assert_cmpint(qemu_check("ws.qcow2"), ==, 0);
 	g_assert_cmpint(qemu_compare("ws.qcow2", "ws.raw"), ==, 0);
-	g_assert_cmpint(sh("qemu-img snapshot -l ws.qcow2 >s-after && cmp s-before s-after && "
-			   "qemu-img convert -l snapshot.name=s1 -O raw ws.qcow2 s1-after.raw && "
-			   "qemu-img convert -l snapshot.name=s2 -O raw ws.qcow2 s2-after.raw && "
-			   "cmp s1-before.raw s1-after.raw && cmp s2-before.raw s2-after.raw"),
-			==, 0);
+	t_sh("qemu-img snapshot -l ws.qcow2 >s-after && cmp s-before s-after && "
+	     "qemu-img convert -l snapshot.name=s1 -O raw ws.qcow2 s1-after.raw && "
+	     "qemu-img convert -l snapshot.name=s2 -O raw ws.qcow2 s2-after.raw && "
+	     "cmp s1-before.raw s1-after.raw && cmp s2-before.raw s2-after.raw");
 }
 
 /* Partial writes into clusters of an extended-L2 image that a snapshot shares:
@@ -214,7 +258,7 @@ static void extl2_shared_case(const char *name, const char *backing)
 		{(3 << 20) + 65536 - 5, 5}, /* cl 48: the end of its last subcluster */
 	};
 	char *q = g_strdup_printf("%s.qcow2", name), *qq = g_strdup_printf("%s-qemu.qcow2", name);
-	char *r = g_strdup_printf("%s.raw", name), *rp = tpath(r);
+	char *r = g_strdup_printf("%s.raw", name), *rp = t_path(r);
 	GString *cmds = g_string_new(NULL);
 	struct vd_image *img;
 	uint8_t buf[40000];
@@ -222,23 +266,21 @@ static void extl2_shared_case(const char *name, const char *backing)
 	enum vd_bs st;
 	int fd;
 
-	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k %s%s "
-			   "%s 4M",
-			   backing ? "-F raw -b " : "", backing ? backing : "", q),
-			==, 0);
-	g_assert_cmpint(sh("qemu-io -f qcow2 -c 'write -P 0x41 8k 4k' -c 'write -z 20k 4k' "
-			   "-c 'write -P 0x42 94k 2k' -c 'write -P 0x43 128k 64k' "
-			   "-c 'write -P 0x44 202k 2k' -c 'write -P 0x45 256k 2k' "
-			   "-c 'write -z 260k 4k' -c 'write -P 0x46 3080k 2k' %s >/dev/null && "
-			   "qemu-img snapshot -c s1 %s && "
-			   "qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1.raw && "
-			   "qemu-img convert -O raw %s %s && cp %s %s && cp %s %s-wl.qcow2 && "
-			   "cp %s %s-wl.raw",
-			   q, q, q, name, q, r, q, qq, q, name, r, name),
-			==, 0);
+	t_sh("qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k %s%s "
+	     "%s 4M",
+	     backing ? "-F raw -b " : "", backing ? backing : "", q);
+	t_sh("qemu-io -f qcow2 -c 'write -P 0x41 8k 4k' -c 'write -z 20k 4k' "
+	     "-c 'write -P 0x42 94k 2k' -c 'write -P 0x43 128k 64k' "
+	     "-c 'write -P 0x44 202k 2k' -c 'write -P 0x45 256k 2k' "
+	     "-c 'write -z 260k 4k' -c 'write -P 0x46 3080k 2k' %s >/dev/null && "
+	     "qemu-img snapshot -c s1 %s && "
+	     "qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1.raw && "
+	     "qemu-img convert -O raw %s %s && cp %s %s && cp %s %s-wl.qcow2 && "
+	     "cp %s %s-wl.raw",
+	     q, q, q, name, q, r, q, qq, q, name, r, name);
 	fd = open(rp, O_RDWR);
 	g_assert_cmpint(fd, >=, 0);
-	img = img_open(q, false);
+	img = t_open_ok(q, false);
 	for (unsigned i = 0; i < G_N_ELEMENTS(w); i++) {
 		uint8_t pat = 0x60 + i;
 
@@ -247,7 +289,7 @@ static void extl2_shared_case(const char *name, const char *backing)
 		g_string_append_printf(cmds, " -c 'write -P %u %llu %llu'", pat,
 				       (unsigned long long)w[i][0], (unsigned long long)w[i][1]);
 	}
-	compare_raw(img, r);
+	t_compare_raw(img, r);
 	/* untouched subclusters keep their state: unallocated, zero, allocated */
 	g_assert_cmpint(img->fmt->block_status(img, 30 << 10, 2048, &pnum, &st), ==, 0);
 	g_assert_cmpint(st, ==, VD_BS_UNALLOC);
@@ -260,13 +302,11 @@ static void extl2_shared_case(const char *name, const char *backing)
 	image_unref(img);
 	close(fd);
 	check_and_compare(q, r);
-	g_assert_cmpint(sh("qemu-io -f qcow2%s %s >/dev/null && qemu-img compare %s %s >/dev/null",
-			   cmds->str, qq, q, qq),
-			==, 0);
-	g_assert_cmpint(sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-after.raw && "
-			   "cmp %s-s1.raw %s-s1-after.raw",
-			   q, name, name, name),
-			==, 0);
+	t_sh("qemu-io -f qcow2%s %s >/dev/null && qemu-img compare %s %s >/dev/null", cmds->str, qq,
+	     q, qq);
+	t_sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-after.raw && "
+	     "cmp %s-s1.raw %s-s1-after.raw",
+	     q, name, name, name);
 	g_string_free(cmds, true);
 	g_free(q);
 	g_free(qq);
@@ -276,18 +316,17 @@ static void extl2_shared_case(const char *name, const char *backing)
 	/* Random byte-granular writes, zeroing and discards over the same start. */
 	q = g_strdup_printf("%s-wl.qcow2", name);
 	r = g_strdup_printf("%s-wl.raw", name);
-	rp = tpath(r);
+	rp = t_path(r);
 	fd = open(rp, O_RDWR);
-	img = img_open(q, false);
+	img = t_open_ok(q, false);
 	workload(img, fd, g_str_hash(name), 150, 70000);
-	compare_raw(img, r);
+	t_compare_raw(img, r);
 	image_unref(img);
 	close(fd);
 	check_and_compare(q, r);
-	g_assert_cmpint(sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-wl.raw && "
-			   "cmp %s-s1.raw %s-s1-wl.raw",
-			   q, name, name, name),
-			==, 0);
+	t_sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-wl.raw && "
+	     "cmp %s-s1.raw %s-s1-wl.raw",
+	     q, name, name, name);
 	g_free(q);
 	g_free(r);
 	g_free(rp);
@@ -302,11 +341,10 @@ static void test_extl2_shared_cow(void)
 /* The snapshot s1 of the lazysnap fixture is listed and reads as before. */
 static void assert_lazysnap_s1(const char *q)
 {
-	g_assert_cmpint(sh("qemu-img snapshot -l %s | cmp - lazysnap.snapshots && "
-			   "qemu-img convert -l snapshot.name=s1 -O raw %s s1-now.raw && "
-			   "cmp lazysnap-s1.raw s1-now.raw",
-			   q, q),
-			==, 0);
+	t_sh("qemu-img snapshot -l %s | cmp - lazysnap.snapshots && "
+	     "qemu-img convert -l snapshot.name=s1 -O raw %s s1-now.raw && "
+	     "cmp lazysnap-s1.raw s1-now.raw",
+	     q, q);
 }
 
 /* The lazy-refcounts images left dirty by qemu-io abort: repaired at open,
@@ -315,28 +353,27 @@ static void test_dirty_rebuild(void)
 {
 	struct vd_image *img;
 
-	g_assert_cmpint(sh("cp lazy.qcow2 wl.qcow2"), ==, 0);
+	t_sh("cp lazy.qcow2 wl.qcow2");
 	g_assert_cmpint(qemu_check("wl.qcow2"), ==, 2);
 	write_fixture("lazy", 40);
-	g_assert_cmpint(sh("qemu-img info w-lazy.qcow2 | grep -q 'corrupt: false'"), ==, 0);
-	g_assert_cmpint(sh("! od -An -tx1 -j72 -N8 w-lazy.qcow2 | grep -q '01 *$'"), ==, 0);
+	t_sh("qemu-img info w-lazy.qcow2 | grep -q 'corrupt: false'");
+	t_sh("! od -An -tx1 -j72 -N8 w-lazy.qcow2 | grep -q '01 *$'");
 
 	/* the rebuild alone (open, close) leaves a clean image */
-	g_assert_cmpint(sh("cp lazysnap.qcow2 wls.qcow2"), ==, 0);
+	t_sh("cp lazysnap.qcow2 wls.qcow2");
 	g_assert_cmpint(qemu_check("wls.qcow2"), ==, 2);
-	img = img_open("wls.qcow2", false);
+	img = t_open_ok("wls.qcow2", false);
 	g_assert_false(img->read_only);
-	compare_raw(img, "lazysnap.raw");
+	t_compare_raw(img, "lazysnap.raw");
 	image_unref(img);
 	g_assert_cmpint(qemu_check("wls.qcow2"), ==, 0);
-	g_assert_cmpint(sh("grep -q 'compressed clusters' check.log && "
-			   "! grep -q ' 0.00%% compressed' check.log"),
-			==, 0);
+	t_sh("grep -q 'compressed clusters' check.log && "
+	     "! grep -q ' 0.00%% compressed' check.log");
 	g_assert_cmpint(qemu_compare("wls.qcow2", "lazysnap.raw"), ==, 0);
 	assert_lazysnap_s1("wls.qcow2");
 	/* and writes after it */
 	write_fixture("lazysnap", 60);
-	g_assert_cmpint(sh("! od -An -tx1 -j72 -N8 w-lazysnap.qcow2 | grep -q '01 *$'"), ==, 0);
+	t_sh("! od -An -tx1 -j72 -N8 w-lazysnap.qcow2 | grep -q '01 *$'");
 	assert_lazysnap_s1("w-lazysnap.qcow2");
 }
 
@@ -345,16 +382,15 @@ static void test_dirty_rebuild(void)
  * clean, and the header keeps its length (fields are rewritten one by one). */
 static void test_header_length_104(void)
 {
-	char *p = tpath("h104.qcow2"), *rp = tpath("h104.raw");
+	char *p = t_path("h104.qcow2"), *rp = t_path("h104.raw");
 	uint8_t c0[4096];
 	struct vd_image *img;
 	uint64_t bo;
 	int fd;
 
-	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -o compat=1.1 -b base.raw -F raw "
-			   "h104.qcow2 4M && qemu-io -f qcow2 -c 'write -P 0x5c 64k 100k' "
-			   "h104.qcow2 >/dev/null"),
-			==, 0);
+	t_sh("qemu-img create -q -f qcow2 -o compat=1.1 -b base.raw -F raw "
+	     "h104.qcow2 4M && qemu-io -f qcow2 -c 'write -P 0x5c 64k 100k' "
+	     "h104.qcow2 >/dev/null");
 	fd = open(p, O_RDWR);
 	g_assert_cmpint(pread(fd, c0, sizeof(c0), 0), ==, sizeof(c0));
 	g_assert_cmpuint(GUINT32_FROM_BE(*(uint32_t *)(c0 + 100)), ==, 112);
@@ -371,24 +407,23 @@ static void test_header_length_104(void)
 	close(fd);
 	/* QEMU takes it as it is */
 	g_assert_cmpint(qemu_check("h104.qcow2"), ==, 0);
-	g_assert_cmpint(sh("qemu-img info h104.qcow2 | grep -q 'backing file format: raw' && "
-			   "qemu-img convert -O raw h104.qcow2 h104.raw"),
-			==, 0);
+	t_sh("qemu-img info h104.qcow2 | grep -q 'backing file format: raw' && "
+	     "qemu-img convert -O raw h104.qcow2 h104.raw");
 	fd = open(rp, O_RDWR);
-	img = img_open("h104.qcow2", false);
+	img = t_open_ok("h104.qcow2", false);
 	g_assert_nonnull(img->backing);
-	compare_raw(img, "h104.raw");
+	t_compare_raw(img, "h104.raw");
 	workload(img, fd, 104, 80, 200000);
 	g_assert_cmpint(image_truncate(img, 5 << 20), ==, 0);
 	g_assert_cmpint(ftruncate(fd, 5 << 20), ==, 0);
 	g_assert_cmpint(image_pwrite_wait(img, "end", 3, (5 << 20) - 3), ==, 0);
 	g_assert_cmpint(pwrite(fd, "end", 3, (5 << 20) - 3), ==, 3);
-	compare_raw(img, "h104.raw");
+	t_compare_raw(img, "h104.raw");
 	image_unref(img);
 	close(fd);
 	check_and_compare("h104.qcow2", "h104.raw");
-	g_assert_cmpuint(get_be64("h104.qcow2", 96) & 0xffffffff, ==, 104);
-	g_assert_cmpuint(get_be64("h104.qcow2", 104) >> 32, ==, 0xe2792aca); /* backing format */
+	g_assert_cmpuint(t_get_be64("h104.qcow2", 96) & 0xffffffff, ==, 104);
+	g_assert_cmpuint(t_get_be64("h104.qcow2", 104) >> 32, ==, 0xe2792aca); /* backing format */
 	g_free(p);
 	g_free(rp);
 }
@@ -404,25 +439,23 @@ static void v2_zero_case(const char *name, bool backing)
 	enum vd_bs st;
 	int fd;
 
-	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -o compat=0.10 %s %s 4M && qemu-io -f "
-			   "qcow2 -c 'write -P 0x71 0 256k' -c 'write -P 0x72 1M 128k' %s "
-			   ">/dev/null && qemu-img convert -O raw %s %s",
-			   backing ? "-b base.raw -F raw" : "", q, q, q, r),
-			==, 0);
+	t_sh("qemu-img create -q -f qcow2 -o compat=0.10 %s %s 4M && qemu-io -f "
+	     "qcow2 -c 'write -P 0x71 0 256k' -c 'write -P 0x72 1M 128k' %s "
+	     ">/dev/null && qemu-img convert -O raw %s %s",
+	     backing ? "-b base.raw -F raw" : "", q, q, q, r);
 	if (!backing)
-		g_assert_cmpint(sh("qemu-img snapshot -c s1 %s && qemu-img convert -l "
-				   "snapshot.name=s1 -O raw %s %s-s1.raw",
-				   q, q, name),
-				==, 0);
+		t_sh("qemu-img snapshot -c s1 %s && qemu-img convert -l "
+		     "snapshot.name=s1 -O raw %s %s-s1.raw",
+		     q, q, name);
 	fd = raw_open_copy(r, "v2z-ref.raw");
-	img = img_open(q, false);
+	img = t_open_ok(q, false);
 	zero_both(img, fd, 128 << 10, 64 << 10, true);		/* whole clusters of data */
 	zero_both(img, fd, 200000, 200000 + 123, true);		/* unaligned, data and not */
 	zero_both(img, fd, 128 << 10, 2 << 20, true);		/* backing data only */
 	zero_both(img, fd, 65536 + 1000, (1 << 20) + 500, false); /* zero range, unaligned */
 	zero_both(img, fd, 128 << 10, 1536 << 10, false);	/* zero range, aligned */
 	zero_both(img, fd, 64 << 10, (3 << 20) + 65536, true);	/* past the backing file */
-	compare_raw(img, "v2z-ref.raw");
+	t_compare_raw(img, "v2z-ref.raw");
 	g_assert_cmpint(img->fmt->block_status(img, 2 << 20, 65536, &pnum, &st), ==, 0);
 	if (backing)
 		g_assert_cmpint(st, ==, VD_BS_DATA); /* zeroes written over the backing data */
@@ -432,10 +465,9 @@ static void v2_zero_case(const char *name, bool backing)
 	close(fd);
 	check_and_compare(q, "v2z-ref.raw");
 	if (!backing)
-		g_assert_cmpint(sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-after.raw "
-				   "&& cmp %s-s1.raw %s-s1-after.raw",
-				   q, name, name, name),
-				==, 0);
+		t_sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-after.raw "
+		     "&& cmp %s-s1.raw %s-s1-after.raw",
+		     q, name, name, name);
 	g_free(q);
 	g_free(r);
 }
@@ -455,34 +487,33 @@ static void test_feature_bits(void)
 
 	/* unknown autoclear bit 5 and compatible bit 5: the first is cleared on the
 	 * first write, the second kept */
-	g_assert_cmpint(sh("cp c65536.qcow2 fb.qcow2 && printf '\\040' | dd of=fb.qcow2 bs=1 "
-			   "seek=95 conv=notrunc status=none && printf '\\040' | dd of=fb.qcow2 "
-			   "bs=1 seek=87 conv=notrunc status=none"),
-			==, 0);
-	g_assert_cmpuint(get_be64("fb.qcow2", 88), ==, 32);
-	img = img_open("fb.qcow2", false);
-	g_assert_cmpuint(get_be64("fb.qcow2", 88), ==, 32); /* opening alone changes nothing */
+	t_sh("cp c65536.qcow2 fb.qcow2 && printf '\\040' | dd of=fb.qcow2 bs=1 "
+	     "seek=95 conv=notrunc status=none && printf '\\040' | dd of=fb.qcow2 "
+	     "bs=1 seek=87 conv=notrunc status=none");
+	g_assert_cmpuint(t_get_be64("fb.qcow2", 88), ==, 32);
+	img = t_open_ok("fb.qcow2", false);
+	g_assert_cmpuint(t_get_be64("fb.qcow2", 88), ==, 32); /* opening alone changes nothing */
 	g_assert_cmpint(image_pwrite_wait(img, &b, 1, 12345), ==, 0);
 	image_unref(img);
-	g_assert_cmpuint(get_be64("fb.qcow2", 88), ==, 0);
-	g_assert_cmpuint(get_be64("fb.qcow2", 80), ==, 32);
+	g_assert_cmpuint(t_get_be64("fb.qcow2", 88), ==, 0);
+	g_assert_cmpuint(t_get_be64("fb.qcow2", 80), ==, 32);
 	g_assert_cmpint(qemu_check("fb.qcow2"), ==, 0);
 
 	/* bitmaps: flagged in use from the first write until they are stored at
 	 * close, exact and not in use; a resize is refused meanwhile */
-	g_assert_cmpint(sh("cp bitmap.qcow2 bm.qcow2"), ==, 0);
-	img = img_open("bm.qcow2", false);
-	g_assert_cmpint(sh("qemu-img info -U bm.qcow2 | grep -q in-use"), !=, 0);
+	t_sh("cp bitmap.qcow2 bm.qcow2");
+	img = t_open_ok("bm.qcow2", false);
+	g_assert_cmpint(t_sh_rc("qemu-img info -U bm.qcow2 | grep -q in-use"), !=, 0);
 	g_assert_cmpint(image_pwrite_wait(img, &b, 1, 0), ==, 0);
-	g_assert_cmpint(sh("qemu-img info -U bm.qcow2 | grep -q in-use"), ==, 0);
+	t_sh("qemu-img info -U bm.qcow2 | grep -q in-use");
 	g_assert_cmpint(image_truncate(img, 8 << 20), ==, -ENOTSUP);
 	image_unref(img);
 	g_assert_cmpint(qemu_check("bm.qcow2"), ==, 0);
-	g_assert_cmpint(sh("qemu-img info bm.qcow2 | grep -q in-use"), !=, 0);
+	g_assert_cmpint(t_sh_rc("qemu-img info bm.qcow2 | grep -q in-use"), !=, 0);
 
 	/* header_length 120 with an unknown trailing field: kept */
-	p = tpath("hl.qcow2");
-	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -o cluster_size=65536 hl.qcow2 1M"), ==, 0);
+	p = t_path("hl.qcow2");
+	t_sh("qemu-img create -q -f qcow2 -o cluster_size=65536 hl.qcow2 1M");
 	fd = open(p, O_RDWR);
 	{
 		uint32_t hl = GUINT32_TO_BE(120);
@@ -493,11 +524,11 @@ static void test_feature_bits(void)
 		g_assert_cmpint(pwrite(fd, ext, 8, 120), ==, 8);
 	}
 	close(fd);
-	img = img_open("hl.qcow2", false);
+	img = t_open_ok("hl.qcow2", false);
 	g_assert_cmpint(image_pwrite_wait(img, &b, 1, 70000), ==, 0);
 	g_assert_cmpint(image_truncate(img, 3 << 20), ==, 0);
 	image_unref(img);
-	g_assert_cmpuint(get_be64("hl.qcow2", 112), ==, 0x1122334455667788ull);
+	g_assert_cmpuint(t_get_be64("hl.qcow2", 112), ==, 0x1122334455667788ull);
 	g_assert_cmpint(qemu_check("hl.qcow2"), ==, 0);
 	g_free(p);
 }
@@ -505,7 +536,7 @@ static void test_feature_bits(void)
 static void test_discard_shrinks_file(void)
 {
 	struct vd_create_opts o = {.size = 16 << 20};
-	char *p = tpath("d.qcow2");
+	char *p = t_path("d.qcow2");
 	struct vd_image *img;
 	uint8_t *buf = g_malloc(4 << 20);
 	struct stat a, b;
@@ -513,7 +544,7 @@ static void test_discard_shrinks_file(void)
 	enum vd_bs st;
 
 	g_assert_cmpint(vd_format_qcow2.create(p, &o), ==, 0);
-	img = img_open("d.qcow2", false);
+	img = t_open_ok("d.qcow2", false);
 	fill_pattern(buf, 4 << 20, 3);
 	g_assert_cmpint(image_pwrite_wait(img, buf, 4 << 20, 1 << 20), ==, 0);
 	g_assert_cmpint(image_fsync_wait(img), ==, 0);
@@ -544,8 +575,8 @@ static void test_resize(void)
 	uint8_t buf[4096];
 
 	/* grow an overlay over a longer backing file: the new range reads zero */
-	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -b base.raw -F raw rs.qcow2 1M"), ==, 0);
-	img = img_open("rs.qcow2", false);
+	t_sh("qemu-img create -q -f qcow2 -b base.raw -F raw rs.qcow2 1M");
+	img = t_open_ok("rs.qcow2", false);
 	g_assert_cmpint(image_truncate(img, 4ull << 30), ==, 0); /* L1 grows too */
 	g_assert_cmpuint(img->size, ==, 4ull << 30);
 	g_assert_cmpint(image_pread_wait(img, buf, sizeof(buf), 2 << 20), ==, 0);
@@ -557,12 +588,10 @@ static void test_resize(void)
 	g_assert_cmpint(image_truncate(img, (3ull << 30) + 65536), ==, 0);
 	image_unref(img);
 	g_assert_cmpint(qemu_check("rs.qcow2"), ==, 0);
-	g_assert_cmpint(sh("qemu-img info rs.qcow2 | grep -q 'virtual size: 3 GiB (3221291008 "
-			   "bytes)'"),
-			==, 0);
-	g_assert_cmpint(sh("qemu-io -f qcow2 -c 'read -P 0 2M 1M' -c 'read -P 0x61 3G+5 1' "
-			   "rs.qcow2 | grep -q -v Pattern"),
-			==, 0);
+	t_sh("qemu-img info rs.qcow2 | grep -q 'virtual size: 3 GiB (3221291008 "
+	     "bytes)'");
+	t_sh("qemu-io -f qcow2 -c 'read -P 0 2M 1M' -c 'read -P 0x61 3G+5 1' "
+	     "rs.qcow2 | grep -q -v Pattern");
 }
 
 /* Grow an overlay of base.raw (3 MiB) from old to 4 MiB + 1024 through the
@@ -577,38 +606,34 @@ static void grow_case(const char *name, const char *opts, uint64_t old, const ch
 	char *q = g_strdup_printf("%s.qcow2", name), *r = g_strdup_printf("%s.raw", name);
 	struct vd_image *img;
 
-	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -o %s -b base.raw -F raw %s %llu", opts, q,
-			   (unsigned long long)old),
-			==, 0);
+	t_sh("qemu-img create -q -f qcow2 -o %s -b base.raw -F raw %s %llu", opts, q,
+	     (unsigned long long)old);
 	if (*prep)
-		g_assert_cmpint(sh("qemu-io -f qcow2 %s %s >/dev/null", prep, q), ==, 0);
+		t_sh("qemu-io -f qcow2 %s %s >/dev/null", prep, q);
 	if (snap)
-		g_assert_cmpint(sh("qemu-img snapshot -c s1 %s && qemu-img convert -l "
-				   "snapshot.name=s1 -O raw %s %s-s1.raw",
-				   q, q, name),
-				==, 0);
-	g_assert_cmpint(sh("qemu-img convert -O raw %s %s && truncate -s %llu %s", q, r,
-			   (unsigned long long)size, r),
-			==, 0);
-	img = img_open(q, false);
+		t_sh("qemu-img snapshot -c s1 %s && qemu-img convert -l "
+		     "snapshot.name=s1 -O raw %s %s-s1.raw",
+		     q, q, name);
+	t_sh("qemu-img convert -O raw %s %s && truncate -s %llu %s", q, r, (unsigned long long)size,
+	     r);
+	img = t_open_ok(q, false);
 	g_assert_cmpint(image_truncate(img, size + 1000), ==, -EINVAL); /* not whole sectors */
 	g_assert_cmpuint(img->size, ==, old);
 	g_assert_cmpint(image_truncate(img, size), ==, 0);
 	g_assert_cmpuint(img->size, ==, size);
-	compare_raw(img, r);
+	t_compare_raw(img, r);
 	image_unref(img);
 	check_and_compare(q, r);
 	if (snap)
 		/* (convert shows a snapshot at the current size: compare its own bytes) */
-		g_assert_cmpint(sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-after.raw "
-				   "&& cmp -n %llu %s-s1.raw %s-s1-after.raw",
-				   q, name, (unsigned long long)old, name, name),
-				==, 0);
+		t_sh("qemu-img convert -l snapshot.name=s1 -O raw %s %s-s1-after.raw "
+		     "&& cmp -n %llu %s-s1.raw %s-s1-after.raw",
+		     q, name, (unsigned long long)old, name, name);
 	/* and once more, from the new unaligned end */
-	img = img_open(q, false);
+	img = t_open_ok(q, false);
 	g_assert_cmpint(image_truncate(img, size + 70144), ==, 0);
 	image_unref(img);
-	g_assert_cmpint(sh("truncate -s %llu %s", (unsigned long long)size + 70144, r), ==, 0);
+	t_sh("truncate -s %llu %s", (unsigned long long)size + 70144, r);
 	g_assert_cmpint(qemu_check(q), ==, 0);
 	g_assert_cmpint(qemu_compare(q, r), ==, 0);
 	g_free(q);
@@ -641,13 +666,11 @@ static void test_grow_v2(void)
 	grow_case("gv-unaligned", "compat=0.10", 999936, "-c 'write -P 0x66 983040 10'", false);
 	grow_case("gv-snap", "compat=0.10", 999936, "-c 'write -P 0x67 983040 10'", true);
 	/* allocated up to the backing file's end, nothing past it */
-	g_assert_cmpint(sh("qemu-img map --output=json gv-aligned.qcow2 | grep -q '\"start\": "
-			   "1048576, \"length\": 2097152, \"depth\": 0, \"present\": true, "
-			   "\"zero\": false, \"data\": true'"),
-			==, 0);
-	g_assert_cmpint(sh("qemu-img map --output=json gv-aligned.qcow2 | grep -q '\"start\": "
-			   "3145728, [^}]*\"present\": false'"),
-			==, 0);
+	t_sh("qemu-img map --output=json gv-aligned.qcow2 | grep -q '\"start\": "
+	     "1048576, \"length\": 2097152, \"depth\": 0, \"present\": true, "
+	     "\"zero\": false, \"data\": true'");
+	t_sh("qemu-img map --output=json gv-aligned.qcow2 | grep -q '\"start\": "
+	     "3145728, [^}]*\"present\": false'");
 }
 
 /* A cache of 4 tables: dirty L2 tables and refcount blocks are evicted and
@@ -656,14 +679,14 @@ static void test_small_cache(void)
 {
 	struct vd_open_opts o = {.backing = VD_BACKING_FOLLOW, .cache_size = 4096};
 	struct vd_image *img;
-	char *p = tpath("sc.qcow2");
+	char *p = t_path("sc.qcow2");
 	int fd;
 
-	g_assert_cmpint(sh("cp c512.qcow2 sc.qcow2"), ==, 0);
+	t_sh("cp c512.qcow2 sc.qcow2");
 	fd = raw_open_copy("c512.raw", "sc.raw");
 	g_assert_cmpint(image_open(p, &o, &img), ==, 0);
 	workload(img, fd, 99, 200, 20000);
-	compare_raw(img, "sc.raw");
+	t_compare_raw(img, "sc.raw");
 	image_unref(img);
 	close(fd);
 	g_assert_cmpint(qemu_check("sc.qcow2"), ==, 0);
@@ -699,15 +722,15 @@ static void *writer_main(void *arg)
 static void test_concurrent_one_cluster(void)
 {
 	struct vd_create_opts o = {.size = 8 << 20};
-	char *p = tpath("cc.qcow2");
+	char *p = t_path("cc.qcow2");
 	struct writer w[4];
 	pthread_t th[4];
 	struct vd_image *img;
 	uint8_t buf[65536];
 
-	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -b base.raw -F raw cc.qcow2 8M"), ==, 0);
+	t_sh("qemu-img create -q -f qcow2 -b base.raw -F raw cc.qcow2 8M");
 	(void)o;
-	img = img_open("cc.qcow2", false);
+	img = t_open_ok("cc.qcow2", false);
 	for (int i = 0; i < 4; i++) {
 		w[i] = (struct writer){.img = img, .idx = i, .base = 1 << 20};
 		pthread_create(&th[i], NULL, writer_main, &w[i]);
@@ -723,9 +746,8 @@ static void test_concurrent_one_cluster(void)
 	}
 	image_unref(img);
 	g_assert_cmpint(qemu_check("cc.qcow2"), ==, 0);
-	g_assert_cmpint(sh("qemu-img map --output=json cc.qcow2 | grep -c '\"data\": true, "
-			   "\"offset\"' >/dev/null"),
-			==, 0);
+	t_sh("qemu-img map --output=json cc.qcow2 | grep -c '\"data\": true, "
+	     "\"offset\"' >/dev/null");
 	g_free(p);
 }
 
@@ -798,11 +820,10 @@ static void test_discard_under_read(gconstpointer compressed)
 	uint8_t *buf = g_malloc(65536);
 	int res = 1;
 
-	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -o cluster_size=64k dr.qcow2 4M && "
-			   "qemu-io -f qcow2 -c 'write %s -P 0xaa 0 64k' dr.qcow2 >/dev/null",
-			   compressed ? "-c" : ""),
-			==, 0);
-	img = img_open("dr.qcow2", false);
+	t_sh("qemu-img create -q -f qcow2 -o cluster_size=64k dr.qcow2 4M && "
+	     "qemu-io -f qcow2 -c 'write %s -P 0xaa 0 64k' dr.qcow2 >/dev/null",
+	     compressed ? "-c" : "");
+	img = t_open_ok("dr.qcow2", false);
 	g_assert_cmpint(uring_thread_init(64), ==, 0);
 	image_submit(img, IMAGE_READ, buf, 65536, 0, race_done, &res);
 	r = (struct racer){.img = img, .discard_off = 0, .write_off = 1 << 20, .pat = 0xbb};
@@ -827,14 +848,14 @@ static void test_discard_under_read(gconstpointer compressed)
 static void test_discard_under_write(void)
 {
 	struct vd_create_opts o = {.size = 4 << 20, .cluster_size = 65536};
-	char *p = tpath("dw.qcow2");
+	char *p = t_path("dw.qcow2");
 	struct racer r;
 	struct vd_image *img;
 	uint8_t *buf = g_malloc(65536), *w = g_malloc(65536);
 	int res = 1;
 
 	g_assert_cmpint(vd_format_qcow2.create(p, &o), ==, 0);
-	img = img_open("dw.qcow2", false);
+	img = t_open_ok("dw.qcow2", false);
 	g_assert_cmpint(uring_thread_init(64), ==, 0);
 	memset(w, 0xaa, 65536);
 	g_assert_cmpint(image_pwrite_wait(img, w, 65536, 0), ==, 0);
@@ -868,10 +889,9 @@ static void test_discard_under_cow_write(void)
 	uint8_t *buf = g_malloc(65536), *w = g_malloc(4096);
 	int res = 1;
 
-	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -o cluster_size=64k -b base.raw -F raw "
-			   "dc.qcow2 4M"),
-			==, 0);
-	img = img_open("dc.qcow2", false);
+	t_sh("qemu-img create -q -f qcow2 -o cluster_size=64k -b base.raw -F raw "
+	     "dc.qcow2 4M");
+	img = t_open_ok("dc.qcow2", false);
 	g_assert_cmpint(uring_thread_init(64), ==, 0);
 	memset(w, 0xcc, 4096);
 	image_submit(img, IMAGE_WRITE, w, 4096, 65536 + 8192, race_done, &res);
@@ -892,40 +912,54 @@ static void test_discard_under_cow_write(void)
 
 int main(int argc, char **argv)
 {
-	static const char *fx[] = {"c512",    "c4096",	 "c65536", "c2097152", "v2",
-				   "rc1",     "rc2",	 "rc4",	   "rc8",      "rc32",
-				   "rc64",    "zlib",	 "zstd",   "zlib4k",   "extl2",
-				   "top",     "mid",	 "bitmap", "big",      "prealloc-metadata",
-				   "prealloc-falloc", "prealloc-full"};
-	int ret;
+	static const char *fx[] = {"c512",
+				   "c4096",
+				   "c65536",
+				   "c2097152",
+				   "v2",
+				   "rc1",
+				   "rc2",
+				   "rc4",
+				   "rc8",
+				   "rc32",
+				   "rc64",
+				   "zlib",
+				   "zstd",
+				   "zlib4k",
+				   "extl2",
+				   "top",
+				   "mid",
+				   "bitmap",
+				   "big",
+				   "prealloc-metadata",
+				   "prealloc-falloc",
+				   "prealloc-full"};
 
-	common_init(&argc, &argv);
+	t_init(&argc, &argv);
+	t_qcow2_fixtures();
 	for (unsigned i = 0; i < G_N_ELEMENTS(fx); i++) {
 		char *n = g_strdup_printf("/qcow2/write/fixture/%s", fx[i]);
-		g_test_add_data_func(n, fx[i], test_fixture_workload);
+		t_add_qemu_data(n, fx[i], test_fixture_workload);
 		g_free(n);
 	}
-	g_test_add_func("/qcow2/write/create", test_create);
-	g_test_add_func("/qcow2/write/reftable-growth", test_reftable_growth);
-	g_test_add_func("/qcow2/write/create-backing", test_create_backing);
-	g_test_add_func("/qcow2/write/snapshots-kept", test_snapshots_kept);
-	g_test_add_func("/qcow2/write/extl2-shared-cow", test_extl2_shared_cow);
-	g_test_add_func("/qcow2/write/dirty-rebuild", test_dirty_rebuild);
-	g_test_add_func("/qcow2/write/feature-bits", test_feature_bits);
-	g_test_add_func("/qcow2/write/header-length-104", test_header_length_104);
-	g_test_add_func("/qcow2/write/v2-discard-zero", test_v2_discard_zero);
-	g_test_add_func("/qcow2/write/discard-shrinks-file", test_discard_shrinks_file);
-	g_test_add_func("/qcow2/write/resize", test_resize);
-	g_test_add_func("/qcow2/write/grow-unaligned", test_grow_unaligned);
-	g_test_add_func("/qcow2/write/grow-v2", test_grow_v2);
-	g_test_add_func("/qcow2/write/concurrent-one-cluster", test_concurrent_one_cluster);
-	g_test_add_func("/qcow2/write/small-cache", test_small_cache);
-	g_test_add_data_func("/qcow2/write/discard-under-read", NULL, test_discard_under_read);
-	g_test_add_data_func("/qcow2/write/discard-under-read-compressed", "",
-			     test_discard_under_read);
-	g_test_add_func("/qcow2/write/discard-under-write", test_discard_under_write);
-	g_test_add_func("/qcow2/write/discard-under-cow-write", test_discard_under_cow_write);
-	ret = g_test_run();
-	fixtures_remove();
-	return ret;
+	t_add_qemu("/qcow2/write/create", test_create);
+	t_add_qemu("/qcow2/write/reftable-growth", test_reftable_growth);
+	t_add_qemu("/qcow2/write/create-backing", test_create_backing);
+	t_add_qemu("/qcow2/write/snapshots-kept", test_snapshots_kept);
+	t_add_qemu("/qcow2/write/extl2-shared-cow", test_extl2_shared_cow);
+	t_add_qemu("/qcow2/write/dirty-rebuild", test_dirty_rebuild);
+	t_add_qemu("/qcow2/write/feature-bits", test_feature_bits);
+	t_add_qemu("/qcow2/write/header-length-104", test_header_length_104);
+	t_add_qemu("/qcow2/write/v2-discard-zero", test_v2_discard_zero);
+	t_add_qemu("/qcow2/write/discard-shrinks-file", test_discard_shrinks_file);
+	t_add_qemu("/qcow2/write/resize", test_resize);
+	t_add_qemu("/qcow2/write/grow-unaligned", test_grow_unaligned);
+	t_add_qemu("/qcow2/write/grow-v2", test_grow_v2);
+	t_add_qemu("/qcow2/write/concurrent-one-cluster", test_concurrent_one_cluster);
+	t_add_qemu("/qcow2/write/small-cache", test_small_cache);
+	t_add_qemu_data("/qcow2/write/discard-under-read", NULL, test_discard_under_read);
+	t_add_qemu_data("/qcow2/write/discard-under-read-compressed", "", test_discard_under_read);
+	t_add_qemu("/qcow2/write/discard-under-write", test_discard_under_write);
+	t_add_qemu("/qcow2/write/discard-under-cow-write", test_discard_under_cow_write);
+	return t_run();
 }

@@ -1,7 +1,38 @@
 /* qcow2 reads against qemu-img's own answer (`qemu-img convert -O raw`) for
  * every fixture, and hostile or broken images: each refused at open with a
  * message or answered with EIO, never a crash. */
-#include "test-qcow2-common.c"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "testlib.h"
+#include "util/log.h"
+
+/* image_open's answer for name: 0 (the image closed again) or -errno. */
+static int img_open_err(const char *name, bool ro)
+{
+	struct vd_image *img = NULL;
+	int ret = t_open(name, ro, &img);
+
+	if (!ret)
+		image_unref(img);
+	return ret;
+}
+
+/* The qemu-made name.qcow2 reads as its reference name.raw. */
+static void check_fixture(const char *name)
+{
+	char *q = g_strdup_printf("%s.qcow2", name), *r = g_strdup_printf("%s.raw", name);
+	struct vd_image *img = t_open_ok(q, true);
+
+	t_compare_raw(img, r);
+	image_unref(img);
+	g_free(q);
+	g_free(r);
+}
 
 static void test_cluster_sizes(void)
 {
@@ -39,16 +70,16 @@ static void test_prealloc(void)
 /* 6 GiB: the regions with data, and the ends, not every byte. */
 static void test_big(void)
 {
-	struct vd_image *img = img_open("big.qcow2", true);
-	char *p = tpath("big.raw");
+	struct vd_image *img = t_open_ok("big.qcow2", true);
+	char *p = t_path("big.raw");
 	int fd = open(p, O_RDONLY);
 	uint64_t g = 1ull << 30;
 
 	g_assert_cmpuint(img->size, ==, 6 * g);
-	compare_range(img, fd, 0, 1 << 20);
-	compare_range(img, fd, 5 * g - 65536, (1 << 20) + 131072);
-	compare_range(img, fd, 4 * g - 65536, 131072);
-	compare_range(img, fd, 6 * g - (1 << 20), 1 << 20);
+	t_compare_fd(img, fd, 0, 1 << 20);
+	t_compare_fd(img, fd, 5 * g - 65536, (1 << 20) + 131072);
+	t_compare_fd(img, fd, 4 * g - 65536, 131072);
+	t_compare_fd(img, fd, 6 * g - (1 << 20), 1 << 20);
 	close(fd);
 	g_free(p);
 	image_unref(img);
@@ -56,7 +87,7 @@ static void test_big(void)
 
 static void test_info_block_status(void)
 {
-	struct vd_image *img = img_open("top.qcow2", true);
+	struct vd_image *img = t_open_ok("top.qcow2", true);
 	uint64_t pnum;
 	enum vd_bs st;
 
@@ -79,7 +110,7 @@ static void test_info_block_status(void)
 
 static void put_be64(const char *name, uint64_t off, uint64_t v)
 {
-	char *p = tpath(name);
+	char *p = t_path(name);
 	int fd = open(p, O_RDWR);
 
 	v = GUINT64_TO_BE(v);
@@ -90,7 +121,7 @@ static void put_be64(const char *name, uint64_t off, uint64_t v)
 
 static void put_be32(const char *name, uint64_t off, uint32_t v)
 {
-	char *p = tpath(name);
+	char *p = t_path(name);
 	int fd = open(p, O_RDWR);
 
 	v = GUINT32_TO_BE(v);
@@ -105,7 +136,7 @@ static const char *fresh_copy(const char *from)
 	static int n;
 
 	snprintf(name, sizeof(name), "bad%d.qcow2", n++);
-	g_assert_cmpint(sh("cp '%s' '%s'", from, name), ==, 0);
+	t_sh("cp '%s' '%s'", from, name);
 	return name;
 }
 
@@ -124,10 +155,10 @@ static void refused(const char *name, int err, const char *msg)
 /* The offset of the first header extension of type type (its 8-byte header). */
 static uint64_t find_ext(const char *name, uint32_t type)
 {
-	uint64_t pos = get_be64(name, 96) & 0xffffffff; /* header_length */
+	uint64_t pos = t_get_be64(name, 96) & 0xffffffff; /* header_length */
 
 	for (int i = 0; i < 64; i++) {
-		uint64_t h = get_be64(name, pos);
+		uint64_t h = t_get_be64(name, pos);
 		if (h >> 32 == type)
 			return pos;
 		g_assert_cmpuint(h >> 32, !=, 0);
@@ -140,8 +171,8 @@ static uint64_t find_ext(const char *name, uint32_t type)
 static void test_bitmap_dir_damage(void)
 {
 	const char *b = fresh_copy("bitmap.qcow2");
-	uint64_t dir = get_be64(b, find_ext(b, 0x23852875) + 24);
-	uint64_t w = get_be64(b, dir + 16) >> 32; /* type, granularity_bits, name_size */
+	uint64_t dir = t_get_be64(b, find_ext(b, 0x23852875) + 24);
+	uint64_t w = t_get_be64(b, dir + 16) >> 32; /* type, granularity_bits, name_size */
 
 	put_be32(b, dir + 16, (w & 0xff00ffff) | 40u << 16);
 	refused(b, -EINVAL, "bitmap directory at 0x");
@@ -153,7 +184,7 @@ static void test_bitmap_dir_damage(void)
 	refused(b, -EINVAL, "entry 0 (offset 0) has an unknown bitmap type");
 
 	b = fresh_copy("bitmap.qcow2");
-	put_be64(b, get_be64(b, dir), 1ull << 60); /* reserved bits in table entry 0 */
+	put_be64(b, t_get_be64(b, dir), 1ull << 60); /* reserved bits in table entry 0 */
 	refused(b, -EINVAL, "table entry 0 at 0x");
 }
 
@@ -162,11 +193,11 @@ static void test_bad_headers(void)
 	const char *b;
 
 	b = fresh_copy("c65536.qcow2");
-	g_assert_cmpint(sh("truncate -s 100 %s", b), ==, 0);
+	t_sh("truncate -s 100 %s", b);
 	g_assert_cmpint(img_open_err(b, true), ==, -EINVAL);
 
 	b = fresh_copy("c65536.qcow2");
-	g_assert_cmpint(sh("truncate -s 196608 %s", b), ==, 0); /* L1 cut off */
+	t_sh("truncate -s 196608 %s", b); /* L1 cut off */
 	g_assert_cmpint(img_open_err(b, true), ==, -EINVAL);
 
 	b = fresh_copy("c65536.qcow2");
@@ -186,7 +217,7 @@ static void test_bad_headers(void)
 	g_assert_cmpint(img_open_err(b, true), ==, -EINVAL);
 
 	b = fresh_copy("c65536.qcow2");
-	put_be64(b, 40, get_be64(b, 48)); /* L1 on top of the refcount table */
+	put_be64(b, 40, t_get_be64(b, 48)); /* L1 on top of the refcount table */
 	g_assert_cmpint(img_open_err(b, true), ==, -EINVAL);
 
 	b = fresh_copy("c65536.qcow2");
@@ -237,33 +268,32 @@ static void test_bad_headers(void)
 static void test_bitmaps_autoclear_clear(void)
 {
 	const char *b = fresh_copy("bitmap.qcow2");
-	uint64_t ext = find_ext(b, 0x23852875), dir = get_be64(b, ext + 24);
-	uint64_t e0, e1, e2, d0 = get_be64(b, dir + 8); /* table size, flags */
+	uint64_t ext = find_ext(b, 0x23852875), dir = t_get_be64(b, ext + 24);
+	uint64_t e0, e1, e2, d0 = t_get_be64(b, dir + 8); /* table size, flags */
 	struct vd_image *img;
 	char *q = g_strdup(b);
 
-	put_be64(b, 88, get_be64(b, 88) & ~1ull);
+	put_be64(b, 88, t_get_be64(b, 88) & ~1ull);
 	put_be32(b, ext + 8, 0);	  /* no bitmaps... */
 	put_be32(b, ext + 12, 7);	  /* ...a reserved field set... */
 	put_be64(b, ext + 24, dir + 512); /* ...and an unaligned directory */
-	e0 = get_be64(b, ext + 8);
-	e1 = get_be64(b, ext + 16);
-	e2 = get_be64(b, ext + 24);
-	img = img_open(q, false);
-	compare_raw(img, "bitmap.raw");
+	e0 = t_get_be64(b, ext + 8);
+	e1 = t_get_be64(b, ext + 16);
+	e2 = t_get_be64(b, ext + 24);
+	img = t_open_ok(q, false);
+	t_compare_raw(img, "bitmap.raw");
 	g_assert_cmpint(image_pwrite_wait(img, "x", 1, 70000), ==, 0);
 	g_assert_cmpint(image_zero_wait(img, 65536, 0, true), ==, 0);
 	image_unref(img);
-	g_assert_cmpuint(get_be64(q, ext + 8), ==, e0);
-	g_assert_cmpuint(get_be64(q, ext + 16), ==, e1);
-	g_assert_cmpuint(get_be64(q, ext + 24), ==, e2);
-	g_assert_cmpuint(get_be64(q, 88) & 1, ==, 0);
-	g_assert_cmpuint(get_be64(q, dir + 8), ==, d0); /* not flagged in use */
+	g_assert_cmpuint(t_get_be64(q, ext + 8), ==, e0);
+	g_assert_cmpuint(t_get_be64(q, ext + 16), ==, e1);
+	g_assert_cmpuint(t_get_be64(q, ext + 24), ==, e2);
+	g_assert_cmpuint(t_get_be64(q, 88) & 1, ==, 0);
+	g_assert_cmpuint(t_get_be64(q, dir + 8), ==, d0); /* not flagged in use */
 	/* QEMU ignores the extension too: no errors (its clusters show as leaks) */
-	g_assert_cmpint(sh("qemu-img check %s >bmc.log 2>&1; [ $? = 3 ] && "
-			   "grep -q 'leaked clusters' bmc.log && ! grep -q ERROR bmc.log",
-			   q),
-			==, 0);
+	t_sh("qemu-img check %s >bmc.log 2>&1; [ $? = 3 ] && "
+	     "grep -q 'leaked clusters' bmc.log && ! grep -q ERROR bmc.log",
+	     q);
 	g_free(q);
 }
 
@@ -279,16 +309,15 @@ static void test_backing_format_raw(void)
 	for (unsigned i = 0; i < G_N_ELEMENTS(src); i++) {
 		struct vd_image *img;
 
-		g_assert_cmpint(sh("%s && qemu-img create -q -f qcow2 -b qlike.raw -F raw "
-				   "qlike.qcow2 4M && qemu-io -f qcow2 -c 'write -P 0x61 64k 4k' "
-				   "qlike.qcow2 >/dev/null && qemu-img convert -O raw qlike.qcow2 "
-				   "qlike-top.raw && od -An -c -N4 qlike.raw | grep -q 'Q   F   I'",
-				   src[i]),
-				==, 0);
-		img = img_open("qlike.qcow2", true);
+		t_sh("%s && qemu-img create -q -f qcow2 -b qlike.raw -F raw "
+		     "qlike.qcow2 4M && qemu-io -f qcow2 -c 'write -P 0x61 64k 4k' "
+		     "qlike.qcow2 >/dev/null && qemu-img convert -O raw qlike.qcow2 "
+		     "qlike-top.raw && od -An -c -N4 qlike.raw | grep -q 'Q   F   I'",
+		     src[i]);
+		img = t_open_ok("qlike.qcow2", true);
 		g_assert_nonnull(img->backing);
 		g_assert_cmpstr(img->backing->fmt->name, ==, "raw");
-		compare_raw(img, "qlike-top.raw");
+		t_compare_raw(img, "qlike-top.raw");
 		image_unref(img);
 	}
 }
@@ -296,7 +325,7 @@ static void test_backing_format_raw(void)
 static void test_bad_tables(void)
 {
 	const char *b = fresh_copy("c65536.qcow2");
-	uint64_t l1 = get_be64(b, 40);
+	uint64_t l1 = t_get_be64(b, 40);
 	struct vd_image *img;
 	uint8_t buf[4096];
 
@@ -304,38 +333,38 @@ static void test_bad_tables(void)
 	refused(b, -EINVAL, "L1 entry 0 (0x10000000) points past the end of the file");
 
 	b = fresh_copy("c65536.qcow2");
-	put_be64(b, l1, 0x8000000000010000ull | get_be64(b, 48)); /* L2 = refcount table */
+	put_be64(b, l1, 0x8000000000010000ull | t_get_be64(b, 48)); /* L2 = refcount table */
 	g_assert_cmpint(img_open_err(b, true), ==, -EINVAL);
 
 	/* L1 entry with an unaligned L2 table offset */
 	b = fresh_copy("c65536.qcow2");
-	put_be64(b, l1, get_be64(b, l1) + 0x200);
+	put_be64(b, l1, t_get_be64(b, l1) + 0x200);
 	refused(b, -EINVAL, "L1 entry 0 (0x40200) is not cluster aligned");
 
 	/* refcount table entries: past EOF, unaligned, on the L1 or refcount table */
 	b = fresh_copy("c65536.qcow2");
-	put_be64(b, get_be64(b, 48), 0x10000000);
+	put_be64(b, t_get_be64(b, 48), 0x10000000);
 	refused(b, -EINVAL, "refcount table entry 0 (0x10000000) points past the end of the file");
 
 	b = fresh_copy("c65536.qcow2");
-	put_be64(b, get_be64(b, 48), get_be64(b, get_be64(b, 48)) + 0x200);
+	put_be64(b, t_get_be64(b, 48), t_get_be64(b, t_get_be64(b, 48)) + 0x200);
 	refused(b, -EINVAL, "refcount table entry 0 (0x20200) is not cluster aligned");
 
 	b = fresh_copy("c65536.qcow2");
-	put_be64(b, get_be64(b, 48), l1);
+	put_be64(b, t_get_be64(b, 48), l1);
 	refused(b, -EINVAL, "refcount table entry 0 (0x30000) overlaps the header, the L1 table");
 
 	b = fresh_copy("c65536.qcow2");
-	put_be64(b, get_be64(b, 48) + 8, get_be64(b, 48));
+	put_be64(b, t_get_be64(b, 48) + 8, t_get_be64(b, 48));
 	refused(b, -EINVAL, "refcount table entry 1 (0x10000) overlaps the header, the L1 table");
 
 	/* No refcount block for the clusters holding the header and the tables:
 	 * they read as free, but a write must never be placed over them. */
 	b = fresh_copy("c65536.qcow2");
-	put_be64(b, get_be64(b, 48), 0);
-	img = img_open(b, false);
-	compare_raw(img, "c65536.raw");
-	g_assert_cmpint(sh("cp %s rt0-before.qcow2", b), ==, 0);
+	put_be64(b, t_get_be64(b, 48), 0);
+	img = t_open_ok(b, false);
+	t_compare_raw(img, "c65536.raw");
+	t_sh("cp %s rt0-before.qcow2", b);
 	memset(buf, 0x5a, sizeof(buf));
 	vd_log_clear_error();
 	g_assert_cmpint(image_pwrite_wait(img, buf, sizeof(buf), 3584 << 10), ==, -EIO);
@@ -344,19 +373,19 @@ static void test_bad_tables(void)
 						    "refcount is 0"),
 			!=, NULL);
 	image_unref(img);
-	g_assert_cmpint(sh("cmp %s rt0-before.qcow2", b), ==, 0);
+	t_sh("cmp %s rt0-before.qcow2", b);
 
 	/* A data cluster pointer past EOF inside an L2 table: EIO on read. */
 	b = fresh_copy("c65536.qcow2");
-	put_be64(b, get_be64(b, l1) & 0x00fffffffffffe00ull, 0x8000000100000000ull);
-	img = img_open(b, true);
+	put_be64(b, t_get_be64(b, l1) & 0x00fffffffffffe00ull, 0x8000000100000000ull);
+	img = t_open_ok(b, true);
 	g_assert_cmpint(image_pread_wait(img, buf, sizeof(buf), 0), ==, -EIO);
 	image_unref(img);
 
 	/* A data cluster pointer that is not cluster aligned. */
 	b = fresh_copy("c65536.qcow2");
-	put_be64(b, get_be64(b, l1) & 0x00fffffffffffe00ull, 0x8000000000050200ull);
-	img = img_open(b, true);
+	put_be64(b, t_get_be64(b, l1) & 0x00fffffffffffe00ull, 0x8000000000050200ull);
+	img = t_open_ok(b, true);
 	g_assert_cmpint(image_pread_wait(img, buf, sizeof(buf), 0), ==, -EIO);
 	image_unref(img);
 }
@@ -369,20 +398,19 @@ static void test_bad_snapshot_table(void)
 	struct vd_image *img;
 
 	/* but a table that ends the file without its last entry's padding is fine */
-	g_assert_cmpint(sh("qemu-img create -q -f qcow2 se.qcow2 1M && qemu-img snapshot -c s1 "
-			   "se.qcow2 && [ $(( $(stat -c %%s se.qcow2) %% 8 )) != 0 ]"),
-			==, 0);
-	img = img_open("se.qcow2", false);
+	t_sh("qemu-img create -q -f qcow2 se.qcow2 1M && qemu-img snapshot -c s1 "
+	     "se.qcow2 && [ $(( $(stat -c %%s se.qcow2) %% 8 )) != 0 ]");
+	img = t_open_ok("se.qcow2", false);
 	g_assert_cmpint(image_pwrite_wait(img, "x", 1, 0), ==, 0);
 	image_unref(img);
-	g_assert_cmpint(qemu_check("se.qcow2"), ==, 0);
+	g_assert_cmpint(t_qemu_img("check -f qcow2 se.qcow2 >check.log 2>&1"), ==, 0);
 
 	b = fresh_copy("snap.qcow2");
 	put_be64(b, 64, 0x40000000);
 	refused(b, -EINVAL, "snapshot table entry 0 at 0x40000000 is past the end of the file");
 
 	b = fresh_copy("snap.qcow2");
-	put_be64(b, 64, get_be64(b, 64) + 8);
+	put_be64(b, 64, t_get_be64(b, 64) + 8);
 	refused(b, -EINVAL, "snapshot table at 0x");
 	g_assert_cmpstr(strstr(vd_log_last_error(), "is not cluster aligned"), !=, NULL);
 
@@ -390,30 +418,30 @@ static void test_bad_snapshot_table(void)
 	 * 65535 bytes long: it runs past the end of the file */
 	b = fresh_copy("snap.qcow2");
 	{
-		char *path = tpath(b);
+		char *path = t_path(b);
 		struct stat st;
-		uint64_t from = get_be64(b, 64), to, p, e;
+		uint64_t from = t_get_be64(b, 64), to, p, e;
 
 		g_assert_cmpint(stat(path, &st), ==, 0);
 		g_free(path);
 		to = (st.st_size + 65535) & ~65535ull;
 
-		g_assert_cmpint(sh("truncate -s %llu %s && dd if=snap.qcow2 of=%s bs=1 skip=%llu "
-				   "seek=%llu count=4096 conv=notrunc status=none",
-				   (unsigned long long)to + 65536, b, b, (unsigned long long)from,
-				   (unsigned long long)to),
-				==, 0);
+		t_sh("truncate -s %llu %s && dd if=snap.qcow2 of=%s bs=1 skip=%llu "
+		     "seek=%llu count=4096 conv=notrunc status=none",
+		     (unsigned long long)to + 65536, b, b, (unsigned long long)from,
+		     (unsigned long long)to);
 		put_be64(b, 64, to);
-		e = get_be64(b, to + 8); /* l1_size, id_str_size, name_size */
-		p = to + ((40 + (get_be64(b, to + 32) & 0xffffffff) + (e >> 16 & 0xffff) +
-			   (e & 0xffff) + 7) & ~7ull);
-		put_be32(b, p + 12, (get_be64(b, p + 8) & 0xffff0000) | 0xffff);
+		e = t_get_be64(b, to + 8); /* l1_size, id_str_size, name_size */
+		p = to + ((40 + (t_get_be64(b, to + 32) & 0xffffffff) + (e >> 16 & 0xffff) +
+			   (e & 0xffff) + 7) &
+			  ~7ull);
+		put_be32(b, p + 12, (t_get_be64(b, p + 8) & 0xffff0000) | 0xffff);
 	}
 	refused(b, -EINVAL, "runs past the end of the file");
 	g_assert_cmpstr(strstr(vd_log_last_error(), "snapshot table at 0x"), !=, NULL);
 
 	b = fresh_copy("snap.qcow2");
-	put_be64(b, 64, get_be64(b, 48));
+	put_be64(b, 64, t_get_be64(b, 48));
 	refused(b, -EINVAL, "metadata overlap: snapshot table at 0x10000");
 }
 
@@ -421,12 +449,12 @@ static void test_bad_snapshot_table(void)
 static void test_bad_compressed(void)
 {
 	const char *b = fresh_copy("zlib.qcow2");
-	uint64_t l2 = get_be64(b, get_be64(b, 40)) & 0x00fffffffffffe00ull, e = 0, at = 0;
+	uint64_t l2 = t_get_be64(b, t_get_be64(b, 40)) & 0x00fffffffffffe00ull, e = 0, at = 0;
 	struct vd_image *img;
 	uint8_t buf[4096];
 
 	for (unsigned i = 0; i < 64; i++) {
-		e = get_be64(b, l2 + i * 8);
+		e = t_get_be64(b, l2 + i * 8);
 		if (e & (1ull << 62)) {
 			at = l2 + i * 8;
 			break;
@@ -434,14 +462,14 @@ static void test_bad_compressed(void)
 	}
 	g_assert_cmpuint(at, !=, 0);
 	put_be64(b, at, (e & ~((1ull << 54) - 1)) | 0x3fffffffffffull);
-	img = img_open(b, true);
+	img = t_open_ok(b, true);
 	g_assert_cmpint(image_pread_wait(img, buf, sizeof(buf), ((at - l2) / 8) << 16), ==, -EIO);
 	image_unref(img);
 
 	/* Garbage where the compressed bytes should be: EIO, not a crash. */
 	b = fresh_copy("zlib.qcow2");
 	put_be64(b, at, (e & ~((1ull << 54) - 1)) | 0x30000ull);
-	img = img_open(b, true);
+	img = t_open_ok(b, true);
 	g_assert_cmpint(image_pread_wait(img, buf, sizeof(buf), ((at - l2) / 8) << 16), ==, -EIO);
 	image_unref(img);
 }
@@ -452,51 +480,47 @@ static void test_corrupt_bit(void)
 	struct vd_image *img;
 
 	put_be64(b, 72, 1ull << 1);
-	img = img_open(b, false);
+	img = t_open_ok(b, false);
 	g_assert_true(img->read_only);
-	compare_raw(img, "c65536.raw");
+	t_compare_raw(img, "c65536.raw");
 	image_unref(img);
 }
 
 static void test_backing_loop(void)
 {
-	g_assert_cmpint(sh("qemu-img create -q -f qcow2 -u -b loop-b.qcow2 -F qcow2 loop-a.qcow2 1M"
-			   " && qemu-img create -q -f qcow2 -u -b loop-a.qcow2 -F qcow2 "
-			   "loop-b.qcow2 1M"),
-			==, 0);
+	t_sh("qemu-img create -q -f qcow2 -u -b loop-b.qcow2 -F qcow2 loop-a.qcow2 1M"
+	     " && qemu-img create -q -f qcow2 -u -b loop-a.qcow2 -F qcow2 "
+	     "loop-b.qcow2 1M");
 	g_assert_cmpint(img_open_err("loop-a.qcow2", true), ==, -ELOOP);
 }
 
 int main(int argc, char **argv)
 {
-	int ret;
-
-	common_init(&argc, &argv);
-	g_test_add_func("/qcow2/read/cluster-sizes", test_cluster_sizes);
-	g_test_add_func("/qcow2/read/refcount-widths", test_refcount_widths);
-	g_test_add_data_func("/qcow2/read/v2", "v2", test_fixture);
-	g_test_add_data_func("/qcow2/read/zlib", "zlib", test_fixture);
-	g_test_add_data_func("/qcow2/read/zlib-4k", "zlib4k", test_fixture);
-	g_test_add_data_func("/qcow2/read/zstd", "zstd", test_fixture);
-	g_test_add_data_func("/qcow2/read/extended-l2", "extl2", test_fixture);
-	g_test_add_data_func("/qcow2/read/chain-mid", "mid", test_fixture);
-	g_test_add_data_func("/qcow2/read/chain-top", "top", test_fixture);
-	g_test_add_data_func("/qcow2/read/snapshots", "snap", test_fixture);
-	g_test_add_data_func("/qcow2/read/lazy-dirty", "lazy", test_fixture);
-	g_test_add_data_func("/qcow2/read/lazy-dirty-snapshot", "lazysnap", test_fixture);
-	g_test_add_data_func("/qcow2/read/bitmaps", "bitmap", test_fixture);
-	g_test_add_func("/qcow2/read/preallocation", test_prealloc);
-	g_test_add_func("/qcow2/read/big-6g", test_big);
-	g_test_add_func("/qcow2/read/block-status", test_info_block_status);
-	g_test_add_func("/qcow2/bad/headers", test_bad_headers);
-	g_test_add_func("/qcow2/bad/tables", test_bad_tables);
-	g_test_add_func("/qcow2/bad/snapshot-table", test_bad_snapshot_table);
-	g_test_add_func("/qcow2/read/bitmaps-autoclear-clear", test_bitmaps_autoclear_clear);
-	g_test_add_func("/qcow2/read/backing-format-raw", test_backing_format_raw);
-	g_test_add_func("/qcow2/bad/compressed", test_bad_compressed);
-	g_test_add_func("/qcow2/bad/corrupt-bit", test_corrupt_bit);
-	g_test_add_func("/qcow2/bad/backing-loop", test_backing_loop);
-	ret = g_test_run();
-	fixtures_remove();
-	return ret;
+	t_init(&argc, &argv);
+	t_qcow2_fixtures();
+	t_add_qemu("/qcow2/read/cluster-sizes", test_cluster_sizes);
+	t_add_qemu("/qcow2/read/refcount-widths", test_refcount_widths);
+	t_add_qemu_data("/qcow2/read/v2", "v2", test_fixture);
+	t_add_qemu_data("/qcow2/read/zlib", "zlib", test_fixture);
+	t_add_qemu_data("/qcow2/read/zlib-4k", "zlib4k", test_fixture);
+	t_add_qemu_data("/qcow2/read/zstd", "zstd", test_fixture);
+	t_add_qemu_data("/qcow2/read/extended-l2", "extl2", test_fixture);
+	t_add_qemu_data("/qcow2/read/chain-mid", "mid", test_fixture);
+	t_add_qemu_data("/qcow2/read/chain-top", "top", test_fixture);
+	t_add_qemu_data("/qcow2/read/snapshots", "snap", test_fixture);
+	t_add_qemu_data("/qcow2/read/lazy-dirty", "lazy", test_fixture);
+	t_add_qemu_data("/qcow2/read/lazy-dirty-snapshot", "lazysnap", test_fixture);
+	t_add_qemu_data("/qcow2/read/bitmaps", "bitmap", test_fixture);
+	t_add_qemu("/qcow2/read/preallocation", test_prealloc);
+	t_add_qemu("/qcow2/read/big-6g", test_big);
+	t_add_qemu("/qcow2/read/block-status", test_info_block_status);
+	t_add_qemu("/qcow2/bad/headers", test_bad_headers);
+	t_add_qemu("/qcow2/bad/tables", test_bad_tables);
+	t_add_qemu("/qcow2/bad/snapshot-table", test_bad_snapshot_table);
+	t_add_qemu("/qcow2/read/bitmaps-autoclear-clear", test_bitmaps_autoclear_clear);
+	t_add_qemu("/qcow2/read/backing-format-raw", test_backing_format_raw);
+	t_add_qemu("/qcow2/bad/compressed", test_bad_compressed);
+	t_add_qemu("/qcow2/bad/corrupt-bit", test_corrupt_bit);
+	t_add_qemu("/qcow2/bad/backing-loop", test_backing_loop);
+	return t_run();
 }

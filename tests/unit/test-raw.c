@@ -9,13 +9,11 @@
 #include <unistd.h>
 
 #include "image/image.h"
-
-
-static char *dir;
+#include "testlib.h"
 
 static char *make_sparse(const char *name, uint64_t size)
 {
-	char *path = g_build_filename(dir, name, NULL);
+	char *path = t_path(name);
 	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
 	char buf[65536];
 
@@ -115,7 +113,7 @@ static void test_resize_and_readonly(void)
 
 static void test_create(void)
 {
-	char *path = g_build_filename(dir, "new.raw", NULL);
+	char *path = t_path("new.raw");
 	struct vd_create_opts o = {.size = 3 << 20};
 	struct vd_image *img;
 
@@ -130,31 +128,22 @@ static void test_create(void)
 
 static void test_open_errors(void)
 {
-	char *path = g_build_filename(dir, "missing.raw", NULL);
+	char *path = t_path("missing.raw");
 	struct vd_image *img;
 
 	g_assert_cmpint(image_open(path, &opts, &img), ==, -ENOENT);
-	g_assert_cmpint(image_open(dir, &opts, &img), ==, -EISDIR);
+	g_assert_cmpint(image_open(t_dir(), &opts, &img), ==, -EISDIR);
 	g_free(path);
 }
 
 int main(int argc, char **argv)
 {
-	char tmpl[] = "/var/tmp/vdiskfs-raw-XXXXXX";
-	int ret;
-
-	g_test_init(&argc, &argv, NULL);
-	dir = mkdtemp(tmpl);
-	g_assert_nonnull(dir);
+	t_init(&argc, &argv);
 	g_test_add_func("/raw/probe-by-name", test_probe_by_name);
 	g_test_add_func("/raw/block-status", test_block_status);
 	g_test_add_func("/raw/discard-and-zero", test_discard_and_zero);
 	g_test_add_func("/raw/resize-and-readonly", test_resize_and_readonly);
 	g_test_add_func("/raw/create", test_create);
 	g_test_add_func("/raw/open-errors", test_open_errors);
-	ret = g_test_run();
-	g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", dir);
-	if (system(cmd) != 0)
-		ret = 1;
-	return ret;
+	return t_run();
 }

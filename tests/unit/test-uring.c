@@ -14,6 +14,7 @@
 #include "io/fault.h"
 #include "io/iolog.h"
 #include "io/sync-io.h"
+#include "testlib.h"
 
 struct result {
 	int res;
@@ -288,8 +289,7 @@ static void test_iolog(void)
 
 int main(int argc, char **argv)
 {
-	g_test_init(&argc, &argv, NULL);
-	g_assert_cmpint(uring_thread_init(64), ==, 0);
+	t_init(&argc, &argv);
 	g_test_add_func("/uring/read-write-fsync", test_read_write);
 	g_test_add_func("/uring/short-read-at-eof", test_short_read_at_eof);
 	g_test_add_func("/uring/many-in-flight", test_many_in_flight);
@@ -297,5 +297,5 @@ int main(int argc, char **argv)
 	g_test_add_func("/uring/fault-path", test_fault_path);
 	g_test_add_func("/uring/fault-env", test_fault_env);
 	g_test_add_func("/uring/iolog", test_iolog);
-	return g_test_run();
+	return t_run();
 }

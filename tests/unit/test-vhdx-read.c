@@ -8,21 +8,21 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "util/endian.h"
 #include "util/compiler.h"
+#include "util/endian.h"
 #include "util/log.h"
 
-#include "vhdx-fixture.h"
+#include "testlib.h"
 #include "formats/vhdx.h"
 
 /* Make NAME with qemu-img, write patterns with qemu-io, convert to NAME.raw. */
 static char *qemu_image(const char *name, const char *opts, const char *size, const char *io)
 {
-	fx_sh("qemu-img create -q -f vhdx -o %s %s %s", opts, name, size);
+	t_sh("qemu-img create -q -f vhdx -o %s %s %s", opts, name, size);
 	if (io)
-		fx_sh("qemu-io -f vhdx %s %s", io, name);
-	fx_sh("qemu-img convert -f vhdx -O raw %s %s.raw", name, name);
-	return fx_path(name);
+		t_sh("qemu-io -f vhdx %s %s", io, name);
+	t_sh("qemu-img convert -f vhdx -O raw %s %s.raw", name, name);
+	return t_path(name);
 }
 
 static void compare_whole(const char *path)
@@ -30,9 +30,9 @@ static void compare_whole(const char *path)
 	struct vd_image *img;
 	char *raw = g_strdup_printf("%s.raw", path);
 
-	g_assert_cmpint(fx_open(path, true, &img), ==, 0);
+	g_assert_cmpint(t_open(path, true, &img), ==, 0);
 	g_assert_cmpstr(img->fmt->name, ==, "vhdx");
-	fx_compare(img, raw, 0, img->size);
+	t_compare(img, raw, 0, img->size);
 	image_unref(img);
 	g_free(raw);
 }
@@ -90,12 +90,12 @@ static void test_above_4g(void)
 	struct vd_image *img;
 	uint64_t G = 1ull << 30, M = 1 << 20;
 
-	g_assert_cmpint(fx_open(p, true, &img), ==, 0);
-	fx_compare(img, raw, 0, 8 * M);
-	fx_compare(img, raw, 4 * G - 8 * M, 16 * M);
-	fx_compare(img, raw, 5 * G - 4 * M, 8 * M);
-	fx_compare(img, raw, 8200 * M - 2 * M, 8 * M);
-	fx_compare(img, raw, 9 * G - 16 * M, 16 * M);
+	g_assert_cmpint(t_open(p, true, &img), ==, 0);
+	t_compare(img, raw, 0, 8 * M);
+	t_compare(img, raw, 4 * G - 8 * M, 16 * M);
+	t_compare(img, raw, 5 * G - 4 * M, 8 * M);
+	t_compare(img, raw, 8200 * M - 2 * M, 8 * M);
+	t_compare(img, raw, 9 * G - 16 * M, 16 * M);
 	image_unref(img);
 	g_free(raw);
 	g_free(p);
@@ -108,7 +108,7 @@ static void test_block_status(void)
 	uint64_t pnum;
 	enum vd_bs st;
 
-	g_assert_cmpint(fx_open(p, true, &img), ==, 0);
+	g_assert_cmpint(t_open(p, true, &img), ==, 0);
 	g_assert_cmpint(image_block_status(img, 0, img->size, &pnum, &st), ==, 0);
 	g_assert_cmpint(st, ==, VD_BS_ZERO);
 	g_assert_cmpuint(pnum, ==, 2 << 20);
@@ -125,16 +125,16 @@ static void corrupt(const char *path, uint64_t off)
 {
 	uint8_t b;
 
-	fx_pread(path, &b, 1, off);
+	t_pread(path, &b, 1, off);
 	b ^= 0xff;
-	fx_pwrite(path, &b, 1, off);
+	t_pwrite(path, &b, 1, off);
 }
 
 static void test_one_bad_header(void)
 {
 	char *p = qemu_image("h1.vhdx", "block_size=1M", "8M", "-c 'write -P 0x61 1M 64k'");
 
-	uint64_t cur = fx_current_header(p);
+	uint64_t cur = t_vhdx_current_header(p);
 
 	corrupt(p, cur + 100);
 	compare_whole(p);
@@ -142,7 +142,7 @@ static void test_one_bad_header(void)
 	corrupt(p, cur == VHDX_HEADER1_OFF ? VHDX_HEADER2_OFF + 100 : VHDX_HEADER1_OFF + 100);
 	{
 		struct vd_image *img;
-		g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+		g_assert_cmpint(t_open(p, true, &img), ==, -EINVAL);
 	}
 	g_free(p);
 }
@@ -153,15 +153,15 @@ static void test_identical_headers(void)
 	uint8_t h[4096];
 	struct vd_image *img;
 
-	fx_pread(p, h, sizeof(h), fx_current_header(p));
-	fx_pwrite(p, h, sizeof(h), VHDX_HEADER1_OFF);
-	fx_pwrite(p, h, sizeof(h), VHDX_HEADER2_OFF);
+	t_pread(p, h, sizeof(h), t_vhdx_current_header(p));
+	t_pwrite(p, h, sizeof(h), VHDX_HEADER1_OFF);
+	t_pwrite(p, h, sizeof(h), VHDX_HEADER2_OFF);
 	compare_whole(p);
 	/* Same sequence number but different contents: refused. */
 	h[200] ^= 1;
 	put_le32(h + 4, vhdx_checksum(h, sizeof(h), 4));
-	fx_pwrite(p, h, sizeof(h), VHDX_HEADER2_OFF);
-	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+	t_pwrite(p, h, sizeof(h), VHDX_HEADER2_OFF);
+	g_assert_cmpint(t_open(p, true, &img), ==, -EINVAL);
 	g_free(p);
 }
 
@@ -173,7 +173,7 @@ static void test_region_table_fallback(void)
 	corrupt(p, VHDX_RT1_OFF + 20);
 	compare_whole(p);
 	corrupt(p, VHDX_RT2_OFF + 20);
-	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+	g_assert_cmpint(t_open(p, true, &img), ==, -EINVAL);
 	g_free(p);
 }
 
@@ -182,7 +182,7 @@ static void add_region(const char *p, bool required)
 	uint8_t rt[VHDX_RT_SIZE];
 	uint32_t n;
 
-	fx_pread(p, rt, sizeof(rt), VHDX_RT1_OFF);
+	t_pread(p, rt, sizeof(rt), VHDX_RT1_OFF);
 	n = get_le32(rt + 8);
 	memset(rt + 16 + 32 * n, 0x7e, 16);
 	put_le64(rt + 16 + 32 * n + 16, 100ull << 20);
@@ -190,7 +190,7 @@ static void add_region(const char *p, bool required)
 	put_le32(rt + 16 + 32 * n + 28, required);
 	put_le32(rt + 8, n + 1);
 	put_le32(rt + 4, vhdx_checksum(rt, sizeof(rt), 4));
-	fx_pwrite(p, rt, sizeof(rt), VHDX_RT1_OFF);
+	t_pwrite(p, rt, sizeof(rt), VHDX_RT1_OFF);
 }
 
 static void test_unknown_regions(void)
@@ -203,24 +203,24 @@ static void test_unknown_regions(void)
 	g_free(p);
 	p = qemu_image("ur2.vhdx", "block_size=1M", "8M", NULL);
 	add_region(p, true);
-	g_assert_cmpint(fx_open(p, true, &img), ==, -ENOTSUP);
+	g_assert_cmpint(t_open(p, true, &img), ==, -ENOTSUP);
 	g_free(p);
 }
 
 static void add_meta_item(const char *p, uint32_t flags)
 {
-	uint64_t meta = fx_region(p, vhdx_guid_meta.b);
+	uint64_t meta = t_vhdx_region(p, vhdx_guid_meta.b);
 	uint8_t t[4096];
 	uint16_t n;
 
-	fx_pread(p, t, sizeof(t), meta);
+	t_pread(p, t, sizeof(t), meta);
 	n = get_le16(t + 10);
 	memset(t + 32 + 32 * n, 0x5c, 16);
 	put_le32(t + 32 + 32 * n + 16, 128 << 10);
 	put_le32(t + 32 + 32 * n + 20, 8);
 	put_le32(t + 32 + 32 * n + 24, flags);
 	put_le16(t + 10, n + 1);
-	fx_pwrite(p, t, sizeof(t), meta);
+	t_pwrite(p, t, sizeof(t), meta);
 }
 
 static void test_unknown_metadata(void)
@@ -233,7 +233,7 @@ static void test_unknown_metadata(void)
 	g_free(p);
 	p = qemu_image("um2.vhdx", "block_size=1M", "8M", NULL);
 	add_meta_item(p, 4); /* required */
-	g_assert_cmpint(fx_open(p, true, &img), ==, -ENOTSUP);
+	g_assert_cmpint(t_open(p, true, &img), ==, -ENOTSUP);
 	g_free(p);
 }
 
@@ -260,8 +260,8 @@ static void test_bad_params(void)
 		g_snprintf(name, sizeof(name), "bp%u.vhdx", i);
 		p = qemu_image(name, "block_size=1M", "8M", NULL);
 		put_le32(v, cases[i].val);
-		fx_pwrite(p, v, 4, fx_meta_item(p, cases[i].guid) + cases[i].off);
-		g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+		t_pwrite(p, v, 4, t_vhdx_meta_item(p, cases[i].guid) + cases[i].off);
+		g_assert_cmpint(t_open(p, true, &img), ==, -EINVAL);
 		g_free(p);
 	}
 }
@@ -272,27 +272,27 @@ static void test_bat_past_eof(void)
 			     "-c 'write -P 0x66 0 1M' -c 'write -P 0x67 5M 1M'");
 	struct vd_image *img;
 	uint8_t e[8];
-	uint64_t bat = fx_region(p, vhdx_guid_bat.b);
+	uint64_t bat = t_vhdx_region(p, vhdx_guid_bat.b);
 	struct stat st;
 
 	/* A block pointing into the log, then one past the end of the file. */
-	fx_pread(p, e, 8, bat);
+	t_pread(p, e, 8, bat);
 	put_le64(e, (1ull << 20) | VHDX_BAT_FULLY_PRESENT);
-	fx_pwrite(p, e, 8, bat);
-	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+	t_pwrite(p, e, 8, bat);
+	g_assert_cmpint(t_open(p, true, &img), ==, -EINVAL);
 	g_assert_cmpint(stat(p, &st), ==, 0);
 	put_le64(e, ALIGN_UP((uint64_t)(st.st_size + 1), 1 << 20) | VHDX_BAT_FULLY_PRESENT);
-	fx_pwrite(p, e, 8, bat);
-	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+	t_pwrite(p, e, 8, bat);
+	g_assert_cmpint(t_open(p, true, &img), ==, -EINVAL);
 	/* Reserved bits. */
 	put_le64(e, VHDX_BAT_ZERO | 0x100);
-	fx_pwrite(p, e, 8, bat);
-	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+	t_pwrite(p, e, 8, bat);
+	g_assert_cmpint(t_open(p, true, &img), ==, -EINVAL);
 	/* Truncated file: the second block is cut off. */
 	put_le64(e, VHDX_BAT_ZERO);
-	fx_pwrite(p, e, 8, bat);
+	t_pwrite(p, e, 8, bat);
 	g_assert_cmpint(truncate(p, st.st_size - (3 << 20)), ==, 0);
-	g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+	g_assert_cmpint(t_open(p, true, &img), ==, -EINVAL);
 	g_free(p);
 }
 
@@ -301,10 +301,10 @@ static void test_garbage(void)
 	struct vd_image *img;
 
 	/* Random bytes after the identifier: no valid header, refused cleanly. */
-	fx_sh("{ printf vhdxfile; head -c 4M /dev/urandom; } > junk.vhdx");
+	t_sh("{ printf vhdxfile; head -c 4M /dev/urandom; } > junk.vhdx");
 	{
-		char *p = fx_path("junk.vhdx");
-		g_assert_cmpint(fx_open(p, true, &img), ==, -EINVAL);
+		char *p = t_path("junk.vhdx");
+		g_assert_cmpint(t_open(p, true, &img), ==, -EINVAL);
 		g_free(p);
 	}
 }
@@ -317,26 +317,26 @@ static void test_garbage(void)
 static char *dirty_image(void)
 {
 	char *p = qemu_image("dirty.vhdx", "block_size=1M", "16M", NULL);
-	uint64_t bat = fx_region(p, vhdx_guid_bat.b), h = fx_current_header(p);
+	uint64_t bat = t_vhdx_region(p, vhdx_guid_bat.b), h = t_vhdx_current_header(p);
 	uint8_t page[4096], hdr[4096], log[4096];
 
-	fx_pread(p, page, sizeof(page), bat);
-	fx_sh("qemu-io -f vhdx -c 'write -P 0xa5 3M 512k' -c 'write -P 0xa6 7M 4k' dirty.vhdx");
-	fx_sh("qemu-img convert -f vhdx -O raw dirty.vhdx dirty.vhdx.raw");
-	h = fx_current_header(p);
-	fx_pread(p, hdr, sizeof(hdr), h);
+	t_pread(p, page, sizeof(page), bat);
+	t_sh("qemu-io -f vhdx -c 'write -P 0xa5 3M 512k' -c 'write -P 0xa6 7M 4k' dirty.vhdx");
+	t_sh("qemu-img convert -f vhdx -O raw dirty.vhdx dirty.vhdx.raw");
+	h = t_vhdx_current_header(p);
+	t_pread(p, hdr, sizeof(hdr), h);
 	/* The second write's entry follows the first one in the ring. */
 	for (uint64_t off = 0;; off += 4096) {
 		g_assert_cmpuint(off, <, 1 << 20);
-		fx_pread(p, log, sizeof(log), get_le64(hdr + 72) + off);
+		t_pread(p, log, sizeof(log), get_le64(hdr + 72) + off);
 		if (!memcmp(log, "loge", 4) && get_le64(log + 16) == 2)
 			break;
 	}
 	memcpy(hdr + 48, log + 32, 16); /* LogGuid of that entry */
 	put_le64(hdr + 8, get_le64(hdr + 8) + 1);
 	put_le32(hdr + 4, vhdx_checksum(hdr, sizeof(hdr), 4));
-	fx_pwrite(p, hdr, sizeof(hdr), h == VHDX_HEADER1_OFF ? VHDX_HEADER2_OFF : VHDX_HEADER1_OFF);
-	fx_pwrite(p, page, sizeof(page), bat);
+	t_pwrite(p, hdr, sizeof(hdr), h == VHDX_HEADER1_OFF ? VHDX_HEADER2_OFF : VHDX_HEADER1_OFF);
+	t_pwrite(p, page, sizeof(page), bat);
 	return p;
 }
 
@@ -347,13 +347,13 @@ static void test_dirty_log(void)
 	struct vd_image *img;
 
 	/* Read-only: refused with a hint. */
-	g_assert_cmpint(fx_open(p, true, &img), ==, -EPERM);
+	g_assert_cmpint(t_open(p, true, &img), ==, -EPERM);
 	/* Read-write: replayed at open, the data shows. */
-	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
-	fx_compare(img, raw, 0, img->size);
+	g_assert_cmpint(t_open(p, false, &img), ==, 0);
+	t_compare(img, raw, 0, img->size);
 	image_unref(img);
-	g_assert_cmpint(fx_sh_rc("qemu-img check -q dirty.vhdx"), ==, 0);
-	g_assert_cmpint(fx_sh_rc("qemu-img compare -q dirty.vhdx dirty.vhdx.raw"), ==, 0);
+	g_assert_cmpint(t_sh_rc("qemu-img check -q dirty.vhdx"), ==, 0);
+	g_assert_cmpint(t_sh_rc("qemu-img compare -q dirty.vhdx dirty.vhdx.raw"), ==, 0);
 	compare_whole(p);
 	g_free(raw);
 	g_free(p);
@@ -395,15 +395,15 @@ static void log_image(struct log_image *li, const char *name)
 {
 	uint8_t hdr[4096];
 
-	if (fx_sh_rc("test -e logbase.vhdx"))
+	if (t_sh_rc("test -e logbase.vhdx"))
 		qemu_image("logbase.vhdx", "block_size=1M", "16M",
 			   "-c 'write -P 0x31 0 64k' -c 'write -P 0x32 3M 1M'");
-	fx_sh("cp logbase.vhdx %s", name);
-	li->path = fx_path(name);
+	t_sh("cp logbase.vhdx %s", name);
+	li->path = t_path(name);
 	li->size = file_size(li->path);
-	li->bat = fx_region(li->path, vhdx_guid_bat.b);
-	li->meta = fx_region(li->path, vhdx_guid_meta.b);
-	fx_pread(li->path, hdr, sizeof(hdr), fx_current_header(li->path));
+	li->bat = t_vhdx_region(li->path, vhdx_guid_bat.b);
+	li->meta = t_vhdx_region(li->path, vhdx_guid_meta.b);
+	t_pread(li->path, hdr, sizeof(hdr), t_vhdx_current_header(li->path));
 	li->log = get_le64(hdr + 72);
 }
 
@@ -418,17 +418,17 @@ static void log_layout(struct log_image *li)
 /* The image with this log entry is refused, read-only or not, with a message
  * that has want in it, and the file is left as it was. */
 static void log_refused(const char *name, uint64_t flushed, uint64_t last,
-			const struct fx_log_desc *d, unsigned n, const char *want)
+			const struct t_vhdx_log_desc *d, unsigned n, const char *want)
 {
 	struct log_image li;
 	struct vd_image *img = NULL;
 	char *before, *after;
 
 	log_image(&li, name);
-	fx_log_entry(li.path, 0, 7, flushed, last, d, n);
+	t_vhdx_log_entry(li.path, 0, 7, flushed, last, d, n);
 	before = file_digest(li.path);
 	for (int ro = 1; ro >= 0; ro--) {
-		g_assert_cmpint(fx_open(li.path, ro, &img), ==, -EINVAL);
+		g_assert_cmpint(t_open(li.path, ro, &img), ==, -EINVAL);
 		if (!strstr(vd_log_last_error(), want))
 			g_error("%s: message \"%s\" lacks \"%s\"", name, vd_log_last_error(), want);
 		g_assert_nonnull(strstr(vd_log_last_error(), "log entry at 0x0 of the log"));
@@ -443,14 +443,14 @@ static void log_refused(const char *name, uint64_t flushed, uint64_t last,
 static uint8_t log_page[4096];
 
 /* A data descriptor writing log_page at off, a zero run of len at off. */
-static struct fx_log_desc data_at(uint64_t off)
+static struct t_vhdx_log_desc data_at(uint64_t off)
 {
-	return (struct fx_log_desc){.off = off, .data = log_page};
+	return (struct t_vhdx_log_desc){.off = off, .data = log_page};
 }
 
-static struct fx_log_desc zero_at(uint64_t off, uint64_t len)
+static struct t_vhdx_log_desc zero_at(uint64_t off, uint64_t len)
 {
-	return (struct fx_log_desc){.zero = true, .off = off, .len = len};
+	return (struct t_vhdx_log_desc){.zero = true, .off = off, .len = len};
 }
 
 static void test_log_targets(void)
@@ -464,38 +464,38 @@ static void test_log_targets(void)
 	memset(log_page, 0x5a, sizeof(log_page));
 	/* As in the two repro images: a 256 MiB zero run, a data sector at 1 TiB. */
 	log_refused("zero256m.vhdx", s, s,
-		    (struct fx_log_desc[]){data_at(b), zero_at(b + 4096, 256 << 20)}, 2,
+		    (struct t_vhdx_log_desc[]){data_at(b), zero_at(b + 4096, 256 << 20)}, 2,
 		    "descriptor 1 (zero): FileOffset 0x");
-	log_refused("data1t.vhdx", s, s, (struct fx_log_desc[]){data_at(1ull << 40)}, 1,
+	log_refused("data1t.vhdx", s, s, (struct t_vhdx_log_desc[]){data_at(1ull << 40)}, 1,
 		    "descriptor 0 (data): FileOffset 0x10000000000 ends past LastFileOffset");
 	/* Past the entry's LastFileOffset, though inside the file. */
-	log_refused("pastlast.vhdx", li.meta, li.meta, (struct fx_log_desc[]){data_at(li.meta)}, 1,
-		    "ends past LastFileOffset");
+	log_refused("pastlast.vhdx", li.meta, li.meta, (struct t_vhdx_log_desc[]){data_at(li.meta)},
+		    1, "ends past LastFileOffset");
 	/* Wrapping around 2^64. */
-	log_refused("wrap.vhdx", s, s, (struct fx_log_desc[]){zero_at(-4096ull * 2, 8192 * 2)}, 1,
-		    "ends past LastFileOffset");
+	log_refused("wrap.vhdx", s, s, (struct t_vhdx_log_desc[]){zero_at(-4096ull * 2, 8192 * 2)},
+		    1, "ends past LastFileOffset");
 	/* The header section: a region table, a header. */
-	log_refused("rt.vhdx", s, s, (struct fx_log_desc[]){data_at(b), data_at(VHDX_RT1_OFF)}, 2,
-		    "descriptor 1 (data): FileOffset 0x30000 lies in the header section");
-	log_refused("hdr.vhdx", s, s, (struct fx_log_desc[]){zero_at(0, 1 << 20)}, 1,
+	log_refused("rt.vhdx", s, s, (struct t_vhdx_log_desc[]){data_at(b), data_at(VHDX_RT1_OFF)},
+		    2, "descriptor 1 (data): FileOffset 0x30000 lies in the header section");
+	log_refused("hdr.vhdx", s, s, (struct t_vhdx_log_desc[]){zero_at(0, 1 << 20)}, 1,
 		    "lies in the header section");
 	/* The log itself. */
-	log_refused("log.vhdx", s, s, (struct fx_log_desc[]){data_at(li.log + (64 << 10))}, 1,
+	log_refused("log.vhdx", s, s, (struct t_vhdx_log_desc[]){data_at(li.log + (64 << 10))}, 1,
 		    "lies in the log at 0x100000");
 	/* Across the end of the BAT region into the next MiB. */
 	log_refused("straddle.vhdx", s, s,
-		    (struct fx_log_desc[]){zero_at(b + (1 << 20) - 4096, 8192)}, 1,
+		    (struct t_vhdx_log_desc[]){zero_at(b + (1 << 20) - 4096, 8192)}, 1,
 		    "straddles the edge of the BAT region");
 	/* Outside the regions: one 1 MiB block (a sector bitmap) at most. */
-	log_refused("span.vhdx", s, s + (4 << 20), (struct fx_log_desc[]){zero_at(s, 2 << 20)}, 1,
-		    "spans more than one 1 MiB block outside the regions");
-	log_refused("empty.vhdx", s, s, (struct fx_log_desc[]){zero_at(b, 0)}, 1,
+	log_refused("span.vhdx", s, s + (4 << 20), (struct t_vhdx_log_desc[]){zero_at(s, 2 << 20)},
+		    1, "spans more than one 1 MiB block outside the regions");
+	log_refused("empty.vhdx", s, s, (struct t_vhdx_log_desc[]){zero_at(b, 0)}, 1,
 		    "descriptor 0 (zero): FileOffset 0x200000 + ZeroLength 0x0 is empty");
 }
 
 static void test_log_sizes(void)
 {
-	struct fx_log_desc *d = g_new0(struct fx_log_desc, 1025);
+	struct t_vhdx_log_desc *d = g_new0(struct t_vhdx_log_desc, 1025);
 	struct log_image li;
 
 	log_layout(&li);
@@ -521,32 +521,31 @@ static void test_log_sizes(void)
 static void test_log_extends_file(void)
 {
 	char *p = qemu_image("ext.vhdx", "block_size=1M", "16M", "-c 'write -P 0x44 5M 4k'");
-	uint64_t bat = fx_region(p, vhdx_guid_bat.b), blk;
+	uint64_t bat = t_vhdx_region(p, vhdx_guid_bat.b), blk;
 	uint8_t page[4096], old[4096];
-	struct fx_log_desc d[2];
+	struct t_vhdx_log_desc d[2];
 	struct vd_image *img;
 	char *raw;
 
-	fx_pread(p, page, sizeof(page), bat);
+	t_pread(p, page, sizeof(page), bat);
 	blk = VHDX_BAT_OFF(get_le64(page + 5 * 8));
 	g_assert_cmpuint(blk + (1 << 20), ==, file_size(p));
 	memcpy(old, page, sizeof(old));
 	put_le64(old + 5 * 8, VHDX_BAT_ZERO);
-	fx_pwrite(p, old, sizeof(old), bat);
+	t_pwrite(p, old, sizeof(old), bat);
 	g_assert_cmpint(truncate(p, blk + 4096), ==, 0);
-	d[0] = (struct fx_log_desc){.off = bat, .data = page};
-	d[1] = (struct fx_log_desc){.zero = true, .off = blk + (1 << 20), .len = 1 << 20};
-	fx_log_entry(p, 0, 3, blk, blk + (2 << 20), d, 2);
-	g_assert_cmpint(fx_open(p, true, &img), ==, -EPERM);
-	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
-	raw = fx_path("ext.vhdx.raw");
-	fx_compare(img, raw, 0, img->size);
+	d[0] = (struct t_vhdx_log_desc){.off = bat, .data = page};
+	d[1] = (struct t_vhdx_log_desc){.zero = true, .off = blk + (1 << 20), .len = 1 << 20};
+	t_vhdx_log_entry(p, 0, 3, blk, blk + (2 << 20), d, 2);
+	g_assert_cmpint(t_open(p, true, &img), ==, -EPERM);
+	g_assert_cmpint(t_open(p, false, &img), ==, 0);
+	raw = t_path("ext.vhdx.raw");
+	t_compare(img, raw, 0, img->size);
 	image_unref(img);
 	g_free(raw);
 	g_assert_cmpuint(file_size(p), ==, blk + (2 << 20));
-	g_assert_cmpint(fx_sh_rc("qemu-img check -q ext.vhdx"), ==, 0);
-	g_assert_cmpint(fx_sh_rc("qemu-img compare -q -f vhdx -F raw ext.vhdx ext.vhdx.raw"), ==,
-			0);
+	g_assert_cmpint(t_sh_rc("qemu-img check -q ext.vhdx"), ==, 0);
+	g_assert_cmpint(t_sh_rc("qemu-img compare -q -f vhdx -F raw ext.vhdx ext.vhdx.raw"), ==, 0);
 	g_free(p);
 }
 
@@ -554,15 +553,15 @@ static void test_log_extends_file(void)
 static void test_log_limit(void)
 {
 	char *p = qemu_image("biglog.vhdx", "block_size=1M,log_size=1025M", "16M", NULL);
-	uint64_t h = fx_current_header(p);
+	uint64_t h = t_vhdx_current_header(p);
 	uint8_t hdr[4096];
 	struct vd_image *img;
 
-	fx_pread(p, hdr, sizeof(hdr), h);
+	t_pread(p, hdr, sizeof(hdr), h);
 	memset(hdr + 48, 0x4c, 16); /* a LogGuid: the log must be replayed */
 	put_le32(hdr + 4, vhdx_checksum(hdr, sizeof(hdr), 4));
-	fx_pwrite(p, hdr, sizeof(hdr), h);
-	g_assert_cmpint(fx_open(p, false, &img), ==, -ENOTSUP);
+	t_pwrite(p, hdr, sizeof(hdr), h);
+	g_assert_cmpint(t_open(p, false, &img), ==, -ENOTSUP);
 	g_assert_nonnull(strstr(vd_log_last_error(), "larger than the limit of 1024 MiB"));
 	g_free(p);
 }
@@ -576,14 +575,14 @@ static void test_4k_patched(void)
 	struct vd_image *img;
 
 	put_le32(v, 4096);
-	fx_pwrite(p, v, 4, fx_meta_item(p, vhdx_guid_lss.b));
-	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
+	t_pwrite(p, v, 4, t_vhdx_meta_item(p, vhdx_guid_lss.b));
+	g_assert_cmpint(t_open(p, false, &img), ==, 0);
 	g_assert_cmpuint(img->zero_align, ==, 4096);
-	fx_pattern(buf, 3 << 20, 0, 7);
+	t_pattern(buf, 3 << 20, 0, 7);
 	g_assert_cmpint(image_pwrite_wait(img, buf, 3 << 20, (5ull << 30) + 12345), ==, 0);
 	g_assert_cmpint(image_pwrite_wait(img, buf, 4096, 0), ==, 0);
 	image_unref(img);
-	g_assert_cmpint(fx_open(p, true, &img), ==, 0);
+	g_assert_cmpint(t_open(p, true, &img), ==, 0);
 	g_assert_cmpint(image_pread_wait(img, back, 3 << 20, (5ull << 30) + 12345), ==, 0);
 	g_assert_cmpmem(buf, 3 << 20, back, 3 << 20);
 	g_assert_cmpint(image_pread_wait(img, back, 8192, 0), ==, 0);
@@ -597,29 +596,24 @@ static void test_4k_patched(void)
 
 int main(int argc, char **argv)
 {
-	int ret;
-
-	g_test_init(&argc, &argv, NULL);
-	fx_setup();
-	g_test_add_func("/vhdx/read/block-sizes", test_block_sizes);
-	g_test_add_func("/vhdx/read/block-state-zero", test_block_state_zero);
-	g_test_add_func("/vhdx/read/above-4g", test_above_4g);
-	g_test_add_func("/vhdx/read/block-status", test_block_status);
-	g_test_add_func("/vhdx/read/one-bad-header", test_one_bad_header);
-	g_test_add_func("/vhdx/read/identical-headers", test_identical_headers);
-	g_test_add_func("/vhdx/read/region-table-fallback", test_region_table_fallback);
-	g_test_add_func("/vhdx/read/unknown-regions", test_unknown_regions);
-	g_test_add_func("/vhdx/read/unknown-metadata", test_unknown_metadata);
-	g_test_add_func("/vhdx/read/bad-params", test_bad_params);
-	g_test_add_func("/vhdx/read/bat-past-eof", test_bat_past_eof);
+	t_init(&argc, &argv);
+	t_add_qemu("/vhdx/read/block-sizes", test_block_sizes);
+	t_add_qemu("/vhdx/read/block-state-zero", test_block_state_zero);
+	t_add_qemu("/vhdx/read/above-4g", test_above_4g);
+	t_add_qemu("/vhdx/read/block-status", test_block_status);
+	t_add_qemu("/vhdx/read/one-bad-header", test_one_bad_header);
+	t_add_qemu("/vhdx/read/identical-headers", test_identical_headers);
+	t_add_qemu("/vhdx/read/region-table-fallback", test_region_table_fallback);
+	t_add_qemu("/vhdx/read/unknown-regions", test_unknown_regions);
+	t_add_qemu("/vhdx/read/unknown-metadata", test_unknown_metadata);
+	t_add_qemu("/vhdx/read/bad-params", test_bad_params);
+	t_add_qemu("/vhdx/read/bat-past-eof", test_bat_past_eof);
 	g_test_add_func("/vhdx/read/garbage", test_garbage);
-	g_test_add_func("/vhdx/read/dirty-log", test_dirty_log);
-	g_test_add_func("/vhdx/read/log-targets", test_log_targets);
-	g_test_add_func("/vhdx/read/log-sizes", test_log_sizes);
-	g_test_add_func("/vhdx/read/log-extends-file", test_log_extends_file);
-	g_test_add_func("/vhdx/read/log-limit", test_log_limit);
-	g_test_add_func("/vhdx/read/4k-sectors", test_4k_patched);
-	ret = g_test_run();
-	fx_teardown();
-	return ret;
+	t_add_qemu("/vhdx/read/dirty-log", test_dirty_log);
+	t_add_qemu("/vhdx/read/log-targets", test_log_targets);
+	t_add_qemu("/vhdx/read/log-sizes", test_log_sizes);
+	t_add_qemu("/vhdx/read/log-extends-file", test_log_extends_file);
+	t_add_qemu("/vhdx/read/log-limit", test_log_limit);
+	t_add_qemu("/vhdx/read/4k-sectors", test_4k_patched);
+	return t_run();
 }

@@ -14,7 +14,7 @@
 
 #include "util/endian.h"
 #include "io/uring.h"
-#include "vhdx-fixture.h"
+#include "testlib.h"
 #include "formats/vhdx.h"
 
 #define M (1ull << 20)
@@ -29,7 +29,7 @@ static void twin_write(struct twin *t, uint64_t off, uint64_t len, unsigned seed
 {
 	char *buf = g_malloc(len);
 
-	fx_pattern(buf, len, off, seed);
+	t_pattern(buf, len, off, seed);
 	g_assert_cmpint(image_pwrite_wait(t->img, buf, len, off), ==, 0);
 	g_assert_cmpint(pwrite(t->raw, buf, len, off), ==, (ssize_t)len);
 	g_free(buf);
@@ -46,9 +46,9 @@ static void twin_zero(struct twin *t, uint64_t off, uint64_t len, bool unmap)
 
 static void twin_open(struct twin *t, const char *img, const char *raw, uint64_t size)
 {
-	char *p = fx_path(img), *r = fx_path(raw);
+	char *p = t_path(img), *r = t_path(raw);
 
-	g_assert_cmpint(fx_open(p, false, &t->img), ==, 0);
+	g_assert_cmpint(t_open(p, false, &t->img), ==, 0);
 	t->raw = open(r, O_RDWR | O_CREAT | O_TRUNC, 0644);
 	g_assert_cmpint(t->raw, >=, 0);
 	g_assert_cmpint(ftruncate(t->raw, size ? size : t->img->size), ==, 0);
@@ -92,9 +92,9 @@ static void workload(struct twin *t, unsigned seed)
 
 static void check_with_qemu(const char *img, const char *raw)
 {
-	g_assert_cmpint(fx_sh_rc("qemu-img check -q %s", img), ==, 0);
-	g_assert_cmpint(fx_sh_rc("qemu-img compare -q -f vhdx -F raw %s %s", img, raw), ==, 0);
-	g_assert_cmpint(fx_sh_rc("qemu-img info %s | grep -q 'file format: vhdx'", img), ==, 0);
+	g_assert_cmpint(t_sh_rc("qemu-img check -q %s", img), ==, 0);
+	g_assert_cmpint(t_sh_rc("qemu-img compare -q -f vhdx -F raw %s %s", img, raw), ==, 0);
+	g_assert_cmpint(t_sh_rc("qemu-img info %s | grep -q 'file format: vhdx'", img), ==, 0);
 }
 
 static void run_qemu_image(const char *name, const char *opts, const char *size, unsigned seed)
@@ -103,7 +103,7 @@ static void run_qemu_image(const char *name, const char *opts, const char *size,
 	char raw[64];
 
 	g_snprintf(raw, sizeof(raw), "%s.ref", name);
-	fx_sh("qemu-img create -q -f vhdx -o %s %s %s", opts, name, size);
+	t_sh("qemu-img create -q -f vhdx -o %s %s %s", opts, name, size);
 	twin_open(&t, name, raw, 0);
 	workload(&t, seed);
 	twin_close(&t);
@@ -123,10 +123,10 @@ static void test_qemu_fixed(void)
 
 	run_qemu_image("w-fix.vhdx", "subformat=fixed,block_state_zero=off,block_size=8M", "64M", 3);
 	/* Fixed disks never change block states: the BAT is unchanged. */
-	fx_sh("qemu-img create -q -f vhdx -o subformat=fixed,block_state_zero=off,block_size=1M "
-	      "w-fix2.vhdx 16M");
-	p = fx_path("w-fix2.vhdx");
-	fx_pread(p, before, sizeof(before), fx_region(p, vhdx_guid_bat.b));
+	t_sh("qemu-img create -q -f vhdx -o subformat=fixed,block_state_zero=off,block_size=1M "
+	     "w-fix2.vhdx 16M");
+	p = t_path("w-fix2.vhdx");
+	t_pread(p, before, sizeof(before), t_vhdx_region(p, vhdx_guid_bat.b));
 	{
 		struct twin t;
 		twin_open(&t, "w-fix2.vhdx", "w-fix2.ref", 0);
@@ -135,7 +135,7 @@ static void test_qemu_fixed(void)
 		twin_zero(&t, 9 * M + 512, 4096, false);
 		twin_close(&t);
 	}
-	fx_pread(p, after, sizeof(after), fx_region(p, vhdx_guid_bat.b));
+	t_pread(p, after, sizeof(after), t_vhdx_region(p, vhdx_guid_bat.b));
 	g_assert_cmpmem(before, sizeof(before), after, sizeof(after));
 	check_with_qemu("w-fix2.vhdx", "w-fix2.ref");
 	g_free(p);
@@ -147,7 +147,7 @@ static void test_bat_pages_and_4g(void)
 {
 	struct twin t;
 
-	fx_sh("qemu-img create -q -f vhdx -o block_size=1M w-big.vhdx 5G");
+	t_sh("qemu-img create -q -f vhdx -o block_size=1M w-big.vhdx 5G");
 	twin_open(&t, "w-big.vhdx", "w-big.ref", 0);
 	twin_write(&t, 511 * M + 10, 100, 21);
 	twin_write(&t, 512 * M, 4096, 22);
@@ -155,21 +155,21 @@ static void test_bat_pages_and_4g(void)
 	twin_write(&t, 4 * 1024 * M - 4096, 2 * M, 24); /* across the first chunk */
 	twin_write(&t, 4500 * M + 12345, 3 * M, 25);
 	twin_close(&t);
-	g_assert_cmpint(fx_sh_rc("qemu-img check -q w-big.vhdx"), ==, 0);
-	g_assert_cmpint(fx_sh_rc("qemu-img compare -q -f vhdx -F raw w-big.vhdx w-big.ref"), ==, 0);
+	g_assert_cmpint(t_sh_rc("qemu-img check -q w-big.vhdx"), ==, 0);
+	g_assert_cmpint(t_sh_rc("qemu-img compare -q -f vhdx -F raw w-big.vhdx w-big.ref"), ==, 0);
 }
 
 static void test_own_create(void)
 {
 	struct vd_create_opts o = {.size = 40 * M + 512, .cluster_size = 2 * M};
-	char *p = fx_path("c-dyn.vhdx"), *q = fx_path("c-fix.vhdx");
+	char *p = t_path("c-dyn.vhdx"), *q = t_path("c-fix.vhdx");
 	struct twin t;
 
 	g_assert_cmpint(vd_format_vhdx.create(p, &o), ==, 0);
 	g_assert_cmpint(vd_format_vhdx.create(p, &o), ==, -EEXIST);
-	g_assert_cmpint(fx_sh_rc("qemu-img info c-dyn.vhdx | grep -q 'cluster_size: 2097152'"), ==,
+	g_assert_cmpint(t_sh_rc("qemu-img info c-dyn.vhdx | grep -q 'cluster_size: 2097152'"), ==,
 			0);
-	g_assert_cmpint(fx_sh_rc("qemu-img check -q c-dyn.vhdx"), ==, 0);
+	g_assert_cmpint(t_sh_rc("qemu-img check -q c-dyn.vhdx"), ==, 0);
 	twin_open(&t, "c-dyn.vhdx", "c-dyn.ref", 0);
 	workload(&t, 31);
 	twin_close(&t);
@@ -188,7 +188,7 @@ static void test_own_create(void)
 static void test_own_4k(void)
 {
 	struct vd_create_opts o = {.size = 64 * M, .cluster_size = M, .sector_size = 4096};
-	char *p = fx_path("c-4k.vhdx"), *r = fx_path("c-4k.ref");
+	char *p = t_path("c-4k.vhdx"), *r = t_path("c-4k.ref");
 	struct vd_image *img;
 	struct twin t;
 
@@ -197,8 +197,8 @@ static void test_own_4k(void)
 	workload(&t, 41);
 	twin_close(&t);
 	/* QEMU refuses 4K sectors: read back through our own driver. */
-	g_assert_cmpint(fx_open(p, true, &img), ==, 0);
-	fx_compare(img, r, 0, img->size);
+	g_assert_cmpint(t_open(p, true, &img), ==, 0);
+	t_compare(img, r, 0, img->size);
 	image_unref(img);
 	g_free(p);
 	g_free(r);
@@ -214,25 +214,25 @@ static void test_guids(void)
 	uint8_t buf[512] = {1};
 	uint64_t cur;
 
-	fx_sh("qemu-img create -q -f vhdx -o block_size=1M g.vhdx 8M");
-	p = fx_path("g.vhdx");
-	fx_pread(p, h0[0], 4096, VHDX_HEADER1_OFF);
-	fx_pread(p, h0[1], 4096, VHDX_HEADER2_OFF);
+	t_sh("qemu-img create -q -f vhdx -o block_size=1M g.vhdx 8M");
+	p = t_path("g.vhdx");
+	t_pread(p, h0[0], 4096, VHDX_HEADER1_OFF);
+	t_pread(p, h0[1], 4096, VHDX_HEADER2_OFF);
 	/* Read-only and read-write opens without writes leave the headers alone. */
-	g_assert_cmpint(fx_open(p, true, &img), ==, 0);
+	g_assert_cmpint(t_open(p, true, &img), ==, 0);
 	image_unref(img);
-	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
+	g_assert_cmpint(t_open(p, false, &img), ==, 0);
 	g_assert_cmpint(image_pread_wait(img, buf, 512, 0), ==, 0);
 	image_unref(img);
-	fx_pread(p, h1[0], 4096, VHDX_HEADER1_OFF);
-	fx_pread(p, h1[1], 4096, VHDX_HEADER2_OFF);
+	t_pread(p, h1[0], 4096, VHDX_HEADER1_OFF);
+	t_pread(p, h1[1], 4096, VHDX_HEADER2_OFF);
 	g_assert_cmpmem(h0, sizeof(h0), h1, sizeof(h1));
 	/* A write: new FileWriteGuid and DataWriteGuid, LogGuid clear after close. */
-	cur = fx_current_header(p);
-	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
+	cur = t_vhdx_current_header(p);
+	g_assert_cmpint(t_open(p, false, &img), ==, 0);
 	g_assert_cmpint(image_pwrite_wait(img, buf, 512, 4096), ==, 0);
 	image_unref(img);
-	fx_pread(p, h1[0], 4096, fx_current_header(p));
+	t_pread(p, h1[0], 4096, t_vhdx_current_header(p));
 	g_assert_cmpmem(h0[cur == VHDX_HEADER2_OFF], 4, h1[0], 4); /* signature */
 	g_assert_true(memcmp(h0[cur == VHDX_HEADER2_OFF] + 16, h1[0] + 16, 16));
 	g_assert_true(memcmp(h0[cur == VHDX_HEADER2_OFF] + 32, h1[0] + 32, 16));
@@ -274,9 +274,9 @@ static void test_concurrent_alloc(void)
 	struct vd_image *img;
 	struct stat st;
 
-	fx_sh("qemu-img create -q -f vhdx -o block_size=1M race.vhdx 16M");
-	p = fx_path("race.vhdx");
-	g_assert_cmpint(fx_open(p, false, &img), ==, 0);
+	t_sh("qemu-img create -q -f vhdx -o block_size=1M race.vhdx 16M");
+	p = t_path("race.vhdx");
+	g_assert_cmpint(t_open(p, false, &img), ==, 0);
 	for (int i = 0; i < 4; i++) {
 		r[i] = (struct racer){img, i};
 		pthread_create(&th[i], NULL, race_thread, &r[i]);
@@ -291,8 +291,8 @@ static void test_concurrent_alloc(void)
 	image_unref(img);
 	/* One allocation per block: the file grew by 16 blocks, not more. */
 	g_assert_cmpint(stat(p, &st), ==, 0);
-	g_assert_cmpint(fx_sh_rc("qemu-img check -q race.vhdx"), ==, 0);
-	g_assert_cmpint(fx_open(p, true, &img), ==, 0);
+	g_assert_cmpint(t_sh_rc("qemu-img check -q race.vhdx"), ==, 0);
+	g_assert_cmpint(t_open(p, true, &img), ==, 0);
 	g_assert_cmpint(image_pread_wait(img, got, 16 * M, 0), ==, 0);
 	g_assert_cmpmem(expect, 16 * M, got, 16 * M);
 	g_assert_cmpuint(st.st_size, <=, ((struct vhdx *)img->priv)->file_end);
@@ -311,9 +311,9 @@ static void test_crash_without_close(void)
 	pid_t pid;
 	int status;
 
-	fx_sh("qemu-img create -q -f vhdx -o block_size=1M crash.vhdx 64M && "
-	      "truncate -s 64M crash.ref");
-	p = fx_path("crash.vhdx");
+	t_sh("qemu-img create -q -f vhdx -o block_size=1M crash.vhdx 64M && "
+	     "truncate -s 64M crash.ref");
+	p = t_path("crash.vhdx");
 	pid = fork();
 	if (pid == 0) {
 		struct twin t;
@@ -332,20 +332,20 @@ static void test_crash_without_close(void)
 	}
 	g_assert_cmpint(waitpid(pid, &status, 0), ==, pid);
 	g_assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-	fx_sh("cp crash.vhdx crash2.vhdx");
+	t_sh("cp crash.vhdx crash2.vhdx");
 	/* QEMU repairs (replays) it, and so do we; data before the fsync intact. */
-	g_assert_cmpint(fx_sh_rc("qemu-img check -q -r all crash2.vhdx"), ==, 0);
-	g_assert_cmpint(fx_sh_rc("qemu-img compare -q -f vhdx -F raw crash2.vhdx crash.ref"), ==,
+	g_assert_cmpint(t_sh_rc("qemu-img check -q -r all crash2.vhdx"), ==, 0);
+	g_assert_cmpint(t_sh_rc("qemu-img compare -q -f vhdx -F raw crash2.vhdx crash.ref"), ==,
 			1); /* 60M was written after the fsync... */
 	{
 		struct vd_image *img;
-		char *ref = fx_path("crash.ref");
-		g_assert_cmpint(fx_open(p, false, &img), ==, 0);
-		fx_compare(img, ref, 0, 60 * M);
+		char *ref = t_path("crash.ref");
+		g_assert_cmpint(t_open(p, false, &img), ==, 0);
+		t_compare(img, ref, 0, 60 * M);
 		image_unref(img);
 		g_free(ref);
 	}
-	g_assert_cmpint(fx_sh_rc("qemu-img check -q crash.vhdx"), ==, 0);
+	g_assert_cmpint(t_sh_rc("qemu-img check -q crash.vhdx"), ==, 0);
 	g_free(p);
 }
 
@@ -357,9 +357,9 @@ static void test_discard(void)
 	struct stat a, b;
 	uint64_t pnum;
 	enum vd_bs st;
-	char *p = fx_path("disc.vhdx");
+	char *p = t_path("disc.vhdx");
 
-	fx_sh("qemu-img create -q -f vhdx -o block_size=1M disc.vhdx 32M");
+	t_sh("qemu-img create -q -f vhdx -o block_size=1M disc.vhdx 32M");
 	twin_open(&t, "disc.vhdx", "disc.ref", 0);
 	twin_write(&t, 0, 16 * M, 61);
 	g_assert_cmpint(image_fsync_wait(t.img), ==, 0);
@@ -380,20 +380,15 @@ static void test_discard(void)
 
 int main(int argc, char **argv)
 {
-	int ret;
-
-	g_test_init(&argc, &argv, NULL);
-	fx_setup();
-	g_test_add_func("/vhdx/write/qemu-dynamic", test_qemu_dynamic);
-	g_test_add_func("/vhdx/write/qemu-fixed", test_qemu_fixed);
-	g_test_add_func("/vhdx/write/bat-pages-and-4g", test_bat_pages_and_4g);
-	g_test_add_func("/vhdx/write/own-create", test_own_create);
+	t_init(&argc, &argv);
+	t_add_qemu("/vhdx/write/qemu-dynamic", test_qemu_dynamic);
+	t_add_qemu("/vhdx/write/qemu-fixed", test_qemu_fixed);
+	t_add_qemu("/vhdx/write/bat-pages-and-4g", test_bat_pages_and_4g);
+	t_add_qemu("/vhdx/write/own-create", test_own_create);
 	g_test_add_func("/vhdx/write/own-4k", test_own_4k);
-	g_test_add_func("/vhdx/write/guids", test_guids);
-	g_test_add_func("/vhdx/write/concurrent-alloc", test_concurrent_alloc);
-	g_test_add_func("/vhdx/write/crash-without-close", test_crash_without_close);
-	g_test_add_func("/vhdx/write/discard", test_discard);
-	ret = g_test_run();
-	fx_teardown();
-	return ret;
+	t_add_qemu("/vhdx/write/guids", test_guids);
+	t_add_qemu("/vhdx/write/concurrent-alloc", test_concurrent_alloc);
+	t_add_qemu("/vhdx/write/crash-without-close", test_crash_without_close);
+	t_add_qemu("/vhdx/write/discard", test_discard);
+	return t_run();
 }
