@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh Debian 12 machine: install what is
 # missing, build a normal and an AddressSanitizer+UBSan build (warnings are
 # errors), and run every unit and integration test in both; a clang build
-# (warnings are errors too) runs the unit tests and the fuzz replays.
+# (warnings are errors too) runs the unit tests and the fuzz replays; then the
+# fuzzing slices, and last the Debian package (tests/package.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -147,6 +148,17 @@ done
 summary+=("build-fuzz: $fp passed, $ff failed")
 total_pass=$((total_pass + fp))
 total_fail=$((total_fail + ff))
+
+# The Debian package (tests/package.sh): built from the tracked files with
+# dpkg-buildpackage, unpacked and installed into scratch roots, checked.
+echo "== package: build the .deb and install it into a scratch root"
+if tests/package.sh; then
+	summary+=("package: 1 passed, 0 failed")
+	total_pass=$((total_pass + 1))
+else
+	summary+=("package: 0 passed, 1 failed")
+	total_fail=$((total_fail + 1))
+fi
 
 echo
 printf '%s\n' "${summary[@]}"
