@@ -136,6 +136,23 @@ static void control_verb_done(void *opaque, int err)
 	loop_req_end();
 }
 
+/* A verb's answer: noted on the view, and "error: ..." or ok (the text, or
+ * with status the mirror's status line) in out. Returns err. */
+static int control_result(struct vnode *n, GString *out, int err, bool status, const char *ok)
+{
+	vnode_note_verb(n, err);
+	if (err) {
+		control_error(out, err);
+	} else if (status) {
+		g_string_append(out, "ok: ");
+		mirror_status_line(n->mirror, out);
+		g_string_append_c(out, '\n');
+	} else {
+		g_string_append(out, ok);
+	}
+	return err;
+}
+
 /* The mirror verbs on the view cmd->name. Returns 1 when w is answered
  * later, else 0 or -errno. */
 static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
@@ -154,12 +171,7 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 	vd_log_clear_error();
 	switch (cmd->verb) {
 	case CONTROL_MIRROR_START:
-		ret = xattr_mirror_start(n, &cmd->opts);
-		vnode_note_verb(n, ret);
-		if (ret)
-			control_error(out, ret);
-		else
-			g_string_append(out, "ok\n");
+		ret = control_result(n, out, xattr_mirror_start(n, &cmd->opts), false, "ok\n");
 		break;
 	case CONTROL_MIRROR_STATUS:
 		mirror_status_line(n->mirror, out);
@@ -172,22 +184,10 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 					     : cmd->verb == CONTROL_MIRROR_RESUME ? "resume"
 										  : "speed",
 					  cmd->arg);
-		vnode_note_verb(n, ret);
-		if (ret) {
-			control_error(out, ret);
-		} else {
-			g_string_append(out, "ok: ");
-			mirror_status_line(n->mirror, out);
-			g_string_append_c(out, '\n');
-		}
+		ret = control_result(n, out, ret, true, NULL);
 		break;
 	case CONTROL_ACTIVATE:
-		ret = handover_activate(n);
-		vnode_note_verb(n, ret);
-		if (ret)
-			control_error(out, ret);
-		else
-			g_string_append(out, "ok: active\n");
+		ret = control_result(n, out, handover_activate(n), false, "ok: active\n");
 		break;
 	case CONTROL_INACTIVATE:
 		w->n = n; /* the lookup reference is dropped when the verb is done */

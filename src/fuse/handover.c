@@ -15,15 +15,9 @@
 #include "mirror/mirror.h"
 #include "util/log.h"
 
-struct inactivate_wait {
-	struct vnode *n;
-	vd_done_fn done;
-	void *opaque;
-};
-
 static void inactivate_drained(void *opaque, int err)
 {
-	struct inactivate_wait *w = opaque;
+	struct vnode_call *w = opaque;
 	struct vnode *n = w->n;
 	int ret = image_inactivate(n->img);
 
@@ -40,21 +34,16 @@ static void inactivate_drained(void *opaque, int err)
 
 void handover_inactivate(struct vnode *n, vd_done_fn done, void *opaque)
 {
-	struct inactivate_wait *w;
+	struct vnode_call *w;
 	int ret;
 
 	if (atomic_load(&n->img->inactive)) {
 		done(opaque, 0);
 		return;
 	}
-	w = malloc(sizeof(*w));
-	if (!w) {
-		done(opaque, -ENOMEM);
+	w = vnode_call_new(n, done, opaque);
+	if (!w)
 		return;
-	}
-	w->n = n;
-	w->done = done;
-	w->opaque = opaque;
 	ret = mirror_hold(n->mirror, inactivate_drained, w);
 	if (ret) {
 		free(w);

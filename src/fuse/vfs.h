@@ -113,6 +113,14 @@ int xattr_mirror_start(struct vnode *n, const struct mirror_opts *o);
 /* Complete the view's mirror (mirror_complete()), and in a directory mount
  * make SOURCE/name the new image once it did (tree_mirror_completed()). */
 void xattr_mirror_complete(struct vnode *n, vd_done_fn done, void *opaque);
+/* A view's asynchronous verb in progress: who to answer once it is done. */
+struct vnode_call {
+	struct vnode *n;
+	vd_done_fn done;
+	void *opaque;
+};
+/* NULL (with done(opaque, -ENOMEM) called) when out of memory. */
+struct vnode_call *vnode_call_new(struct vnode *n, vd_done_fn done, void *opaque);
 /* The verbs that adjust a running mirror: "pause", "resume", or "speed"
  * with value a rate (like speed= of start). 0 or -errno, logged. */
 int xattr_mirror_adjust(struct vnode *n, const char *verb, const char *value);

@@ -181,15 +181,23 @@ int xattr_mirror_adjust(struct vnode *n, const char *verb, const char *value)
 	return ret;
 }
 
-struct complete_wait {
-	struct vnode *n;
-	vd_done_fn done;
-	void *opaque;
-};
+struct vnode_call *vnode_call_new(struct vnode *n, vd_done_fn done, void *opaque)
+{
+	struct vnode_call *c = malloc(sizeof(*c));
+
+	if (!c) {
+		done(opaque, -ENOMEM);
+		return NULL;
+	}
+	c->n = n;
+	c->done = done;
+	c->opaque = opaque;
+	return c;
+}
 
 static void xattr_complete_done(void *opaque, int err)
 {
-	struct complete_wait *c = opaque;
+	struct vnode_call *c = opaque;
 
 	if (!err)
 		tree_mirror_completed(c->n);
@@ -199,22 +207,32 @@ static void xattr_complete_done(void *opaque, int err)
 
 void xattr_mirror_complete(struct vnode *n, vd_done_fn done, void *opaque)
 {
-	struct complete_wait *c = malloc(sizeof(*c));
+	struct vnode_call *c = vnode_call_new(n, done, opaque);
 
-	if (!c) {
-		done(opaque, -ENOMEM);
-		return;
-	}
-	c->n = n;
-	c->done = done;
-	c->opaque = opaque;
-	mirror_complete(n->mirror, xattr_complete_done, c);
+	if (c)
+		mirror_complete(n->mirror, xattr_complete_done, c);
 }
 
 struct xattr_wait {
 	fuse_req_t req;
 	struct vnode *n; /* kept by the kernel's reference while the request runs */
 };
+
+/* A verb answered later (xattr_verb_done()), or NULL with ENOMEM answered. */
+static struct xattr_wait *xattr_wait_new(fuse_req_t req, struct vnode *n)
+{
+	struct xattr_wait *w = n->mirror ? malloc(sizeof(*w)) : NULL;
+
+	if (!w) {
+		vnode_note_verb(n, -ENOMEM);
+		fuse_reply_err(req, ENOMEM);
+		return NULL;
+	}
+	w->req = req;
+	w->n = n;
+	loop_req_begin();
+	return w;
+}
 
 static void xattr_verb_done(void *opaque, int err)
 {
@@ -248,15 +266,9 @@ static void xattr_mirror(fuse_req_t req, struct vnode *n, const char *verb, cons
 		fuse_reply_err(req, -ret);
 		return;
 	}
-	w = n->mirror ? malloc(sizeof(*w)) : NULL;
-	if (!w) {
-		vnode_note_verb(n, -ENOMEM);
-		fuse_reply_err(req, ENOMEM);
+	w = xattr_wait_new(req, n); /* answered when the swap or the drop is done */
+	if (!w)
 		return;
-	}
-	w->req = req;
-	w->n = n;
-	loop_req_begin(); /* answered when the swap or the drop is done */
 	if (!strcmp(verb, "complete"))
 		xattr_mirror_complete(n, xattr_verb_done, w);
 	else
@@ -282,16 +294,9 @@ static void xattr_active(fuse_req_t req, struct vnode *n, const char *value, siz
 		fuse_reply_err(req, -ret);
 		return;
 	}
-	w = malloc(sizeof(*w));
-	if (!w) {
-		vnode_note_verb(n, -ENOMEM);
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	w->req = req;
-	w->n = n;
-	loop_req_begin(); /* answered once the image is written back */
-	handover_inactivate(n, xattr_verb_done, w);
+	w = xattr_wait_new(req, n); /* answered once the image is written back */
+	if (w)
+		handover_inactivate(n, xattr_verb_done, w);
 }
 
 void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *value,

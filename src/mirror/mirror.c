@@ -606,25 +606,36 @@ unsigned mirror_expire_held(struct mirror *m, uint64_t max_ns)
 
 /* ---- pause, resume, speed ---- */
 
-int mirror_pause(struct mirror *m, bool pause)
+/* The job a verb that adjusts it may act on: 0 with m->lock held, or
+ * -errno (logged) with it dropped. */
+static int job_adjust_lock(struct mirror *m, const char *verb, bool live,
+			   struct mirror_job **out)
 {
-	const char *verb = pause ? "pause" : "resume";
 	struct mirror_job *job;
-	bool was;
 	int ret;
 
 	pthread_mutex_lock(&m->lock);
 	job = atomic_load(&m->job);
 	ret = verb_check(m, job, verb);
-	if (!ret && job->phase == MP_FAILED) {
+	if (!ret && live && job->phase == MP_FAILED) {
 		vd_err("%s: mirror %s: the mirror failed (%s); cancel it", job->src->path, verb,
 		       job->error);
 		ret = -EIO;
 	}
-	if (ret) {
+	if (ret)
 		pthread_mutex_unlock(&m->lock);
+	*out = job;
+	return ret;
+}
+
+int mirror_pause(struct mirror *m, bool pause)
+{
+	struct mirror_job *job;
+	bool was;
+	int ret = job_adjust_lock(m, pause ? "pause" : "resume", true, &job);
+
+	if (ret)
 		return ret;
-	}
 	was = job->paused;
 	job->paused = pause;
 	pthread_mutex_unlock(&m->lock);
@@ -639,15 +650,10 @@ int mirror_pause(struct mirror *m, bool pause)
 int mirror_set_speed(struct mirror *m, uint64_t speed)
 {
 	struct mirror_job *job;
-	int ret;
+	int ret = job_adjust_lock(m, "speed", false, &job);
 
-	pthread_mutex_lock(&m->lock);
-	job = atomic_load(&m->job);
-	ret = verb_check(m, job, "speed");
-	if (ret) {
-		pthread_mutex_unlock(&m->lock);
+	if (ret)
 		return ret;
-	}
 	atomic_store(&job->speed, speed);
 	pthread_mutex_unlock(&m->lock);
 	vd_info("%s: mirror to %s: speed limit %" PRIu64 " bytes/s%s", job->src->path,
