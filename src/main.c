@@ -30,8 +30,8 @@ struct cmdline {
 		*inactive_wait;
 	char *pid_file, *log, *log_level;
 	int log_syslog; /* log=syslog, or the default once daemonised */
-	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms, force_share,
-	    allow_shrink, inactive;
+	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms,
+		force_share, allow_shrink, inactive;
 	int nargs;
 	int pid_written;
 };
@@ -49,6 +49,8 @@ enum {
 	KEY_UNSUPPORTED,
 };
 
+/* One option per line, as libfuse lists them. */
+/* clang-format off */
 #define OPT(t, p) {t, offsetof(struct cmdline, p), 1}
 static const struct fuse_opt cmd_opts[] = {
 	{"threads=%s", offsetof(struct cmdline, threads), 0},
@@ -84,7 +86,10 @@ static const struct fuse_opt cmd_opts[] = {
 	FUSE_OPT_KEY("default_permissions", KEY_DEFPERM),
 	FUSE_OPT_END,
 };
+/* clang-format on */
 
+/* The help text as it prints. */
+/* clang-format off */
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -127,6 +132,7 @@ static void usage(FILE *f)
 		"\n"
 		"See vdiskfs(1).\n");
 }
+/* clang-format on */
 
 static int cmd_proc(void *data, const char *arg, int key, struct fuse_args *out)
 {
@@ -140,7 +146,8 @@ static int cmd_proc(void *data, const char *arg, int key, struct fuse_args *out)
 		else if (!c->mountpoint)
 			c->mountpoint = strdup(arg);
 		else {
-			fprintf(stderr, "vdiskfs: unexpected argument \"%s\" (want SOURCE MOUNTPOINT)\n",
+			fprintf(stderr,
+				"vdiskfs: unexpected argument \"%s\" (want SOURCE MOUNTPOINT)\n",
 				arg);
 			return -1;
 		}
@@ -190,7 +197,8 @@ static int configure_log(struct cmdline *c)
 		for (i = 0; i < G_N_ELEMENTS(levels) && strcmp(c->log_level, levels[i]); i++)
 			;
 		if (i == G_N_ELEMENTS(levels)) {
-			fprintf(stderr, "vdiskfs: log_level=%s: want error, warning, info or debug\n",
+			fprintf(stderr,
+				"vdiskfs: log_level=%s: want error, warning, info or debug\n",
 				c->log_level);
 			return -EINVAL;
 		}
@@ -219,8 +227,9 @@ static int configure_paths(struct cmdline *c)
 	char real[PATH_MAX];
 
 	if (!c->source || !c->mountpoint) {
-		fprintf(stderr, "vdiskfs: missing %s (usage: vdiskfs [-o OPTIONS] SOURCE "
-				"MOUNTPOINT)\n",
+		fprintf(stderr,
+			"vdiskfs: missing %s (usage: vdiskfs [-o OPTIONS] SOURCE "
+			"MOUNTPOINT)\n",
 			c->source ? "MOUNTPOINT" : "SOURCE and MOUNTPOINT");
 		return -EINVAL;
 	}
@@ -241,14 +250,16 @@ static int configure_paths(struct cmdline *c)
 	}
 	vfs_cfg.mountpoint = strdup(real);
 	if (vfs_cfg.single && !S_ISREG(mst.st_mode)) {
-		fprintf(stderr, "vdiskfs: mountpoint %s must be a regular file when SOURCE is an "
-				"image (it becomes the raw view)\n",
+		fprintf(stderr,
+			"vdiskfs: mountpoint %s must be a regular file when SOURCE is an "
+			"image (it becomes the raw view)\n",
 			c->mountpoint);
 		return -EINVAL;
 	}
 	if (!vfs_cfg.single && !S_ISDIR(mst.st_mode)) {
-		fprintf(stderr, "vdiskfs: mountpoint %s must be a directory when SOURCE is a "
-				"directory\n",
+		fprintf(stderr,
+			"vdiskfs: mountpoint %s must be a directory when SOURCE is a "
+			"directory\n",
 			c->mountpoint);
 		return -EINVAL;
 	}
@@ -256,8 +267,8 @@ static int configure_paths(struct cmdline *c)
 }
 
 /* -o name=val as a number in [min, max]; val NULL leaves *out as it is. */
-static int configure_number(const char *name, const char *val, unsigned long min,
-			    unsigned long max, unsigned long *out)
+static int configure_number(const char *name, const char *val, unsigned long min, unsigned long max,
+			    unsigned long *out)
 {
 	char *end;
 	unsigned long n;
@@ -369,7 +380,8 @@ static int configure(struct cmdline *c, struct fuse_args *args)
 	if (configure_log(c))
 		return -EINVAL;
 	if (c->pid_file) {
-		char *abs = g_canonicalize_filename(c->pid_file, NULL); /* daemonising leaves the cwd */
+		char *abs =
+			g_canonicalize_filename(c->pid_file, NULL); /* daemonising leaves the cwd */
 
 		free(c->pid_file);
 		c->pid_file = abs;
@@ -554,8 +566,9 @@ int main(int argc, char *argv[])
 
 	status = 1;
 	if (mount_is_vdiskfs(vfs_cfg.mountpoint, &msource)) {
-		fprintf(stderr, "vdiskfs: %s is already a vdiskfs mount (of %s); unmount it first "
-				"(fusermount3 -u %s)\n",
+		fprintf(stderr,
+			"vdiskfs: %s is already a vdiskfs mount (of %s); unmount it first "
+			"(fusermount3 -u %s)\n",
 			vfs_cfg.mountpoint, msource ? msource : "?", vfs_cfg.mountpoint);
 		free(msource);
 		goto out;

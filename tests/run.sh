@@ -11,7 +11,7 @@ top=$(pwd)
 pkgs=(meson ninja-build pkg-config gcc libfuse3-dev liburing-dev zlib1g-dev libzstd-dev
       libglib2.0-dev fuse3 bats qemu-utils qemu-system-common libnbd-bin fio attr fdisk
       e2fsprogs util-linux-extra python3 xz-utils bzip2 gzip
-      clang-14 libclang-rt-14-dev)
+      clang-14 libclang-rt-14-dev clang-format-14)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

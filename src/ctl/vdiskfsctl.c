@@ -25,6 +25,8 @@ enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
 
 static bool opt_json, opt_wait, opt_complete, opt_force_share;
 
+/* The help text as it prints. */
+/* clang-format off */
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -52,6 +54,7 @@ static void usage(FILE *f)
 		"Exit status: 0 done, 1 refused or failed (the reason on stderr), 2 usage.\n"
 		"See vdiskfsctl(1).\n");
 }
+/* clang-format on */
 
 static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int fail(const char *fmt, ...)
@@ -444,11 +447,13 @@ static int cmd_status(const char *target, bool jobs_only)
 				printf("%s: %s %s, %s of guest data, image %s\n", name, fmt, a, b,
 				       image);
 			if (job && strncmp(job, "phase=none", 10)) {
-				uint64_t c = status_u64(job, "copied"), t = status_u64(job, "total");
-				char *phase = status_field(job, "phase"), *tgt = status_field(job, "target");
+				uint64_t c = status_u64(job, "copied"),
+					 t = status_u64(job, "total");
+				char *phase = status_field(job, "phase"),
+				     *tgt = status_field(job, "target");
 
-				printf("%s%s: mirror %s %.1f%% to %s\n", jobs_only ? "" : "  ", name,
-				       phase, t ? 100.0 * c / t : 100.0, tgt);
+				printf("%s%s: mirror %s %.1f%% to %s\n", jobs_only ? "" : "  ",
+				       name, phase, t ? 100.0 * c / t : 100.0, tgt);
 				g_free(phase);
 				g_free(tgt);
 			}

@@ -15,17 +15,17 @@
 #include "formats/qcow2.h"
 #include "io/sync-io.h"
 
-#define BME_IN_USE	       (1u << 0)
-#define BME_AUTO	       (1u << 1)
-#define BME_EXTRA_COMPAT       (1u << 2)
-#define BME_TYPE_DIRTY	       1
-#define BME_MIN_GBITS	       9
-#define BME_MAX_GBITS	       31
-#define BME_MAX_NAME	       1023
-#define BME_MAX_TABLE	       0x8000000u
-#define BME_MAX_PHYS	       (512ull << 20)
-#define BME_ENTRY_RESERVED     0xff000000000001feull
-#define BME_ENTRY_ALL_ONES     1ull
+#define BME_IN_USE	   (1u << 0)
+#define BME_AUTO	   (1u << 1)
+#define BME_EXTRA_COMPAT   (1u << 2)
+#define BME_TYPE_DIRTY	   1
+#define BME_MIN_GBITS	   9
+#define BME_MAX_GBITS	   31
+#define BME_MAX_NAME	   1023
+#define BME_MAX_TABLE	   0x8000000u
+#define BME_MAX_PHYS	   (512ull << 20)
+#define BME_ENTRY_RESERVED 0xff000000000001feull
+#define BME_ENTRY_ALL_ONES 1ull
 
 /* ---- the directory ---- */
 
@@ -210,8 +210,7 @@ int qcow2_bitmaps_open(struct qcow2 *q, uint64_t file_size)
 	if (!q->has_bitmaps)
 		return 0;
 	if (q->bm_dir_offset > file_size || q->bm_dir_size > file_size - q->bm_dir_offset ||
-	    !q->bm_dir_offset ||
-	    qcow2_hits_fixed_metadata(q, q->bm_dir_offset, q->bm_dir_size)) {
+	    !q->bm_dir_offset || qcow2_hits_fixed_metadata(q, q->bm_dir_offset, q->bm_dir_size)) {
 		vd_err("%s: bitmap directory at 0x%" PRIx64 " (%" PRIu64
 		       " bytes) lies past the end of the "
 		       "file or on the header, L1 or refcount table",
@@ -278,11 +277,10 @@ int qcow2_bitmaps_mark_in_use(struct qcow2 *q)
 	if (!ret)
 		ret = meta_fdatasync(q->img->fd);
 	if (ret)
-		vd_err(
-		    "%s: cannot mark the persistent bitmaps in use in the directory at 0x%" PRIx64
-		    ": "
-		    "%s",
-		    q->img->path, q->bm_dir_offset, strerror(-ret));
+		vd_err("%s: cannot mark the persistent bitmaps in use in the directory at "
+		       "0x%" PRIx64 ": "
+		       "%s",
+		       q->img->path, q->bm_dir_offset, strerror(-ret));
 	return ret;
 }
 
@@ -426,7 +424,8 @@ static int store_switched(struct bm_store *s, uint8_t *dir, uint64_t dir_off)
 					ret = qcow2_defer_free(q, b->table[j] & QCOW2_OFF_MASK,
 							       q->cluster_size);
 			if (!ret)
-				ret = qcow2_defer_free(q, b->table_off, (uint64_t)b->table_size * 8);
+				ret = qcow2_defer_free(q, b->table_off,
+						       (uint64_t)b->table_size * 8);
 			free(b->table);
 			b->table = s->tables[i];
 			s->tables[i] = NULL;

@@ -157,8 +157,8 @@ static int compressed_src(struct qcow2 *q, uint64_t gcl, uint64_t e, struct vd_s
 	return 0;
 }
 
-static int add_compressed(struct qcow2 *q, struct vd_map *m, uint64_t gcl, uint64_t e,
-			  uint64_t off, uint64_t len)
+static int add_compressed(struct qcow2 *q, struct vd_map *m, uint64_t gcl, uint64_t e, uint64_t off,
+			  uint64_t len)
 {
 	struct vd_extent x = {.off = off, .len = len};
 	int ret = compressed_src(q, gcl, e, &x.src);
@@ -247,10 +247,10 @@ enum plan_mode {
 struct plan {
 	enum plan_mode mode;
 	uint64_t unit, gbase, host;
-	uint64_t ws, we;       /* the cluster bytes the write covers */
-	bool fresh;	       /* newly allocated never-written host space: zeroes need no copy */
-	struct vd_src src;     /* PLAN_SRC: the source; PLAN_SHARED: the old host cluster */
-	uint64_t bm;	       /* PLAN_SUBCL, PLAN_SHARED: the bitmap before the write */
+	uint64_t ws, we;   /* the cluster bytes the write covers */
+	bool fresh;	   /* newly allocated never-written host space: zeroes need no copy */
+	struct vd_src src; /* PLAN_SRC: the source; PLAN_SHARED: the old host cluster */
+	uint64_t bm;	   /* PLAN_SUBCL, PLAN_SHARED: the bitmap before the write */
 };
 
 static enum vd_ext_type subcl_src(const struct plan *p, unsigned sc)
@@ -434,8 +434,8 @@ static int plan_old(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, stru
 	return 0;
 }
 
-static int write_cluster(struct qcow2 *q, struct qcow2_ticket *t, struct vd_map *m,
-			 uint64_t off, uint64_t n)
+static int write_cluster(struct qcow2 *q, struct qcow2_ticket *t, struct vd_map *m, uint64_t off,
+			 uint64_t n)
 {
 	uint64_t gcl = qcow2_cl(q, off), ws = off & (q->cluster_size - 1), we = ws + n;
 	struct qcow2_item it = {.gcl = gcl};

@@ -127,7 +127,7 @@ static int count_bitmaps(struct rebuild *r)
 		}
 		free(tab);
 		pos += ALIGN_UP(
-		    (uint64_t)(24 + get_be32(dir + pos + 20) + get_be16(dir + pos + 18)), 8);
+			(uint64_t)(24 + get_be32(dir + pos + 20) + get_be16(dir + pos + 18)), 8);
 	}
 	free(dir);
 	return ret;

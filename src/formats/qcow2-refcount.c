@@ -91,8 +91,7 @@ int qcow2_refcount_get(struct qcow2 *q, uint64_t cl, uint64_t *rc)
 
 /* ---- refcount blocks and table growth ---- */
 
-static int write_sync(struct qcow2 *q, const void *buf, size_t len, uint64_t off,
-		      const char *what)
+static int write_sync(struct qcow2 *q, const void *buf, size_t len, uint64_t off, const char *what)
 {
 	int ret = meta_pwrite(q->img->fd, buf, len, off);
 

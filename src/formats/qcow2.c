@@ -94,8 +94,8 @@ static void unknown_incompat_msg(struct qcow2 *q, const struct qcow2_hdr *h, uin
 	if (bits)
 		snprintf(names + n, sizeof(names) - n, "%sunknown incompatible feature 0x%" PRIx64,
 			 n ? ", " : "", bits);
-	vd_err("%s: qcow2 header at offset 72: unsupported incompatible features: %s",
-	       q->img->path, names);
+	vd_err("%s: qcow2 header at offset 72: unsupported incompatible features: %s", q->img->path,
+	       names);
 }
 
 /* As QEMU: only the length is checked while the bitmaps autoclear bit is clear
@@ -237,8 +237,7 @@ static int parse_header(struct qcow2 *q, struct qcow2_hdr *h, const uint8_t *b)
 	q->autoclear = get_be64(b + 88);
 	q->refcount_order = get_be32(b + 96);
 	q->header_length = get_be32(b + 100);
-	if (q->header_length < 104 || q->header_length % 8 ||
-	    q->header_length > q->cluster_size) {
+	if (q->header_length < 104 || q->header_length % 8 || q->header_length > q->cluster_size) {
 		vd_err("%s: qcow2 header at offset 100: bad header length %u", path,
 		       q->header_length);
 		return -EINVAL;

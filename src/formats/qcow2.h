@@ -21,11 +21,11 @@
 #define QCOW2_INCOMPAT_DATA_FILE (1ull << 2)
 #define QCOW2_INCOMPAT_COMPRESS	 (1ull << 3)
 #define QCOW2_INCOMPAT_EXTL2	 (1ull << 4)
-#define QCOW2_INCOMPAT_KNOWN                                                                   \
-	(QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT | QCOW2_INCOMPAT_COMPRESS |             \
+#define QCOW2_INCOMPAT_KNOWN                                                       \
+	(QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT | QCOW2_INCOMPAT_COMPRESS | \
 	 QCOW2_INCOMPAT_EXTL2)
-#define QCOW2_COMPAT_LAZY	 (1ull << 0)
-#define QCOW2_AUTOCLEAR_BITMAPS	 (1ull << 0)
+#define QCOW2_COMPAT_LAZY	(1ull << 0)
+#define QCOW2_AUTOCLEAR_BITMAPS (1ull << 0)
 
 #define QCOW2_EXT_END	    0x00000000u
 #define QCOW2_EXT_BACKFMT   0xe2792acau
@@ -50,8 +50,8 @@
 #define QCOW2_HDR_AUTOCLEAR 88
 
 /* Limits QEMU enforces at open. */
-#define QCOW2_MAX_L1_BYTES (32u << 20)
-#define QCOW2_MAX_RT_BYTES (8u << 20)
+#define QCOW2_MAX_L1_BYTES  (32u << 20)
+#define QCOW2_MAX_RT_BYTES  (8u << 20)
 #define QCOW2_MAX_SNAPSHOTS 65536
 
 enum qcow2_ctype { QC_UNALLOC, QC_ZERO_PLAIN, QC_ZERO_ALLOC, QC_NORMAL, QC_COMPRESSED };
@@ -86,16 +86,16 @@ enum qcow2_item_kind {
 
 struct qcow2_item {
 	enum qcow2_item_kind kind;
-	uint64_t gcl;	   /* guest cluster index */
-	uint64_t host;	   /* host cluster written */
-	uint32_t set_alloc; /* extended L2: subclusters the write makes allocated */
+	uint64_t gcl;		   /* guest cluster index */
+	uint64_t host;		   /* host cluster written */
+	uint32_t set_alloc;	   /* extended L2: subclusters the write makes allocated */
 	uint64_t src_off, src_len; /* host bytes read for copy-on-write (busy) */
-	bool dropped; /* zeroed or discarded while in flight: not linked */
+	bool dropped;		   /* zeroed or discarded while in flight: not linked */
 };
 
 struct qcow2_ticket {
 	struct qcow2_ticket *next, **pprev; /* on q->inflight or q->readers */
-	uint64_t meta_first, meta_last; /* guest clusters whose entries change */
+	uint64_t meta_first, meta_last;	    /* guest clusters whose entries change */
 	bool has_meta;
 	struct vd_waiter *waiters;
 	unsigned n, cap;
@@ -120,7 +120,7 @@ struct qcow2_snapshot {
 /* One entry of the bitmap directory. */
 struct qcow2_bitmap {
 	char *name;
-	uint64_t pos; /* of its entry in the directory */
+	uint64_t pos;	/* of its entry in the directory */
 	uint32_t flags; /* on disk at open (after a store: as stored) */
 	uint8_t gbits;
 	uint64_t table_off;
@@ -129,7 +129,7 @@ struct qcow2_bitmap {
 	bool kept;
 	uint64_t *table; /* kept bitmaps: the table, host order */
 	uint64_t nbits;
-	uint64_t *bits;	 /* enabled kept bitmaps of a writable image: whole table clusters */
+	uint64_t *bits; /* enabled kept bitmaps of a writable image: whole table clusters */
 };
 
 /*
@@ -168,7 +168,7 @@ struct qcow2 {
 	 * grows with truncate, the refcount table with allocation. */
 	uint64_t l1_offset;
 	uint32_t l1_size;
-	uint64_t *l1;	  /* host order */
+	uint64_t *l1;	   /* host order */
 	uint8_t *l1_dirty; /* one flag per 512-byte sector of the table */
 
 	uint64_t rt_offset;
@@ -193,8 +193,8 @@ struct qcow2 {
 	struct qcow2_bitmap *bms;
 
 	/* Allocation and write state: under lock. */
-	bool write_ready; /* autoclear bits handled for writing */
-	bool resizing;	  /* a truncate runs (it drops the lock while zeroing) */
+	bool write_ready;  /* autoclear bits handled for writing */
+	bool resizing;	   /* a truncate runs (it drops the lock while zeroing) */
 	uint64_t host_end; /* clusters: everything at or past is never-written host space */
 	uint64_t free_hint;
 	/* Bytes: the file's size as far as allocation knows, grown ahead of it

@@ -36,8 +36,8 @@ static int span_cmp(const void *a, const void *b)
 	return x->off < y->off ? -1 : x->off > y->off;
 }
 
-static int bat_check_entry(struct vhdx *v, uint64_t idx, uint64_t len, bool sb,
-			   uint64_t file_size, bool last)
+static int bat_check_entry(struct vhdx *v, uint64_t idx, uint64_t len, bool sb, uint64_t file_size,
+			   bool last)
 {
 	uint64_t e = v->bat[idx], off = VHDX_BAT_OFF(e);
 	unsigned st = VHDX_BAT_STATE(e);
@@ -215,7 +215,7 @@ void vhdx_bat_set(struct vhdx *v, uint64_t idx, uint64_t entry)
 
 	if (v->alloc_known)
 		v->alloc_bytes +=
-		    vhdx_bat_weight(v, idx, entry) - vhdx_bat_weight(v, idx, v->bat[idx]);
+			vhdx_bat_weight(v, idx, entry) - vhdx_bat_weight(v, idx, v->bat[idx]);
 	v->bat[idx] = entry;
 	if (!v->bat_dirty[page]) {
 		v->bat_dirty[page] = 1;
@@ -226,7 +226,8 @@ void vhdx_bat_set(struct vhdx *v, uint64_t idx, uint64_t entry)
 void vhdx_sb_mark(struct vhdx *v, uint64_t chunk, uint64_t bit_first, uint64_t n)
 {
 	struct vhdx_sb *sb = &v->sb[chunk];
-	uint64_t p0 = bit_first / 8 / VHDX_LOG_SECTOR, p1 = (bit_first + n - 1) / 8 / VHDX_LOG_SECTOR;
+	uint64_t p0 = bit_first / 8 / VHDX_LOG_SECTOR,
+		 p1 = (bit_first + n - 1) / 8 / VHDX_LOG_SECTOR;
 
 	for (uint64_t p = p0; p <= p1; p++) {
 		if (!(sb->dirty[p / 8] & (1u << (p % 8)))) {

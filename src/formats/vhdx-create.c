@@ -14,11 +14,11 @@
 #include "io/sync-io.h"
 #include "formats/vhdx.h"
 
-#define C_LOG_OFF VHDX_MiB
-#define C_LOG_LEN VHDX_MiB
-#define C_META_OFF (2 * VHDX_MiB)
-#define C_META_LEN VHDX_MiB
-#define C_BAT_OFF (3 * VHDX_MiB)
+#define C_LOG_OFF	VHDX_MiB
+#define C_LOG_LEN	VHDX_MiB
+#define C_META_OFF	(2 * VHDX_MiB)
+#define C_META_LEN	VHDX_MiB
+#define C_BAT_OFF	(3 * VHDX_MiB)
 #define C_DEFAULT_BLOCK (32u << 20)
 
 struct cparams {
@@ -145,8 +145,8 @@ static int write_bat(int fd, const struct cparams *p, uint64_t bat_len, uint64_t
 	if (!bat)
 		return -ENOMEM;
 	for (uint64_t b = 0; b < nblocks && !p->diff; b++) {
-		uint64_t e = p->fixed ? (data_off + b * p->bs) | VHDX_BAT_FULLY_PRESENT
-				      : VHDX_BAT_ZERO;
+		uint64_t e =
+			p->fixed ? (data_off + b * p->bs) | VHDX_BAT_FULLY_PRESENT : VHDX_BAT_ZERO;
 		bat[b + b / cr] = htole64(e);
 	}
 	ret = meta_pwrite(fd, bat, bat_len, C_BAT_OFF);
@@ -157,8 +157,8 @@ static int write_bat(int fd, const struct cparams *p, uint64_t bat_len, uint64_t
 static int write_headers(int fd)
 {
 	uint8_t *buf = calloc(1, VHDX_MiB);
-	struct vhdx_header h = {.seq = 1, .version = 1, .log_length = C_LOG_LEN,
-				.log_offset = C_LOG_OFF};
+	struct vhdx_header h = {
+		.seq = 1, .version = 1, .log_length = C_LOG_LEN, .log_offset = C_LOG_OFF};
 	const char *creator = "vdiskfs " VDISKFS_VERSION;
 	int ret;
 
@@ -325,8 +325,8 @@ static int check_params(const char *path, struct cparams *p)
 
 int vhdx_create(const char *path, const struct vd_create_opts *o)
 {
-	struct cparams p = {.size = o->size, .bs = o->cluster_size, .lss = o->sector_size,
-			    .fixed = o->fixed};
+	struct cparams p = {
+		.size = o->size, .bs = o->cluster_size, .lss = o->sector_size, .fixed = o->fixed};
 	char *ppath = NULL, *d, *dir;
 	int fd, ret = 0;
 

@@ -15,8 +15,8 @@
 #include "io/sync-io.h"
 #include "formats/vhdx.h"
 
-#define LOG_HDR 64
-#define LOG_DESC 32
+#define LOG_HDR	       64
+#define LOG_DESC       32
 #define LOG_MAX	       (1ull << 30) /* a log to replay is read whole */
 #define LOG_WRITE_MAX  (1ull << 30) /* data sectors + zero runs one replay writes */
 #define LOG_GROW_MAX   (4ull << 30) /* LastFileOffset - FlushedFileOffset */
@@ -274,7 +274,7 @@ static int log_seq_foreach(struct vhdx *v, const struct log_ring *r, const struc
 }
 
 static int log_refuse(const struct vhdx *v, const struct log_entry *e, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+	__attribute__((format(printf, 3, 4)));
 
 /* Refuse the image for what entry e says; returns -EINVAL. */
 static int log_refuse(const struct vhdx *v, const struct log_entry *e, const char *fmt, ...)
@@ -403,8 +403,8 @@ static int log_apply_zero(struct vhdx *v, struct log_apply *a, uint64_t off, uin
 
 static int log_apply_entry(struct vhdx *v, const struct log_entry *e, void *arg)
 {
-	uint64_t dsec = (LOG_HDR + (uint64_t)LOG_DESC * e->ndesc + VHDX_LOG_SECTOR - 1) /
-			VHDX_LOG_SECTOR;
+	uint64_t dsec =
+		(LOG_HDR + (uint64_t)LOG_DESC * e->ndesc + VHDX_LOG_SECTOR - 1) / VHDX_LOG_SECTOR;
 	const uint8_t *d = e->data + LOG_HDR;
 	const uint8_t *s = e->data + dsec * VHDX_LOG_SECTOR;
 	struct log_apply *a = arg;
@@ -514,7 +514,8 @@ static int log_read_and_replay(struct vhdx *v, uint64_t *file_size)
 	if (ret)
 		goto out;
 	if (img->read_only) {
-		vd_err("%s: the log at 0x%" PRIx64 " must be replayed before the image can be read; "
+		vd_err("%s: the log at 0x%" PRIx64
+		       " must be replayed before the image can be read; "
 		       "open it read-write once or repair it with \"qemu-img check -r all %s\"",
 		       img->path, v->hdr.log_offset, img->path);
 		ret = -EPERM;
@@ -634,8 +635,8 @@ static int log_new_guid(struct vhdx *v)
 	return ret;
 }
 
-static int log_write_entry(struct vhdx *v, const struct log_pages *p, uint64_t first,
-			   uint64_t n, uint64_t flushed, uint64_t last)
+static int log_write_entry(struct vhdx *v, const struct log_pages *p, uint64_t first, uint64_t n,
+			   uint64_t flushed, uint64_t last)
 {
 	uint64_t len = (log_desc_sectors(n) + n) * VHDX_LOG_SECTOR;
 	uint8_t *buf;

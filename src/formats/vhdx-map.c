@@ -16,8 +16,8 @@
 
 /* Runs of a partially present block [pos, end): DATA where the bitmap says
  * this file, UNALLOC (the parent) elsewhere. */
-static int map_read_partial(struct vhdx *v, uint64_t b, uint64_t host, uint64_t pos,
-			    uint64_t end, struct vd_map *m)
+static int map_read_partial(struct vhdx *v, uint64_t b, uint64_t host, uint64_t pos, uint64_t end,
+			    struct vd_map *m)
 {
 	uint64_t bstart = b * v->block_size, bit0 = vhdx_sb_first_bit(v, b);
 	uint8_t *bits;
@@ -131,10 +131,12 @@ static int map_write_partial(struct vhdx *v, uint64_t b, uint64_t host, const ui
 		} else {
 			pend = min_u64(e, send);
 			if (!here)
-				x.cow = (struct vd_cow){
-					.off = sstart, .len = lss, .n = 1,
-					.seg = {{.off = sstart, .len = lss,
-						 .src.type = VD_EXT_UNALLOC}}};
+				x.cow = (struct vd_cow){.off = sstart,
+							.len = lss,
+							.n = 1,
+							.seg = {{.off = sstart,
+								 .len = lss,
+								 .src.type = VD_EXT_UNALLOC}}};
 		}
 		x.off = pos;
 		x.len = pend - pos;
@@ -154,8 +156,8 @@ static int map_write_partial(struct vhdx *v, uint64_t b, uint64_t host, const ui
 	return ret;
 }
 
-static int map_write_block(struct vhdx *v, uint64_t b, uint64_t s, uint64_t e,
-			   struct vd_map *m, struct wctx *w)
+static int map_write_block(struct vhdx *v, uint64_t b, uint64_t s, uint64_t e, struct vd_map *m,
+			   struct wctx *w)
 {
 	uint64_t bstart = b * v->block_size, bend = min_u64(bstart + v->block_size, v->disk_size);
 	uint64_t ent = v->bat[vhdx_bat_index(v, b)], host;
@@ -369,8 +371,8 @@ static int zero_host(struct vhdx *v, uint64_t host, uint64_t len)
 	int ret;
 
 	/* Fixed disks keep their space; dynamic ones give it back. */
-	ret = meta_fallocate(v->img->fd, mode | (v->leave_alloc ? FALLOC_FL_ZERO_RANGE
-								: FALLOC_FL_PUNCH_HOLE),
+	ret = meta_fallocate(v->img->fd,
+			     mode | (v->leave_alloc ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE),
 			     host, len);
 	if (ret == -EOPNOTSUPP && v->leave_alloc)
 		ret = meta_fallocate(v->img->fd, mode | FALLOC_FL_PUNCH_HOLE, host, len);

@@ -216,8 +216,8 @@ static int vhdx_parse_locator(struct vhdx *v, struct meta_item *it)
 		goto out;
 	ret = -EINVAL;
 	if (memcmp(buf, vhdx_guid_locator_type.b, 16)) {
-		vd_err("%s: parent locator at 0x%" PRIx64 " has an unknown locator type",
-		       img->path, v->meta_off + it->off);
+		vd_err("%s: parent locator at 0x%" PRIx64 " has an unknown locator type", img->path,
+		       v->meta_off + it->off);
 		ret = -ENOTSUP;
 		goto out;
 	}
@@ -302,7 +302,8 @@ static int vhdx_meta_table(struct vhdx *v, struct meta_item *items, int nitems)
 				break;
 		if (k == nitems) {
 			if (flags & 4) {
-				vd_err("%s: metadata entry %u at 0x%" PRIx64 " is an unknown required "
+				vd_err("%s: metadata entry %u at 0x%" PRIx64
+				       " is an unknown required "
 				       "item",
 				       img->path, i, v->meta_off + 32 + 32 * i);
 				ret = -ENOTSUP;

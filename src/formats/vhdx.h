@@ -15,18 +15,18 @@
 
 #include "image/format.h"
 
-#define VHDX_MiB (1ull << 20)
-#define VHDX_KiB 1024ull
-#define VHDX_HEADER1_OFF (64 * VHDX_KiB)
-#define VHDX_HEADER2_OFF (128 * VHDX_KiB)
-#define VHDX_RT1_OFF (192 * VHDX_KiB)
-#define VHDX_RT2_OFF (256 * VHDX_KiB)
-#define VHDX_HEADER_SIZE 4096
-#define VHDX_RT_SIZE (64 * VHDX_KiB)
+#define VHDX_MiB	     (1ull << 20)
+#define VHDX_KiB	     1024ull
+#define VHDX_HEADER1_OFF     (64 * VHDX_KiB)
+#define VHDX_HEADER2_OFF     (128 * VHDX_KiB)
+#define VHDX_RT1_OFF	     (192 * VHDX_KiB)
+#define VHDX_RT2_OFF	     (256 * VHDX_KiB)
+#define VHDX_HEADER_SIZE     4096
+#define VHDX_RT_SIZE	     (64 * VHDX_KiB)
 #define VHDX_META_TABLE_SIZE (64 * VHDX_KiB)
-#define VHDX_LOG_SECTOR 4096
-#define VHDX_SB_SIZE VHDX_MiB  /* one sector-bitmap block */
-#define VHDX_MAX_SIZE (64ull << 40)
+#define VHDX_LOG_SECTOR	     4096
+#define VHDX_SB_SIZE	     VHDX_MiB /* one sector-bitmap block */
+#define VHDX_MAX_SIZE	     (64ull << 40)
 /* The BAT is held whole in memory: 64 MiB is a 64 TiB disk in blocks of
  * 16 MiB or more (qemu-img and Hyper-V make 32 MiB blocks at that size), or
  * 8 TiB less a bit in the smallest, 1 MiB, blocks. */
@@ -43,17 +43,17 @@ enum {
 	VHDX_BAT_PARTIALLY_PRESENT = 7,
 	VHDX_SB_PRESENT = 6,
 };
-#define VHDX_BAT_STATE(e) ((unsigned)((e)&7))
-#define VHDX_BAT_OFF(e) ((e)&0xFFFFFFFFFFF00000ull)
+#define VHDX_BAT_STATE(e)    ((unsigned)((e)&7))
+#define VHDX_BAT_OFF(e)	     ((e)&0xFFFFFFFFFFF00000ull)
 #define VHDX_BAT_RESERVED(e) ((e)&0xFFFF8ull)
 
 typedef struct {
 	uint8_t b[16];
 } vhdx_guid;
 
-extern const vhdx_guid vhdx_guid_bat, vhdx_guid_meta, vhdx_guid_file_params,
-	vhdx_guid_disk_size, vhdx_guid_page83, vhdx_guid_lss, vhdx_guid_pss,
-	vhdx_guid_parent_locator, vhdx_guid_locator_type;
+extern const vhdx_guid vhdx_guid_bat, vhdx_guid_meta, vhdx_guid_file_params, vhdx_guid_disk_size,
+	vhdx_guid_page83, vhdx_guid_lss, vhdx_guid_pss, vhdx_guid_parent_locator,
+	vhdx_guid_locator_type;
 
 struct vhdx_header {
 	uint64_t seq;
@@ -78,7 +78,7 @@ struct vhdx_sb {
 /* Per-block change carried by a write ticket from map() to complete(). */
 struct vhdx_tblock {
 	uint64_t block;
-	uint64_t entry;	  /* new BAT entry when set_entry */
+	uint64_t entry; /* new BAT entry when set_entry */
 	bool set_entry;
 	uint32_t bit_first, bit_n; /* sectors within the block to mark present */
 };
@@ -106,7 +106,7 @@ struct vhdx {
 	 * log starts and at close); replayed is fixed */
 	uint8_t hdr_raw[VHDX_HEADER_SIZE]; /* the current header as on disk */
 	struct vhdx_header hdr;
-	int hdr_slot;			    /* 0: header 1 current, 1: header 2 */
+	int hdr_slot; /* 0: header 1 current, 1: header 2 */
 	bool session_file_guid, session_data_guid;
 	vhdx_guid file_guid, data_guid; /* this session's GUIDs */
 	bool replayed;			/* a log was replayed at open */
@@ -147,7 +147,7 @@ struct vhdx {
 	struct vhdx_sb *sb;
 
 	/* allocation and writes in flight: under lock */
-	uint64_t file_end; /* next free 1 MiB-aligned offset */
+	uint64_t file_end;    /* next free 1 MiB-aligned offset */
 	GHashTable *inflight; /* block + 1 -> struct vhdx_ticket */
 
 	/* log writer: under lock */

@@ -13,16 +13,16 @@ static const struct {
 	int min_args, max_args; /* words after the verb */
 	const char *usage;
 } control_verbs[] = {
-    {"status", CONTROL_STATUS, 0, 0, ""},
-    {"mirror-start", CONTROL_MIRROR_START, 2, -1, " NAME TARGET [key=value...]"},
-    {"mirror-complete", CONTROL_MIRROR_COMPLETE, 1, 1, " NAME"},
-    {"mirror-cancel", CONTROL_MIRROR_CANCEL, 1, 1, " NAME"},
-    {"mirror-status", CONTROL_MIRROR_STATUS, 1, 1, " NAME"},
-    {"mirror-pause", CONTROL_MIRROR_PAUSE, 1, 1, " NAME"},
-    {"mirror-resume", CONTROL_MIRROR_RESUME, 1, 1, " NAME"},
-    {"mirror-speed", CONTROL_MIRROR_SPEED, 2, 2, " NAME RATE"},
-    {"activate", CONTROL_ACTIVATE, 1, 1, " NAME"},
-    {"inactivate", CONTROL_INACTIVATE, 1, 1, " NAME"},
+	{"status", CONTROL_STATUS, 0, 0, ""},
+	{"mirror-start", CONTROL_MIRROR_START, 2, -1, " NAME TARGET [key=value...]"},
+	{"mirror-complete", CONTROL_MIRROR_COMPLETE, 1, 1, " NAME"},
+	{"mirror-cancel", CONTROL_MIRROR_CANCEL, 1, 1, " NAME"},
+	{"mirror-status", CONTROL_MIRROR_STATUS, 1, 1, " NAME"},
+	{"mirror-pause", CONTROL_MIRROR_PAUSE, 1, 1, " NAME"},
+	{"mirror-resume", CONTROL_MIRROR_RESUME, 1, 1, " NAME"},
+	{"mirror-speed", CONTROL_MIRROR_SPEED, 2, 2, " NAME RATE"},
+	{"activate", CONTROL_ACTIVATE, 1, 1, " NAME"},
+	{"inactivate", CONTROL_INACTIVATE, 1, 1, " NAME"},
 };
 
 void control_cmd_free(struct control_cmd *cmd)

@@ -180,9 +180,10 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 	case CONTROL_MIRROR_PAUSE:
 	case CONTROL_MIRROR_RESUME:
 	case CONTROL_MIRROR_SPEED:
-		ret = xattr_mirror_adjust(n, cmd->verb == CONTROL_MIRROR_PAUSE    ? "pause"
-					     : cmd->verb == CONTROL_MIRROR_RESUME ? "resume"
-										  : "speed",
+		ret = xattr_mirror_adjust(n,
+					  cmd->verb == CONTROL_MIRROR_PAUSE    ? "pause"
+					  : cmd->verb == CONTROL_MIRROR_RESUME ? "resume"
+									       : "speed",
 					  cmd->arg);
 		ret = control_result(n, out, ret, true, NULL);
 		break;

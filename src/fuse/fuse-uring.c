@@ -35,13 +35,13 @@
 #include "fuse/vfs.h"
 
 /* The kernel ABI of protocol 7.42, which Debian 12's headers predate. */
-#define FURING_HDR_SZ 128
-#define FURING_OP_SZ 128
-#define FURING_CMD_REGISTER 1
+#define FURING_HDR_SZ		    128
+#define FURING_OP_SZ		    128
+#define FURING_CMD_REGISTER	    1
 #define FURING_CMD_COMMIT_AND_FETCH 2
-#define FURING_INIT_EXT (1u << 30)       /* init flags: flags2 is valid */
-#define FURING_INIT_OVER_URING (1u << 9) /* init flags2: bit 41 of the 64-bit flags */
-#define FURING_FUSE_INIT 26
+#define FURING_INIT_EXT		    (1u << 30) /* init flags: flags2 is valid */
+#define FURING_INIT_OVER_URING	    (1u << 9)  /* init flags2: bit 41 of the 64-bit flags */
+#define FURING_FUSE_INIT	    26
 
 struct furing_ent_in_out {
 	uint64_t flags;
@@ -53,7 +53,7 @@ struct furing_ent_in_out {
 
 struct furing_req_header {
 	char in_out[FURING_HDR_SZ]; /* fuse_in_header in, fuse_out_header out */
-	char op_in[FURING_OP_SZ];	  /* the opcode's fixed argument */
+	char op_in[FURING_OP_SZ];   /* the opcode's fixed argument */
 	struct furing_ent_in_out ent;
 };
 
@@ -167,7 +167,7 @@ static void furing_inspect(const void *buf, size_t len)
 		return;
 	furing.init_unique = in->unique;
 	furing.init_offered =
-	    (arg->flags & FURING_INIT_EXT) && (arg->flags2 & FURING_INIT_OVER_URING);
+		(arg->flags & FURING_INIT_EXT) && (arg->flags2 & FURING_INIT_OVER_URING);
 }
 
 static void furing_patch_init(struct iovec *iov, int count)
@@ -237,8 +237,8 @@ static struct furing_ent *furing_find(uint64_t unique)
 
 	if (!unique)
 		return NULL;
-	if (cur_ent && atomic_load_explicit(&furing.uniques[cur_ent->idx],
-					    memory_order_acquire) == unique)
+	if (cur_ent &&
+	    atomic_load_explicit(&furing.uniques[cur_ent->idx], memory_order_acquire) == unique)
 		return cur_ent;
 	for (i = 0; i < furing.nqueues * FURING_DEPTH; i++)
 		if (atomic_load_explicit(&furing.uniques[i], memory_order_acquire) == unique)
@@ -364,9 +364,9 @@ int furing_setup(struct fuse_session *se, enum furing_mode mode)
 }
 
 #define FURING_PARAM "/sys/module/fuse/parameters/enable_uring"
-#define FURING_NOT_OFFERED                                                                           \
-	"FUSE over io_uring is not offered by the kernel (needs Linux 6.14+ and: echo 1 > " FURING_PARAM \
-	")"
+#define FURING_NOT_OFFERED                                                                \
+	"FUSE over io_uring is not offered by the kernel (needs Linux 6.14+ and: echo 1 " \
+	"> " FURING_PARAM ")"
 
 /* Before mounting, so that a daemon about to fork can still fail in front of
  * the user: -o uring=on needs the kernel's switch on. */
@@ -408,7 +408,7 @@ int furing_prepare(unsigned nthreads)
 	stride = FURING_LEAD + furing.payload_sz;
 	furing.mem_sz = stride * furing.nqueues * FURING_DEPTH;
 	furing.mem = mmap(NULL, furing.mem_sz, PROT_READ | PROT_WRITE,
-			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (furing.mem == MAP_FAILED)
 		return -errno;
 	furing.ents = calloc(furing.nqueues * FURING_DEPTH, sizeof(*furing.ents));
@@ -465,5 +465,6 @@ void furing_thread_start(unsigned idx)
 	for (q = 0; q < furing.nqueues; q++)
 		for (k = 0; k < FURING_DEPTH; k++)
 			if (furing.ents[q * FURING_DEPTH + k].owner == o)
-				furing_submit(&furing.ents[q * FURING_DEPTH + k], FURING_CMD_REGISTER, 0);
+				furing_submit(&furing.ents[q * FURING_DEPTH + k],
+					      FURING_CMD_REGISTER, 0);
 }

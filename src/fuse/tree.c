@@ -34,7 +34,7 @@ static struct vnode control_node = {.ino = VFS_CONTROL_INO, .kind = VN_CONTROL, 
  * if it failed for want of file descriptors or memory (transient), once an
  * image has been closed. */
 #define RETRY_FIRST_NS 1000000000ull
-#define RETRY_MAX_NS 60000000000ull
+#define RETRY_MAX_NS   60000000000ull
 struct failed_file {
 	dev_t dev;
 	ino_t ino;
@@ -129,8 +129,8 @@ static void failed_note(const char *name, const struct stat *st, const char *err
 
 	f->backoff_ns = RETRY_FIRST_NS;
 	if (old && old->err && failed_same(old, st))
-		f->backoff_ns = old->backoff_ns * 2 > RETRY_MAX_NS ? RETRY_MAX_NS
-								  : old->backoff_ns * 2;
+		f->backoff_ns =
+			old->backoff_ns * 2 > RETRY_MAX_NS ? RETRY_MAX_NS : old->backoff_ns * 2;
 	f->retry_at_ns = vd_now_ns() + f->backoff_ns;
 
 	f->dev = st->st_dev;
@@ -324,8 +324,8 @@ void tree_mirror_completed(struct vnode *n)
 		g_free(path);
 		return;
 	}
-	vd_info("%s: %s is now a %s link to %s%s%s%s", n->name, path, symbolic ? "symbolic" : "hard",
-		n->img->path,
+	vd_info("%s: %s is now a %s link to %s%s%s%s", n->name, path,
+		symbolic ? "symbolic" : "hard", n->img->path,
 		kept ? "; the old source is kept as " : "", kept ? kept : "",
 		kept ? " (not served; delete it when it is no longer needed)" : "");
 	if (symbolic && vfs_cfg.open.backing == VD_BACKING_WITHIN_SOURCE &&
@@ -539,8 +539,7 @@ void tree_foreach(void (*fn)(struct vnode *n, void *opaque), void *opaque, bool 
 	g_ptr_array_free(nodes, TRUE);
 }
 
-void tree_foreach_error(void (*fn)(const char *name, const char *err, void *opaque),
-			void *opaque)
+void tree_foreach_error(void (*fn)(const char *name, const char *err, void *opaque), void *opaque)
 {
 	GHashTableIter it;
 	gpointer key, val;

@@ -16,8 +16,8 @@
 
 #include "fuse/vfs.h"
 
-#define VFS_TIMEOUT 86400.0 /* sizes only change through us */
-#define VFS_DIR_TIMEOUT 1.0 /* directory mounts notice added and removed images */
+#define VFS_TIMEOUT	   86400.0 /* sizes only change through us */
+#define VFS_DIR_TIMEOUT	   1.0	   /* directory mounts notice added and removed images */
 #define VFS_WRITE_COPY_MAX (128 * 1024)
 
 /* Root and the user who mounted: they alone run mirrors and use the control
@@ -232,8 +232,8 @@ static void *vfs_alloc(size_t size)
 
 struct vfs_io {
 	fuse_req_t req;
-	char *buf;	/* read buffer, or the request buffer a WRITE arrived in */
-	bool own_buf;	/* free buf at the end (not a FUSE ring payload buffer) */
+	char *buf;    /* read buffer, or the request buffer a WRITE arrived in */
+	bool own_buf; /* free buf at the end (not a FUSE ring payload buffer) */
 	size_t len;
 	struct mirror_call call; /* the mirror layer's, for the request's way */
 };
@@ -441,8 +441,7 @@ static void vfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, o
 	}
 	io = vfs_io_new(req, NULL, 0);
 	if (io)
-		vfs_submit(n, io, unmap ? IMAGE_DISCARD : IMAGE_ZERO, NULL, len, off,
-			   vfs_err_done);
+		vfs_submit(n, io, unmap ? IMAGE_DISCARD : IMAGE_ZERO, NULL, len, off, vfs_err_done);
 }
 
 static void vfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,

@@ -13,8 +13,8 @@
 #include "util/json.h"
 #include "mirror/mirror.h"
 
-#define VFS_ROOT_INO	1
-#define VFS_CONTROL_INO 2
+#define VFS_ROOT_INO	 1
+#define VFS_CONTROL_INO	 2
 #define VFS_CONTROL_NAME ".vdiskfs"
 
 /* -o uring=: FUSE over io_uring when the kernel offers it, required, or never. */
@@ -29,8 +29,8 @@ struct vfs_config {
 	bool allow_shrink; /* a view may be made smaller (data past the end is lost) */
 	bool allow_other;
 	unsigned threads;
-	enum furing_mode ring; /* -o uring= */
-	uid_t owner;	  /* who mounted: may use the control file and mirror verbs */
+	enum furing_mode ring;	  /* -o uring= */
+	uid_t owner;		  /* who mounted: may use the control file and mirror verbs */
 	unsigned inactive_wait_s; /* how long data waits for an inactive view */
 	struct vd_open_opts open;
 };
@@ -67,7 +67,7 @@ struct vnode {
 	 * only when no request can be in flight (unmount, the node freed). */
 	struct vd_image *img;
 	struct mirror *mirror; /* images: the view's mirror slot (mirror.h) */
-	dev_t sdev; /* the source file's identity, to notice replacement */
+	dev_t sdev;	       /* the source file's identity, to notice replacement */
 	ino_t sino;
 	uint64_t nlookup; /* tree_lock */
 	unsigned opens;	  /* tree_lock */
@@ -76,7 +76,7 @@ struct vnode {
 };
 
 /* ---- tree.c ---- */
-int tree_init(void); /* open the single image, or scan the directory */
+int tree_init(void);	  /* open the single image, or scan the directory */
 void tree_shutdown(void); /* flush and close every image */
 /* Look a name up in the root directory (rescanning it); takes a lookup ref. */
 struct vnode *tree_lookup(const char *name, int *err);
@@ -87,8 +87,7 @@ void tree_release(struct vnode *n);
 /* Rescan the source directory; call fn for each visible image in name order. */
 void tree_foreach(void (*fn)(struct vnode *n, void *opaque), void *opaque, bool rescan);
 /* Images that failed to open: fn(name, error message). */
-void tree_foreach_error(void (*fn)(const char *name, const char *err, void *opaque),
-			void *opaque);
+void tree_foreach_error(void (*fn)(const char *name, const char *err, void *opaque), void *opaque);
 void vnode_stat(struct vnode *n, struct stat *st);
 /* A directory mount's view completed a mirror: SOURCE/name becomes the new
  * image, so that the name serves it after a remount too (vdiskfs-mirror(7),
@@ -101,8 +100,8 @@ extern const struct fuse_lowlevel_ops vfs_ops;
 /* ---- xattr.c ---- */
 void xattr_get(fuse_req_t req, struct vnode *n, const char *name, size_t size);
 void xattr_list(fuse_req_t req, struct vnode *n, size_t size);
-void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *value,
-	       size_t size, int flags);
+void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *value, size_t size,
+	       int flags);
 /* Everything about one image as a JSON object (used by .info and the control file). */
 void view_info_json(struct vnode *n, struct json_writer *j, bool mirror);
 /* After a verb on the view: remember why it was refused (err < 0: the

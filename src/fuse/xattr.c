@@ -17,8 +17,8 @@
 #define XATTR_PREFIX "user.vdiskfs."
 
 static const char *const xattr_names[] = {
-	"format", "virtual-size", "cluster-size", "backing", "allocated", "image", "info",
-	"mirror.status", "last-error", "active",
+	"format", "virtual-size", "cluster-size",  "backing",	 "allocated",
+	"image",  "info",	  "mirror.status", "last-error", "active",
 };
 
 static pthread_mutex_t last_error_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -299,8 +299,8 @@ static void xattr_active(fuse_req_t req, struct vnode *n, const char *value, siz
 		handover_inactivate(n, xattr_verb_done, w);
 }
 
-void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *value,
-	       size_t size, int flags)
+void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *value, size_t size,
+	       int flags)
 {
 	const char *key;
 

@@ -99,8 +99,9 @@ int vd_map_add(struct vd_map *m, const struct vd_extent *e)
 
 int vd_map_add_data(struct vd_map *m, uint64_t off, uint64_t len, int fd, uint64_t host_off)
 {
-	struct vd_extent e = {
-	    .off = off, .len = len, .src = {.type = VD_EXT_DATA, .fd = fd, .host_off = host_off}};
+	struct vd_extent e = {.off = off,
+			      .len = len,
+			      .src = {.type = VD_EXT_DATA, .fd = fd, .host_off = host_off}};
 
 	return vd_map_add(m, &e);
 }

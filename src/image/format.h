@@ -85,7 +85,7 @@ struct vd_waiter {
 struct vd_map {
 	struct vd_extent *ext;
 	unsigned n, cap;
-	void *ticket;	/* driver state to pass to complete(); NULL if none */
+	void *ticket;		  /* driver state to pass to complete(); NULL if none */
 	struct vd_waiter *waiter; /* set by the caller; queued by the driver with -EAGAIN */
 	struct vd_extent inline_ext[VD_MAP_INLINE];
 };
@@ -103,8 +103,8 @@ int vd_map_add_hole(struct vd_map *m, uint64_t off, uint64_t len, enum vd_ext_ty
 
 /* What block status reports for a run of guest bytes. */
 enum vd_bs {
-	VD_BS_DATA,	/* allocated in this layer, reads as data */
-	VD_BS_ZERO,	/* reads as zeroes (allocated or not) in this layer */
+	VD_BS_DATA,    /* allocated in this layer, reads as data */
+	VD_BS_ZERO,    /* reads as zeroes (allocated or not) in this layer */
 	VD_BS_UNALLOC, /* not in this layer: the backing image decides */
 };
 
@@ -115,12 +115,12 @@ enum vd_map_flags {
 /* Options for creating a new image (mirror destinations, tests). */
 struct vd_create_opts {
 	uint64_t size;
-	uint32_t cluster_size;	/* qcow2 cluster / vhdx block size; 0 = format default */
-	uint32_t sector_size;	/* vhdx logical sector size; 0 = 512 */
-	const char *backing;	/* backing file / parent, or NULL */
+	uint32_t cluster_size; /* qcow2 cluster / vhdx block size; 0 = format default */
+	uint32_t sector_size;  /* vhdx logical sector size; 0 = 512 */
+	const char *backing;   /* backing file / parent, or NULL */
 	const char *backing_fmt;
-	bool fixed;		/* vhdx fixed / fully preallocated */
-	unsigned mode;		/* permission bits of the new file; 0 = 0644 (less umask) */
+	bool fixed;    /* vhdx fixed / fully preallocated */
+	unsigned mode; /* permission bits of the new file; 0 = 0644 (less umask) */
 };
 
 /* ---- the image as a driver sees it ---- */
@@ -141,14 +141,14 @@ struct vd_open_opts {
 	bool read_only;
 	const char *format; /* force a driver by name, or NULL to probe */
 	enum vd_backing_policy backing;
-	const char *within; /* directory for VD_BACKING_WITHIN_SOURCE */
-	uint64_t cache_size; /* metadata cache bytes per image; 0 = driver default */
+	const char *within;	 /* directory for VD_BACKING_WITHIN_SOURCE */
+	uint64_t cache_size;	 /* metadata cache bytes per image; 0 = driver default */
 	const char *vhdx_parent; /* override for a vhdx differencing parent path */
-	bool raw_by_default; /* no magic matched: raw (single-image mounts) */
-	bool cache_direct;   /* aligned data I/O bypasses the host page cache */
-	bool nofollow;	     /* the path is resolved: no symbolic link anywhere in it */
-	bool force_share;    /* read-only: share every permission, like qemu-img -U */
-	bool inactive;	     /* the top image starts inactive (image_activate()) */
+	bool raw_by_default;	 /* no magic matched: raw (single-image mounts) */
+	bool cache_direct;	 /* aligned data I/O bypasses the host page cache */
+	bool nofollow;		 /* the path is resolved: no symbolic link anywhere in it */
+	bool force_share;	 /* read-only: share every permission, like qemu-img -U */
+	bool inactive;		 /* the top image starts inactive (image_activate()) */
 };
 
 struct vd_image {

@@ -405,8 +405,7 @@ static void req_wake(struct vd_waiter *w)
 
 /* limit: the end of the guest range a request may touch, img->size except
  * while a truncate() zeroes what a grow is about to show. */
-static int img_check(struct vd_image *img, uint64_t len, uint64_t off, bool write,
-		     uint64_t limit)
+static int img_check(struct vd_image *img, uint64_t len, uint64_t off, bool write, uint64_t limit)
 {
 	if (atomic_load(&img->broken) || atomic_load(&img->inactive))
 		return -EIO;
@@ -532,8 +531,8 @@ static void zero_pump_locked(struct zero_job *z)
 	z->pumping = true;
 	while (zero_next_chunk(z, &off, &len)) {
 		pthread_mutex_unlock(&z->lock);
-		img_rw(z->img, (char *)zero_buf, len, off, true,
-		       z->limit ? z->limit : z->img->size, zero_chunk_done, z);
+		img_rw(z->img, (char *)zero_buf, len, off, true, z->limit ? z->limit : z->img->size,
+		       zero_chunk_done, z);
 		pthread_mutex_lock(&z->lock);
 	}
 	z->pumping = false;
@@ -549,8 +548,8 @@ static void zero_pump_locked(struct zero_job *z)
 	}
 }
 
-static void img_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unmap,
-		     uint64_t limit, vd_done_fn done, void *opaque)
+static void img_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unmap, uint64_t limit,
+		     vd_done_fn done, void *opaque)
 {
 	const struct vd_format *f = img->fmt;
 	uint64_t za = img->zero_align ? img->zero_align : 1;
@@ -574,7 +573,8 @@ static void img_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unma
 	z->done = done;
 	z->opaque = opaque;
 	if (a < b && (f->write_zeroes || (unmap && f->discard))) {
-		ret = unmap && f->discard ? f->discard(img, a, b - a) : f->write_zeroes(img, a, b - a);
+		ret = unmap && f->discard ? f->discard(img, a, b - a)
+					  : f->write_zeroes(img, a, b - a);
 		if (ret == -ENOTSUP && unmap && f->discard && f->write_zeroes)
 			ret = f->write_zeroes(img, a, b - a);
 		if (ret && ret != -ENOTSUP) {
@@ -604,11 +604,8 @@ static void img_zero(struct vd_image *img, uint64_t len, uint64_t off, bool unma
 const char *image_op_name(enum image_op op)
 {
 	static const char *const names[] = {
-		[IMAGE_READ] = "read",
-		[IMAGE_WRITE] = "write",
-		[IMAGE_ZERO] = "write-zeroes",
-		[IMAGE_DISCARD] = "discard",
-		[IMAGE_FSYNC] = "fsync",
+		[IMAGE_READ] = "read",	     [IMAGE_WRITE] = "write", [IMAGE_ZERO] = "write-zeroes",
+		[IMAGE_DISCARD] = "discard", [IMAGE_FSYNC] = "fsync",
 	};
 
 	return op < sizeof(names) / sizeof(names[0]) && names[op] ? names[op] : "unknown";
@@ -698,4 +695,3 @@ int image_truncate(struct vd_image *img, uint64_t size)
 	pthread_rwlock_unlock(&img->active_lock);
 	return ret;
 }
-

@@ -162,8 +162,7 @@ int image_wait(struct image_wait *w)
 	return w->err;
 }
 
-int image_submit_wait(struct vd_image *img, enum image_op op, void *buf, uint64_t len,
-		      uint64_t off)
+int image_submit_wait(struct vd_image *img, enum image_op op, void *buf, uint64_t len, uint64_t off)
 {
 	struct image_wait w;
 	int ret = uring_thread_init(64);

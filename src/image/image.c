@@ -521,7 +521,8 @@ static int image_share(int fd, const char *path, const struct vd_open_opts *o,
 	found = registry_find(st->st_dev, st->st_ino);
 	if (!found) {
 		/* An image opened inactive holds no lock until it is activated. */
-		ret = o->inactive && !chain->n ? 0 : image_lock(fd, path, read_only, o->force_share);
+		ret = o->inactive && !chain->n ? 0
+					       : image_lock(fd, path, read_only, o->force_share);
 		pthread_mutex_unlock(&registry_lock);
 		if (ret)
 			close(fd);
@@ -560,7 +561,8 @@ static void image_open_dio_twin(struct vd_image *img, const char *opath, uint64_
 	struct stat dst;
 	int dfd = image_open_file(opath, (img->read_only ? O_RDONLY : O_RDWR) | O_DIRECT, resolve);
 
-	if (dfd >= 0 && (fstat(dfd, &dst) < 0 || dst.st_dev != img->dev || dst.st_ino != img->ino)) {
+	if (dfd >= 0 &&
+	    (fstat(dfd, &dst) < 0 || dst.st_dev != img->dev || dst.st_ino != img->ino)) {
 		close(dfd);
 		dfd = -EXDEV;
 	}

@@ -131,8 +131,10 @@ int fault_set_from_env(void)
 			fault_set_path(eq);
 		} else if (!strcmp(tok, "kinds")) {
 			for (const char *k = eq; *k; k++)
-				kinds |= *k == 'r' ? FAULT_READ : *k == 'w' ? FAULT_WRITE
-							: *k == 's' ? FAULT_SYNC : 0;
+				kinds |= *k == 'r'   ? FAULT_READ
+					 : *k == 'w' ? FAULT_WRITE
+					 : *k == 's' ? FAULT_SYNC
+						     : 0;
 		} else {
 			goto bad;
 		}

@@ -97,8 +97,7 @@ static uint64_t iolog_keep_data(const void *buf, uint64_t len)
 	return at;
 }
 
-uint64_t iolog_submit_armed(char kind, int fd, uint64_t off, uint64_t len, int arg,
-			    const void *buf)
+uint64_t iolog_submit_armed(char kind, int fd, uint64_t off, uint64_t len, int arg, const void *buf)
 {
 	uint64_t seq, data = 0;
 	unsigned fid;
@@ -108,8 +107,8 @@ uint64_t iolog_submit_armed(char kind, int fd, uint64_t off, uint64_t len, int a
 	if (kind == IOLOG_WRITE)
 		data = iolog_keep_data(buf, len);
 	seq = ++iolog_seq;
-	iolog_line("S %" PRIu64 " %" PRIu64 " %c %u %" PRIu64 " %" PRIu64 " %d %" PRIu64 "\n",
-		   seq, iolog_now_ns(), kind, fid, off, len, arg, data);
+	iolog_line("S %" PRIu64 " %" PRIu64 " %c %u %" PRIu64 " %" PRIu64 " %d %" PRIu64 "\n", seq,
+		   iolog_now_ns(), kind, fid, off, len, arg, data);
 	pthread_mutex_unlock(&iolog_lock);
 	return seq;
 }

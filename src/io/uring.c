@@ -15,7 +15,7 @@
 
 struct uring_ctx {
 	struct io_uring ring;
-	long poll_ns; /* current adaptive polling window before sleeping */
+	long poll_ns;	   /* current adaptive polling window before sleeping */
 	unsigned inflight; /* data operations not yet completed */
 	unsigned queued;   /* SQEs prepared but not submitted */
 };
@@ -69,8 +69,9 @@ static int uring_wait(void)
 	slept = (long)(vd_now_ns() - t0);
 	if (slept <= poll_max_ns)
 		ctx->poll_ns = ctx->poll_ns ? (ctx->poll_ns * 2 < poll_max_ns ? ctx->poll_ns * 2
-									  : poll_max_ns)
-					    : 4000 < poll_max_ns ? 4000 : poll_max_ns;
+									      : poll_max_ns)
+			       : 4000 < poll_max_ns ? 4000
+						    : poll_max_ns;
 	else
 		ctx->poll_ns /= 2;
 	return ret;
@@ -101,7 +102,8 @@ static int ring_init(unsigned entries, unsigned flags)
 	 * on the 2-vCPU machine this gave about 1.3x the IOPS
 	 * (docs/performance.md). Kernels before 5.19 refuse the flags: set up
 	 * without them. */
-	ret = ring_queue_init(entries, IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG | flags);
+	ret = ring_queue_init(entries,
+			      IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG | flags);
 	if (ret == -EINVAL)
 		ret = ring_queue_init(entries, flags);
 	if (ret < 0) {
@@ -165,10 +167,12 @@ static void uring_issue(struct uring_op *op)
 	} else {
 		switch (op->opcode) {
 		case IORING_OP_READ:
-			io_uring_prep_read(sqe, op->fd, buf, op->len - op->done, op->off + op->done);
+			io_uring_prep_read(sqe, op->fd, buf, op->len - op->done,
+					   op->off + op->done);
 			break;
 		case IORING_OP_WRITE:
-			io_uring_prep_write(sqe, op->fd, buf, op->len - op->done, op->off + op->done);
+			io_uring_prep_write(sqe, op->fd, buf, op->len - op->done,
+					    op->off + op->done);
 			break;
 		case IORING_OP_FSYNC:
 			io_uring_prep_fsync(sqe, op->fd, op->flags);
@@ -213,8 +217,8 @@ static void uring_start(struct uring_op *op, int fd, void *buf, uint32_t len, ui
 	if (opcode == IORING_OP_WRITE)
 		op->iolog = iolog_submit(IOLOG_WRITE, fd, off, len, 0, buf);
 	else if (opcode == IORING_OP_FSYNC)
-		op->iolog = iolog_submit(op->flags ? IOLOG_DATASYNC : IOLOG_FSYNC, fd, 0, 0, 0,
-					 NULL);
+		op->iolog =
+			iolog_submit(op->flags ? IOLOG_DATASYNC : IOLOG_FSYNC, fd, 0, 0, 0, NULL);
 	ctx->inflight++;
 	uring_issue(op);
 }

@@ -24,7 +24,7 @@ struct uring_op {
 	uint32_t done;
 	uint64_t off;
 	uint32_t flags;
-	uint64_t iolog; /* record id of a write or fsync, 0: not recorded */
+	uint64_t iolog;	 /* record id of a write or fsync, 0: not recorded */
 	uint8_t cmd_len; /* IORING_OP_URING_CMD: command bytes for the SQE */
 	uint8_t cmd[32];
 };

@@ -42,7 +42,7 @@ static void chunk_end(struct mirror_chunk *c, bool copied)
 {
 	struct mirror_job *job = c->job;
 	struct mirror *m = job->m;
-	void (*cont)(struct mirror *m);
+	mirror_cont_fn *cont;
 
 	rangelock_unlock(&job->rl, &c->range);
 	if (copied)
@@ -64,8 +64,9 @@ static void chunk_written(void *opaque, int err)
 	struct mirror_chunk *c = opaque;
 
 	if (err)
-		mirror_fail(c->job, "writing %" PRIu64 " bytes at offset %" PRIu64
-				    " of the destination: %s",
+		mirror_fail(c->job,
+			    "writing %" PRIu64 " bytes at offset %" PRIu64
+			    " of the destination: %s",
 			    c->len, c->off, strerror(-err));
 	chunk_end(c, !err);
 }
@@ -87,8 +88,8 @@ static void chunk_read(void *opaque, int err)
 	struct mirror_job *job = c->job;
 
 	if (err) {
-		mirror_fail(job, "reading %" PRIu64 " bytes at offset %" PRIu64
-				 " of the source: %s",
+		mirror_fail(job,
+			    "reading %" PRIu64 " bytes at offset %" PRIu64 " of the source: %s",
 			    c->len, c->off, strerror(-err));
 		chunk_end(c, false);
 		return;
@@ -171,7 +172,7 @@ static void copy_flushed(void *opaque, int err)
 {
 	struct mirror_job *job = opaque;
 	struct mirror *m = job->m;
-	void (*cont)(struct mirror *m);
+	mirror_cont_fn *cont;
 
 	if (err)
 		mirror_fail(job, "flushing the destination: %s", strerror(-err));

@@ -25,6 +25,10 @@ enum mirror_phase {
 
 struct mirror_chunk;
 struct mirror_req;
+struct mirror;
+
+/* What runs once a quiesced view has drained (mirror_drain_check()). */
+typedef void mirror_cont_fn(struct mirror *m);
 
 /* One job, from start to complete/cancel; afterwards on m->old until its
  * copier thread is joined. Locks: docs/design.md "Locks". */
@@ -93,7 +97,7 @@ struct mirror {
 	long inflight; /* requests in flight through the fan-out */
 	bool quiesce;  /* park new requests until the drain finishes */
 	bool starting; /* a start is opening the destination */
-	void (*drained)(struct mirror *m);
+	mirror_cont_fn *drained;
 	struct mirror_req *parked, **parked_tail;
 	/* Ended jobs whose copier threads are closing down (one may hold an
 	 * old source for its grace period); joined and freed by a later start. */
@@ -111,10 +115,11 @@ struct mirror {
 };
 
 /* mirror.c */
-void mirror_fail(struct mirror_job *job, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void mirror_fail(struct mirror_job *job, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 /* Called with m->lock held after inflight or copy_inflight dropped: runs the
  * drain continuation (returned, to be called after unlocking) when idle. */
-void (*mirror_drain_check(struct mirror *m))(struct mirror *m);
+mirror_cont_fn *mirror_drain_check(struct mirror *m);
 void mirror_copy_ready(struct mirror_job *job); /* phase running -> ready */
 
 /* mirror-copy.c */
@@ -124,7 +129,7 @@ void mirror_copy_kick(struct mirror_job *job);
 void mirror_copy_join(struct mirror_job *job);
 
 /* mirror-start.c */
-int mirror_open_target(struct mirror *m, const struct mirror_opts *o,
-		       const struct mirror_env *env, struct mirror_job *job);
+int mirror_open_target(struct mirror *m, const struct mirror_opts *o, const struct mirror_env *env,
+		       struct mirror_job *job);
 
 #endif

@@ -54,14 +54,13 @@ static int target_check_mount(const char *target, const char *real, const char *
 {
 	struct statfs sf;
 
-	if (env->mountpoint && (path_within(target, env->mountpoint) ||
-				path_within(real, env->mountpoint))) {
+	if (env->mountpoint &&
+	    (path_within(target, env->mountpoint) || path_within(real, env->mountpoint))) {
 		vd_err("mirror: target %s is inside this vdiskfs mount (%s)", target,
 		       env->mountpoint);
 		return -EINVAL;
 	}
-	if (statfs(realdir, &sf) == 0 && sf.f_type == FUSE_SUPER_MAGIC &&
-	    mount_is_vdiskfs(real)) {
+	if (statfs(realdir, &sf) == 0 && sf.f_type == FUSE_SUPER_MAGIC && mount_is_vdiskfs(real)) {
 		vd_err("mirror: target %s is inside a vdiskfs mount", target);
 		return -EINVAL;
 	}
@@ -216,7 +215,8 @@ static int target_open(const struct mirror_opts *o, const struct mirror_env *env
 	/* And the source's owner where we may give it (root), so that the view
 	 * keeps its owner after complete. */
 	if (created && fchown(dst->fd, sst->st_uid, sst->st_gid) < 0 && errno != EPERM)
-		vd_warn("mirror: cannot give %s the source's owner: %s", o->target, strerror(errno));
+		vd_warn("mirror: cannot give %s the source's owner: %s", o->target,
+			strerror(errno));
 	if (dst->read_only) {
 		vd_err("mirror: target %s can only be opened read-only", o->target);
 		ret = -EROFS;
@@ -237,8 +237,8 @@ static int target_open(const struct mirror_opts *o, const struct mirror_env *env
 	return 0;
 }
 
-int mirror_open_target(struct mirror *m, const struct mirror_opts *o,
-		       const struct mirror_env *env, struct mirror_job *job)
+int mirror_open_target(struct mirror *m, const struct mirror_opts *o, const struct mirror_env *env,
+		       struct mirror_job *job)
 {
 	struct vd_image *src = job->src, *dst;
 	const struct vd_format *fmt;

@@ -16,9 +16,9 @@
 #include "mirror/mirror-int.h"
 
 static const char *const phase_names[] = {
-	[MP_NONE] = "none",		[MP_RUNNING] = "running",
-	[MP_READY] = "ready",		[MP_COMPLETING] = "completing",
-	[MP_COMPLETED] = "completed",	[MP_CANCELLING] = "cancelling",
+	[MP_NONE] = "none",	      [MP_RUNNING] = "running",
+	[MP_READY] = "ready",	      [MP_COMPLETING] = "completing",
+	[MP_COMPLETED] = "completed", [MP_CANCELLING] = "cancelling",
 	[MP_FAILED] = "failed",
 };
 
@@ -158,10 +158,10 @@ void mirror_copy_ready(struct mirror_job *job)
 			job->target, (uint64_t)atomic_load(&job->copied));
 }
 
-void (*mirror_drain_check(struct mirror *m))(struct mirror *m)
+mirror_cont_fn *mirror_drain_check(struct mirror *m)
 {
 	struct mirror_job *job = atomic_load(&m->job);
-	void (*fn)(struct mirror *m);
+	mirror_cont_fn *fn;
 
 	if (!m->quiesce || !m->drained || m->inflight)
 		return NULL;
@@ -199,7 +199,7 @@ static void gate_done(void *opaque, int err)
 	/* The image's I/O is over: leave before the answer, which may let
 	 * the view go away. A hold waits for the last one to leave. */
 	if (atomic_fetch_sub(&m->direct, 1) == 1 && atomic_load(&m->held)) {
-		void (*cont)(struct mirror *m);
+		mirror_cont_fn *cont;
 
 		pthread_mutex_lock(&m->lock);
 		cont = mirror_drain_check(m);
@@ -214,16 +214,18 @@ static void mreq_finish(struct mirror_req *r)
 {
 	struct mirror *m = r->m;
 	struct mirror_job *job = r->job;
-	void (*cont)(struct mirror *m);
+	mirror_cont_fn *cont;
 
 	if (job) {
 		if (r->dst_err)
-			mirror_fail(job, "destination %s of %" PRIu64 " bytes at offset %" PRIu64
-					 " failed: %s",
+			mirror_fail(job,
+				    "destination %s of %" PRIu64 " bytes at offset %" PRIu64
+				    " failed: %s",
 				    image_op_name(r->op), r->len, r->off, strerror(-r->dst_err));
 		else if (r->src_err)
-			mirror_fail(job, "source %s at offset %" PRIu64 " failed (%s): the two "
-					 "sides may differ",
+			mirror_fail(job,
+				    "source %s at offset %" PRIu64 " failed (%s): the two "
+				    "sides may differ",
 				    image_op_name(r->op), r->off, strerror(-r->src_err));
 		if (r->locked)
 			rangelock_unlock(&job->rl, &r->range);
@@ -264,8 +266,8 @@ static void mreq_dst_done(void *opaque, int err)
 
 static void mreq_submit(struct mirror_req *r, struct vd_image *img, vd_done_fn cb)
 {
-	image_submit(img, r->op, r->op == IMAGE_READ || r->op == IMAGE_WRITE ? r->buf : NULL, r->len,
-		     r->off, cb, r);
+	image_submit(img, r->op, r->op == IMAGE_READ || r->op == IMAGE_WRITE ? r->buf : NULL,
+		     r->len, r->off, cb, r);
 }
 
 static void mreq_go(struct mirror_req *r)
@@ -301,8 +303,7 @@ static void mreq_dispatch(struct mirror_req *r)
 	r->job = NULL;
 	r->dst = NULL;
 	r->src = job ? job->src : *m->slot;
-	if (job && r->op != IMAGE_READ &&
-	    (job->phase == MP_RUNNING || job->phase == MP_READY)) {
+	if (job && r->op != IMAGE_READ && (job->phase == MP_RUNNING || job->phase == MP_READY)) {
 		r->job = job;
 		r->dst = job->dst;
 		if (r->op != IMAGE_FSYNC)
@@ -381,9 +382,9 @@ static void resume_parked(struct mirror_req *list)
 
 /* Quiesce the view and run fn once nothing is in flight (m->lock held on
  * entry, dropped on return). */
-static void quiesce_then(struct mirror *m, void (*fn)(struct mirror *m))
+static void quiesce_then(struct mirror *m, mirror_cont_fn *fn)
 {
-	void (*cont)(struct mirror *m);
+	mirror_cont_fn *cont;
 
 	m->quiesce = true;
 	m->drained = fn;
@@ -421,8 +422,8 @@ static void complete_flushed(void *opaque, int err)
 			 "flushing the destination at complete failed: %s", strerror(-err));
 		parked = unquiesce_locked(m);
 		pthread_mutex_unlock(&m->lock);
-		vd_err("%s: mirror to %s failed: %s; the view stays on the source",
-		       job->src->path, job->target, job->error);
+		vd_err("%s: mirror to %s failed: %s; the view stays on the source", job->src->path,
+		       job->target, job->error);
 		resume_parked(parked);
 		done(done_opaque, err);
 		return;
@@ -475,8 +476,8 @@ static int verb_check(struct mirror *m, struct mirror_job *job, const char *verb
 		}
 		vd_err("%s: mirror complete: not ready yet (phase %s, %" PRIu64 " of %" PRIu64
 		       " bytes copied)",
-		       job->src->path, phase_names[job->phase],
-		       (uint64_t)atomic_load(&job->copied), job->total);
+		       job->src->path, phase_names[job->phase], (uint64_t)atomic_load(&job->copied),
+		       job->total);
 		return -EBUSY;
 	}
 	return 0;
@@ -608,8 +609,7 @@ unsigned mirror_expire_held(struct mirror *m, uint64_t max_ns)
 
 /* The job a verb that adjusts it may act on: 0 with m->lock held, or
  * -errno (logged) with it dropped. */
-static int job_adjust_lock(struct mirror *m, const char *verb, bool live,
-			   struct mirror_job **out)
+static int job_adjust_lock(struct mirror *m, const char *verb, bool live, struct mirror_job **out)
 {
 	struct mirror_job *job;
 	int ret;
@@ -656,8 +656,8 @@ int mirror_set_speed(struct mirror *m, uint64_t speed)
 		return ret;
 	atomic_store(&job->speed, speed);
 	pthread_mutex_unlock(&m->lock);
-	vd_info("%s: mirror to %s: speed limit %" PRIu64 " bytes/s%s", job->src->path,
-		job->target, speed, speed ? "" : " (none)");
+	vd_info("%s: mirror to %s: speed limit %" PRIu64 " bytes/s%s", job->src->path, job->target,
+		speed, speed ? "" : " (none)");
 	mirror_copy_kick(job);
 	return 0;
 }

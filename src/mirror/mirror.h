@@ -38,8 +38,8 @@ struct mirror;
 
 /* What start needs to know about the mount it runs in. */
 struct mirror_env {
-	const char *mountpoint;		/* our own mount: no destination inside it */
-	bool read_only;			/* the mount is read-only */
+	const char *mountpoint;		 /* our own mount: no destination inside it */
+	bool read_only;			 /* the mount is read-only */
 	const struct vd_open_opts *open; /* for existing destinations */
 };
 

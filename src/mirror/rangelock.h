@@ -14,7 +14,7 @@
  * lock. gnext is used only by the unlocking thread, after it dropped the
  * lock, for the ranges that one unlock granted. */
 struct rl_range {
-	uint64_t off, end; /* [off, end) */
+	uint64_t off, end;		  /* [off, end) */
 	void (*wake)(struct rl_range *r); /* the range is now held by its owner */
 	struct rl_range *prev, *next;	  /* on the held or the waiting list */
 	struct rl_range *gnext;		  /* granted in one unlock, to wake */

@@ -8,17 +8,17 @@
 #include <stdint.h>
 #include <string.h>
 
-#define VD_ENDIAN_ACCESS(order, bits)                                                    \
-	static inline uint##bits##_t get_##order##bits(const void *p)                    \
-	{                                                                                \
-		uint##bits##_t v;                                                        \
-		memcpy(&v, p, sizeof(v));                                                \
-		return order##bits##toh(v);                                              \
-	}                                                                                \
-	static inline void put_##order##bits(void *p, uint##bits##_t v)                  \
-	{                                                                                \
-		v = hto##order##bits(v);                                                 \
-		memcpy(p, &v, sizeof(v));                                                \
+#define VD_ENDIAN_ACCESS(order, bits)                                   \
+	static inline uint##bits##_t get_##order##bits(const void *p)   \
+	{                                                               \
+		uint##bits##_t v;                                       \
+		memcpy(&v, p, sizeof(v));                               \
+		return order##bits##toh(v);                             \
+	}                                                               \
+	static inline void put_##order##bits(void *p, uint##bits##_t v) \
+	{                                                               \
+		v = hto##order##bits(v);                                \
+		memcpy(p, &v, sizeof(v));                               \
 	}
 
 VD_ENDIAN_ACCESS(be, 16)

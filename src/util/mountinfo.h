@@ -8,7 +8,7 @@
 #include <stdbool.h>
 
 struct mountinfo_entry {
-	unsigned major, minor; /* st_dev of the mount */
+	unsigned major, minor;	/* st_dev of the mount */
 	const char *mountpoint; /* unescaped */
 	const char *fstype;	/* "fuse.vdiskfs", "ext4", ... */
 	const char *source;	/* unescaped; may be NULL */

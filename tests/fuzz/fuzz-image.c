@@ -436,11 +436,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char parent[PATH_MAX + 32], lnk[PATH_MAX + 300] = "";
 	struct vd_open_opts o = {
-	    .format = FUZZ_FORMAT,
-	    .backing = VD_BACKING_WITHIN_SOURCE,
-	    .within = dir,
-	    .vhdx_parent = parent,
-	    .cache_size = 1 << 20,
+		.format = FUZZ_FORMAT,
+		.backing = VD_BACKING_WITHIN_SOURCE,
+		.within = dir,
+		.vhdx_parent = parent,
+		.cache_size = 1 << 20,
 	};
 	struct budget b = {.start = now_ns()};
 	uint64_t h = input_hash(data, size);
@@ -466,8 +466,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fuzz_fault_arm(&f);
 	ret = image_open(img_path, &o, &img);
 	if (getenv("VDISKFS_FUZZ_VERBOSE"))
-		fprintf(stderr, "fuzz: open: %s; fault: nth %lu kinds %u err %d%s\n", strerror(-ret),
-			f.nth, f.kinds, f.err, f.at_open ? " at open" : f.at_write ? " at write" : "");
+		fprintf(stderr, "fuzz: open: %s; fault: nth %lu kinds %u err %d%s\n",
+			strerror(-ret), f.nth, f.kinds, f.err,
+			f.at_open    ? " at open"
+			: f.at_write ? " at write"
+				     : "");
 	if (!ret) {
 		uint64_t first = fuzz_walk(img, &b);
 

@@ -11,8 +11,8 @@ void t_qcow2_fixtures(void)
 
 	if (!t_have_tool("qemu-img") || !t_have_tool("qemu-io"))
 		return;
-	script =
-	    g_build_filename(src ? src : "tests/unit", "..", "fixtures", "qcow2-fixtures.sh", NULL);
+	script = g_build_filename(src ? src : "tests/unit", "..", "fixtures", "qcow2-fixtures.sh",
+				  NULL);
 	if (!g_path_is_absolute(script)) {
 		char *cwd = g_get_current_dir(), *abs = g_build_filename(cwd, script, NULL);
 

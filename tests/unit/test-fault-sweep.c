@@ -407,9 +407,10 @@ static void check_range(const struct sweep *s, const struct run *r, const uint8_
 				k++;
 			if (k == nsrc) {
 				char *msg = g_strdup_printf(
-				    "guest byte 0x%llx reads 0x%02x, expected 0x%02x from op %d "
-				    "(-1: the image as made; %u possible sources)",
-				    (unsigned long long)(a + i), v, want[0][i], src[0], nsrc);
+					"guest byte 0x%llx reads 0x%02x, expected 0x%02x from op "
+					"%d "
+					"(-1: the image as made; %u possible sources)",
+					(unsigned long long)(a + i), v, want[0][i], src[0], nsrc);
 				fail(s, r, msg);
 			}
 		}
@@ -421,7 +422,7 @@ static void check_range(const struct sweep *s, const struct run *r, const uint8_
 static int sweep_open(const struct sweep *s, const char *path, bool ro, struct vd_image **img)
 {
 	struct vd_open_opts o = {
-	    .read_only = ro, .backing = VD_BACKING_FOLLOW, .cache_size = s->cache_size};
+		.read_only = ro, .backing = VD_BACKING_FOLLOW, .cache_size = s->cache_size};
 
 	return image_open(path, &o, img);
 }
@@ -641,11 +642,11 @@ static void qemu_compare(const struct sweep *s, const struct run *r, const char 
 			break;
 		}
 		rc = t_sh_rc(
-		    "qemu-img compare --image-opts "
-		    "driver=raw,offset=%llu,size=%llu,file.driver=%s,file.file.filename=%s "
-		    "driver=raw,offset=%llu,size=%llu,file.filename=view.raw >qemu.log 2>&1",
-		    (unsigned long long)a, (unsigned long long)(b - a), s->fmt, image,
-		    (unsigned long long)a, (unsigned long long)(b - a));
+			"qemu-img compare --image-opts "
+			"driver=raw,offset=%llu,size=%llu,file.driver=%s,file.file.filename=%s "
+			"driver=raw,offset=%llu,size=%llu,file.filename=view.raw >qemu.log 2>&1",
+			(unsigned long long)a, (unsigned long long)(b - a), s->fmt, image,
+			(unsigned long long)a, (unsigned long long)(b - a));
 		qemu_expect(s, r, rc, rc == 0, "qemu-img compare with our view");
 	}
 }

@@ -66,11 +66,17 @@ static void mixed_cow(struct vd_cow *c, uint64_t u)
 {
 	uint64_t b = u * U;
 	struct vd_cow_seg s[4] = {
-		{.off = b, .len = MIXED_A, .src.type = VD_EXT_DATA, .src.fd = host_fd,
+		{.off = b,
+		 .len = MIXED_A,
+		 .src.type = VD_EXT_DATA,
+		 .src.fd = host_fd,
 		 .src.host_off = unit_host(15)},
 		{.off = b + MIXED_A, .len = MIXED_B - MIXED_A, .src.type = VD_EXT_ZERO},
 		{.off = b + MIXED_B, .len = MIXED_C - MIXED_B, .src.type = VD_EXT_UNALLOC},
-		{.off = b + MIXED_C, .len = U - MIXED_C, .src.type = VD_EXT_DATA, .src.fd = host_fd,
+		{.off = b + MIXED_C,
+		 .len = U - MIXED_C,
+		 .src.type = VD_EXT_DATA,
+		 .src.fd = host_fd,
 		 .src.host_off = unit_host(14) + 100},
 	};
 
@@ -83,11 +89,16 @@ static void mixed_cow(struct vd_cow *c, uint64_t u)
  * does not contain it: the fill fails inside the COW merge's submission. */
 static void bad_cow(struct vd_extent *e)
 {
-	e->cow = (struct vd_cow){
-		.off = e->off, .len = e->len + 1, .n = 1,
-		.seg = {{.off = e->off + e->len, .len = 1, .src.type = VD_EXT_COMPRESSED,
-			 .src.fd = host_fd, .src.csize = 512,
-			 .src.cluster_off = e->off + e->len + 1, .src.cluster_size = U}}};
+	e->cow = (struct vd_cow){.off = e->off,
+				 .len = e->len + 1,
+				 .n = 1,
+				 .seg = {{.off = e->off + e->len,
+					  .len = 1,
+					  .src.type = VD_EXT_COMPRESSED,
+					  .src.fd = host_fd,
+					  .src.csize = 512,
+					  .src.cluster_off = e->off + e->len + 1,
+					  .src.cluster_size = U}}};
 }
 
 static void *wake_main(void *arg)
@@ -135,8 +146,10 @@ static int fake_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned f
 	}
 	while (len) {
 		uint64_t u = off / U, n = MIN(len, (u + 1) * U - off);
-		struct vd_extent e = {.off = off, .len = n,
-				      .src = {.type = unit_type(u), .fd = host_fd,
+		struct vd_extent e = {.off = off,
+				      .len = n,
+				      .src = {.type = unit_type(u),
+					      .fd = host_fd,
 					      .host_off = unit_host(u) + off % U}};
 		if (flags & VD_MAP_WRITE) {
 			e.src.type = VD_EXT_DATA;
@@ -145,10 +158,14 @@ static int fake_map(struct vd_image *img, uint64_t off, uint64_t len, unsigned f
 			else if (fake.mixed_cow && n < U)
 				mixed_cow(&e.cow, u);
 			else if (n < U)
-				e.cow = (struct vd_cow){
-					.off = u * U, .len = U, .n = 1,
-					.seg = {{.off = u * U, .len = U, .src.type = unit_type(u),
-						 .src.fd = host_fd, .src.host_off = unit_host(u)}}};
+				e.cow = (struct vd_cow){.off = u * U,
+							.len = U,
+							.n = 1,
+							.seg = {{.off = u * U,
+								 .len = U,
+								 .src.type = unit_type(u),
+								 .src.fd = host_fd,
+								 .src.host_off = unit_host(u)}}};
 			if (m->n + 1 == fake.bad_ext)
 				bad_cow(&e);
 		}
@@ -226,12 +243,19 @@ static void setup_images(void)
 	g_assert_cmpint(uring_thread_init(64), ==, 0); /* tests also submit themselves */
 	memset(&fake, 0, sizeof(fake));
 	host_fd = make_file(VSIZE, 1);
-	raw_backing = (struct vd_image){.path = "backing.raw", .fmt = &vd_format_raw,
-					.fd = make_file(BSIZE, 5), .dio_fd = -1,
+	raw_backing = (struct vd_image){.path = "backing.raw",
+					.fmt = &vd_format_raw,
+					.fd = make_file(BSIZE, 5),
+					.dio_fd = -1,
 					.size = BSIZE};
 	pthread_mutex_init(&raw_backing.sync_lock, NULL);
-	top = (struct vd_image){.path = "fake", .fmt = &fake_format, .fd = host_fd,
-				.dio_fd = -1, .size = VSIZE, .zero_align = U, .writable = true,
+	top = (struct vd_image){.path = "fake",
+				.fmt = &fake_format,
+				.fd = host_fd,
+				.dio_fd = -1,
+				.size = VSIZE,
+				.zero_align = U,
+				.writable = true,
 				.backing = &raw_backing};
 	pthread_mutex_init(&top.sync_lock, NULL);
 	img = &top;
@@ -364,21 +388,31 @@ static void test_cow_invalid(void)
 {
 	static const struct vd_cow bad[] = {
 		/* no source for [0, 100) */
-		{.off = 0, .len = U, .n = 1, .seg = {{.off = 100, .len = U - 100,
-						      .src.type = VD_EXT_ZERO}}},
+		{.off = 0,
+		 .len = U,
+		 .n = 1,
+		 .seg = {{.off = 100, .len = U - 100, .src.type = VD_EXT_ZERO}}},
 		/* a gap after the write */
-		{.off = 0, .len = U, .n = 2,
+		{.off = 0,
+		 .len = U,
+		 .n = 2,
 		 .seg = {{.off = 0, .len = 2000, .src.type = VD_EXT_ZERO},
 			 {.off = 3000, .len = U - 3000, .src.type = VD_EXT_ZERO}}},
 		/* overlapping */
-		{.off = 0, .len = U, .n = 2,
+		{.off = 0,
+		 .len = U,
+		 .n = 2,
 		 .seg = {{.off = 0, .len = 2000, .src.type = VD_EXT_ZERO},
 			 {.off = 1000, .len = U - 1000, .src.type = VD_EXT_ZERO}}},
 		/* past the cow range */
-		{.off = 0, .len = U, .n = 1, .seg = {{.off = 0, .len = U + 1,
-						      .src.type = VD_EXT_ZERO}}},
+		{.off = 0,
+		 .len = U,
+		 .n = 1,
+		 .seg = {{.off = 0, .len = U + 1, .src.type = VD_EXT_ZERO}}},
 		/* an empty segment, and too many */
-		{.off = 0, .len = U, .n = 2,
+		{.off = 0,
+		 .len = U,
+		 .n = 2,
 		 .seg = {{.off = 0, .len = 0, .src.type = VD_EXT_ZERO},
 			 {.off = 0, .len = U, .src.type = VD_EXT_ZERO}}},
 		{.off = 0, .len = U, .n = VD_COW_SEGS + 1},
@@ -395,10 +429,12 @@ static void test_cow_invalid(void)
 	}
 	/* The same shape with the gap inside the written bytes is fine. */
 	setup_images();
-	fake.bad_cow = (struct vd_cow){
-		.off = 0, .len = U, .n = 2,
-		.seg = {{.off = 0, .len = 2501, .src.type = VD_EXT_ZERO},
-			{.off = 2509, .len = U - 2509, .src.type = VD_EXT_ZERO}}};
+	fake.bad_cow =
+		(struct vd_cow){.off = 0,
+				.len = U,
+				.n = 2,
+				.seg = {{.off = 0, .len = 2501, .src.type = VD_EXT_ZERO},
+					{.off = 2509, .len = U - 2509, .src.type = VD_EXT_ZERO}}};
 	g_assert_cmpint(image_pwrite_wait(img, data, sizeof(data), 2500), ==, 0);
 	teardown_images();
 }
@@ -572,7 +608,8 @@ static void test_fsync_coalesced(void)
 	/* With a read of this thread in flight, fsyncs go through the ring. */
 	image_submit(img, IMAGE_READ, buf, U, 0, count_done, &c);
 	image_submit(img, IMAGE_FSYNC, NULL, 0, 0, count_done, &c); /* starts at once */
-	image_submit(img, IMAGE_FSYNC, NULL, 0, 0, count_done, &c); /* these two share the next one */
+	image_submit(img, IMAGE_FSYNC, NULL, 0, 0, count_done,
+		     &c); /* these two share the next one */
 	image_submit(img, IMAGE_FSYNC, NULL, 0, 0, count_done, &c);
 	drain(&c, 4);
 	g_assert_cmpint(c.calls, ==, 4);
@@ -629,7 +666,10 @@ static void test_fsync_inline(void)
 static int flat_map(struct vd_image *im, uint64_t off, uint64_t len, unsigned flags,
 		    struct vd_map *m)
 {
-	struct vd_extent e = {.off = off, .len = len, .src.type = VD_EXT_DATA, .src.fd = im->fd,
+	struct vd_extent e = {.off = off,
+			      .len = len,
+			      .src.type = VD_EXT_DATA,
+			      .src.fd = im->fd,
 			      .src.host_off = off};
 
 	if (flags & VD_MAP_WRITE) {
@@ -653,8 +693,12 @@ static void setup_flat(void)
 
 	g_assert_cmpint(uring_thread_init(64), ==, 0);
 	memset(&fake, 0, sizeof(fake));
-	flat = (struct vd_image){.path = "flat", .fmt = &flat_format, .fd = mkstemp(path),
-				 .dio_fd = -1, .size = FLAT_SIZE, .zero_align = U,
+	flat = (struct vd_image){.path = "flat",
+				 .fmt = &flat_format,
+				 .fd = mkstemp(path),
+				 .dio_fd = -1,
+				 .size = FLAT_SIZE,
+				 .zero_align = U,
 				 .writable = true};
 	g_assert_cmpint(flat.fd, >=, 0);
 	unlink(path);

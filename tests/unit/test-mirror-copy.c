@@ -67,8 +67,8 @@ static void test_zero_run_under_write(void)
 	char *dir = g_dir_make_tmp("vdiskfs-mirror-copy-XXXXXX", NULL);
 	char *src = g_build_filename(dir, "src.qcow2", NULL);
 	char *dst = g_build_filename(dir, "dst.raw", NULL);
-	char *val = g_strdup_printf("target=%s,existing=1,format=raw,speed=512k,granularity=1M",
-				    dst);
+	char *val =
+		g_strdup_printf("target=%s,existing=1,format=raw,speed=512k,granularity=1M", dst);
 	struct vd_create_opts co = {.size = 4 << 20, .cluster_size = 65536};
 	struct mirror_env env = {.mountpoint = "/nonexistent", .open = &rw_opts};
 	uint8_t *buf = g_malloc(1 << 20), *w = g_malloc(65536);

@@ -51,18 +51,18 @@ static void test_rejected(void)
 	static const char *const bad[] = {
 		"",
 		"relative/path.raw",
-		"format=qcow2",			  /* no target */
+		"format=qcow2", /* no target */
 		"target=relative.raw",
 		"target=/x,format=vmdk",
 		"target=/x,speed=fast",
 		"target=/x,speed=-1",
-		"target=/x,granularity=3M",	  /* not a power of two */
-		"target=/x,granularity=2K",	  /* too small */
-		"target=/x,granularity=128M",	  /* too large */
+		"target=/x,granularity=3M",   /* not a power of two */
+		"target=/x,granularity=2K",   /* too small */
+		"target=/x,granularity=128M", /* too large */
 		"target=/x,existing=yes",
 		"target=/x,mode=background",
-		"target=/x,colour=blue",	  /* unknown option */
-		"target=/x,speed",		  /* no value */
+		"target=/x,colour=blue", /* unknown option */
+		"target=/x,speed",	 /* no value */
 		"target=/x,=1",
 	};
 

@@ -87,8 +87,8 @@ static void test_unlock_inside_wake(void)
  * holds an overlapping byte (a shared map of owners), then releases. A
  * parked waiter is released by a helper thread, as the mirror does. */
 #define STRESS_THREADS 4
-#define STRESS_ROUNDS 5000
-#define STRESS_SPACE 64
+#define STRESS_ROUNDS  5000
+#define STRESS_SPACE   64
 
 static atomic_int owner[STRESS_SPACE];
 static atomic_int violations;

@@ -133,8 +133,8 @@ static void test_create(void)
 
 	for (unsigned i = 0; i < G_N_ELEMENTS(cs); i++) {
 		struct vd_create_opts o = {.size = 24 << 20, .cluster_size = cs[i]};
-		char *q = g_strdup_printf("new%u.qcow2", cs[i]), *r = g_strdup_printf("new%u.raw",
-										     cs[i]);
+		char *q = g_strdup_printf("new%u.qcow2", cs[i]),
+		     *r = g_strdup_printf("new%u.raw", cs[i]);
 		char *p = t_path(q), *rp = t_path(r);
 		struct vd_image *img;
 		int fd;
@@ -182,8 +182,10 @@ static void test_reftable_growth(void)
 
 static void test_create_backing(void)
 {
-	struct vd_create_opts o = {.size = 6 << 20, .cluster_size = 65536,
-				   .backing = "top.qcow2", .backing_fmt = "qcow2"};
+	struct vd_create_opts o = {.size = 6 << 20,
+				   .cluster_size = 65536,
+				   .backing = "top.qcow2",
+				   .backing_fmt = "qcow2"};
 	char *p = t_path("ov.qcow2");
 	struct vd_image *img;
 	uint8_t buf[100];
@@ -220,9 +222,9 @@ static void test_snapshots_kept(void)
 		uint8_t buf[5000];
 
 		memset(buf, 0xab, sizeof(buf));
-		both_write(img, fd, buf, 10, 65536 + 100);	/* shared data, shared L2 */
+		both_write(img, fd, buf, 10, 65536 + 100);	  /* shared data, shared L2 */
 		both_write(img, fd, buf, 5000, (3 << 20) + 4000); /* shared with s2 only */
-		zero_both(img, fd, 65536 * 2, 0, true);		/* discard shared clusters */
+		zero_both(img, fd, 65536 * 2, 0, true);		  /* discard shared clusters */
 		zero_both(img, fd, 65536, 512 << 10, false);
 		workload(img, fd, 7, 60, 200000);
 		image_unref(img);
@@ -247,14 +249,14 @@ static void extl2_shared_case(const char *name, const char *backing)
 {
 	/* guest offset, length: 64 KiB clusters, 2 KiB subclusters */
 	static const uint64_t w[][2] = {
-		{1000, 100},		   /* cl 0: unallocated sc 0, backing */
-		{65536 + 1000, 3000},	   /* cl 1: unallocated sc 0 and 1 */
-		{131072 + 2048, 100},	   /* cl 2: all allocated, head of a subcluster */
-		{196608 + 3000, 6000},	   /* cl 3: unallocated sc 1 and 4 around whole ones */
-		{262144 + 5000, 100},	   /* cl 4: zero sc 2 */
-		{262144 + 9000, 40000},	   /* cl 4 again: now its own, in place */
-		{327680 - 1000, 2000},	   /* cl 4 / cl 5 (never allocated) */
-		{(3 << 20) + 100, 10},	   /* cl 48: past the 3 MiB backing file */
+		{1000, 100},		    /* cl 0: unallocated sc 0, backing */
+		{65536 + 1000, 3000},	    /* cl 1: unallocated sc 0 and 1 */
+		{131072 + 2048, 100},	    /* cl 2: all allocated, head of a subcluster */
+		{196608 + 3000, 6000},	    /* cl 3: unallocated sc 1 and 4 around whole ones */
+		{262144 + 5000, 100},	    /* cl 4: zero sc 2 */
+		{262144 + 9000, 40000},	    /* cl 4 again: now its own, in place */
+		{327680 - 1000, 2000},	    /* cl 4 / cl 5 (never allocated) */
+		{(3 << 20) + 100, 10},	    /* cl 48: past the 3 MiB backing file */
 		{(3 << 20) + 65536 - 5, 5}, /* cl 48: the end of its last subcluster */
 	};
 	char *q = g_strdup_printf("%s.qcow2", name), *qq = g_strdup_printf("%s-qemu.qcow2", name);
@@ -449,12 +451,12 @@ static void v2_zero_case(const char *name, bool backing)
 		     q, q, name);
 	fd = raw_open_copy(r, "v2z-ref.raw");
 	img = t_open_ok(q, false);
-	zero_both(img, fd, 128 << 10, 64 << 10, true);		/* whole clusters of data */
-	zero_both(img, fd, 200000, 200000 + 123, true);		/* unaligned, data and not */
-	zero_both(img, fd, 128 << 10, 2 << 20, true);		/* backing data only */
+	zero_both(img, fd, 128 << 10, 64 << 10, true);		  /* whole clusters of data */
+	zero_both(img, fd, 200000, 200000 + 123, true);		  /* unaligned, data and not */
+	zero_both(img, fd, 128 << 10, 2 << 20, true);		  /* backing data only */
 	zero_both(img, fd, 65536 + 1000, (1 << 20) + 500, false); /* zero range, unaligned */
-	zero_both(img, fd, 128 << 10, 1536 << 10, false);	/* zero range, aligned */
-	zero_both(img, fd, 64 << 10, (3 << 20) + 65536, true);	/* past the backing file */
+	zero_both(img, fd, 128 << 10, 1536 << 10, false);	  /* zero range, aligned */
+	zero_both(img, fd, 64 << 10, (3 << 20) + 65536, true);	  /* past the backing file */
 	t_compare_raw(img, "v2z-ref.raw");
 	g_assert_cmpint(img->fmt->block_status(img, 2 << 20, 65536, &pnum, &st), ==, 0);
 	if (backing)
@@ -599,8 +601,7 @@ static void test_resize(void)
  * internal snapshot s1: the old bytes stay, the new range reads as zeroes, not
  * backing data, through vdiskfs and qemu-img; qemu-img check is clean; s1
  * keeps its data. */
-static void grow_case(const char *name, const char *opts, uint64_t old, const char *prep,
-		      bool snap)
+static void grow_case(const char *name, const char *opts, uint64_t old, const char *prep, bool snap)
 {
 	uint64_t size = (4 << 20) + 1024; /* whole sectors (QEMU's rule), not clusters */
 	char *q = g_strdup_printf("%s.qcow2", name), *r = g_strdup_printf("%s.raw", name);

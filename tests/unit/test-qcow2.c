@@ -247,8 +247,9 @@ static void test_bad_headers(void)
 	b = fresh_copy("c65536.qcow2");
 	put_be64(b, 72, 1ull << 20); /* unknown incompatible feature */
 	g_assert_cmpint(img_open_err(b, false), ==, -ENOTSUP);
-	refused(b, -ENOTSUP, "unsupported incompatible features: unknown incompatible feature "
-			     "0x100000");
+	refused(b, -ENOTSUP,
+		"unsupported incompatible features: unknown incompatible feature "
+		"0x100000");
 
 	b = fresh_copy("c65536.qcow2");
 	put_be64(b, 72, 1ull << 2); /* external data file (named in the feature table) */

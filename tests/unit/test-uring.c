@@ -194,8 +194,9 @@ static void assert_submit(const char *line, unsigned long seq, char kind, unsign
 	char k;
 	int a;
 
-	g_assert_cmpint(sscanf(line, "S %lu %lu %c %lu %lu %lu %d %lu", &sq, &t, &k, &f, &o, &l, &a,
-			       &d), ==, 8);
+	g_assert_cmpint(
+		sscanf(line, "S %lu %lu %c %lu %lu %lu %d %lu", &sq, &t, &k, &f, &o, &l, &a, &d),
+		==, 8);
 	g_assert_cmpuint(sq, ==, seq);
 	g_assert_cmpint(k, ==, kind);
 	g_assert_cmpuint(f, ==, 1);
@@ -222,7 +223,8 @@ static void assert_complete(const char *line, unsigned long seq, unsigned long o
 static void test_iolog(void)
 {
 	char *dir = g_dir_make_tmp("vdiskfs-iolog-XXXXXX", NULL);
-	char *log = g_build_filename(dir, "log", NULL), *data_path = g_strconcat(log, ".data", NULL);
+	char *log = g_build_filename(dir, "log", NULL),
+	     *data_path = g_strconcat(log, ".data", NULL);
 	int fd = tmpfile_with(16384);
 	struct uring_op op = {.data = NULL};
 	struct result r = {0};

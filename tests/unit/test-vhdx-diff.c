@@ -65,12 +65,12 @@ static void test_read_write(void)
 	compare("child.vhdx", "parent.raw"); /* a new child shows its parent */
 	g_assert_cmpint(t_open(p, false, &img), ==, 0);
 	g_assert_nonnull(img->backing);
-	expect_write("child.ref", M + 100, 1000, 1, img);      /* sub-sector head and tail */
-	expect_write("child.ref", M + 5000, 10, 2, img);       /* inside one sector */
-	expect_write("child.ref", M + 4096, 512, 3, img);      /* whole sector */
-	expect_write("child.ref", 3 * M, M, 4, img);	      /* whole block */
-	expect_write("child.ref", 6 * M - 300, 700, 5, img);   /* across two blocks */
-	expect_write("child.ref", M + 150, 20, 6, img);	      /* into a present sector */
+	expect_write("child.ref", M + 100, 1000, 1, img);    /* sub-sector head and tail */
+	expect_write("child.ref", M + 5000, 10, 2, img);     /* inside one sector */
+	expect_write("child.ref", M + 4096, 512, 3, img);    /* whole sector */
+	expect_write("child.ref", 3 * M, M, 4, img);	     /* whole block */
+	expect_write("child.ref", 6 * M - 300, 700, 5, img); /* across two blocks */
+	expect_write("child.ref", M + 150, 20, 6, img);	     /* into a present sector */
 	expect_write("child.ref", 23 * M + 511, 2, 7, img);
 	t_compare(img, t_path("child.ref"), 0, img->size);
 	image_unref(img);

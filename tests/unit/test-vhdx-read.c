@@ -243,12 +243,12 @@ static void test_bad_params(void)
 		const uint8_t *guid;
 		uint32_t off, val;
 	} cases[] = {
-		{vhdx_guid_file_params.b, 0, 3 << 20},	  /* block size not a power of two */
+		{vhdx_guid_file_params.b, 0, 3 << 20},	 /* block size not a power of two */
 		{vhdx_guid_file_params.b, 0, 512 << 20}, /* too large */
-		{vhdx_guid_file_params.b, 4, 8},	  /* reserved flag */
+		{vhdx_guid_file_params.b, 4, 8},	 /* reserved flag */
 		{vhdx_guid_lss.b, 0, 1024},
 		{vhdx_guid_pss.b, 0, 0},
-		{vhdx_guid_disk_size.b, 0, 1000},	  /* not a multiple of 512 */
+		{vhdx_guid_disk_size.b, 0, 1000}, /* not a multiple of 512 */
 	};
 
 	for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {

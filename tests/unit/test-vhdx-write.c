@@ -70,17 +70,19 @@ static void workload(struct twin *t, unsigned seed)
 	GRand *r = g_rand_new_with_seed(seed);
 
 	twin_write(t, 0, 4096, seed);
-	twin_write(t, bs - 100, 300, seed + 1);		 /* across a block boundary */
+	twin_write(t, bs - 100, 300, seed + 1);			       /* across a block boundary */
 	twin_write(t, (3 * bs + 777) % (size - 5000), 5000, seed + 2); /* inside a fresh block */
-	twin_write(t, size - 1000, 1000, seed + 3);	 /* the very end */
+	twin_write(t, size - 1000, 1000, seed + 3);		       /* the very end */
 	for (int i = 0; i < 40; i++) {
 		uint64_t len = g_rand_int_range(r, 1, 3 * M);
 		uint64_t off = (uint64_t)g_rand_double_range(r, 0, size - len);
 		if (i % 4 == 0)
 			off &= ~4095ull;
 		if (i % 9 == 8)
-			twin_zero(t, off / 512 * 512, (len + 511) / 512 * 512 < size - off / 512 * 512
-							   ? (len + 511) / 512 * 512 : 512,
+			twin_zero(t, off / 512 * 512,
+				  (len + 511) / 512 * 512 < size - off / 512 * 512
+					  ? (len + 511) / 512 * 512
+					  : 512,
 				  i % 2);
 		else
 			twin_write(t, off, len, seed + 10 + i);
@@ -121,7 +123,8 @@ static void test_qemu_fixed(void)
 	char *p;
 	uint8_t before[4096], after[4096];
 
-	run_qemu_image("w-fix.vhdx", "subformat=fixed,block_state_zero=off,block_size=8M", "64M", 3);
+	run_qemu_image("w-fix.vhdx", "subformat=fixed,block_state_zero=off,block_size=8M", "64M",
+		       3);
 	/* Fixed disks never change block states: the BAT is unchanged. */
 	t_sh("qemu-img create -q -f vhdx -o subformat=fixed,block_state_zero=off,block_size=1M "
 	     "w-fix2.vhdx 16M");
@@ -258,9 +261,9 @@ static void *race_thread(void *arg)
 	/* Every thread writes its own 4 KiB slot of the same fresh blocks. */
 	for (int b = 0; b < 16; b++) {
 		memset(buf, 'A' + r->id, sizeof(buf));
-		g_assert_cmpint(image_pwrite_wait(r->img, buf, sizeof(buf),
-						  b * M + r->id * 8192 + 512),
-				==, 0);
+		g_assert_cmpint(
+			image_pwrite_wait(r->img, buf, sizeof(buf), b * M + r->id * 8192 + 512), ==,
+			0);
 	}
 	uring_thread_exit();
 	return NULL;
@@ -364,9 +367,9 @@ static void test_discard(void)
 	twin_write(&t, 0, 16 * M, 61);
 	g_assert_cmpint(image_fsync_wait(t.img), ==, 0);
 	g_assert_cmpint(stat(p, &a), ==, 0);
-	twin_zero(&t, 2 * M, 4 * M, true);		/* whole blocks */
-	twin_zero(&t, 8 * M + 4096, 8192, true);	/* part of a block */
-	twin_zero(&t, 10 * M + 512, 3 * M, false);	/* write zeroes, unaligned ends */
+	twin_zero(&t, 2 * M, 4 * M, true);	   /* whole blocks */
+	twin_zero(&t, 8 * M + 4096, 8192, true);   /* part of a block */
+	twin_zero(&t, 10 * M + 512, 3 * M, false); /* write zeroes, unaligned ends */
 	g_assert_cmpint(image_block_status(t.img, 2 * M, 4 * M, &pnum, &st), ==, 0);
 	g_assert_cmpint(st, ==, VD_BS_ZERO);
 	g_assert_cmpuint(pnum, ==, 4 * M);
