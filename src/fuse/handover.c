@@ -4,7 +4,8 @@
  * storage can activate the same image and go on writing it. A view
  * activated takes the locks and reads the image's metadata anew. Requests
  * that arrive while a view is inactive wait for the activation, at most
- * inactive_wait seconds (then EIO); a thread of its own ends those. */
+ * inactive_wait seconds (then EIO); a thread of its own ends those (and
+ * frees the views whose last reference went on a mirror's copier thread). */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -109,6 +110,7 @@ static void *handover_thread(void *arg)
 
 		pthread_mutex_unlock(&ho.lock);
 		tree_foreach(expire_view, &max_ns, false);
+		tree_reap();
 		pthread_mutex_lock(&ho.lock);
 		clock_gettime(CLOCK_REALTIME, &until);
 		until.tv_nsec += 250000000;

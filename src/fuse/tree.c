@@ -72,14 +72,37 @@ static void failed_free(gpointer p)
 	g_free(f);
 }
 
+/* Views freed on a mirror's copier thread wait here (under tree_lock):
+ * freeing the mirror joins that very thread. */
+static GSList *free_later;
+
 static void vnode_free(struct vnode *n)
 {
+	if (n->mirror && mirror_on_own_thread(n->mirror)) {
+		/* A verb's answer (a control-file complete or cancel) dropped the
+		 * last reference on the copier thread: tree_reap() frees it. */
+		free_later = g_slist_prepend(free_later, n);
+		return;
+	}
 	mirror_free(n->mirror); /* cancels a job: the source stays the image */
 	image_unref(n->img);
 	retry_transient = true;
 	g_free(n->last_error);
 	g_free(n->name);
 	g_free(n);
+}
+
+void tree_reap(void)
+{
+	GSList *list;
+
+	pthread_mutex_lock(&tree_lock);
+	list = free_later;
+	free_later = NULL;
+	pthread_mutex_unlock(&tree_lock);
+	for (GSList *l = list; l; l = l->next)
+		vnode_free(l->data);
+	g_slist_free(list);
 }
 
 /* Drop a node from the name table; free it once the kernel forgot it. */
@@ -413,6 +436,7 @@ void tree_shutdown(void)
 
 	if (!by_ino)
 		return;
+	tree_reap();
 	pthread_mutex_lock(&tree_lock);
 	g_hash_table_iter_init(&it, by_ino);
 	while (g_hash_table_iter_next(&it, &key, &val)) {

@@ -93,6 +93,9 @@ void vnode_stat(struct vnode *n, struct stat *st);
  * image, so that the name serves it after a remount too (vdiskfs-mirror(7),
  * DIRECTORY MOUNTS). Logs what it did; nothing for a single-image mount. */
 void tree_mirror_completed(struct vnode *n);
+/* Free the views whose last reference went on a mirror's own thread (the
+ * handover thread calls it; tree_shutdown() too). */
+void tree_reap(void);
 
 /* ---- vfs.c ---- */
 extern const struct fuse_lowlevel_ops vfs_ops;

@@ -398,14 +398,21 @@ out:
 	return NULL;
 }
 
+bool mirror_on_own_thread(struct mirror *m)
+{
+	return copy_self && copy_self->m == m;
+}
+
+int mirror_copy_init(struct mirror_job *job)
+{
+	job->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	return job->efd < 0 ? -errno : 0;
+}
+
 int mirror_copy_start(struct mirror_job *job)
 {
-	int ret;
+	int ret = pthread_create(&job->thread, NULL, copy_main, job);
 
-	job->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (job->efd < 0)
-		return -errno;
-	ret = pthread_create(&job->thread, NULL, copy_main, job);
 	if (ret) {
 		atomic_store(&job->finished, true);
 		return -ret;

@@ -65,7 +65,7 @@ struct mirror_job {
 	/* The copier thread's own (mirror-copy.c): pos, tokens, last_ns,
 	 * flushing and poll are used only there. thread and thread_started
 	 * are written by mirror_copy_start() on the starting thread and used by
-	 * whoever joins; efd is made there too (after the job is published)
+	 * whoever joins; efd is made by mirror_copy_init() before the job is published
 	 * and written by mirror_copy_kick() from any thread. */
 	pthread_t thread;
 	int efd;
@@ -123,7 +123,11 @@ mirror_cont_fn *mirror_drain_check(struct mirror *m);
 void mirror_copy_ready(struct mirror_job *job); /* phase running -> ready */
 
 /* mirror-copy.c */
+/* The copier's eventfd, made before the job is published (kicks may come
+ * from any thread once it is); then its thread. */
+int mirror_copy_init(struct mirror_job *job);
 int mirror_copy_start(struct mirror_job *job);
+
 void mirror_copy_kick(struct mirror_job *job);
 /* Join a copier thread that has been told to exit. */
 void mirror_copy_join(struct mirror_job *job);

@@ -838,6 +838,15 @@ int mirror_start(struct mirror *m, const struct mirror_opts *o, const struct mir
 	ret = mirror_open_target(m, o, env, job);
 	if (ret)
 		goto out_free;
+	ret = mirror_copy_init(job);
+	if (ret) {
+		image_unref(job->dst);
+		goto out_free;
+	}
+	/* Logged before the job is published: from then on a cancel may drop
+	 * job->dst at any time. */
+	vd_info("%s: mirroring %" PRIu64 " bytes to %s (%s, %s)", src->path, job->total,
+		job->target, job->dst->fmt->name, job->dst_zero ? "new" : "existing");
 
 	pthread_mutex_lock(&m->lock);
 	job->phase = MP_RUNNING;
@@ -848,8 +857,6 @@ int mirror_start(struct mirror *m, const struct mirror_opts *o, const struct mir
 	ret = mirror_copy_start(job);
 	if (ret) /* guest writes may already go to both sides: fail, not undo */
 		mirror_fail(job, "cannot start the copier thread: %s", strerror(-ret));
-	vd_info("%s: mirroring %" PRIu64 " bytes to %s (%s, %s)", src->path, job->total,
-		job->target, job->dst->fmt->name, job->dst_zero ? "new" : "existing");
 	return 0;
 
 out_free:

@@ -69,6 +69,9 @@ int mirror_hold(struct mirror *m, vd_done_fn drained, void *opaque);
 void mirror_release(struct mirror *m);
 bool mirror_held(struct mirror *m);
 unsigned mirror_expire_held(struct mirror *m, uint64_t max_ns);
+/* Is the calling thread the copier of one of m's jobs (mirror_free() must
+ * then wait for another thread)? */
+bool mirror_on_own_thread(struct mirror *m);
 /* Is a job running (truncate and the like must wait)? */
 bool mirror_busy(struct mirror *m);
 
