@@ -49,7 +49,7 @@ static int refuse(struct vhdx *v, int err, const char *fmt, ...)
 static int check_grow(struct vhdx *v, uint64_t size)
 {
 	struct vd_image *parent = v->img->backing;
-	uint64_t cap;
+	uint64_t cap, nchunks;
 
 	if (size < v->disk_size)
 		return refuse(v, -ENOTSUP,
@@ -67,6 +67,8 @@ static int check_grow(struct vhdx *v, uint64_t size)
 			      "the parent %s is larger than this differencing disk and would "
 			      "show through the new range",
 			      parent ? parent->path : "(not open)");
+	if (size > VHDX_MAX_SIZE)
+		return refuse(v, -EFBIG, "%" PRIu64 " bytes is past the format's 64 TiB", size);
 	cap = bat_capacity(v);
 	if (size > cap)
 		return refuse(v, -EFBIG,
@@ -74,6 +76,14 @@ static int check_grow(struct vhdx *v, uint64_t size)
 			      "0x%" PRIx64 " holds (%u bytes: at most %" PRIu64
 			      " bytes in %u-byte blocks); moving the BAT is not supported",
 			      size, v->bat_off, v->bat_len, cap, v->block_size);
+	/* size <= 64 TiB here */
+	nchunks =
+		((size + v->block_size - 1) / v->block_size + v->chunk_ratio - 1) / v->chunk_ratio;
+	if (nchunks * (v->chunk_ratio + 1) * 8 > VHDX_MAX_BAT_BYTES)
+		return refuse(v, -EFBIG,
+			      "%" PRIu64 " bytes in %u-byte blocks need a BAT larger than the "
+			      "limit of %llu MiB held in memory",
+			      size, v->block_size, VHDX_MAX_BAT_BYTES >> 20);
 	return 0;
 }
 
