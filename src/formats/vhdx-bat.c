@@ -23,6 +23,11 @@ uint64_t vhdx_sb_index(const struct vhdx *v, uint64_t chunk)
 	return chunk * (v->chunk_ratio + 1) + v->chunk_ratio;
 }
 
+uint64_t vhdx_bat_mem_entries(const struct vhdx *v, uint64_t nchunks)
+{
+	return ALIGN_UP(nchunks * (v->chunk_ratio + 1), BAT_PAGE_ENTRIES);
+}
+
 /* ---- loading ---- */
 
 struct span {
@@ -124,6 +129,17 @@ static int bat_validate(struct vhdx *v, uint64_t file_size)
 	return ret;
 }
 
+uint64_t vhdx_bat_need(const struct vhdx *v, uint64_t nblocks)
+{
+	uint64_t nchunks = (nblocks + v->chunk_ratio - 1) / v->chunk_ratio;
+
+	/* A dynamic disk's region may end after its last payload entry; a
+	 * differencing disk's holds every chunk's sector bitmap entry. */
+	if (v->has_parent)
+		return nchunks * (v->chunk_ratio + 1);
+	return nblocks + (nblocks - 1) / v->chunk_ratio;
+}
+
 static int bat_geometry(struct vhdx *v)
 {
 	uint64_t need;
@@ -139,17 +155,13 @@ static int bat_geometry(struct vhdx *v)
 		       v->block_size, VHDX_MAX_BAT_BYTES >> 20);
 		return -EINVAL;
 	}
-	if (v->has_parent)
-		need = v->nchunks * (v->chunk_ratio + 1);
-	else
-		need = v->nblocks + (v->nblocks - 1) / v->chunk_ratio;
+	need = vhdx_bat_need(v, v->nblocks);
 	if ((uint64_t)v->bat_len < need * 8) {
 		vd_err("%s: BAT region at 0x%" PRIx64 " holds %u entries, the disk needs %" PRIu64,
 		       v->img->path, v->bat_off, v->bat_len / 8, need);
 		return -EINVAL;
 	}
-	need = v->nchunks * (v->chunk_ratio + 1);
-	v->bat_entries = (need + BAT_PAGE_ENTRIES - 1) / BAT_PAGE_ENTRIES * BAT_PAGE_ENTRIES;
+	v->bat_entries = vhdx_bat_mem_entries(v, v->nchunks);
 	return 0;
 }
 
@@ -271,6 +283,9 @@ int vhdx_dirty_pages(struct vhdx *v,
 			page[i] = htole64(v->bat[p * BAT_PAGE_ENTRIES + i]);
 		ret = fn(v, v->bat_off + p * VHDX_LOG_SECTOR, (const uint8_t *)page, arg);
 	}
+	/* Last: a grow's new size after the BAT entries its blocks need. */
+	if (v->meta_dirty && !ret)
+		ret = fn(v, ALIGN_DOWN(v->size_item_off, VHDX_LOG_SECTOR), v->meta_page, arg);
 	return ret;
 }
 
@@ -279,6 +294,7 @@ void vhdx_dirty_clear(struct vhdx *v)
 	memset(v->bat_dirty, 0, v->bat_entries / BAT_PAGE_ENTRIES);
 	for (uint64_t c = 0; v->sb && c < v->nchunks; c++)
 		memset(v->sb[c].dirty, 0, sizeof(v->sb[c].dirty));
+	v->meta_dirty = false;
 	v->ndirty = 0;
 }
 

@@ -378,6 +378,7 @@ int vhdx_read_metadata(struct vhdx *v)
 	v->has_parent = flags & 2;
 	v->leave_alloc = (flags & 1) && !v->has_parent;
 	v->disk_size = get_le64(ds);
+	v->size_item_off = v->meta_off + items[1].off;
 	v->lss = get_le32(lss);
 	v->pss = get_le32(pss);
 	ret = vhdx_check_params(v, flags);

@@ -328,12 +328,6 @@ static int vhdx_flush(struct vd_image *img)
 	return ret;
 }
 
-static int vhdx_truncate(struct vd_image *img, uint64_t size)
-{
-	vd_err("%s: resizing VHDX images is not supported", img->path);
-	return -ENOTSUP;
-}
-
 static int vhdx_check_backing(struct vd_image *img, struct vd_image *parent)
 {
 	struct vhdx *v = img->priv, *p = parent->priv;

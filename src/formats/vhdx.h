@@ -2,7 +2,8 @@
  * (headers, open/close), vhdx-meta.c (region table, metadata, parent locator),
  * vhdx-log.c (log replay and log writes, header updates), vhdx-bat.c (BAT,
  * sector bitmaps, dirty pages, allocation), vhdx-map.c (map, complete, block
- * status, discard) and vhdx-create.c (new images). On-disk layout: MS-VHDX v1. */
+ * status, discard), vhdx-resize.c (growing) and vhdx-create.c (new images). On-disk layout: MS-VHDX
+ * v1. */
 #ifndef VDISKFS_VHDX_H
 #define VDISKFS_VHDX_H
 
@@ -119,20 +120,21 @@ struct vhdx {
 
 	/* metadata */
 	uint32_t block_size, lss, pss;
-	uint64_t disk_size;
+	uint64_t disk_size;	/* under lock (a grow changes it) */
+	uint64_t size_item_off; /* file offset of VirtualDiskSize */
 	bool has_parent, leave_alloc;
 	vhdx_guid page83;
 	vhdx_guid linkage, linkage2;
 	bool has_linkage2;
 	char *loc_relative, *loc_volume, *loc_absolute;
 
-	/* geometry */
+	/* geometry: nblocks and nchunks under lock (a grow changes them) */
 	uint64_t nblocks, nchunks;
 	uint64_t chunk_ratio;
 	uint32_t spb; /* sectors per block */
 
-	/* BAT, whole in memory (host order), dirty 4 KiB pages. The arrays and
-	 * bat_entries are fixed; their contents and the rest under lock. */
+	/* BAT, whole in memory (host order), dirty 4 KiB pages; all under lock
+	 * (a grow reallocates the arrays). */
 	uint64_t *bat;
 	uint64_t bat_entries; /* in memory (whole pages) */
 	uint8_t *bat_dirty;
@@ -142,9 +144,14 @@ struct vhdx {
 	bool alloc_known;
 	uint64_t alloc_bytes;
 
-	/* sector bitmaps: the array is fixed, each chunk's bits and dirty
-	 * flags (loaded on demand) under lock */
+	/* sector bitmaps: the array (nchunks, a grow reallocates it), each
+	 * chunk's bits and dirty flags (loaded on demand) under lock */
 	struct vhdx_sb *sb;
+
+	/* The metadata page holding VirtualDiskSize while a grow writes it
+	 * through the log (written after the BAT and bitmap pages): under lock */
+	bool meta_dirty;
+	uint8_t meta_page[VHDX_LOG_SECTOR];
 
 	/* allocation and writes in flight: under lock */
 	uint64_t file_end;    /* next free 1 MiB-aligned offset */
@@ -210,6 +217,10 @@ int vhdx_close_log(struct vhdx *v);
 int vhdx_bat_load(struct vhdx *v, uint64_t file_size);
 void vhdx_bat_free(struct vhdx *v);
 uint64_t vhdx_bat_index(const struct vhdx *v, uint64_t block);
+/* Entries the BAT region must hold for nblocks payload blocks. */
+uint64_t vhdx_bat_need(const struct vhdx *v, uint64_t nblocks);
+/* Entries held in memory for nchunks chunks (whole 4 KiB pages). */
+uint64_t vhdx_bat_mem_entries(const struct vhdx *v, uint64_t nchunks);
 uint64_t vhdx_sb_index(const struct vhdx *v, uint64_t chunk);
 /* The bytes BAT entry idx counts in st_blocks. */
 uint64_t vhdx_bat_weight(const struct vhdx *v, uint64_t idx, uint64_t entry);
@@ -236,6 +247,9 @@ int vhdx_allocated(struct vd_image *img, uint64_t *bytes);
 int vhdx_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
 		      enum vd_bs *status);
 int vhdx_discard(struct vd_image *img, uint64_t off, uint64_t len);
+
+/* vhdx-resize.c */
+int vhdx_truncate(struct vd_image *img, uint64_t size);
 
 /* vhdx-create.c */
 int vhdx_create(const char *path, const struct vd_create_opts *o);

@@ -3,7 +3,8 @@
 # `qemu-img convert -O raw`; fio verify writes leave an image that
 # `qemu-img check` passes and that compares equal; a dirty log is replayed;
 # SIGKILL during writes + fsync keeps every write acknowledged before the
-# last completed fsync (repeated); st_blocks counts the present blocks.
+# last completed fsync (repeated); st_blocks counts the present blocks;
+# truncate grows the disk.
 
 load helpers
 load crash
@@ -77,6 +78,36 @@ qimg() {
 	qemu_check "$T/z.vhdx"
 	run qemu-img compare -f vhdx -F raw "$T/z.vhdx" "$T/ref.raw"
 	[ "$status" -eq 0 ]
+}
+
+@test "vhdx: truncate grows the view; shrinking and past the BAT region are refused" {
+	qimg grow.vhdx block_size=1M 40M -c 'write -P 0x5c 39M 1M'
+	cp "$T/grow.vhdx.raw" "$T/ref.raw"
+	touch "$T/v"
+	vd_mount "$T/grow.vhdx" "$T/v"
+	truncate -s 4200M "$T/v"
+	[ "$(stat -c %s "$T/v")" -eq $((4200 << 20)) ]
+	truncate -s 4200M "$T/ref.raw"
+	head -c 1M /dev/urandom >"$T/new.bin"
+	for f in "$T/v" "$T/ref.raw"; do
+		dd if="$T/new.bin" of="$f" bs=1M seek=4199 conv=notrunc,fsync status=none
+		dd if="$T/new.bin" of="$f" bs=4k count=1 seek=$((40 * 256 - 1)) conv=notrunc \
+			status=none
+	done
+	cmp "$T/v" "$T/ref.raw"
+	run truncate -s 30M "$T/v"
+	[ "$status" -ne 0 ]
+	# 1 MiB of BAT region: 131072 entries, a little under 128 GiB in 1 MiB blocks.
+	run truncate -s 200G "$T/v"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"too large"* ]]
+	[ "$(stat -c %s "$T/v")" -eq $((4200 << 20)) ]
+	vd_umount "$T/v"
+	[ "$VD_STATUS" -eq 0 ]
+	grep -q "more BAT entries than the BAT region at 0x" "$T/vdiskfs.log"
+	qemu-img info "$T/grow.vhdx" | grep -q "virtual size: 4.1 GiB (4404019200 bytes)"
+	qemu_check "$T/grow.vhdx"
+	qemu-img compare -f vhdx -F raw "$T/grow.vhdx" "$T/ref.raw"
 }
 
 @test "vhdx: SIGKILL during random writes + fsync, three rounds" {

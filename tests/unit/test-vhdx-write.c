@@ -381,6 +381,139 @@ static void test_discard(void)
 	g_free(p);
 }
 
+/* ---- growing ---- */
+
+static void raw_grow(struct twin *t, uint64_t size)
+{
+	g_assert_cmpint(ftruncate(t->raw, size), ==, 0);
+}
+
+/* A qemu-img disk grown across a chunk (4 GiB at 1 MiB blocks: the sector
+ * bitmap entry of chunk 0 sits between the old and the new entries), written
+ * past the old end, reopened; shrinking, growing past what the BAT region
+ * holds and fixed disks are refused. */
+static void test_grow(void)
+{
+	struct twin t;
+	struct vd_image *img;
+	char *p = t_path("g-dyn.vhdx"), *r = t_path("g-dyn.ref");
+
+	t_sh("qemu-img create -q -f vhdx -o block_size=1M g-dyn.vhdx 48M");
+	twin_open(&t, "g-dyn.vhdx", "g-dyn.ref", 0);
+	twin_write(&t, 48 * M - 1000, 1000, 71);
+	g_assert_cmpint(image_truncate(t.img, 5ull << 30), ==, 0);
+	g_assert_cmpuint(t.img->size, ==, 5ull << 30);
+	raw_grow(&t, 5ull << 30);
+	twin_write(&t, 48 * M - 10, 4096, 72);		/* across the old end */
+	twin_write(&t, (4ull << 30) - 4096, 2 * M, 73); /* across the new chunk */
+	twin_write(&t, (5ull << 30) - 3000, 3000, 74);	/* the new end */
+	/* 1 MiB of BAT region holds 131072 entries: 128 GiB less 32 blocks. */
+	g_assert_cmpint(image_truncate(t.img, 200ull << 30), ==, -EFBIG);
+	g_assert_cmpint(image_truncate(t.img, 128ull << 30), ==, -EFBIG);
+	g_assert_cmpint(image_truncate(t.img, 4ull << 30), ==, -ENOTSUP);
+	g_assert_cmpint(image_truncate(t.img, (5ull << 30) + 100), ==, -EINVAL);
+	g_assert_cmpuint(t.img->size, ==, 5ull << 30);
+	twin_close(&t);
+	g_assert_cmpint(t_open(p, true, &img), ==, 0);
+	g_assert_cmpuint(img->size, ==, 5ull << 30);
+	t_compare(img, r, 0, img->size);
+	image_unref(img);
+	g_assert_cmpint(t_sh_rc("qemu-img info g-dyn.vhdx | grep -q 'virtual size: 5 GiB'"), ==, 0);
+	check_with_qemu("g-dyn.vhdx", "g-dyn.ref");
+
+	t_sh("qemu-img create -q -f vhdx -o subformat=fixed,block_size=1M g-fix.vhdx 8M");
+	g_assert_cmpint(t_open("g-fix.vhdx", false, &img), ==, 0);
+	g_assert_cmpint(image_truncate(img, 16 * M), ==, -ENOTSUP);
+	g_assert_cmpuint(img->size, ==, 8 * M);
+	image_unref(img);
+	g_free(p);
+	g_free(r);
+}
+
+/* Our own disk whose size ends inside a block: what a writer left past the
+ * old end of that block reads as zeroes after the grow; the grow survives a
+ * process that dies without closing. */
+static void test_grow_partial_block(void)
+{
+	struct vd_create_opts o = {.size = 40 * M + 512, .cluster_size = 2 * M};
+	char *p = t_path("g-part.vhdx"), *r = t_path("g-part.ref");
+	uint8_t ent[8], junk[4096];
+	struct vd_image *img;
+	struct twin t;
+	uint64_t host;
+	pid_t pid;
+	int fd, status;
+
+	g_assert_cmpint(vd_format_vhdx.create(p, &o), ==, 0);
+	twin_open(&t, "g-part.vhdx", "g-part.ref", 0);
+	twin_write(&t, 40 * M, 512, 81);
+	twin_close(&t);
+	/* Block 20 (entry 20: 2048 blocks a chunk): junk past the old end. */
+	t_pread(p, ent, 8, t_vhdx_region(p, vhdx_guid_bat.b) + 20 * 8);
+	host = get_le64(ent) & ~(M - 1);
+	g_assert_cmpuint(get_le64(ent) & 7, ==, VHDX_BAT_FULLY_PRESENT);
+	memset(junk, 0xa5, sizeof(junk));
+	fd = open(p, O_RDWR);
+	g_assert_cmpint(pwrite(fd, junk, sizeof(junk), host + 512), ==, sizeof(junk));
+	close(fd);
+	pid = fork();
+	if (pid == 0) {
+		uring_thread_exit();
+		uring_thread_init(64);
+		if (t_open(p, false, &img) || image_truncate(img, 50 * M))
+			_exit(1);
+		_exit(0); /* no close: the log's LogGuid stays set */
+	}
+	g_assert_cmpint(waitpid(pid, &status, 0), ==, pid);
+	g_assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	g_assert_cmpint(t_open(p, false, &t.img), ==, 0); /* the reference kept */
+	t.raw = open(r, O_RDWR);
+	g_assert_cmpint(t.raw, >=, 0);
+	g_assert_cmpuint(t.img->size, ==, 50 * M);
+	raw_grow(&t, 50 * M);
+	twin_write(&t, 50 * M - 512, 512, 82);
+	twin_close(&t);
+	g_assert_cmpint(t_open(p, true, &img), ==, 0);
+	t_compare(img, r, 0, img->size);
+	image_unref(img);
+	check_with_qemu("g-part.vhdx", "g-part.ref");
+	g_free(p);
+	g_free(r);
+}
+
+/* A differencing disk as large as its parent grows across a chunk (the new
+ * range reads as zeroes: it lies past the parent's end). */
+static void test_grow_diff(void)
+{
+	struct vd_create_opts o = {.backing = "g-par.vhdx", .cluster_size = M};
+	char *c = t_path("g-ch.vhdx"), *r = t_path("g-par.raw");
+	struct vd_image *img;
+	char buf[4096];
+
+	t_sh("qemu-img create -q -f raw g-par.raw 24M && "
+	     "qemu-io -f raw -c 'write -P 0x5a 0 24M' g-par.raw >/dev/null && "
+	     "qemu-img convert -f raw -O vhdx -o block_size=1M g-par.raw g-par.vhdx");
+	g_assert_cmpint(vd_format_vhdx.create(c, &o), ==, 0);
+	g_assert_cmpint(t_open(c, false, &img), ==, 0);
+	memset(buf, 0x33, sizeof(buf));
+	g_assert_cmpint(image_pwrite_wait(img, buf, 512, 24 * M - 512), ==, 0);
+	g_assert_cmpint(image_truncate(img, 4200 * M), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, buf, 4096, 4200 * M - 4096), ==, 0);
+	image_unref(img);
+	t_sh("truncate -s 4200M g-par.raw && "
+	     "printf '\\063%%.0s' $(seq 512) | dd of=g-par.raw bs=512 seek=49151 conv=notrunc "
+	     "status=none && "
+	     "printf '\\063%%.0s' $(seq 4096) | dd of=g-par.raw bs=4096 seek=1075199 "
+	     "conv=notrunc status=none");
+	g_assert_cmpint(t_open(c, true, &img), ==, 0);
+	g_assert_cmpuint(img->size, ==, 4200 * M);
+	t_compare(img, r, 0, img->size);
+	image_unref(img);
+
+	g_free(c);
+	g_free(r);
+}
+
 int main(int argc, char **argv)
 {
 	t_init(&argc, &argv);
@@ -393,5 +526,8 @@ int main(int argc, char **argv)
 	t_add_qemu("/vhdx/write/concurrent-alloc", test_concurrent_alloc);
 	t_add_qemu("/vhdx/write/crash-without-close", test_crash_without_close);
 	t_add_qemu("/vhdx/write/discard", test_discard);
+	t_add_qemu("/vhdx/write/grow", test_grow);
+	t_add_qemu("/vhdx/write/grow-partial-block", test_grow_partial_block);
+	t_add_qemu("/vhdx/write/grow-differencing", test_grow_diff);
 	return t_run();
 }
