@@ -145,9 +145,6 @@ static void vfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 
 			ret = image_truncate(n->img, attr->st_size);
 			if (ret) {
-				if (ret == -ENOTSUP)
-					vd_err("%s: the %s format cannot change its size",
-					       n->img->path, n->img->fmt->name);
 				fuse_reply_err(req, ret == -ENOTSUP ? EOPNOTSUPP : -ret);
 				return;
 			}

@@ -683,8 +683,10 @@ int image_truncate(struct vd_image *img, uint64_t size)
 
 	if (img->read_only)
 		return -EROFS;
-	if (!img->fmt->truncate)
+	if (!img->fmt->truncate) {
+		vd_err("%s: the %s format cannot change its size", img->path, img->fmt->name);
 		return -ENOTSUP;
+	}
 	pthread_rwlock_rdlock(&img->active_lock);
 	if (atomic_load(&img->inactive)) {
 		vd_err("%s: not resized: the image is inactive", img->path);
