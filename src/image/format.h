@@ -231,8 +231,9 @@ int image_zero_grow_wait(struct vd_image *img, uint64_t len, uint64_t off);
  * backing name (relative to the image's directory) and obeys the same policy
  * (backing=deny refuses it, within-source wants it inside the source and
  * opens it without following links); the file must be a regular file other
- * than the image itself. It counts in the descriptor budget and gets QEMU's
- * locks for the way the image is opened (none while it opens inactive).
+ * than the image itself. It counts in the descriptor budget and gets the
+ * locks QEMU takes on a data file for the way the image is opened (those of
+ * the image, but sharing write; none while it opens inactive).
  * flags: O_RDONLY, or O_RDWR (a read-only file system: read-only, and
  * *read_only is set). Returns the descriptor or -errno, logged. The driver
  * owns it and gives it back with image_close_aux_file() when it closes. */

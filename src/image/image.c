@@ -235,10 +235,14 @@ static int lock_conflict(int fd, unsigned perm, unsigned unshared, off_t *byte)
 	return ret;
 }
 
-static int image_lock(int fd, const char *path, bool read_only, bool force_share)
+/* data: a file holding only an image's data (qcow2's external data file),
+ * locked as QEMU locks one: the same permissions, but write is shared. */
+static int image_lock(int fd, const char *path, bool read_only, bool force_share, bool data)
 {
 	unsigned perm = read_only ? PERM_READ : PERM_READ | PERM_WRITE | PERM_RESIZE;
-	unsigned unshared = force_share && read_only ? 0 : PERM_WRITE | PERM_RESIZE;
+	unsigned unshared = force_share && read_only ? 0
+			    : data		     ? PERM_RESIZE
+						     : PERM_WRITE | PERM_RESIZE;
 	struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
 	off_t byte = 0;
 	int ret;
@@ -478,7 +482,7 @@ int image_open_aux_file(struct vd_image *img, const char *name, const char *what
 		close(fd);
 		goto out;
 	}
-	ret = unlocked ? 0 : image_lock(fd, path, ro, o->force_share);
+	ret = unlocked ? 0 : image_lock(fd, path, ro, o->force_share, true);
 	if (ret) {
 		close(fd);
 		goto out;
@@ -587,8 +591,9 @@ static int image_share(int fd, const char *path, const struct vd_open_opts *o,
 	found = registry_find(st->st_dev, st->st_ino);
 	if (!found) {
 		/* An image opened inactive holds no lock until it is activated. */
-		ret = o->inactive && !chain->n ? 0
-					       : image_lock(fd, path, read_only, o->force_share);
+		ret = o->inactive && !chain->n
+			      ? 0
+			      : image_lock(fd, path, read_only, o->force_share, false);
 		pthread_mutex_unlock(&registry_lock);
 		if (ret)
 			close(fd);
@@ -889,7 +894,7 @@ int image_activate(struct vd_image *img, const struct vd_open_opts *o)
 	pthread_rwlock_wrlock(&img->active_lock);
 	if (!atomic_load(&img->inactive))
 		goto out;
-	ret = image_lock(img->fd, img->path, img->read_only, o->force_share);
+	ret = image_lock(img->fd, img->path, img->read_only, o->force_share, false);
 	if (ret) {
 		vd_err("%s: not activated: another host or process still has it (inactivate it "
 		       "there first)",

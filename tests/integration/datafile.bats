@@ -147,3 +147,41 @@ PY
 		crash_round qcow2 "$T/crash.qcow2" "$round" || { cat "$T/vdiskfs.log"; false; }
 	done
 }
+
+# data_locks FILE: the lock bytes held on FILE, sorted
+data_locks() {
+	local ino
+	ino=$(stat -c %i "$1")
+	awk -v ino=":$ino" '$6 ~ ino"$" {print $7 "-" $8}' /proc/locks | sort | tr '\n' ' '
+}
+
+@test "data file: it carries the locks QEMU takes on a data file (write shared)" {
+	cd "$T"
+	qemu-img create -q -f qcow2 -o data_file=img.data img.qcow2 16M
+	local mode want got
+	touch "$T/view"
+	for mode in rw ro; do
+		# what qemu-io holds on the data file, opened the same way
+		if [ "$mode" = rw ]; then
+			(sleep 2 | qemu-io img.qcow2 >/dev/null 2>&1) &
+		else
+			(sleep 2 | qemu-io -r img.qcow2 >/dev/null 2>&1) &
+		fi
+		for _ in $(seq 1 40); do
+			want=$(data_locks img.data)
+			[ -n "$want" ] && break
+			sleep 0.05
+		done
+		wait
+		vd_mount "$T/img.qcow2" "$T/view" $([ "$mode" = ro ] && echo -o ro)
+		got=$(data_locks img.data)
+		vd_umount "$T/view"
+		echo "$mode: vdiskfs $got, qemu-io $want"
+		[ -n "$want" ] && [ "$got" = "$want" ]
+	done
+	# another writer of the raw data file is let in, as QEMU lets it
+	vd_mount "$T/img.qcow2" "$T/view"
+	qemu-io -f raw -c 'write 0 4k' img.data >/dev/null
+	vd_umount "$T/view"
+	[ "$VD_STATUS" -eq 0 ]
+}
