@@ -3,7 +3,9 @@
  * linking on completion (the in-flight list makes overlapping writers wait),
  * discard and write-zeroes. All under the image lock. */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <linux/falloc.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +13,7 @@
 #include "util/compiler.h"
 #include "util/log.h"
 #include "formats/qcow2.h"
+#include "io/sync-io.h"
 
 enum qcow2_ctype qcow2_classify(const struct qcow2 *q, uint64_t e)
 {
@@ -18,6 +21,10 @@ enum qcow2_ctype qcow2_classify(const struct qcow2 *q, uint64_t e)
 		return QC_COMPRESSED;
 	if (!q->ext_l2 && (e & QCOW2_ZERO))
 		return (e & QCOW2_OFF_MASK) ? QC_ZERO_ALLOC : QC_ZERO_PLAIN;
+	/* Offset 0 is guest cluster 0's place in an external data file, whose
+	 * clusters all have COPIED set: that tells it from unallocated. */
+	if (qcow2_has_data_file(q) && (e & QCOW2_COPIED))
+		return QC_NORMAL;
 	return (e & QCOW2_OFF_MASK) ? QC_NORMAL : QC_UNALLOC;
 }
 
@@ -29,11 +36,18 @@ static int corrupt(struct qcow2 *q, const char *what, uint64_t gcl, uint64_t val
 	return -EIO;
 }
 
-/* A host cluster an entry points at: aligned and inside the file. */
+/* A host cluster an entry points at: aligned and inside the file; in an
+ * external data file, at the guest offset (QEMU signals corruption too). */
 static int check_host(struct qcow2 *q, uint64_t gcl, uint64_t host)
 {
 	if (host & (q->cluster_size - 1))
 		return corrupt(q, "host offset is not cluster aligned", gcl, host);
+	if (qcow2_has_data_file(q))
+		return host == gcl << q->cluster_bits
+			       ? 0
+			       : corrupt(q,
+					 "external data file offset differs from the guest offset",
+					 gcl, host);
 	if (qcow2_cl(q, host) >= q->host_end)
 		return corrupt(q, "host offset points past the end of the file", gcl, host);
 	return 0;
@@ -145,6 +159,9 @@ static int compressed_src(struct qcow2 *q, uint64_t gcl, uint64_t e, struct vd_s
 {
 	uint64_t nsect = ((e >> q->csize_shift) & q->csize_mask) + 1;
 
+	if (qcow2_has_data_file(q))
+		return corrupt(q, "compressed cluster in an image with an external data file", gcl,
+			       e);
 	s->type = VD_EXT_COMPRESSED;
 	s->fd = q->img->fd;
 	s->algo = q->compression ? VD_COMPRESS_ZSTD : VD_COMPRESS_DEFLATE;
@@ -174,7 +191,7 @@ int qcow2_subcluster_type(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm
 
 	if ((bm & QCOW2_EXTL2_ALL_ALLOC) & (bm >> 32))
 		return corrupt(q, "subcluster both allocated and zero", gcl, bm);
-	if (!(e & QCOW2_OFF_MASK) && (bm & QCOW2_EXTL2_ALL_ALLOC))
+	if (qcow2_classify(q, e) == QC_UNALLOC && (bm & QCOW2_EXTL2_ALL_ALLOC))
 		return corrupt(q, "allocated subclusters without a host cluster", gcl, bm);
 	*t = a ? VD_EXT_DATA : z ? VD_EXT_ZERO : VD_EXT_UNALLOC;
 	return 0;
@@ -211,7 +228,7 @@ static int map_read_cluster(struct qcow2 *q, struct vd_map *m, uint64_t off, uin
 		if (ret)
 			return ret;
 		if (!q->ext_l2)
-			return vd_map_add_data(m, off, n, q->img->fd, host + in);
+			return vd_map_add_data(m, off, n, qcow2_data_fd(q), host + in);
 		break;
 	}
 	/* extended L2: one run per subcluster state */
@@ -223,7 +240,7 @@ static int map_read_cluster(struct qcow2 *q, struct vd_map *m, uint64_t off, uin
 		k = min_u64(k, n);
 		ret = qcow2_subcluster_type(q, gcl, e, bm, sc, &t);
 		if (!ret && t == VD_EXT_DATA)
-			ret = vd_map_add_data(m, off, k, q->img->fd, host + in);
+			ret = vd_map_add_data(m, off, k, qcow2_data_fd(q), host + in);
 		else if (!ret)
 			ret = vd_map_add_hole(m, off, k, t);
 		if (ret)
@@ -323,7 +340,7 @@ static int emit(struct qcow2 *q, struct vd_map *m, const struct plan *p, uint64_
 	struct vd_extent x = {
 		.off = p->gbase + ws,
 		.len = we - ws,
-		.src = {.type = VD_EXT_DATA, .fd = q->img->fd, .host_off = p->host + ws},
+		.src = {.type = VD_EXT_DATA, .fd = qcow2_data_fd(q), .host_off = p->host + ws},
 	};
 
 	if (cow)
@@ -425,13 +442,33 @@ static int plan_old(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, stru
 			p->bm = bm;
 		}
 		p->src.type = VD_EXT_DATA;
-		p->src.fd = q->img->fd;
+		p->src.fd = qcow2_data_fd(q);
 		p->src.host_off = host;
 		it->src_off = host;
 		it->src_len = q->cluster_size;
 		return ret;
 	}
 	return 0;
+}
+
+/* A new host cluster for guest cluster gcl. In an external data file it is
+ * the guest cluster's own place (QEMU's do_alloc_cluster_offset()), counted by
+ * no refcount; its old bytes there are unknown (stale data after a discard
+ * whose punch was refused, a raw file's contents), so it is never fresh. */
+static int data_alloc(struct qcow2 *q, uint64_t gcl, uint64_t *host, bool *fresh)
+{
+	if (!qcow2_has_data_file(q))
+		return qcow2_alloc_clusters(q, 1, host, fresh);
+	*host = gcl << q->cluster_bits;
+	*fresh = false;
+	return 0;
+}
+
+/* Give back a cluster data_alloc() took that nothing refers to yet. */
+static void data_rollback(struct qcow2 *q, uint64_t host)
+{
+	if (!qcow2_has_data_file(q))
+		qcow2_alloc_rollback(q, host, 1);
 }
 
 static int write_cluster(struct qcow2 *q, struct qcow2_ticket *t, struct vd_map *m, uint64_t off,
@@ -473,9 +510,8 @@ static int write_cluster(struct qcow2 *q, struct qcow2_ticket *t, struct vd_map 
 		}
 	} else {
 		ret = plan_old(q, gcl, e, bm, &p, &it);
-		if (ret)
-			return ret;
-		ret = qcow2_alloc_clusters(q, 1, &p.host, &p.fresh);
+		if (!ret)
+			ret = data_alloc(q, gcl, &p.host, &p.fresh);
 		if (ret)
 			return ret;
 		it.kind = QI_NEW;
@@ -484,7 +520,7 @@ static int write_cluster(struct qcow2 *q, struct qcow2_ticket *t, struct vd_map 
 	ret = ticket_add(t, &it);
 	if (ret) {
 		if (it.kind == QI_NEW)
-			qcow2_alloc_rollback(q, it.host, 1);
+			data_rollback(q, it.host);
 		return ret;
 	}
 	return plan_emit(q, m, &p);
@@ -517,7 +553,7 @@ static void ticket_rollback(struct qcow2 *q, struct qcow2_ticket *t, unsigned fi
 {
 	for (unsigned i = first; i < t->n; i++)
 		if (t->items[i].kind == QI_NEW)
-			qcow2_alloc_rollback(q, t->items[i].host, 1);
+			data_rollback(q, t->items[i].host);
 }
 
 static int map_write(struct qcow2 *q, uint64_t off, uint64_t len, struct vd_map *m)
@@ -569,7 +605,9 @@ static int read_hold(struct qcow2 *q, struct vd_map *m)
 	struct qcow2_ticket *t = NULL;
 	int ret = 0;
 
-	if (!q->img->writable)
+	/* An external data file has no frees to hold off: a discard punches
+	 * it at once, under the lock, and the cluster stays the guest's. */
+	if (!q->img->writable || qcow2_has_data_file(q))
 		return 0;
 	for (unsigned i = 0; i < m->n && !ret; i++) {
 		const struct vd_extent *e = &m->ext[i];
@@ -635,7 +673,7 @@ static int link_item(struct qcow2 *q, const struct qcow2_item *it, bool *linked)
 	*linked = false;
 	if (it->dropped) {
 		if (it->kind == QI_NEW)
-			qcow2_alloc_rollback(q, it->host, 1);
+			data_rollback(q, it->host);
 		return 0;
 	}
 	ret = qcow2_l2_get(q, it->gcl, true, &ce, &idx); /* may evict and load tables */
@@ -644,7 +682,9 @@ static int link_item(struct qcow2 *q, const struct qcow2_item *it, bool *linked)
 	*linked = true;
 	qcow2_l2_read(q, ce, idx, &e, &bm);
 	if (it->kind == QI_INPLACE_META) {
-		if ((e & QCOW2_OFF_MASK) != it->host || (e & QCOW2_COMPRESSED))
+		enum qcow2_ctype t = qcow2_classify(q, e);
+
+		if ((e & QCOW2_OFF_MASK) != it->host || (t != QC_NORMAL && t != QC_ZERO_ALLOC))
 			return 0; /* discarded while the data was landing */
 		l2_write(q, ce, idx, it->host | QCOW2_COPIED, (bm | sa) & ~(sa << 32));
 		return 0;
@@ -654,7 +694,8 @@ static int link_item(struct qcow2 *q, const struct qcow2_item *it, bool *linked)
 	else
 		bm = (bm | sa) & ~(sa << 32);
 	l2_write(q, ce, idx, it->host | QCOW2_COPIED, bm);
-	return qcow2_free_entry(q, e);
+	/* in a data file the old cluster is the new one (host == guest) */
+	return qcow2_has_data_file(q) ? 0 : qcow2_free_entry(q, e);
 }
 
 int qcow2_complete(struct vd_image *img, void *ticket, int err)
@@ -718,6 +759,23 @@ static void zero_target(struct qcow2 *q, uint64_t e, uint64_t bm, bool discard, 
 	*nbm = 0;
 }
 
+/* Guest cluster gcl of an image with an external data file stopped mapping
+ * its data (entry e): no refcount to drop; its bytes in the data file are
+ * punched, as QEMU discards them there, at once and under the lock, so that
+ * a write mapped afterwards (to the same place) lands after the punch. A
+ * raw data file was zeroed before the entries changed (zero_range()). A
+ * refused punch only leaves stale bytes no entry maps. */
+static int data_file_drop(struct qcow2 *q, uint64_t gcl, uint64_t e)
+{
+	enum qcow2_ctype t = qcow2_classify(q, e);
+
+	if (q->data_raw || (t != QC_NORMAL && t != QC_ZERO_ALLOC))
+		return 0;
+	meta_fallocate(q->data_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		       gcl << q->cluster_bits, q->cluster_size);
+	return 0;
+}
+
 static int zero_cluster(struct qcow2 *q, uint64_t gcl, bool discard)
 {
 	struct qcow2_cache_entry *ce;
@@ -738,7 +796,9 @@ static int zero_cluster(struct qcow2 *q, uint64_t gcl, bool discard)
 	if (ret)
 		return ret;
 	l2_write(q, ce, idx, ne, nbm);
-	return keep ? 0 : qcow2_free_entry(q, e);
+	if (keep)
+		return 0;
+	return qcow2_has_data_file(q) ? data_file_drop(q, gcl, e) : qcow2_free_entry(q, e);
 }
 
 /* Writes in flight that change entries of guest clusters [c0, c1) lose those
@@ -760,6 +820,21 @@ static void zero_drop_inflight(struct qcow2 *q, uint64_t c0, uint64_t c1)
 	}
 }
 
+/* A raw data file must read like the disk: the range is zeroed there first,
+ * as QEMU does before it sets zero flags (punched for a discard, zeroed in
+ * place otherwise, each the other's fallback). If the file system can do
+ * neither, nothing has changed yet and -ENOTSUP lets the generic code write
+ * zeroes, which go to the data file like any write. */
+static int raw_data_zero(struct qcow2 *q, uint64_t off, uint64_t len, bool discard)
+{
+	int punch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, zero = FALLOC_FL_ZERO_RANGE;
+	int ret = meta_fallocate(q->data_fd, discard ? punch : zero, off, len);
+
+	if (ret)
+		ret = meta_fallocate(q->data_fd, discard ? zero : punch, off, len);
+	return ret ? -ENOTSUP : 0;
+}
+
 static int zero_range(struct vd_image *img, uint64_t off, uint64_t len, bool discard)
 {
 	struct qcow2 *q = img->priv;
@@ -772,6 +847,8 @@ static int zero_range(struct vd_image *img, uint64_t off, uint64_t len, bool dis
 		return -ENOTSUP; /* no zero flag: the generic code writes zeroes */
 	pthread_mutex_lock(&q->lock);
 	ret = qcow2_prepare_write(q);
+	if (!ret && q->data_raw)
+		ret = raw_data_zero(q, off, len, discard);
 	if (!ret)
 		qcow2_bitmaps_dirty(q, off, len);
 	while (!ret && c < c1) {

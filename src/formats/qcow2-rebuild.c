@@ -55,7 +55,9 @@ static int count_l2(struct rebuild *r, uint64_t l2off)
 			break;
 		case QC_NORMAL:
 		case QC_ZERO_ALLOC:
-			ret = count(r, e & QCOW2_OFF_MASK, q->cluster_size, "data cluster");
+			/* not counted in an external data file (as qemu-img check) */
+			if (!qcow2_has_data_file(q))
+				ret = count(r, e & QCOW2_OFF_MASK, q->cluster_size, "data cluster");
 			break;
 		default:
 			break;
@@ -182,8 +184,10 @@ static int fix_copied(struct rebuild *r)
 			uint64_t e = get_be64(p), ne = e & ~QCOW2_COPIED;
 			enum qcow2_ctype t = qcow2_classify(q, e);
 
+			/* an external data file's clusters count as 1 */
 			if ((t == QC_NORMAL || t == QC_ZERO_ALLOC) &&
-			    r->cnt[qcow2_cl(q, e & QCOW2_OFF_MASK)] == 1)
+			    (qcow2_has_data_file(q) ||
+			     r->cnt[qcow2_cl(q, e & QCOW2_OFF_MASK)] == 1))
 				ne |= QCOW2_COPIED;
 			if (ne != e) {
 				put_be64(p, ne);

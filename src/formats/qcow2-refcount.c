@@ -582,12 +582,28 @@ static int apply_frees(struct qcow2 *q)
 
 /* ---- the flush path: refcount blocks, sync, L2 tables, sync, L1 ---- */
 
+/* The external data file's completed writes made durable (nothing to do
+ * without one: the image file's own syncs cover its data). */
+int qcow2_data_sync(struct qcow2 *q)
+{
+	int ret;
+
+	if (q->data_fd < 0 || !q->img->writable)
+		return 0;
+	ret = meta_fdatasync(q->data_fd);
+	if (ret)
+		vd_err("%s: cannot sync its external data file: %s", q->img->path, strerror(-ret));
+	return ret;
+}
+
 /* Ordering hook before an L2 table is written: its references are counted
  * on disk and the data it points at is durable. */
 int qcow2_refcount_sync(struct qcow2 *q)
 {
-	int ret = qcow2_cache_flush(&q->rbc, NULL);
+	int ret = qcow2_data_sync(q);
 
+	if (!ret)
+		ret = qcow2_cache_flush(&q->rbc, NULL);
 	return ret ? ret : meta_fdatasync(q->img->fd);
 }
 
@@ -629,7 +645,12 @@ int qcow2_flush_locked(struct qcow2 *q)
 	bool l2 = qcow2_cache_has_dirty(&q->l2c), l1 = l1_has_dirty(q);
 	int ret;
 
-	ret = qcow2_cache_flush(&q->rbc, NULL);
+	/* An external data file first: its data before the L2 entries that
+	 * map it, and the data of writes in place, which change no entry,
+	 * durable as this flush returns (the caller syncs only the image). */
+	ret = qcow2_data_sync(q);
+	if (!ret)
+		ret = qcow2_cache_flush(&q->rbc, NULL);
 	if (!ret && (l2 || l1 || q->nfrees))
 		ret = meta_fdatasync(q->img->fd);
 	if (!ret && l2) {

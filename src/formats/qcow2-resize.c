@@ -167,6 +167,13 @@ int qcow2_truncate(struct vd_image *img, uint64_t size)
 		       img->path, size);
 		return -EINVAL;
 	}
+	if (qcow2_has_data_file(q)) {
+		/* QEMU resizes the data file along (and fills a raw one's L2
+		 * tables): not done here yet */
+		vd_err("%s: cannot change the size of an image with an external data file",
+		       img->path);
+		return -ENOTSUP;
+	}
 	pthread_mutex_lock(&q->lock);
 	if (q->resizing) {
 		vd_err("%s: cannot change the size: another resize is running", img->path);

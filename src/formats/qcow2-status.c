@@ -35,7 +35,7 @@ static int entry_status(struct qcow2 *q, uint64_t gcl, uint64_t e, uint64_t bm, 
 	case QC_NORMAL:
 	case QC_UNALLOC:
 		if (!q->ext_l2) {
-			*st = e & QCOW2_OFF_MASK ? VD_BS_DATA : VD_BS_UNALLOC;
+			*st = qcow2_classify(q, e) == QC_NORMAL ? VD_BS_DATA : VD_BS_UNALLOC;
 			return 0;
 		}
 		break;

@@ -3,6 +3,7 @@
  * rewrites, close, info and the ops table. Mapping lives in qcow2-map.c,
  * refcounts in qcow2-refcount.c, the table cache in qcow2-cache.c. */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +56,8 @@ int qcow2_prepare_write(struct qcow2 *q)
 			return ret;
 		known = QCOW2_AUTOCLEAR_BITMAPS;
 	}
+	if (q->data_raw)
+		known |= QCOW2_AUTOCLEAR_DATA_RAW; /* every write keeps the data file raw */
 	if (q->version >= 3 && (q->autoclear & ~known)) {
 		v = htobe64(q->autoclear & known);
 		ret = qcow2_write_header_field(q, QCOW2_HDR_AUTOCLEAR, &v, 8);
@@ -175,6 +178,18 @@ static int parse_extensions(struct qcow2 *q, struct qcow2_hdr *h, const uint8_t 
 			h->features = p;
 			h->nfeatures = len / 48;
 			break;
+		case QCOW2_EXT_DATA_FILE:
+			if (!len || memchr(p, 0, len)) {
+				vd_err("%s: external data file extension at 0x%" PRIx64
+				       ": empty name or a NUL byte in it",
+				       img->path, pos);
+				return -EINVAL;
+			}
+			free(q->data_name);
+			q->data_name = strndup((const char *)p, len);
+			if (!q->data_name)
+				return -ENOMEM;
+			break;
 		case QCOW2_EXT_BITMAPS:
 			ret = parse_bitmaps_ext(q, p, len, pos);
 			if (ret)
@@ -275,6 +290,26 @@ static int check_features(struct qcow2 *q, const struct qcow2_hdr *h)
 	if (q->refcount_order > 6) {
 		vd_err("%s: qcow2 header at offset 96: refcount order %u is larger than 6",
 		       img->path, q->refcount_order);
+		return -EINVAL;
+	}
+	if ((q->autoclear & QCOW2_AUTOCLEAR_DATA_RAW) && !qcow2_has_data_file(q)) {
+		/* as QEMU: "data-file-raw requires a data file" */
+		vd_err("%s: qcow2 header at offset 88: raw external data (autoclear bit 1) "
+		       "without an external data file",
+		       img->path);
+		return -EINVAL;
+	}
+	if (qcow2_has_data_file(q) && !q->data_name) {
+		vd_err("%s: the image keeps its data in an external data file but does not "
+		       "name it (header extension 0x%08x)",
+		       img->path, QCOW2_EXT_DATA_FILE);
+		return -EINVAL;
+	}
+	q->data_raw = q->autoclear & QCOW2_AUTOCLEAR_DATA_RAW;
+	if (q->data_raw && h->backing_off && h->backing_len) {
+		vd_err("%s: raw external data (autoclear bit 1) and a backing file exclude "
+		       "each other",
+		       img->path);
 		return -EINVAL;
 	}
 	q->ext_l2 = q->incompat & QCOW2_INCOMPAT_EXTL2;
@@ -540,6 +575,8 @@ static void qcow2_free(struct qcow2 *q)
 	free(q->rt);
 	free(q->snaps);
 	free(q->frees);
+	free(q->data_name);
+	image_close_aux_file(q->data_fd);
 	qcow2_bitmaps_free(q);
 	free(q);
 }
@@ -617,6 +654,25 @@ static int open_state(struct qcow2 *q)
 	return 0;
 }
 
+/* Last in open, once it is known whether the image is written: the data file
+ * the header names, through the image layer (resolution, policy, locks). */
+static int open_data_file(struct qcow2 *q)
+{
+	struct vd_image *img = q->img;
+	int fd;
+
+	if (!img->opts) {
+		vd_err("%s: cannot open its external data file here", img->path);
+		return -EINVAL;
+	}
+	fd = image_open_aux_file(img, q->data_name, "external data file",
+				 img->read_only ? O_RDONLY : O_RDWR, &img->read_only);
+	if (fd < 0)
+		return fd;
+	q->data_fd = fd;
+	return 0;
+}
+
 static int qcow2_open(struct vd_image *img)
 {
 	struct qcow2 *q = calloc(1, sizeof(*q));
@@ -626,6 +682,7 @@ static int qcow2_open(struct vd_image *img)
 	if (!q)
 		return -ENOMEM;
 	q->img = img;
+	q->data_fd = -1;
 	pthread_mutex_init(&q->lock, NULL);
 	if (fstat(img->fd, &st) < 0) {
 		ret = -errno;
@@ -655,7 +712,11 @@ static int qcow2_open(struct vd_image *img)
 	img->cluster_size = q->cluster_size;
 	img->zero_align = q->cluster_size;
 	img->priv = q;
-	return open_state(q);
+	ret = open_state(q);
+	if (!ret && qcow2_has_data_file(q))
+		ret = open_data_file(q);
+	if (!ret)
+		return 0;
 fail:
 	img->priv = NULL;
 	qcow2_free(q);
@@ -725,6 +786,8 @@ static void qcow2_info(struct vd_image *img, struct json_writer *j)
 	json_bool(j, "corrupt", q->incompat & QCOW2_INCOMPAT_CORRUPT);
 	json_u64(j, "snapshots", q->nb_snapshots);
 	json_u64(j, "bitmaps", q->has_bitmaps ? q->nb_bitmaps : 0);
+	json_str(j, "data_file", q->data_name);
+	json_bool(j, "data_file_raw", q->data_raw);
 	pthread_mutex_lock(&q->lock);
 	qcow2_bitmaps_info(q, j);
 	pthread_mutex_unlock(&q->lock);

@@ -21,11 +21,12 @@
 #define QCOW2_INCOMPAT_DATA_FILE (1ull << 2)
 #define QCOW2_INCOMPAT_COMPRESS	 (1ull << 3)
 #define QCOW2_INCOMPAT_EXTL2	 (1ull << 4)
-#define QCOW2_INCOMPAT_KNOWN                                                       \
-	(QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT | QCOW2_INCOMPAT_COMPRESS | \
-	 QCOW2_INCOMPAT_EXTL2)
-#define QCOW2_COMPAT_LAZY	(1ull << 0)
-#define QCOW2_AUTOCLEAR_BITMAPS (1ull << 0)
+#define QCOW2_INCOMPAT_KNOWN                                                        \
+	(QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT | QCOW2_INCOMPAT_DATA_FILE | \
+	 QCOW2_INCOMPAT_COMPRESS | QCOW2_INCOMPAT_EXTL2)
+#define QCOW2_COMPAT_LAZY	 (1ull << 0)
+#define QCOW2_AUTOCLEAR_BITMAPS	 (1ull << 0)
+#define QCOW2_AUTOCLEAR_DATA_RAW (1ull << 1)
 
 #define QCOW2_EXT_END	    0x00000000u
 #define QCOW2_EXT_BACKFMT   0xe2792acau
@@ -164,6 +165,15 @@ struct qcow2 {
 	uint64_t csize_mask, coff_mask;
 	bool has_backing;
 
+	/* External data file (incompatible bit 2; docs/qcow2.md "External data
+	 * files"), fixed after open. data_fd is -1 without one. With one, every
+	 * data cluster lies in it at its guest offset (host == guest), is not
+	 * reference-counted, and no compressed cluster may exist. data_raw: the
+	 * autoclear bit 1 is set and kept, the data file reads like the disk. */
+	char *data_name;
+	int data_fd;
+	bool data_raw;
+
 	/* Under lock from here on, unless marked fixed. The L1 table moves and
 	 * grows with truncate, the refcount table with allocation. */
 	uint64_t l1_offset;
@@ -225,6 +235,18 @@ static inline uint64_t qcow2_cl(const struct qcow2 *q, uint64_t off)
 	return off >> q->cluster_bits;
 }
 
+/* The file data clusters live in: the external data file or the image. */
+static inline int qcow2_data_fd(const struct qcow2 *q)
+{
+	return q->data_fd >= 0 ? q->data_fd : q->img->fd;
+}
+
+/* Known from the header on (the data file itself is opened last). */
+static inline bool qcow2_has_data_file(const struct qcow2 *q)
+{
+	return q->incompat & QCOW2_INCOMPAT_DATA_FILE;
+}
+
 /* qcow2.c */
 int qcow2_write_header_field(struct qcow2 *q, unsigned off, const void *buf, unsigned len);
 bool qcow2_hits_fixed_metadata(struct qcow2 *q, uint64_t off, uint64_t len);
@@ -251,6 +273,7 @@ void qcow2_prealloc_trim(struct qcow2 *q);
 int qcow2_defer_free(struct qcow2 *q, uint64_t off, uint64_t len);
 int qcow2_free_entry(struct qcow2 *q, uint64_t entry);
 int qcow2_refcount_sync(struct qcow2 *q);
+int qcow2_data_sync(struct qcow2 *q);
 int qcow2_flush_locked(struct qcow2 *q);
 void qcow2_compressed_range(const struct qcow2 *q, uint64_t entry, uint64_t *off, uint64_t *len);
 

@@ -217,13 +217,29 @@ struct vd_image {
 /* Mark broken after a runtime inconsistency; logs once. */
 void image_mark_broken(struct vd_image *img, const char *why);
 
-/* The one call from a driver back up into the image layer: a driver's
+/* The first of two calls from a driver back up into the image layer: a driver's
  * truncate() while it grows the view may zero [off, off+len), which
  * may lie past img->size since the new size is not visible yet, through the
  * same paths as IMAGE_ZERO (the driver's write_zeroes for aligned parts, or
  * written zeroes). Called without the driver's lock; blocks until done like
  * image_submit_wait(). */
 int image_zero_grow_wait(struct vd_image *img, uint64_t len, uint64_t off);
+
+/* The second up-call, for a file an image names besides its backing file
+ * (qcow2's external data file; what says which, for messages): only during
+ * the driver's open(), while img->opts is set. The name is resolved like a
+ * backing name (relative to the image's directory) and obeys the same policy
+ * (backing=deny refuses it, within-source wants it inside the source and
+ * opens it without following links); the file must be a regular file other
+ * than the image itself. It counts in the descriptor budget and gets the
+ * locks QEMU takes on a data file for the way the image is opened (those of
+ * the image, but sharing write; none while it opens inactive).
+ * flags: O_RDONLY, or O_RDWR (a read-only file system: read-only, and
+ * *read_only is set). Returns the descriptor or -errno, logged. The driver
+ * owns it and gives it back with image_close_aux_file() when it closes. */
+int image_open_aux_file(struct vd_image *img, const char *name, const char *what, int flags,
+			bool *read_only);
+void image_close_aux_file(int fd);
 
 /*
  * One format. Every function returns 0 or a negative errno. Drivers log a message

@@ -235,10 +235,14 @@ static int lock_conflict(int fd, unsigned perm, unsigned unshared, off_t *byte)
 	return ret;
 }
 
-static int image_lock(int fd, const char *path, bool read_only, bool force_share)
+/* data: a file holding only an image's data (qcow2's external data file),
+ * locked as QEMU locks one: the same permissions, but write is shared. */
+static int image_lock(int fd, const char *path, bool read_only, bool force_share, bool data)
 {
 	unsigned perm = read_only ? PERM_READ : PERM_READ | PERM_WRITE | PERM_RESIZE;
-	unsigned unshared = force_share && read_only ? 0 : PERM_WRITE | PERM_RESIZE;
+	unsigned unshared = force_share && read_only ? 0
+			    : data		     ? PERM_RESIZE
+						     : PERM_WRITE | PERM_RESIZE;
 	struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
 	off_t byte = 0;
 	int ret;
@@ -325,16 +329,17 @@ static char *backing_resolve(struct vd_image *img, const char *name)
 	return res;
 }
 
-/* May img open its backing file path? Under backing=within-source, *real is
- * then its resolved path (free it), which is what gets opened. */
-static int backing_allowed(struct vd_image *img, const char *path, const struct vd_open_opts *o,
-			   char **real)
+/* May img open path, its backing file (or what else it names)? Under
+ * backing=within-source, *real is then its resolved path (free it), which is
+ * what gets opened. */
+static int backing_allowed(struct vd_image *img, const char *path, const char *what,
+			   const struct vd_open_opts *o, char **real)
 {
 	char r[PATH_MAX], within[PATH_MAX];
 
 	*real = NULL;
 	if (o->backing == VD_BACKING_DENY) {
-		vd_err("%s: has a backing file (%s), refused by backing=deny", img->path, path);
+		vd_err("%s: %s %s refused by backing=deny", img->path, what, path);
 		return -EPERM;
 	}
 	if (o->backing != VD_BACKING_WITHIN_SOURCE)
@@ -344,9 +349,9 @@ static int backing_allowed(struct vd_image *img, const char *path, const struct 
 	if (!o->within || !realpath(o->within, within))
 		return -EPERM;
 	if (!path_within(r, within)) {
-		vd_err("%s: backing file %s resolves to %s, outside %s: refused by "
+		vd_err("%s: %s %s resolves to %s, outside %s: refused by "
 		       "backing=within-source",
-		       img->path, path, r, within);
+		       img->path, what, path, r, within);
 		return -EPERM;
 	}
 	*real = strdup(r);
@@ -377,7 +382,7 @@ static int image_open_backing(struct vd_image *img, const struct vd_open_opts *o
 			g_free(path);
 			continue;
 		}
-		ret = backing_allowed(img, path, o, &real);
+		ret = backing_allowed(img, path, "backing file", o, &real);
 		if (!ret)
 			ret = image_open_chain(path, real, o, true, img->backing_fmt, chain, &b);
 		free(real);
@@ -439,6 +444,71 @@ static int image_open_file(const char *path, int flags, uint64_t resolve)
 		return ret;
 	}
 	return fd;
+}
+
+int image_open_aux_file(struct vd_image *img, const char *name, const char *what, int flags,
+			bool *read_only)
+{
+	const struct vd_open_opts *o = img->opts;
+	char *path = backing_resolve(img, name), *real = NULL;
+	bool ro = flags == O_RDONLY;
+	/* opening inactive (not activating): another host may hold the file */
+	bool unlocked = o->inactive && !img->depth && !atomic_load(&img->inactive);
+	struct stat st;
+	int fd, ret;
+
+	if (!path)
+		return -ENOMEM;
+	ret = backing_allowed(img, path, what, o, &real);
+	if (!ret)
+		ret = image_fd_budget(path);
+	if (ret)
+		goto out;
+	fd = image_open_file(real ? real : path, flags, real ? RESOLVE_NO_SYMLINKS : 0);
+	if (fd == -EROFS && !ro) {
+		ro = true;
+		fd = image_open_file(real ? real : path, O_RDONLY, real ? RESOLVE_NO_SYMLINKS : 0);
+	}
+	if (fd < 0) {
+		ret = fd;
+		vd_err("%s: cannot open its %s %s: %s", img->path, what, path,
+		       ret == -ELOOP && real ? "it now goes through a symbolic link"
+					     : strerror(-ret));
+		goto out;
+	}
+	if (fstat(fd, &st) < 0 || (st.st_dev == img->dev && st.st_ino == img->ino)) {
+		ret = -EINVAL;
+		vd_err("%s: its %s %s is the image itself", img->path, what, path);
+		close(fd);
+		goto out;
+	}
+	ret = unlocked ? 0 : image_lock(fd, path, ro, o->force_share, true);
+	if (ret) {
+		close(fd);
+		goto out;
+	}
+	atomic_fetch_add(&image_nfds, 1);
+	if (ro && flags != O_RDONLY) {
+		vd_warn("%s: its %s %s is on a read-only file system: serving the image read-only",
+			img->path, what, path);
+		*read_only = true;
+	}
+	ret = fd;
+out:
+	free(real);
+	g_free(path);
+	return ret;
+}
+
+void image_close_aux_file(int fd)
+{
+	struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
+
+	if (fd < 0)
+		return;
+	fcntl(fd, F_OFD_SETLK, &fl); /* see image_free() */
+	close(fd);
+	atomic_fetch_sub(&image_nfds, 1);
 }
 
 /* The driver closed, what it read at open forgotten (it reads it again). */
@@ -521,8 +591,9 @@ static int image_share(int fd, const char *path, const struct vd_open_opts *o,
 	found = registry_find(st->st_dev, st->st_ino);
 	if (!found) {
 		/* An image opened inactive holds no lock until it is activated. */
-		ret = o->inactive && !chain->n ? 0
-					       : image_lock(fd, path, read_only, o->force_share);
+		ret = o->inactive && !chain->n
+			      ? 0
+			      : image_lock(fd, path, read_only, o->force_share, false);
 		pthread_mutex_unlock(&registry_lock);
 		if (ret)
 			close(fd);
@@ -823,7 +894,7 @@ int image_activate(struct vd_image *img, const struct vd_open_opts *o)
 	pthread_rwlock_wrlock(&img->active_lock);
 	if (!atomic_load(&img->inactive))
 		goto out;
-	ret = image_lock(img->fd, img->path, img->read_only, o->force_share);
+	ret = image_lock(img->fd, img->path, img->read_only, o->force_share, false);
 	if (ret) {
 		vd_err("%s: not activated: another host or process still has it (inactivate it "
 		       "there first)",

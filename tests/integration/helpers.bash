@@ -160,3 +160,34 @@ shared_image() {
 	*) cp "$src" "$2" ;;
 	esac
 }
+
+# seek_runs VIEW MAP_JSON: the data runs SEEK_DATA/SEEK_HOLE find in VIEW are
+# the runs qemu-img map --output=json marks "data" (merged where they touch).
+seek_runs() {
+	python3 - "$1" "$2" <<'PY'
+import errno, json, os, sys
+want = []
+for e in json.load(open(sys.argv[2])):
+    if not e["data"]:
+        continue
+    if want and want[-1][1] == e["start"]:
+        want[-1][1] += e["length"]
+    else:
+        want.append([e["start"], e["start"] + e["length"]])
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+got, pos = [], 0
+while pos < size:
+    try:
+        d = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError as e:
+        assert e.errno == errno.ENXIO, e
+        break
+    pos = os.lseek(fd, d, os.SEEK_HOLE)
+    got.append([d, pos])
+    # from inside a run: data stays where it is, the hole is the run's end
+    assert os.lseek(fd, d + 1, os.SEEK_DATA) == d + 1
+    assert os.lseek(fd, d + 1, os.SEEK_HOLE) == pos
+assert got == want, ("seek finds", got, "qemu-img map says", want)
+PY
+}

@@ -252,8 +252,12 @@ static void test_bad_headers(void)
 		"0x100000");
 
 	b = fresh_copy("c65536.qcow2");
-	put_be64(b, 72, 1ull << 2); /* external data file (named in the feature table) */
-	refused(b, -ENOTSUP, "unsupported incompatible features: external data file");
+	put_be64(b, 72, 1ull << 2); /* an external data file the header does not name */
+	refused(b, -EINVAL, "does not name it (header extension 0x44415441)");
+
+	b = fresh_copy("c65536.qcow2");
+	put_be64(b, 88, 1ull << 1); /* raw external data without an external data file */
+	refused(b, -EINVAL, "raw external data (autoclear bit 1) without an external data file");
 
 	/* with its autoclear bit set, the bitmaps extension is checked */
 	b = fresh_copy("bitmap.qcow2");
