@@ -139,6 +139,14 @@ static int parse_bitmaps_ext(struct qcow2 *q, const uint8_t *p, uint32_t len, ui
 	return 0;
 }
 
+/* A name from a header extension (len bytes, no NUL), replacing *out. */
+static int ext_name(char **out, const uint8_t *p, uint32_t len)
+{
+	free(*out);
+	*out = strndup((const char *)p, len);
+	return *out ? 0 : -ENOMEM;
+}
+
 static int parse_extensions(struct qcow2 *q, struct qcow2_hdr *h, const uint8_t *c0)
 {
 	struct vd_image *img = q->img;
@@ -169,10 +177,9 @@ static int parse_extensions(struct qcow2 *q, struct qcow2_hdr *h, const uint8_t 
 				       img->path, pos);
 				return -EINVAL;
 			}
-			free(img->backing_fmt);
-			img->backing_fmt = strndup((const char *)p, len);
-			if (!img->backing_fmt)
-				return -ENOMEM;
+			ret = ext_name(&img->backing_fmt, p, len);
+			if (ret)
+				return ret;
 			break;
 		case QCOW2_EXT_FEATURES:
 			h->features = p;
@@ -185,10 +192,9 @@ static int parse_extensions(struct qcow2 *q, struct qcow2_hdr *h, const uint8_t 
 				       img->path, pos);
 				return -EINVAL;
 			}
-			free(q->data_name);
-			q->data_name = strndup((const char *)p, len);
-			if (!q->data_name)
-				return -ENOMEM;
+			ret = ext_name(&q->data_name, p, len);
+			if (ret)
+				return ret;
 			break;
 		case QCOW2_EXT_BITMAPS:
 			ret = parse_bitmaps_ext(q, p, len, pos);

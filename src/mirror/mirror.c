@@ -51,6 +51,16 @@ struct mirror *mirror_new(struct vd_image **slot)
 	return m;
 }
 
+/* Take who waits for a verb (with m->lock held): it is answered once. */
+static vd_done_fn done_take(vd_done_fn *slot, void *slot_opaque, void **opaque)
+{
+	vd_done_fn done = *slot;
+
+	*slot = NULL;
+	*opaque = slot_opaque;
+	return done;
+}
+
 static void job_free(struct mirror_job *job)
 {
 	if (!job)
@@ -412,9 +422,7 @@ static void complete_flushed(void *opaque, int err)
 	if (!err)
 		image_finish(job->src);
 	pthread_mutex_lock(&m->lock);
-	done = job->op_done;
-	done_opaque = job->op_opaque;
-	job->op_done = NULL;
+	done = done_take(&job->op_done, job->op_opaque, &done_opaque);
 	if (err) {
 		job->phase = MP_FAILED;
 		job->stop = true;
@@ -520,9 +528,7 @@ static void hold_drained(struct mirror *m)
 	void *opaque;
 
 	pthread_mutex_lock(&m->lock);
-	done = m->hold_done;
-	opaque = m->hold_opaque;
-	m->hold_done = NULL;
+	done = done_take(&m->hold_done, m->hold_opaque, &opaque);
 	pthread_mutex_unlock(&m->lock);
 	if (done)
 		done(opaque, 0);
@@ -673,9 +679,7 @@ static void cancel_drained(struct mirror *m)
 	void *done_opaque;
 
 	pthread_mutex_lock(&m->lock);
-	done = job->op_done;
-	done_opaque = job->op_opaque;
-	job->op_done = NULL;
+	done = done_take(&job->op_done, job->op_opaque, &done_opaque);
 	job->exit = true;
 	dst = job->dst;
 	job->dst = NULL;
