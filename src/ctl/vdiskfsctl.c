@@ -45,6 +45,9 @@ static void usage(FILE *f)
 		"  set-speed VIEW RATE             change a mirror's copy limit (bytes/s, K/M/G; 0: none)\n"
 		"  activate VIEW, inactivate VIEW  hand a view over between hosts (vdiskfs(1))\n"
 		"  wait VIEW [--complete]          follow a running mirror to ready\n"
+		"  bitmap VIEW add|remove|enable|disable|clear NAME [granularity=SIZE]\n"
+		"                                  change the image's persistent dirty bitmaps\n"
+		"                                  (qcow2; add: granularity K/M/G, default QEMU's)\n"
 		"\n"
 		"  --json        machine-readable output\n"
 		"  --wait        show progress until the job is ready; exit 1 if it fails\n"
@@ -495,6 +498,35 @@ static int cmd_mirror(const char *view, const char *target, int nopts, char **op
 	return EXIT_OK;
 }
 
+/* user.vdiskfs.bitmap.VERB with the bitmap's name (add: and options). */
+static int cmd_bitmap(const char *view, const char *verb, const char *name, const char *opt)
+{
+	static const char *const verbs[] = {"add", "remove", "enable", "disable", "clear"};
+	bool known = false, add = !strcmp(verb, "add");
+	char key[32];
+	char *value;
+	int ret;
+
+	for (size_t i = 0; i < G_N_ELEMENTS(verbs); i++)
+		known |= !strcmp(verb, verbs[i]);
+	if (!known || (opt && (!add || strncmp(opt, "granularity=", strlen("granularity="))))) {
+		fprintf(stderr, "vdiskfsctl: bitmap: want add|remove|enable|disable|clear NAME "
+				"[granularity=SIZE] (the option with add only)\n");
+		return EXIT_USAGE;
+	}
+	if (add && (opt || !strncmp(name, "name=", strlen("name=")))) {
+		if (strchr(name, ','))
+			return fail("bitmap %s: a name with a comma takes no options", name);
+		value = g_strdup_printf("name=%s%s%s", name, opt ? "," : "", opt ? opt : "");
+	} else {
+		value = g_strdup(name);
+	}
+	snprintf(key, sizeof(key), "bitmap.%s", verb);
+	ret = view_set(view, key, value);
+	g_free(value);
+	return ret ? EXIT_RUNTIME : EXIT_OK;
+}
+
 static int run(int argc, char **argv)
 {
 	const char *cmd = argv[0];
@@ -523,6 +555,8 @@ static int run(int argc, char **argv)
 			       : EXIT_OK;
 	if (!strcmp(cmd, "set-speed") && argc == 3)
 		return view_set(argv[1], "mirror.speed", argv[2]) ? EXIT_RUNTIME : EXIT_OK;
+	if (!strcmp(cmd, "bitmap") && (argc == 4 || argc == 5))
+		return cmd_bitmap(argv[1], argv[2], argv[3], argc == 5 ? argv[4] : NULL);
 	if (!strcmp(cmd, "wait") && argc == 2) {
 		if (mirror_follow(argv[1], "ready"))
 			return EXIT_RUNTIME;

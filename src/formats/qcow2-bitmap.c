@@ -244,7 +244,8 @@ void qcow2_bitmaps_free(struct qcow2 *q)
 	free(q->bm_dir);
 }
 
-/* Every write, zeroing and discard of [off, off+len), under the driver lock. */
+/* Every write, zeroing and discard of [off, off+len), under the driver lock:
+ * in each enabled bitmap (a disabled one keeps its bits until the store). */
 void qcow2_bitmaps_dirty(struct qcow2 *q, uint64_t off, uint64_t len)
 {
 	if (!len)
@@ -252,7 +253,7 @@ void qcow2_bitmaps_dirty(struct qcow2 *q, uint64_t off, uint64_t len)
 	for (uint32_t i = 0; q->bms && i < q->nb_bitmaps; i++) {
 		struct qcow2_bitmap *b = &q->bms[i];
 
-		if (b->bits)
+		if (b->bits && b->flags & BME_AUTO)
 			set_bits(b->bits, off >> b->gbits, (off + len - 1) >> b->gbits);
 	}
 }
@@ -284,15 +285,29 @@ int qcow2_bitmaps_mark_in_use(struct qcow2 *q)
 	return ret;
 }
 
-/* ---- the store at close ---- */
+/* ---- the store: at close, and by every command ---- */
+
+/* Where a first bitmaps extension goes in the header cluster: at the end
+ * marker, the backing file name moved further out first if it is in the way. */
+struct ext_place {
+	uint64_t end;  /* the end marker (or the end of the extension area) */
+	uint8_t *name; /* the backing file name, when it moves */
+	uint32_t name_len;
+	uint64_t new_name_off; /* where it moves; 0: it stays */
+};
 
 /* Clusters allocated by one store, given back if it fails. */
 struct bm_store {
 	struct qcow2 *q;
+	const struct ext_place *place; /* a first bitmap's extension */
 	uint64_t *off, *n;
 	size_t cnt, cap;
 	uint8_t *buf;
-	uint64_t **tables; /* the new table of each maintained bitmap */
+	uint64_t **tables; /* the new table of each bitmap held in memory */
+	uint64_t *pos;	   /* each bitmap's entry in the new directory */
+	uint8_t *dir;	   /* the new directory; NULL when no bitmap is left */
+	uint64_t dir_size, dir_off;
+	uint32_t nb;
 };
 
 static int store_alloc(struct bm_store *s, uint64_t bytes, uint64_t *off)
@@ -378,104 +393,230 @@ static int store_table(struct bm_store *s, const uint64_t *tab, uint32_t n, uint
 	return ret;
 }
 
-/* Data and tables of every maintained bitmap, then the new directory (with
- * in_use cleared on every bitmap that was exact at open) at *dir_off. */
-static int store_new(struct bm_store *s, uint8_t *dir, uint64_t *dir_off)
+static uint64_t new_entry_size(size_t nlen)
+{
+	return ALIGN_UP(24 + (uint64_t)nlen, 8);
+}
+
+static uint64_t entry_bytes(const struct qcow2 *q, const struct qcow2_bitmap *b)
+{
+	return b->is_new ? new_entry_size(strlen(b->name)) : entry_size(q->bm_dir + b->pos);
+}
+
+/* A kept bitmap is stored exact (in_use clear); the others stay in use, as
+ * they were marked before the first write. */
+static uint32_t stored_flags(const struct qcow2_bitmap *b)
+{
+	return b->kept ? b->flags & ~BME_IN_USE : b->flags | BME_IN_USE;
+}
+
+/* b's entry at e: a copy of its old one (extra data and name as they are),
+ * or a new one, with the table and flags given. */
+static void put_entry(const struct qcow2 *q, uint8_t *e, const struct qcow2_bitmap *b,
+		      uint64_t toff)
+{
+	if (b->is_new) {
+		size_t nlen = strlen(b->name);
+
+		e[16] = BME_TYPE_DIRTY;
+		e[17] = b->gbits;
+		put_be16(e + 18, nlen);
+		put_be32(e + 20, 0);
+		memcpy(e + 24, b->name, nlen);
+	} else {
+		memcpy(e, q->bm_dir + b->pos, entry_size(q->bm_dir + b->pos));
+	}
+	put_be64(e, toff);
+	put_be32(e + 8, b->table_size);
+	put_be32(e + 12, stored_flags(b));
+}
+
+/* Data and tables of every bitmap held in memory, then the new directory
+ * (without the bitmaps being removed) at s->dir_off. */
+static int store_new(struct bm_store *s)
 {
 	struct qcow2 *q = s->q;
+	uint64_t pos = 0;
 	int ret = 0;
 
+	for (uint32_t i = 0; i < q->nb_bitmaps; i++) {
+		if (!q->bms[i].removing) {
+			s->dir_size += entry_bytes(q, &q->bms[i]);
+			s->nb++;
+		}
+	}
+	if (!s->nb)
+		return 0;
+	s->dir = calloc(1, s->dir_size);
+	if (!s->dir)
+		return -ENOMEM;
 	for (uint32_t i = 0; i < q->nb_bitmaps && !ret; i++) {
 		struct qcow2_bitmap *b = &q->bms[i];
-		uint64_t toff = 0;
+		uint64_t toff = b->table_off;
 
-		if (!b->kept)
+		if (b->removing)
 			continue;
-		set_flags(dir, b, b->flags & ~BME_IN_USE);
-		if (!b->bits)
-			continue;
-		s->tables[i] = calloc(b->table_size, 8);
-		if (!s->tables[i])
-			return -ENOMEM;
-		ret = store_bits(s, b, s->tables[i]);
-		if (!ret)
-			ret = store_table(s, s->tables[i], b->table_size, &toff);
-		put_be64(dir + b->pos, toff);
+		if (b->bits) {
+			s->tables[i] = calloc(b->table_size, 8);
+			if (!s->tables[i])
+				return -ENOMEM;
+			ret = store_bits(s, b, s->tables[i]);
+			if (!ret)
+				ret = store_table(s, s->tables[i], b->table_size, &toff);
+		}
+		put_entry(q, s->dir + pos, b, toff);
+		s->pos[i] = pos;
+		pos += entry_bytes(q, b);
 	}
 	if (!ret)
-		ret = store_alloc(s, q->bm_dir_size, dir_off);
+		ret = store_alloc(s, s->dir_size, &s->dir_off);
 	if (!ret)
-		ret = meta_pwrite(q->img->fd, dir, q->bm_dir_size, *dir_off);
+		ret = meta_pwrite(q->img->fd, s->dir, s->dir_size, s->dir_off);
 	return ret;
 }
 
-/* The new structures are referenced: drop the old ones (deferred frees). */
-static int store_switched(struct bm_store *s, uint8_t *dir, uint64_t dir_off)
+/* A first bitmaps extension, each step leaving a valid header (the commit is
+ * the last, an aligned 8-byte write): the backing file name at its new place
+ * and the header pointing there; the extension's data and an end marker after
+ * it, in bytes nothing reads yet; the autoclear bit (harmless without the
+ * extension); the extension's type and length over the old end marker. */
+static int ext_insert(struct qcow2 *q, const struct ext_place *pl, const uint8_t *v)
+{
+	uint8_t buf[32] = {0}, hdr[8];
+	int ret = 0;
+
+	if (pl->new_name_off) {
+		ret = qcow2_write_header_field(q, pl->new_name_off, pl->name, pl->name_len);
+		put_be64(hdr, pl->new_name_off);
+		if (!ret)
+			ret = qcow2_write_header_field(q, 8, hdr, 8);
+	}
+	memcpy(buf, v, 24);
+	if (!ret)
+		ret = qcow2_write_header_field(q, pl->end + 8, buf, sizeof(buf));
+	if (!ret && !(q->autoclear & QCOW2_AUTOCLEAR_BITMAPS)) {
+		put_be64(hdr, q->autoclear | QCOW2_AUTOCLEAR_BITMAPS);
+		ret = qcow2_write_header_field(q, QCOW2_HDR_AUTOCLEAR, hdr, 8);
+		if (!ret)
+			q->autoclear |= QCOW2_AUTOCLEAR_BITMAPS;
+	}
+	put_be32(hdr, QCOW2_EXT_BITMAPS);
+	put_be32(hdr + 4, 24);
+	if (!ret)
+		ret = qcow2_write_header_field(q, pl->end, hdr, 8);
+	if (!ret) {
+		q->has_bitmaps = true;
+		q->bm_ext_off = pl->end + 8;
+	}
+	return ret;
+}
+
+/* The switch to the new directory: one write. Only the offset when count and
+ * size stay (8 aligned bytes); else the extension's 24 bytes, which lie in
+ * one sector (ext_field_check()); a new extension; or, for the last bitmap
+ * removed, an end marker over the extension, which is the last one. */
+static int store_header(struct bm_store *s)
 {
 	struct qcow2 *q = s->q;
-	int ret = qcow2_defer_free(q, q->bm_dir_offset, q->bm_dir_size);
+	uint8_t v[24] = {0};
 
+	put_be32(v, s->nb);
+	put_be64(v + 8, s->dir_size);
+	put_be64(v + 16, s->dir_off);
+	if (!q->has_bitmaps)
+		return s->place ? ext_insert(q, s->place, v) : -EINVAL;
+	if (!s->nb) {
+		memset(v, 0, 8);
+		return qcow2_write_header_field(q, q->bm_ext_off - 8, v, 8);
+	}
+	if (s->nb == q->nb_bitmaps && s->dir_size == q->bm_dir_size)
+		return qcow2_write_header_field(q, q->bm_ext_off + 16, v + 16, 8);
+	return qcow2_write_header_field(q, q->bm_ext_off, v, sizeof(v));
+}
+
+static int free_clusters(struct qcow2 *q, const struct qcow2_bitmap *b)
+{
+	int ret = 0;
+
+	for (uint32_t j = 0; j < b->table_size && !ret; j++)
+		if (b->table[j] & QCOW2_OFF_MASK)
+			ret = qcow2_defer_free(q, b->table[j] & QCOW2_OFF_MASK, q->cluster_size);
+	if (!ret)
+		ret = qcow2_defer_free(q, b->table_off, (uint64_t)b->table_size * 8);
+	return ret;
+}
+
+/* The new structures are referenced: drop the old ones (deferred frees) and
+ * the removed bitmaps; a disabled bitmap's bits are on disk now, exact. */
+static int store_switched(struct bm_store *s)
+{
+	struct qcow2 *q = s->q;
+	uint32_t n = 0;
+	int ret = 0;
+
+	if (q->bm_dir_size)
+		ret = qcow2_defer_free(q, q->bm_dir_offset, q->bm_dir_size);
 	for (uint32_t i = 0; i < q->nb_bitmaps; i++) {
 		struct qcow2_bitmap *b = &q->bms[i];
 
+		if ((b->removing || s->tables[i]) && b->table && !ret)
+			ret = free_clusters(q, b);
+		if (b->removing) {
+			free(b->name);
+			free(b->table);
+			free(b->bits);
+			continue;
+		}
 		if (s->tables[i]) {
-			for (uint32_t j = 0; j < b->table_size && !ret; j++)
-				if (b->table[j] & QCOW2_OFF_MASK)
-					ret = qcow2_defer_free(q, b->table[j] & QCOW2_OFF_MASK,
-							       q->cluster_size);
-			if (!ret)
-				ret = qcow2_defer_free(q, b->table_off,
-						       (uint64_t)b->table_size * 8);
 			free(b->table);
 			b->table = s->tables[i];
 			s->tables[i] = NULL;
-			b->table_off = get_be64(dir + b->pos);
+			b->table_off = get_be64(s->dir + s->pos[i]);
 		}
-		if (b->kept)
-			b->flags &= ~BME_IN_USE;
+		b->pos = s->pos[i];
+		b->flags = stored_flags(b);
+		b->is_new = false;
+		if (b->bits && !(b->flags & BME_AUTO)) {
+			free(b->bits);
+			b->bits = NULL;
+		}
+		q->bms[n++] = *b;
 	}
+	q->nb_bitmaps = n;
+	q->has_bitmaps = n > 0;
 	free(q->bm_dir);
-	q->bm_dir = dir;
-	q->bm_dir_offset = dir_off;
+	q->bm_dir = s->dir;
+	s->dir = NULL;
+	q->bm_dir_offset = s->dir_off;
+	q->bm_dir_size = s->dir_size;
 	return ret;
 }
 
-static int store_header(struct qcow2 *q, uint64_t dir_off)
+/* Write the bitmaps as the list in memory says: the data and table of every
+ * bitmap held in memory, a new directory, refcounts and data synced, then the
+ * header switch (store_header()); only then are the old directory, tables
+ * and data clusters and the removed bitmaps freed through the deferred frees.
+ * A crash before the switch leaves the old directory (bitmaps in use) and
+ * leaked clusters; after it, the new directory and leaked old clusters.
+ * Under the driver lock. Writes in flight are no harm: their bits were set
+ * when they were mapped, and the next write marks the bitmaps in use again. */
+static int store(struct qcow2 *q, const struct ext_place *pl)
 {
-	uint64_t v = htobe64(dir_off);
-
-	/* Count and size are unchanged: only the directory offset moves. */
-	return qcow2_write_header_field(q, q->bm_ext_off + 16, &v, 8);
-}
-
-/* Write the maintained bitmaps back, exact and not in use. A crash before the
- * header switch leaves the old directory (bitmaps in_use) and leaked clusters;
- * after it, the new directory and leaked old clusters. Under the driver lock,
- * with no write in flight. */
-int qcow2_bitmaps_store(struct qcow2 *q)
-{
-	struct bm_store s = {.q = q};
-	uint8_t *dir = NULL;
-	uint64_t dir_off = 0;
-	bool any = false;
+	struct bm_store s = {.q = q, .place = pl};
+	size_t nb = q->nb_bitmaps ? q->nb_bitmaps : 1;
 	int ret = -ENOMEM;
 
-	for (uint32_t i = 0; q->bms && i < q->nb_bitmaps; i++)
-		any |= q->bms[i].kept;
-	if (!any || !q->write_ready)
-		return 0;
-	dir = malloc(q->bm_dir_size);
 	s.buf = malloc(q->cluster_size);
-	s.tables = calloc(q->nb_bitmaps, sizeof(*s.tables));
-	if (!dir || !s.buf || !s.tables)
+	s.tables = calloc(nb, sizeof(*s.tables));
+	s.pos = calloc(nb, sizeof(*s.pos));
+	if (!s.buf || !s.tables || !s.pos)
 		goto out;
-	memcpy(dir, q->bm_dir, q->bm_dir_size);
-	ret = store_new(&s, dir, &dir_off);
+	ret = store_new(&s);
 	/* refcounts of the new clusters and their contents durable first */
 	if (!ret)
 		ret = qcow2_refcount_sync(q);
 	if (!ret)
-		ret = store_header(q, dir_off);
+		ret = store_header(&s);
 	if (ret) {
 		vd_err("%s: cannot store the persistent bitmaps (they stay in use): %s",
 		       q->img->path, strerror(-ret));
@@ -483,18 +624,388 @@ int qcow2_bitmaps_store(struct qcow2 *q)
 			qcow2_alloc_rollback(q, s.off[i], s.n[i]);
 		goto out;
 	}
-	ret = store_switched(&s, dir, dir_off);
-	dir = NULL;
+	ret = store_switched(&s);
 	/* a later write marks them in use again */
 	q->write_ready = false;
 out:
 	for (uint32_t i = 0; s.tables && i < q->nb_bitmaps; i++)
 		free(s.tables[i]);
 	free(s.tables);
+	free(s.pos);
 	free(s.buf);
 	free(s.off);
 	free(s.n);
-	free(dir);
+	free(s.dir);
+	return ret;
+}
+
+/* At close and finish: the maintained bitmaps written back, exact and not in
+ * use, if anything was written. */
+int qcow2_bitmaps_store(struct qcow2 *q)
+{
+	bool any = false;
+
+	for (uint32_t i = 0; q->bms && i < q->nb_bitmaps; i++)
+		any |= q->bms[i].kept;
+	if (!any || !q->write_ready)
+		return 0;
+	return store(q, NULL);
+}
+
+/* ---- commands: add, remove, enable, disable, clear ---- */
+
+static struct qcow2_bitmap *find_bitmap(struct qcow2 *q, const char *name)
+{
+	for (uint32_t i = 0; q->bms && i < q->nb_bitmaps; i++)
+		if (!strcmp(q->bms[i].name, name))
+			return &q->bms[i];
+	return NULL;
+}
+
+static uint64_t loaded_bytes(const struct qcow2 *q)
+{
+	uint64_t n = 0;
+
+	for (uint32_t i = 0; q->bms && i < q->nb_bitmaps; i++)
+		if (q->bms[i].bits)
+			n += (uint64_t)q->bms[i].table_size * q->cluster_size;
+	return n;
+}
+
+static int too_much_memory(struct qcow2 *q, const char *name, uint64_t more)
+{
+	if (loaded_bytes(q) + more <= QCOW2_BITMAP_MEM_MAX)
+		return 0;
+	vd_err("%s: bitmap '%s': the enabled bitmaps would need more than %" PRIu64
+	       " bytes of memory: use a larger granularity",
+	       q->img->path, name, (uint64_t)QCOW2_BITMAP_MEM_MAX);
+	return -EFBIG;
+}
+
+/* The clusters every write in flight writes, dirty in b: their data may land
+ * after the command, so they count after it (as QEMU counts a write when it
+ * finishes). */
+static void mark_inflight(struct qcow2 *q, struct qcow2_bitmap *b)
+{
+	for (const struct qcow2_ticket *t = q->inflight; t; t = t->next) {
+		for (unsigned i = 0; i < t->n; i++) {
+			uint64_t off = t->items[i].gcl << q->cluster_bits, end;
+
+			if (t->items[i].kind == QI_READ || off >= q->size)
+				continue;
+			end = off + q->cluster_size < q->size ? off + q->cluster_size : q->size;
+			set_bits(b->bits, off >> b->gbits, (end - 1) >> b->gbits);
+		}
+	}
+}
+
+/* The header cluster's extensions: *end the end marker (or the end of the
+ * area), *bitmaps_at an extension of the bitmaps type or 0, and *limit where
+ * the area ends (the backing file name, else the cluster). c0 gets the
+ * cluster. */
+static int ext_scan(struct qcow2 *q, uint8_t *c0, uint64_t *end, uint64_t *bitmaps_at,
+		    uint64_t *limit)
+{
+	uint64_t pos = q->header_length, boff;
+	int ret = meta_pread_zfill(q->img->fd, c0, q->cluster_size, 0);
+
+	if (ret)
+		return ret;
+	boff = get_be64(c0 + 8);
+	*limit = boff && boff < q->cluster_size ? boff : q->cluster_size;
+	*bitmaps_at = 0;
+	while (pos + 8 <= *limit && get_be32(c0 + pos) != QCOW2_EXT_END) {
+		if (get_be32(c0 + pos) == QCOW2_EXT_BITMAPS)
+			*bitmaps_at = pos;
+		pos += 8 + ALIGN_UP((uint64_t)get_be32(c0 + pos + 4), 8);
+	}
+	*end = pos;
+	return 0;
+}
+
+/* Room for a first bitmaps extension (32 bytes and an end marker). */
+static int ext_room(struct qcow2 *q, struct ext_place *pl)
+{
+	uint64_t end, stale, limit, boff;
+	uint8_t *c0 = malloc(q->cluster_size);
+	int ret = c0 ? ext_scan(q, c0, &end, &stale, &limit) : -ENOMEM;
+
+	if (ret)
+		goto out;
+	ret = -ENOTSUP;
+	if (stale) {
+		vd_err("%s: the bitmaps header extension at 0x%" PRIx64
+		       " is stale (its autoclear bit is clear): remove it with QEMU "
+		       "(qemu-img check -r all) first",
+		       q->img->path, stale);
+		goto out;
+	}
+	pl->end = end;
+	ret = 0;
+	if (end + 40 <= limit)
+		goto out;
+	boff = get_be64(c0 + 8);
+	pl->name_len = get_be32(c0 + 16);
+	pl->new_name_off =
+		ALIGN_UP(boff + pl->name_len > end + 40 ? boff + pl->name_len : end + 40, 8);
+	if (!boff || pl->new_name_off + pl->name_len > q->cluster_size) {
+		vd_err("%s: no room for a bitmaps extension in the header cluster", q->img->path);
+		ret = -ENOSPC;
+		goto out;
+	}
+	pl->name = malloc(pl->name_len ? pl->name_len : 1);
+	if (!pl->name) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	memcpy(pl->name, c0 + boff, pl->name_len);
+out:
+	free(c0);
+	return ret;
+}
+
+/* Count and directory size change with one write of the extension's 24
+ * bytes: that needs them inside one sector. */
+static int ext_field_check(struct qcow2 *q)
+{
+	if (q->bm_ext_off % 512 + 24 <= 512)
+		return 0;
+	vd_err("%s: the bitmaps header extension at 0x%" PRIx64
+	       " crosses a sector boundary: it cannot be "
+	       "rewritten atomically; use qemu-img bitmap",
+	       q->img->path, q->bm_ext_off - 8);
+	return -ENOTSUP;
+}
+
+/* Removing the last bitmap replaces the extension by an end marker: it must
+ * be the last extension. */
+static int ext_last_check(struct qcow2 *q)
+{
+	uint64_t end, at, limit;
+	uint8_t *c0 = malloc(q->cluster_size);
+	int ret = c0 ? ext_scan(q, c0, &end, &at, &limit) : -ENOMEM;
+
+	if (!ret && end != q->bm_ext_off + 24) {
+		vd_err("%s: the bitmaps header extension at 0x%" PRIx64
+		       " is not the last one: the last bitmap cannot be removed "
+		       "here; use qemu-img bitmap --remove",
+		       q->img->path, q->bm_ext_off - 8);
+		ret = -ENOTSUP;
+	}
+	free(c0);
+	return ret;
+}
+
+/* QEMU's default: the cluster size, within 4 KiB .. 64 KiB. */
+static uint32_t default_granularity(const struct qcow2 *q)
+{
+	return q->cluster_size < 4096 ? 4096 : q->cluster_size > 65536 ? 65536 : q->cluster_size;
+}
+
+static int add_check(struct qcow2 *q, const char *name, uint32_t gran, struct ext_place *pl)
+{
+	size_t nlen = strlen(name);
+	unsigned gbits = gran ? __builtin_ctz(gran) : 0;
+	uint64_t tsize = gran ? bitmap_tsize(q, gbits) : 0;
+
+	if (!nlen || nlen > BME_MAX_NAME) {
+		vd_err("%s: a bitmap name has 1 to %u bytes", q->img->path, BME_MAX_NAME);
+		return -EINVAL;
+	}
+	if (find_bitmap(q, name)) {
+		vd_err("%s: a bitmap named '%s' exists", q->img->path, name);
+		return -EEXIST;
+	}
+	if (gran & (gran - 1) || gbits < BME_MIN_GBITS || gbits > BME_MAX_GBITS) {
+		vd_err("%s: bitmap '%s': granularity %u is not a power of two from 512 bytes "
+		       "to 2 GiB",
+		       q->img->path, name, gran);
+		return -EINVAL;
+	}
+	if (!tsize || tsize > BME_MAX_TABLE || tsize * q->cluster_size > BME_MAX_PHYS) {
+		vd_err("%s: bitmap '%s': %s", q->img->path, name,
+		       tsize ? "it would take more than 512 MiB: use a larger granularity"
+			     : "the disk is empty");
+		return tsize ? -EFBIG : -EINVAL;
+	}
+	if (too_much_memory(q, name, tsize * q->cluster_size))
+		return -EFBIG;
+	if (q->nb_bitmaps >= 65535 || q->bm_dir_size + new_entry_size(nlen) > (64u << 20)) {
+		vd_err("%s: bitmap '%s': the bitmap directory is full", q->img->path, name);
+		return -ENOSPC;
+	}
+	return q->has_bitmaps ? ext_field_check(q) : ext_room(q, pl);
+}
+
+static int remove_check(struct qcow2 *q, struct qcow2_bitmap *b)
+{
+	int ret = q->nb_bitmaps > 1 ? ext_field_check(q) : ext_last_check(q);
+
+	/* an inconsistent bitmap's table is read now, checked like a kept one's */
+	if (!ret && !b->table)
+		ret = load_table(q, b, q->file_size);
+	if (ret && !b->kept) {
+		free(b->table);
+		b->table = NULL;
+	}
+	return ret;
+}
+
+static int cmd_add(struct qcow2 *q, const char *name, uint32_t gran, const struct ext_place *pl)
+{
+	struct qcow2_bitmap *bms = realloc(q->bms, (q->nb_bitmaps + 1) * sizeof(*bms)), *b;
+	int ret;
+
+	if (!bms)
+		return -ENOMEM;
+	q->bms = bms;
+	b = &bms[q->nb_bitmaps];
+	memset(b, 0, sizeof(*b));
+	b->gbits = __builtin_ctz(gran);
+	b->flags = BME_AUTO;
+	b->kept = true;
+	b->is_new = true;
+	b->table_size = bitmap_tsize(q, b->gbits);
+	b->nbits = bitmap_nbits(q, b->gbits);
+	b->name = strdup(name);
+	b->bits = calloc(b->table_size, q->cluster_size);
+	if (!b->name || !b->bits) {
+		free(b->name);
+		free(b->bits);
+		return -ENOMEM;
+	}
+	mark_inflight(q, b);
+	q->nb_bitmaps++;
+	ret = store(q, pl);
+	if (ret) {
+		q->nb_bitmaps--;
+		free(b->name);
+		free(b->bits);
+	}
+	return ret;
+}
+
+static int cmd_enable(struct qcow2 *q, struct qcow2_bitmap *b)
+{
+	uint8_t *buf;
+	int ret = too_much_memory(q, b->name, (uint64_t)b->table_size * q->cluster_size);
+
+	if (ret)
+		return ret;
+	buf = malloc(q->cluster_size);
+	ret = buf ? load_bits(q, b, buf) : -ENOMEM;
+	free(buf);
+	if (!ret) {
+		b->flags |= BME_AUTO;
+		mark_inflight(q, b);
+		ret = store(q, NULL);
+	}
+	if (ret) {
+		b->flags &= ~BME_AUTO;
+		free(b->bits);
+		b->bits = NULL;
+	}
+	return ret;
+}
+
+/* The old bits are kept until the store succeeded: a failed clear changes
+ * nothing. */
+static int cmd_clear(struct qcow2 *q, struct qcow2_bitmap *b)
+{
+	uint64_t *old = b->bits;
+	int ret;
+
+	b->nbits = bitmap_nbits(q, b->gbits);
+	b->bits = calloc(b->table_size, q->cluster_size);
+	if (!b->bits) {
+		b->bits = old;
+		return -ENOMEM;
+	}
+	if (b->flags & BME_AUTO)
+		mark_inflight(q, b);
+	ret = store(q, NULL);
+	if (ret) {
+		free(b->bits);
+		b->bits = old;
+	} else {
+		free(old);
+	}
+	return ret;
+}
+
+static int run_cmd(struct qcow2 *q, enum vd_bitmap_cmd cmd, const char *name, uint32_t gran)
+{
+	struct qcow2_bitmap *b = find_bitmap(q, name);
+	struct ext_place pl = {0};
+	int ret = 0;
+
+	if (q->version < 3) {
+		vd_err("%s: persistent bitmaps need a qcow2 version 3 image", q->img->path);
+		return -ENOTSUP;
+	}
+	if (cmd == VD_BITMAP_ADD) {
+		ret = add_check(q, name, gran ? gran : default_granularity(q), &pl);
+	} else if (!b) {
+		vd_err("%s: no bitmap named '%s'", q->img->path, name);
+		return -ENOENT;
+	} else if (cmd != VD_BITMAP_REMOVE && !b->kept) {
+		vd_err("%s: bitmap '%s' is inconsistent (it was in use when the image was "
+		       "opened): it can only be removed",
+		       q->img->path, name);
+		return -EINVAL;
+	} else if (cmd == VD_BITMAP_REMOVE) {
+		ret = remove_check(q, b);
+	} else if ((cmd == VD_BITMAP_ENABLE) == !!(b->flags & BME_AUTO)) {
+		return 0; /* enabled or disabled already */
+	}
+	if (!ret)
+		ret = qcow2_prepare_write(q);
+	if (ret)
+		goto out;
+	/* b stays valid: prepare_write only writes the in_use marks */
+	switch (cmd) {
+	case VD_BITMAP_ADD:
+		ret = cmd_add(q, name, gran ? gran : default_granularity(q), &pl);
+		break;
+	case VD_BITMAP_REMOVE:
+		b->removing = true;
+		ret = store(q, NULL);
+		if (ret)
+			b->removing = false;
+		break;
+	case VD_BITMAP_ENABLE:
+		ret = cmd_enable(q, b);
+		break;
+	case VD_BITMAP_DISABLE:
+		b->flags &= ~BME_AUTO;
+		ret = store(q, NULL);
+		if (ret)
+			b->flags |= BME_AUTO;
+		break;
+	case VD_BITMAP_CLEAR:
+		ret = cmd_clear(q, b);
+		break;
+	}
+	/* the old structures' deferred frees, written as at close */
+	if (!ret && (qcow2_flush_locked(q) || qcow2_flush_locked(q)))
+		vd_warn("%s: bitmap '%s': the old bitmap clusters are not freed yet (the next "
+			"flush retries)",
+			q->img->path, name);
+out:
+	free(pl.name);
+	return ret;
+}
+
+int qcow2_bitmap(struct vd_image *img, enum vd_bitmap_cmd cmd, const char *name, uint32_t gran)
+{
+	struct qcow2 *q = img->priv;
+	int ret;
+
+	pthread_mutex_lock(&q->lock);
+	ret = run_cmd(q, cmd, name, gran);
+	pthread_mutex_unlock(&q->lock);
+	if (!ret)
+		vd_info("%s: bitmap %s %s: done", img->path, vd_bitmap_cmd_name(cmd), name);
 	return ret;
 }
 

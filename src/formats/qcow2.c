@@ -791,13 +791,13 @@ static void qcow2_info(struct vd_image *img, struct json_writer *j)
 	json_bool(j, "dirty", q->incompat & QCOW2_INCOMPAT_DIRTY);
 	json_bool(j, "corrupt", q->incompat & QCOW2_INCOMPAT_CORRUPT);
 	json_u64(j, "snapshots", q->nb_snapshots);
-	json_u64(j, "bitmaps", q->has_bitmaps ? q->nb_bitmaps : 0);
 	json_str(j, "data_file", q->data_name);
 	json_bool(j, "data_file_raw", q->data_raw);
 	pthread_mutex_lock(&q->lock);
+	json_u64(j, "bitmaps", q->has_bitmaps ? q->nb_bitmaps : 0);
 	qcow2_bitmaps_info(q, j);
+	json_u64(j, "l1_size", q->l1_size); /* a grow changes it, under the lock */
 	pthread_mutex_unlock(&q->lock);
-	json_u64(j, "l1_size", q->l1_size);
 	json_u64(j, "header_length", q->header_length);
 }
 
@@ -817,4 +817,5 @@ const struct vd_format vd_format_qcow2 = {
 	.truncate = qcow2_truncate,
 	.create = qcow2_create,
 	.info = qcow2_info,
+	.bitmap = qcow2_bitmap,
 };

@@ -130,7 +130,10 @@ struct qcow2_bitmap {
 	bool kept;
 	uint64_t *table; /* kept bitmaps: the table, host order */
 	uint64_t nbits;
-	uint64_t *bits; /* enabled kept bitmaps of a writable image: whole table clusters */
+	uint64_t *bits; /* enabled kept bitmaps of a writable image: whole table clusters
+			 * (a command's store also writes a disabled one's from here) */
+	bool is_new;	/* added, not stored yet: no entry in the old directory */
+	bool removing;	/* left out of the directory the store writes */
 };
 
 /*
@@ -191,10 +194,10 @@ struct qcow2 {
 	uint64_t snapshots_offset, snapshots_bytes;
 	struct qcow2_snapshot *snaps;
 
-	/* has_bitmaps, nb_bitmaps, bm_dir_size, bm_ext_off and the bms array
-	 * itself are fixed after open; the directory (bm_dir, bm_dir_offset)
-	 * and each bitmap's flags, table and bits are under lock (storing
-	 * rewrites them). */
+	/* Under lock (the store and the bitmap commands rewrite them): the
+	 * extension (has_bitmaps, bm_ext_off), the directory (nb_bitmaps,
+	 * bm_dir, bm_dir_offset, bm_dir_size) and the bms array with each
+	 * bitmap's flags, table and bits. */
 	bool has_bitmaps;
 	uint32_t nb_bitmaps;
 	uint64_t bm_dir_offset, bm_dir_size;
@@ -315,6 +318,7 @@ void qcow2_bitmaps_dirty(struct qcow2 *q, uint64_t off, uint64_t len);
 int qcow2_bitmaps_mark_in_use(struct qcow2 *q);
 int qcow2_bitmaps_store(struct qcow2 *q);
 bool qcow2_bitmaps_block_resize(struct qcow2 *q);
+int qcow2_bitmap(struct vd_image *img, enum vd_bitmap_cmd cmd, const char *name, uint32_t gran);
 void qcow2_bitmaps_info(struct qcow2 *q, struct json_writer *j);
 
 /* qcow2-create.c */

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "util/log.h"
+#include "util/size.h"
 #include "fuse/vfs.h"
 
 static const struct {
@@ -23,6 +24,11 @@ static const struct {
 	{"mirror-speed", CONTROL_MIRROR_SPEED, 2, 2, " NAME RATE"},
 	{"activate", CONTROL_ACTIVATE, 1, 1, " NAME"},
 	{"inactivate", CONTROL_INACTIVATE, 1, 1, " NAME"},
+	{"bitmap-add", CONTROL_BITMAP, 2, 3, " NAME BITMAP [granularity=SIZE]"},
+	{"bitmap-remove", CONTROL_BITMAP, 2, 2, " NAME BITMAP"},
+	{"bitmap-enable", CONTROL_BITMAP, 2, 2, " NAME BITMAP"},
+	{"bitmap-disable", CONTROL_BITMAP, 2, 2, " NAME BITMAP"},
+	{"bitmap-clear", CONTROL_BITMAP, 2, 2, " NAME BITMAP"},
 };
 
 void control_cmd_free(struct control_cmd *cmd)
@@ -38,6 +44,49 @@ void control_error(GString *out, int err)
 	const char *msg = vd_log_last_error();
 
 	g_string_append_printf(out, "error: %s\n", *msg ? msg : strerror(-err));
+}
+
+int bitmap_granularity_parse(const char *word, uint32_t *gran)
+{
+	uint64_t v;
+
+	if (strncmp(word, "granularity=", strlen("granularity=")) ||
+	    parse_size(word + strlen("granularity="), &v) || !v || v > UINT32_MAX) {
+		vd_err("bitmap: \"%s\" is not granularity=SIZE (512 .. 2G)", word);
+		return -EINVAL;
+	}
+	*gran = v;
+	return 0;
+}
+
+int bitmap_add_parse(const char *value, char **name, uint32_t *gran)
+{
+	gchar **kv;
+	int ret = 0;
+
+	*name = NULL;
+	*gran = 0;
+	if (strncmp(value, "name=", strlen("name="))) {
+		*name = g_strdup(value);
+		return 0;
+	}
+	kv = g_strsplit(value, ",", -1);
+	for (int i = 0; kv[i] && !ret; i++) {
+		if (!strncmp(kv[i], "name=", strlen("name=")) && !*name) {
+			*name = g_strdup(kv[i] + strlen("name="));
+		} else if (!strncmp(kv[i], "granularity=", strlen("granularity="))) {
+			ret = bitmap_granularity_parse(kv[i], gran);
+		} else {
+			vd_err("bitmap: \"%s\": want name=NAME[,granularity=SIZE]", kv[i]);
+			ret = -EINVAL;
+		}
+	}
+	g_strfreev(kv);
+	if (ret) {
+		g_free(*name);
+		*name = NULL;
+	}
+	return ret;
 }
 
 /* The mirror-start options: TARGET (a path or "target=...,..."), then one
@@ -95,7 +144,9 @@ int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString 
 				       "error: unknown command \"%s\" (known: status, "
 				       "mirror-start, mirror-complete, mirror-cancel, "
 				       "mirror-status, mirror-pause, mirror-resume, "
-				       "mirror-speed, activate, inactivate)\n",
+				       "mirror-speed, activate, inactivate, bitmap-add, "
+				       "bitmap-remove, bitmap-enable, bitmap-disable, "
+				       "bitmap-clear)\n",
 				       argv[0]);
 		goto out;
 	}
@@ -108,9 +159,23 @@ int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString 
 	cmd->verb = control_verbs[i].verb;
 	if (argc > 1)
 		cmd->name = g_strdup(argv[1]);
-	if (cmd->verb == CONTROL_MIRROR_SPEED)
+	if (cmd->verb == CONTROL_MIRROR_SPEED || cmd->verb == CONTROL_BITMAP)
 		cmd->arg = g_strdup(argv[2]);
-	ret = cmd->verb == CONTROL_MIRROR_START ? control_parse_start(cmd, argc, argv, err) : 0;
+	ret = 0;
+	if (cmd->verb == CONTROL_MIRROR_START)
+		ret = control_parse_start(cmd, argc, argv, err);
+	if (cmd->verb == CONTROL_BITMAP) {
+		vd_bitmap_cmd_parse(argv[0] + strlen("bitmap-"), &cmd->bitmap);
+		vd_log_clear_error();
+		if (argc > 3)
+			ret = bitmap_granularity_parse(argv[3], &cmd->granularity);
+		if (!ret && !*cmd->arg) {
+			vd_err("bitmap: the bitmap name is empty");
+			ret = -EINVAL;
+		}
+		if (ret)
+			control_error(err, ret);
+	}
 out:
 	if (ret)
 		control_cmd_free(cmd);

@@ -190,6 +190,10 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 	case CONTROL_ACTIVATE:
 		ret = control_result(n, out, handover_activate(n), false, "ok: active\n");
 		break;
+	case CONTROL_BITMAP:
+		ret = xattr_bitmap(n, cmd->bitmap, cmd->arg, cmd->granularity);
+		ret = control_result(n, out, ret, false, "ok\n");
+		break;
 	case CONTROL_INACTIVATE:
 		w->n = n; /* the lookup reference is dropped when the verb is done */
 		loop_req_begin();

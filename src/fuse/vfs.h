@@ -126,6 +126,9 @@ struct vnode_call *vnode_call_new(struct vnode *n, vd_done_fn done, void *opaque
 /* The verbs that adjust a running mirror: "pause", "resume", or "speed"
  * with value a rate (like speed= of start). 0 or -errno, logged. */
 int xattr_mirror_adjust(struct vnode *n, const char *verb, const char *value);
+/* A command on a persistent bitmap of the view's image (image_bitmap()), the
+ * mount's read-only state checked first. 0 or -errno, logged. */
+int xattr_bitmap(struct vnode *n, enum vd_bitmap_cmd cmd, const char *name, uint32_t gran);
 
 /* ---- control-parse.c ---- */
 enum control_verb {
@@ -140,13 +143,16 @@ enum control_verb {
 	CONTROL_MIRROR_SPEED,
 	CONTROL_ACTIVATE,
 	CONTROL_INACTIVATE,
+	CONTROL_BITMAP, /* bitmap-add, -remove, -enable, -disable, -clear */
 };
 
 struct control_cmd {
 	enum control_verb verb;
 	char *name;		 /* the view: every verb but status */
 	struct mirror_opts opts; /* mirror-start only */
-	char *arg;		 /* mirror-speed: the rate */
+	char *arg;		 /* mirror-speed: the rate; bitmap-*: the bitmap */
+	enum vd_bitmap_cmd bitmap;
+	uint32_t granularity; /* bitmap-add: bytes, 0 for the default */
 };
 
 /* Parse one command line as written to the control file (len bytes, a
@@ -155,6 +161,12 @@ struct control_cmd {
  * mount: it looks at no node and no image. */
 int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString *err);
 void control_cmd_free(struct control_cmd *cmd);
+/* granularity=SIZE (K/M/G suffixes) into *gran: 0, or -EINVAL logged. */
+int bitmap_granularity_parse(const char *word, uint32_t *gran);
+/* The value of user.vdiskfs.bitmap.add: NAME, or name=NAME,granularity=SIZE
+ * (a value that starts with "name=" is options). 0 with *name (g_free) and
+ * *gran (0: the default), or -EINVAL logged. */
+int bitmap_add_parse(const char *value, char **name, uint32_t *gran);
 /* Append "error: " and the last logged error (or strerror(-err)) to out. */
 void control_error(GString *out, int err);
 

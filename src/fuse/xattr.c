@@ -1,9 +1,10 @@
 /* Extended attributes of a raw view: read-only facts about the image under
  * user.vdiskfs.* (and the whole set as one JSON object in .info). The mirror
- * verbs join them here. The facts follow the view's read permission (the
- * kernel checks it); everything under user.vdiskfs.mirror. (its status names
- * the target) and last-error (the reason the last verb was refused) stay with
- * root and the mount's owner, like the control file. */
+ * and bitmap verbs join them here. The facts follow the view's read
+ * permission (the kernel checks it); everything under user.vdiskfs.mirror.
+ * (its status names the target) and bitmap., and last-error (the reason the
+ * last verb was refused) stay with root and the mount's owner, like the
+ * control file. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -52,7 +53,8 @@ void view_info_json(struct vnode *n, struct json_writer *j, bool mirror)
 /* Only root and the mount's owner may read or set it. */
 static bool xattr_owner_only(const char *key)
 {
-	return !strncmp(key, "mirror.", strlen("mirror.")) || !strcmp(key, "last-error");
+	return !strncmp(key, "mirror.", strlen("mirror.")) ||
+	       !strncmp(key, "bitmap.", strlen("bitmap.")) || !strcmp(key, "last-error");
 }
 
 /* The value of one attribute, or NULL if there is no such attribute. */
@@ -179,6 +181,46 @@ int xattr_mirror_adjust(struct vnode *n, const char *verb, const char *value)
 		ret = mirror_set_speed(n->mirror, o.speed);
 	mirror_opts_free(&o);
 	return ret;
+}
+
+int xattr_bitmap(struct vnode *n, enum vd_bitmap_cmd cmd, const char *name, uint32_t gran)
+{
+	if (vfs_cfg.read_only) {
+		vd_err("%s: bitmap %s %s: the mount is read-only", n->img->path,
+		       vd_bitmap_cmd_name(cmd), name);
+		return -EROFS;
+	}
+	return image_bitmap(n->img, cmd, name, gran);
+}
+
+/* user.vdiskfs.bitmap.VERB: the value names the bitmap (add: or options). */
+static void xattr_bitmap_set(fuse_req_t req, struct vnode *n, const char *verb, const char *value,
+			     size_t size)
+{
+	char *v = g_strndup(value, size), *name = NULL;
+	enum vd_bitmap_cmd cmd;
+	uint32_t gran = 0;
+	int ret = 0;
+
+	g_strchomp(v);
+	if (vd_bitmap_cmd_parse(verb, &cmd)) {
+		vd_err("%s: unknown attribute user.vdiskfs.bitmap.%s", n->img->path, verb);
+		ret = -EINVAL;
+	} else if (cmd == VD_BITMAP_ADD) {
+		ret = bitmap_add_parse(v, &name, &gran);
+	} else {
+		name = g_strdup(v);
+	}
+	if (!ret && !*name) {
+		vd_err("%s: bitmap %s: the value names the bitmap", n->img->path, verb);
+		ret = -EINVAL;
+	}
+	if (!ret)
+		ret = xattr_bitmap(n, cmd, name, gran);
+	g_free(name);
+	g_free(v);
+	vnode_note_verb(n, ret);
+	fuse_reply_err(req, -ret);
 }
 
 struct vnode_call *vnode_call_new(struct vnode *n, vd_done_fn done, void *opaque)
@@ -310,7 +352,8 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 	}
 	key = name + strlen(XATTR_PREFIX);
 	if ((xattr_owner_only(key) || !strcmp(key, "active")) && !vfs_req_by_owner(req)) {
-		vd_err("%s: %s: only the owner of the mount may run mirrors or hand views over",
+		vd_err("%s: %s: only the owner of the mount may run mirrors, change bitmaps or "
+		       "hand views over",
 		       n->img->path, name);
 		fuse_reply_err(req, EACCES);
 		return;
@@ -323,6 +366,10 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 	}
 	if (!strcmp(key, "active")) {
 		xattr_active(req, n, value, size);
+		return;
+	}
+	if (!strncmp(key, "bitmap.", strlen("bitmap."))) {
+		xattr_bitmap_set(req, n, key + strlen("bitmap."), value, size);
 		return;
 	}
 	if (!strcmp(key, "mirror.pause") || !strcmp(key, "mirror.resume") ||

@@ -21,6 +21,29 @@ const struct vd_format *vd_format_by_name(const char *name)
 	return NULL;
 }
 
+static const char *const bitmap_cmds[] = {
+	[VD_BITMAP_ADD] = "add",       [VD_BITMAP_REMOVE] = "remove",
+	[VD_BITMAP_ENABLE] = "enable", [VD_BITMAP_DISABLE] = "disable",
+	[VD_BITMAP_CLEAR] = "clear",
+};
+
+const char *vd_bitmap_cmd_name(enum vd_bitmap_cmd cmd)
+{
+	return (unsigned)cmd < sizeof(bitmap_cmds) / sizeof(bitmap_cmds[0]) ? bitmap_cmds[cmd]
+									    : "?";
+}
+
+int vd_bitmap_cmd_parse(const char *word, enum vd_bitmap_cmd *cmd)
+{
+	for (unsigned i = 0; i < sizeof(bitmap_cmds) / sizeof(bitmap_cmds[0]); i++) {
+		if (!strcmp(word, bitmap_cmds[i])) {
+			*cmd = i;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
 void vd_map_init(struct vd_map *m)
 {
 	/* Not the inline extents: every slot is written whole before use. */

@@ -112,6 +112,20 @@ enum vd_map_flags {
 	VD_MAP_WRITE = 1 << 0, /* allocate; return DATA extents only (with cow where needed) */
 };
 
+/* Commands on a persistent dirty bitmap (vd_format.bitmap). */
+enum vd_bitmap_cmd {
+	VD_BITMAP_ADD,	   /* a new enabled, empty, persistent bitmap */
+	VD_BITMAP_REMOVE,  /* the bitmap and its clusters go */
+	VD_BITMAP_ENABLE,  /* writes are recorded again */
+	VD_BITMAP_DISABLE, /* writes are no longer recorded */
+	VD_BITMAP_CLEAR,   /* every bit zero */
+};
+
+/* "add", "remove", "enable", "disable", "clear"; the command by that name:
+ * 0 or -EINVAL. */
+const char *vd_bitmap_cmd_name(enum vd_bitmap_cmd cmd);
+int vd_bitmap_cmd_parse(const char *word, enum vd_bitmap_cmd *cmd);
+
 /* Options for creating a new image (mirror destinations, tests). */
 struct vd_create_opts {
 	uint64_t size;
@@ -309,6 +323,14 @@ struct vd_format {
 
 	/* Extra facts for the info JSON (already inside an object). Optional. */
 	void (*info)(struct vd_image *img, struct json_writer *j);
+
+	/* Optional: a command on the persistent dirty bitmap name, on a
+	 * writable, active image; granularity (bytes) only for ADD, 0 for the
+	 * driver's default. Done and durable when it returns. -EEXIST,
+	 * -ENOENT, -EINVAL, -ENOSPC, -EFBIG, -ENOTSUP with a logged reason.
+	 * NULL: the format has no bitmaps. */
+	int (*bitmap)(struct vd_image *img, enum vd_bitmap_cmd cmd, const char *name,
+		      uint32_t granularity);
 
 	/* Optional: is parent the right backing for img (vhdx linkage GUID)? */
 	int (*check_backing)(struct vd_image *img, struct vd_image *parent);

@@ -697,3 +697,30 @@ int image_truncate(struct vd_image *img, uint64_t size)
 	pthread_rwlock_unlock(&img->active_lock);
 	return ret;
 }
+
+int image_bitmap(struct vd_image *img, enum vd_bitmap_cmd cmd, const char *name,
+		 uint32_t granularity)
+{
+	int ret;
+
+	if (!img->fmt->bitmap) {
+		vd_err("%s: bitmap %s %s: %s images keep no persistent bitmaps", img->path,
+		       vd_bitmap_cmd_name(cmd), name, img->fmt->name);
+		return -ENOTSUP;
+	}
+	if (img->read_only) {
+		vd_err("%s: bitmap %s %s: the image is read-only", img->path,
+		       vd_bitmap_cmd_name(cmd), name);
+		return -EROFS;
+	}
+	pthread_rwlock_rdlock(&img->active_lock);
+	if (atomic_load(&img->inactive)) {
+		vd_err("%s: bitmap %s %s: the image is inactive", img->path,
+		       vd_bitmap_cmd_name(cmd), name);
+		ret = -EBUSY;
+	} else {
+		ret = img->fmt->bitmap(img, cmd, name, granularity);
+	}
+	pthread_rwlock_unlock(&img->active_lock);
+	return ret;
+}

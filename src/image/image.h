@@ -86,6 +86,12 @@ void image_submit(struct vd_image *img, enum image_op op, void *buf, uint64_t le
 int image_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
 		       enum vd_bs *status);
 int image_truncate(struct vd_image *img, uint64_t size);
+/* A command on the image's persistent dirty bitmap name (granularity in
+ * bytes for VD_BITMAP_ADD, 0 for the format's default): 0 once it is done
+ * and durable, or -errno with a logged reason: -EROFS read-only, -EBUSY
+ * inactive, -ENOTSUP the format keeps no bitmaps (raw, vhdx). */
+int image_bitmap(struct vd_image *img, enum vd_bitmap_cmd cmd, const char *name,
+		 uint32_t granularity);
 
 /* The blocking form of image_submit(), for tests, tools and start-up: runs
  * the calling thread's ring until the request is done, and until the parked

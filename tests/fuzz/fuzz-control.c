@@ -1,7 +1,8 @@
 /* Fuzz target: one control-file command line through control_parse(), the
  * part of the control file that runs before any node is looked at (words,
- * verb, view name, mirror options). Any input is either a well-formed command
- * or refused with -EINVAL and an "error: ...\n" reply; nothing else. */
+ * verb, view name, mirror options, bitmap name and granularity). Any input is
+ * either a well-formed command or refused with -EINVAL and an "error: ...\n"
+ * reply; nothing else. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -32,6 +33,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		    (!cmd.opts.target || cmd.opts.target[0] != '/'))
 			abort();
 		if (cmd.verb != CONTROL_MIRROR_START && (cmd.opts.target || cmd.opts.format))
+			abort();
+		if (cmd.verb == CONTROL_BITMAP &&
+		    (!cmd.arg || !*cmd.arg || cmd.bitmap > VD_BITMAP_CLEAR))
+			abort();
+		if (cmd.verb != CONTROL_BITMAP && cmd.granularity)
 			abort();
 	} else {
 		abort();

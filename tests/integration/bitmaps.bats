@@ -7,6 +7,8 @@
 # stays as it was, and after QEMU clears them a second session (an overwrite
 # in place too) and QEMU again add to them; a SIGKILL leaves
 # them in use and the image consistent; a resize is refused while they exist.
+# Bitmaps added, disabled, enabled, cleared and removed live (xattrs, the
+# control file, vdiskfsctl) are what QEMU then serves, `qemu-img check` clean.
 
 load helpers
 
@@ -183,4 +185,118 @@ print(" ".join("%s:%d" % (b["name"], b["in_use"]) for b in json.load(sys.stdin)[
 	vd_umount "$T/view"
 	grep -q "cannot resize an image with persistent bitmaps" "$T/vdiskfs.log"
 	cmp "$T/a.qcow2" "$T/before.qcow2"
+}
+
+# bm_set VIEW VERB VALUE: user.vdiskfs.bitmap.VERB
+bm_set() { setfattr -n "user.vdiskfs.bitmap.$2" -v "$3" "$1"; }
+
+# refused VIEW VERB VALUE ERRNO-TEXT REASON: the xattr fails with the errno,
+# last-error says why
+refused() {
+	run setfattr -n "user.vdiskfs.bitmap.$2" -v "$3" "$1"
+	[ "$status" -ne 0 ] && [[ "$output" == *"$4"* ]] || { echo "$output"; return 1; }
+	[[ "$(getfattr --only-values -n user.vdiskfs.last-error "$1")" == *"$5"* ]]
+}
+
+@test "bitmaps: added, disabled, enabled, cleared and removed live through xattrs" {
+	require qemu-nbd nbdinfo
+	local M=1048576
+	# an overlay without bitmaps: the first add inserts the header extension
+	qemu-img create -q -f qcow2 "$T/base.qcow2" 64M
+	qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$T/a.qcow2"
+	touch "$T/view"
+	vd_mount "$T/a.qcow2" "$T/view"
+	bm_set "$T/view" add n64
+	bm_set "$T/view" add name=n4k,granularity=4K
+	[ "$(bm_flags "$T/a.qcow2")" = "n64:auto n4k:auto" ]
+	refused "$T/view" add n64 "File exists" "a bitmap named 'n64' exists"
+	refused "$T/view" add name=x,granularity=1000 "Invalid argument" "not a power of two"
+	refused "$T/view" add name=x,granularity=256 "Invalid argument" "not a power of two"
+	refused "$T/view" add name=x,colour=red "Invalid argument" "want name=NAME"
+	refused "$T/view" remove nope "No such file" "no bitmap named 'nope'"
+	refused "$T/view" frobnicate n64 "Invalid argument" "unknown attribute"
+	pwrite_at "$T/view" $((1 * M)) 4096
+	pwrite_at "$T/view" $((5 * M + 123)) 100
+	bm_set "$T/view" disable n4k
+	pwrite_at "$T/view" $((10 * M)) 4096
+	vd_umount "$T/view"
+	[ "$VD_STATUS" -eq 0 ]
+	qemu_check "$T/a.qcow2"
+	[ "$(bm_flags "$T/a.qcow2")" = "n64:auto n4k:" ]
+	[[ "$(qemu-img info "$T/a.qcow2" | grep 'backing file:')" == "backing file: base.qcow2"* ]]
+	[ "$(bm_map "$T/a.qcow2" n64 n4k)" = "$(printf '%s\n' \
+		"n64 $M+65536 $((5 * M))+65536 $((10 * M))+65536" "n4k $M+4096 $((5 * M))+4096")" ]
+	# clear one, enable the other: from then on
+	vd_mount "$T/a.qcow2" "$T/view"
+	pwrite_at "$T/view" $((3 * M)) 4096
+	bm_set "$T/view" clear n64
+	bm_set "$T/view" enable n4k
+	pwrite_at "$T/view" $((20 * M)) 4096
+	vd_umount "$T/view"
+	qemu_check "$T/a.qcow2"
+	[ "$(bm_flags "$T/a.qcow2")" = "n64:auto n4k:auto" ]
+	[ "$(bm_map "$T/a.qcow2" n64 n4k)" = "$(printf '%s\n' \
+		"n64 $((20 * M))+65536" "n4k $M+4096 $((5 * M))+4096 $((20 * M))+4096")" ]
+	# cleared with nothing written after: empty
+	vd_mount "$T/a.qcow2" "$T/view"
+	bm_set "$T/view" clear n4k
+	vd_umount "$T/view"
+	qemu_check "$T/a.qcow2"
+	[ "$(bm_map "$T/a.qcow2" n4k)" = "n4k" ]
+	# removed: QEMU no longer lists them, the last one takes the extension
+	vd_mount "$T/a.qcow2" "$T/view"
+	bm_set "$T/view" remove n4k
+	[ "$(bm_flags "$T/a.qcow2")" = "n64:auto" ]
+	bm_set "$T/view" remove n64
+	vd_umount "$T/view"
+	qemu_check "$T/a.qcow2"
+	run qemu-img info "$T/a.qcow2"
+	[[ "$output" != *bitmaps* ]]
+	[[ "$output" == *"backing file: base.qcow2"* ]]
+}
+
+@test "bitmaps: the control file and vdiskfsctl change them; raw and read-only refuse" {
+	require qemu-nbd nbdinfo
+	mkdir "$T/src" "$T/mnt"
+	qemu-img create -q -f qcow2 "$T/src/a.qcow2" 16M
+	truncate -s 16M "$T/src/r.raw"
+	vd_mount "$T/src" "$T/mnt"
+	ctl() { bash -c 'exec 3<>"$1"; echo "$2" >&3; rc=$?; cat <&3; exit $rc' ctl "$T/mnt/.vdiskfs" "$1"; }
+	run ctl "bitmap-add a.qcow2 c1 granularity=128K"
+	[ "$status" -eq 0 ] && [ "$output" = ok ] || { echo "$output"; false; }
+	run ctl "bitmap-add a.qcow2 c1"
+	[ "$status" -ne 0 ] && [[ "$output" == *"error: "*"a bitmap named 'c1' exists"* ]]
+	run ctl "bitmap-add a.qcow2 c2 granularity=lots"
+	[ "$status" -ne 0 ] && [[ "$output" == *"error: "*"is not granularity=SIZE"* ]]
+	run ctl "bitmap-clear a.qcow2 c9"
+	[ "$status" -ne 0 ] && [[ "$output" == *"no bitmap named 'c9'"* ]]
+	run ctl "bitmap-add r.raw c1"
+	[ "$status" -ne 0 ] && [[ "$output" == *"raw images keep no persistent bitmaps"* ]]
+	run "$VDISKFSCTL" bitmap "$T/mnt/a.qcow2" add v1 granularity=1M
+	[ "$status" -eq 0 ] || { echo "$output"; false; }
+	run "$VDISKFSCTL" bitmap "$T/mnt/a.qcow2" add v1
+	[ "$status" -eq 1 ] && [[ "$output" == *"File exists: "*"a bitmap named 'v1' exists"* ]]
+	run "$VDISKFSCTL" bitmap "$T/mnt/r.raw" add v1
+	[ "$status" -eq 1 ] && [[ "$output" == *"Operation not supported"* ]]
+	run "$VDISKFSCTL" bitmap "$T/mnt/a.qcow2" remove v1 granularity=1M
+	[ "$status" -eq 2 ]
+	"$VDISKFSCTL" bitmap "$T/mnt/a.qcow2" disable v1
+	pwrite_at "$T/mnt/a.qcow2" 4096 4096
+	run ctl "bitmap-disable a.qcow2 c1"
+	[ "$status" -eq 0 ]
+	"$VDISKFSCTL" bitmap "$T/mnt/a.qcow2" enable v1
+	pwrite_at "$T/mnt/a.qcow2" $((8 * 1048576)) 4096
+	vd_umount "$T/mnt"
+	qemu_check "$T/src/a.qcow2"
+	[ "$(bm_flags "$T/src/a.qcow2")" = "c1: v1:auto" ]
+	[ "$(bm_map "$T/src/a.qcow2" c1 v1)" = "$(printf '%s\n' "c1 0+131072" "v1 8388608+1048576")" ]
+	# a read-only mount refuses
+	vd_mount "$T/src" "$T/mnt" -o ro
+	run ctl "bitmap-remove a.qcow2 c1"
+	[ "$status" -ne 0 ] && [[ "$output" == *"read-only"* ]]
+	run setfattr -n user.vdiskfs.bitmap.remove -v c1 "$T/mnt/a.qcow2"
+	[ "$status" -ne 0 ] && [[ "$output" == *"Read-only file system"* ]]
+	vd_umount "$T/mnt"
+	"$VDISKFSCTL" info "$T/src/a.qcow2" >/dev/null
+	[ "$(bm_flags "$T/src/a.qcow2")" = "c1: v1:auto" ]
 }

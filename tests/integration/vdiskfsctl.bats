@@ -107,9 +107,13 @@ json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 		source "$VDISKFS_SRC/contrib/bash-completion/vdiskfsctl"
 		COMP_WORDS=(vdiskfsctl m); COMP_CWORD=1; _vdiskfsctl; echo "${COMPREPLY[*]}"
 		COMP_WORDS=(vdiskfsctl mirror /v /t --w); COMP_CWORD=4; _vdiskfsctl; echo "${COMPREPLY[*]}"
-		COMP_WORDS=(vdiskfsctl info -); COMP_CWORD=2; _vdiskfsctl; echo "${COMPREPLY[*]}"'
+		COMP_WORDS=(vdiskfsctl info -); COMP_CWORD=2; _vdiskfsctl; echo "${COMPREPLY[*]}"
+		COMP_WORDS=(vdiskfsctl bitmap /v d); COMP_CWORD=3; _vdiskfsctl; echo "${COMPREPLY[*]}"
+		COMP_WORDS=(vdiskfsctl bitmap /v add b g); COMP_CWORD=5; _vdiskfsctl; echo "${COMPREPLY[*]}"'
 	[ "$status" -eq 0 ]
 	[ "${lines[0]}" = mirror ]
 	[ "${lines[1]}" = --wait ]
 	[ "${lines[2]}" = "--json -U --force-share" ]
+	[ "${lines[3]}" = disable ]
+	[ "${lines[4]}" = granularity= ]
 }

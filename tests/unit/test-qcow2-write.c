@@ -535,6 +535,68 @@ static void test_feature_bits(void)
 	g_free(p);
 }
 
+/* Bitmap commands: add (a first extension in an overlay, whose backing file
+ * name moves to make room), refusals, disable, enable, clear, remove; QEMU
+ * sees each state clean, and the last remove takes the extension away. */
+static void test_bitmap_commands(void)
+{
+	struct vd_image *img;
+	uint8_t b = 0x5a;
+
+	t_sh("qemu-img create -q -f qcow2 bmc-base.qcow2 4M");
+	t_sh("qemu-img create -q -f qcow2 -b bmc-base.qcow2 -F qcow2 bmc.qcow2");
+	img = t_open_ok("bmc.qcow2", false);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_ADD, "b1", 0), ==, 0);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_ADD, "b1", 0), ==, -EEXIST);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_ADD, "b2", 1000), ==, -EINVAL);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_ADD, "b2", 256), ==, -EINVAL);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_ADD, "", 0), ==, -EINVAL);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_REMOVE, "nope", 0), ==, -ENOENT);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_CLEAR, "nope", 0), ==, -ENOENT);
+	/* stored at once: QEMU sees it, not in use, before any write */
+	t_sh("qemu-img info -U bmc.qcow2 | grep -q 'name: b1'");
+	t_sh("qemu-img info -U bmc.qcow2 | grep -q 'backing file: bmc-base.qcow2'");
+	g_assert_cmpint(t_sh_rc("qemu-img info -U bmc.qcow2 | grep -q in-use"), !=, 0);
+	g_assert_cmpint(image_pwrite_wait(img, &b, 1, 70000), ==, 0);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_ADD, "b2", 4096), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, &b, 1, 2 << 20), ==, 0);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_DISABLE, "b1", 0), ==, 0);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_DISABLE, "b1", 0), ==, 0);
+	image_unref(img);
+	g_assert_cmpint(qemu_check("bmc.qcow2"), ==, 0);
+	g_assert_cmpint(t_sh_rc("qemu-img info bmc.qcow2 | grep -q in-use"), !=, 0);
+	t_sh("qemu-img info bmc.qcow2 | grep -q 'granularity: 4096'");
+	g_assert_cmpint(t_sh_rc("qemu-img compare -f qcow2 bmc.qcow2 bmc.qcow2"), ==, 0);
+
+	img = t_open_ok("bmc.qcow2", false);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_ENABLE, "b1", 0), ==, 0);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_CLEAR, "b2", 0), ==, 0);
+	g_assert_cmpint(image_pwrite_wait(img, &b, 1, 3 << 20), ==, 0);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_REMOVE, "b1", 0), ==, 0);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_ENABLE, "b1", 0), ==, -ENOENT);
+	image_unref(img);
+	g_assert_cmpint(qemu_check("bmc.qcow2"), ==, 0);
+	g_assert_cmpint(t_sh_rc("qemu-img info bmc.qcow2 | grep -q 'name: b1'"), !=, 0);
+
+	img = t_open_ok("bmc.qcow2", false);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_REMOVE, "b2", 0), ==, 0);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_ADD, "b3", 0), ==, 0);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_REMOVE, "b3", 0), ==, 0);
+	image_unref(img);
+	g_assert_cmpint(qemu_check("bmc.qcow2"), ==, 0);
+	g_assert_cmpint(t_sh_rc("qemu-img info bmc.qcow2 | grep -q bitmaps"), !=, 0);
+	t_sh("qemu-img info bmc.qcow2 | grep -q 'backing file: bmc-base.qcow2'");
+
+	/* refused: read-only, and formats without bitmaps */
+	img = t_open_ok("bmc.qcow2", true);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_ADD, "b4", 0), ==, -EROFS);
+	image_unref(img);
+	t_sh("qemu-img create -q -f raw bmc.raw 1M");
+	img = t_open_ok("bmc.raw", false);
+	g_assert_cmpint(image_bitmap(img, VD_BITMAP_ADD, "b4", 0), ==, -ENOTSUP);
+	image_unref(img);
+}
+
 static void test_discard_shrinks_file(void)
 {
 	struct vd_create_opts o = {.size = 16 << 20};
@@ -951,6 +1013,7 @@ int main(int argc, char **argv)
 	t_add_qemu("/qcow2/write/dirty-rebuild", test_dirty_rebuild);
 	t_add_qemu("/qcow2/write/feature-bits", test_feature_bits);
 	t_add_qemu("/qcow2/write/header-length-104", test_header_length_104);
+	t_add_qemu("/qcow2/write/bitmap-commands", test_bitmap_commands);
 	t_add_qemu("/qcow2/write/v2-discard-zero", test_v2_discard_zero);
 	t_add_qemu("/qcow2/write/discard-shrinks-file", test_discard_shrinks_file);
 	t_add_qemu("/qcow2/write/resize", test_resize);
