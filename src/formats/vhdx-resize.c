@@ -227,16 +227,15 @@ static int grow_locked(struct vhdx *v, uint64_t size)
 		return ret;
 	entries_clear(v, nblocks);
 	ret = last_block_fill(v);
-	if (ret)
+	if (ret) {
 		vd_err("%s: cannot zero the last block past the old end 0x%" PRIx64 ": %s",
 		       v->img->path, v->disk_size, strerror(-ret));
+		return ret;
+	}
 	/* Durable entries (and the punched tail: the flush syncs data first)
 	 * before the size that makes them part of the disk. */
-	if (!ret)
-		ret = vhdx_flush_locked(v);
-	if (!ret)
-		ret = size_write(v, size);
-	if (ret)
+	ret = vhdx_flush_locked(v);
+	if (ret || (ret = size_write(v, size)))
 		return ret;
 	v->disk_size = size;
 	v->nblocks = nblocks;
