@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "image/image.h"
 #include "util/compiler.h"
@@ -24,6 +25,11 @@ struct image_wait {
 void image_wait_init(struct image_wait *w);
 void image_wait_done(void *opaque, int err);
 int image_wait(struct image_wait *w);
+
+/* Above this average (ns), an image's flushes leave the event loop for a
+ * second (image-sync.c; a test moves it to stay clear of a loaded
+ * machine's timing). */
+extern uint64_t fsync_inline_max_ns;
 
 /* Requests of other threads that this thread resumed and that are not
  * finished (image-io.c): image_wait() runs the ring until they are. */

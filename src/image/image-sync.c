@@ -62,6 +62,7 @@ static void fsync_batch_done(struct uring_op *op, int res)
  * image's flushes go through the ring for a second before it tries again),
  * so that flushes never hold an event loop for long. */
 #define FSYNC_INLINE_MAX_NS 2000000ull
+uint64_t fsync_inline_max_ns = FSYNC_INLINE_MAX_NS;
 
 static bool fsync_inline(struct vd_image *img, int *err)
 {
@@ -77,7 +78,7 @@ static bool fsync_inline(struct vd_image *img, int *err)
 	 * takes to decay one sample per second. */
 	avg = after ? t1 - t0 : (atomic_load(&img->sync_inline_avg) * 7 + (t1 - t0)) / 8;
 	atomic_store(&img->sync_inline_avg, avg);
-	atomic_store(&img->sync_inline_after, avg > FSYNC_INLINE_MAX_NS ? t1 + 1000000000ull : 0);
+	atomic_store(&img->sync_inline_after, avg > fsync_inline_max_ns ? t1 + 1000000000ull : 0);
 	return true;
 }
 
