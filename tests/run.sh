@@ -94,7 +94,7 @@ run_build build-ci
 # clang's warnings and code generation on the whole tree; the integration
 # tests stay with the two gcc builds (the suite's time on 2 CPUs).
 CC=clang-14 setup_build build-clang
-run_tests build-clang build-clang --suite unit --suite fuzz
+run_tests build-clang build-clang --suite unit --suite fuzz --no-suite sweep
 ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:detect_stack_use_after_return=0} \
 UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
 LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$top/tests/lsan.supp:print_suppressions=0} \
