@@ -224,7 +224,9 @@ int qcow2_bitmaps_open(struct qcow2 *q, uint64_t file_size)
 	ret = meta_pread(q->img->fd, q->bm_dir, q->bm_dir_size, q->bm_dir_offset);
 	for (uint32_t i = 0; !ret && i < q->nb_bitmaps; i++) {
 		ret = check_entry(q, i, pos, file_size);
-		if (!ret && q->bms[i].kept)
+		if (ret)
+			break; /* the entry may not even fit: pos stays where it is */
+		if (q->bms[i].kept)
 			ret = load_table(q, &q->bms[i], file_size);
 		pos += entry_size(q->bm_dir + pos);
 	}
