@@ -22,6 +22,7 @@ ORDER = ["util", "io", "formats", "image", "mirror", "fuse", "ctl", "."]
 PRIVATE = {
     "formats/qcow2.h": ("formats",),
     "formats/vhdx.h": ("formats",),
+    "formats/qcow2-bitmap.h": ("formats",),
     "mirror/mirror-int.h": ("mirror",),
 }
 # The one exception to ORDER: the drivers sit below the image layer that

@@ -3,7 +3,8 @@
  * qcow2-refcount.c (refcounts, allocation, deferred frees, flush order),
  * qcow2-rebuild.c (refcounts rebuilt after an unclean close), qcow2-map.c (map,
  * complete, discard, zeroing), qcow2-status.c (block status, allocation count),
- * qcow2-resize.c (truncate), qcow2-bitmap.c (persistent bitmaps), qcow2-create.c. */
+ * qcow2-resize.c (truncate), qcow2-bitmap.c (persistent bitmaps; their live commands
+ * in qcow2-bitmap-cmd.c), qcow2-create.c. */
 #ifndef VDISKFS_QCOW2_H
 #define VDISKFS_QCOW2_H
 
