@@ -46,15 +46,7 @@ top=$(pwd)
 # ---- packages: only what is missing; no apt at all if nothing is ----
 pkgs=(meson ninja-build pkg-config gcc libfuse3-dev liburing-dev zlib1g-dev libzstd-dev
 	libglib2.0-dev fuse3 qemu-utils attr fdisk)
-missing=()
-for p in "${pkgs[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-	echo "== installing: ${missing[*]}"
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
-fi
+bash "$top/contrib/install-missing.sh" "${pkgs[@]}"
 [ -e /dev/fuse ] || modprobe fuse || die "no /dev/fuse and cannot load the fuse module"
 
 # ---- build (reusing build/ when it is there) ----

@@ -10,15 +10,7 @@ top=$(pwd)
 
 pkgs=(dpkg-dev debhelper git meson ninja-build pkg-config gcc python3 libfuse3-dev
       liburing-dev zlib1g-dev libzstd-dev libglib2.0-dev fuse3)
-missing=()
-for p in "${pkgs[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-	echo "== installing: ${missing[*]}"
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-fi
+bash "$top/contrib/install-missing.sh" --no-install-recommends "${pkgs[@]}"
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/vdiskfs-package.XXXXXX")
 if [ "${KEEP:-0}" = 1 ]; then

@@ -12,15 +12,7 @@ pkgs=(meson ninja-build pkg-config gcc libfuse3-dev liburing-dev zlib1g-dev libz
       libglib2.0-dev fuse3 bats qemu-utils qemu-system-common libnbd-bin fio attr fdisk
       e2fsprogs util-linux-extra python3 xz-utils bzip2 gzip
       clang-14 libclang-rt-14-dev clang-format-14)
-missing=()
-for p in "${pkgs[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-	echo "== installing: ${missing[*]}"
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-fi
+bash "$top/contrib/install-missing.sh" --no-install-recommends "${pkgs[@]}"
 [ -e /dev/fuse ] || modprobe fuse
 
 export VDISKFS_TESTDIR=${VDISKFS_TESTDIR:-/var/tmp}
