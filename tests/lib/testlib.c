@@ -147,16 +147,24 @@ static int sh_v(const char *prefix, const char *fmt, va_list ap, char **out)
 	return status;
 }
 
+/* The exit status of prefix + the formatted command, its output dropped. */
+static int sh_rc_v(const char *prefix, const char *fmt, va_list ap)
+{
+	char *out;
+	int status = sh_v(prefix, fmt, ap, &out);
+
+	g_free(out);
+	return status;
+}
+
 int t_sh_rc(const char *fmt, ...)
 {
 	va_list ap;
-	char *out;
 	int status;
 
 	va_start(ap, fmt);
-	status = sh_v("", fmt, ap, &out);
+	status = sh_rc_v("", fmt, ap);
 	va_end(ap);
-	g_free(out);
 	return status;
 }
 
@@ -181,12 +189,10 @@ void t_sh(const char *fmt, ...)
 int t_qemu_img(const char *fmt, ...)
 {
 	va_list ap;
-	char *out;
 	int status;
 
 	va_start(ap, fmt);
-	status = sh_v("qemu-img ", fmt, ap, &out);
+	status = sh_rc_v("qemu-img ", fmt, ap);
 	va_end(ap);
-	g_free(out);
 	return status;
 }
