@@ -80,12 +80,7 @@ PY
 	qemu-img create -q -f qcow2 -o data_file=img.data,cluster_size=64k img.qcow2 64M
 	touch "$T/view"
 	vd_mount "$T/img.qcow2" "$T/view"
-	fio --name=direct --filename="$T/view" --rw=randwrite --bs=4k --iodepth=16 \
-		--ioengine=io_uring --direct=1 --size=24M --offset=0 --verify=crc32c \
-		--verify_fatal=1 --do_verify=1 \
-		--name=buffered --filename="$T/view" --rw=randwrite --bs=12k --iodepth=8 \
-		--ioengine=io_uring --direct=0 --size=24M --offset=32M --verify=crc32c \
-		--verify_fatal=1 --do_verify=1 >"$T/fio.log" 2>&1 || { cat "$T/fio.log"; false; }
+	fio_verify "$T/view" 24M 32M 12k
 	cp --sparse=always "$T/view" "$T/ref.raw"
 	vd_umount "$T/view"
 	[ "$VD_STATUS" -eq 0 ]

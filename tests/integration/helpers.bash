@@ -191,3 +191,16 @@ while pos < size:
 assert got == want, ("seek finds", got, "qemu-img map says", want)
 PY
 }
+
+# fio_verify VIEW SIZE OFFSET BS: two fio jobs at once, each writing with
+# crc32c verification: O_DIRECT 4 KiB random writes (iodepth 16) on
+# [0, SIZE) and buffered BS random writes (iodepth 8) on [OFFSET,
+# OFFSET+SIZE); the log is shown when fio fails.
+fio_verify() {
+	fio --name=direct --filename="$1" --rw=randwrite --bs=4k --iodepth=16 \
+		--ioengine=io_uring --direct=1 --size="$2" --offset=0 --verify=crc32c \
+		--verify_fatal=1 --do_verify=1 \
+		--name=buffered --filename="$1" --rw=randwrite --bs="$4" --iodepth=8 \
+		--ioengine=io_uring --direct=0 --size="$2" --offset="$3" --verify=crc32c \
+		--verify_fatal=1 --do_verify=1 >"$T/fio.log" 2>&1 || { cat "$T/fio.log"; false; }
+}

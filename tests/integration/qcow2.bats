@@ -41,12 +41,7 @@ fixtures() {
 	qemu-img create -q -f qcow2 "$T/img.qcow2" 256M
 	touch "$T/view"
 	vd_mount "$T/img.qcow2" "$T/view"
-	fio --name=direct --filename="$T/view" --rw=randwrite --bs=4k --iodepth=16 \
-		--ioengine=io_uring --direct=1 --size=96M --offset=0 --verify=crc32c \
-		--verify_fatal=1 --do_verify=1 \
-		--name=buffered --filename="$T/view" --rw=randwrite --bs=12k --iodepth=8 \
-		--ioengine=io_uring --direct=0 --size=96M --offset=128M --verify=crc32c \
-		--verify_fatal=1 --do_verify=1 >"$T/fio.log" 2>&1 || { cat "$T/fio.log"; false; }
+	fio_verify "$T/view" 96M 128M 12k
 	cp --sparse=always "$T/view" "$T/ref.raw"
 	# the image file grows ahead of allocation while mounted (8 MiB steps)
 	local grown

@@ -49,12 +49,7 @@ qimg() {
 	qemu-img create -q -f vhdx -o block_size=1M "$T/w.vhdx" 128M
 	touch "$T/v"
 	vd_mount "$T/w.vhdx" "$T/v"
-	fio --name=direct --filename="$T/v" --rw=randwrite --bs=4k --iodepth=16 \
-		--ioengine=io_uring --direct=1 --size=48M --offset=0 --verify=crc32c \
-		--verify_fatal=1 --randrepeat=1 --do_verify=1 \
-		--name=buffered --filename="$T/v" --rw=randwrite --bs=64k --iodepth=8 \
-		--ioengine=io_uring --direct=0 --size=48M --offset=64M --verify=crc32c \
-		--verify_fatal=1 --do_verify=1 >"$T/fio.log" 2>&1 || { cat "$T/fio.log"; false; }
+	fio_verify "$T/v" 48M 64M 64k
 	cp "$T/v" "$T/ref.raw"
 	vd_umount "$T/v"
 	[ "$VD_STATUS" -eq 0 ]
