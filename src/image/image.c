@@ -896,9 +896,13 @@ int image_activate(struct vd_image *img, const struct vd_open_opts *o)
 		goto out;
 	ret = image_lock(img->fd, img->path, img->read_only, o->force_share, false);
 	if (ret) {
-		vd_err("%s: not activated: another host or process still has it (inactivate it "
-		       "there first)",
-		       img->path);
+		if (ret == -EBUSY)
+			vd_err("%s: not activated: another host or process still has it "
+			       "(inactivate it there first)",
+			       img->path);
+		else
+			vd_err("%s: not activated: cannot take its locks: %s", img->path,
+			       strerror(-ret));
 		goto out;
 	}
 	img->opts = o;
