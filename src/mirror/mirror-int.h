@@ -108,6 +108,16 @@ struct mirror {
 	atomic_bool held;
 	vd_done_fn hold_done;
 	void *hold_opaque;
+	/* The guest-write hook (mirror_hook_attach()): stored under lock,
+	 * loaded without it by the gate. attaching is set (under lock) while
+	 * an attach waits for the writes that passed the gate without it;
+	 * the gate's leavers then run the drain check like a hold's. The rest
+	 * is under lock: writes inside the hook, and who waits for a detach. */
+	struct mirror_hook *_Atomic hook;
+	atomic_bool attaching;
+	long hook_inflight;
+	vd_done_fn hook_done;
+	void *hook_opaque;
 	/* What status shows after a job ended. */
 	enum mirror_phase last_phase;
 	char *last_target, *last_format;

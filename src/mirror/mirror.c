@@ -35,6 +35,8 @@ struct mirror_req {
 	int src_err, dst_err;
 	bool locked;
 	struct rl_range range;
+	struct mirror_hook *hook; /* a guest write the view's hook sees */
+	struct mirror_hook_req hr;
 	struct mirror_req *next; /* parked while the view drains */
 	uint64_t parked_ns;	 /* when it was parked */
 };
@@ -175,7 +177,7 @@ mirror_cont_fn *mirror_drain_check(struct mirror *m)
 
 	if (!m->quiesce || !m->drained || m->inflight)
 		return NULL;
-	if (atomic_load(&m->held) && atomic_load(&m->direct))
+	if ((atomic_load(&m->held) || atomic_load(&m->attaching)) && atomic_load(&m->direct))
 		return NULL; /* a hold waits for the requests that passed the gate too */
 	if (job && job->copy_inflight)
 		return NULL;
@@ -190,10 +192,16 @@ mirror_cont_fn *mirror_drain_check(struct mirror *m)
  * so that a starting job can wait for the ones in flight. Pairs with start
  * storing the job and then waiting for direct == 0: either start sees this
  * request, or this request sees the job. */
-static bool gate_enter(struct mirror *m, struct vd_image **img)
+static bool op_is_write(enum image_op op)
+{
+	return op == IMAGE_WRITE || op == IMAGE_ZERO || op == IMAGE_DISCARD;
+}
+
+static bool gate_enter(struct mirror *m, enum image_op op, struct vd_image **img)
 {
 	atomic_fetch_add(&m->direct, 1);
-	if (atomic_load(&m->job) || atomic_load(&m->held)) {
+	if (atomic_load(&m->job) || atomic_load(&m->held) ||
+	    (op_is_write(op) && atomic_load(&m->hook))) {
 		atomic_fetch_sub(&m->direct, 1);
 		return false;
 	}
@@ -208,7 +216,8 @@ static void gate_done(void *opaque, int err)
 
 	/* The image's I/O is over: leave before the answer, which may let
 	 * the view go away. A hold waits for the last one to leave. */
-	if (atomic_fetch_sub(&m->direct, 1) == 1 && atomic_load(&m->held)) {
+	if (atomic_fetch_sub(&m->direct, 1) == 1 &&
+	    (atomic_load(&m->held) || atomic_load(&m->attaching))) {
 		mirror_cont_fn *cont;
 
 		pthread_mutex_lock(&m->lock);
@@ -224,6 +233,8 @@ static void mreq_finish(struct mirror_req *r)
 {
 	struct mirror *m = r->m;
 	struct mirror_job *job = r->job;
+	vd_done_fn detached = NULL;
+	void *detached_opaque = NULL;
 	mirror_cont_fn *cont;
 
 	if (job) {
@@ -240,14 +251,20 @@ static void mreq_finish(struct mirror_req *r)
 		if (r->locked)
 			rangelock_unlock(&job->rl, &r->range);
 	}
+	if (r->hook)
+		r->hook->after(r->hook, &r->hr);
 	r->done(r->opaque, r->src_err);
 	pthread_mutex_lock(&m->lock);
 	m->inflight--;
 	if (job && r->op != IMAGE_FSYNC)
 		job->guest_bytes -= r->len;
+	if (r->hook && !--m->hook_inflight && !atomic_load(&m->hook))
+		detached = done_take(&m->hook_done, m->hook_opaque, &detached_opaque);
 	cont = mirror_drain_check(m);
 	pthread_mutex_unlock(&m->lock);
 	free(r);
+	if (detached)
+		detached(detached_opaque, 0);
 	if (cont)
 		cont(m);
 }
@@ -294,6 +311,22 @@ static void mreq_wake(struct rl_range *range)
 	mreq_go(container_of(range, struct mirror_req, range));
 }
 
+/* Past the hook: take the job's range where the write goes to both sides. */
+static void mreq_lock_and_go(struct mirror_req *r)
+{
+	if (r->dst && r->op != IMAGE_FSYNC && r->len) {
+		r->locked = true;
+		if (!rangelock_lock(&r->job->rl, &r->range, r->off, r->len, mreq_wake))
+			return; /* parked: resumed by whoever releases the range */
+	}
+	mreq_go(r);
+}
+
+static void mreq_hooked(struct mirror_hook_req *hr)
+{
+	mreq_lock_and_go(container_of(hr, struct mirror_req, hr));
+}
+
 static void mreq_dispatch(struct mirror_req *r)
 {
 	struct mirror *m = r->m;
@@ -319,13 +352,18 @@ static void mreq_dispatch(struct mirror_req *r)
 		if (r->op != IMAGE_FSYNC)
 			job->guest_bytes += r->len;
 	}
+	r->hook = op_is_write(r->op) && r->len ? atomic_load(&m->hook) : NULL;
+	if (r->hook)
+		m->hook_inflight++;
 	pthread_mutex_unlock(&m->lock);
-	if (r->dst && r->op != IMAGE_FSYNC && r->len) {
-		r->locked = true;
-		if (!rangelock_lock(&job->rl, &r->range, r->off, r->len, mreq_wake))
-			return; /* parked: resumed by whoever releases the range */
+	if (r->hook) {
+		r->hr.off = r->off;
+		r->hr.len = r->len;
+		r->hr.go = mreq_hooked;
+		r->hook->before(r->hook, &r->hr);
+		return; /* goes on in mreq_hooked() */
 	}
-	mreq_go(r);
+	mreq_lock_and_go(r);
 }
 
 void mirror_submit(struct mirror *m, struct mirror_call *c, enum image_op op, void *buf,
@@ -334,7 +372,7 @@ void mirror_submit(struct mirror *m, struct mirror_call *c, enum image_op op, vo
 	struct vd_image *img;
 	struct mirror_req *r;
 
-	if (gate_enter(m, &img)) {
+	if (gate_enter(m, op, &img)) {
 		c->m = m;
 		c->done = done;
 		c->opaque = opaque;
@@ -609,6 +647,60 @@ unsigned mirror_expire_held(struct mirror *m, uint64_t max_ns)
 		free(expired);
 	}
 	return n;
+}
+
+/* ---- guest-write hooks ---- */
+
+static void attach_drained(struct mirror *m)
+{
+	struct mirror_req *parked;
+	vd_done_fn done;
+	void *opaque;
+
+	pthread_mutex_lock(&m->lock);
+	atomic_store(&m->attaching, false);
+	done = done_take(&m->hook_done, m->hook_opaque, &opaque);
+	parked = unquiesce_locked(m);
+	pthread_mutex_unlock(&m->lock);
+	resume_parked(parked);
+	done(opaque, 0);
+}
+
+void mirror_hook_attach(struct mirror *m, struct mirror_hook *h, vd_done_fn done, void *opaque)
+{
+	pthread_mutex_lock(&m->lock);
+	if (atomic_load(&m->hook) || m->hook_inflight || m->quiesce || atomic_load(&m->held)) {
+		pthread_mutex_unlock(&m->lock);
+		vd_err("%s: the view is busy (%s)", (*m->slot)->path,
+		       atomic_load(&m->hook) || m->hook_inflight
+			       ? "another job watches its writes"
+			       : "held, or a job is completing or cancelling");
+		done(opaque, -EBUSY);
+		return;
+	}
+	/* Pairs with gate_enter(): either it sees the hook, or the drain check
+	 * sees its write in direct. */
+	atomic_store(&m->hook, h);
+	atomic_store(&m->attaching, true);
+	m->hook_done = done;
+	m->hook_opaque = opaque;
+	quiesce_then(m, attach_drained);
+}
+
+void mirror_hook_detach(struct mirror *m, vd_done_fn done, void *opaque)
+{
+	bool now;
+
+	pthread_mutex_lock(&m->lock);
+	atomic_store(&m->hook, NULL);
+	now = !m->hook_inflight;
+	if (!now) {
+		m->hook_done = done;
+		m->hook_opaque = opaque;
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (now)
+		done(opaque, 0);
 }
 
 /* ---- pause, resume, speed ---- */

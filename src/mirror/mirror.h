@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "image/image.h"
+#include "mirror/rangelock.h"
 #include "util/json.h"
 
 #define MIRROR_DEFAULT_GRANULARITY (1u << 20)
@@ -80,6 +81,33 @@ bool mirror_busy(struct mirror *m);
 void mirror_status_line(struct mirror *m, GString *s);
 /* The same as members of the current JSON object. */
 void mirror_status_json(struct mirror *m, struct json_writer *j);
+
+/* ---- guest-write hooks ----
+ * A job that must act before a guest write reaches the view's image (a
+ * backup's copy-before-write, a pull backup's frozen view) attaches a hook.
+ * Every guest WRITE, ZERO and DISCARD of the view then calls before() first
+ * and waits until it calls hr->go(hr) (perhaps inside before(), perhaps from
+ * another thread); once the write is done on the image (whatever its result)
+ * and before it is answered, after() runs with the same hr. hr->off and
+ * hr->len name the guest range; hr->range and hr->priv are the hook's to
+ * use. Reads, fsync and requests of length 0 do not call the hook. */
+struct mirror_hook_req {
+	uint64_t off, len;
+	void (*go)(struct mirror_hook_req *hr);
+	struct rl_range range;
+	void *priv;
+};
+struct mirror_hook {
+	void (*before)(struct mirror_hook *h, struct mirror_hook_req *hr);
+	void (*after)(struct mirror_hook *h, struct mirror_hook_req *hr);
+};
+/* Attach h (one hook per view): new requests are parked while the writes in
+ * flight without it drain; done(opaque, 0) runs once every later write calls
+ * it (perhaps before the call returns), or done(opaque, -EBUSY) at once
+ * (logged) when a hook is attached already or the view is held. Detach runs
+ * done(opaque, 0) once no write is inside the hook any more. */
+void mirror_hook_attach(struct mirror *m, struct mirror_hook *h, vd_done_fn done, void *opaque);
+void mirror_hook_detach(struct mirror *m, vd_done_fn done, void *opaque);
 
 /* ---- the view's data path ----
  * Every data request of a view comes here. Without a job it goes straight to

@@ -134,9 +134,94 @@ static void test_zero_run_under_write(void)
 	g_free(w);
 }
 
+/* A guest-write hook: a write waits in before() until the hook lets it go,
+ * never reaches the image before, runs after() once done; reads pass the
+ * hook; detach waits for the write inside it. */
+struct test_hook {
+	struct mirror_hook h;
+	struct mirror_hook_req *held;
+	unsigned before, after;
+};
+
+static void th_before(struct mirror_hook *h, struct mirror_hook_req *hr)
+{
+	struct test_hook *t = (struct test_hook *)h;
+
+	t->before++;
+	t->held = hr;
+}
+
+static void th_after(struct mirror_hook *h, struct mirror_hook_req *hr)
+{
+	struct test_hook *t = (struct test_hook *)h;
+
+	g_assert_true(hr == t->held);
+	t->after++;
+}
+
+static void test_hook(void)
+{
+	char *dir = g_dir_make_tmp("vdiskfs-mirror-hook-XXXXXX", NULL);
+	char *src = g_build_filename(dir, "src.qcow2", NULL);
+	struct vd_create_opts co = {.size = 4 << 20};
+	struct test_hook t = {.h = {th_before, th_after}};
+	uint8_t *w = g_malloc(65536), *r = g_malloc(65536);
+	struct mirror_call cw, cr;
+	struct flag fa = {0}, fw = {0}, fr = {0}, fd = {0};
+	struct vd_image *img;
+	struct mirror *m;
+
+	g_assert_cmpint(uring_thread_init(64), ==, 0);
+	g_assert_cmpint(vd_format_qcow2.create(src, &co), ==, 0);
+	g_assert_cmpint(image_open(src, &rw_opts, &img), ==, 0);
+	m = mirror_new(&img);
+	mirror_hook_attach(m, &t.h, flag_done, &fa);
+	run_until(&fa);
+	g_assert_cmpint(fa.err, ==, 0);
+	fa.done = false;
+	mirror_hook_attach(m, &t.h, flag_done, &fa); /* one hook per view */
+	g_assert_true(fa.done);
+	g_assert_cmpint(fa.err, ==, -EBUSY);
+
+	memset(w, 0xab, 65536);
+	mirror_submit(m, &cw, IMAGE_WRITE, w, 65536, 1 << 20, flag_done, &fw);
+	g_assert_cmpuint(t.before, ==, 1);
+	g_assert_nonnull(t.held);
+	g_assert_cmpuint(t.held->off, ==, 1 << 20);
+	g_assert_cmpuint(t.held->len, ==, 65536);
+	mirror_submit(m, &cr, IMAGE_READ, r, 65536, 1 << 20, flag_done, &fr);
+	run_until(&fr);
+	g_assert_cmpint(fr.err, ==, 0);
+	for (int i = 0; i < 65536; i++)
+		g_assert_cmpint(r[i], ==, 0); /* the held write has not reached the image */
+	mirror_hook_detach(m, flag_done, &fd);
+	g_assert_false(fd.done); /* a write is inside the hook */
+	t.held->go(t.held);
+	run_until(&fw);
+	g_assert_cmpint(fw.err, ==, 0);
+	g_assert_cmpuint(t.after, ==, 1);
+	g_assert_true(fd.done);
+	g_assert_cmpint(image_pread_wait(img, r, 65536, 1 << 20), ==, 0);
+	g_assert_cmpmem(r, 65536, w, 65536);
+	fw.done = false; /* after detach writes pass without the hook */
+	mirror_submit(m, &cw, IMAGE_WRITE, w, 65536, 0, flag_done, &fw);
+	run_until(&fw);
+	g_assert_cmpuint(t.before, ==, 1);
+
+	mirror_free(m);
+	image_unref(img);
+	g_unlink(src);
+	g_rmdir(dir);
+	g_free(src);
+	g_free(dir);
+	g_free(w);
+	g_free(r);
+}
+
 int main(int argc, char **argv)
 {
 	t_init(&argc, &argv);
 	g_test_add_func("/mirror/copy/zero-run-under-write", test_zero_run_under_write);
+	g_test_add_func("/mirror/copy/hook", test_hook);
 	return t_run();
 }
