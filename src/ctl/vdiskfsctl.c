@@ -10,7 +10,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "image/image.h"
@@ -34,17 +33,22 @@ static void usage(FILE *f)
 		"\n"
 		"  info IMAGE [--json] [-U]        facts of an image file, offline (like qemu-img info)\n"
 		"  status VIEW|MOUNT [--json]      what vdiskfs serves: one view, or a whole mount\n"
-		"  jobs VIEW|MOUNT [--json]        the jobs (mirrors) that exist there\n"
+		"  jobs VIEW|MOUNT [--json]        the jobs (mirror, stream, commit) that exist there\n"
 		"  mirror VIEW TARGET [KEY=VALUE...] [--wait] [--complete]\n"
 		"                                  start a live mirror; --wait follows it to ready\n"
 		"                                  (or failure), --complete then swaps it in\n"
-		"  complete VIEW [--wait]          swap a ready mirror in\n"
-		"  cancel VIEW                     stop a mirror; the view stays on its source\n"
-		"  pause VIEW, resume VIEW         hold or go on with a mirror's copy (guest writes\n"
-		"                                  still reach both sides)\n"
-		"  set-speed VIEW RATE             change a mirror's copy limit (bytes/s, K/M/G; 0: none)\n"
+		"  stream VIEW [base=PATH] [speed=RATE] [--wait]\n"
+		"                                  copy the backing chain into the image, then unlink it\n"
+		"  commit VIEW [top=PATH] [base=PATH] [speed=RATE] [--wait] [--complete]\n"
+		"                                  merge an image of the chain into the one below\n"
+		"  snapshot VIEW OVERLAY           move the view onto a new qcow2 overlay (live)\n"
+		"  complete VIEW [--wait]          swap a ready mirror or commit in\n"
+		"  cancel VIEW                     stop the view's job; the view stays as it was\n"
+		"  pause VIEW, resume VIEW         hold or go on with a job's copy (guest writes\n"
+		"                                  go on)\n"
+		"  set-speed VIEW RATE             change a job's copy limit (bytes/s, K/M/G; 0: none)\n"
 		"  activate VIEW, inactivate VIEW  hand a view over between hosts (vdiskfs(1))\n"
-		"  wait VIEW [--complete]          follow a running mirror to ready\n"
+		"  wait VIEW [--complete]          follow the view's job to ready (or its end)\n"
 		"  bitmap VIEW add|remove|enable|disable|clear NAME [granularity=SIZE]\n"
 		"                                  change the image's persistent dirty bitmaps\n"
 		"                                  (qcow2; add: granularity K/M/G, default QEMU's)\n"
@@ -175,20 +179,10 @@ static void human_time(char *buf, size_t len, double s)
 		snprintf(buf, len, "%lu:%02lu", t / 60, t % 60);
 }
 
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-/* ---- progress of a mirror ---- */
+/* ---- progress of a job ---- */
 
 struct progress {
 	bool tty;
-	double t0, last_t, rate; /* rate: bytes/s, smoothed */
-	uint64_t last_copied;
 	char last_phase[32];
 	int last_tenth;
 };
@@ -199,7 +193,10 @@ static void progress_show(struct progress *p, const char *line)
 {
 	char *phase = status_field(line, "phase");
 	uint64_t copied = status_u64(line, "copied"), total = status_u64(line, "total");
-	double t = now_s(), pct = total ? 100.0 * copied / total : 100.0, eta;
+	char *eta_s = status_field(line, "eta");
+	/* The daemon's figures: percent of the data to copy (known once it
+	 * counted), the rate it measured, and the time left (-1: unknown). */
+	double pct = status_u64(line, "percent"), eta = eta_s ? g_ascii_strtod(eta_s, NULL) : -1;
 	char done[32], all[32], rate[32], etas[32];
 	int tenth = (int)(pct / 10);
 
@@ -211,18 +208,11 @@ static void progress_show(struct progress *p, const char *line)
 		g_free(phase);
 		phase = held;
 	}
-	if (p->last_t > 0 && t > p->last_t && copied >= p->last_copied) {
-		double r = (copied - p->last_copied) / (t - p->last_t);
-
-		p->rate = p->rate > 0 ? 0.7 * p->rate + 0.3 * r : r;
-	}
-	p->last_t = t;
-	p->last_copied = copied;
-	eta = p->rate > 0 ? (total - copied) / p->rate : NAN;
+	g_free(eta_s);
 	human_size(done, sizeof(done), copied);
 	human_size(all, sizeof(all), total);
-	human_size(rate, sizeof(rate), p->rate);
-	if (isnan(eta))
+	human_size(rate, sizeof(rate), status_u64(line, "rate"));
+	if (eta < 0)
 		snprintf(etas, sizeof(etas), "--:--");
 	else
 		human_time(etas, sizeof(etas), eta);
@@ -244,30 +234,63 @@ static void progress_show(struct progress *p, const char *line)
 	g_free(phase);
 }
 
-/* Follow the view's mirror until it reaches until (or fails, or vanishes). */
-static int mirror_follow(const char *view, const char *until)
+static const char *const job_types[] = {"mirror", "stream", "commit"};
+
+/* The kind of job the view runs now (or "mirror" when none runs). */
+static const char *view_job(const char *view)
 {
-	struct progress p = {.tty = isatty(STDERR_FILENO), .t0 = now_s(), .last_tenth = -1};
+	for (size_t i = 0; i < G_N_ELEMENTS(job_types); i++) {
+		char key[32], *line, *phase;
+		bool live;
+
+		snprintf(key, sizeof(key), "%s.status", job_types[i]);
+		line = view_get(view, key);
+		phase = line ? status_field(line, "phase") : NULL;
+		live = phase && strcmp(phase, "none") && strcmp(phase, "completed");
+		g_free(phase);
+		g_free(line);
+		if (live)
+			return job_types[i];
+	}
+	return "mirror";
+}
+
+/* user.vdiskfs.TYPE.VERB = value. */
+static int job_set(const char *view, const char *type, const char *verb, const char *value)
+{
+	char key[32];
+
+	snprintf(key, sizeof(key), "%s.%s", type, verb);
+	return view_set(view, key, value);
+}
+
+/* Follow the view's job until it reaches until (or fails, or vanishes; a
+ * job that completes on its own counts as there once completed). */
+static int job_follow(const char *view, const char *type, const char *until)
+{
+	struct progress p = {.tty = isatty(STDERR_FILENO), .last_tenth = -1};
+	char key[32];
 	int ret = EXIT_RUNTIME;
 
+	snprintf(key, sizeof(key), "%s.status", type);
 	for (;;) {
-		char *line = view_get(view, "mirror.status"), *phase;
+		char *line = view_get(view, key), *phase;
 
 		if (!line) {
 			if (p.tty)
 				fputc('\n', stderr);
-			return fail("mirror.status %s: %s", view, strerror(errno));
+			return fail("%s %s: %s", key, view, strerror(errno));
 		}
 		progress_show(&p, line);
 		phase = status_field(line, "phase");
-		if (phase && !strcmp(phase, until)) {
+		if (phase && (!strcmp(phase, until) || !strcmp(phase, "completed"))) {
 			ret = EXIT_OK;
 		} else if (phase && (!strcmp(phase, "failed") || !strcmp(phase, "none"))) {
 			char *err = status_field(line, "error");
 
 			if (p.tty)
 				fputc('\n', stderr);
-			fail("the mirror of %s %s%s%s", view,
+			fail("the %s of %s %s%s%s", type, view,
 			     !strcmp(phase, "none") ? "is gone (cancelled)" : "failed",
 			     err && *err ? ": " : "", err && *err ? err : "");
 			g_free(err);
@@ -439,10 +462,13 @@ static int cmd_status(const char *target, bool jobs_only)
 		const char *v = views->pdata[i];
 		char *fmt = view_get(v, "format"), *size = view_get(v, "virtual-size");
 		char *alloc = view_get(v, "allocated"), *image = view_get(v, "image");
-		char *job = view_get(v, "mirror.status");
-		char *name = single ? g_strdup(v) : g_path_get_basename(v);
+		const char *type = view_job(v);
+		char key[32];
+		char *job, *name = single ? g_strdup(v) : g_path_get_basename(v);
 		char a[32], b[32];
 
+		snprintf(key, sizeof(key), "%s.status", type);
+		job = view_get(v, key);
 		if (fmt && (!jobs_only || (job && strncmp(job, "phase=none", 10)))) {
 			human_size(a, sizeof(a), size ? g_ascii_strtod(size, NULL) : 0);
 			human_size(b, sizeof(b), alloc ? g_ascii_strtod(alloc, NULL) : 0);
@@ -455,8 +481,10 @@ static int cmd_status(const char *target, bool jobs_only)
 				char *phase = status_field(job, "phase"),
 				     *tgt = status_field(job, "target");
 
-				printf("%s%s: mirror %s %.1f%% to %s\n", jobs_only ? "" : "  ",
-				       name, phase, t ? 100.0 * c / t : 100.0, tgt);
+				printf("%s%s: %s %s %.1f%% %s %s\n", jobs_only ? "" : "  ", name,
+				       type, phase, t ? 100.0 * c / t : 100.0,
+				       strcmp(type, "stream") ? "to" : "above",
+				       *tgt ? tgt : "(no base)");
 				g_free(phase);
 				g_free(tgt);
 			}
@@ -489,7 +517,7 @@ static int cmd_mirror(const char *view, const char *target, int nopts, char **op
 		return EXIT_RUNTIME;
 	if (!opt_wait)
 		return EXIT_OK;
-	ret = mirror_follow(view, "ready");
+	ret = job_follow(view, "mirror", "ready");
 	if (ret || !opt_complete)
 		return ret;
 	if (view_set(view, "mirror.complete", "1"))
@@ -527,6 +555,43 @@ static int cmd_bitmap(const char *view, const char *verb, const char *name, cons
 	return ret ? EXIT_RUNTIME : EXIT_OK;
 }
 
+/* Complete the view's job if it waits in ready (a job that completes on
+ * its own is done already). */
+static int job_complete_if_ready(const char *view, const char *type)
+{
+	char key[32], *line, *phase;
+	bool ready;
+
+	snprintf(key, sizeof(key), "%s.status", type);
+	line = view_get(view, key);
+	phase = line ? status_field(line, "phase") : NULL;
+	ready = phase && !strcmp(phase, "ready");
+	g_free(phase);
+	g_free(line);
+	return ready && job_set(view, type, "complete", "1") ? EXIT_RUNTIME : EXIT_OK;
+}
+
+/* stream or commit: options as KEY=VALUE words; --wait follows it to its
+ * end (a commit of the view's image to ready; --complete then pivots). */
+static int cmd_chain_job(const char *view, const char *type, int nopts, char **opts)
+{
+	GString *v = g_string_new(NULL);
+	int ret;
+
+	for (int i = 0; i < nopts; i++)
+		g_string_append_printf(v, "%s%s", i ? "," : "", opts[i]);
+	ret = job_set(view, type, "start", v->len ? v->str : "1");
+	g_string_free(v, TRUE);
+	if (ret)
+		return EXIT_RUNTIME;
+	if (!opt_wait)
+		return EXIT_OK;
+	ret = job_follow(view, type, "ready");
+	if (ret || !opt_complete)
+		return ret;
+	return job_complete_if_ready(view, type);
+}
+
 static int run(int argc, char **argv)
 {
 	const char *cmd = argv[0];
@@ -537,32 +602,35 @@ static int run(int argc, char **argv)
 		return cmd_status(argv[1], !strcmp(cmd, "jobs"));
 	if (!strcmp(cmd, "mirror") && argc >= 3)
 		return cmd_mirror(argv[1], argv[2], argc - 3, argv + 3);
+	if ((!strcmp(cmd, "stream") || !strcmp(cmd, "commit")) && argc >= 2)
+		return cmd_chain_job(argv[1], cmd, argc - 2, argv + 2);
+	if (!strcmp(cmd, "snapshot") && argc == 3)
+		return view_set(argv[1], "snapshot", argv[2]) ? EXIT_RUNTIME : EXIT_OK;
 	if (!strcmp(cmd, "complete") && argc == 2) {
-		if (opt_wait && mirror_follow(argv[1], "ready"))
+		const char *type = view_job(argv[1]);
+
+		if (opt_wait && job_follow(argv[1], type, "ready"))
 			return EXIT_RUNTIME;
-		return view_set(argv[1], "mirror.complete", "1") ? EXIT_RUNTIME : EXIT_OK;
+		return job_set(argv[1], type, "complete", "1") ? EXIT_RUNTIME : EXIT_OK;
 	}
-	if (!strcmp(cmd, "cancel") && argc == 2)
-		return view_set(argv[1], "mirror.cancel", "1") ? EXIT_RUNTIME : EXIT_OK;
-	if ((!strcmp(cmd, "pause") || !strcmp(cmd, "resume")) && argc == 2)
-		return view_set(argv[1], !strcmp(cmd, "pause") ? "mirror.pause" : "mirror.resume",
-				"1")
-			       ? EXIT_RUNTIME
-			       : EXIT_OK;
+	if ((!strcmp(cmd, "cancel") || !strcmp(cmd, "pause") || !strcmp(cmd, "resume")) &&
+	    argc == 2)
+		return job_set(argv[1], view_job(argv[1]), cmd, "1") ? EXIT_RUNTIME : EXIT_OK;
 	if ((!strcmp(cmd, "activate") || !strcmp(cmd, "inactivate")) && argc == 2)
 		return view_set(argv[1], "active", !strcmp(cmd, "activate") ? "1" : "0")
 			       ? EXIT_RUNTIME
 			       : EXIT_OK;
 	if (!strcmp(cmd, "set-speed") && argc == 3)
-		return view_set(argv[1], "mirror.speed", argv[2]) ? EXIT_RUNTIME : EXIT_OK;
+		return job_set(argv[1], view_job(argv[1]), "speed", argv[2]) ? EXIT_RUNTIME
+									     : EXIT_OK;
 	if (!strcmp(cmd, "bitmap") && (argc == 4 || argc == 5))
 		return cmd_bitmap(argv[1], argv[2], argv[3], argc == 5 ? argv[4] : NULL);
 	if (!strcmp(cmd, "wait") && argc == 2) {
-		if (mirror_follow(argv[1], "ready"))
+		const char *type = view_job(argv[1]);
+
+		if (job_follow(argv[1], type, "ready"))
 			return EXIT_RUNTIME;
-		if (opt_complete && view_set(argv[1], "mirror.complete", "1"))
-			return EXIT_RUNTIME;
-		return EXIT_OK;
+		return opt_complete ? job_complete_if_ready(argv[1], type) : EXIT_OK;
 	}
 	fprintf(stderr, "vdiskfsctl: %s: unknown command or wrong arguments\n", cmd);
 	usage(stderr);

@@ -13,15 +13,31 @@ static const struct {
 	enum control_verb verb;
 	int min_args, max_args; /* words after the verb */
 	const char *usage;
+	enum job_type job; /* the job verbs' kind of job */
 } control_verbs[] = {
+	/* clang-format off */
 	{"status", CONTROL_STATUS, 0, 0, ""},
-	{"mirror-start", CONTROL_MIRROR_START, 2, -1, " NAME TARGET [key=value...]"},
-	{"mirror-complete", CONTROL_MIRROR_COMPLETE, 1, 1, " NAME"},
-	{"mirror-cancel", CONTROL_MIRROR_CANCEL, 1, 1, " NAME"},
-	{"mirror-status", CONTROL_MIRROR_STATUS, 1, 1, " NAME"},
-	{"mirror-pause", CONTROL_MIRROR_PAUSE, 1, 1, " NAME"},
-	{"mirror-resume", CONTROL_MIRROR_RESUME, 1, 1, " NAME"},
-	{"mirror-speed", CONTROL_MIRROR_SPEED, 2, 2, " NAME RATE"},
+	{"mirror-start", CONTROL_JOB_START, 2, -1, " NAME TARGET [key=value...]", JOB_MIRROR},
+	{"mirror-complete", CONTROL_JOB_COMPLETE, 1, 1, " NAME", JOB_MIRROR},
+	{"mirror-cancel", CONTROL_JOB_CANCEL, 1, 1, " NAME", JOB_MIRROR},
+	{"mirror-status", CONTROL_JOB_STATUS, 1, 1, " NAME", JOB_MIRROR},
+	{"mirror-pause", CONTROL_JOB_PAUSE, 1, 1, " NAME", JOB_MIRROR},
+	{"mirror-resume", CONTROL_JOB_RESUME, 1, 1, " NAME", JOB_MIRROR},
+	{"mirror-speed", CONTROL_JOB_SPEED, 2, 2, " NAME RATE", JOB_MIRROR},
+	{"stream-start", CONTROL_JOB_START, 1, -1, " NAME [base=PATH] [speed=RATE]", JOB_STREAM},
+	{"stream-cancel", CONTROL_JOB_CANCEL, 1, 1, " NAME", JOB_STREAM},
+	{"stream-status", CONTROL_JOB_STATUS, 1, 1, " NAME", JOB_STREAM},
+	{"stream-pause", CONTROL_JOB_PAUSE, 1, 1, " NAME", JOB_STREAM},
+	{"stream-resume", CONTROL_JOB_RESUME, 1, 1, " NAME", JOB_STREAM},
+	{"stream-speed", CONTROL_JOB_SPEED, 2, 2, " NAME RATE", JOB_STREAM},
+	{"commit-start", CONTROL_JOB_START, 1, -1, " NAME [top=PATH] [base=PATH] [speed=RATE]",
+	 JOB_COMMIT},
+	{"commit-complete", CONTROL_JOB_COMPLETE, 1, 1, " NAME", JOB_COMMIT},
+	{"commit-cancel", CONTROL_JOB_CANCEL, 1, 1, " NAME", JOB_COMMIT},
+	{"commit-status", CONTROL_JOB_STATUS, 1, 1, " NAME", JOB_COMMIT},
+	{"commit-pause", CONTROL_JOB_PAUSE, 1, 1, " NAME", JOB_COMMIT},
+	{"commit-resume", CONTROL_JOB_RESUME, 1, 1, " NAME", JOB_COMMIT},
+	{"commit-speed", CONTROL_JOB_SPEED, 2, 2, " NAME RATE", JOB_COMMIT},
 	{"activate", CONTROL_ACTIVATE, 1, 1, " NAME"},
 	{"inactivate", CONTROL_INACTIVATE, 1, 1, " NAME"},
 	{"bitmap-add", CONTROL_BITMAP, 2, 3, " NAME BITMAP [granularity=SIZE]"},
@@ -29,6 +45,7 @@ static const struct {
 	{"bitmap-enable", CONTROL_BITMAP, 2, 2, " NAME BITMAP"},
 	{"bitmap-disable", CONTROL_BITMAP, 2, 2, " NAME BITMAP"},
 	{"bitmap-clear", CONTROL_BITMAP, 2, 2, " NAME BITMAP"},
+	/* clang-format on */
 };
 
 void control_cmd_free(struct control_cmd *cmd)
@@ -89,24 +106,26 @@ int bitmap_add_parse(const char *value, char **name, uint32_t *gran)
 	return ret;
 }
 
-/* The mirror-start options: TARGET (a path or "target=...,..."), then one
- * key=value per word. Errors are logged by mirror_opts_*; the reply quotes it. */
+/* The start options: for a mirror TARGET (a path or "target=...,..."),
+ * then one key=value per word. Errors are logged by the option parsers; the
+ * reply quotes it. */
 static int control_parse_start(struct control_cmd *cmd, int argc, gchar **argv, GString *err)
 {
-	int ret;
+	int ret = 0, i = 2;
 
 	vd_log_clear_error();
-	ret = mirror_opts_parse(&cmd->opts, argv[2]);
-	for (int i = 3; i < argc && !ret; i++) {
+	if (cmd->job == JOB_MIRROR)
+		ret = mirror_opts_parse(&cmd->opts, argv[i++]);
+	for (; i < argc && !ret; i++) {
 		char *eq = strchr(argv[i], '=');
 
 		if (!eq || eq == argv[i]) {
-			vd_err("mirror: \"%s\" is not key=value", argv[i]);
+			vd_err("%s: \"%s\" is not key=value", job_type_name(cmd->job), argv[i]);
 			ret = -EINVAL;
 			break;
 		}
 		*eq = '\0';
-		ret = mirror_opts_set(&cmd->opts, argv[i], eq + 1);
+		ret = job_opts_set(&cmd->opts, cmd->job, argv[i], eq + 1);
 	}
 	if (ret)
 		control_error(err, ret);
@@ -142,9 +161,9 @@ int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString 
 	if (i == G_N_ELEMENTS(control_verbs)) {
 		g_string_append_printf(err,
 				       "error: unknown command \"%s\" (known: status, "
-				       "mirror-start, mirror-complete, mirror-cancel, "
-				       "mirror-status, mirror-pause, mirror-resume, "
-				       "mirror-speed, activate, inactivate, bitmap-add, "
+				       "mirror-, stream- and commit-start, -complete (mirror, "
+				       "commit), -cancel, -status, -pause, -resume, -speed, "
+				       "activate, inactivate, bitmap-add, "
 				       "bitmap-remove, bitmap-enable, bitmap-disable, "
 				       "bitmap-clear)\n",
 				       argv[0]);
@@ -157,12 +176,13 @@ int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString 
 		goto out;
 	}
 	cmd->verb = control_verbs[i].verb;
+	cmd->job = control_verbs[i].job;
 	if (argc > 1)
 		cmd->name = g_strdup(argv[1]);
-	if (cmd->verb == CONTROL_MIRROR_SPEED || cmd->verb == CONTROL_BITMAP)
+	if (cmd->verb == CONTROL_JOB_SPEED || cmd->verb == CONTROL_BITMAP)
 		cmd->arg = g_strdup(argv[2]);
 	ret = 0;
-	if (cmd->verb == CONTROL_MIRROR_START)
+	if (cmd->verb == CONTROL_JOB_START)
 		ret = control_parse_start(cmd, argc, argv, err);
 	if (cmd->verb == CONTROL_BITMAP) {
 		vd_bitmap_cmd_parse(argv[0] + strlen("bitmap-"), &cmd->bitmap);

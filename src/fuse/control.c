@@ -104,6 +104,8 @@ struct control_wait {
 	struct control_fh *fh;
 	struct vnode *n;
 	size_t size;
+	enum job_type job; /* whose status line the answer shows */
+	bool status;	   /* show it (else "ok") */
 };
 
 static void control_reply(struct control_wait *w, int err)
@@ -125,10 +127,12 @@ static void control_verb_done(void *opaque, int err)
 		g_string_append_printf(w->fh->text, "error: %s\n", strerror(-err));
 	} else if (atomic_load(&w->n->img->inactive)) {
 		g_string_append(w->fh->text, "ok: inactive\n");
-	} else {
+	} else if (w->status) {
 		g_string_append(w->fh->text, "ok: ");
-		mirror_status_line(w->n->mirror, w->fh->text);
+		job_status_line(w->n->mirror, w->job, w->fh->text);
 		g_string_append_c(w->fh->text, '\n');
+	} else {
+		g_string_append(w->fh->text, "ok\n");
 	}
 	tree_forget(w->n->ino, 1);
 	control_reply(w, err);
@@ -138,14 +142,14 @@ static void control_verb_done(void *opaque, int err)
 
 /* A verb's answer: noted on the view, and "error: ..." or ok (the text, or
  * with status the mirror's status line) in out. Returns err. */
-static int control_result(struct vnode *n, GString *out, int err, bool status, const char *ok)
+static int control_result(struct vnode *n, GString *out, int err, int status, const char *ok)
 {
 	vnode_note_verb(n, err);
 	if (err) {
 		control_error(out, err);
-	} else if (status) {
+	} else if (status >= 0) {
 		g_string_append(out, "ok: ");
-		mirror_status_line(n->mirror, out);
+		job_status_line(n->mirror, status, out);
 		g_string_append_c(out, '\n');
 	} else {
 		g_string_append(out, ok);
@@ -153,7 +157,7 @@ static int control_result(struct vnode *n, GString *out, int err, bool status, c
 	return err;
 }
 
-/* The mirror verbs on the view cmd->name. Returns 1 when w is answered
+/* The verbs on the view cmd->name. Returns 1 when w is answered
  * later, else 0 or -errno. */
 static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 {
@@ -170,43 +174,46 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 	}
 	vd_log_clear_error();
 	switch (cmd->verb) {
-	case CONTROL_MIRROR_START:
-		ret = control_result(n, out, xattr_mirror_start(n, &cmd->opts), false, "ok\n");
+	case CONTROL_JOB_START:
+		ret = xattr_job_start(n, cmd->job, &cmd->opts);
+		ret = control_result(n, out, ret, -1, "ok\n");
 		break;
-	case CONTROL_MIRROR_STATUS:
-		mirror_status_line(n->mirror, out);
+	case CONTROL_JOB_STATUS:
+		job_status_line(n->mirror, cmd->job, out);
 		g_string_append_c(out, '\n');
 		break;
-	case CONTROL_MIRROR_PAUSE:
-	case CONTROL_MIRROR_RESUME:
-	case CONTROL_MIRROR_SPEED:
-		ret = xattr_mirror_adjust(n,
-					  cmd->verb == CONTROL_MIRROR_PAUSE    ? "pause"
-					  : cmd->verb == CONTROL_MIRROR_RESUME ? "resume"
-									       : "speed",
-					  cmd->arg);
-		ret = control_result(n, out, ret, true, NULL);
+	case CONTROL_JOB_PAUSE:
+	case CONTROL_JOB_RESUME:
+	case CONTROL_JOB_SPEED:
+		ret = xattr_job_adjust(n, cmd->job,
+				       cmd->verb == CONTROL_JOB_PAUSE	 ? "pause"
+				       : cmd->verb == CONTROL_JOB_RESUME ? "resume"
+									 : "speed",
+				       cmd->arg);
+		ret = control_result(n, out, ret, cmd->job, NULL);
 		break;
 	case CONTROL_ACTIVATE:
-		ret = control_result(n, out, handover_activate(n), false, "ok: active\n");
+		ret = control_result(n, out, handover_activate(n), -1, "ok: active\n");
 		break;
 	case CONTROL_BITMAP:
 		ret = xattr_bitmap(n, cmd->bitmap, cmd->arg, cmd->granularity);
-		ret = control_result(n, out, ret, false, "ok\n");
+		ret = control_result(n, out, ret, -1, "ok\n");
 		break;
 	case CONTROL_INACTIVATE:
 		w->n = n; /* the lookup reference is dropped when the verb is done */
 		loop_req_begin();
 		handover_inactivate(n, control_verb_done, w);
 		return 1;
-	case CONTROL_MIRROR_COMPLETE:
-	case CONTROL_MIRROR_CANCEL:
+	case CONTROL_JOB_COMPLETE:
+	case CONTROL_JOB_CANCEL:
 		w->n = n; /* the lookup reference is dropped when the verb is done */
+		w->job = cmd->job;
+		w->status = true;
 		loop_req_begin();
-		if (cmd->verb == CONTROL_MIRROR_COMPLETE)
-			xattr_mirror_complete(n, control_verb_done, w);
+		if (cmd->verb == CONTROL_JOB_COMPLETE)
+			xattr_job_complete(n, cmd->job, control_verb_done, w);
 		else
-			mirror_cancel(n->mirror, control_verb_done, w);
+			job_cancel(n->mirror, cmd->job, control_verb_done, w);
 		return 1;
 	default:
 		break;

@@ -110,22 +110,25 @@ void view_info_json(struct vnode *n, struct json_writer *j, bool mirror);
 /* After a verb on the view: remember why it was refused (err < 0: the
  * thread's last logged error, or strerror), or forget it (err == 0). */
 void vnode_note_verb(struct vnode *n, int err);
-/* Start a mirror of the view with this mount's settings: 0 or -errno (logged). */
-int xattr_mirror_start(struct vnode *n, const struct mirror_opts *o);
-/* Complete the view's mirror (mirror_complete()), and in a directory mount
- * make SOURCE/name the new image once it did (tree_mirror_completed()). */
-void xattr_mirror_complete(struct vnode *n, vd_done_fn done, void *opaque);
+/* Start a job of the view with this mount's settings: 0 or -errno (logged). */
+int xattr_job_start(struct vnode *n, enum job_type type, const struct mirror_opts *o);
+/* Complete the view's job (job_complete()), and in a directory mount make
+ * SOURCE/name the new image once the view moved (tree_mirror_completed()). */
+void xattr_job_complete(struct vnode *n, enum job_type type, vd_done_fn done, void *opaque);
+/* A live snapshot of the view (snapshot_take()); single-image mounts only. */
+void xattr_snapshot(struct vnode *n, const char *path, vd_done_fn done, void *opaque);
 /* A view's asynchronous verb in progress: who to answer once it is done. */
 struct vnode_call {
 	struct vnode *n;
+	struct vd_image *before; /* the view's image when the verb began */
 	vd_done_fn done;
 	void *opaque;
 };
 /* NULL (with done(opaque, -ENOMEM) called) when out of memory. */
 struct vnode_call *vnode_call_new(struct vnode *n, vd_done_fn done, void *opaque);
-/* The verbs that adjust a running mirror: "pause", "resume", or "speed"
- * with value a rate (like speed= of start). 0 or -errno, logged. */
-int xattr_mirror_adjust(struct vnode *n, const char *verb, const char *value);
+/* The verbs that adjust a running job: "pause", "resume", or "speed" with
+ * value a rate (like speed= of start). 0 or -errno, logged. */
+int xattr_job_adjust(struct vnode *n, enum job_type type, const char *verb, const char *value);
 /* A command on a persistent bitmap of the view's image (image_bitmap()), the
  * mount's read-only state checked first. 0 or -errno, logged. */
 int xattr_bitmap(struct vnode *n, enum vd_bitmap_cmd cmd, const char *name, uint32_t gran);
@@ -134,13 +137,13 @@ int xattr_bitmap(struct vnode *n, enum vd_bitmap_cmd cmd, const char *name, uint
 enum control_verb {
 	CONTROL_NONE,
 	CONTROL_STATUS,
-	CONTROL_MIRROR_START,
-	CONTROL_MIRROR_COMPLETE,
-	CONTROL_MIRROR_CANCEL,
-	CONTROL_MIRROR_STATUS,
-	CONTROL_MIRROR_PAUSE,
-	CONTROL_MIRROR_RESUME,
-	CONTROL_MIRROR_SPEED,
+	CONTROL_JOB_START, /* the job verbs: TYPE-VERB, cmd->job the type */
+	CONTROL_JOB_COMPLETE,
+	CONTROL_JOB_CANCEL,
+	CONTROL_JOB_STATUS,
+	CONTROL_JOB_PAUSE,
+	CONTROL_JOB_RESUME,
+	CONTROL_JOB_SPEED,
 	CONTROL_ACTIVATE,
 	CONTROL_INACTIVATE,
 	CONTROL_BITMAP, /* bitmap-add, -remove, -enable, -disable, -clear */
@@ -148,9 +151,10 @@ enum control_verb {
 
 struct control_cmd {
 	enum control_verb verb;
+	enum job_type job;	 /* the job verbs' kind of job */
 	char *name;		 /* the view: every verb but status */
-	struct mirror_opts opts; /* mirror-start only */
-	char *arg;		 /* mirror-speed: the rate; bitmap-*: the bitmap */
+	struct mirror_opts opts; /* *-start only */
+	char *arg;		 /* *-speed: the rate; bitmap-*: the bitmap */
 	enum vd_bitmap_cmd bitmap;
 	uint32_t granularity; /* bitmap-add: bytes, 0 for the default */
 };

@@ -18,9 +18,30 @@
 #define XATTR_PREFIX "user.vdiskfs."
 
 static const char *const xattr_names[] = {
-	"format", "virtual-size", "cluster-size",  "backing",	 "allocated",
-	"image",  "info",	  "mirror.status", "last-error", "active",
+	"format",	 "virtual-size", "cluster-size",  "backing", "allocated",
+	"image",	 "info",	 "mirror.status", "jobs",    "stream.status",
+	"commit.status", "last-error",	 "active",
 };
+
+/* The jobs' attributes: user.vdiskfs.TYPE.VERB. */
+static const char *const job_prefixes[] = {
+	[JOB_MIRROR] = "mirror.",
+	[JOB_STREAM] = "stream.",
+	[JOB_COMMIT] = "commit.",
+};
+
+/* Is key a job's attribute? Its type and the verb after the prefix. */
+static bool job_key(const char *key, enum job_type *type, const char **verb)
+{
+	for (size_t t = 0; t < G_N_ELEMENTS(job_prefixes); t++) {
+		if (!strncmp(key, job_prefixes[t], strlen(job_prefixes[t]))) {
+			*type = t;
+			*verb = key + strlen(job_prefixes[t]);
+			return true;
+		}
+	}
+	return false;
+}
 
 static pthread_mutex_t last_error_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -45,16 +66,22 @@ void view_info_json(struct vnode *n, struct json_writer *j, bool mirror)
 	image_facts_json(n->img, vfs_cfg.read_only, j);
 	if (mirror && n->mirror) {
 		json_begin_object(j, "mirror");
-		mirror_status_json(n->mirror, j);
+		job_status_json(n->mirror, JOB_MIRROR, j);
 		json_end_object(j);
+		json_begin_array(j, "jobs");
+		job_any_json(n->mirror, j);
+		json_end_array(j);
 	}
 }
 
 /* Only root and the mount's owner may read or set it. */
 static bool xattr_owner_only(const char *key)
 {
-	return !strncmp(key, "mirror.", strlen("mirror.")) ||
-	       !strncmp(key, "bitmap.", strlen("bitmap.")) || !strcmp(key, "last-error");
+	enum job_type t;
+	const char *verb;
+
+	return job_key(key, &t, &verb) || !strncmp(key, "bitmap.", strlen("bitmap.")) ||
+	       !strcmp(key, "last-error") || !strcmp(key, "jobs") || !strcmp(key, "snapshot");
 }
 
 /* The value of one attribute, or NULL if there is no such attribute. */
@@ -62,6 +89,8 @@ static GString *xattr_value(struct vnode *n, const char *key, bool mirror)
 {
 	struct vd_image *img = n->img;
 	GString *s = g_string_new(NULL);
+	const char *verb;
+	enum job_type t;
 
 	if (!strcmp(key, "format")) {
 		g_string_append(s, img->fmt->name);
@@ -77,11 +106,19 @@ static GString *xattr_value(struct vnode *n, const char *key, bool mirror)
 		g_string_append(s, img->path);
 	} else if (!strcmp(key, "active")) {
 		g_string_append(s, atomic_load(&img->inactive) ? "0" : "1");
-	} else if (!strcmp(key, "mirror.status")) {
+	} else if (job_key(key, &t, &verb) && !strcmp(verb, "status")) {
 		if (n->mirror)
-			mirror_status_line(n->mirror, s);
+			job_status_line(n->mirror, t, s);
 		else
 			g_string_append(s, "phase=none");
+	} else if (!strcmp(key, "jobs")) {
+		struct json_writer j;
+
+		json_init(&j, s);
+		json_begin_array(&j, NULL);
+		if (n->mirror)
+			job_any_json(n->mirror, &j);
+		json_end_array(&j);
 	} else if (!strcmp(key, "last-error")) {
 		pthread_mutex_lock(&last_error_lock);
 		g_string_append(s, n->last_error ? n->last_error : "");
@@ -153,20 +190,31 @@ void xattr_list(fuse_req_t req, struct vnode *n, size_t size)
 	g_string_free(s, TRUE);
 }
 
-int xattr_mirror_start(struct vnode *n, const struct mirror_opts *o)
+static void xattr_env(struct mirror_env *env)
 {
-	struct mirror_env env = {
-		.mountpoint = vfs_cfg.mountpoint,
-		.read_only = vfs_cfg.read_only,
-		.open = &vfs_cfg.open,
-	};
+	env->mountpoint = vfs_cfg.mountpoint;
+	env->read_only = vfs_cfg.read_only;
+	env->open = &vfs_cfg.open;
+}
+
+int xattr_job_start(struct vnode *n, enum job_type type, const struct mirror_opts *o)
+{
+	struct mirror_env env;
 
 	if (!n->mirror)
 		return -ENOMEM;
-	return mirror_start(n->mirror, o, &env);
+	xattr_env(&env);
+	switch (type) {
+	case JOB_STREAM:
+		return stream_start(n->mirror, o, &env);
+	case JOB_COMMIT:
+		return commit_start(n->mirror, o, &env);
+	default:
+		return mirror_start(n->mirror, o, &env);
+	}
 }
 
-int xattr_mirror_adjust(struct vnode *n, const char *verb, const char *value)
+int xattr_job_adjust(struct vnode *n, enum job_type type, const char *verb, const char *value)
 {
 	struct mirror_opts o;
 	int ret;
@@ -174,11 +222,11 @@ int xattr_mirror_adjust(struct vnode *n, const char *verb, const char *value)
 	if (!n->mirror)
 		return -ENOMEM;
 	if (!strcmp(verb, "pause") || !strcmp(verb, "resume"))
-		return mirror_pause(n->mirror, !strcmp(verb, "pause"));
+		return job_pause(n->mirror, type, !strcmp(verb, "pause"));
 	mirror_opts_init(&o);
 	ret = mirror_opts_set(&o, "speed", value);
 	if (!ret)
-		ret = mirror_set_speed(n->mirror, o.speed);
+		ret = job_set_speed(n->mirror, type, o.speed);
 	mirror_opts_free(&o);
 	return ret;
 }
@@ -232,27 +280,47 @@ struct vnode_call *vnode_call_new(struct vnode *n, vd_done_fn done, void *opaque
 		return NULL;
 	}
 	c->n = n;
+	c->before = n->img;
 	c->done = done;
 	c->opaque = opaque;
 	return c;
 }
 
-static void xattr_complete_done(void *opaque, int err)
+/* A verb that may have moved the view onto another image (a mirror's or
+ * active commit's complete, a snapshot): in a directory mount SOURCE/name
+ * then names the new image. */
+static void xattr_moved_done(void *opaque, int err)
 {
 	struct vnode_call *c = opaque;
 
-	if (!err)
+	if (!err && c->n->img != c->before)
 		tree_mirror_completed(c->n);
 	c->done(c->opaque, err);
 	free(c);
 }
 
-void xattr_mirror_complete(struct vnode *n, vd_done_fn done, void *opaque)
+void xattr_job_complete(struct vnode *n, enum job_type type, vd_done_fn done, void *opaque)
 {
 	struct vnode_call *c = vnode_call_new(n, done, opaque);
 
 	if (c)
-		mirror_complete(n->mirror, xattr_complete_done, c);
+		job_complete(n->mirror, type, xattr_moved_done, c);
+}
+
+void xattr_snapshot(struct vnode *n, const char *path, vd_done_fn done, void *opaque)
+{
+	struct mirror_env env;
+
+	if (!vfs_cfg.single) {
+		/* SOURCE/name would have to name the overlay, whose backing
+		 * file is the very file SOURCE/name names now. */
+		vd_err("%s: snapshot: not in a directory mount yet (mount the image on its own)",
+		       n->img->path);
+		done(opaque, -ENOTSUP);
+		return;
+	}
+	xattr_env(&env);
+	snapshot_take(n->mirror, path, &env, done, opaque);
 }
 
 struct xattr_wait {
@@ -286,35 +354,56 @@ static void xattr_verb_done(void *opaque, int err)
 	loop_req_end();
 }
 
-/* The mirror verbs: start (value: target or options), complete, cancel. */
-static void xattr_mirror(fuse_req_t req, struct vnode *n, const char *verb, const char *value,
-			 size_t size)
+/* The job verbs: start (value: options), complete, cancel (answered once
+ * done), pause, resume, speed (value: a rate). */
+static void xattr_job(fuse_req_t req, struct vnode *n, enum job_type type, const char *verb,
+		      const char *value, size_t size)
 {
+	char *v = g_strndup(value, size);
 	struct xattr_wait *w;
 	int ret;
 
+	g_strchomp(v);
 	if (!strcmp(verb, "start")) {
 		struct mirror_opts o;
-		char *v = g_strndup(value, size);
 
-		g_strchomp(v);
 		mirror_opts_init(&o);
-		ret = mirror_opts_parse(&o, v);
+		ret = job_opts_parse(&o, type, v);
 		if (!ret)
-			ret = xattr_mirror_start(n, &o);
+			ret = xattr_job_start(n, type, &o);
 		mirror_opts_free(&o);
+	} else if (!strcmp(verb, "pause") || !strcmp(verb, "resume") || !strcmp(verb, "speed")) {
+		ret = xattr_job_adjust(n, type, verb, v);
+	} else if (!strcmp(verb, "complete") || !strcmp(verb, "cancel")) {
 		g_free(v);
-		vnode_note_verb(n, ret);
-		fuse_reply_err(req, -ret);
+		w = xattr_wait_new(req, n); /* answered when the swap or the drop is done */
+		if (!w)
+			return;
+		if (!strcmp(verb, "complete"))
+			xattr_job_complete(n, type, xattr_verb_done, w);
+		else
+			job_cancel(n->mirror, type, xattr_verb_done, w);
 		return;
+	} else {
+		vd_err("%s: unknown attribute user.vdiskfs.%s%s", n->img->path, job_prefixes[type],
+		       verb);
+		ret = verb[0] && strcmp(verb, "status") ? -EINVAL : -EPERM;
 	}
-	w = xattr_wait_new(req, n); /* answered when the swap or the drop is done */
-	if (!w)
-		return;
-	if (!strcmp(verb, "complete"))
-		xattr_mirror_complete(n, xattr_verb_done, w);
-	else
-		mirror_cancel(n->mirror, xattr_verb_done, w);
+	g_free(v);
+	vnode_note_verb(n, ret);
+	fuse_reply_err(req, -ret);
+}
+
+/* user.vdiskfs.snapshot: the value is the new overlay's path. */
+static void xattr_snapshot_set(fuse_req_t req, struct vnode *n, const char *value, size_t size)
+{
+	char *v = g_strndup(value, size);
+	struct xattr_wait *w = xattr_wait_new(req, n);
+
+	g_strchomp(v);
+	if (w)
+		xattr_snapshot(n, v, xattr_verb_done, w);
+	g_free(v);
 }
 
 /* user.vdiskfs.active: 1 activates (at once), 0 inactivates (answered once
@@ -344,7 +433,8 @@ static void xattr_active(fuse_req_t req, struct vnode *n, const char *value, siz
 void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *value, size_t size,
 	       int flags)
 {
-	const char *key;
+	const char *key, *verb;
+	enum job_type type;
 
 	if (n->kind != VN_IMAGE || strncmp(name, XATTR_PREFIX, strlen(XATTR_PREFIX))) {
 		fuse_reply_err(req, ENOTSUP); /* no arbitrary attributes on a view */
@@ -352,16 +442,19 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 	}
 	key = name + strlen(XATTR_PREFIX);
 	if ((xattr_owner_only(key) || !strcmp(key, "active")) && !vfs_req_by_owner(req)) {
-		vd_err("%s: %s: only the owner of the mount may run mirrors, change bitmaps or "
+		vd_err("%s: %s: only the owner of the mount may run jobs, change bitmaps or "
 		       "hand views over",
 		       n->img->path, name);
 		fuse_reply_err(req, EACCES);
 		return;
 	}
 	vd_log_clear_error();
-	if (!strcmp(key, "mirror.start") || !strcmp(key, "mirror.complete") ||
-	    !strcmp(key, "mirror.cancel")) {
-		xattr_mirror(req, n, key + strlen("mirror."), value, size);
+	if (job_key(key, &type, &verb)) {
+		xattr_job(req, n, type, verb, value, size);
+		return;
+	}
+	if (!strcmp(key, "snapshot")) {
+		xattr_snapshot_set(req, n, value, size);
 		return;
 	}
 	if (!strcmp(key, "active")) {
@@ -370,18 +463,6 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 	}
 	if (!strncmp(key, "bitmap.", strlen("bitmap."))) {
 		xattr_bitmap_set(req, n, key + strlen("bitmap."), value, size);
-		return;
-	}
-	if (!strcmp(key, "mirror.pause") || !strcmp(key, "mirror.resume") ||
-	    !strcmp(key, "mirror.speed")) {
-		char *v = g_strndup(value, size);
-		int ret;
-
-		g_strchomp(v);
-		ret = xattr_mirror_adjust(n, key + strlen("mirror."), v);
-		g_free(v);
-		vnode_note_verb(n, ret);
-		fuse_reply_err(req, -ret);
 		return;
 	}
 	for (size_t i = 0; i < G_N_ELEMENTS(xattr_names); i++) {

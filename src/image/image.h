@@ -86,6 +86,15 @@ void image_submit(struct vd_image *img, enum image_op op, void *buf, uint64_t le
 int image_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
 		       enum vd_bs *status);
 int image_truncate(struct vd_image *img, uint64_t size);
+
+/* ---- the chain (image-chain.c) ---- */
+int image_block_status_above(struct vd_image *top, struct vd_image *base, uint64_t off,
+			     uint64_t len, uint64_t *pnum, enum vd_bs *status);
+int image_set_backing(struct vd_image *img, struct vd_image *new_backing);
+int image_reopen(struct vd_image *img, bool writable);
+int image_create_overlay(struct vd_image *base, const char *path, unsigned mode,
+			 struct vd_image **out);
+struct vd_image *image_chain_find(struct vd_image *top, const char *path);
 /* A command on the image's persistent dirty bitmap name (granularity in
  * bytes for VD_BITMAP_ADD, 0 for the format's default): 0 once it is done
  * and durable, or -errno with a logged reason: -EROFS read-only, -EBUSY

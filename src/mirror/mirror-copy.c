@@ -22,7 +22,8 @@
 struct mirror_chunk {
 	struct mirror_job *job;
 	uint64_t off, len;
-	bool zero; /* zero the destination rather than copy */
+	bool zero;  /* zero the destination rather than copy */
+	bool dirty; /* background mode: a chunk the guest wrote */
 	void *buf;
 	struct rl_range range;
 	struct mirror_chunk *next;
@@ -45,7 +46,7 @@ static void chunk_end(struct mirror_chunk *c, bool copied)
 	mirror_cont_fn *cont;
 
 	rangelock_unlock(&job->rl, &c->range);
-	if (copied)
+	if (copied && !c->zero)
 		atomic_fetch_add(&job->copied, c->len);
 	pthread_mutex_lock(&m->lock);
 	job->copy_inflight--;
@@ -94,7 +95,11 @@ static void chunk_read(void *opaque, int err)
 		chunk_end(c, false);
 		return;
 	}
-	if (job->dst_zero && buf_is_zero(c->buf, c->len)) {
+	if (c->dirty && buf_is_zero(c->buf, c->len)) {
+		image_submit(job->dst, job->zero_op, NULL, c->len, c->off, chunk_written, c);
+		return;
+	}
+	if (job->dst_zero && !c->dirty && buf_is_zero(c->buf, c->len)) {
 		chunk_end(c, true); /* allocated zeroes: the destination stays sparse */
 		return;
 	}
@@ -110,21 +115,22 @@ static int chunk_recheck(struct mirror_chunk *c)
 {
 	struct mirror_job *job = c->job;
 	uint64_t end = c->off + c->len, pnum;
-	enum vd_bs st = VD_BS_ZERO;
+	enum copy_kind k = COPY_ZERO;
 	int ret;
 
 	for (uint64_t pos = c->off; pos < end; pos += pnum) {
-		ret = image_block_status(job->src, pos, end - pos, &pnum, &st);
+		ret = copy_status(job, pos, end - pos, &pnum, &k);
 		if (ret) {
 			mirror_fail(job, "block status of the source at offset %" PRIu64 ": %s",
 				    pos, strerror(-ret));
 			return ret;
 		}
-		if (st == VD_BS_DATA)
+		if (k == COPY_DATA)
 			break;
 	}
-	if (st != VD_BS_DATA)
+	if (k != COPY_DATA)
 		return 0;
+	atomic_fetch_add(&job->work, c->len);
 	if (posix_memalign(&c->buf, 4096, c->len)) {
 		c->buf = NULL;
 		mirror_fail(job, "out of memory for a %" PRIu64 "-byte chunk", c->len);
@@ -146,9 +152,9 @@ static void chunk_go(struct mirror_chunk *c)
 	if (stop || (c->zero && chunk_recheck(c)))
 		chunk_end(c, false);
 	else if (c->zero)
-		image_submit(job->dst, IMAGE_DISCARD, NULL, c->len, c->off, chunk_written, c);
+		image_submit(job->dst, job->zero_op, NULL, c->len, c->off, chunk_written, c);
 	else
-		image_submit(job->src, IMAGE_READ, c->buf, c->len, c->off, chunk_read, c);
+		image_submit(job->rd, IMAGE_READ, c->buf, c->len, c->off, chunk_read, c);
 }
 
 /* Granted by another thread's unlock: hand it to the copier's own ring. */
@@ -209,32 +215,67 @@ static int copy_throttle(struct mirror_job *job)
 	return (int)(-job->tokens * 1000 / speed) + 1;
 }
 
-/* The next run to copy from job->pos: DATA coalesced up to the next
- * granularity boundary, or a ZERO run. 0 or -errno. */
-static int copy_next(struct mirror_job *job, uint64_t *len, bool *zero)
+/* What the run at off is to this job: *pnum bytes of one kind.
+ * A mirror copies the whole chain (sync=full) or only what the top image
+ * holds (sync=top); a commit what rd's chain holds above base; a stream what
+ * the backing chain holds above base where the top holds nothing. */
+int copy_status(struct mirror_job *job, uint64_t off, uint64_t len, uint64_t *pnum,
+		enum copy_kind *kind)
 {
-	uint64_t pos = job->pos, pnum, boundary, n;
+	struct vd_image *from = job->rd;
+	uint64_t n = len;
 	enum vd_bs st;
 	int ret;
 
-	ret = image_block_status(job->src, pos, job->total - pos, &pnum, &st);
+	if (job->type == JOB_MIRROR && !job->top_only) {
+		ret = image_block_status(from, off, len, pnum, &st);
+		if (!ret)
+			*kind = st == VD_BS_DATA ? COPY_DATA : COPY_ZERO;
+		return ret;
+	}
+	if (job->type == JOB_STREAM) {
+		/* What the top holds is the top's own. */
+		ret = image_block_status_above(from, from->backing, off, len, &n, &st);
+		if (ret)
+			return ret;
+		if (st != VD_BS_UNALLOC) {
+			*pnum = n;
+			*kind = COPY_SKIP;
+			return 0;
+		}
+		from = from->backing;
+	}
+	ret = image_block_status_above(from, job->base, off, n, pnum, &st);
+	if (!ret)
+		*kind = st == VD_BS_DATA ? COPY_DATA : st == VD_BS_ZERO ? COPY_ZERO : COPY_SKIP;
+	return ret;
+}
+
+/* The next run to copy from job->pos: DATA coalesced up to the next
+ * granularity boundary, or a ZERO or SKIP run. 0 or -errno. */
+static int copy_next(struct mirror_job *job, uint64_t *len, enum copy_kind *kind)
+{
+	uint64_t pos = job->pos, pnum, boundary, n;
+	enum copy_kind k;
+	int ret;
+
+	ret = copy_status(job, pos, job->total - pos, &pnum, kind);
 	if (ret)
 		return ret;
-	if (st != VD_BS_DATA) {
-		*zero = true;
-		*len = job->dst_zero || pnum <= COPY_ZERO_MAX ? pnum : COPY_ZERO_MAX;
+	if (*kind != COPY_DATA) {
+		*len = job->dst_zero || *kind == COPY_SKIP || pnum <= COPY_ZERO_MAX ? pnum
+										    : COPY_ZERO_MAX;
 		return 0;
 	}
-	*zero = false;
 	boundary = (pos / job->granularity + 1) * job->granularity;
 	if (boundary > job->total)
 		boundary = job->total;
 	n = pnum < boundary - pos ? pnum : boundary - pos;
 	while (pos + n < boundary) {
-		ret = image_block_status(job->src, pos + n, boundary - pos - n, &pnum, &st);
+		ret = copy_status(job, pos + n, boundary - pos - n, &pnum, &k);
 		if (ret)
 			return ret;
-		if (st != VD_BS_DATA)
+		if (k != COPY_DATA)
 			break;
 		n += pnum;
 	}
@@ -242,12 +283,160 @@ static int copy_next(struct mirror_job *job, uint64_t *len, bool *zero)
 	return 0;
 }
 
+/* The data the first pass will copy (holes are not work), for progress. */
+static int copy_count(struct mirror_job *job)
+{
+	uint64_t pnum, sum = 0;
+	enum copy_kind k;
+	int ret;
+
+	for (uint64_t pos = 0; pos < job->total; pos += pnum) {
+		ret = copy_status(job, pos, job->total - pos, &pnum, &k);
+		if (ret)
+			return ret;
+		if (k == COPY_DATA)
+			sum += pnum;
+	}
+	atomic_fetch_add(&job->work, sum);
+	atomic_store(&job->counted, true);
+	return 0;
+}
+
+/* ---- background mode: the dirty chunks ---- */
+
+void mirror_mark_dirty(struct mirror_job *job, uint64_t off, uint64_t len)
+{
+	uint64_t first = off / job->granularity, last = (off + len - 1) / job->granularity;
+
+	if (!len || !job->dirty)
+		return;
+	for (uint64_t i = first; i <= last; i++) {
+		uint64_t bit = 1ull << (i % 64);
+
+		if (!(atomic_fetch_or(&job->dirty[i / 64], bit) & bit))
+			atomic_fetch_add(&job->ndirty, 1);
+	}
+	if (copy_self != job)
+		mirror_copy_kick(job);
+}
+
+/* Take the next dirty chunk from the scan position on: its index, or -1. */
+static int64_t dirty_take(struct mirror_job *job)
+{
+	uint64_t n = (job->total + job->granularity - 1) / job->granularity;
+
+	if (!atomic_load(&job->ndirty))
+		return -1;
+	for (uint64_t k = 0; k < n; k++) {
+		uint64_t i = (job->dirty_pos + k) % n, bit = 1ull << (i % 64);
+
+		if (!(atomic_load(&job->dirty[i / 64]) & bit))
+			continue;
+		if (atomic_fetch_and(&job->dirty[i / 64], ~bit) & bit) {
+			atomic_fetch_sub(&job->ndirty, 1);
+			job->dirty_pos = i + 1;
+			return (int64_t)i;
+		}
+	}
+	return -1;
+}
+
+/* Background mode is ready when what is dirty would take little time. */
+static bool dirty_small(struct mirror_job *job)
+{
+	uint64_t bytes = atomic_load(&job->ndirty) * job->granularity;
+
+	return bytes <= 16 * job->granularity || bytes <= (16ull << 20);
+}
+
+/* Update the measured rate about once a second. */
+static void copy_rate(struct mirror_job *job)
+{
+	uint64_t now = vd_now_ns(), copied = atomic_load(&job->copied), r;
+
+	if (!job->rate_ns) {
+		job->rate_ns = now;
+		job->rate_copied = copied;
+		return;
+	}
+	if (now - job->rate_ns < 1000000000ull)
+		return;
+	r = (uint64_t)((double)(copied - job->rate_copied) * 1e9 / (double)(now - job->rate_ns));
+	/* Smooth, but let a first sample or a long pause count in full. */
+	atomic_store(&job->rate, atomic_load(&job->rate) ? (atomic_load(&job->rate) + r) / 2 : r);
+	job->rate_ns = now;
+	job->rate_copied = copied;
+}
+
+/* May the copier start another chunk now (with m->lock held)? The first
+ * pass runs while running; background mode copies dirty chunks in ready too,
+ * and a complete's final drain copies them even while paused. */
+static bool copy_may_go(struct mirror_job *job)
+{
+	bool copying = job->phase == MP_RUNNING || (job->background && job->phase == MP_READY) ||
+		       (job->final_drain && job->phase == MP_COMPLETING);
+
+	return copying && !job->stop && (!job->paused || job->final_drain) &&
+	       job->copy_inflight < job->depth &&
+	       (job->pos < job->total || atomic_load(&job->ndirty));
+}
+
+/* The next chunk: from the first pass, else a dirty one. Returns 1 with
+ * *c made, 0 when nothing is left to take now, -1 when the job failed. */
+static int copy_take(struct mirror_job *job, struct mirror_chunk **out)
+{
+	struct mirror_chunk *c;
+	enum copy_kind kind = COPY_DATA;
+	uint64_t off, len;
+	bool dirty = false;
+	int ret;
+
+	for (;;) {
+		if (job->pos >= job->total) {
+			int64_t i = dirty_take(job);
+
+			if (i < 0)
+				return 0;
+			off = (uint64_t)i * job->granularity;
+			len = job->total - off < job->granularity ? job->total - off
+								  : job->granularity;
+			atomic_fetch_add(&job->work, len);
+			dirty = true;
+			break;
+		}
+		ret = copy_next(job, &len, &kind);
+		if (ret) {
+			mirror_fail(job, "block status of the source at offset %" PRIu64 ": %s",
+				    job->pos, strerror(-ret));
+			return -1;
+		}
+		off = job->pos;
+		job->pos += len;
+		/* A fresh destination already reads as zeroes here. */
+		if (kind == COPY_DATA || (kind == COPY_ZERO && !job->dst_zero))
+			break;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c || (kind == COPY_DATA && posix_memalign(&c->buf, 4096, len))) {
+		free(c);
+		mirror_fail(job, "out of memory for a %" PRIu64 "-byte chunk", len);
+		return -1;
+	}
+	c->job = job;
+	c->off = off;
+	c->len = len;
+	c->zero = kind == COPY_ZERO;
+	c->dirty = dirty;
+	*out = c;
+	return 1;
+}
+
 /* Start what may start; return ms until the bucket allows more, or -1. */
 static int copy_pump(struct mirror_job *job)
 {
 	struct mirror *m = job->m;
 	struct mirror_chunk *ready, *c;
-	bool flush = false;
+	bool flush = false, final = false;
 
 	pthread_mutex_lock(&m->lock);
 	ready = job->ready;
@@ -257,45 +446,24 @@ static int copy_pump(struct mirror_job *job)
 		c = ready->next;
 		chunk_go(ready);
 	}
+	copy_rate(job);
 	for (;;) {
-		uint64_t len;
-		bool zero, go;
-		int ret, wait;
+		bool go, drain;
+		int wait;
 
 		pthread_mutex_lock(&m->lock);
-		go = job->phase == MP_RUNNING && !job->stop && !job->paused &&
-		     job->copy_inflight < job->depth && job->pos < job->total;
+		go = copy_may_go(job);
+		drain = job->final_drain;
 		pthread_mutex_unlock(&m->lock);
 		if (!go)
 			break;
-		wait = copy_throttle(job);
+		wait = drain ? 0 : copy_throttle(job);
 		if (wait)
 			return wait;
-		ret = copy_next(job, &len, &zero);
-		if (ret) {
-			mirror_fail(job, "block status of the source at offset %" PRIu64 ": %s",
-				    job->pos, strerror(-ret));
+		if (copy_take(job, &c) <= 0)
 			break;
-		}
-		if (zero && job->dst_zero) {
-			/* A fresh destination already reads as zeroes here. */
-			atomic_fetch_add(&job->copied, len);
-			job->pos += len;
-			continue;
-		}
-		c = calloc(1, sizeof(*c));
-		if (!c || (!zero && posix_memalign(&c->buf, 4096, len))) {
-			free(c);
-			mirror_fail(job, "out of memory for a %" PRIu64 "-byte chunk", len);
-			break;
-		}
-		c->job = job;
-		c->off = job->pos;
-		c->len = len;
-		c->zero = zero;
-		job->pos += len;
-		if (!zero && atomic_load(&job->speed))
-			job->tokens -= len;
+		if (!c->zero && atomic_load(&job->speed))
+			job->tokens -= c->len;
 		pthread_mutex_lock(&m->lock);
 		job->copy_inflight++;
 		pthread_mutex_unlock(&m->lock);
@@ -304,14 +472,21 @@ static int copy_pump(struct mirror_job *job)
 	}
 	pthread_mutex_lock(&m->lock);
 	if (job->phase == MP_RUNNING && !job->stop && !job->paused && job->pos >= job->total &&
-	    !job->copy_inflight && !job->flushing) {
+	    !job->copy_inflight && !job->flushing && (!job->background || dirty_small(job))) {
 		job->flushing = true;
 		job->copy_inflight++; /* until copy_flushed() */
 		flush = true;
 	}
+	if (job->final_drain && job->phase == MP_COMPLETING && !job->copy_inflight &&
+	    !atomic_load(&job->ndirty)) {
+		job->final_drain = false;
+		final = true;
+	}
 	pthread_mutex_unlock(&m->lock);
 	if (flush)
 		image_submit(job->dst, IMAGE_FSYNC, NULL, 0, 0, copy_flushed, job);
+	if (final)
+		mirror_complete_flush(job);
 	return -1;
 }
 
@@ -354,6 +529,9 @@ static void *copy_main(void *arg)
 	 * must land before the copy reads what they wrote. */
 	while (atomic_load(&m->direct) > 0)
 		usleep(200);
+	ret = copy_count(job);
+	if (ret)
+		mirror_fail(job, "block status of the source: %s", strerror(-ret));
 	job->last_ns = vd_now_ns();
 	job->poll.data = job;
 	uring_poll(&job->poll, job->efd, POLLIN, true, copy_on_kick);

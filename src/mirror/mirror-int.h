@@ -23,6 +23,13 @@ enum mirror_phase {
 	MP_FAILED,
 };
 
+/* What one run of the job's source is to the copier. */
+enum copy_kind {
+	COPY_SKIP, /* nothing to do (not the job's data) */
+	COPY_DATA, /* read from rd, write to dst */
+	COPY_ZERO, /* zero the destination (see job->zero_op) */
+};
+
 struct mirror_chunk;
 struct mirror_req;
 struct mirror;
@@ -38,14 +45,37 @@ struct mirror_job {
 	 * exception: cancel clears it under m->lock once everything that used
 	 * it has drained. */
 	struct mirror *m;
-	struct vd_image *src, *dst;
+	enum job_type type;
+	/* src: the view's image when the job started; rd: what the copier
+	 * reads (src, or for an intermediate commit the image committed);
+	 * dst: where it writes (a mirror's destination, the commit's base,
+	 * the stream's src itself); base: the first image below the job's
+	 * data (NULL: the whole chain is the job's). References: src is the
+	 * view's, dst one of the job's own (dropped by cancel), rd and base
+	 * belong to src's chain. */
+	struct vd_image *src, *rd, *dst, *base;
 	char *target;
 	uint64_t total, granularity;
-	unsigned depth;	      /* copier chunks in flight */
-	bool dst_zero;	      /* a fresh destination: reads as zeroes until written */
-	atomic_ullong copied; /* bytes known identical on both sides (any thread adds) */
-	atomic_ullong speed;  /* copy limit in bytes/s, 0: none (set-speed stores it) */
-	struct rangelock rl;  /* has its own lock */
+	unsigned depth;	       /* copier chunks in flight */
+	bool dst_zero;	       /* a fresh destination: reads as zeroes until written */
+	bool fan_out;	       /* guest writes go to dst too (write-blocking) */
+	bool lock_guest;       /* guest writes take the range lock */
+	bool background;       /* guest writes mark dirty; the copier converges */
+	bool top_only;	       /* a mirror of the top image only (sync=top) */
+	bool auto_complete;    /* completes on its own once copied (stream, commit) */
+	enum image_op zero_op; /* how a COPY_ZERO run is written to dst */
+	atomic_ullong copied;  /* data bytes copied (any thread adds) */
+	atomic_ullong work;    /* data bytes to copy: counted, then re-dirtied */
+	atomic_bool counted;   /* work holds the first pass's whole count */
+	atomic_ullong speed;   /* copy limit in bytes/s, 0: none (set-speed stores it) */
+	atomic_ullong rate;    /* measured copy rate in bytes/s (the copier's) */
+	struct rangelock rl;   /* has its own lock */
+	/* Background mode: one bit per granularity chunk written by the guest
+	 * since the copier last took it (atomic words), and their count. */
+	_Atomic uint64_t *dirty;
+	atomic_ullong ndirty;
+	uint64_t dirty_pos; /* the copier's scan position (chunks) */
+	bool final_drain;   /* complete: copy what is dirty, then swap (under lock) */
 
 	/* Under m->lock. */
 	enum mirror_phase phase;
@@ -73,6 +103,7 @@ struct mirror_job {
 	uint64_t pos;
 	double tokens;
 	uint64_t last_ns;
+	uint64_t rate_ns, rate_copied; /* the last rate sample */
 	bool flushing;
 	bool thread_started;
 	atomic_bool finished; /* the copier thread has returned (or never ran) */
@@ -120,9 +151,13 @@ struct mirror {
 	void *hook_opaque;
 	/* What status shows after a job ended. */
 	enum mirror_phase last_phase;
+	enum job_type last_type;
 	char *last_target, *last_format;
 	uint64_t last_total;
 };
+
+/* The name of a phase, for status and messages. */
+const char *job_phase_name(enum mirror_phase p);
 
 /* mirror.c */
 void mirror_fail(struct mirror_job *job, const char *fmt, ...)
@@ -131,6 +166,8 @@ void mirror_fail(struct mirror_job *job, const char *fmt, ...)
  * drain continuation (returned, to be called after unlocking) when idle. */
 mirror_cont_fn *mirror_drain_check(struct mirror *m);
 void mirror_copy_ready(struct mirror_job *job); /* phase running -> ready */
+/* A background mirror's final drain is done: flush dst, then swap. */
+void mirror_complete_flush(struct mirror_job *job);
 
 /* mirror-copy.c */
 /* The copier's eventfd, made before the job is published (kicks may come
@@ -139,8 +176,23 @@ int mirror_copy_init(struct mirror_job *job);
 int mirror_copy_start(struct mirror_job *job);
 
 void mirror_copy_kick(struct mirror_job *job);
+/* What the run at off is to the job: *pnum bytes of one kind. 0 or -errno. */
+int copy_status(struct mirror_job *job, uint64_t off, uint64_t len, uint64_t *pnum,
+		enum copy_kind *kind);
 /* Join a copier thread that has been told to exit. */
 void mirror_copy_join(struct mirror_job *job);
+
+/* Background mode: the guest wrote [off, off+len). */
+void mirror_mark_dirty(struct mirror_job *job, uint64_t off, uint64_t len);
+
+/* Starting a job (mirror.c): job_begin() refuses or reserves the view,
+ * job_new() makes the job on the view's image, job_publish() runs it;
+ * job_abandon() undoes a begin (and frees a job not published). */
+int job_begin(struct mirror *m, const char *what, bool read_only_mount);
+struct mirror_job *job_new(struct mirror *m, enum job_type type, uint64_t speed,
+			   uint64_t granularity);
+int job_publish(struct mirror_job *job);
+void job_abandon(struct mirror *m, struct mirror_job *job);
 
 /* mirror-start.c */
 int mirror_open_target(struct mirror *m, const struct mirror_opts *o, const struct mirror_env *env,

@@ -18,6 +18,8 @@ void mirror_opts_free(struct mirror_opts *o)
 {
 	g_free(o->target);
 	g_free(o->format);
+	g_free(o->base);
+	g_free(o->top);
 	mirror_opts_init(o);
 }
 
@@ -71,12 +73,21 @@ int mirror_opts_set(struct mirror_opts *o, const char *key, const char *val)
 			return opts_bad(key, val, "want 0 or 1");
 		o->existing = val[0] == '1';
 	} else if (!strcmp(key, "mode")) {
-		/* Guest writes always reach both sides before they are acknowledged. */
-		if (strcmp(val, "write-blocking"))
-			return opts_bad(key, val, "the only mode is write-blocking");
+		if (strcmp(val, "write-blocking") && strcmp(val, "background"))
+			return opts_bad(key, val, "want write-blocking or background");
+		o->background = !strcmp(val, "background");
+	} else if (!strcmp(key, "sync")) {
+		if (strcmp(val, "full") && strcmp(val, "top"))
+			return opts_bad(key, val, "want full or top");
+		o->sync_top = !strcmp(val, "top");
+	} else if (!strcmp(key, "base") || !strcmp(key, "top")) {
+		if (val[0] != '/')
+			return opts_bad(key, val, "want an absolute path");
+		g_free(key[0] == 'b' ? o->base : o->top);
+		*(key[0] == 'b' ? &o->base : &o->top) = g_strdup(val);
 	} else {
 		vd_err("mirror: unknown option \"%s\" (known: target, format, speed, "
-		       "granularity, existing, mode)",
+		       "granularity, existing, mode, sync)",
 		       key);
 		return -EINVAL;
 	}
@@ -107,12 +118,59 @@ int mirror_opts_parse(struct mirror_opts *o, const char *value)
 			break;
 		}
 		*eq = '\0';
-		ret = mirror_opts_set(o, *it, eq + 1);
+		ret = job_opts_set(o, JOB_MIRROR, *it, eq + 1);
 	}
 	g_strfreev(items);
 	if (!ret && !o->target) {
 		vd_err("mirror: no target given (want target=PATH)");
 		ret = -EINVAL;
 	}
+	return ret;
+}
+
+/* The keys each kind of job takes. */
+static const char *const job_keys[] = {
+	[JOB_MIRROR] = ",target,format,speed,granularity,existing,mode,sync,",
+	[JOB_STREAM] = ",base,speed,",
+	[JOB_COMMIT] = ",top,base,speed,",
+};
+
+int job_opts_set(struct mirror_opts *o, enum job_type type, const char *key, const char *val)
+{
+	char *k = g_strdup_printf(",%s,", key);
+	bool known = strstr(job_keys[type], k) != NULL;
+
+	g_free(k);
+	if (!known) {
+		g_autofree char *list = g_strndup(job_keys[type] + 1, strlen(job_keys[type]) - 2);
+
+		vd_err("%s: unknown option \"%s\" (known: %s)", job_type_name(type), key, list);
+		return -EINVAL;
+	}
+	return mirror_opts_set(o, key, val);
+}
+
+int job_opts_parse(struct mirror_opts *o, enum job_type type, const char *value)
+{
+	gchar **items;
+	int ret = 0;
+
+	if (type == JOB_MIRROR)
+		return mirror_opts_parse(o, value);
+	if (!value || !*value || !strcmp(value, "1"))
+		return 0;
+	items = g_strsplit(value, ",", -1);
+	for (gchar **it = items; *it && !ret; it++) {
+		char *eq = strchr(*it, '=');
+
+		if (!eq || eq == *it) {
+			vd_err("%s: \"%s\" is neither 1 nor key=value", job_type_name(type), *it);
+			ret = -EINVAL;
+			break;
+		}
+		*eq = '\0';
+		ret = job_opts_set(o, type, *it, eq + 1);
+	}
+	g_strfreev(items);
 	return ret;
 }

@@ -182,7 +182,19 @@ static int target_create(const struct mirror_opts *o, struct vd_image *src,
 		.cluster_size = fmt == src->fmt ? src->cluster_size : 0,
 		.mode = sst->st_mode & 0777,
 	};
-	int ret = fmt->create(real, &co);
+	int ret;
+
+	/* sync=top: the copy of the top image shares the source's backing. */
+	if (o->sync_top && src->backing) {
+		if (fmt == &vd_format_raw) {
+			vd_err("mirror: sync=top needs a target format with backing files "
+			       "(qcow2, vhdx), not raw");
+			return -EINVAL;
+		}
+		co.backing = src->backing->path;
+		co.backing_fmt = src->backing->fmt->name;
+	}
+	ret = fmt->create(real, &co);
 
 	if (ret)
 		vd_err("mirror: cannot create %s image %s: %s", fmt->name, o->target,
@@ -205,7 +217,7 @@ static int target_open(const struct mirror_opts *o, const struct mirror_env *env
 	oo.raw_by_default = true;
 	oo.nofollow = true;
 	oo.inactive = false;
-	if (created)
+	if (created && !(o->sync_top && src->backing))
 		oo.backing = VD_BACKING_DENY;
 	ret = image_open(real, &oo, &dst);
 	if (ret) {
@@ -266,7 +278,8 @@ int mirror_open_target(struct mirror *m, const struct mirror_opts *o, const stru
 	}
 	job->dst = dst;
 	job->target = g_strdup(real);
-	job->dst_zero = !exists;
+	/* A fresh image without a backing file reads as zeroes. */
+	job->dst_zero = !exists && !dst->backing;
 out:
 	g_free(real);
 	return ret;

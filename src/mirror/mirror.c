@@ -22,6 +22,22 @@ static const char *const phase_names[] = {
 	[MP_FAILED] = "failed",
 };
 
+static const char *const type_names[] = {
+	[JOB_MIRROR] = "mirror",
+	[JOB_STREAM] = "stream",
+	[JOB_COMMIT] = "commit",
+};
+
+const char *job_phase_name(enum mirror_phase p)
+{
+	return phase_names[p];
+}
+
+const char *job_type_name(enum job_type t)
+{
+	return type_names[t];
+}
+
 struct mirror_req {
 	struct mirror *m;
 	struct mirror_job *job; /* set when the request also goes to the destination */
@@ -37,6 +53,7 @@ struct mirror_req {
 	struct rl_range range;
 	struct mirror_hook *hook; /* a guest write the view's hook sees */
 	struct mirror_hook_req hr;
+	bool lock;		 /* take the job's range lock */
 	struct mirror_req *next; /* parked while the view drains */
 	uint64_t parked_ns;	 /* when it was parked */
 };
@@ -63,6 +80,15 @@ static vd_done_fn done_take(vd_done_fn *slot, void *slot_opaque, void **opaque)
 	return done;
 }
 
+/* Drop the job's reference to its destination; a commit's base goes back
+ * to read-only first (it stays in the view's chain). */
+static void job_drop_dst(struct mirror_job *job)
+{
+	if (job->type == JOB_COMMIT && job->dst)
+		image_reopen(job->dst, false);
+	image_unref(job->dst);
+}
+
 static void job_free(struct mirror_job *job)
 {
 	if (!job)
@@ -71,6 +97,7 @@ static void job_free(struct mirror_job *job)
 	if (job->efd >= 0)
 		close(job->efd);
 	g_free(job->target);
+	free(job->dirty);
 	free(job);
 }
 
@@ -108,10 +135,10 @@ void mirror_free(struct mirror *m)
 		mirror_copy_kick(job);
 		mirror_copy_join(job); /* after the copier's last chunk */
 		atomic_store(&m->job, NULL);
-		image_unref(job->dst);
-		vd_info("%s: mirror to %s cancelled at shutdown; the source stays the image of "
-			"record; the partial destination is left at %s",
-			job->src->path, job->target, job->target);
+		job_drop_dst(job);
+		vd_info("%s: %s to %s cancelled at shutdown; the source stays the image of "
+			"record",
+			job->src->path, type_names[job->type], job->target);
 		job_free(job);
 	}
 	while (old) {
@@ -149,9 +176,16 @@ void mirror_fail(struct mirror_job *job, const char *fmt, ...)
 	job->stop = true;
 	pthread_mutex_unlock(&m->lock);
 	if (now)
-		vd_err("%s: mirror to %s failed: %s; the view keeps working on the source",
-		       job->src->path, job->target, why);
+		vd_err("%s: %s to %s failed: %s; the view keeps working on the source",
+		       job->src->path, type_names[job->type], job->target, why);
 	mirror_copy_kick(job);
+}
+
+/* A job that completes on its own: complete_flushed() logged the outcome. */
+static void auto_completed(void *opaque, int err)
+{
+	(void)opaque;
+	(void)err;
 }
 
 void mirror_copy_ready(struct mirror_job *job)
@@ -166,8 +200,10 @@ void mirror_copy_ready(struct mirror_job *job)
 	}
 	pthread_mutex_unlock(&m->lock);
 	if (now)
-		vd_info("%s: mirror to %s is ready (%" PRIu64 " bytes copied)", job->src->path,
-			job->target, (uint64_t)atomic_load(&job->copied));
+		vd_info("%s: %s to %s is ready (%" PRIu64 " bytes copied)", job->src->path,
+			type_names[job->type], job->target, (uint64_t)atomic_load(&job->copied));
+	if (now && job->auto_complete)
+		job_complete(m, job->type, auto_completed, job);
 }
 
 mirror_cont_fn *mirror_drain_check(struct mirror *m)
@@ -251,6 +287,8 @@ static void mreq_finish(struct mirror_req *r)
 		if (r->locked)
 			rangelock_unlock(&job->rl, &r->range);
 	}
+	if (job && job->background && op_is_write(r->op))
+		mirror_mark_dirty(job, r->off, r->len);
 	if (r->hook)
 		r->hook->after(r->hook, &r->hr);
 	r->done(r->opaque, r->src_err);
@@ -314,7 +352,7 @@ static void mreq_wake(struct rl_range *range)
 /* Past the hook: take the job's range where the write goes to both sides. */
 static void mreq_lock_and_go(struct mirror_req *r)
 {
-	if (r->dst && r->op != IMAGE_FSYNC && r->len) {
+	if (r->lock) {
 		r->locked = true;
 		if (!rangelock_lock(&r->job->rl, &r->range, r->off, r->len, mreq_wake))
 			return; /* parked: resumed by whoever releases the range */
@@ -346,9 +384,11 @@ static void mreq_dispatch(struct mirror_req *r)
 	r->job = NULL;
 	r->dst = NULL;
 	r->src = job ? job->src : *m->slot;
+	r->lock = false;
 	if (job && r->op != IMAGE_READ && (job->phase == MP_RUNNING || job->phase == MP_READY)) {
 		r->job = job;
-		r->dst = job->dst;
+		r->dst = job->fan_out ? job->dst : NULL;
+		r->lock = job->lock_guest && op_is_write(r->op) && r->len;
 		if (r->op != IMAGE_FSYNC)
 			job->guest_bytes += r->len;
 	}
@@ -444,86 +484,150 @@ static void quiesce_then(struct mirror *m, mirror_cont_fn *fn)
 
 /* ---- complete ---- */
 
+/* A job that keeps the view on its image (stream, intermediate commit) ends
+ * here with the view's requests parked: the image above the data copied is
+ * relinked below it, and a commit's base goes back to read-only. Returns 0
+ * or -errno (logged; the chain is as it was). */
+static int complete_relink(struct mirror_job *job)
+{
+	struct vd_image *upper = job->src;
+	int ret;
+
+	if (job->type == JOB_COMMIT)
+		while (upper && upper->backing != job->rd)
+			upper = upper->backing;
+	if (!upper)
+		return -ENOENT;
+	ret = image_set_backing(upper, job->base);
+	if (job->type == JOB_COMMIT)
+		image_reopen(job->dst, false);
+	return ret;
+}
+
+/* Record what status shows once the job is gone (m->lock held). */
+static void job_remember_locked(struct mirror *m, struct mirror_job *job)
+{
+	g_free(m->last_target);
+	g_free(m->last_format);
+	m->last_target = g_strdup(job->target);
+	m->last_format = g_strdup(job->dst ? job->dst->fmt->name : "");
+	m->last_total = atomic_load(&job->copied);
+	m->last_type = job->type;
+	m->last_phase = MP_COMPLETED;
+}
+
 static void complete_flushed(void *opaque, int err)
 {
 	struct mirror_job *job = opaque;
 	struct mirror *m = job->m;
+	bool swap = job->rd == job->src && job->dst != job->src;
+	struct vd_image *drop = NULL;
 	struct mirror_req *parked;
 	vd_done_fn done;
 	void *done_opaque;
 
-	/* Nothing is in flight and new requests are parked, so the source is
-	 * made final now, before anyone is told the mirror completed: nothing
-	 * writes it after this, not even its close. The destination holds every
-	 * byte already, so a source that cannot be written back does not stop
-	 * the swap (image_finish() logs why). */
-	if (!err)
+	/* Nothing is in flight and new requests are parked. A swap makes the
+	 * source final now, before anyone is told the job completed: nothing
+	 * writes it after this, not even its close. The destination holds
+	 * every byte already, so a source that cannot be written back does not
+	 * stop the swap (image_finish() logs why). */
+	if (!err && swap)
 		image_finish(job->src);
+	else if (!err)
+		err = complete_relink(job);
 	pthread_mutex_lock(&m->lock);
 	done = done_take(&job->op_done, job->op_opaque, &done_opaque);
 	if (err) {
 		job->phase = MP_FAILED;
 		job->stop = true;
-		snprintf(job->error, sizeof(job->error),
-			 "flushing the destination at complete failed: %s", strerror(-err));
+		snprintf(job->error, sizeof(job->error), "%s at complete failed: %s",
+			 swap ? "flushing the destination" : "relinking the chain", strerror(-err));
 		parked = unquiesce_locked(m);
 		pthread_mutex_unlock(&m->lock);
-		vd_err("%s: mirror to %s failed: %s; the view stays on the source", job->src->path,
-		       job->target, job->error);
+		vd_err("%s: %s to %s failed: %s; the view stays on the source", job->src->path,
+		       type_names[job->type], job->target, job->error);
 		resume_parked(parked);
 		done(done_opaque, err);
 		return;
 	}
-	/* Nothing is in flight and new requests are parked: swap. */
-	__atomic_store_n(m->slot, job->dst, __ATOMIC_RELEASE);
-	job->retired = job->src;
+	if (swap) {
+		__atomic_store_n(m->slot, job->dst, __ATOMIC_RELEASE);
+		job->retired = job->src;
+	} else {
+		drop = job->dst; /* the job's own reference */
+	}
 	job->phase = MP_COMPLETED;
 	job->exit = true;
-	g_free(m->last_target);
-	g_free(m->last_format);
-	m->last_target = g_strdup(job->target);
-	m->last_format = g_strdup(job->dst->fmt->name);
-	m->last_total = job->total;
-	m->last_phase = MP_COMPLETED;
+	job_remember_locked(m, job);
 	parked = job_retire_locked(m, job);
 	pthread_mutex_unlock(&m->lock);
-	vd_info("%s: mirror complete: the view now reads and writes %s; the source is no "
-		"longer used",
-		job->src->path, job->target);
+	if (swap)
+		vd_info("%s: %s complete: the view now reads and writes %s; the source is no "
+			"longer used",
+			job->src->path, type_names[job->type], job->target);
+	else
+		vd_info("%s: %s complete: %s now has %s as its backing file", job->src->path,
+			type_names[job->type],
+			job->type == JOB_STREAM ? job->src->path : "the image above",
+			job->base ? job->base->path : "no file");
+	image_unref(drop);
 	mirror_copy_kick(job);
 	resume_parked(parked);
 	done(done_opaque, 0);
+}
+
+void mirror_complete_flush(struct mirror_job *job)
+{
+	image_submit(job->dst, IMAGE_FSYNC, NULL, 0, 0, complete_flushed, job);
 }
 
 static void complete_drained(struct mirror *m)
 {
 	struct mirror_job *job = atomic_load(&m->job);
 
-	image_submit(job->dst, IMAGE_FSYNC, NULL, 0, 0, complete_flushed, job);
+	if (job->background) {
+		/* The view is parked: what the guest dirtied can now be copied
+		 * for good; the copier then flushes and swaps. */
+		pthread_mutex_lock(&m->lock);
+		job->final_drain = true;
+		pthread_mutex_unlock(&m->lock);
+		mirror_copy_kick(job);
+		return;
+	}
+	mirror_complete_flush(job);
 }
 
 /* Can the verb run in this phase? 0 or -errno with a message. */
-static int verb_check(struct mirror *m, struct mirror_job *job, const char *verb)
+static int verb_check(struct mirror *m, struct mirror_job *job, enum job_type type,
+		      const char *verb)
 {
-	if (!job) {
-		vd_err("%s: mirror %s: no mirror is running", (*m->slot)->path, verb);
+	const char *t = type_names[type];
+
+	if (!job || job->type != type) {
+		vd_err("%s: %s %s: no %s is running%s%s", (*m->slot)->path, t, verb, t,
+		       job ? "; a job of another kind runs: " : "",
+		       job ? type_names[job->type] : "");
 		return -ESRCH; /* no such job: not ENOENT, which reads as no such view */
 	}
 	if (job->phase == MP_COMPLETING || job->phase == MP_CANCELLING) {
-		vd_err("%s: mirror %s: the mirror is already %s", job->src->path, verb,
+		vd_err("%s: %s %s: the %s is already %s", job->src->path, t, verb, t,
 		       phase_names[job->phase]);
 		return -EBUSY;
 	}
 	if (!strcmp(verb, "complete") && job->phase != MP_READY) {
 		if (job->phase == MP_FAILED) {
-			vd_err("%s: mirror complete: the mirror failed (%s); cancel it",
-			       job->src->path, job->error);
+			vd_err("%s: %s complete: the %s failed (%s); cancel it", job->src->path, t,
+			       t, job->error);
 			return -EIO;
 		}
-		vd_err("%s: mirror complete: not ready yet (phase %s, %" PRIu64 " of %" PRIu64
+		vd_err("%s: %s complete: not ready yet (phase %s, %" PRIu64 " of %" PRIu64
 		       " bytes copied)",
-		       job->src->path, phase_names[job->phase], (uint64_t)atomic_load(&job->copied),
-		       job->total);
+		       job->src->path, t, phase_names[job->phase],
+		       (uint64_t)atomic_load(&job->copied), (uint64_t)atomic_load(&job->work));
+		return -EBUSY;
+	}
+	if (!strcmp(verb, "complete") && job->auto_complete && job->op_done) {
+		vd_err("%s: %s complete: the %s completes on its own", job->src->path, t, t);
 		return -EBUSY;
 	}
 	return 0;
@@ -532,15 +636,15 @@ static int verb_check(struct mirror *m, struct mirror_job *job, const char *verb
 /* Start a verb: with m->lock held, move the job to phase and remember who to
  * answer; returns the job with the lock still held. If the verb cannot run,
  * drops the lock, answers done with the errno and returns NULL. */
-static struct mirror_job *verb_begin(struct mirror *m, const char *verb, enum mirror_phase phase,
-				     vd_done_fn done, void *opaque)
+static struct mirror_job *verb_begin(struct mirror *m, enum job_type type, const char *verb,
+				     enum mirror_phase phase, vd_done_fn done, void *opaque)
 {
 	struct mirror_job *job;
 	int ret;
 
 	pthread_mutex_lock(&m->lock);
 	job = atomic_load(&m->job);
-	ret = verb_check(m, job, verb);
+	ret = verb_check(m, job, type, verb);
 	if (ret) {
 		pthread_mutex_unlock(&m->lock);
 		done(opaque, ret);
@@ -552,9 +656,9 @@ static struct mirror_job *verb_begin(struct mirror *m, const char *verb, enum mi
 	return job;
 }
 
-void mirror_complete(struct mirror *m, vd_done_fn done, void *opaque)
+void job_complete(struct mirror *m, enum job_type type, vd_done_fn done, void *opaque)
 {
-	if (verb_begin(m, "complete", MP_COMPLETING, done, opaque))
+	if (verb_begin(m, type, "complete", MP_COMPLETING, done, opaque))
 		quiesce_then(m, complete_drained);
 }
 
@@ -580,8 +684,8 @@ int mirror_hold(struct mirror *m, vd_done_fn drained, void *opaque)
 
 		pthread_mutex_unlock(&m->lock);
 		if (job)
-			vd_err("%s: a mirror to %s runs: complete or cancel it first",
-			       job->src->path, job->target);
+			vd_err("%s: a %s to %s runs: complete or cancel it first", job->src->path,
+			       type_names[job->type], job->target);
 		else
 			vd_err("%s: the view is busy (a mirror starting, or already held)",
 			       (*m->slot)->path);
@@ -707,17 +811,18 @@ void mirror_hook_detach(struct mirror *m, vd_done_fn done, void *opaque)
 
 /* The job a verb that adjusts it may act on: 0 with m->lock held, or
  * -errno (logged) with it dropped. */
-static int job_adjust_lock(struct mirror *m, const char *verb, bool live, struct mirror_job **out)
+static int job_adjust_lock(struct mirror *m, enum job_type type, const char *verb, bool live,
+			   struct mirror_job **out)
 {
 	struct mirror_job *job;
 	int ret;
 
 	pthread_mutex_lock(&m->lock);
 	job = atomic_load(&m->job);
-	ret = verb_check(m, job, verb);
+	ret = verb_check(m, job, type, verb);
 	if (!ret && live && job->phase == MP_FAILED) {
-		vd_err("%s: mirror %s: the mirror failed (%s); cancel it", job->src->path, verb,
-		       job->error);
+		vd_err("%s: %s %s: the %s failed (%s); cancel it", job->src->path, type_names[type],
+		       verb, type_names[type], job->error);
 		ret = -EIO;
 	}
 	if (ret)
@@ -726,11 +831,11 @@ static int job_adjust_lock(struct mirror *m, const char *verb, bool live, struct
 	return ret;
 }
 
-int mirror_pause(struct mirror *m, bool pause)
+int job_pause(struct mirror *m, enum job_type type, bool pause)
 {
 	struct mirror_job *job;
 	bool was;
-	int ret = job_adjust_lock(m, pause ? "pause" : "resume", true, &job);
+	int ret = job_adjust_lock(m, type, pause ? "pause" : "resume", true, &job);
 
 	if (ret)
 		return ret;
@@ -738,24 +843,23 @@ int mirror_pause(struct mirror *m, bool pause)
 	job->paused = pause;
 	pthread_mutex_unlock(&m->lock);
 	if (was != pause)
-		vd_info("%s: mirror to %s %s", job->src->path, job->target,
-			pause ? "paused: the copy waits, guest writes still reach both sides"
-			      : "resumed");
+		vd_info("%s: %s to %s %s", job->src->path, type_names[type], job->target,
+			pause ? "paused: the copy waits, guest writes go on" : "resumed");
 	mirror_copy_kick(job);
 	return 0;
 }
 
-int mirror_set_speed(struct mirror *m, uint64_t speed)
+int job_set_speed(struct mirror *m, enum job_type type, uint64_t speed)
 {
 	struct mirror_job *job;
-	int ret = job_adjust_lock(m, "speed", false, &job);
+	int ret = job_adjust_lock(m, type, "speed", false, &job);
 
 	if (ret)
 		return ret;
 	atomic_store(&job->speed, speed);
 	pthread_mutex_unlock(&m->lock);
-	vd_info("%s: mirror to %s: speed limit %" PRIu64 " bytes/s%s", job->src->path, job->target,
-		speed, speed ? "" : " (none)");
+	vd_info("%s: %s to %s: speed limit %" PRIu64 " bytes/s%s", job->src->path, type_names[type],
+		job->target, speed, speed ? "" : " (none)");
 	mirror_copy_kick(job);
 	return 0;
 }
@@ -766,30 +870,29 @@ static void cancel_drained(struct mirror *m)
 {
 	struct mirror_job *job = atomic_load(&m->job);
 	struct mirror_req *parked;
-	struct vd_image *dst;
 	vd_done_fn done;
 	void *done_opaque;
 
+	job_drop_dst(job); /* nothing uses it now: the view drained */
 	pthread_mutex_lock(&m->lock);
 	done = done_take(&job->op_done, job->op_opaque, &done_opaque);
 	job->exit = true;
-	dst = job->dst;
 	job->dst = NULL;
 	m->last_phase = MP_NONE;
 	parked = job_retire_locked(m, job);
 	pthread_mutex_unlock(&m->lock);
-	image_unref(dst);
-	vd_info("%s: mirror cancelled; the view stays on the source; the destination is left "
-		"at %s",
-		job->src->path, job->target);
+	vd_info("%s: %s cancelled; the view stays on the source%s%s", job->src->path,
+		type_names[job->type],
+		job->type == JOB_MIRROR ? "; the destination is left at " : "",
+		job->type == JOB_MIRROR ? job->target : "");
 	mirror_copy_kick(job);
 	resume_parked(parked);
 	done(done_opaque, 0);
 }
 
-void mirror_cancel(struct mirror *m, vd_done_fn done, void *opaque)
+void job_cancel(struct mirror *m, enum job_type type, vd_done_fn done, void *opaque)
 {
-	struct mirror_job *job = verb_begin(m, "cancel", MP_CANCELLING, done, opaque);
+	struct mirror_job *job = verb_begin(m, type, "cancel", MP_CANCELLING, done, opaque);
 
 	if (!job)
 		return;
@@ -798,104 +901,35 @@ void mirror_cancel(struct mirror *m, vd_done_fn done, void *opaque)
 	quiesce_then(m, cancel_drained);
 }
 
-/* ---- status ---- */
-
-struct mirror_snap {
-	enum mirror_phase phase;
-	const char *target, *format;
-	uint64_t copied, total, dirty, speed;
-	bool paused;
-	char error[256];
-};
-
-/* Called with m->lock held; strings stay valid while it is. */
-static void mirror_snap(struct mirror *m, struct mirror_snap *s)
-{
-	struct mirror_job *job = atomic_load(&m->job);
-
-	memset(s, 0, sizeof(*s));
-	if (job) {
-		s->phase = job->phase;
-		s->target = job->target;
-		s->format = job->dst ? job->dst->fmt->name : "";
-		s->copied = atomic_load(&job->copied);
-		s->total = job->total;
-		s->dirty = s->total - s->copied + job->guest_bytes;
-		s->speed = atomic_load(&job->speed);
-		s->paused = job->paused;
-		snprintf(s->error, sizeof(s->error), "%s", job->error);
-	} else if (m->last_phase == MP_COMPLETED) {
-		s->phase = MP_COMPLETED;
-		s->target = m->last_target;
-		s->format = m->last_format;
-		s->copied = s->total = m->last_total;
-	}
-}
-
-void mirror_status_line(struct mirror *m, GString *out)
-{
-	struct mirror_snap s;
-
-	pthread_mutex_lock(&m->lock);
-	mirror_snap(m, &s);
-	if (s.phase == MP_NONE)
-		g_string_append(out, "phase=none");
-	else
-		g_string_append_printf(out,
-				       "phase=%s target=%s format=%s copied=%" PRIu64
-				       " total=%" PRIu64 " dirty=%" PRIu64 " speed=%" PRIu64
-				       " paused=%d error=%s",
-				       phase_names[s.phase], s.target, s.format, s.copied, s.total,
-				       s.dirty, s.speed, s.paused, s.error);
-	pthread_mutex_unlock(&m->lock);
-}
-
-void mirror_status_json(struct mirror *m, struct json_writer *j)
-{
-	struct mirror_snap s;
-
-	pthread_mutex_lock(&m->lock);
-	mirror_snap(m, &s);
-	json_str(j, "phase", phase_names[s.phase]);
-	if (s.phase != MP_NONE) {
-		json_str(j, "target", s.target);
-		json_str(j, "format", s.format);
-		json_u64(j, "copied", s.copied);
-		json_u64(j, "total", s.total);
-		json_u64(j, "dirty", s.dirty);
-		json_u64(j, "speed", s.speed);
-		json_bool(j, "paused", s.paused);
-		json_str(j, "error", s.error[0] ? s.error : NULL);
-	}
-	pthread_mutex_unlock(&m->lock);
-}
-
 /* ---- start ---- */
 
-int mirror_start(struct mirror *m, const struct mirror_opts *o, const struct mirror_env *env)
+/* Begin a start on the view: refuse while another job runs or starts or the
+ * view is held; reap ended jobs. 0 (m->starting set: finish with
+ * job_publish() or job_abandon()), or -errno, logged. */
+int job_begin(struct mirror *m, const char *what, bool read_only_mount)
 {
 	struct mirror_job *job, *old;
 	struct vd_image *src;
-	int ret;
 
 	pthread_mutex_lock(&m->lock);
 	src = *m->slot;
-	if (env->read_only || src->read_only) {
+	if (read_only_mount || src->read_only) {
 		pthread_mutex_unlock(&m->lock);
-		vd_err("%s: cannot mirror a read-only %s", src->path,
-		       env->read_only ? "mount" : "image");
+		vd_err("%s: cannot %s a read-only %s", src->path, what,
+		       read_only_mount ? "mount" : "image");
 		return -EROFS;
 	}
 	if (atomic_load(&m->held)) {
 		pthread_mutex_unlock(&m->lock);
-		vd_err("%s: cannot mirror an inactive view: activate it first", src->path);
+		vd_err("%s: cannot %s an inactive view: activate it first", src->path, what);
 		return -EBUSY;
 	}
 	job = atomic_load(&m->job);
-	if (job || m->starting) {
+	if (job || m->starting || m->quiesce) {
 		pthread_mutex_unlock(&m->lock);
-		vd_err("%s: already has a mirror (to %s, phase %s)", src->path,
-		       job ? job->target : "?", job ? phase_names[job->phase] : "starting");
+		vd_err("%s: a job runs already (%s to %s, phase %s)", src->path,
+		       job ? type_names[job->type] : "a job", job ? job->target : "?",
+		       job ? phase_names[job->phase] : "starting");
 		return -EBUSY;
 	}
 	/* Take the finished jobs whose threads are done; the others (an old
@@ -918,32 +952,55 @@ int mirror_start(struct mirror *m, const struct mirror_opts *o, const struct mir
 		mirror_reap(old);
 		old = next;
 	}
+	return 0;
+}
 
-	ret = -ENOMEM;
-	job = calloc(1, sizeof(*job));
+void job_abandon(struct mirror *m, struct mirror_job *job)
+{
+	if (job)
+		job_free(job);
+	pthread_mutex_lock(&m->lock);
+	m->starting = false;
+	pthread_mutex_unlock(&m->lock);
+}
+
+struct mirror_job *job_new(struct mirror *m, enum job_type type, uint64_t speed,
+			   uint64_t granularity)
+{
+	struct mirror_job *job = calloc(1, sizeof(*job));
+
 	if (!job)
-		goto out_unbusy;
+		return NULL;
 	job->m = m;
+	job->type = type;
 	job->efd = -1;
-	job->src = src;
-	job->total = src->size;
-	atomic_init(&job->speed, o->speed);
-	job->granularity = o->granularity ? o->granularity : MIRROR_DEFAULT_GRANULARITY;
+	job->src = job->rd = *m->slot;
+	job->total = job->src->size;
+	job->zero_op = IMAGE_ZERO;
+	atomic_init(&job->speed, speed);
+	job->granularity = granularity ? granularity : MIRROR_DEFAULT_GRANULARITY;
 	job->depth = job->granularity <= (1u << 20) ? 8 : 4;
 	rangelock_init(&job->rl);
-	ret = mirror_open_target(m, o, env, job);
-	if (ret)
-		goto out_free;
-	ret = mirror_copy_init(job);
-	if (ret) {
-		image_unref(job->dst);
-		goto out_free;
-	}
-	/* Logged before the job is published: from then on a cancel may drop
-	 * job->dst at any time. */
-	vd_info("%s: mirroring %" PRIu64 " bytes to %s (%s, %s)", src->path, job->total,
-		job->target, job->dst->fmt->name, job->dst_zero ? "new" : "existing");
+	return job;
+}
 
+/* Publish a job whose dst is open (the start succeeded: nothing can be
+ * undone any more). Returns 0, or -errno before publishing (the caller
+ * abandons the job and drops dst). */
+int job_publish(struct mirror_job *job)
+{
+	struct mirror *m = job->m;
+	int ret = mirror_copy_init(job);
+
+	if (ret)
+		return ret;
+	if (job->background) {
+		uint64_t n = (job->total + job->granularity - 1) / job->granularity;
+
+		job->dirty = calloc((n + 63) / 64, sizeof(*job->dirty));
+		if (!job->dirty)
+			return -ENOMEM;
+	}
 	pthread_mutex_lock(&m->lock);
 	job->phase = MP_RUNNING;
 	m->last_phase = MP_NONE;
@@ -954,12 +1011,40 @@ int mirror_start(struct mirror *m, const struct mirror_opts *o, const struct mir
 	if (ret) /* guest writes may already go to both sides: fail, not undo */
 		mirror_fail(job, "cannot start the copier thread: %s", strerror(-ret));
 	return 0;
+}
 
-out_free:
-	job_free(job);
-out_unbusy:
-	pthread_mutex_lock(&m->lock);
-	m->starting = false;
-	pthread_mutex_unlock(&m->lock);
+int mirror_start(struct mirror *m, const struct mirror_opts *o, const struct mirror_env *env)
+{
+	struct mirror_job *job;
+	int ret = job_begin(m, "mirror", env->read_only);
+
+	if (ret)
+		return ret;
+	job = job_new(m, JOB_MIRROR, o->speed, o->granularity);
+	if (!job) {
+		job_abandon(m, NULL);
+		return -ENOMEM;
+	}
+	job->background = o->background;
+	job->top_only = o->sync_top;
+	job->base = o->sync_top ? job->src->backing : NULL;
+	job->fan_out = job->lock_guest = !o->background;
+	ret = mirror_open_target(m, o, env, job);
+	if (ret) {
+		job_abandon(m, job);
+		return ret;
+	}
+	job->zero_op = job->dst->backing ? IMAGE_ZERO : IMAGE_DISCARD;
+	/* Logged before the job is published: from then on a cancel may drop
+	 * job->dst at any time. */
+	vd_info("%s: mirroring %s%" PRIu64 " bytes to %s (%s, %s, %s)", job->src->path,
+		o->sync_top ? "the top image of " : "", job->total, job->target,
+		job->dst->fmt->name, job->dst_zero ? "new" : "existing",
+		o->background ? "background" : "write-blocking");
+	ret = job_publish(job);
+	if (ret) {
+		image_unref(job->dst);
+		job_abandon(m, job);
+	}
 	return ret;
 }

@@ -17,6 +17,17 @@
 #define MIRROR_MIN_GRANULARITY	   (4u << 10)
 #define MIRROR_MAX_GRANULARITY	   (64u << 20)
 
+/* What a job is. One job runs on a view at a time; the verbs below name the
+ * kind they mean and refuse (-ESRCH) when the view's job is of another. */
+enum job_type {
+	JOB_MIRROR, /* copy the view to a destination, then swap it in */
+	JOB_STREAM, /* copy the backing chain's data into the view's image */
+	JOB_COMMIT, /* merge an image of the chain into a lower one */
+};
+
+/* "mirror", "stream", "commit". */
+const char *job_type_name(enum job_type t);
+
 /* ---- options (mirror-opts.c) ---- */
 struct mirror_opts {
 	char *target;	      /* absolute path */
@@ -24,6 +35,10 @@ struct mirror_opts {
 	uint64_t speed;	      /* bytes/s of copied data; 0 = unlimited */
 	uint64_t granularity; /* copy chunk; 0 = MIRROR_DEFAULT_GRANULARITY */
 	bool existing;	      /* open an existing destination instead of creating */
+	bool background;      /* mode=background: guest writes marked dirty, copied later */
+	bool sync_top;	      /* sync=top: only the top image; the target shares its backing */
+	char *base;	      /* stream, commit: the image below the data (absolute) */
+	char *top;	      /* commit: the image committed (absolute); NULL: the view's */
 };
 
 void mirror_opts_init(struct mirror_opts *o);
@@ -33,6 +48,11 @@ int mirror_opts_set(struct mirror_opts *o, const char *key, const char *val);
 /* An xattr value: a plain absolute path, or "target=PATH,format=...,speed=...,
  * granularity=...,existing=0|1". 0 or -EINVAL with a logged message. */
 int mirror_opts_parse(struct mirror_opts *o, const char *value);
+/* The same for a job of any type: a mirror's value as above; a stream's or
+ * commit's "1" (the defaults) or key=value pairs among base, speed (and top
+ * for a commit). Options of another kind of job are refused. */
+int job_opts_parse(struct mirror_opts *o, enum job_type type, const char *value);
+int job_opts_set(struct mirror_opts *o, enum job_type type, const char *key, const char *val);
 
 /* ---- the per-view mirror (mirror.c) ---- */
 struct mirror;
@@ -50,17 +70,33 @@ struct mirror *mirror_new(struct vd_image **slot);
  * request in flight on the view. */
 void mirror_free(struct mirror *m);
 
-/* Start a job. 0, or -errno with a logged message and nothing changed. */
+/* Start a job. 0, or -errno with a logged message and nothing changed.
+ * A stream copies what the backing chain holds above o->base (NULL: all of
+ * it) into the view's image, then makes o->base its backing file, and ends
+ * on its own. A commit merges o->top (NULL: the view's image) and what lies
+ * between it and o->base (NULL: its backing file) into o->base: for the
+ * view's own image it reaches ready and complete moves the view onto the
+ * base; for an image further down it ends on its own with the image above
+ * relinked to the base. */
 int mirror_start(struct mirror *m, const struct mirror_opts *o, const struct mirror_env *env);
+int stream_start(struct mirror *m, const struct mirror_opts *o, const struct mirror_env *env);
+int commit_start(struct mirror *m, const struct mirror_opts *o, const struct mirror_env *env);
+/* Live external snapshot: a new qcow2 image at path (absolute, not existing)
+ * whose backing file is the view's image, and the view moved onto it while
+ * its requests are held; the old image is read-only from then on. done(opaque,
+ * err) runs once it is done or refused (-EBUSY a job runs or the view is
+ * held, -EROFS, -EEXIST, ...: logged, nothing changed). */
+void snapshot_take(struct mirror *m, const char *path, const struct mirror_env *env,
+		   vd_done_fn done, void *opaque);
 /* Complete (from ready only) or cancel; done(opaque, err) runs once the swap
  * or the drop is done, possibly before the call returns. */
-void mirror_complete(struct mirror *m, vd_done_fn done, void *opaque);
-void mirror_cancel(struct mirror *m, vd_done_fn done, void *opaque);
+void job_complete(struct mirror *m, enum job_type type, vd_done_fn done, void *opaque);
+void job_cancel(struct mirror *m, enum job_type type, vd_done_fn done, void *opaque);
 /* Pause or resume the copy of a running or ready job (guest writes keep
- * reaching both sides), or change its speed limit (bytes/s, 0: none). 0, or
- * -ESRCH (no job), -EBUSY (completing or cancelling), -EIO (failed), logged. */
-int mirror_pause(struct mirror *m, bool pause);
-int mirror_set_speed(struct mirror *m, uint64_t speed);
+ * going on), or change its speed limit (bytes/s, 0: none). 0, or -ESRCH (no
+ * such job), -EBUSY (completing or cancelling), -EIO (failed), logged. */
+int job_pause(struct mirror *m, enum job_type type, bool pause);
+int job_set_speed(struct mirror *m, enum job_type type, uint64_t speed);
 /* Hand-over: hold the view's data requests (new ones wait) and run
  * drained(opaque, 0) once none is in flight (perhaps at once). 0, or -EBUSY
  * (logged) while a job exists or the view is held already. Release lets the
@@ -76,11 +112,17 @@ bool mirror_on_own_thread(struct mirror *m);
 /* Is a job running (truncate and the like must wait)? */
 bool mirror_busy(struct mirror *m);
 
-/* Status: "phase=... target=... format=... copied=N total=N dirty=N speed=N
- * error=..." (phase=none when there never was a job or it was cancelled). */
-void mirror_status_line(struct mirror *m, GString *s);
+/* Status of the view's job of that type (else of the last one completed):
+ * "phase=... target=... format=... copied=N total=N percent=N rate=N eta=N
+ * dirty=N speed=N paused=0|1 type=... error=..." (copied and total count
+ * data bytes only; rate in bytes/s as measured; eta in seconds, -1 unknown),
+ * or "phase=none". */
+void job_status_line(struct mirror *m, enum job_type type, GString *s);
 /* The same as members of the current JSON object. */
-void mirror_status_json(struct mirror *m, struct json_writer *j);
+void job_status_json(struct mirror *m, enum job_type type, struct json_writer *j);
+/* The view's job (or the last completed) as one JSON object inside an open
+ * array; false (nothing written) when there is none. */
+bool job_any_json(struct mirror *m, struct json_writer *j);
 
 /* ---- guest-write hooks ----
  * A job that must act before a guest write reaches the view's image (a

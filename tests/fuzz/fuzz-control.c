@@ -29,10 +29,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		if ((cmd.verb == CONTROL_STATUS) != !cmd.name)
 			abort();
-		if (cmd.verb == CONTROL_MIRROR_START &&
-		    (!cmd.opts.target || cmd.opts.target[0] != '/'))
+		bool mirror_start = cmd.verb == CONTROL_JOB_START && cmd.job == JOB_MIRROR;
+
+		if (mirror_start && (!cmd.opts.target || cmd.opts.target[0] != '/'))
 			abort();
-		if (cmd.verb != CONTROL_MIRROR_START && (cmd.opts.target || cmd.opts.format))
+		if (!mirror_start && (cmd.opts.target || cmd.opts.format))
+			abort();
+		if (cmd.verb != CONTROL_JOB_START && (cmd.opts.base || cmd.opts.top))
+			abort();
+		if ((cmd.opts.base && cmd.opts.base[0] != '/') ||
+		    (cmd.opts.top && cmd.opts.top[0] != '/'))
 			abort();
 		if (cmd.verb == CONTROL_BITMAP &&
 		    (!cmd.arg || !*cmd.arg || cmd.bitmap > VD_BITMAP_CLEAR))

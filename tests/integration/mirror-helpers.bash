@@ -2,16 +2,44 @@
 
 WRITER="$BATS_TEST_DIRNAME/mirror-writer.py"
 
-mstatus() { getfattr --only-values -n user.vdiskfs.mirror.status "$1"; }
+# mstatus VIEW [JOB]: the status line of the view's mirror (or JOB: stream, commit)
+mstatus() { getfattr --absolute-names --only-values -n "user.vdiskfs.${2:-mirror}.status" "$1"; }
 
-# wait_phase VIEW PHASE [SECONDS]
+# wait_phase VIEW PHASE [SECONDS [JOB]]
 wait_phase() {
 	local i
 	for i in $(seq 1 $((${3:-30} * 20))); do
-		[[ "$(mstatus "$1")" == "phase=$2"* ]] && return 0
+		[[ "$(mstatus "$1" "${4:-mirror}")" == "phase=$2"* ]] && return 0
 		sleep 0.05
 	done
-	echo "phase $2 not reached within ${3:-30} s: $(mstatus "$1")" >&2
+	echo "phase $2 not reached within ${3:-30} s: $(mstatus "$1" "${4:-mirror}")" >&2
 	cat "$T/vdiskfs.log" >&2
 	return 1
 }
+
+# make_image FILE FORMAT SIZE_MB DATA_MB: random data in the first DATA_MB,
+# the rest a hole; $T/ref.raw gets the same content as a raw oracle.
+make_image() {
+	local file=$1 fmt=$2 size=$3 data=$4
+	truncate -s "${size}M" "$T/ref.raw"
+	dd if=/dev/urandom of="$T/ref.raw" bs=1M count="$data" conv=notrunc status=none
+	if [ "$fmt" = raw ]; then
+		cp --sparse=always "$T/ref.raw" "$file"
+	else
+		qemu-img convert -f raw -O "$fmt" "$T/ref.raw" "$file"
+	fi
+}
+
+# start_writer VIEW OFF_MB LEN_MB: the python writer on that region, mirrored
+# into $T/ref.raw; stop_writer waits for it (and fails the test if it failed).
+start_writer() {
+	rm -f "$T/stop"
+	python3 "$WRITER" "$1" "$T/ref.raw" $(($2 << 20)) $(($3 << 20)) "$T/stop" \
+		>"$T/writer.out" 2>&1 &
+	WRITER_PID=$!
+}
+stop_writer() {
+	touch "$T/stop"
+	wait "$WRITER_PID" || { cat "$T/writer.out" >&2; return 1; }
+}
+

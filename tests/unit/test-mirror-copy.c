@@ -50,7 +50,7 @@ static bool phase_is(struct mirror *m, const char *phase)
 	GString *s = g_string_new(NULL);
 	bool yes;
 
-	mirror_status_line(m, s);
+	job_status_line(m, JOB_MIRROR, s);
 	yes = g_str_has_prefix(s->str, phase);
 	g_string_free(s, TRUE);
 	return yes;
@@ -117,7 +117,7 @@ static void test_zero_run_under_write(void)
 			g_error("destination byte 0x%x is 0x%02x, not zero", (3 << 20) + i, buf[i]);
 
 	f.done = false;
-	mirror_cancel(m, flag_done, &f);
+	job_cancel(m, JOB_MIRROR, flag_done, &f);
 	run_until(&f);
 	mirror_free(m);
 	image_unref(img);

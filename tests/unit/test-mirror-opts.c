@@ -60,7 +60,9 @@ static void test_rejected(void)
 		"target=/x,granularity=2K",   /* too small */
 		"target=/x,granularity=128M", /* too large */
 		"target=/x,existing=yes",
-		"target=/x,mode=background",
+		"target=/x,mode=lazy",
+		"target=/x,sync=none",
+		"target=/x,base=/y",	 /* a stream's or commit's option */
 		"target=/x,colour=blue", /* unknown option */
 		"target=/x,speed",	 /* no value */
 		"target=/x,=1",
@@ -71,6 +73,60 @@ static void test_rejected(void)
 
 		g_test_message("value \"%s\"", bad[i]);
 		g_assert_cmpint(parse(bad[i], &o), ==, -EINVAL);
+		mirror_opts_free(&o);
+	}
+}
+
+static void test_modes(void)
+{
+	struct mirror_opts o;
+
+	g_assert_cmpint(parse("target=/x,mode=background,sync=top", &o), ==, 0);
+	g_assert_true(o.background);
+	g_assert_true(o.sync_top);
+	mirror_opts_free(&o);
+	g_assert_cmpint(parse("target=/x,mode=write-blocking,sync=full", &o), ==, 0);
+	g_assert_false(o.background);
+	g_assert_false(o.sync_top);
+	mirror_opts_free(&o);
+}
+
+/* Stream and commit take "1" or their own keys only. */
+static void test_job_opts(void)
+{
+	static const struct {
+		enum job_type t;
+		const char *v;
+		int ret;
+	} cases[] = {
+		{JOB_STREAM, "1", 0},
+		{JOB_STREAM, "", 0},
+		{JOB_STREAM, "base=/b,speed=10M", 0},
+		{JOB_STREAM, "top=/t", -EINVAL},
+		{JOB_STREAM, "target=/t", -EINVAL},
+		{JOB_STREAM, "base=relative", -EINVAL},
+		{JOB_STREAM, "2", -EINVAL},
+		{JOB_COMMIT, "top=/t,base=/b,speed=1M", 0},
+		{JOB_COMMIT, "granularity=1M", -EINVAL},
+		{JOB_COMMIT, "base", -EINVAL},
+	};
+
+	for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+		struct mirror_opts o;
+
+		g_test_message("%s \"%s\"", job_type_name(cases[i].t), cases[i].v);
+		mirror_opts_init(&o);
+		g_assert_cmpint(job_opts_parse(&o, cases[i].t, cases[i].v), ==, cases[i].ret);
+		mirror_opts_free(&o);
+	}
+	{
+		struct mirror_opts o;
+
+		mirror_opts_init(&o);
+		g_assert_cmpint(job_opts_parse(&o, JOB_COMMIT, "top=/t,base=/b,speed=1M"), ==, 0);
+		g_assert_cmpstr(o.top, ==, "/t");
+		g_assert_cmpstr(o.base, ==, "/b");
+		g_assert_cmpuint(o.speed, ==, 1u << 20);
 		mirror_opts_free(&o);
 	}
 }
@@ -95,5 +151,7 @@ int main(int argc, char **argv)
 	g_test_add_func("/mirror-opts/key-values", test_key_values);
 	g_test_add_func("/mirror-opts/rejected", test_rejected);
 	g_test_add_func("/mirror-opts/set-one", test_set_one);
+	g_test_add_func("/mirror-opts/modes", test_modes);
+	g_test_add_func("/mirror-opts/job-opts", test_job_opts);
 	return t_run();
 }
