@@ -60,36 +60,12 @@ static void mark_inflight(struct qcow2 *q, struct qcow2_bitmap *b)
 	}
 }
 
-/* The header cluster's extensions: *end the end marker (or the end of the
- * area), *bitmaps_at an extension of the bitmaps type or 0, and *limit where
- * the area ends (the backing file name, else the cluster). c0 gets the
- * cluster. */
-static int ext_scan(struct qcow2 *q, uint8_t *c0, uint64_t *end, uint64_t *bitmaps_at,
-		    uint64_t *limit)
-{
-	uint64_t pos = q->header_length, boff;
-	int ret = meta_pread_zfill(q->img->fd, c0, q->cluster_size, 0);
-
-	if (ret)
-		return ret;
-	boff = get_be64(c0 + 8);
-	*limit = boff && boff < q->cluster_size ? boff : q->cluster_size;
-	*bitmaps_at = 0;
-	while (pos + 8 <= *limit && get_be32(c0 + pos) != QCOW2_EXT_END) {
-		if (get_be32(c0 + pos) == QCOW2_EXT_BITMAPS)
-			*bitmaps_at = pos;
-		pos += 8 + ALIGN_UP((uint64_t)get_be32(c0 + pos + 4), 8);
-	}
-	*end = pos;
-	return 0;
-}
-
 /* Room for a first bitmaps extension (32 bytes and an end marker). */
 static int ext_room(struct qcow2 *q, struct ext_place *pl)
 {
 	uint64_t end, stale, limit, boff;
 	uint8_t *c0 = malloc(q->cluster_size);
-	int ret = c0 ? ext_scan(q, c0, &end, &stale, &limit) : -ENOMEM;
+	int ret = c0 ? qcow2_ext_scan(q, c0, QCOW2_EXT_BITMAPS, &end, &stale, &limit) : -ENOMEM;
 
 	if (ret)
 		goto out;
@@ -144,7 +120,7 @@ static int ext_last_check(struct qcow2 *q)
 {
 	uint64_t end, at, limit;
 	uint8_t *c0 = malloc(q->cluster_size);
-	int ret = c0 ? ext_scan(q, c0, &end, &at, &limit) : -ENOMEM;
+	int ret = c0 ? qcow2_ext_scan(q, c0, QCOW2_EXT_BITMAPS, &end, &at, &limit) : -ENOMEM;
 
 	if (!ret && end != q->bm_ext_off + 24) {
 		vd_err("%s: the bitmaps header extension at 0x%" PRIx64

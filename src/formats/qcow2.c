@@ -634,6 +634,11 @@ static int open_header(struct qcow2 *q, uint64_t file_size)
 		img->backing_names[0] = strndup((const char *)c0 + h.backing_off, h.backing_len);
 		if (!img->backing_names[0])
 			ret = -ENOMEM;
+	} else {
+		/* a backing format without a backing file is ignored, as QEMU does
+		 * (a dropped link may leave one: qcow2-backing.c) */
+		free(img->backing_fmt);
+		img->backing_fmt = NULL;
 	}
 out:
 	free(c0);
@@ -818,4 +823,5 @@ const struct vd_format vd_format_qcow2 = {
 	.create = qcow2_create,
 	.info = qcow2_info,
 	.bitmap = qcow2_bitmap,
+	.set_backing = qcow2_set_backing,
 };

@@ -4,7 +4,8 @@
  * qcow2-rebuild.c (refcounts rebuilt after an unclean close), qcow2-map.c (map,
  * complete, discard, zeroing), qcow2-status.c (block status, allocation count),
  * qcow2-resize.c (truncate), qcow2-bitmap.c (persistent bitmaps; their live commands
- * in qcow2-bitmap-cmd.c), qcow2-create.c. */
+ * in qcow2-bitmap-cmd.c), qcow2-backing.c (the header's extensions, the backing
+ * link rewritten), qcow2-create.c. */
 #ifndef VDISKFS_QCOW2_H
 #define VDISKFS_QCOW2_H
 
@@ -321,6 +322,15 @@ int qcow2_bitmaps_store(struct qcow2 *q);
 bool qcow2_bitmaps_block_resize(struct qcow2 *q);
 int qcow2_bitmap(struct vd_image *img, enum vd_bitmap_cmd cmd, const char *name, uint32_t gran);
 void qcow2_bitmaps_info(struct qcow2 *q, struct json_writer *j);
+
+/* qcow2-backing.c */
+/* Read the header cluster into c0 and walk its extensions: *end the end
+ * marker (or where the area ends), *at the last extension of this type or
+ * 0, *limit where the area must end (the backing file name, else the
+ * cluster's end). 0 or -errno. */
+int qcow2_ext_scan(struct qcow2 *q, uint8_t *c0, uint32_t type, uint64_t *end, uint64_t *at,
+		   uint64_t *limit);
+int qcow2_set_backing(struct vd_image *img, const char *name, const char *fmt);
 
 /* qcow2-create.c */
 int qcow2_create(const char *path, const struct vd_create_opts *o);

@@ -99,7 +99,10 @@ static GString *xattr_value(struct vnode *n, const char *key, bool mirror)
 	} else if (!strcmp(key, "cluster-size")) {
 		g_string_append_printf(s, "%" PRIu32, img->cluster_size);
 	} else if (!strcmp(key, "backing")) {
-		g_string_append(s, img->backing ? img->backing->path : "");
+		char *b = image_backing_path(img);
+
+		g_string_append(s, b ? b : "");
+		g_free(b);
 	} else if (!strcmp(key, "allocated")) {
 		g_string_append_printf(s, "%" PRIu64, image_allocated(img));
 	} else if (!strcmp(key, "image")) {

@@ -171,6 +171,8 @@ struct vd_image {
 	 * lock. Locks: docs/design.md "Locks". */
 	char *path; /* as given (absolute for backing files) */
 	char *name; /* base name, for messages */
+	/* The numbers are fixed; image_reopen() puts another open file
+	 * description of the same file behind them (dup3()). */
 	int fd;
 	int dio_fd; /* O_DIRECT twin of fd for aligned data I/O, or -1 */
 	/* What dio_fd needs (the file system's own, from statx; else 4096):
@@ -180,16 +182,21 @@ struct vd_image {
 	ino_t ino;
 	const struct vd_format *fmt;
 	void *priv; /* the driver's state */
-	/* Set at open; later set, never cleared, when the image becomes a
-	 * backing file (under the registry's lock) and by image_finish(). Read
-	 * without a lock: a write past the check when it changes still runs. */
+	/* Set at open; later set when the image becomes a backing file (under
+	 * the registry's lock) and by image_finish(); changed both ways only by
+	 * image_reopen(), with the image's requests held. Read without a lock:
+	 * a write past the check when it changes still runs. */
 	bool read_only; /* new writes fail with EROFS */
 	/* Opened for writing (after the driver's open). Stays set when read_only
 	 * is set later, because the image became another image's backing file:
 	 * fsync and close still write back what the earlier writes left dirty.
-	 * Cleared only by image_finish(). */
+	 * Cleared by image_finish(); image_reopen() sets and clears it. */
 	bool writable;
 	const struct vd_open_opts *opts; /* valid during open only */
+	/* The options of the open that made it (format and inactive cleared,
+	 * strings owned): the driver's open again in image_reopen(), an
+	 * overlay's in image_create_overlay(). Fixed after open. */
+	struct vd_open_opts saved_opts;
 
 	/* size changes with the driver's truncate (qcow2: under its lock) and
 	 * is read without a lock; the other two are fixed after open. */
@@ -198,7 +205,11 @@ struct vd_image {
 	uint32_t zero_align;   /* discard/write_zeroes granularity (>= 512) */
 
 	/* Backing file: drivers fill the names at open; image.c opens it.
-	 * Fixed after open. */
+	 * Fixed after open, but for image_set_backing() (image-chain.c), which
+	 * changes all four while the caller holds every request of the image,
+	 * with active_lock held for writing; a metadata call that follows
+	 * backing outside a request holds active_lock for reading
+	 * (image_block_status(), image_facts_json()). */
 	char *backing_names[VD_BACKING_MAX_NAMES]; /* candidates, first match wins */
 	char *backing_fmt;
 	struct vd_image *backing;
@@ -331,6 +342,16 @@ struct vd_format {
 	 * NULL: the format has no bitmaps. */
 	int (*bitmap)(struct vd_image *img, enum vd_bitmap_cmd cmd, const char *name,
 		      uint32_t granularity);
+
+	/* Optional: make the file name name (NULL: no backing file), of format
+	 * fmt (NULL: not recorded), as img's backing file, on a writable,
+	 * active image whose guest data reads the same either way (the caller
+	 * copied it). Crash-safe: after a power cut at any point the file names
+	 * the old or the new one, consistently; durable when it returns.
+	 * -ENOTSUP with a logged reason where that cannot be done safely.
+	 * Changes nothing in struct vd_image (the image layer does). NULL: the
+	 * format cannot change its backing file here (raw, vhdx). */
+	int (*set_backing)(struct vd_image *img, const char *name, const char *fmt);
 
 	/* Optional: is parent the right backing for img (vhdx linkage GUID)? */
 	int (*check_backing)(struct vd_image *img, struct vd_image *parent);

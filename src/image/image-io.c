@@ -639,43 +639,7 @@ int image_zero_grow_wait(struct vd_image *img, uint64_t len, uint64_t off)
 	return image_wait(&w);
 }
 
-/* ---- block status through the chain, truncate ---- */
-
-int image_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *pnum,
-		       enum vd_bs *status)
-{
-	int ret;
-
-	if (off >= img->size)
-		return -EINVAL;
-	if (len > img->size - off)
-		len = img->size - off;
-	pthread_rwlock_rdlock(&img->active_lock);
-	if (atomic_load(&img->inactive)) {
-		/* Nothing known while another host may write: all of it may be data. */
-		*pnum = len;
-		*status = VD_BS_DATA;
-		ret = 0;
-	} else {
-		ret = img->fmt->block_status(img, off, len, pnum, status);
-	}
-	pthread_rwlock_unlock(&img->active_lock);
-	if (ret)
-		return ret;
-	if (*pnum == 0 || *pnum > len) {
-		image_mark_broken(img, "format driver returned an invalid block status");
-		return -EIO;
-	}
-	if (*status != VD_BS_UNALLOC)
-		return 0;
-	if (!img->backing || off >= img->backing->size) {
-		*status = VD_BS_ZERO;
-		return 0;
-	}
-	if (*pnum > img->backing->size - off)
-		*pnum = img->backing->size - off;
-	return image_block_status(img->backing, off, *pnum, pnum, status);
-}
+/* ---- truncate, bitmaps (block status: image-chain.c) ---- */
 
 int image_truncate(struct vd_image *img, uint64_t size)
 {

@@ -16,7 +16,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "image/image.h"
+#include "image/image-int.h"
 #include "util/json.h"
 #include "util/log.h"
 #include "util/path.h"
@@ -48,7 +48,7 @@ static size_t registry_n, registry_cap;
 #define VD_FD_RESERVE 128
 static atomic_uint image_nfds;
 
-static int image_fd_budget(const char *path)
+int image_fd_budget(const char *path)
 {
 	unsigned n = atomic_load(&image_nfds);
 	struct rlimit rl;
@@ -146,11 +146,12 @@ static void image_free(struct vd_image *img)
 	for (int i = 0; i < VD_BACKING_MAX_NAMES; i++)
 		free(img->backing_names[i]);
 	free(img->backing_fmt);
+	free((char *)img->saved_opts.within);
+	free((char *)img->saved_opts.vhdx_parent);
 	if (img->fd >= 0) {
 		/* Unlock explicitly: io_uring may hold the file a little longer than
 		 * the fd, and the lock lives as long as the file does. */
-		struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
-		fcntl(img->fd, F_OFD_SETLK, &fl);
+		image_unlock_fd(img->fd);
 		close(img->fd);
 		atomic_fetch_sub(&image_nfds, 1);
 	}
@@ -162,108 +163,6 @@ static void image_free(struct vd_image *img)
 	pthread_rwlock_destroy(&img->active_lock);
 	free(img->path);
 	free(img);
-}
-
-/*
- * QEMU's image locking protocol (block/file-posix.c), so that vdiskfs and the
- * QEMU tools see each other: shared open-file-description locks on single
- * bytes, byte 100 + i while holding permission i and byte 200 + i while not
- * sharing it (i: 0 consistent read, 1 write, 2 write-unchanged, 3 resize).
- * A user first takes its own bytes, then tests that nobody refuses to share a
- * permission it holds (200 + i) and that nobody holds a permission it does not
- * share (100 + i); taking before testing means two users racing both see each
- * other. A view open for writing takes what a QEMU writer of a qcow2 image
- * takes (read, write, resize; sharing neither write nor resize), a reader what
- * a QEMU reader takes (read; sharing neither), a force-share reader only
- * read (like qemu-img -U). The kernel drops the locks when the last fd of the
- * file description closes, even on SIGKILL; image_free() drops them first.
- */
-enum { LOCK_PERM_BASE = 100, LOCK_UNSHARED_BASE = 200, LOCK_NPERMS = 4 };
-enum { PERM_READ = 1, PERM_WRITE = 2, PERM_RESIZE = 8 };
-
-static const char *const lock_perm_names[LOCK_NPERMS] = {"consistent read", "write",
-							 "write unchanged", "resize"};
-
-static int lock_byte(int fd, int type, int cmd, off_t byte, struct flock *fl)
-{
-	*fl = (struct flock){.l_type = type, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
-	return fcntl(fd, cmd, fl) < 0 ? -errno : 0;
-}
-
-/* Does another file description hold a lock on byte? 1, 0 or -errno. */
-static int lock_byte_taken(int fd, off_t byte)
-{
-	struct flock fl;
-	int ret = lock_byte(fd, F_WRLCK, F_OFD_GETLK, byte, &fl);
-
-	return ret ? ret : fl.l_type != F_UNLCK;
-}
-
-/* Take our bytes: 0, or -errno with the byte that could not be taken. */
-static int lock_take(int fd, unsigned perm, unsigned unshared, off_t *byte)
-{
-	struct flock fl;
-	int ret = 0;
-
-	for (int i = 0; i < LOCK_NPERMS && !ret; i++) {
-		*byte = LOCK_PERM_BASE + i;
-		if (perm & 1u << i)
-			ret = lock_byte(fd, F_RDLCK, F_OFD_SETLK, *byte, &fl);
-		*byte = LOCK_UNSHARED_BASE + i;
-		if (!ret && unshared & 1u << i)
-			ret = lock_byte(fd, F_RDLCK, F_OFD_SETLK, *byte, &fl);
-	}
-	return ret;
-}
-
-/* Test the bytes that conflict with ours: 0, 1 with the byte another file
- * description holds, or -errno. */
-static int lock_conflict(int fd, unsigned perm, unsigned unshared, off_t *byte)
-{
-	int ret = 0;
-
-	for (int i = 0; i < LOCK_NPERMS && !ret; i++) {
-		*byte = LOCK_UNSHARED_BASE + i;
-		if (perm & 1u << i)
-			ret = lock_byte_taken(fd, *byte);
-		if (ret)
-			break;
-		*byte = LOCK_PERM_BASE + i;
-		if (unshared & 1u << i)
-			ret = lock_byte_taken(fd, *byte);
-	}
-	return ret;
-}
-
-/* data: a file holding only an image's data (qcow2's external data file),
- * locked as QEMU locks one: the same permissions, but write is shared. */
-static int image_lock(int fd, const char *path, bool read_only, bool force_share, bool data)
-{
-	unsigned perm = read_only ? PERM_READ : PERM_READ | PERM_WRITE | PERM_RESIZE;
-	unsigned unshared = force_share && read_only ? 0
-			    : data		     ? PERM_RESIZE
-						     : PERM_WRITE | PERM_RESIZE;
-	struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
-	off_t byte = 0;
-	int ret;
-
-	ret = lock_take(fd, perm, unshared, &byte);
-	if (!ret)
-		ret = lock_conflict(fd, perm, unshared, &byte);
-	if (!ret)
-		return 0;
-	fcntl(fd, F_OFD_SETLK, &fl); /* drop what was taken */
-	if (ret == 1 || ret == -EAGAIN || ret == -EACCES) {
-		vd_err("%s: in use by another process: it %s the %s permission (QEMU's image "
-		       "locks, byte %d); not opened %s",
-		       path, byte >= LOCK_UNSHARED_BASE ? "does not share" : "holds",
-		       lock_perm_names[byte % 100], (int)byte,
-		       read_only ? "for reading" : "for writing");
-		return -EBUSY;
-	}
-	if (ret == -EINVAL || ret == -ENOLCK || ret == -EOPNOTSUPP)
-		return 0; /* a file system without locks: nothing to enforce */
-	return ret;
 }
 
 /* The O_DIRECT alignment the file system asks for (statx, Linux 6.1+), so
@@ -286,24 +185,54 @@ static void image_dio_align(struct vd_image *img)
 		img->dio_mem_align = sx.stx_dio_mem_align;
 }
 
+int image_flush_sync(struct vd_image *img)
+{
+	int ret = img->fmt->flush ? img->fmt->flush(img) : 0;
+
+	return ret ? ret : meta_fdatasync(img->fd);
+}
+
 /* An image open for writing just became another image's backing file: what
  * its writes left dirty is made durable now, before the overlay reads it as a
  * base. Writes still in flight link their metadata later; fsync and close
  * write that back too (img->writable stays set). */
 static void image_flush_demoted(struct vd_image *img)
 {
-	int ret = img->fmt->flush ? img->fmt->flush(img) : 0;
+	int ret = image_flush_sync(img);
 
-	if (!ret)
-		ret = meta_fdatasync(img->fd);
 	if (ret)
 		vd_err("%s: cannot flush it before serving it read-only: %s (fsync and close "
 		       "try again)",
 		       img->path, strerror(-ret));
 }
 
+/* Under registry_lock: serve a writable image read-only from now on, as
+ * another image's backing file; true if it was not already. */
+static bool image_demote_locked(struct vd_image *img)
+{
+	if (img->read_only)
+		return false;
+	vd_warn("%s: is the backing file of another image: now served read-only", img->path);
+	img->read_only = true;
+	return true;
+}
+
+void image_demote(struct vd_image *img)
+{
+	bool demoted;
+
+	pthread_mutex_lock(&registry_lock);
+	demoted = image_demote_locked(img);
+	pthread_mutex_unlock(&registry_lock);
+	if (demoted)
+		image_flush_demoted(img);
+}
+
 struct open_chain {
 	const char *top; /* the image asked for, for messages */
+	/* image_open_over(): this backing file is demoted by the caller once
+	 * the whole open succeeded, not when it is found */
+	struct vd_image *keep;
 	dev_t dev[VD_BACKING_MAX_DEPTH + 1];
 	ino_t ino[VD_BACKING_MAX_DEPTH + 1];
 	int n;
@@ -411,7 +340,7 @@ static int image_open_backing(struct vd_image *img, const struct vd_open_opts *o
  * RESOLVE_NO_SYMLINKS for a path already resolved and checked, which must not
  * be redirected through a symbolic link planted since. Returns the fd or
  * -errno. */
-static int image_open_file(const char *path, int flags, uint64_t resolve)
+int image_open_file(const char *path, int flags, uint64_t resolve)
 {
 	struct open_how how = {.flags = flags | O_CLOEXEC | O_NOCTTY | O_NONBLOCK,
 			       .resolve = resolve};
@@ -502,11 +431,9 @@ out:
 
 void image_close_aux_file(int fd)
 {
-	struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
-
 	if (fd < 0)
 		return;
-	fcntl(fd, F_OFD_SETLK, &fl); /* see image_free() */
+	image_unlock_fd(fd); /* see image_free() */
 	close(fd);
 	atomic_fetch_sub(&image_nfds, 1);
 }
@@ -610,12 +537,7 @@ static int image_share(int fd, const char *path, const struct vd_open_opts *o,
 		return -ELOOP;
 	}
 	image_ref(found);
-	demote = chain->n && !found->read_only;
-	if (demote) {
-		vd_warn("%s: is the backing file of another image: now served read-only",
-			found->path);
-		found->read_only = true;
-	}
+	demote = chain->n && found != chain->keep && image_demote_locked(found);
 	pthread_mutex_unlock(&registry_lock);
 	close(fd);
 	if (demote)
@@ -627,16 +549,23 @@ static int image_share(int fd, const char *path, const struct vd_open_opts *o,
 /* With cache=none, data bypasses the host page cache where the file system
  * allows it, through a second, O_DIRECT descriptor that must be the very file
  * img->fd is. Without one, data goes through the page cache. */
+int image_open_same(struct vd_image *img, const char *opath, int flags, uint64_t resolve)
+{
+	struct stat st;
+	int fd = image_open_file(opath, flags, resolve);
+
+	if (fd >= 0 && (fstat(fd, &st) < 0 || st.st_dev != img->dev || st.st_ino != img->ino)) {
+		close(fd);
+		fd = -EXDEV;
+	}
+	return fd;
+}
+
 static void image_open_dio_twin(struct vd_image *img, const char *opath, uint64_t resolve)
 {
-	struct stat dst;
-	int dfd = image_open_file(opath, (img->read_only ? O_RDONLY : O_RDWR) | O_DIRECT, resolve);
+	int dfd = image_open_same(img, opath, (img->read_only ? O_RDONLY : O_RDWR) | O_DIRECT,
+				  resolve);
 
-	if (dfd >= 0 &&
-	    (fstat(dfd, &dst) < 0 || dst.st_dev != img->dev || dst.st_ino != img->ino)) {
-		close(dfd);
-		dfd = -EXDEV;
-	}
 	if (dfd < 0) {
 		vd_debug("%s: no O_DIRECT (%s): data goes through the page cache", img->path,
 			 strerror(-dfd));
@@ -708,12 +637,21 @@ static int image_open_chain(const char *path, const char *real, const struct vd_
 	img->read_only = read_only;
 	img->depth = chain->n;
 	img->zero_align = 512;
+	img->saved_opts = *o;
+	img->saved_opts.format = NULL;
+	img->saved_opts.inactive = false;
+	img->saved_opts.within = o->within ? strdup(o->within) : NULL;
+	img->saved_opts.vhdx_parent = o->vhdx_parent ? strdup(o->vhdx_parent) : NULL;
 	atomic_init(&img->refs, 1);
 	pthread_mutex_init(&img->sync_lock, NULL);
 	pthread_rwlock_init(&img->active_lock, NULL);
 	if (o->cache_direct)
 		image_open_dio_twin(img, opath, resolve);
 
+	ret = -ENOMEM;
+	if ((o->within && !img->saved_opts.within) ||
+	    (o->vhdx_parent && !img->saved_opts.vhdx_parent))
+		goto out_free;
 	ret = image_pick_format(img, force_fmt, chain->n > 0 || o->raw_by_default);
 	if (ret)
 		goto out_free;
@@ -762,9 +700,23 @@ out_free:
 	return ret;
 }
 
+/* image_open() of an absolute path; keep: see struct open_chain. */
+static int image_open_top(const char *abs, const struct vd_open_opts *o, struct vd_image *keep,
+			  struct vd_image **out)
+{
+	struct open_chain chain = {.top = abs, .keep = keep};
+	int ret = image_open_chain(abs, NULL, o, o->read_only, o->format, &chain, out);
+
+	if (!ret)
+		vd_info("%s: opened (%s, %s, %" PRIu64 " bytes%s%s)", abs, (*out)->fmt->name,
+			(*out)->read_only ? "read-only" : "read-write", (*out)->size,
+			(*out)->backing ? ", backing file " : "",
+			(*out)->backing ? (*out)->backing->path : "");
+	return ret;
+}
+
 int image_open(const char *path, const struct vd_open_opts *o, struct vd_image **out)
 {
-	struct open_chain chain = {.n = 0};
 	char *cwd, *abs;
 	int ret;
 
@@ -775,15 +727,28 @@ int image_open(const char *path, const struct vd_open_opts *o, struct vd_image *
 		abs = g_build_filename(cwd, path, NULL);
 		g_free(cwd);
 	}
-	chain.top = abs;
-	ret = image_open_chain(abs, NULL, o, o->read_only, o->format, &chain, out);
-	if (!ret)
-		vd_info("%s: opened (%s, %s, %" PRIu64 " bytes%s%s)", abs, (*out)->fmt->name,
-			(*out)->read_only ? "read-only" : "read-write", (*out)->size,
-			(*out)->backing ? ", backing file " : "",
-			(*out)->backing ? (*out)->backing->path : "");
+	ret = image_open_top(abs, o, NULL, out);
 	g_free(abs);
 	return ret;
+}
+
+int image_open_over(const char *path, const struct vd_open_opts *o, struct vd_image *base,
+		    struct vd_image **out)
+{
+	int ret = image_open_top(path, o, base, out);
+
+	if (ret)
+		return ret;
+	if ((*out)->backing != base) {
+		vd_err("%s: its backing file %s is not the image open as %s (the name now leads "
+		       "to another file)",
+		       path, (*out)->backing ? (*out)->backing->path : "(none)", base->path);
+		image_unref(*out);
+		*out = NULL;
+		return -ESTALE;
+	}
+	image_demote(base);
+	return 0;
 }
 
 void image_ref(struct vd_image *img)
@@ -800,6 +765,7 @@ void image_facts_json(struct vd_image *img, bool read_only, struct json_writer *
 	json_u64(j, "allocated", image_allocated(img));
 	json_bool(j, "read-only", img->read_only || read_only);
 	json_bool(j, "broken", atomic_load(&img->broken));
+	pthread_rwlock_rdlock(&img->active_lock); /* the chain: see image_set_backing() */
 	json_str(j, "backing", img->backing ? img->backing->path : NULL);
 	if (img->backing) {
 		json_begin_array(j, "backing-chain");
@@ -813,7 +779,6 @@ void image_facts_json(struct vd_image *img, bool read_only, struct json_writer *
 		json_end_array(j);
 	}
 	json_bool(j, "active", !atomic_load(&img->inactive));
-	pthread_rwlock_rdlock(&img->active_lock);
 	if (img->fmt->info && !atomic_load(&img->inactive)) {
 		json_begin_object(j, img->fmt->name);
 		img->fmt->info(img, j);
@@ -849,13 +814,33 @@ int image_finish(struct vd_image *img)
 	return ret;
 }
 
-/* ---- hand-over between hosts ---- */
+/* ---- the driver closed and opened again: hand-over, reopen ---- */
 
-static void image_unlock_file(struct vd_image *img)
+int image_driver_close(struct vd_image *img)
 {
-	struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
+	int ret = img->writable ? image_write_back(img) : 0;
 
-	fcntl(img->fd, F_OFD_SETLK, &fl);
+	if (ret)
+		return ret;
+	img->fmt->close(img); /* writes nothing more: everything is written back */
+	image_forget_driver(img);
+	img->writable = false;
+	return 0;
+}
+
+int image_driver_open(struct vd_image *img, const struct vd_open_opts *o)
+{
+	int ret;
+
+	img->opts = o;
+	ret = img->fmt->open(img);
+	img->opts = NULL;
+	if (ret) {
+		image_forget_driver(img);
+		return ret;
+	}
+	img->writable = !img->read_only;
+	return 0;
 }
 
 int image_inactivate(struct vd_image *img)
@@ -865,18 +850,13 @@ int image_inactivate(struct vd_image *img)
 	pthread_rwlock_wrlock(&img->active_lock);
 	if (atomic_load(&img->inactive))
 		goto out;
-	if (img->writable) {
-		ret = image_write_back(img);
-		if (ret) {
-			vd_err("%s: not inactivated: cannot write the image back: %s", img->path,
-			       strerror(-ret));
-			goto out;
-		}
+	ret = image_driver_close(img);
+	if (ret) {
+		vd_err("%s: not inactivated: cannot write the image back: %s", img->path,
+		       strerror(-ret));
+		goto out;
 	}
-	img->fmt->close(img); /* writes nothing more: everything is written back */
-	image_forget_driver(img);
-	img->writable = false;
-	image_unlock_file(img);
+	image_unlock_fd(img->fd);
 	atomic_store(&img->inactive, true);
 	vd_info("%s: inactive: written back and left clean, locks released; another host "
 		"may activate it now",
@@ -905,17 +885,13 @@ int image_activate(struct vd_image *img, const struct vd_open_opts *o)
 			       strerror(-ret));
 		goto out;
 	}
-	img->opts = o;
-	ret = img->fmt->open(img); /* every piece of metadata read again */
-	img->opts = NULL;
+	ret = image_driver_open(img, o); /* every piece of metadata read again */
 	if (ret) {
-		image_forget_driver(img);
-		image_unlock_file(img);
+		image_unlock_fd(img->fd);
 		vd_err("%s: not activated: the image could not be opened (%s); it stays inactive",
 		       img->path, strerror(-ret));
 		goto out;
 	}
-	img->writable = !img->read_only;
 	atomic_store(&img->inactive, false);
 	vd_info("%s: active: metadata read from the file, %s%s", img->path,
 		img->read_only ? "read-only" : "read-write",

@@ -35,6 +35,59 @@ int image_finish(struct vd_image *img);
  * failed call leaves the state as it was. */
 int image_inactivate(struct vd_image *img);
 int image_activate(struct vd_image *img, const struct vd_open_opts *o);
+/* ---- the backing chain changed live (image-chain.c): the primitives of
+ * the snapshot, stream and commit jobs ----
+ *
+ * Each logs what it did or why it failed and returns 0 or -errno; a failed
+ * call leaves every image as it was. The caller holds the requests that
+ * could reach the images it changes (the view's), and runs on a thread with
+ * an io_uring context. */
+
+/* A snapshot: a new qcow2 file at the absolute path (which must not exist:
+ * -EEXIST) over base: base's virtual size, the default cluster size, the
+ * permission bits mode (0: 0644 less umask), backing file base->path of
+ * format base->fmt->name. base is flushed first; the new file and its
+ * directory are synced before it is opened, read-write, through the normal
+ * open (base's backing policy, locks), with base itself as its backing image
+ * (-ESTALE if base->path now names another file). base is then served
+ * read-only (writes fail with EROFS) and stays so; on failure the new file
+ * is removed and base keeps its mode. *out holds the reference. */
+int image_create_overlay(struct vd_image *base, const char *path, unsigned mode,
+			 struct vd_image **out);
+/* Stream and commit: img's backing link, on disk and in memory, becomes
+ * new_backing (its absolute path and format; NULL: no backing file). The
+ * caller made img read the same either way (it copied the data first). The
+ * link is durable when it returns, and crash-safe: a power cut at any point
+ * leaves the old link or the new one. img takes a reference to new_backing
+ * and drops the one to its old backing image. -EROFS read-only, -EBUSY
+ * inactive, -EINVAL new_backing is img or has img below it, -ENOTSUP the
+ * format cannot (raw, vhdx) or not safely here (the driver says why). */
+int image_set_backing(struct vd_image *img, struct vd_image *new_backing);
+/* Commit: an open image (typically a read-only backing file) made writable
+ * in place, and read-only again afterwards: the same struct vd_image, its
+ * file opened again in the new mode (the same file, checked), QEMU's locks
+ * moved to what the new mode takes (-EBUSY if another process refuses), the
+ * driver written back, closed and opened again. An image demoted to
+ * read-only as a backing file is still open for writing: made writable, it
+ * only takes writes again. Failed (-EBUSY, -EACCES, -EPERM, -EROFS, ...), it
+ * stays open as it was. */
+int image_reopen(struct vd_image *img, bool writable);
+/* Block status of the layers from top down to base, base excluded (NULL:
+ * the whole chain): *pnum bytes from off (at most len) of one kind: DATA
+ * or ZERO as the topmost of those layers that allocates the run says,
+ * UNALLOC where none does (then the layers below decide). A run past the
+ * end of a layer's backing image, which reads as zeroes there, is ZERO
+ * unless that backing image is base (or there is none). -EINVAL: off past
+ * top's end, or base not in top's chain. */
+int image_block_status_above(struct vd_image *top, struct vd_image *base, uint64_t off,
+			     uint64_t len, uint64_t *pnum, enum vd_bs *status);
+/* The member of top's chain (top included) that is the file path (same
+ * device and inode after stat()), or NULL. No reference is taken. */
+struct vd_image *image_chain_find(struct vd_image *top, const char *path);
+/* The path of img's backing image, or NULL (g_free() it): for readers
+ * outside a request, which image_set_backing() may race. */
+char *image_backing_path(struct vd_image *img);
+
 /* The image's facts as JSON members (inside an open object): path, format,
  * sizes, allocation, read-only (or forced so), broken, the backing chain and
  * an object named after the format with the driver's own facts. */
@@ -87,14 +140,6 @@ int image_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_
 		       enum vd_bs *status);
 int image_truncate(struct vd_image *img, uint64_t size);
 
-/* ---- the chain (image-chain.c) ---- */
-int image_block_status_above(struct vd_image *top, struct vd_image *base, uint64_t off,
-			     uint64_t len, uint64_t *pnum, enum vd_bs *status);
-int image_set_backing(struct vd_image *img, struct vd_image *new_backing);
-int image_reopen(struct vd_image *img, bool writable);
-int image_create_overlay(struct vd_image *base, const char *path, unsigned mode,
-			 struct vd_image **out);
-struct vd_image *image_chain_find(struct vd_image *top, const char *path);
 /* A command on the image's persistent dirty bitmap name (granularity in
  * bytes for VD_BITMAP_ADD, 0 for the format's default): 0 once it is done
  * and durable, or -errno with a logged reason: -EROFS read-only, -EBUSY
