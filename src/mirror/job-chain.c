@@ -29,9 +29,8 @@ static struct vd_image *chain_member(struct vd_image *top, const char *path, con
 /* Can the image's backing link be rewritten (stream, intermediate commit)? */
 static int relink_supported(struct vd_image *img, const char *what)
 {
-	if (strcmp(img->fmt->name, "qcow2")) {
-		vd_err("%s: %s: the %s format's backing link cannot be rewritten yet (qcow2 "
-		       "only)",
+	if (!img->fmt->set_backing) {
+		vd_err("%s: %s: the %s format's backing link cannot be rewritten (qcow2 only)",
 		       img->path, what, img->fmt->name);
 		return -ENOTSUP;
 	}
@@ -171,6 +170,11 @@ static void snapshot_drained(void *opaque, int err)
 
 	if (!err)
 		err = image_create_overlay(old, c->path, c->mode, &ov);
+	/* The old image is final from now on: not even its close writes it
+	 * (the overlay only reads it). A failure here leaves it written back by
+	 * the overlay's open and merely not marked final (logged). */
+	if (!err)
+		image_finish(old);
 	if (!err) {
 		pthread_mutex_lock(&m->lock);
 		__atomic_store_n(m->slot, ov, __ATOMIC_RELEASE);

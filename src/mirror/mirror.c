@@ -491,14 +491,20 @@ static void quiesce_then(struct mirror *m, mirror_cont_fn *fn)
 static int complete_relink(struct mirror_job *job)
 {
 	struct vd_image *upper = job->src;
-	int ret;
+	bool reopened;
+	int ret = 0;
 
 	if (job->type == JOB_COMMIT)
 		while (upper && upper->backing != job->rd)
 			upper = upper->backing;
 	if (!upper)
 		return -ENOENT;
-	ret = image_set_backing(upper, job->base);
+	/* An image further down is read-only: writable for the relink only. */
+	reopened = upper->read_only && !(ret = image_reopen(upper, true));
+	if (!ret)
+		ret = image_set_backing(upper, job->base);
+	if (reopened)
+		image_reopen(upper, false);
 	if (job->type == JOB_COMMIT)
 		image_reopen(job->dst, false);
 	return ret;

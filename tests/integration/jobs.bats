@@ -32,14 +32,21 @@ backing_of() {
 	make_image "$T/src.qcow2" qcow2 64 32
 	touch "$T/view"
 	vd_mount "$T/src.qcow2" "$T/view"
+	# the guest writes during the first pass (a writer at full speed dirties
+	# faster than any copier: background mode converges once it slows down)
 	start_writer "$T/view" 0 64
 	setfattr -n user.vdiskfs.mirror.start \
 		-v "target=$T/dst.qcow2,mode=background,speed=32M,granularity=256K" "$T/view"
+	sleep 1
+	stop_writer
 	wait_phase "$T/view" ready 60
 	st=$(mstatus "$T/view")
 	[ "$(field "$st" type)" = mirror ]
 	[ "$(field "$st" percent)" = 100 ]
-	sleep 1 # the guest keeps dirtying; the copier keeps up in ready
+	# while ready and at complete the guest keeps writing: complete copies
+	# what is dirty then, with the guest's requests parked
+	start_writer "$T/view" 0 64
+	sleep 0.5
 	setfattr -n user.vdiskfs.mirror.complete -v 1 "$T/view"
 	[[ "$(mstatus "$T/view")" == "phase=completed target=$T/dst.qcow2"* ]]
 	[ "$(getfattr --only-values -n user.vdiskfs.image "$T/view")" = "$T/dst.qcow2" ]
@@ -112,12 +119,13 @@ backing_of() {
 	setfattr -n user.vdiskfs.snapshot -v "$T/ov.qcow2" "$T/view"
 	[ "$(getfattr --only-values -n user.vdiskfs.image "$T/view")" = "$T/ov.qcow2" ]
 	[ "$(getfattr --only-values -n user.vdiskfs.backing "$T/view")" = "$T/disk.qcow2" ]
-	sum1=$(qemu-img convert -U -O raw "$T/disk.qcow2" /dev/stdout | md5sum)
+	qemu-img convert -U -O raw "$T/disk.qcow2" "$T/at-snapshot.raw"
 	stat1=$(stat -c %s.%Y "$T/disk.qcow2")
+	md1=$(md5sum <"$T/disk.qcow2")
 	sleep 1
 	stop_writer
 	sync
-	[ "$(qemu-img convert -U -O raw "$T/disk.qcow2" /dev/stdout | md5sum)" = "$sum1" ]
+	[ "$(md5sum <"$T/disk.qcow2")" = "$md1" ]
 	# refused: an existing file, a relative name; nothing changes
 	run setfattr -n user.vdiskfs.snapshot -v "$T/ov.qcow2" "$T/view"
 	[[ "$output" == *"File exists"* ]]
@@ -125,8 +133,12 @@ backing_of() {
 	[[ "$output" == *"Invalid argument"* ]]
 	[ "$(getfattr --only-values -n user.vdiskfs.image "$T/view")" = "$T/ov.qcow2" ]
 	vd_umount "$T/view"
+	# not even closing it wrote the old image: it was made final at the snapshot
 	[ "$(stat -c %s.%Y "$T/disk.qcow2")" = "$stat1" ]
+	[ "$(md5sum <"$T/disk.qcow2")" = "$md1" ]
 	qemu_check "$T/disk.qcow2"
+	qemu-img compare -F raw "$T/disk.qcow2" "$T/at-snapshot.raw"
+	! cmp -s "$T/at-snapshot.raw" "$T/ref.raw" # the writer went on in the overlay
 	qemu_check "$T/ov.qcow2"
 	[ "$(backing_of "$T/ov.qcow2")" = "$T/disk.qcow2" ]
 	qemu-img compare -F raw "$T/ov.qcow2" "$T/ref.raw"
@@ -199,6 +211,24 @@ backing_of() {
 	qemu_check "$T/top.qcow2"
 	qemu_check "$T/base.qcow2"
 	qemu-img compare -F raw "$T/top.qcow2" "$T/ref.raw"
+}
+
+@test "commit below a read-only image relinks that image, which stays read-only" {
+	make_chain
+	qemu-img create -q -f qcow2 -b "$T/top.qcow2" -F qcow2 "$T/act.qcow2" 64M
+	touch "$T/view"
+	vd_mount "$T/act.qcow2" "$T/view"
+	start_writer "$T/view" 0 64
+	setfattr -n user.vdiskfs.commit.start -v "top=$T/mid.qcow2" "$T/view"
+	wait_phase "$T/view" completed 60 commit
+	stop_writer
+	# the relinked image is a backing file again: QEMU may read it beside us
+	qemu-io -f qcow2 -r -c "read 0 64k" "$T/top.qcow2" >/dev/null
+	vd_umount "$T/view"
+	[ "$(backing_of "$T/top.qcow2")" = "$T/base.qcow2" ]
+	[ "$(backing_of "$T/act.qcow2")" = "$T/top.qcow2" ]
+	for img in act top base; do qemu_check "$T/$img.qcow2"; done
+	qemu-img compare -F raw "$T/act.qcow2" "$T/ref.raw"
 }
 
 @test "commit cancel leaves the chain as it was and the base read-only again" {
