@@ -43,6 +43,7 @@ void view_info_json(struct vnode *n, struct json_writer *j, bool mirror)
 {
 	json_str(j, "name", n->name ? n->name : n->img->name);
 	image_facts_json(n->img, vfs_cfg.read_only, j);
+	json_u64(j, "passthrough-opens", pt_opens(n));
 	if (mirror && n->mirror) {
 		json_begin_object(j, "mirror");
 		mirror_status_json(n->mirror, j);
@@ -160,10 +161,17 @@ int xattr_mirror_start(struct vnode *n, const struct mirror_opts *o)
 		.read_only = vfs_cfg.read_only,
 		.open = &vfs_cfg.open,
 	};
+	int ret;
 
 	if (!n->mirror)
 		return -ENOMEM;
-	return mirror_start(n->mirror, o, &env);
+	/* The mirror must see every write: none may pass through. */
+	ret = pt_block(n, "start a mirror");
+	if (ret)
+		return ret;
+	ret = mirror_start(n->mirror, o, &env);
+	pt_unblock(n); /* a running job keeps them from passing through now */
+	return ret;
 }
 
 int xattr_mirror_adjust(struct vnode *n, const char *verb, const char *value)
