@@ -182,20 +182,17 @@ int pt_open(struct vnode *n, struct fuse_file_info *fi)
 		id = n->pt_opens ? n->pt_id : pt_register(n);
 	if (id > 0) {
 		n->pt_opens++;
-		n->pt_stale = true;
 		fi->fh |= VFS_FH_PT;
 		fi->direct_io = 0;
+		/* The kernel refuses it with passthrough; without it, the open
+		 * drops the view's cached pages, which passthrough writes would
+		 * leave stale (no page-cached open can exist meanwhile). */
 		fi->keep_cache = 0;
 	} else {
 		id = 0;
 		if (!fi->direct_io) {
 			n->pt_cached++;
 			fi->fh |= VFS_FH_CACHED;
-			/* The kernel's pages of the view missed what passed
-			 * through: this open starts them afresh. */
-			if (n->pt_stale)
-				fi->keep_cache = 0;
-			n->pt_stale = false;
 		}
 	}
 	pthread_mutex_unlock(&pt_lock);

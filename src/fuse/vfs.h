@@ -78,11 +78,9 @@ struct vnode {
 	char *last_error; /* why the last refused verb was refused (xattr.c's lock) */
 	/* Passthrough (passthrough.c's pt_lock): opens the kernel serves from
 	 * the image file, opens through its page cache, verbs starting that
-	 * must see every write, the backing id while pt_opens, and whether
-	 * the kernel's cached pages of the view may have missed writes. */
+	 * must see every write, and the backing id while pt_opens. */
 	unsigned pt_opens, pt_cached, pt_blocks;
 	int pt_id;
-	bool pt_stale;
 	bool pt_warned; /* the kernel refused the image once: said in the log */
 };
 
