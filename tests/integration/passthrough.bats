@@ -3,7 +3,8 @@
 # kernel from the image file. Checks that the bytes are right, that the
 # daemon really sees no READ or WRITE (its debug log), that fsync still
 # reaches the file, and that the verbs which must see every write (mirror
-# start, inactivate) are refused with EBUSY while such opens exist.
+# start, inactivate) are refused with EBUSY while such opens exist; and that
+# passthrough=on refuses to start where the kernel does not grant it.
 
 bats_require_minimum_version 1.5.0 # run !
 load helpers
@@ -208,4 +209,22 @@ mount_pt() {
 	[ "$(data_requests)" -eq 0 ]
 	exec 7<"$T/view"
 	[ "$(pt_opens "$T/view")" -eq 1 ]
+}
+
+@test "passthrough=on refuses to start when the kernel does not grant it; auto goes on without" {
+	require unshare
+	# a user namespace's root lacks CAP_SYS_ADMIN where the kernel checks it
+	unshare -Urm true 2>/dev/null || skip "no user namespaces"
+	head -c 4M /dev/urandom >"$T/disk.raw"
+	touch "$T/view"
+	run unshare -Urm "$VDISKFS" -f -o passthrough=on "$T/disk.raw" "$T/view"
+	[ "$status" -eq 1 ]
+	[[ "$output" == *"passthrough=on: the kernel did not grant FUSE passthrough"* ]]
+	run unshare -Urm sh -c '"$1" -f -o passthrough=auto "$2" "$3" & i=0
+		until findmnt -n --mountpoint "$3" >/dev/null; do
+			i=$((i + 1)); [ $i -lt 200 ] || exit 9; sleep 0.05
+		done
+		cmp "$2" "$3"; r=$?; umount "$3"; wait; exit $r' sh "$VDISKFS" "$T/disk.raw" "$T/view"
+	[ "$status" -eq 0 ]
+	[[ "$output" == *"passthrough: not used: the kernel did not grant FUSE passthrough"* ]]
 }
