@@ -27,7 +27,7 @@
 struct cmdline {
 	char *source, *mountpoint;
 	char *backing, *format, *vhdx_parent, *cache_size, *threads, *cache, *uring, *poll_us,
-		*inactive_wait;
+		*inactive_wait, *passthrough;
 	char *pid_file, *log, *log_level;
 	int log_syslog; /* log=syslog, or the default once daemonised */
 	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms,
@@ -60,6 +60,7 @@ static const struct fuse_opt cmd_opts[] = {
 	{"cache_size=%s", offsetof(struct cmdline, cache_size), 0},
 	{"cache=%s", offsetof(struct cmdline, cache), 0},
 	{"uring=%s", offsetof(struct cmdline, uring), 0},
+	{"passthrough=%s", offsetof(struct cmdline, passthrough), 0},
 	{"poll_us=%s", offsetof(struct cmdline, poll_us), 0},
 	{"inactive_wait=%s", offsetof(struct cmdline, inactive_wait), 0},
 	{"pid_file=%s", offsetof(struct cmdline, pid_file), 0},
@@ -120,6 +121,9 @@ static void usage(FILE *f)
 		"                         cache) or writeback (through the page cache)\n"
 		"  -o uring=MODE          auto (default: FUSE over io_uring when the kernel\n"
 		"                         offers it), on (required) or off\n"
+		"  -o passthrough=MODE    off (default), auto (the kernel reads and writes\n"
+		"                         raw views' files directly when it can) or on\n"
+		"                         (required)\n"
 		"  -o poll_us=N           watch for work up to N µs before sleeping (adaptive,\n"
 		"                         default 0)\n"
 		"  -o backing=POLICY      follow | deny | within-source (default: follow,\n"
@@ -355,6 +359,16 @@ static int configure_front(struct cmdline *c)
 		fprintf(stderr, "vdiskfs: uring=%s: want auto, on or off\n", c->uring);
 		return -EINVAL;
 	}
+	if (!c->passthrough || !strcmp(c->passthrough, "off")) {
+		vfs_cfg.passthrough = PT_OFF;
+	} else if (!strcmp(c->passthrough, "auto")) {
+		vfs_cfg.passthrough = PT_AUTO;
+	} else if (!strcmp(c->passthrough, "on")) {
+		vfs_cfg.passthrough = PT_ON;
+	} else {
+		fprintf(stderr, "vdiskfs: passthrough=%s: want auto, on or off\n", c->passthrough);
+		return -EINVAL;
+	}
 	if (configure_number("poll_us", c->poll_us, 0, 1000, &poll))
 		return -EINVAL;
 	vfs_cfg.inactive_wait_s = 300;
@@ -433,6 +447,7 @@ static void cmdline_free(struct cmdline *c)
 	free(c->threads);
 	free(c->cache);
 	free(c->uring);
+	free(c->passthrough);
 	free(c->poll_us);
 	free(c->inactive_wait);
 	g_free(c->pid_file);

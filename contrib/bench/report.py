@@ -10,6 +10,7 @@ import sys
 # workload -> (metric, unit, higher is better)
 METRIC = {
     "randread-qd1": ("lat_mean_us", "µs mean latency (submit to complete)", False),
+    "randwrite-qd1": ("lat_mean_us", "µs mean latency (submit to complete)", False),
     "randread-qd16": ("iops", "IOPS", True),
     "randwrite-qd16": ("iops", "IOPS", True),
     "randwrite-qd16-empty": ("iops", "IOPS", True),
@@ -36,33 +37,49 @@ def fmt(v):
     return f"{v:,.0f}" if v >= 100 else f"{v:.2f}"
 
 
+# vdiskfs-pt: vdiskfs with -o passthrough=on (raw runs only)
+TARGETS = ("host", "vdiskfs", "vdiskfs-pt", "qsd")
+
+
 def main():
     results, out, fmt_name, size, runtime, reps = sys.argv[1:]
     rows = [json.loads(line) for line in open(results) if line.strip()]
     workloads = [w for w in METRIC if any(r["workload"] == w for r in rows)]
+    pt = any(r["target"] == "vdiskfs-pt" for r in rows)
+    cols = [t for t in TARGETS if t != "vdiskfs-pt" or pt]
+    over_host = [t for t in cols if t in ("vdiskfs", "vdiskfs-pt")]
     med = {}
     for w in workloads:
-        for t in ("host", "vdiskfs", "qsd"):
+        for t in cols:
             sel = [r for r in rows if r["workload"] == w and r["target"] == t]
             med[(w, t)] = {k: median(sel, k) for k in
                            ("iops", "mib_s", "lat_mean_us", "lat_p50_us", "sync_p50_us",
                             "sync_p99_us", "cpu_s", "iops_per_cpu_s")}
     print(f"\nformat {fmt_name}, {size} image, {runtime} s per run, median of {reps} "
           "interleaved runs\n")
-    print("| workload | metric | host | vdiskfs | qsd | vdiskfs/host | vdiskfs/qsd |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    heads = cols + [f"{t}/host" for t in over_host] + ["vdiskfs/qsd"]
+    print("| workload | metric | " + " | ".join(heads) + " |")
+    print("|---|---|" + "---:|" * len(heads))
+
+    def line(w, unit, key):
+        m = {t: med[(w, t)][key] for t in cols}
+        cells = [m[t] for t in cols] + [ratio(m[t], m["host"]) for t in over_host]
+        cells.append(ratio(m["vdiskfs"], m["qsd"]))
+        print(f"| {w} | {unit} | " + " | ".join(fmt(c) for c in cells) + " |")
+        return m
+
     summary = []
     for w in workloads:
         key, unit, _ = METRIC[w]
-        h, v, q = (med[(w, t)][key] for t in ("host", "vdiskfs", "qsd"))
-        print(f"| {w} | {unit} | {fmt(h)} | {fmt(v)} | {fmt(q)} | {fmt(ratio(v, h))} | "
-              f"{fmt(ratio(v, q))} |")
-        summary.append({"workload": w, "metric": key, "host": h, "vdiskfs": v, "qsd": q,
-                        "vdiskfs_over_host": ratio(v, h), "vdiskfs_over_qsd": ratio(v, q)})
+        m = line(w, unit, key)
+        s = {"workload": w, "metric": key, **m,
+             "vdiskfs_over_host": ratio(m["vdiskfs"], m["host"]),
+             "vdiskfs_over_qsd": ratio(m["vdiskfs"], m["qsd"])}
+        if pt:
+            s["vdiskfs_pt_over_host"] = ratio(m["vdiskfs-pt"], m["host"])
+        summary.append(s)
         if w == "fdatasync-4k":
-            h, v, q = (med[(w, t)]["sync_p99_us"] for t in ("host", "vdiskfs", "qsd"))
-            print(f"| {w} | µs fdatasync p99 | {fmt(h)} | {fmt(v)} | {fmt(q)} | "
-                  f"{fmt(ratio(v, h))} | {fmt(ratio(v, q))} |")
+            line(w, "µs fdatasync p99", "sync_p99_us")
     print("\nDaemon CPU efficiency (IOPS per CPU second, higher is better):\n")
     print("| workload | vdiskfs | qsd | vdiskfs/qsd |")
     print("|---|---:|---:|---:|")

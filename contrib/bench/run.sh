@@ -6,11 +6,14 @@
 #   contrib/bench/run.sh [--vdiskfs PATH] [--format qcow2|vhdx|raw] [--quick]
 #                        [--reps N] [--runtime SEC] [--size SIZE] [--dir DIR]
 #                        [--out FILE.json] [--only WORKLOAD[,WORKLOAD...]]
-#                        [--uring on|off] [--opts VDISKFS_MOUNT_OPTIONS]
+#                        [--uring on|off] [--passthrough on|off]
+#                        [--opts VDISKFS_MOUNT_OPTIONS]
 #
 # --uring on (the default where the kernel has it) turns the fuse module's
 # enable_uring switch on for the run (and back afterwards) and mounts vdiskfs
 # with -o uring=on; off measures the /dev/fuse transport.
+# --passthrough on (the default with --format raw) adds a fourth target,
+# vdiskfs-pt: vdiskfs with -o passthrough=on, beside vdiskfs without it.
 #
 # Needs root (FUSE mounts, dropping caches), fio, qemu-img and
 # qemu-storage-daemon (packages fio qemu-utils qemu-system-common).
@@ -30,6 +33,7 @@ quick=0
 uring_param=/sys/module/fuse/parameters/enable_uring
 uring=$([ -w "$uring_param" ] && echo on || echo off)
 opts=
+passthrough=
 
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -43,19 +47,26 @@ while [ $# -gt 0 ]; do
 	--only) only=$2; shift ;;
 	--quick) quick=1 ;;
 	--uring) uring=$2; shift ;;
+	--passthrough) passthrough=$2; shift ;;
 	--opts) opts=,$2; shift ;;
-	-h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+	-h|--help) sed -n '2,21p' "$0"; exit 0 ;;
 	*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 	shift
 done
 ramp=1
 if [ "$quick" = 1 ]; then
-	# 81 one-second runs: under three minutes in all
+	# one-second runs (3 reps, 10 workloads, 3 or 4 targets): three to four minutes
 	reps=3 runtime=1 size=256M ramp=0
 fi
 case $format in qcow2|vhdx|raw) ;; *) echo "run.sh: --format qcow2|vhdx|raw" >&2; exit 2 ;; esac
 case $uring in on|off) ;; *) echo "run.sh: --uring on|off" >&2; exit 2 ;; esac
+[ -n "$passthrough" ] || passthrough=$([ "$format" = raw ] && echo on || echo off)
+case $passthrough in on|off) ;; *) echo "run.sh: --passthrough on|off" >&2; exit 2 ;; esac
+if [ "$passthrough" = on ] && [ "$format" != raw ]; then
+	echo "run.sh: --passthrough on needs --format raw (only raw views pass through)" >&2
+	exit 2
+fi
 if [ "$uring" = on ] && [ ! -w "$uring_param" ]; then
 	echo "run.sh: --uring on needs FUSE over io_uring in the kernel ($uring_param)" >&2
 	exit 2
@@ -89,6 +100,7 @@ fi
 # workload name -> fio arguments (O_DIRECT unless noted)
 declare -A wl=(
 	[randread-qd1]="--rw=randread --bs=4k --iodepth=1"
+	[randwrite-qd1]="--rw=randwrite --bs=4k --iodepth=1"
 	[randread-qd16]="--rw=randread --bs=4k --iodepth=16"
 	[randwrite-qd16]="--rw=randwrite --bs=4k --iodepth=16"
 	[randwrite-qd16-empty]="--rw=randwrite --bs=4k --iodepth=16"
@@ -98,12 +110,13 @@ declare -A wl=(
 	[fdatasync-4k]="--rw=randwrite --bs=4k --iodepth=1 --fdatasync=1"
 	[buffered-seqread]="--rw=read --bs=1M --iodepth=1 --direct=0"
 )
-order=(randread-qd1 randread-qd16 randwrite-qd16 randwrite-qd16-empty randrw-70-30-qd16
+order=(randread-qd1 randwrite-qd1 randread-qd16 randwrite-qd16 randwrite-qd16-empty randrw-70-30-qd16
        seqread-1m-qd8 seqwrite-1m-qd8 fdatasync-4k buffered-seqread)
 if [ -n "$only" ]; then
 	IFS=, read -r -a order <<<"$only"
 fi
 targets=(host vdiskfs qsd)
+[ "$passthrough" = off ] || targets=(host vdiskfs vdiskfs-pt qsd)
 
 # fill_image FILE FORMAT: write zeroes as data (not as holes) over all of it
 fill_image() {
@@ -167,9 +180,10 @@ mount_target() {
 		echo "$work/$name.raw"
 		return
 		;;
-	vdiskfs)
+	vdiskfs|vdiskfs-pt)
 		touch "$mnt"
-		"$vdiskfs" -f -o uring="$uring$opts" "$img" "$mnt" >>"$work/vdiskfs.log" 2>&1 &
+		"$vdiskfs" -f -o uring="$uring$opts$([ "$t" = vdiskfs ] || echo ,passthrough=on)" \
+			"$img" "$mnt" >>"$work/vdiskfs.log" 2>&1 &
 		tpid=$!
 		;;
 	qsd)
@@ -234,7 +248,7 @@ print(json.dumps({
 PY
 }
 
-echo "== vdiskfs benchmark: format=$format size=$size runtime=${runtime}s reps=$reps vdiskfs -o uring=$uring$opts"
+echo "== vdiskfs benchmark: format=$format size=$size runtime=${runtime}s reps=$reps vdiskfs -o uring=$uring$opts passthrough=$passthrough"
 echo "== vdiskfs: $vdiskfs ($("$vdiskfs" --version))"
 echo "== $(qemu-storage-daemon --version | head -1)"
 echo "== work dir $work ($(findmnt -n -o FSTYPE --target "$work"))"

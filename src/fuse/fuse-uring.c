@@ -10,6 +10,8 @@
  * committed through the ring instead (COMMIT_AND_FETCH), which also fetches
  * the entry's next request.
  *
+ * The same hooks amend INIT for passthrough.c.
+ *
  * What stays on /dev/fuse: INIT itself, FORGET, INTERRUPT and notifications.
  * The kernel routes a request to the queue of the CPU it was issued on, so a
  * VMM thread and the loop thread serving its CPU meet without a cross-CPU
@@ -168,15 +170,18 @@ static void furing_inspect(const void *buf, size_t len)
 	furing.init_unique = in->unique;
 	furing.init_offered =
 		(arg->flags & FURING_INIT_EXT) && (arg->flags2 & FURING_INIT_OVER_URING);
+	pt_init_request(arg->flags, arg->flags2);
 }
 
 static void furing_patch_init(struct iovec *iov, int count)
 {
 	struct fuse_init_out *out;
 
-	if (count < 2 || iov[1].iov_len < offsetof(struct fuse_init_out, flags2) + 4)
+	/* max_stack_depth (7.40) is the first of Debian's unused words. */
+	if (count < 2 || iov[1].iov_len < offsetof(struct fuse_init_out, unused) + 4)
 		return;
 	out = iov[1].iov_base;
+	pt_init_reply(&out->flags, &out->flags2, &out->unused[0]);
 	if (furing.mode == FURING_OFF || !furing.init_offered)
 		return;
 	out->flags |= FURING_INIT_EXT;

@@ -22,6 +22,7 @@ static void inactivate_drained(void *opaque, int err)
 	struct vnode *n = w->n;
 	int ret = image_inactivate(n->img);
 
+	pt_unblock(n); /* inactive now, or failed: opens may pass through again */
 	if (ret) {
 		mirror_release(n->mirror); /* still active: the held requests go on */
 	} else {
@@ -42,11 +43,20 @@ void handover_inactivate(struct vnode *n, vd_done_fn done, void *opaque)
 		done(opaque, 0);
 		return;
 	}
-	w = vnode_call_new(n, done, opaque);
-	if (!w)
+	/* Another host is about to write the file: the kernel must not. */
+	ret = pt_block(n, "inactivate the view");
+	if (ret) {
+		done(opaque, ret);
 		return;
+	}
+	w = vnode_call_new(n, done, opaque);
+	if (!w) {
+		pt_unblock(n);
+		return;
+	}
 	ret = mirror_hold(n->mirror, inactivate_drained, w);
 	if (ret) {
+		pt_unblock(n);
 		free(w);
 		done(opaque, ret);
 	}

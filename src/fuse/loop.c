@@ -175,7 +175,8 @@ static int loop_init(struct fuse_session *se, unsigned nthreads)
 	free(buf.mem);
 	if (fuse_session_exited(se))
 		return -ENODEV;
-	return furing_prepare(nthreads);
+	ret = furing_prepare(nthreads);
+	return ret ? ret : pt_prepare(fuse_session_fd(se));
 }
 
 /* Buffered sequential reads of a view come in readahead-sized requests: the

@@ -105,6 +105,8 @@ static void vfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 
 	if (!n)
 		return;
+	if (n->kind == VN_IMAGE && pt_opens(n))
+		pt_sync_size(n);
 	vnode_stat(n, &st);
 	fuse_reply_attr(req, &st, n->kind == VN_IMAGE ? VFS_TIMEOUT : VFS_DIR_TIMEOUT);
 }
@@ -160,19 +162,32 @@ static void vfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 	fuse_reply_attr(req, &st, n->kind == VN_IMAGE ? VFS_TIMEOUT : VFS_DIR_TIMEOUT);
 }
 
+/* struct fuse_open_out of protocol 7.40 (Debian 12's headers call the
+ * backing id padding), and its flag for a passthrough open. */
+struct vfs_open_out {
+	uint64_t fh;
+	uint32_t open_flags;
+	int32_t backing_id;
+};
+#define VFS_FOPEN_PASSTHROUGH (1u << 7)
+
 /* fuse_reply_open() with FOPEN_PARALLEL_DIRECT_WRITES, which libfuse 3.14
  * cannot set: without it the kernel holds the inode lock exclusively around
  * every direct write, so the writes of a VMM's several I/O threads reach the
- * daemon one at a time. The image layer takes concurrent writes already. */
-static void vfs_reply_open(fuse_req_t req, const struct fuse_file_info *fi)
+ * daemon one at a time. The image layer takes concurrent writes already.
+ * With backing_id, the kernel serves the open from that file (passthrough.c). */
+static void vfs_reply_open(fuse_req_t req, const struct fuse_file_info *fi, int backing_id)
 {
-	struct fuse_open_out out = {
+	struct vfs_open_out out = {
 		.fh = fi->fh,
 		.open_flags = (fi->direct_io ? FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES : 0) |
 			      (fi->keep_cache ? FOPEN_KEEP_CACHE : 0) |
-			      (fi->noflush ? FOPEN_NOFLUSH : 0),
+			      (fi->noflush ? FOPEN_NOFLUSH : 0) |
+			      (backing_id ? VFS_FOPEN_PASSTHROUGH : 0),
+		.backing_id = backing_id,
 	};
 
+	_Static_assert(sizeof(out) == sizeof(struct fuse_open_out), "fuse_open_out");
 	fuse_reply_buf(req, (const char *)&out, sizeof(out));
 }
 
@@ -201,7 +216,7 @@ static void vfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fi->noflush = 1;
 	fi->fh = (uint64_t)(uintptr_t)n;
 	tree_open(n);
-	vfs_reply_open(req, fi);
+	vfs_reply_open(req, fi, pt_open(n, fi));
 }
 
 static void vfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -212,8 +227,10 @@ static void vfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 		control_release(req, fi);
 		return;
 	}
-	if (n)
+	if (n) {
+		pt_release(n, fi->fh);
 		tree_release(n);
+	}
 	fuse_reply_err(req, 0);
 }
 
@@ -292,7 +309,7 @@ static void vfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		control_read(req, size, off, fi);
 		return;
 	}
-	n = (struct vnode *)(uintptr_t)fi->fh;
+	n = vfs_fh_node(fi->fh);
 	if ((uint64_t)off >= n->img->size) {
 		fuse_reply_buf(req, NULL, 0); /* end of file */
 		return;
@@ -333,7 +350,7 @@ static void vfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t si
 		control_write(req, buf, size, fi);
 		return;
 	}
-	n = (struct vnode *)(uintptr_t)fi->fh;
+	n = vfs_fh_node(fi->fh);
 	if (!vfs_writable(n)) {
 		fuse_reply_err(req, EROFS);
 		return;
@@ -378,7 +395,7 @@ static void vfs_err_done(void *opaque, int err)
 
 static void vfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-	struct vnode *n = (struct vnode *)(uintptr_t)fi->fh;
+	struct vnode *n = vfs_fh_node(fi->fh);
 	struct vfs_io *io;
 
 	if (ino == VFS_CONTROL_INO) {
@@ -393,7 +410,7 @@ static void vfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_
 static void vfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
 			  struct fuse_file_info *fi)
 {
-	struct vnode *n = (struct vnode *)(uintptr_t)fi->fh;
+	struct vnode *n = vfs_fh_node(fi->fh);
 	struct vfs_io *io;
 	bool unmap;
 

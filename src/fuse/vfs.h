@@ -19,6 +19,8 @@
 
 /* -o uring=: FUSE over io_uring when the kernel offers it, required, or never. */
 enum furing_mode { FURING_AUTO, FURING_ON, FURING_OFF };
+/* -o passthrough=: raw views passed through to the kernel (passthrough.c). */
+enum pt_mode { PT_OFF, PT_AUTO, PT_ON };
 
 struct vfs_config {
 	char *source;	  /* absolute path of the image or directory */
@@ -30,6 +32,7 @@ struct vfs_config {
 	bool allow_other;
 	unsigned threads;
 	enum furing_mode ring;	  /* -o uring= */
+	enum pt_mode passthrough; /* -o passthrough= */
 	uid_t owner;		  /* who mounted: may use the control file and mirror verbs */
 	unsigned inactive_wait_s; /* how long data waits for an inactive view */
 	struct vd_open_opts open;
@@ -73,7 +76,21 @@ struct vnode {
 	unsigned opens;	  /* tree_lock */
 	bool gone;	  /* removed from the source directory (tree_lock) */
 	char *last_error; /* why the last refused verb was refused (xattr.c's lock) */
+	/* Passthrough (passthrough.c's pt_lock): opens the kernel serves from
+	 * the image file, opens through its page cache, verbs starting that
+	 * must see every write, and the backing id while pt_opens. */
+	unsigned pt_opens, pt_cached, pt_blocks;
+	int pt_id;
+	bool pt_warned; /* the kernel refused the image once: said in the log */
 };
+
+/* What fi->fh holds for a view's open: the node, with two flag bits. */
+#define VFS_FH_PT     1u /* the open passes through (passthrough.c) */
+#define VFS_FH_CACHED 2u /* the open uses the kernel's page cache */
+static inline struct vnode *vfs_fh_node(uint64_t fh)
+{
+	return (struct vnode *)(uintptr_t)(fh & ~(uint64_t)(VFS_FH_PT | VFS_FH_CACHED));
+}
 
 /* ---- tree.c ---- */
 int tree_init(void);	  /* open the single image, or scan the directory */
@@ -200,6 +217,29 @@ void furing_thread_start(unsigned idx);
 /* The current request's ring payload buffer (page-aligned, 1 MiB, valid until
  * the reply), or NULL when it came through /dev/fuse. */
 void *furing_req_payload(void);
+
+/* ---- passthrough.c: FUSE passthrough for raw views (see the file's header) ---- */
+/* INIT, from fuse-uring.c's hooks: what the kernel offered, and our reply
+ * amended to ask for passthrough (with -o passthrough=auto|on). */
+void pt_init_request(uint32_t flags, uint32_t flags2);
+void pt_init_reply(uint32_t *flags, uint32_t *flags2, uint32_t *max_stack_depth);
+/* After INIT: did the kernel grant it? -EOPNOTSUPP (logged) if not and
+ * -o passthrough=on; otherwise 0, the outcome logged. */
+int pt_prepare(int fuse_fd);
+bool pt_active(void);
+/* An open of view n (fi->fh set to n, direct_io and keep_cache chosen): the
+ * backing id to answer with FOPEN_PASSTHROUGH, or 0 for an open served by
+ * the daemon. Sets fi->fh's VFS_FH_* bits; pt_release() takes them back. */
+int pt_open(struct vnode *n, struct fuse_file_info *fi);
+void pt_release(struct vnode *n, uint64_t fh);
+unsigned pt_opens(struct vnode *n);
+/* The image file grew by passthrough writes past its end: the view follows. */
+void pt_sync_size(struct vnode *n);
+/* Before a verb that must see every write of the view (mirror start,
+ * inactivate): 0 with new opens kept from passing through until
+ * pt_unblock(), or -EBUSY (logged, naming verb) while passthrough opens exist. */
+int pt_block(struct vnode *n, const char *verb);
+void pt_unblock(struct vnode *n);
 
 /* ---- handover.c: inactive and active views (hand-over between hosts) ---- */
 /* Hold the view's requests, then write the image back, leave it clean and

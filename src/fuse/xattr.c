@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,6 +65,7 @@ void view_info_json(struct vnode *n, struct json_writer *j, bool mirror)
 {
 	json_str(j, "name", n->name ? n->name : n->img->name);
 	image_facts_json(n->img, vfs_cfg.read_only, j);
+	json_u64(j, "passthrough-opens", pt_opens(n));
 	if (mirror && n->mirror) {
 		json_begin_object(j, "mirror");
 		job_status_json(n->mirror, JOB_MIRROR, j);
@@ -203,18 +205,30 @@ static void xattr_env(struct mirror_env *env)
 int xattr_job_start(struct vnode *n, enum job_type type, const struct mirror_opts *o)
 {
 	struct mirror_env env;
+	char verb[32];
+	int ret;
 
 	if (!n->mirror)
 		return -ENOMEM;
 	xattr_env(&env);
+	/* The job must see every write: none may pass through. */
+	snprintf(verb, sizeof(verb), "start a %s", job_type_name(type));
+	ret = pt_block(n, verb);
+	if (ret)
+		return ret;
 	switch (type) {
 	case JOB_STREAM:
-		return stream_start(n->mirror, o, &env);
+		ret = stream_start(n->mirror, o, &env);
+		break;
 	case JOB_COMMIT:
-		return commit_start(n->mirror, o, &env);
+		ret = commit_start(n->mirror, o, &env);
+		break;
 	default:
-		return mirror_start(n->mirror, o, &env);
+		ret = mirror_start(n->mirror, o, &env);
+		break;
 	}
+	pt_unblock(n); /* a running job keeps them from passing through now */
+	return ret;
 }
 
 int xattr_job_adjust(struct vnode *n, enum job_type type, const char *verb, const char *value)
@@ -310,9 +324,20 @@ void xattr_job_complete(struct vnode *n, enum job_type type, vd_done_fn done, vo
 		job_complete(n->mirror, type, xattr_moved_done, c);
 }
 
+static void xattr_snapshot_done(void *opaque, int err)
+{
+	struct vnode_call *c = opaque;
+
+	pt_unblock(c->n); /* the view is a qcow2 overlay now: nothing passes through */
+	c->done(c->opaque, err);
+	free(c);
+}
+
 void xattr_snapshot(struct vnode *n, const char *path, vd_done_fn done, void *opaque)
 {
+	struct vnode_call *c;
 	struct mirror_env env;
+	int ret;
 
 	if (!vfs_cfg.single) {
 		/* SOURCE/name would have to name the overlay, whose backing
@@ -322,8 +347,19 @@ void xattr_snapshot(struct vnode *n, const char *path, vd_done_fn done, void *op
 		done(opaque, -ENOTSUP);
 		return;
 	}
+	/* The old image must see no write from now on: none may pass through. */
+	ret = pt_block(n, "take a snapshot");
+	if (ret) {
+		done(opaque, ret);
+		return;
+	}
+	c = vnode_call_new(n, done, opaque);
+	if (!c) {
+		pt_unblock(n);
+		return;
+	}
 	xattr_env(&env);
-	snapshot_take(n->mirror, path, &env, done, opaque);
+	snapshot_take(n->mirror, path, &env, xattr_snapshot_done, c);
 }
 
 struct xattr_wait {
