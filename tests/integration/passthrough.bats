@@ -126,6 +126,25 @@ mount_pt() {
 	[[ "$(getfattr --only-values -n user.vdiskfs.image "$T/view")" == "$T/dst.raw" ]]
 }
 
+@test "a snapshot is refused with EBUSY while a passthrough open exists, then moves the view off raw" {
+	mount_pt 16M
+	exec 7<>"$T/view"
+	run setfattr -n user.vdiskfs.snapshot -v "$T/ov.qcow2" "$T/view"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Device or resource busy"* ]]
+	[[ "$(getfattr --only-values -n user.vdiskfs.last-error "$T/view")" == *"passes I/O straight to the image file"* ]]
+	[ ! -e "$T/ov.qcow2" ]
+	exec 7>&-
+	wait_pt_opens "$T/view" 0
+	setfattr -n user.vdiskfs.snapshot -v "$T/ov.qcow2" "$T/view"
+	# the view is a qcow2 overlay now: its opens stay with the daemon
+	exec 7<>"$T/view"
+	[ "$(pt_opens "$T/view")" -eq 0 ]
+	dd if=/dev/urandom of="$T/view" bs=64k count=4 conv=notrunc status=none
+	exec 7>&-
+	[ "$(getfattr --only-values -n user.vdiskfs.backing "$T/view")" = "$T/disk.raw" ]
+}
+
 @test "inactivate is refused with EBUSY while a passthrough open exists; an inactive view passes nothing through" {
 	mount_pt 16M
 	exec 7<>"$T/view"
