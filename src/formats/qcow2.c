@@ -563,12 +563,16 @@ static int load_snapshots(struct qcow2 *q, uint64_t file_size)
 
 static int setup_caches(struct qcow2 *q)
 {
-	uint64_t budget = q->img->opts ? q->img->opts->cache_size : 0;
-	uint64_t l2b = budget ? budget * 4 / 5 : DEFAULT_L2_CACHE;
-	uint64_t rbb = budget ? budget / 5 : DEFAULT_RB_CACHE;
+	uint64_t mine = q->img->opts ? q->img->opts->cache_size : 0;
+	uint64_t all = q->img->opts ? q->img->opts->cache_budget : 0;
+	uint64_t l2b = mine ? mine * 4 / 5 : DEFAULT_L2_CACHE;
+	uint64_t rbb = mine ? mine / 5 : DEFAULT_RB_CACHE;
 	unsigned nl2 = l2b / q->cluster_size, nrb = rbb / q->cluster_size;
 	int ret;
 
+	/* by default, room for at least one image's whole cache */
+	if (q->img->opts)
+		qcow2_cache_set_budget(all ? all : max_u64(QCOW2_CACHE_BUDGET_DEFAULT, mine));
 	nl2 = nl2 < 4 ? 4 : nl2 > 65536 ? 65536 : nl2;
 	nrb = nrb < 4 ? 4 : nrb > 16384 ? 16384 : nrb;
 	ret = qcow2_cache_init(&q->l2c, q, nl2, "L2 table");
@@ -728,8 +732,11 @@ static int qcow2_open(struct vd_image *img)
 	ret = open_state(q);
 	if (!ret && qcow2_has_data_file(q))
 		ret = open_data_file(q);
-	if (!ret)
+	if (!ret) {
+		qcow2_cache_share(&q->l2c);
+		qcow2_cache_share(&q->rbc);
 		return 0;
+	}
 fail:
 	img->priv = NULL;
 	qcow2_free(q);
