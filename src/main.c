@@ -26,8 +26,8 @@
 
 struct cmdline {
 	char *source, *mountpoint;
-	char *backing, *format, *vhdx_parent, *cache_size, *threads, *cache, *uring, *poll_us,
-		*inactive_wait, *passthrough;
+	char *backing, *format, *vhdx_parent, *cache_size, *cache_budget, *threads, *cache, *uring,
+		*poll_us, *inactive_wait, *passthrough;
 	char *pid_file, *log, *log_level;
 	int log_syslog; /* log=syslog, or the default once daemonised */
 	int foreground, debug, help, version, ro, allow_other, direct_io, default_perms,
@@ -58,6 +58,7 @@ static const struct fuse_opt cmd_opts[] = {
 	{"format=%s", offsetof(struct cmdline, format), 0},
 	{"vhdx_parent=%s", offsetof(struct cmdline, vhdx_parent), 0},
 	{"cache_size=%s", offsetof(struct cmdline, cache_size), 0},
+	{"cache_budget=%s", offsetof(struct cmdline, cache_budget), 0},
 	{"cache=%s", offsetof(struct cmdline, cache), 0},
 	{"uring=%s", offsetof(struct cmdline, uring), 0},
 	{"passthrough=%s", offsetof(struct cmdline, passthrough), 0},
@@ -117,6 +118,7 @@ static void usage(FILE *f)
 		"  -o inactive_wait=SECS  how long data requests wait for activation (default 300)\n"
 		"  -o threads=N           event-loop threads (default: one per CPU)\n"
 		"  -o cache_size=SIZE     metadata cache per image (e.g. 64M)\n"
+		"  -o cache_budget=SIZE   metadata cache of all images together (default 64M)\n"
 		"  -o cache=MODE          none (default: image data bypasses the host page\n"
 		"                         cache) or writeback (through the page cache)\n"
 		"  -o uring=MODE          auto (default: FUSE over io_uring when the kernel\n"
@@ -333,6 +335,12 @@ static int configure_open(struct cmdline *c)
 		fprintf(stderr, "vdiskfs: cache_size=%s: not a size (e.g. 64M)\n", c->cache_size);
 		return -EINVAL;
 	}
+	if (c->cache_budget &&
+	    (parse_size(c->cache_budget, &o->cache_budget) || !o->cache_budget)) {
+		fprintf(stderr, "vdiskfs: cache_budget=%s: not a size (e.g. 256M)\n",
+			c->cache_budget);
+		return -EINVAL;
+	}
 	return 0;
 }
 
@@ -444,6 +452,7 @@ static void cmdline_free(struct cmdline *c)
 	free(c->format);
 	free(c->vhdx_parent);
 	free(c->cache_size);
+	free(c->cache_budget);
 	free(c->threads);
 	free(c->cache);
 	free(c->uring);

@@ -12,6 +12,7 @@
 #include "util/endian.h"
 #include "util/compiler.h"
 #include "util/log.h"
+#include "util/table-mem.h"
 #include "formats/qcow2.h"
 #include "io/sync-io.h"
 
@@ -214,7 +215,7 @@ static int reftable_grow(struct qcow2 *q, uint64_t need)
 		       QCOW2_MAX_RT_BYTES);
 		return -ENOSPC;
 	}
-	nrt = calloc(tc * per, 8);
+	nrt = table_alloc(tc * per, 8);
 	blk = aligned_alloc(512, q->cluster_size);
 	if (!nrt || !blk)
 		goto out;
@@ -248,7 +249,7 @@ static int reftable_grow(struct qcow2 *q, uint64_t need)
 		goto out;
 	for (uint64_t i = 0; i < tc * per; i++)
 		nrt[i] = be64toh(nrt[i]);
-	free(q->rt);
+	table_free(q->rt);
 	q->rt = nrt;
 	nrt = NULL;
 	q->rt_offset = T << q->cluster_bits;
@@ -263,7 +264,7 @@ static int reftable_grow(struct qcow2 *q, uint64_t need)
 out_err:
 	vd_err("%s: cannot grow the refcount table: %s", q->img->path, strerror(-ret));
 out:
-	free(nrt);
+	table_free(nrt);
 	free(blk);
 	return ret;
 }

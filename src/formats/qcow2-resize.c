@@ -10,6 +10,7 @@
 #include "util/endian.h"
 #include "util/compiler.h"
 #include "util/log.h"
+#include "util/table-mem.h"
 #include "formats/qcow2.h"
 #include "io/sync-io.h"
 
@@ -32,7 +33,7 @@ static int l1_grow(struct qcow2 *q, uint32_t need)
 	if (ret)
 		return ret;
 	buf = calloc(ncl, q->cluster_size);
-	nl1 = calloc(need, 8);
+	nl1 = table_alloc(need, 8);
 	ndirty = calloc((bytes + 511) / 512, 1);
 	if (!buf || !nl1 || !ndirty) {
 		ret = -ENOMEM;
@@ -58,7 +59,7 @@ static int l1_grow(struct qcow2 *q, uint32_t need)
 	ret = qcow2_write_header_field(q, QCOW2_HDR_L1, hdr, 12);
 	if (ret)
 		goto out;
-	free(q->l1);
+	table_free(q->l1);
 	free(q->l1_dirty);
 	q->l1 = nl1;
 	q->l1_dirty = ndirty;
@@ -70,7 +71,7 @@ static int l1_grow(struct qcow2 *q, uint32_t need)
 		qcow2_refcount_add(q, qcow2_cl(q, old_off) + i, -1);
 out:
 	free(buf);
-	free(nl1);
+	table_free(nl1);
 	free(ndirty);
 	return ret;
 }

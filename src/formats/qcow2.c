@@ -12,6 +12,7 @@
 
 #include "util/endian.h"
 #include "util/compiler.h"
+#include "util/table-mem.h"
 #include "util/json.h"
 #include "util/log.h"
 #include "formats/qcow2.h"
@@ -455,40 +456,46 @@ static int check_pointer(struct qcow2 *q, const char *what, uint64_t idx, uint64
 	return -EINVAL;
 }
 
+struct table_load {
+	struct qcow2 *q;
+	const char *what;
+	uint64_t mask, file_size;
+};
+
+/* One non-zero entry of the L1 or refcount table as it is loaded. */
+static int table_entry(void *opaque, uint64_t idx, uint64_t *e)
+{
+	struct table_load *t = opaque;
+
+	*e = be64toh(*e);
+	if (!(*e & t->mask))
+		return 0;
+	return check_pointer(t->q, t->what, idx, *e & t->mask, t->file_size);
+}
+
 static int load_tables(struct qcow2 *q, uint64_t file_size)
 {
-	int fd = q->img->fd, ret;
+	struct table_load l1 = {q, "L1", QCOW2_OFF_MASK, file_size};
+	struct table_load rt = {q, "refcount table", QCOW2_RT_OFF_MASK, file_size};
 	uint64_t nsect = ((uint64_t)q->l1_size * 8 + 511) / 512;
+	int fd = q->img->fd, ret;
 
-	q->l1 = calloc(q->l1_size ? q->l1_size : 1, 8);
+	/* Held whole, but only the pages with entries take memory. */
+	q->l1 = table_alloc(q->l1_size ? q->l1_size : 1, 8);
 	q->l1_dirty = calloc(nsect ? nsect : 1, 1);
-	q->rt = calloc(q->rt_entries, 8);
+	q->rt = table_alloc(q->rt_entries, 8);
 	if (!q->l1 || !q->l1_dirty || !q->rt)
 		return -ENOMEM;
-	ret = meta_pread(fd, q->l1, (uint64_t)q->l1_size * 8, q->l1_offset);
+	ret = meta_pread_table(fd, q->l1, q->l1_size, q->l1_offset, false, table_entry, &l1);
 	if (!ret)
-		ret = meta_pread(fd, q->rt, q->rt_entries * 8, q->rt_offset);
+		ret = meta_pread_table(fd, q->rt, q->rt_entries, q->rt_offset, false, table_entry,
+				       &rt);
+	if (ret == -EINVAL)
+		return ret; /* a bad entry, named by check_pointer() */
 	if (ret) {
 		vd_err("%s: cannot read the L1 or refcount table: %s", q->img->path,
 		       strerror(-ret));
 		return -EINVAL;
-	}
-	for (uint32_t i = 0; i < q->l1_size; i++) {
-		q->l1[i] = be64toh(q->l1[i]);
-		if (q->l1[i] & QCOW2_OFF_MASK) {
-			ret = check_pointer(q, "L1", i, q->l1[i] & QCOW2_OFF_MASK, file_size);
-			if (ret)
-				return ret;
-		}
-	}
-	for (uint64_t i = 0; i < q->rt_entries; i++) {
-		q->rt[i] = be64toh(q->rt[i]);
-		if (q->rt[i] & QCOW2_RT_OFF_MASK) {
-			ret = check_pointer(q, "refcount table", i, q->rt[i] & QCOW2_RT_OFF_MASK,
-					    file_size);
-			if (ret)
-				return ret;
-		}
 	}
 	return 0;
 }
@@ -556,12 +563,16 @@ static int load_snapshots(struct qcow2 *q, uint64_t file_size)
 
 static int setup_caches(struct qcow2 *q)
 {
-	uint64_t budget = q->img->opts ? q->img->opts->cache_size : 0;
-	uint64_t l2b = budget ? budget * 4 / 5 : DEFAULT_L2_CACHE;
-	uint64_t rbb = budget ? budget / 5 : DEFAULT_RB_CACHE;
+	uint64_t mine = q->img->opts ? q->img->opts->cache_size : 0;
+	uint64_t all = q->img->opts ? q->img->opts->cache_budget : 0;
+	uint64_t l2b = mine ? mine * 4 / 5 : DEFAULT_L2_CACHE;
+	uint64_t rbb = mine ? mine / 5 : DEFAULT_RB_CACHE;
 	unsigned nl2 = l2b / q->cluster_size, nrb = rbb / q->cluster_size;
 	int ret;
 
+	/* by default, room for at least one image's whole cache */
+	if (q->img->opts)
+		qcow2_cache_set_budget(all ? all : max_u64(QCOW2_CACHE_BUDGET_DEFAULT, mine));
 	nl2 = nl2 < 4 ? 4 : nl2 > 65536 ? 65536 : nl2;
 	nrb = nrb < 4 ? 4 : nrb > 16384 ? 16384 : nrb;
 	ret = qcow2_cache_init(&q->l2c, q, nl2, "L2 table");
@@ -576,9 +587,9 @@ static void qcow2_free(struct qcow2 *q)
 	qcow2_cache_destroy(&q->l2c);
 	qcow2_cache_destroy(&q->rbc);
 	pthread_mutex_destroy(&q->lock);
-	free(q->l1);
+	table_free(q->l1);
 	free(q->l1_dirty);
-	free(q->rt);
+	table_free(q->rt);
 	free(q->snaps);
 	free(q->frees);
 	free(q->data_name);
@@ -726,8 +737,11 @@ static int qcow2_open(struct vd_image *img)
 	ret = open_state(q);
 	if (!ret && qcow2_has_data_file(q))
 		ret = open_data_file(q);
-	if (!ret)
+	if (!ret) {
+		qcow2_cache_share(&q->l2c);
+		qcow2_cache_share(&q->rbc);
 		return 0;
+	}
 fail:
 	img->priv = NULL;
 	qcow2_free(q);

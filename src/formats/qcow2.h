@@ -63,20 +63,29 @@ struct qcow2_cache_entry {
 	uint64_t off; /* host offset of the table; 0 = empty slot */
 	uint64_t lru;
 	bool dirty;
-	void *buf;
+	void *buf; /* NULL until the slot is first used, and again once trimmed */
 };
 
 struct qcow2;
 
-/* A small write-back cache of one-cluster tables. */
+/* A small write-back cache of one-cluster tables. Its n slots get their
+ * buffers on first use; the buffers of every image's caches count against
+ * one daemon-wide budget (qcow2-cache.c), and the clean ones of caches not
+ * used lately are freed when a cache needs a buffer over that budget. */
 struct qcow2_cache {
 	struct qcow2 *q;
 	const char *what;
 	unsigned n, last;
+	unsigned nbuf; /* slots with a buffer */
 	uint64_t tick;
 	struct qcow2_cache_entry *e;
 	/* Ordering: called before a dirty entry is written back on eviction. */
 	int (*before_writeback)(struct qcow2 *q);
+	/* On the daemon-wide list once the image is open (qcow2_cache_share()),
+	 * under the list's lock; used: the trim epoch of the last lookup
+	 * (written under q->lock, read by a trim without it). */
+	struct qcow2_cache *snext, **sprev;
+	_Atomic uint64_t used;
 };
 
 /* One guest cluster a write touches. */
@@ -258,7 +267,15 @@ bool qcow2_hits_fixed_metadata(struct qcow2 *q, uint64_t off, uint64_t len);
 int qcow2_prepare_write(struct qcow2 *q);
 
 /* qcow2-cache.c */
+/* Bytes of table buffers all images' caches together keep, unless a cache
+ * holds fewer than its minimum; every open sets it from its options (the
+ * same for every image of a daemon). */
+#define QCOW2_CACHE_BUDGET_DEFAULT (64ull << 20)
+void qcow2_cache_set_budget(uint64_t bytes);
 int qcow2_cache_init(struct qcow2_cache *c, struct qcow2 *q, unsigned n, const char *what);
+/* Put an open image's cache on the daemon-wide list that trims take from:
+ * only once every later use is under q->lock. */
+void qcow2_cache_share(struct qcow2_cache *c);
 void qcow2_cache_destroy(struct qcow2_cache *c);
 int qcow2_cache_get(struct qcow2_cache *c, uint64_t off, struct qcow2_cache_entry **out);
 int qcow2_cache_get_new(struct qcow2_cache *c, uint64_t off, struct qcow2_cache_entry **out);

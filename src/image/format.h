@@ -157,6 +157,7 @@ struct vd_open_opts {
 	enum vd_backing_policy backing;
 	const char *within;	 /* directory for VD_BACKING_WITHIN_SOURCE */
 	uint64_t cache_size;	 /* metadata cache bytes per image; 0 = driver default */
+	uint64_t cache_budget;	 /* metadata cache bytes of all images together; 0 = default */
 	const char *vhdx_parent; /* override for a vhdx differencing parent path */
 	bool raw_by_default;	 /* no magic matched: raw (single-image mounts) */
 	bool cache_direct;	 /* aligned data I/O bypasses the host page cache */

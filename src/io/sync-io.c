@@ -3,6 +3,8 @@
  * by the I/O log like the io_uring data path. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -10,13 +12,10 @@
 #include "io/iolog.h"
 #include "io/sync-io.h"
 
-static int meta_pread_common(int fd, void *buf, size_t len, uint64_t off, bool zfill)
+static int pread_full(int fd, void *buf, size_t len, uint64_t off, bool zfill)
 {
 	size_t done = 0;
-	int err = fault_check(FAULT_READ, fd);
 
-	if (err)
-		return err;
 	while (done < len) {
 		ssize_t n = pread(fd, (char *)buf + done, len - done, off + done);
 		if (n < 0) {
@@ -35,6 +34,13 @@ static int meta_pread_common(int fd, void *buf, size_t len, uint64_t off, bool z
 	return 0;
 }
 
+static int meta_pread_common(int fd, void *buf, size_t len, uint64_t off, bool zfill)
+{
+	int err = fault_check(FAULT_READ, fd);
+
+	return err ? err : pread_full(fd, buf, len, off, zfill);
+}
+
 int meta_pread(int fd, void *buf, size_t len, uint64_t off)
 {
 	return meta_pread_common(fd, buf, len, off, false);
@@ -43,6 +49,48 @@ int meta_pread(int fd, void *buf, size_t len, uint64_t off)
 int meta_pread_zfill(int fd, void *buf, size_t len, uint64_t off)
 {
 	return meta_pread_common(fd, buf, len, off, true);
+}
+
+#define TABLE_CHUNK 8192u /* entries */
+#define TABLE_PAGE  4096u
+
+int meta_pread_table(int fd, uint64_t *tab, uint64_t n, uint64_t off, bool zfill,
+		     int (*each)(void *opaque, uint64_t idx, uint64_t *e), void *opaque)
+{
+	uint64_t *b, done = 0;
+	int ret = fault_check(FAULT_READ, fd); /* one read, as for meta_pread */
+
+	if (ret)
+		return ret;
+	b = malloc(TABLE_CHUNK * 8);
+	if (!b)
+		return -ENOMEM;
+	while (done < n && !ret) {
+		uint64_t cnt = n - done < TABLE_CHUNK ? n - done : TABLE_CHUNK, i = 0;
+
+		ret = pread_full(fd, b, cnt * 8, off + done * 8, zfill);
+		while (!ret && i < cnt) {
+			/* the entries up to where tab crosses into its next page */
+			uintptr_t a = (uintptr_t)(tab + done + i);
+			uint64_t k = i + (TABLE_PAGE - (a & (TABLE_PAGE - 1))) / 8, j;
+			bool data = false;
+
+			if (k > cnt)
+				k = cnt;
+			for (j = i; j < k && !ret; j++) {
+				if (!b[j])
+					continue;
+				data = true;
+				ret = each(opaque, done + j, &b[j]);
+			}
+			if (data && !ret)
+				memcpy(tab + done + i, b + i, (k - i) * 8);
+			i = k;
+		}
+		done += cnt;
+	}
+	free(b);
+	return ret;
 }
 
 static int meta_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)

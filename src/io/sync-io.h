@@ -4,6 +4,7 @@
 #ifndef VDISKFS_IO_SYNC_IO_H
 #define VDISKFS_IO_SYNC_IO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -11,6 +12,15 @@
 int meta_pread(int fd, void *buf, size_t len, uint64_t off);
 /* Like meta_pread, but zero-fills past end of file. */
 int meta_pread_zfill(int fd, void *buf, size_t len, uint64_t off);
+/* Read a table of n 64-bit entries at off (zfill: past the end of the file
+ * reads as zeroes) into tab, which is zeroed already (util/table-mem.h),
+ * through a bounce buffer: each non-zero entry goes through each() (which
+ * converts it in place to host order, checks it, and may stop the load with
+ * -errno), and only the pages of tab that hold a non-zero entry are written.
+ * A table that is mostly zeroes thus takes the memory of its entries; its
+ * user must not read the rest either (a read may back a page, too). */
+int meta_pread_table(int fd, uint64_t *tab, uint64_t n, uint64_t off, bool zfill,
+		     int (*each)(void *opaque, uint64_t idx, uint64_t *e), void *opaque);
 int meta_pwrite(int fd, const void *buf, size_t len, uint64_t off);
 int meta_fdatasync(int fd);
 int meta_fallocate(int fd, int mode, uint64_t off, uint64_t len);
