@@ -818,4 +818,6 @@ const struct vd_format vd_format_qcow2 = {
 	.create = qcow2_create,
 	.info = qcow2_info,
 	.bitmap = qcow2_bitmap,
+	.bitmap_take = qcow2_bitmap_take,
+	.bitmap_merge = qcow2_bitmap_merge,
 };
