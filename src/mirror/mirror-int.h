@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
+#include "mirror/job-target.h"
 #include "mirror/mirror.h"
 #include "mirror/rangelock.h"
 #include "io/uring.h"
@@ -142,7 +143,7 @@ void mirror_copy_kick(struct mirror_job *job);
 /* Join a copier thread that has been told to exit. */
 void mirror_copy_join(struct mirror_job *job);
 
-/* mirror-start.c */
+/* mirror-start.c (the shared part: mirror/job-target.h) */
 int mirror_open_target(struct mirror *m, const struct mirror_opts *o, const struct mirror_env *env,
 		       struct mirror_job *job);
 

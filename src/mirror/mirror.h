@@ -33,6 +33,8 @@ int mirror_opts_set(struct mirror_opts *o, const char *key, const char *val);
 /* An xattr value: a plain absolute path, or "target=PATH,format=...,speed=...,
  * granularity=...,existing=0|1". 0 or -EINVAL with a logged message. */
 int mirror_opts_parse(struct mirror_opts *o, const char *value);
+/* A rate: "200M", "200M/s", "1048576" (bytes/s). 0 or -EINVAL. */
+int mirror_parse_speed(const char *val, uint64_t *out);
 
 /* ---- the per-view mirror (mirror.c) ---- */
 struct mirror;
