@@ -48,6 +48,10 @@ static void usage(FILE *f)
 		"  bitmap VIEW add|remove|enable|disable|clear NAME [granularity=SIZE]\n"
 		"                                  change the image's persistent dirty bitmaps\n"
 		"                                  (qcow2; add: granularity K/M/G, default QEMU's)\n"
+		"  backup start VIEW target=PATH [KEY=VALUE...] [--wait]\n"
+		"                                  a point-in-time backup (sync=full|incremental,\n"
+		"                                  bitmap=, base=, format=, speed=; vdiskfs-jobs(7))\n"
+		"  backup cancel VIEW, backup status VIEW\n"
 		"\n"
 		"  --json        machine-readable output\n"
 		"  --wait        show progress until the job is ready; exit 1 if it fails\n"
@@ -244,31 +248,36 @@ static void progress_show(struct progress *p, const char *line)
 	g_free(phase);
 }
 
-/* Follow the view's mirror until it reaches until (or fails, or vanishes). */
-static int mirror_follow(const char *view, const char *until)
+/* Follow the view's job (kind "mirror" or "backup") until it reaches until
+ * (or fails, or vanishes). */
+static int job_follow(const char *view, const char *kind, const char *until)
 {
 	struct progress p = {.tty = isatty(STDERR_FILENO), .t0 = now_s(), .last_tenth = -1};
+	char *key = g_strdup_printf("%s.status", kind);
 	int ret = EXIT_RUNTIME;
 
 	for (;;) {
-		char *line = view_get(view, "mirror.status"), *phase;
+		char *line = view_get(view, key), *phase;
 
 		if (!line) {
 			if (p.tty)
 				fputc('\n', stderr);
-			return fail("mirror.status %s: %s", view, strerror(errno));
+			fail("%s %s: %s", key, view, strerror(errno));
+			g_free(key);
+			return EXIT_RUNTIME;
 		}
 		progress_show(&p, line);
 		phase = status_field(line, "phase");
 		if (phase && !strcmp(phase, until)) {
 			ret = EXIT_OK;
-		} else if (phase && (!strcmp(phase, "failed") || !strcmp(phase, "none"))) {
+		} else if (phase && (!strcmp(phase, "failed") || !strcmp(phase, "none") ||
+				     !strcmp(phase, "cancelled"))) {
 			char *err = status_field(line, "error");
 
 			if (p.tty)
 				fputc('\n', stderr);
-			fail("the mirror of %s %s%s%s", view,
-			     !strcmp(phase, "none") ? "is gone (cancelled)" : "failed",
+			fail("the %s of %s %s%s%s", kind, view,
+			     !strcmp(phase, "failed") ? "failed" : "is gone (cancelled)",
 			     err && *err ? ": " : "", err && *err ? err : "");
 			g_free(err);
 			ret = -1;
@@ -281,7 +290,13 @@ static int mirror_follow(const char *view, const char *until)
 	}
 	if (p.tty)
 		fputc('\n', stderr);
+	g_free(key);
 	return ret < 0 ? EXIT_RUNTIME : ret;
+}
+
+static int mirror_follow(const char *view, const char *until)
+{
+	return job_follow(view, "mirror", until);
 }
 
 /* ---- commands ---- */
@@ -498,6 +513,39 @@ static int cmd_mirror(const char *view, const char *target, int nopts, char **op
 	return EXIT_OK;
 }
 
+/* backup start|cancel|status VIEW [KEY=VALUE...]: the options join into
+ * the start value; --wait follows the job to completed. */
+static int cmd_backup(const char *verb, const char *view, int nopts, char **opts)
+{
+	GString *v;
+	int ret;
+
+	if (!strcmp(verb, "status") && !nopts) {
+		char *line = view_get(view, "backup.status");
+
+		if (!line)
+			return fail("backup.status %s: %s", view, strerror(errno));
+		printf("%s\n", line);
+		g_free(line);
+		return EXIT_OK;
+	}
+	if (!strcmp(verb, "cancel") && !nopts)
+		return view_set(view, "backup.cancel", "1") ? EXIT_RUNTIME : EXIT_OK;
+	if (strcmp(verb, "start") || !nopts) {
+		fprintf(stderr, "vdiskfsctl: backup: want start VIEW target=PATH [KEY=VALUE...], "
+				"cancel VIEW or status VIEW\n");
+		return EXIT_USAGE;
+	}
+	v = g_string_new(NULL);
+	for (int i = 0; i < nopts; i++)
+		g_string_append_printf(v, "%s%s", i ? "," : "", opts[i]);
+	ret = view_set(view, "backup.start", v->str);
+	g_string_free(v, TRUE);
+	if (ret)
+		return EXIT_RUNTIME;
+	return opt_wait ? job_follow(view, "backup", "completed") : EXIT_OK;
+}
+
 /* user.vdiskfs.bitmap.VERB with the bitmap's name (add: and options). */
 static int cmd_bitmap(const char *view, const char *verb, const char *name, const char *opt)
 {
@@ -555,6 +603,8 @@ static int run(int argc, char **argv)
 			       : EXIT_OK;
 	if (!strcmp(cmd, "set-speed") && argc == 3)
 		return view_set(argv[1], "mirror.speed", argv[2]) ? EXIT_RUNTIME : EXIT_OK;
+	if (!strcmp(cmd, "backup") && argc >= 3)
+		return cmd_backup(argv[1], argv[2], argc - 3, argv + 3);
 	if (!strcmp(cmd, "bitmap") && (argc == 4 || argc == 5))
 		return cmd_bitmap(argv[1], argv[2], argv[3], argc == 5 ? argv[4] : NULL);
 	if (!strcmp(cmd, "wait") && argc == 2) {

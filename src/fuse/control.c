@@ -104,6 +104,7 @@ struct control_wait {
 	struct control_fh *fh;
 	struct vnode *n;
 	size_t size;
+	bool backup; /* a backup verb: its status answers */
 };
 
 static void control_reply(struct control_wait *w, int err)
@@ -127,7 +128,10 @@ static void control_verb_done(void *opaque, int err)
 		g_string_append(w->fh->text, "ok: inactive\n");
 	} else {
 		g_string_append(w->fh->text, "ok: ");
-		mirror_status_line(w->n->mirror, w->fh->text);
+		if (w->backup)
+			backup_status_line(w->n->backup, w->fh->text);
+		else
+			mirror_status_line(w->n->mirror, w->fh->text);
 		g_string_append_c(w->fh->text, '\n');
 	}
 	tree_forget(w->n->ino, 1);
@@ -162,7 +166,7 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 	int err, ret = 0;
 
 	n = tree_lookup(cmd->name, &err);
-	if (!n || n->kind != VN_IMAGE || !n->mirror) {
+	if (!n || n->kind != VN_IMAGE || !n->mirror || !n->backup) {
 		g_string_append_printf(out, "error: no image named \"%s\"\n", cmd->name);
 		if (n)
 			tree_forget(n->ino, 1);
@@ -194,6 +198,20 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 		ret = xattr_bitmap(n, cmd->bitmap, cmd->arg, cmd->granularity);
 		ret = control_result(n, out, ret, false, "ok\n");
 		break;
+	case CONTROL_BACKUP_STATUS:
+		backup_status_line(n->backup, out);
+		g_string_append_c(out, '\n');
+		break;
+	case CONTROL_BACKUP_START:
+	case CONTROL_BACKUP_CANCEL:
+		w->n = n; /* the lookup reference is dropped when the verb is done */
+		w->backup = true;
+		loop_req_begin();
+		if (cmd->verb == CONTROL_BACKUP_START)
+			xattr_backup_start(n, &cmd->bopts, control_verb_done, w);
+		else
+			backup_cancel(n->backup, control_verb_done, w);
+		return 1;
 	case CONTROL_INACTIVATE:
 		w->n = n; /* the lookup reference is dropped when the verb is done */
 		loop_req_begin();

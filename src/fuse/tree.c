@@ -78,12 +78,14 @@ static GSList *free_later;
 
 static void vnode_free(struct vnode *n)
 {
-	if (n->mirror && mirror_on_own_thread(n->mirror)) {
+	if ((n->mirror && mirror_on_own_thread(n->mirror)) ||
+	    (n->backup && backup_on_own_thread(n->backup))) {
 		/* A verb's answer (a control-file complete or cancel) dropped the
 		 * last reference on the copier thread: tree_reap() frees it. */
 		free_later = g_slist_prepend(free_later, n);
 		return;
 	}
+	backup_free(n->backup); /* cancels a backup: the bitmap gets its bits back */
 	mirror_free(n->mirror); /* cancels a job: the source stays the image */
 	image_unref(n->img);
 	retry_transient = true;
@@ -129,6 +131,7 @@ static struct vnode *vnode_new(const char *name, struct vd_image *img, const str
 	n->name = g_strdup(name);
 	n->img = img;
 	n->mirror = mirror_new(&n->img);
+	n->backup = n->mirror ? backup_new(n->mirror, &n->img) : NULL;
 	n->sdev = st->st_dev;
 	n->sino = st->st_ino;
 	if (n->mirror)
@@ -412,6 +415,8 @@ int tree_init(void)
 		root_node.kind = VN_IMAGE;
 		root_node.img = img;
 		root_node.mirror = mirror_new(&root_node.img);
+		root_node.backup =
+			root_node.mirror ? backup_new(root_node.mirror, &root_node.img) : NULL;
 		if (root_node.mirror)
 			handover_view_new(&root_node);
 		root_node.sdev = st.st_dev;
@@ -441,7 +446,9 @@ void tree_shutdown(void)
 	g_hash_table_iter_init(&it, by_ino);
 	while (g_hash_table_iter_next(&it, &key, &val)) {
 		struct vnode *n = val;
-		/* Cancel mirrors first: the source stays the image of record. */
+		/* Cancel jobs first: the source stays the image of record. */
+		backup_free(n->backup);
+		n->backup = NULL;
 		mirror_free(n->mirror);
 		n->mirror = NULL;
 		if (n->img) {

@@ -127,8 +127,10 @@ static void vfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 			fuse_reply_err(req, EROFS);
 			return;
 		}
-		if ((uint64_t)attr->st_size != n->img->size && mirror_busy(n->mirror)) {
-			vd_err("%s: cannot change the size while a mirror runs", n->img->path);
+		if ((uint64_t)attr->st_size != n->img->size &&
+		    (mirror_busy(n->mirror) || backup_busy(n->backup))) {
+			vd_err("%s: cannot change the size while a mirror or backup runs",
+			       n->img->path);
 			fuse_reply_err(req, EBUSY);
 			return;
 		}

@@ -11,6 +11,7 @@
 
 #include "image/image.h"
 #include "util/json.h"
+#include "mirror/backup.h"
 #include "mirror/mirror.h"
 
 #define VFS_ROOT_INO	 1
@@ -67,6 +68,7 @@ struct vnode {
 	 * only when no request can be in flight (unmount, the node freed). */
 	struct vd_image *img;
 	struct mirror *mirror; /* images: the view's mirror slot (mirror.h) */
+	struct backup *backup; /* images: the view's backup slot (backup.h) */
 	dev_t sdev;	       /* the source file's identity, to notice replacement */
 	ino_t sino;
 	uint64_t nlookup; /* tree_lock */
@@ -129,6 +131,10 @@ int xattr_mirror_adjust(struct vnode *n, const char *verb, const char *value);
 /* A command on a persistent bitmap of the view's image (image_bitmap()), the
  * mount's read-only state checked first. 0 or -errno, logged. */
 int xattr_bitmap(struct vnode *n, enum vd_bitmap_cmd cmd, const char *name, uint32_t gran);
+/* Start a backup (options checked first); done(opaque, err) once its point
+ * in time is fixed or it was refused (logged). */
+void xattr_backup_start(struct vnode *n, const struct backup_opts *o, vd_done_fn done,
+			void *opaque);
 
 /* ---- control-parse.c ---- */
 enum control_verb {
@@ -144,13 +150,17 @@ enum control_verb {
 	CONTROL_ACTIVATE,
 	CONTROL_INACTIVATE,
 	CONTROL_BITMAP, /* bitmap-add, -remove, -enable, -disable, -clear */
+	CONTROL_BACKUP_START,
+	CONTROL_BACKUP_CANCEL,
+	CONTROL_BACKUP_STATUS,
 };
 
 struct control_cmd {
 	enum control_verb verb;
-	char *name;		 /* the view: every verb but status */
-	struct mirror_opts opts; /* mirror-start only */
-	char *arg;		 /* mirror-speed: the rate; bitmap-*: the bitmap */
+	char *name;		  /* the view: every verb but status */
+	struct mirror_opts opts;  /* mirror-start only */
+	struct backup_opts bopts; /* backup-start only */
+	char *arg;		  /* mirror-speed: the rate; bitmap-*: the bitmap */
 	enum vd_bitmap_cmd bitmap;
 	uint32_t granularity; /* bitmap-add: bytes, 0 for the default */
 };

@@ -18,8 +18,8 @@
 #define XATTR_PREFIX "user.vdiskfs."
 
 static const char *const xattr_names[] = {
-	"format", "virtual-size", "cluster-size",  "backing",	 "allocated",
-	"image",  "info",	  "mirror.status", "last-error", "active",
+	"format", "virtual-size",  "cluster-size", "backing", "allocated",     "image",
+	"info",	  "mirror.status", "last-error",   "active",  "backup.status",
 };
 
 static pthread_mutex_t last_error_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -48,12 +48,18 @@ void view_info_json(struct vnode *n, struct json_writer *j, bool mirror)
 		mirror_status_json(n->mirror, j);
 		json_end_object(j);
 	}
+	if (mirror && n->backup) {
+		json_begin_object(j, "backup");
+		backup_status_json(n->backup, j);
+		json_end_object(j);
+	}
 }
 
 /* Only root and the mount's owner may read or set it. */
 static bool xattr_owner_only(const char *key)
 {
 	return !strncmp(key, "mirror.", strlen("mirror.")) ||
+	       !strncmp(key, "backup.", strlen("backup.")) ||
 	       !strncmp(key, "bitmap.", strlen("bitmap.")) || !strcmp(key, "last-error");
 }
 
@@ -80,6 +86,11 @@ static GString *xattr_value(struct vnode *n, const char *key, bool mirror)
 	} else if (!strcmp(key, "mirror.status")) {
 		if (n->mirror)
 			mirror_status_line(n->mirror, s);
+		else
+			g_string_append(s, "phase=none");
+	} else if (!strcmp(key, "backup.status")) {
+		if (n->backup)
+			backup_status_line(n->backup, s);
 		else
 			g_string_append(s, "phase=none");
 	} else if (!strcmp(key, "last-error")) {
@@ -153,16 +164,26 @@ void xattr_list(fuse_req_t req, struct vnode *n, size_t size)
 	g_string_free(s, TRUE);
 }
 
+/* What a job's start needs to know about this mount. */
+static void view_env(struct mirror_env *env)
+{
+	env->mountpoint = vfs_cfg.mountpoint;
+	env->read_only = vfs_cfg.read_only;
+	env->open = &vfs_cfg.open;
+}
+
 int xattr_mirror_start(struct vnode *n, const struct mirror_opts *o)
 {
-	struct mirror_env env = {
-		.mountpoint = vfs_cfg.mountpoint,
-		.read_only = vfs_cfg.read_only,
-		.open = &vfs_cfg.open,
-	};
+	struct mirror_env env;
 
 	if (!n->mirror)
 		return -ENOMEM;
+	if (backup_busy(n->backup)) { /* one job per view (the hook is the backup's) */
+		vd_err("%s: a backup runs on this view: cancel it or wait for its end",
+		       n->img->path);
+		return -EBUSY;
+	}
+	view_env(&env);
 	return mirror_start(n->mirror, o, &env);
 }
 
@@ -317,6 +338,54 @@ static void xattr_mirror(fuse_req_t req, struct vnode *n, const char *verb, cons
 		mirror_cancel(n->mirror, xattr_verb_done, w);
 }
 
+void xattr_backup_start(struct vnode *n, const struct backup_opts *o, vd_done_fn done, void *opaque)
+{
+	struct mirror_env env;
+	int ret = backup_opts_check(o);
+
+	if (!ret && !n->backup)
+		ret = -ENOMEM;
+	if (ret) {
+		done(opaque, ret);
+		return;
+	}
+	view_env(&env);
+	backup_start(n->backup, o, &env, done, opaque);
+}
+
+/* The backup verbs: start (value: options), cancel; both answered once the
+ * job's point in time is fixed, or once it ended. */
+static void xattr_backup(fuse_req_t req, struct vnode *n, const char *verb, const char *value,
+			 size_t size)
+{
+	struct xattr_wait *w;
+
+	if (!strcmp(verb, "start")) {
+		struct backup_opts o;
+		char *v = g_strndup(value, size);
+		int ret;
+
+		g_strchomp(v);
+		backup_opts_init(&o);
+		ret = backup_opts_parse(&o, v);
+		g_free(v);
+		if (ret) {
+			backup_opts_free(&o);
+			vnode_note_verb(n, ret);
+			fuse_reply_err(req, -ret);
+			return;
+		}
+		w = xattr_wait_new(req, n);
+		if (w)
+			xattr_backup_start(n, &o, xattr_verb_done, w);
+		backup_opts_free(&o);
+		return;
+	}
+	w = xattr_wait_new(req, n);
+	if (w)
+		backup_cancel(n->backup, xattr_verb_done, w);
+}
+
 /* user.vdiskfs.active: 1 activates (at once), 0 inactivates (answered once
  * the view's requests drained and the image is written back). */
 static void xattr_active(fuse_req_t req, struct vnode *n, const char *value, size_t size)
@@ -362,6 +431,10 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 	if (!strcmp(key, "mirror.start") || !strcmp(key, "mirror.complete") ||
 	    !strcmp(key, "mirror.cancel")) {
 		xattr_mirror(req, n, key + strlen("mirror."), value, size);
+		return;
+	}
+	if (!strcmp(key, "backup.start") || !strcmp(key, "backup.cancel")) {
+		xattr_backup(req, n, key + strlen("backup."), value, size);
 		return;
 	}
 	if (!strcmp(key, "active")) {
