@@ -6,32 +6,6 @@ load helpers
 load mirror-helpers
 
 
-# make_image FILE FORMAT SIZE_MB DATA_MB: random data in the first DATA_MB,
-# the rest a hole; $T/ref.raw gets the same content as a raw oracle.
-make_image() {
-	local file=$1 fmt=$2 size=$3 data=$4
-	truncate -s "${size}M" "$T/ref.raw"
-	dd if=/dev/urandom of="$T/ref.raw" bs=1M count="$data" conv=notrunc status=none
-	if [ "$fmt" = raw ]; then
-		cp --sparse=always "$T/ref.raw" "$file"
-	else
-		qemu-img convert -f raw -O "$fmt" "$T/ref.raw" "$file"
-	fi
-}
-
-# start_writer VIEW OFF_MB LEN_MB: the python writer on that region, mirrored
-# into $T/ref.raw; stop_writer waits for it (and fails the test if it failed).
-start_writer() {
-	rm -f "$T/stop"
-	python3 "$WRITER" "$1" "$T/ref.raw" $(($2 << 20)) $(($3 << 20)) "$T/stop" \
-		>"$T/writer.out" 2>&1 &
-	WRITER_PID=$!
-}
-stop_writer() {
-	touch "$T/stop"
-	wait "$WRITER_PID" || { cat "$T/writer.out" >&2; return 1; }
-}
-
 FIO_ARGS=(--name=w --rw=randwrite --bs=4k --iodepth=16 --ioengine=io_uring --direct=1
 	--size=16M --verify=crc32c --randrepeat=1 --verify_state_save=0 --output-format=terse)
 
