@@ -51,6 +51,7 @@ expected=(
 	usr/share/man/man1/vdiskfs.1.gz
 	usr/share/man/man1/vdiskfsctl.1.gz
 	usr/share/man/man7/vdiskfs-mirror.7.gz
+	usr/share/man/man7/vdiskfs-jobs.7.gz
 	lib/systemd/system/vdiskfs@.service
 	usr/share/bash-completion/completions/vdiskfsctl
 	usr/share/doc/vdiskfs/fstab.example
