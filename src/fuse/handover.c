@@ -42,6 +42,11 @@ void handover_inactivate(struct vnode *n, vd_done_fn done, void *opaque)
 		done(opaque, 0);
 		return;
 	}
+	if (backup_busy(n->backup)) { /* its copier reads the image to the end */
+		vd_err("%s: a backup runs: cancel it or wait for its end first", n->img->path);
+		done(opaque, -EBUSY);
+		return;
+	}
 	w = vnode_call_new(n, done, opaque);
 	if (!w)
 		return;

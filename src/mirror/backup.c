@@ -526,11 +526,9 @@ void backup_start(struct backup *b, const struct backup_opts *o, const struct mi
 		done(opaque, -EBUSY);
 		return;
 	}
-	old = b->job; /* an ended job, kept for its status */
-	b->job = NULL;
-	b->starting = true;
+	b->starting = true; /* an ended job stays in b->job for its status until
+			     * the new one replaces it */
 	pthread_mutex_unlock(&b->lock);
-	job_free(old);
 
 	ret = -ENOMEM;
 	job = calloc(1, sizeof(*job));
@@ -554,10 +552,12 @@ void backup_start(struct backup *b, const struct backup_opts *o, const struct mi
 	job->format = g_strdup(job->dst->fmt->name);
 	pthread_mutex_lock(&b->lock);
 	job->phase = BP_STARTING;
+	old = b->job;
 	b->job = job;
 	b->start_done = done;
 	b->start_opaque = opaque;
 	pthread_mutex_unlock(&b->lock);
+	job_free(old); /* its thread has ended */
 	mirror_hook_attach(b->m, &b->hook, start_attached, job);
 	return;
 out:

@@ -213,6 +213,14 @@ same() {
 	[[ "$output" == *"Device or resource busy"* ]]
 	bset "$T/view" cancel 1
 	[ ! -e "$T/m2.qcow2" ] && [ ! -e "$T/b2.qcow2" ] && [ ! -e "$T/t.qcow2" ]
+	# a refused start keeps the last job's status; so does an inactivate
+	run bset "$T/view" start "target=$T/t.qcow2,bitmap=nosuch"
+	[ "$status" -ne 0 ]
+	[ "$(field "$T/view" phase)" = cancelled ] && [ "$(field "$T/view" target)" = "$T/b.qcow2" ]
+	bset "$T/view" start "target=$T/b3.qcow2,speed=1M"
+	run setfattr -n user.vdiskfs.active -v 0 "$T/view"
+	[[ "$output" == *"Device or resource busy"* ]]
+	bset "$T/view" cancel 1
 	# a raw image keeps no bitmaps
 	vd_mount "$T/src.raw" "$T/rview"
 	refused "Operation not supported" "$T/rview" "target=$T/t.qcow2,bitmap=bm"
