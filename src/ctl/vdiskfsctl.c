@@ -51,7 +51,7 @@ static void usage(FILE *f)
 		"  backup start VIEW target=PATH [KEY=VALUE...] [--wait]\n"
 		"                                  a point-in-time backup (sync=full|incremental,\n"
 		"                                  bitmap=, base=, format=, speed=; vdiskfs-jobs(7))\n"
-		"  backup cancel VIEW, backup status VIEW\n"
+		"  backup cancel VIEW, backup end VIEW, backup status VIEW\n"
 		"\n"
 		"  --json        machine-readable output\n"
 		"  --wait        show progress until the job is ready; exit 1 if it fails\n"
@@ -518,6 +518,7 @@ static int cmd_mirror(const char *view, const char *target, int nopts, char **op
 static int cmd_backup(const char *verb, const char *view, int nopts, char **opts)
 {
 	GString *v;
+	bool pull;
 	int ret;
 
 	if (!strcmp(verb, "status") && !nopts) {
@@ -529,21 +530,25 @@ static int cmd_backup(const char *verb, const char *view, int nopts, char **opts
 		g_free(line);
 		return EXIT_OK;
 	}
-	if (!strcmp(verb, "cancel") && !nopts)
-		return view_set(view, "backup.cancel", "1") ? EXIT_RUNTIME : EXIT_OK;
+	if ((!strcmp(verb, "cancel") || !strcmp(verb, "end")) && !nopts)
+		return view_set(view, !strcmp(verb, "end") ? "backup.end" : "backup.cancel", "1")
+			       ? EXIT_RUNTIME
+			       : EXIT_OK;
 	if (strcmp(verb, "start") || !nopts) {
 		fprintf(stderr, "vdiskfsctl: backup: want start VIEW target=PATH [KEY=VALUE...], "
-				"cancel VIEW or status VIEW\n");
+				"cancel VIEW, end VIEW or status VIEW\n");
 		return EXIT_USAGE;
 	}
 	v = g_string_new(NULL);
 	for (int i = 0; i < nopts; i++)
 		g_string_append_printf(v, "%s%s", i ? "," : "", opts[i]);
 	ret = view_set(view, "backup.start", v->str);
+	/* a pull backup (view=) runs until it is ended: nothing to follow */
+	pull = strstr(v->str, "view=") != NULL;
 	g_string_free(v, TRUE);
 	if (ret)
 		return EXIT_RUNTIME;
-	return opt_wait ? job_follow(view, "backup", "completed") : EXIT_OK;
+	return opt_wait && !pull ? job_follow(view, "backup", "completed") : EXIT_OK;
 }
 
 /* user.vdiskfs.bitmap.VERB with the bitmap's name (add: and options). */

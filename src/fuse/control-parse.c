@@ -31,6 +31,7 @@ static const struct {
 	{"bitmap-clear", CONTROL_BITMAP, 2, 2, " NAME BITMAP"},
 	{"backup-start", CONTROL_BACKUP_START, 2, -1, " NAME target=PATH [key=value...]"},
 	{"backup-cancel", CONTROL_BACKUP_CANCEL, 1, 1, " NAME"},
+	{"backup-end", CONTROL_BACKUP_END, 1, 1, " NAME"},
 	{"backup-status", CONTROL_BACKUP_STATUS, 1, 1, " NAME"},
 };
 
@@ -167,7 +168,7 @@ int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString 
 				       "mirror-speed, activate, inactivate, bitmap-add, "
 				       "bitmap-remove, bitmap-enable, bitmap-disable, "
 				       "bitmap-clear, backup-start, backup-cancel, "
-				       "backup-status)\n",
+				       "backup-end, backup-status)\n",
 				       argv[0]);
 		goto out;
 	}

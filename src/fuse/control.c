@@ -13,6 +13,8 @@ static void status_image(struct vnode *n, void *opaque)
 {
 	struct json_writer *j = opaque;
 
+	if (n->kind != VN_IMAGE)
+		return; /* a pull backup's frozen file shows in its view's backup */
 	json_begin_object(j, NULL);
 	view_info_json(n, j, true); /* root and the owner only */
 	json_end_object(j);
@@ -204,13 +206,14 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 		break;
 	case CONTROL_BACKUP_START:
 	case CONTROL_BACKUP_CANCEL:
+	case CONTROL_BACKUP_END:
 		w->n = n; /* the lookup reference is dropped when the verb is done */
 		w->backup = true;
 		loop_req_begin();
 		if (cmd->verb == CONTROL_BACKUP_START)
 			xattr_backup_start(n, &cmd->bopts, control_verb_done, w);
 		else
-			backup_cancel(n->backup, control_verb_done, w);
+			xattr_backup_stop(n, cmd->verb == CONTROL_BACKUP_END, control_verb_done, w);
 		return 1;
 	case CONTROL_INACTIVATE:
 		w->n = n; /* the lookup reference is dropped when the verb is done */

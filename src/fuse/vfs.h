@@ -41,7 +41,9 @@ extern struct vfs_config vfs_cfg;
 /* The request comes from root or the user who mounted. */
 bool vfs_req_by_owner(fuse_req_t req);
 
-enum vnode_kind { VN_DIR, VN_IMAGE, VN_CONTROL };
+/* VN_FROZEN: a pull backup's read-only file, the disk of its origin view at
+ * the backup's point in time (vdiskfs-jobs(7)). */
+enum vnode_kind { VN_DIR, VN_IMAGE, VN_CONTROL, VN_FROZEN };
 
 /*
  * A node: the root, the control file or one view. ino, kind, name, mirror
@@ -69,7 +71,11 @@ struct vnode {
 	struct vd_image *img;
 	struct mirror *mirror; /* images: the view's mirror slot (mirror.h) */
 	struct backup *backup; /* images: the view's backup slot (backup.h) */
-	dev_t sdev;	       /* the source file's identity, to notice replacement */
+	/* A pull backup's frozen file and the view it freezes, each pointing
+	 * to the other while both exist (tree_lock). The frozen file holds an
+	 * open count and an image reference of its origin. */
+	struct vnode *frozen, *origin;
+	dev_t sdev; /* the source file's identity, to notice replacement */
 	ino_t sino;
 	uint64_t nlookup; /* tree_lock */
 	unsigned opens;	  /* tree_lock */
@@ -95,6 +101,13 @@ void vnode_stat(struct vnode *n, struct stat *st);
  * image, so that the name serves it after a remount too (vdiskfs-mirror(7),
  * DIRECTORY MOUNTS). Logs what it did; nothing for a single-image mount. */
 void tree_mirror_completed(struct vnode *n);
+/* A pull backup's frozen file NAME in the root of a directory mount:
+ * check that the name is free (0, -EINVAL in a single-image mount or for a
+ * hidden name, -EEXIST, logged), show it for origin's backup, and take it
+ * away again (nothing if there is none). */
+int tree_frozen_check(const char *name);
+int tree_frozen_add(struct vnode *origin, const char *name);
+void tree_frozen_remove(struct vnode *origin);
 /* Free the views whose last reference went on a mirror's own thread (the
  * handover thread calls it; tree_shutdown() too). */
 void tree_reap(void);
@@ -135,6 +148,9 @@ int xattr_bitmap(struct vnode *n, enum vd_bitmap_cmd cmd, const char *name, uint
  * in time is fixed or it was refused (logged). */
 void xattr_backup_start(struct vnode *n, const struct backup_opts *o, vd_done_fn done,
 			void *opaque);
+/* End (end) or cancel the view's backup; a pull backup's frozen file goes
+ * once it is done. */
+void xattr_backup_stop(struct vnode *n, bool end, vd_done_fn done, void *opaque);
 
 /* ---- control-parse.c ---- */
 enum control_verb {
@@ -152,6 +168,7 @@ enum control_verb {
 	CONTROL_BITMAP, /* bitmap-add, -remove, -enable, -disable, -clear */
 	CONTROL_BACKUP_START,
 	CONTROL_BACKUP_CANCEL,
+	CONTROL_BACKUP_END,
 	CONTROL_BACKUP_STATUS,
 };
 

@@ -338,23 +338,88 @@ static void xattr_mirror(fuse_req_t req, struct vnode *n, const char *verb, cons
 		mirror_cancel(n->mirror, xattr_verb_done, w);
 }
 
+/* A pull backup whose point in time is fixed gets its frozen file. */
+struct pull_start {
+	struct vnode *n;
+	char *view;
+	vd_done_fn done;
+	void *opaque;
+};
+
+static void pull_ignore(void *opaque, int err)
+{
+	(void)opaque;
+	(void)err;
+}
+
+static void pull_started(void *opaque, int err)
+{
+	struct pull_start *p = opaque;
+
+	if (!err) {
+		err = tree_frozen_add(p->n, p->view);
+		if (err) /* the name went meanwhile: no backup without its file */
+			backup_cancel(p->n->backup, pull_ignore, NULL);
+	}
+	p->done(p->opaque, err);
+	g_free(p->view);
+	free(p);
+}
+
 void xattr_backup_start(struct vnode *n, const struct backup_opts *o, vd_done_fn done, void *opaque)
 {
+	struct pull_start *p = NULL;
 	struct mirror_env env;
 	int ret = backup_opts_check(o);
 
 	if (!ret && !n->backup)
 		ret = -ENOMEM;
+	if (!ret && o->view)
+		ret = tree_frozen_check(o->view);
+	if (!ret && o->view) {
+		p = malloc(sizeof(*p));
+		ret = p ? 0 : -ENOMEM;
+	}
 	if (ret) {
 		done(opaque, ret);
 		return;
 	}
 	view_env(&env);
-	backup_start(n->backup, o, &env, done, opaque);
+	if (!p) {
+		backup_start(n->backup, o, &env, done, opaque);
+		return;
+	}
+	p->n = n;
+	p->view = g_strdup(o->view);
+	p->done = done;
+	p->opaque = opaque;
+	backup_start(n->backup, o, &env, pull_started, p);
 }
 
-/* The backup verbs: start (value: options), cancel; both answered once the
- * job's point in time is fixed, or once it ended. */
+static void backup_stopped(void *opaque, int err)
+{
+	struct vnode_call *c = opaque;
+
+	if (!err)
+		tree_frozen_remove(c->n);
+	c->done(c->opaque, err);
+	free(c);
+}
+
+void xattr_backup_stop(struct vnode *n, bool end, vd_done_fn done, void *opaque)
+{
+	struct vnode_call *c = vnode_call_new(n, done, opaque);
+
+	if (!c)
+		return;
+	if (end)
+		backup_end(n->backup, backup_stopped, c);
+	else
+		backup_cancel(n->backup, backup_stopped, c);
+}
+
+/* The backup verbs: start (value: options), cancel, end (a pull backup);
+ * answered once the job's point in time is fixed, or once it ended. */
 static void xattr_backup(fuse_req_t req, struct vnode *n, const char *verb, const char *value,
 			 size_t size)
 {
@@ -383,7 +448,7 @@ static void xattr_backup(fuse_req_t req, struct vnode *n, const char *verb, cons
 	}
 	w = xattr_wait_new(req, n);
 	if (w)
-		backup_cancel(n->backup, xattr_verb_done, w);
+		xattr_backup_stop(n, !strcmp(verb, "end"), xattr_verb_done, w);
 }
 
 /* user.vdiskfs.active: 1 activates (at once), 0 inactivates (answered once
@@ -433,7 +498,8 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 		xattr_mirror(req, n, key + strlen("mirror."), value, size);
 		return;
 	}
-	if (!strcmp(key, "backup.start") || !strcmp(key, "backup.cancel")) {
+	if (!strcmp(key, "backup.start") || !strcmp(key, "backup.cancel") ||
+	    !strcmp(key, "backup.end")) {
 		xattr_backup(req, n, key + strlen("backup."), value, size);
 		return;
 	}

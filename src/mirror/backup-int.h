@@ -63,6 +63,8 @@ struct backup_job {
 	char *target, *bitmap, *format;
 	enum backup_sync sync;
 	bool fresh; /* the target reads as zeroes until written */
+	bool pull;  /* no target, no copier: the frozen view reads it */
+	char *view;
 	uint32_t chunk;
 	uint64_t size, nchunks;
 	struct rangelock rl;
@@ -72,6 +74,8 @@ struct backup_job {
 	/* Under b->lock. dst is the copier's to close at the end. */
 	struct vd_image *dst;
 	uint64_t *need, *done; /* one bit per chunk */
+	uint64_t *seek;	       /* pull: the chunks SEEK_DATA finds */
+	unsigned reads;	       /* pull: frozen reads in flight */
 	struct cbw_store store;
 	struct vd_bitmap_bits taken; /* the bitmap's bits at the point in time */
 	bool took;
@@ -81,6 +85,7 @@ struct backup_job {
 	bool stop;   /* the copier issues nothing more; the hook lets writes by */
 	bool cancel; /* stopped by a cancel (or unmount) */
 	bool detached;
+	bool ending;			/* pull: an end or cancel is under way */
 	unsigned inflight;		/* copier chunks and the final flush */
 	struct backup_chunk *ready;	/* granted their range by another thread */
 	struct mirror_hook_req *parked; /* writes held while starting (through priv) */
@@ -124,9 +129,19 @@ static inline void bits_set(uint64_t *w, uint64_t i)
 }
 
 /* backup.c */
+uint64_t backup_chunk_len(const struct backup_job *job, uint64_t i);
 void backup_fail(struct backup_job *job, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void backup_kick(struct backup_job *job);
+
+/* backup-pull.c */
+/* End a pull job (stop set by the caller, end_done stored): detach the hook,
+ * then, once no read is in flight, give the bits back unless ok, close the
+ * store and set the final phase. */
+void backup_pull_finish(struct backup_job *job);
+/* Start ending b's pull job: 0, or -ESRCH (none to end) with nothing done
+ * (logged, unless quiet). done may be NULL. */
+int backup_pull_end(struct backup *b, bool cancel, vd_done_fn done, void *opaque, bool quiet);
 
 /* backup-copy.c */
 int backup_copy_start(struct backup_job *job);

@@ -18,6 +18,7 @@ void backup_opts_free(struct backup_opts *o)
 	g_free(o->format);
 	g_free(o->bitmap);
 	g_free(o->base);
+	g_free(o->view);
 	backup_opts_init(o);
 }
 
@@ -51,12 +52,17 @@ int backup_opts_set(struct backup_opts *o, const char *key, const char *val)
 		if (!*val)
 			return opts_bad(key, val, "want a bitmap name");
 		opts_str(&o->bitmap, val);
+	} else if (!strcmp(key, "view")) {
+		if (!*val || val[0] == '.' || strchr(val, '/'))
+			return opts_bad(key, val,
+					"want a file name (no '/', not starting with '.')");
+		opts_str(&o->view, val);
 	} else if (!strcmp(key, "speed")) {
 		if (mirror_parse_speed(val, &o->speed))
 			return opts_bad(key, val, "want bytes per second, e.g. 200M or 200M/s");
 	} else {
 		vd_err("backup: unknown option \"%s\" (known: target, format, sync, bitmap, "
-		       "base, speed)",
+		       "base, speed, view)",
 		       key);
 		return -EINVAL;
 	}
@@ -65,8 +71,20 @@ int backup_opts_set(struct backup_opts *o, const char *key, const char *val)
 
 int backup_opts_check(const struct backup_opts *o)
 {
+	if (o->view) { /* a pull backup: nothing is written anywhere */
+		if (o->target || o->format || o->base || o->speed) {
+			vd_err("backup: view= (a pull backup) takes no target, format, base or "
+			       "speed");
+			return -EINVAL;
+		}
+		if (o->sync == BACKUP_INCREMENTAL && !o->bitmap) {
+			vd_err("backup: sync=incremental needs bitmap=NAME");
+			return -EINVAL;
+		}
+		return 0;
+	}
 	if (!o->target) {
-		vd_err("backup: no target given (want target=PATH)");
+		vd_err("backup: no target given (want target=PATH, or view=NAME)");
 		return -EINVAL;
 	}
 	if (o->sync == BACKUP_INCREMENTAL && !o->bitmap) {

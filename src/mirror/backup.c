@@ -55,6 +55,8 @@ static void job_free(struct backup_job *job)
 	vd_bitmap_bits_free(&job->taken);
 	free(job->need);
 	free(job->done);
+	free(job->seek);
+	g_free(job->view);
 	g_free(job->target);
 	g_free(job->bitmap);
 	g_free(job->format);
@@ -269,7 +271,7 @@ static void hook_after(struct mirror_hook *h, struct mirror_hook_req *hr)
 
 /* ---- start ---- */
 
-static uint64_t chunk_len(const struct backup_job *job, uint64_t i)
+uint64_t backup_chunk_len(const struct backup_job *job, uint64_t i)
 {
 	uint64_t off = i * job->chunk;
 
@@ -277,9 +279,13 @@ static uint64_t chunk_len(const struct backup_job *job, uint64_t i)
 }
 
 /* The needed chunks at the point in time (writes held): the allocated data
- * for sync=full, the bitmap's bits for incremental. */
+ * for sync=full, the bitmap's bits for incremental. A pull job saves every
+ * chunk a write changes (its frozen view shows the whole disk) and hands
+ * out the plan through SEEK_DATA. */
 static int job_plan(struct backup_job *job)
 {
+	uint64_t *plan = job->pull ? job->seek : job->need;
+
 	uint64_t pnum;
 	enum vd_bs st;
 	int ret;
@@ -287,7 +293,7 @@ static int job_plan(struct backup_job *job)
 	if (job->sync == BACKUP_INCREMENTAL) {
 		for (uint64_t bit = 0; bit < job->taken.nbits; bit++) {
 			if (bits_test(job->taken.words, bit))
-				bits_set(job->need, (bit << job->taken.gbits) / job->chunk);
+				bits_set(plan, (bit << job->taken.gbits) / job->chunk);
 		}
 	} else {
 		for (uint64_t pos = 0; pos < job->size; pos += pnum) {
@@ -302,13 +308,15 @@ static int job_plan(struct backup_job *job)
 			if (st != VD_BS_DATA)
 				continue;
 			for (uint64_t i = pos / job->chunk; i * job->chunk < pos + pnum; i++)
-				bits_set(job->need, i);
+				bits_set(plan, i);
 		}
 	}
 	job->total = 0;
 	for (uint64_t i = 0; i < job->nchunks; i++)
-		if (bits_test(job->need, i))
-			job->total += chunk_len(job, i);
+		if (bits_test(plan, i))
+			job->total += backup_chunk_len(job, i);
+	if (job->pull)
+		memset(job->need, 0xff, (job->nchunks + 63) / 64 * 8);
 	return 0;
 }
 
@@ -406,7 +414,7 @@ static void start_attached(void *opaque, int err)
 	job->stop = !!err;
 	job->start_ns = vd_now_ns();
 	pthread_mutex_unlock(&b->lock);
-	if (!err)
+	if (!err && !job->pull)
 		err = backup_copy_start(job);
 	if (err) {
 		pthread_mutex_lock(&b->lock);
@@ -421,9 +429,10 @@ static void start_attached(void *opaque, int err)
 		mirror_hook_detach(b->m, start_detached, f);
 		return;
 	}
-	vd_info("%s: backup (%s%s%s) to %s started: %" PRIu64 " bytes to copy", job->src->path,
-		job->sync == BACKUP_FULL ? "full" : "incremental", job->bitmap ? ", bitmap " : "",
-		job->bitmap ? job->bitmap : "", job->target, job->total);
+	vd_info("%s: %s backup (%s%s%s) %s %s started: %" PRIu64 " bytes of data", job->src->path,
+		job->pull ? "pull" : "push", job->sync == BACKUP_FULL ? "full" : "incremental",
+		job->bitmap ? ", bitmap " : "", job->bitmap ? job->bitmap : "",
+		job->pull ? "as" : "to", job->pull ? job->view : job->target, job->total);
 	start_release(job);
 	start_answer(b, 0);
 }
@@ -471,20 +480,24 @@ static int start_prepare(struct backup_job *job, const struct backup_opts *o,
 		job->chunk = max_u64(job->chunk, 1ull << probe.gbits);
 		vd_bitmap_bits_free(&probe);
 	}
-	if (o->sync == BACKUP_INCREMENTAL) {
+	if (o->sync == BACKUP_INCREMENTAL && !job->pull) {
 		t.format = "qcow2";
 		t.backing = o->base;
 		ret = base_format(o->base, &t.backing_fmt);
 		if (ret)
 			return ret;
 	}
-	ret = job_target_open(&t, src, env, &job->dst, &job->target, &job->fresh);
-	if (ret)
-		return ret;
-	/* Whole clusters: an incremental target never reads its base. */
-	if (o->sync == BACKUP_INCREMENTAL)
-		job->chunk = max_u64(job->chunk, job->dst->cluster_size);
-	dir = g_path_get_dirname(job->target);
+	if (job->pull) { /* the store goes beside the view's image */
+		dir = g_path_get_dirname(src->path);
+	} else {
+		ret = job_target_open(&t, src, env, &job->dst, &job->target, &job->fresh);
+		if (ret)
+			return ret;
+		/* Whole clusters: an incremental target never reads its base. */
+		if (o->sync == BACKUP_INCREMENTAL)
+			job->chunk = max_u64(job->chunk, job->dst->cluster_size);
+		dir = g_path_get_dirname(job->target);
+	}
 	ret = cbw_store_open(&job->store, dir, job->chunk);
 	g_free(dir);
 	if (ret)
@@ -493,8 +506,9 @@ static int start_prepare(struct backup_job *job, const struct backup_opts *o,
 	words = (job->nchunks + 63) / 64;
 	job->need = calloc(words ? words : 1, 8);
 	job->done = calloc(words ? words : 1, 8);
+	job->seek = job->pull ? calloc(words ? words : 1, 8) : NULL;
 	job->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (!job->need || !job->done || job->efd < 0) {
+	if (!job->need || !job->done || (job->pull && !job->seek) || job->efd < 0) {
 		ret = job->efd < 0 ? -errno : -ENOMEM;
 		goto out_undo;
 	}
@@ -543,13 +557,15 @@ void backup_start(struct backup *b, const struct backup_opts *o, const struct mi
 	job->store.fd = -1;
 	job->chunk = BACKUP_CHUNK;
 	job->bitmap = g_strdup(o->bitmap);
+	job->pull = o->view != NULL;
+	job->view = g_strdup(o->view);
 	rangelock_init(&job->rl);
 	ret = start_prepare(job, o, env);
 	if (ret) {
 		job_free(job);
 		goto out;
 	}
-	job->format = g_strdup(job->dst->fmt->name);
+	job->format = g_strdup(job->dst ? job->dst->fmt->name : "");
 	pthread_mutex_lock(&b->lock);
 	job->phase = BP_STARTING;
 	old = b->job;
@@ -575,6 +591,12 @@ void backup_cancel(struct backup *b, vd_done_fn done, void *opaque)
 
 	pthread_mutex_lock(&b->lock);
 	job = b->job;
+	if (job && job->pull) {
+		pthread_mutex_unlock(&b->lock);
+		if (backup_pull_end(b, true, done, opaque, false))
+			done(opaque, -ESRCH);
+		return;
+	}
 	if (!job || job->phase != BP_RUNNING || job->stop || job->end_done) {
 		pthread_mutex_unlock(&b->lock);
 		vd_err("%s: no backup is running", (*b->slot)->path);
@@ -595,10 +617,16 @@ void backup_free(struct backup *b)
 
 	if (!b)
 		return;
+	/* A pull job ends here: nothing is in flight any more, so the hook
+	 * goes at once. */
+	if (backup_pull_end(b, true, NULL, NULL, true) == 0) {
+		for (int i = 0; i < 3000 && !atomic_load(&b->job->finished); i++)
+			usleep(1000);
+	}
 	pthread_mutex_lock(&b->lock);
 	job = b->job;
 	b->job = NULL;
-	if (job) {
+	if (job && !job->pull) {
 		if (!job->stop)
 			job->cancel = true;
 		job->stop = true;
@@ -616,7 +644,7 @@ void backup_free(struct backup *b)
 
 struct backup_snap {
 	enum backup_phase phase;
-	const char *target, *sync, *bitmap, *format;
+	const char *target, *sync, *bitmap, *format, *view;
 	uint64_t copied, total, percent, rate, eta;
 	char error[256];
 };
@@ -631,7 +659,8 @@ static void backup_snap(struct backup *b, struct backup_snap *s)
 	if (!job)
 		return;
 	s->phase = job->phase;
-	s->target = job->target;
+	s->target = job->target ? job->target : "";
+	s->view = job->view ? job->view : "";
 	s->format = job->format;
 	s->sync = job->sync == BACKUP_FULL ? "full" : "incremental";
 	s->bitmap = job->bitmap ? job->bitmap : "";
@@ -658,9 +687,9 @@ void backup_status_line(struct backup *b, GString *out)
 			out,
 			"phase=%s target=%s format=%s sync=%s bitmap=%s copied=%" PRIu64
 			" total=%" PRIu64 " percent=%" PRIu64 " rate=%" PRIu64 " eta=%" PRIu64
-			" error=%s",
+			" view=%s error=%s",
 			phase_names[s.phase], s.target, s.format, s.sync, s.bitmap, s.copied,
-			s.total, s.percent, s.rate, s.eta, s.error);
+			s.total, s.percent, s.rate, s.eta, s.view, s.error);
 	pthread_mutex_unlock(&b->lock);
 }
 
@@ -672,7 +701,8 @@ void backup_status_json(struct backup *b, struct json_writer *j)
 	backup_snap(b, &s);
 	json_str(j, "phase", phase_names[s.phase]);
 	if (s.phase != BP_NONE) {
-		json_str(j, "target", s.target);
+		json_str(j, "target", s.target[0] ? s.target : NULL);
+		json_str(j, "view", s.view[0] ? s.view : NULL);
 		json_str(j, "format", s.format);
 		json_str(j, "sync", s.sync);
 		json_str(j, "bitmap", s.bitmap[0] ? s.bitmap : NULL);

@@ -25,6 +25,7 @@ struct backup_opts {
 	char *bitmap;	       /* full: cleared at start; incremental: what to copy */
 	char *base;	       /* incremental: the target's backing file (absolute) */
 	uint64_t speed;	       /* bytes/s of copied data; 0 = unlimited */
+	char *view;	       /* a pull backup: the frozen file's name instead of a target */
 };
 
 void backup_opts_init(struct backup_opts *o);
@@ -62,8 +63,27 @@ bool backup_busy(struct backup *b);
  * on another thread)? */
 bool backup_on_own_thread(struct backup *b);
 
+/* ---- pull backups (backup-pull.c) ----
+ * A job started with view=NAME has no target and no copier: the disk at its
+ * point in time is read through backup_read() (the frozen file NAME the
+ * FUSE layer shows), with the same copy-before-write hook. */
+bool backup_is_pull(struct backup *b);
+/* Read [off, off+len) of the disk at the point in time; done(opaque, 0), or
+ * -EIO once the job failed or ended. */
+void backup_read(struct backup *b, void *buf, uint64_t len, uint64_t off, vd_done_fn done,
+		 void *opaque);
+/* SEEK_DATA / SEEK_HOLE over what the job hands out: the allocated data at
+ * the point in time (sync=full), the bitmap's changes (incremental). 0 with
+ * *pos, -ENXIO (no data from off on, or off past the end), -EIO (ended). */
+int backup_seek(struct backup *b, uint64_t off, int whence, uint64_t *pos);
+/* End a pull job as done: the bitmap stays cleared (the client has the
+ * data). done(opaque, 0) once no read or write is inside the job any more;
+ * -ESRCH (no pull job), logged. backup_cancel() ends one as failed: the
+ * bitmap gets its bits back. */
+void backup_end(struct backup *b, vd_done_fn done, void *opaque);
+
 /* "phase=... target=... sync=... bitmap=... copied=N total=N percent=N
- * rate=N eta=N error=..." (phase=none before the first job). */
+ * rate=N eta=N view=... error=..." (phase=none before the first job). */
 void backup_status_line(struct backup *b, GString *s);
 /* The same as members of the current JSON object. */
 void backup_status_json(struct backup *b, struct json_writer *j);

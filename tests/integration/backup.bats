@@ -198,9 +198,9 @@ same() {
 	refused "Invalid argument" "$T/view" "target=$T/t.qcow2,sync=incremental,bitmap=bm,base=$T/src.qcow2,format=raw"
 	refused "No such file or directory" "$T/view" "target=$T/t.qcow2,bitmap=nosuch"
 	refused "File exists" "$T/view" "target=$T/src.raw"
+	refused "Invalid argument" "$T/view" "view=snap" # a pull backup needs a directory mount
 	[ ! -e "$T/t.qcow2" ]
-	[ "$(getfattr --only-values -n user.vdiskfs.last-error "$T/view")" = "$T/src.qcow2: no bitmap named 'nosuch'" ] ||
-		[[ "$(getfattr --only-values -n user.vdiskfs.last-error "$T/view")" == *"exists"* ]]
+	[ "$(getfattr --only-values -n user.vdiskfs.last-error "$T/view")" = "backup: view=snap: a pull backup needs a directory mount" ]
 	# one job per view: a mirror refuses a backup and the other way round
 	setfattr -n user.vdiskfs.mirror.start -v "target=$T/m.qcow2,speed=1M" "$T/view"
 	refused "Device or resource busy" "$T/view" "target=$T/t.qcow2"
@@ -282,4 +282,64 @@ PY
 	vd_umount "$T/mnt"
 	cmp "$T/b.raw" "$T/ref.raw"
 	same "$T/c.vhdx" "$T/ref.raw"
+}
+
+@test "pull backup: a frozen file of the disk at the start, the delta through SEEK_DATA, end and cancel" {
+	mkdir "$T/src" "$T/mnt"
+	make_image "$T/src/a.qcow2" qcow2 64 16
+	vd_mount "$T/src" "$T/mnt"
+	v=$T/mnt/a.qcow2
+	setfattr -n user.vdiskfs.bitmap.add -v bm "$v"
+	run bset "$v" start "view=a.qcow2,bitmap=bm"
+	[[ "$output" == *"File exists"* ]]
+	run bset "$v" start "view=snap,target=$T/x.qcow2"
+	[[ "$output" == *"Invalid argument"* ]]
+	start_writer "$v" 0 64
+	at_start "$v" "$T/at-full.raw" "view=snap,bitmap=bm"
+	[[ "$(bstatus "$v")" == "phase=running target= format= sync=full bitmap=bm "*" view=snap error=" ]]
+	run dd if=/dev/zero of="$T/mnt/snap" bs=4k count=1 conv=notrunc status=none
+	[ "$status" -ne 0 ]
+	sleep 0.5
+	cp --sparse=always "$T/mnt/snap" "$T/full.raw"
+	cmp "$T/full.raw" "$T/at-full.raw"
+	bset "$v" end 1
+	[ ! -e "$T/mnt/snap" ]
+	[ "$(field "$v" phase)" = completed ]
+	sleep 0.5
+	at_start "$v" "$T/at-inc.raw" "view=inc,sync=incremental,bitmap=bm"
+	sleep 0.3
+	# the frozen file is the whole disk at the start; SEEK_DATA finds only
+	# what changed since the full one, and that delta on the full copy
+	# rebuilds it
+	cmp "$T/mnt/inc" "$T/at-inc.raw"
+	python3 - "$T/mnt/inc" "$T/full.raw" "$(field "$v" total)" <<'PY'
+import os, sys
+src, dst, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fd, out = os.open(src, os.O_RDONLY), os.open(dst, os.O_WRONLY)
+size, pos, got = os.fstat(fd).st_size, 0, 0
+while True:
+    try:
+        pos = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError:
+        break
+    end = os.lseek(fd, pos, os.SEEK_HOLE)
+    os.pwrite(out, os.pread(fd, end - pos, pos), pos)
+    got += end - pos
+    pos = end
+assert got == total and 0 < total < size, (got, total)
+PY
+	cmp "$T/full.raw" "$T/at-inc.raw"
+	# a cancel (control file) takes the file away and gives the bits back
+	echo "backup-cancel a.qcow2" >"$T/mnt/.vdiskfs"
+	[ ! -e "$T/mnt/inc" ]
+	[ "$(field "$v" phase)" = cancelled ]
+	inc_total=$(field "$v" total)
+	bset "$v" start "view=inc2,sync=incremental,bitmap=bm"
+	[ "$(field "$v" total)" -ge "$inc_total" ]
+	stop_writer
+	# an unmount ends a pull backup too
+	vd_umount "$T/mnt"
+	grep -q "pull backup inc2 cancelled" "$T/vdiskfs.log"
+	qemu_check "$T/src/a.qcow2"
+	same "$T/src/a.qcow2" "$T/ref.raw"
 }
