@@ -35,9 +35,15 @@ struct cbw_store {
 /* An empty store in directory dir: 0 or -errno (logged). */
 int cbw_store_open(struct cbw_store *s, const char *dir, uint32_t chunk);
 void cbw_store_close(struct cbw_store *s);
-/* Save len (<= chunk) bytes of chunk number idx, which is not saved yet:
- * written to a free slot, then indexed. 0 or -errno (the slot is freed). */
-int cbw_store_put(struct cbw_store *s, uint64_t idx, const void *buf, uint32_t len);
+/* Saving chunk idx (not saved yet) takes three steps, so that the write
+ * runs without the job's lock: reserve a slot (under it); write len <=
+ * chunk bytes to it (without: whoever saves holds the chunk's range, and no
+ * one else knows the slot); then commit it to the index, or give it back
+ * if the write failed (under it). */
+uint64_t cbw_store_reserve(struct cbw_store *s);
+int cbw_store_write(const struct cbw_store *s, uint64_t slot, const void *buf, uint32_t len);
+void cbw_store_commit(struct cbw_store *s, uint64_t idx, uint64_t slot);
+void cbw_store_unreserve(struct cbw_store *s, uint64_t slot);
 /* The slot of a saved chunk: true with *slot (its bytes are at
  * slot * chunk in s->fd), false if idx is not saved. */
 bool cbw_store_lookup(struct cbw_store *s, uint64_t idx, uint64_t *slot);

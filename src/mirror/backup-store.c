@@ -40,12 +40,12 @@ void cbw_store_close(struct cbw_store *s)
 	s->fd = -1;
 }
 
-static uint64_t slot_take(struct cbw_store *s)
+uint64_t cbw_store_reserve(struct cbw_store *s)
 {
 	return s->nfree ? s->free_slots[--s->nfree] : s->next_slot++;
 }
 
-static void slot_give(struct cbw_store *s, uint64_t slot)
+void cbw_store_unreserve(struct cbw_store *s, uint64_t slot)
 {
 	if (s->nfree == s->cap) {
 		size_t cap = s->cap ? s->cap * 2 : 64;
@@ -59,29 +59,29 @@ static void slot_give(struct cbw_store *s, uint64_t slot)
 	s->free_slots[s->nfree++] = slot;
 }
 
-int cbw_store_put(struct cbw_store *s, uint64_t idx, const void *buf, uint32_t len)
+int cbw_store_write(const struct cbw_store *s, uint64_t slot, const void *buf, uint32_t len)
 {
-	uint64_t slot = slot_take(s), off = slot * s->chunk;
-	gint64 *key;
+	uint64_t off = slot * s->chunk;
 
 	for (uint32_t done = 0; done < len;) {
 		ssize_t n = pwrite(s->fd, (const char *)buf + done, len - done, off + done);
 
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n <= 0) {
-			int err = n < 0 ? errno : EIO;
-
-			slot_give(s, slot);
-			return -err;
-		}
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
 		done += n;
 	}
-	key = g_new(gint64, 1);
+	return 0;
+}
+
+void cbw_store_commit(struct cbw_store *s, uint64_t idx, uint64_t slot)
+{
+	gint64 *key = g_new(gint64, 1);
+
 	*key = (gint64)idx;
 	g_hash_table_insert(s->index, key, GSIZE_TO_POINTER(slot + 1));
 	s->nsaved++;
-	return 0;
 }
 
 bool cbw_store_lookup(struct cbw_store *s, uint64_t idx, uint64_t *slot)
@@ -108,5 +108,5 @@ void cbw_store_drop(struct cbw_store *s, uint64_t idx)
 		      s->chunk) < 0 &&
 	    errno != EOPNOTSUPP)
 		vd_warn("backup: cannot free a copy-before-write slot: %s", strerror(errno));
-	slot_give(s, slot);
+	cbw_store_unreserve(s, slot);
 }

@@ -160,22 +160,35 @@ static void cbw_read_done(void *opaque, int err)
 			    r->len, r->off, strerror(-err));
 		goto out;
 	}
-	pthread_mutex_lock(&job->b->lock);
-	for (uint64_t i = r->first; !job->stop && i * job->chunk < r->off + r->len; i++) {
+	for (uint64_t i = r->first; i * job->chunk < r->off + r->len; i++) {
 		uint64_t at = i * job->chunk - r->off, slot;
-		uint32_t n = r->off + r->len - i * job->chunk < job->chunk
-				     ? r->off + r->len - i * job->chunk
-				     : job->chunk;
+		uint32_t n = min_u64(r->off + r->len - i * job->chunk, job->chunk);
+		bool skip, stop;
 
-		if (!bits_test(job->need, i) || bits_test(job->done, i) ||
-		    cbw_store_lookup(&job->store, i, &slot))
+		pthread_mutex_lock(&job->b->lock);
+		stop = job->stop;
+		skip = !bits_test(job->need, i) || bits_test(job->done, i) ||
+		       cbw_store_lookup(&job->store, i, &slot);
+		if (!stop && !skip)
+			slot = cbw_store_reserve(&job->store);
+		pthread_mutex_unlock(&job->b->lock);
+		if (stop)
+			break;
+		if (skip)
 			continue;
-		ret = cbw_store_put(&job->store, i, (char *)r->buf + at, n);
+		/* The range is held: the slot and the chunk's state are ours. */
+		ret = cbw_store_write(&job->store, slot, (char *)r->buf + at, n);
+		pthread_mutex_lock(&job->b->lock);
+		if (ret) {
+			cbw_store_unreserve(&job->store, slot);
+		} else {
+			cbw_store_commit(&job->store, i, slot);
+			job->saved_bytes += n;
+		}
+		pthread_mutex_unlock(&job->b->lock);
 		if (ret)
 			break;
-		job->saved_bytes += n;
 	}
-	pthread_mutex_unlock(&job->b->lock);
 	if (ret)
 		backup_fail(job, "the copy-before-write store: %s", strerror(-ret));
 out:
