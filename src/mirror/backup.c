@@ -416,7 +416,12 @@ static void start_attached(void *opaque, int err)
 		start_answer(b, err);
 		return;
 	}
-	if (job->bitmap) {
+	if (mirror_busy(b->m)) { /* a mirror published since the check at start */
+		vd_err("%s: a mirror job runs on this view: complete or cancel it first",
+		       job->src->path);
+		err = -EBUSY;
+	}
+	if (!err && job->bitmap) {
 		err = image_bitmap_take(job->src, job->bitmap, true, &job->taken);
 		job->took = !err;
 	}
