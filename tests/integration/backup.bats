@@ -124,7 +124,7 @@ same() {
 	sleep 0.5
 	stop_writer
 	mkdir "$T/small"
-	mount -t tmpfs -o size=2M tmpfs "$T/small"
+	mount -t tmpfs -o size=1M tmpfs "$T/small"
 	start_writer "$T/view" 0 16 2
 	bset "$T/view" start "target=$T/small/inc.qcow2,sync=incremental,bitmap=bm,base=$T/full.qcow2" ||
 		{ umount "$T/small"; false; }
