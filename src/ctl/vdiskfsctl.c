@@ -52,6 +52,10 @@ static void usage(FILE *f)
 		"  bitmap VIEW add|remove|enable|disable|clear NAME [granularity=SIZE]\n"
 		"                                  change the image's persistent dirty bitmaps\n"
 		"                                  (qcow2; add: granularity K/M/G, default QEMU's)\n"
+		"  backup start VIEW target=PATH [KEY=VALUE...] [--wait]\n"
+		"                                  a point-in-time backup (sync=full|incremental,\n"
+		"                                  bitmap=, base=, format=, speed=; vdiskfs-jobs(7))\n"
+		"  backup cancel VIEW, backup end VIEW, backup status VIEW\n"
 		"\n"
 		"  --json        machine-readable output\n"
 		"  --wait        show progress until the job is ready; exit 1 if it fails\n"
@@ -234,7 +238,7 @@ static void progress_show(struct progress *p, const char *line)
 	g_free(phase);
 }
 
-static const char *const job_types[] = {"mirror", "stream", "commit"};
+static const char *const job_types[] = {"mirror", "stream", "commit", "backup"};
 
 /* The kind of job the view runs now (or "mirror" when none runs). */
 static const char *view_job(const char *view)
@@ -285,13 +289,14 @@ static int job_follow(const char *view, const char *type, const char *until)
 		phase = status_field(line, "phase");
 		if (phase && (!strcmp(phase, until) || !strcmp(phase, "completed"))) {
 			ret = EXIT_OK;
-		} else if (phase && (!strcmp(phase, "failed") || !strcmp(phase, "none"))) {
+		} else if (phase && (!strcmp(phase, "failed") || !strcmp(phase, "none") ||
+				     !strcmp(phase, "cancelled"))) {
 			char *err = status_field(line, "error");
 
 			if (p.tty)
 				fputc('\n', stderr);
 			fail("the %s of %s %s%s%s", type, view,
-			     !strcmp(phase, "none") ? "is gone (cancelled)" : "failed",
+			     !strcmp(phase, "failed") ? "failed" : "is gone (cancelled)",
 			     err && *err ? ": " : "", err && *err ? err : "");
 			g_free(err);
 			ret = -1;
@@ -305,6 +310,11 @@ static int job_follow(const char *view, const char *type, const char *until)
 	if (p.tty)
 		fputc('\n', stderr);
 	return ret < 0 ? EXIT_RUNTIME : ret;
+}
+
+static int mirror_follow(const char *view, const char *until)
+{
+	return job_follow(view, "mirror", until);
 }
 
 /* ---- commands ---- */
@@ -526,6 +536,44 @@ static int cmd_mirror(const char *view, const char *target, int nopts, char **op
 	return EXIT_OK;
 }
 
+/* backup start|cancel|status VIEW [KEY=VALUE...]: the options join into
+ * the start value; --wait follows the job to completed. */
+static int cmd_backup(const char *verb, const char *view, int nopts, char **opts)
+{
+	GString *v;
+	bool pull;
+	int ret;
+
+	if (!strcmp(verb, "status") && !nopts) {
+		char *line = view_get(view, "backup.status");
+
+		if (!line)
+			return fail("backup.status %s: %s", view, strerror(errno));
+		printf("%s\n", line);
+		g_free(line);
+		return EXIT_OK;
+	}
+	if ((!strcmp(verb, "cancel") || !strcmp(verb, "end")) && !nopts)
+		return view_set(view, !strcmp(verb, "end") ? "backup.end" : "backup.cancel", "1")
+			       ? EXIT_RUNTIME
+			       : EXIT_OK;
+	if (strcmp(verb, "start") || !nopts) {
+		fprintf(stderr, "vdiskfsctl: backup: want start VIEW target=PATH [KEY=VALUE...], "
+				"cancel VIEW, end VIEW or status VIEW\n");
+		return EXIT_USAGE;
+	}
+	v = g_string_new(NULL);
+	for (int i = 0; i < nopts; i++)
+		g_string_append_printf(v, "%s%s", i ? "," : "", opts[i]);
+	ret = view_set(view, "backup.start", v->str);
+	/* a pull backup (view=) runs until it is ended: nothing to follow */
+	pull = strstr(v->str, "view=") != NULL;
+	g_string_free(v, TRUE);
+	if (ret)
+		return EXIT_RUNTIME;
+	return opt_wait && !pull ? job_follow(view, "backup", "completed") : EXIT_OK;
+}
+
 /* user.vdiskfs.bitmap.VERB with the bitmap's name (add: and options). */
 static int cmd_bitmap(const char *view, const char *verb, const char *name, const char *opt)
 {
@@ -623,6 +671,8 @@ static int run(int argc, char **argv)
 	if (!strcmp(cmd, "set-speed") && argc == 3)
 		return job_set(argv[1], view_job(argv[1]), "speed", argv[2]) ? EXIT_RUNTIME
 									     : EXIT_OK;
+	if (!strcmp(cmd, "backup") && argc >= 3)
+		return cmd_backup(argv[1], argv[2], argc - 3, argv + 3);
 	if (!strcmp(cmd, "bitmap") && (argc == 4 || argc == 5))
 		return cmd_bitmap(argv[1], argv[2], argv[3], argc == 5 ? argv[4] : NULL);
 	if (!strcmp(cmd, "wait") && argc == 2) {

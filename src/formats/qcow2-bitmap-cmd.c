@@ -271,6 +271,15 @@ static int cmd_clear(struct qcow2 *q, struct qcow2_bitmap *b)
 	return ret;
 }
 
+/* After a store: the old structures' deferred frees, written as at close. */
+static void flush_deferred(struct qcow2 *q, const char *name)
+{
+	if (qcow2_flush_locked(q) || qcow2_flush_locked(q))
+		vd_warn("%s: bitmap '%s': the old bitmap clusters are not freed yet (the next "
+			"flush retries)",
+			q->img->path, name);
+}
+
 static int run_cmd(struct qcow2 *q, enum vd_bitmap_cmd cmd, const char *name, uint32_t gran)
 {
 	struct qcow2_bitmap *b = find_bitmap(q, name);
@@ -324,11 +333,8 @@ static int run_cmd(struct qcow2 *q, enum vd_bitmap_cmd cmd, const char *name, ui
 		ret = cmd_clear(q, b);
 		break;
 	}
-	/* the old structures' deferred frees, written as at close */
-	if (!ret && (qcow2_flush_locked(q) || qcow2_flush_locked(q)))
-		vd_warn("%s: bitmap '%s': the old bitmap clusters are not freed yet (the next "
-			"flush retries)",
-			q->img->path, name);
+	if (!ret)
+		flush_deferred(q, name);
 out:
 	free(pl.name);
 	return ret;
@@ -344,6 +350,94 @@ int qcow2_bitmap(struct vd_image *img, enum vd_bitmap_cmd cmd, const char *name,
 	pthread_mutex_unlock(&q->lock);
 	if (!ret)
 		vd_info("%s: bitmap %s %s: done", img->path, vd_bitmap_cmd_name(cmd), name);
+	return ret;
+}
+
+/* ---- a backup's take and merge ---- */
+
+static int bits_lookup(struct qcow2 *q, const char *name, struct qcow2_bitmap **out)
+{
+	struct qcow2_bitmap *b = find_bitmap(q, name);
+
+	if (!b) {
+		vd_err("%s: no bitmap named '%s'", q->img->path, name);
+		return -ENOENT;
+	}
+	if (!b->kept || !b->bits || !(b->flags & BME_AUTO)) {
+		vd_err("%s: bitmap '%s' is %s: a backup needs an enabled bitmap", q->img->path,
+		       name, b->kept ? "disabled" : "inconsistent");
+		return -EINVAL;
+	}
+	*out = b;
+	return 0;
+}
+
+int qcow2_bitmap_take(struct vd_image *img, const char *name, bool clear,
+		      struct vd_bitmap_bits *out)
+{
+	struct qcow2 *q = img->priv;
+	struct qcow2_bitmap *b;
+	uint64_t bytes;
+	int ret;
+
+	pthread_mutex_lock(&q->lock);
+	ret = bits_lookup(q, name, &b);
+	if (ret)
+		goto out;
+	bytes = (b->nbits + 63) / 64 * 8;
+	out->words = malloc(bytes ? bytes : 8);
+	if (!out->words) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	memcpy(out->words, b->bits, bytes);
+	out->nbits = b->nbits;
+	out->gbits = b->gbits;
+	if (clear)
+		ret = qcow2_prepare_write(q);
+	if (clear && !ret)
+		ret = cmd_clear(q, b);
+	if (ret)
+		vd_bitmap_bits_free(out);
+	else if (clear)
+		flush_deferred(q, name);
+out:
+	pthread_mutex_unlock(&q->lock);
+	return ret;
+}
+
+int qcow2_bitmap_merge(struct vd_image *img, const char *name, const struct vd_bitmap_bits *in)
+{
+	struct qcow2 *q = img->priv;
+	struct qcow2_bitmap *b;
+	uint64_t *old = NULL, bytes = 0;
+	int ret;
+
+	pthread_mutex_lock(&q->lock);
+	ret = bits_lookup(q, name, &b);
+	if (!ret && (in->gbits != b->gbits || in->nbits != b->nbits)) {
+		vd_err("%s: bitmap '%s' changed its granularity or size: bits not merged",
+		       img->path, name);
+		ret = -EINVAL;
+	}
+	if (!ret) {
+		bytes = (uint64_t)b->table_size * q->cluster_size;
+		old = malloc(bytes);
+		ret = old ? qcow2_prepare_write(q) : -ENOMEM;
+	}
+	if (ret)
+		goto out;
+	memcpy(old, b->bits, bytes);
+	for (uint64_t i = 0; i < (in->nbits + 63) / 64; i++)
+		b->bits[i] |= in->words[i];
+	ret = qcow2_bm_store(q, NULL);
+	if (ret) /* a failed merge changes nothing */
+		memcpy(b->bits, old, bytes);
+	else
+		flush_deferred(q, name);
+out:
+	free(old);
+	pthread_mutex_unlock(&q->lock);
 	return ret;
 }
 

@@ -838,4 +838,6 @@ const struct vd_format vd_format_qcow2 = {
 	.info = qcow2_info,
 	.bitmap = qcow2_bitmap,
 	.set_backing = qcow2_set_backing,
+	.bitmap_take = qcow2_bitmap_take,
+	.bitmap_merge = qcow2_bitmap_merge,
 };

@@ -338,6 +338,9 @@ int qcow2_bitmaps_mark_in_use(struct qcow2 *q);
 int qcow2_bitmaps_store(struct qcow2 *q);
 bool qcow2_bitmaps_block_resize(struct qcow2 *q);
 int qcow2_bitmap(struct vd_image *img, enum vd_bitmap_cmd cmd, const char *name, uint32_t gran);
+int qcow2_bitmap_take(struct vd_image *img, const char *name, bool clear,
+		      struct vd_bitmap_bits *out);
+int qcow2_bitmap_merge(struct vd_image *img, const char *name, const struct vd_bitmap_bits *in);
 void qcow2_bitmaps_info(struct qcow2 *q, struct json_writer *j);
 
 /* qcow2-backing.c */

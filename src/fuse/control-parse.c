@@ -45,6 +45,10 @@ static const struct {
 	{"bitmap-enable", CONTROL_BITMAP, 2, 2, " NAME BITMAP"},
 	{"bitmap-disable", CONTROL_BITMAP, 2, 2, " NAME BITMAP"},
 	{"bitmap-clear", CONTROL_BITMAP, 2, 2, " NAME BITMAP"},
+	{"backup-start", CONTROL_BACKUP_START, 2, -1, " NAME target=PATH [key=value...]"},
+	{"backup-cancel", CONTROL_BACKUP_CANCEL, 1, 1, " NAME"},
+	{"backup-end", CONTROL_BACKUP_END, 1, 1, " NAME"},
+	{"backup-status", CONTROL_BACKUP_STATUS, 1, 1, " NAME"},
 	/* clang-format on */
 };
 
@@ -53,6 +57,7 @@ void control_cmd_free(struct control_cmd *cmd)
 	g_free(cmd->name);
 	g_free(cmd->arg);
 	mirror_opts_free(&cmd->opts);
+	backup_opts_free(&cmd->bopts);
 	memset(cmd, 0, sizeof(*cmd));
 }
 
@@ -132,6 +137,21 @@ static int control_parse_start(struct control_cmd *cmd, int argc, gchar **argv, 
 	return ret;
 }
 
+/* The backup-start options: one key=value (or "k=v,k=v") per word. */
+static int control_parse_backup(struct control_cmd *cmd, int argc, gchar **argv, GString *err)
+{
+	int ret = 0;
+
+	vd_log_clear_error();
+	for (int i = 2; i < argc && !ret; i++)
+		ret = backup_opts_parse(&cmd->bopts, argv[i]);
+	if (!ret)
+		ret = backup_opts_check(&cmd->bopts);
+	if (ret)
+		control_error(err, ret);
+	return ret;
+}
+
 int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString *err)
 {
 	gchar **argv = NULL;
@@ -141,6 +161,7 @@ int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString 
 
 	memset(cmd, 0, sizeof(*cmd));
 	mirror_opts_init(&cmd->opts);
+	backup_opts_init(&cmd->bopts);
 	if (memchr(buf, '\0', len)) {
 		g_string_append(err, "error: a command must not contain NUL bytes\n");
 		return -EINVAL;
@@ -165,7 +186,8 @@ int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString 
 				       "commit), -cancel, -status, -pause, -resume, -speed, "
 				       "activate, inactivate, bitmap-add, "
 				       "bitmap-remove, bitmap-enable, bitmap-disable, "
-				       "bitmap-clear)\n",
+				       "bitmap-clear, backup-start, backup-cancel, "
+				       "backup-end, backup-status)\n",
 				       argv[0]);
 		goto out;
 	}
@@ -184,6 +206,8 @@ int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString 
 	ret = 0;
 	if (cmd->verb == CONTROL_JOB_START)
 		ret = control_parse_start(cmd, argc, argv, err);
+	if (cmd->verb == CONTROL_BACKUP_START)
+		ret = control_parse_backup(cmd, argc, argv, err);
 	if (cmd->verb == CONTROL_BITMAP) {
 		vd_bitmap_cmd_parse(argv[0] + strlen("bitmap-"), &cmd->bitmap);
 		vd_log_clear_error();

@@ -13,6 +13,8 @@ static void status_image(struct vnode *n, void *opaque)
 {
 	struct json_writer *j = opaque;
 
+	if (n->kind != VN_IMAGE)
+		return; /* a pull backup's frozen file shows in its view's backup */
 	json_begin_object(j, NULL);
 	view_info_json(n, j, true); /* root and the owner only */
 	json_end_object(j);
@@ -106,6 +108,7 @@ struct control_wait {
 	size_t size;
 	enum job_type job; /* whose status line the answer shows */
 	bool status;	   /* show it (else "ok") */
+	bool backup;	   /* a backup verb: its status answers */
 };
 
 static void control_reply(struct control_wait *w, int err)
@@ -129,7 +132,10 @@ static void control_verb_done(void *opaque, int err)
 		g_string_append(w->fh->text, "ok: inactive\n");
 	} else if (w->status) {
 		g_string_append(w->fh->text, "ok: ");
-		job_status_line(w->n->mirror, w->job, w->fh->text);
+		if (w->backup)
+			backup_status_line(w->n->backup, w->fh->text);
+		else
+			job_status_line(w->n->mirror, w->job, w->fh->text);
 		g_string_append_c(w->fh->text, '\n');
 	} else {
 		g_string_append(w->fh->text, "ok\n");
@@ -166,7 +172,7 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 	int err, ret = 0;
 
 	n = tree_lookup(cmd->name, &err);
-	if (!n || n->kind != VN_IMAGE || !n->mirror) {
+	if (!n || n->kind != VN_IMAGE || !n->mirror || !n->backup) {
 		g_string_append_printf(out, "error: no image named \"%s\"\n", cmd->name);
 		if (n)
 			tree_forget(n->ino, 1);
@@ -199,6 +205,21 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 		ret = xattr_bitmap(n, cmd->bitmap, cmd->arg, cmd->granularity);
 		ret = control_result(n, out, ret, -1, "ok\n");
 		break;
+	case CONTROL_BACKUP_STATUS:
+		backup_status_line(n->backup, out);
+		g_string_append_c(out, '\n');
+		break;
+	case CONTROL_BACKUP_START:
+	case CONTROL_BACKUP_CANCEL:
+	case CONTROL_BACKUP_END:
+		w->n = n; /* the lookup reference is dropped when the verb is done */
+		w->backup = w->status = true;
+		loop_req_begin();
+		if (cmd->verb == CONTROL_BACKUP_START)
+			xattr_backup_start(n, &cmd->bopts, control_verb_done, w);
+		else
+			xattr_backup_stop(n, cmd->verb == CONTROL_BACKUP_END, control_verb_done, w);
+		return 1;
 	case CONTROL_INACTIVATE:
 		w->n = n; /* the lookup reference is dropped when the verb is done */
 		loop_req_begin();

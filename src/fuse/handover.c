@@ -43,6 +43,11 @@ void handover_inactivate(struct vnode *n, vd_done_fn done, void *opaque)
 		done(opaque, 0);
 		return;
 	}
+	if (backup_busy(n->backup)) { /* its copier reads the image to the end */
+		vd_err("%s: a backup runs: cancel it or wait for its end first", n->img->path);
+		done(opaque, -EBUSY);
+		return;
+	}
 	/* Another host is about to write the file: the kernel must not. */
 	ret = pt_block(n, "inactivate the view");
 	if (ret) {

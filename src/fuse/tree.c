@@ -76,20 +76,101 @@ static void failed_free(gpointer p)
  * freeing the mirror joins that very thread. */
 static GSList *free_later;
 
+static void vnode_free(struct vnode *n);
+static void vnode_unlink(struct vnode *n);
+
+/* A frozen file lets go of its origin view (tree_lock held), which goes too
+ * if nothing else refers to it. */
+static void frozen_release(struct vnode *f)
+{
+	struct vnode *o = f->origin;
+
+	if (o->frozen == f)
+		o->frozen = NULL;
+	o->opens--;
+	if (!o->nlookup && !o->opens && o->gone) {
+		g_hash_table_remove(by_ino, &o->ino);
+		vnode_free(o);
+	}
+}
+
 static void vnode_free(struct vnode *n)
 {
-	if (n->mirror && mirror_on_own_thread(n->mirror)) {
+	if (n->kind == VN_FROZEN)
+		frozen_release(n);
+	else if ((n->mirror && mirror_on_own_thread(n->mirror)) ||
+		 (n->backup && backup_on_own_thread(n->backup))) {
 		/* A verb's answer (a control-file complete or cancel) dropped the
 		 * last reference on the copier thread: tree_reap() frees it. */
 		free_later = g_slist_prepend(free_later, n);
 		return;
 	}
+	backup_free(n->backup); /* cancels a backup: the bitmap gets its bits back */
 	mirror_free(n->mirror); /* cancels a job: the source stays the image */
 	image_unref(n->img);
 	retry_transient = true;
 	g_free(n->last_error);
 	g_free(n->name);
 	g_free(n);
+}
+
+/* ---- a pull backup's frozen file ---- */
+
+int tree_frozen_check(const char *name)
+{
+	struct stat st;
+	char *path;
+	int ret = 0;
+
+	if (vfs_cfg.single) {
+		vd_err("backup: view=%s: a pull backup needs a directory mount", name);
+		return -EINVAL;
+	}
+	path = g_build_filename(vfs_cfg.source, name, NULL);
+	pthread_mutex_lock(&tree_lock);
+	if (g_hash_table_lookup(by_name, name) || lstat(path, &st) == 0) {
+		vd_err("backup: view=%s: the name is taken in %s", name, vfs_cfg.source);
+		ret = -EEXIST;
+	}
+	pthread_mutex_unlock(&tree_lock);
+	g_free(path);
+	return ret;
+}
+
+int tree_frozen_add(struct vnode *origin, const char *name)
+{
+	struct vnode *f;
+	int ret = tree_frozen_check(name);
+
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&tree_lock);
+	if (g_hash_table_lookup(by_name, name) || origin->frozen || origin->gone) {
+		pthread_mutex_unlock(&tree_lock);
+		vd_err("backup: view=%s: the name was taken meanwhile", name);
+		return -EEXIST;
+	}
+	f = g_new0(struct vnode, 1);
+	f->ino = next_ino++;
+	f->kind = VN_FROZEN;
+	f->name = g_strdup(name);
+	f->img = origin->img;
+	image_ref(f->img);
+	f->origin = origin;
+	origin->opens++;
+	origin->frozen = f;
+	g_hash_table_insert(by_ino, &f->ino, f);
+	g_hash_table_insert(by_name, f->name, f);
+	pthread_mutex_unlock(&tree_lock);
+	return 0;
+}
+
+void tree_frozen_remove(struct vnode *origin)
+{
+	pthread_mutex_lock(&tree_lock);
+	if (origin->frozen)
+		vnode_unlink(origin->frozen); /* freed once the kernel let go */
+	pthread_mutex_unlock(&tree_lock);
 }
 
 void tree_reap(void)
@@ -129,6 +210,7 @@ static struct vnode *vnode_new(const char *name, struct vd_image *img, const str
 	n->name = g_strdup(name);
 	n->img = img;
 	n->mirror = mirror_new(&n->img);
+	n->backup = n->mirror ? backup_new(n->mirror, &n->img) : NULL;
 	n->sdev = st->st_dev;
 	n->sino = st->st_ino;
 	if (n->mirror)
@@ -228,6 +310,10 @@ static struct vnode *tree_scan_name(const char *name, int *err)
 	*err = -ENOENT;
 	if (name[0] == '.' || strchr(name, '/'))
 		return NULL;
+	if (n && n->kind == VN_FROZEN) { /* shown for its backup, not for a file */
+		*err = 0;
+		return n;
+	}
 	if (n && (n->img->dev != n->sdev || n->img->ino != n->sino)) {
 		/* A completed mirror moved this view to another file: the name now
 		 * stands for that image, whatever becomes of the source file. */
@@ -412,6 +498,8 @@ int tree_init(void)
 		root_node.kind = VN_IMAGE;
 		root_node.img = img;
 		root_node.mirror = mirror_new(&root_node.img);
+		root_node.backup =
+			root_node.mirror ? backup_new(root_node.mirror, &root_node.img) : NULL;
 		if (root_node.mirror)
 			handover_view_new(&root_node);
 		root_node.sdev = st.st_dev;
@@ -438,10 +526,24 @@ void tree_shutdown(void)
 		return;
 	tree_reap();
 	pthread_mutex_lock(&tree_lock);
+	/* Frozen files first: they hold their origins. */
 	g_hash_table_iter_init(&it, by_ino);
 	while (g_hash_table_iter_next(&it, &key, &val)) {
 		struct vnode *n = val;
-		/* Cancel mirrors first: the source stays the image of record. */
+
+		if (n->kind != VN_FROZEN)
+			continue;
+		if (!n->gone)
+			g_hash_table_remove(by_name, n->name);
+		g_hash_table_iter_remove(&it);
+		vnode_free(n);
+	}
+	g_hash_table_iter_init(&it, by_ino);
+	while (g_hash_table_iter_next(&it, &key, &val)) {
+		struct vnode *n = val;
+		/* Cancel jobs first: the source stays the image of record. */
+		backup_free(n->backup);
+		n->backup = NULL;
 		mirror_free(n->mirror);
 		n->mirror = NULL;
 		if (n->img) {
@@ -606,6 +708,7 @@ void vnode_stat(struct vnode *n, struct stat *st)
 		st->st_uid = vfs_cfg.owner;
 		st->st_size = 0;
 		break;
+	case VN_FROZEN:
 	case VN_IMAGE:
 		if (fstat(n->img->fd, &host) == 0) {
 			st->st_uid = host.st_uid;
@@ -618,7 +721,7 @@ void vnode_stat(struct vnode *n, struct stat *st)
 		/* What the image allocates for guest data, not the host file's
 		 * metadata and preallocation: du shows the disk's real use. */
 		st->st_blocks = (image_allocated(n->img) + 511) / 512;
-		if (n->img->read_only || vfs_cfg.read_only)
+		if (n->img->read_only || vfs_cfg.read_only || n->kind == VN_FROZEN)
 			st->st_mode &= ~0222;
 		st->st_size = n->img->size;
 		st->st_blksize = 4096;

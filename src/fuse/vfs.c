@@ -31,7 +31,7 @@ bool vfs_req_by_owner(fuse_req_t req)
 
 static bool vfs_writable(struct vnode *n)
 {
-	return !vfs_cfg.read_only && !n->img->read_only;
+	return !vfs_cfg.read_only && !n->img->read_only && n->kind != VN_FROZEN;
 }
 
 static void vfs_init(void *userdata, struct fuse_conn_info *conn)
@@ -129,8 +129,10 @@ static void vfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 			fuse_reply_err(req, EROFS);
 			return;
 		}
-		if ((uint64_t)attr->st_size != n->img->size && mirror_busy(n->mirror)) {
-			vd_err("%s: cannot change the size while a mirror runs", n->img->path);
+		if ((uint64_t)attr->st_size != n->img->size &&
+		    (mirror_busy(n->mirror) || backup_busy(n->backup))) {
+			vd_err("%s: cannot change the size while a mirror or backup runs",
+			       n->img->path);
 			fuse_reply_err(req, EBUSY);
 			return;
 		}
@@ -284,7 +286,10 @@ static void vfs_io_end(struct vfs_io *io)
 static void vfs_submit(struct vnode *n, struct vfs_io *io, enum image_op op, void *buf,
 		       uint64_t len, uint64_t off, vd_done_fn done)
 {
-	mirror_submit(n->mirror, &io->call, op, buf, len, off, done, io);
+	if (n->kind == VN_FROZEN) /* a pull backup's frozen file: reads only */
+		backup_read(n->origin->backup, buf, op == IMAGE_READ ? len : 0, off, done, io);
+	else
+		mirror_submit(n->mirror, &io->call, op, buf, len, off, done, io);
 }
 
 static void vfs_read_done(void *opaque, int err)
@@ -398,7 +403,7 @@ static void vfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_
 	struct vnode *n = vfs_fh_node(fi->fh);
 	struct vfs_io *io;
 
-	if (ino == VFS_CONTROL_INO) {
+	if (ino == VFS_CONTROL_INO || n->kind == VN_FROZEN) {
 		fuse_reply_err(req, 0);
 		return;
 	}
@@ -466,8 +471,17 @@ static void vfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 	enum vd_bs st;
 	int ret;
 
-	if (!n || n->kind != VN_IMAGE || (whence != SEEK_DATA && whence != SEEK_HOLE)) {
+	if (!n || (n->kind != VN_IMAGE && n->kind != VN_FROZEN) ||
+	    (whence != SEEK_DATA && whence != SEEK_HOLE)) {
 		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (n->kind == VN_FROZEN) { /* what the pull backup hands out */
+		ret = backup_seek(n->origin->backup, pos, whence, &pos);
+		if (ret)
+			fuse_reply_err(req, -ret);
+		else
+			fuse_reply_lseek(req, pos);
 		return;
 	}
 	size = n->img->size;

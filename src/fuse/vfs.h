@@ -11,6 +11,7 @@
 
 #include "image/image.h"
 #include "util/json.h"
+#include "mirror/backup.h"
 #include "mirror/mirror.h"
 
 #define VFS_ROOT_INO	 1
@@ -43,7 +44,9 @@ extern struct vfs_config vfs_cfg;
 /* The request comes from root or the user who mounted. */
 bool vfs_req_by_owner(fuse_req_t req);
 
-enum vnode_kind { VN_DIR, VN_IMAGE, VN_CONTROL };
+/* VN_FROZEN: a pull backup's read-only file, the disk of its origin view at
+ * the backup's point in time (vdiskfs-jobs(7)). */
+enum vnode_kind { VN_DIR, VN_IMAGE, VN_CONTROL, VN_FROZEN };
 
 /*
  * A node: the root, the control file or one view. ino, kind, name, mirror
@@ -70,7 +73,12 @@ struct vnode {
 	 * only when no request can be in flight (unmount, the node freed). */
 	struct vd_image *img;
 	struct mirror *mirror; /* images: the view's mirror slot (mirror.h) */
-	dev_t sdev;	       /* the source file's identity, to notice replacement */
+	struct backup *backup; /* images: the view's backup slot (backup.h) */
+	/* A pull backup's frozen file and the view it freezes, each pointing
+	 * to the other while both exist (tree_lock). The frozen file holds an
+	 * open count and an image reference of its origin. */
+	struct vnode *frozen, *origin;
+	dev_t sdev; /* the source file's identity, to notice replacement */
 	ino_t sino;
 	uint64_t nlookup; /* tree_lock */
 	unsigned opens;	  /* tree_lock */
@@ -110,6 +118,13 @@ void vnode_stat(struct vnode *n, struct stat *st);
  * image, so that the name serves it after a remount too (vdiskfs-mirror(7),
  * DIRECTORY MOUNTS). Logs what it did; nothing for a single-image mount. */
 void tree_mirror_completed(struct vnode *n);
+/* A pull backup's frozen file NAME in the root of a directory mount:
+ * check that the name is free (0, -EINVAL in a single-image mount or for a
+ * hidden name, -EEXIST, logged), show it for origin's backup, and take it
+ * away again (nothing if there is none). */
+int tree_frozen_check(const char *name);
+int tree_frozen_add(struct vnode *origin, const char *name);
+void tree_frozen_remove(struct vnode *origin);
 /* Free the views whose last reference went on a mirror's own thread (the
  * handover thread calls it; tree_shutdown() too). */
 void tree_reap(void);
@@ -149,6 +164,13 @@ int xattr_job_adjust(struct vnode *n, enum job_type type, const char *verb, cons
 /* A command on a persistent bitmap of the view's image (image_bitmap()), the
  * mount's read-only state checked first. 0 or -errno, logged. */
 int xattr_bitmap(struct vnode *n, enum vd_bitmap_cmd cmd, const char *name, uint32_t gran);
+/* Start a backup (options checked first); done(opaque, err) once its point
+ * in time is fixed or it was refused (logged). */
+void xattr_backup_start(struct vnode *n, const struct backup_opts *o, vd_done_fn done,
+			void *opaque);
+/* End (end) or cancel the view's backup; a pull backup's frozen file goes
+ * once it is done. */
+void xattr_backup_stop(struct vnode *n, bool end, vd_done_fn done, void *opaque);
 
 /* ---- control-parse.c ---- */
 enum control_verb {
@@ -164,14 +186,19 @@ enum control_verb {
 	CONTROL_ACTIVATE,
 	CONTROL_INACTIVATE,
 	CONTROL_BITMAP, /* bitmap-add, -remove, -enable, -disable, -clear */
+	CONTROL_BACKUP_START,
+	CONTROL_BACKUP_CANCEL,
+	CONTROL_BACKUP_END,
+	CONTROL_BACKUP_STATUS,
 };
 
 struct control_cmd {
 	enum control_verb verb;
-	enum job_type job;	 /* the job verbs' kind of job */
-	char *name;		 /* the view: every verb but status */
-	struct mirror_opts opts; /* *-start only */
-	char *arg;		 /* *-speed: the rate; bitmap-*: the bitmap */
+	enum job_type job;	  /* the job verbs' kind of job */
+	char *name;		  /* the view: every verb but status */
+	struct mirror_opts opts;  /* *-start of mirror, stream, commit */
+	struct backup_opts bopts; /* backup-start only */
+	char *arg;		  /* *-speed: the rate; bitmap-*: the bitmap */
 	enum vd_bitmap_cmd bitmap;
 	uint32_t granularity; /* bitmap-add: bytes, 0 for the default */
 };

@@ -19,9 +19,9 @@
 #define XATTR_PREFIX "user.vdiskfs."
 
 static const char *const xattr_names[] = {
-	"format",	 "virtual-size", "cluster-size",  "backing", "allocated",
-	"image",	 "info",	 "mirror.status", "jobs",    "stream.status",
-	"commit.status", "last-error",	 "active",
+	"format",	 "virtual-size",  "cluster-size",  "backing", "allocated",
+	"image",	 "info",	  "mirror.status", "jobs",    "stream.status",
+	"commit.status", "backup.status", "last-error",	   "active",
 };
 
 /* The jobs' attributes: user.vdiskfs.TYPE.VERB. */
@@ -61,19 +61,47 @@ void vnode_note_verb(struct vnode *n, int err)
 	pthread_mutex_unlock(&last_error_lock);
 }
 
+/* The view's jobs as objects of an open array: the mirror engine's, then a
+ * backup (running, or the last one that ended). */
+static void view_jobs_json(struct vnode *n, struct json_writer *j)
+{
+	GString *line;
+
+	if (n->mirror)
+		job_any_json(n->mirror, j);
+	if (!n->backup)
+		return;
+	line = g_string_new(NULL);
+	backup_status_line(n->backup, line);
+	if (!g_str_has_prefix(line->str, "phase=none")) {
+		json_begin_object(j, NULL);
+		json_str(j, "type", "backup");
+		backup_status_json(n->backup, j);
+		json_end_object(j);
+	}
+	g_string_free(line, TRUE);
+}
+
 void view_info_json(struct vnode *n, struct json_writer *j, bool mirror)
 {
 	json_str(j, "name", n->name ? n->name : n->img->name);
 	image_facts_json(n->img, vfs_cfg.read_only, j);
 	json_u64(j, "passthrough-opens", pt_opens(n));
-	if (mirror && n->mirror) {
+	if (!mirror)
+		return;
+	if (n->mirror) {
 		json_begin_object(j, "mirror");
 		job_status_json(n->mirror, JOB_MIRROR, j);
 		json_end_object(j);
-		json_begin_array(j, "jobs");
-		job_any_json(n->mirror, j);
-		json_end_array(j);
 	}
+	if (n->backup) {
+		json_begin_object(j, "backup");
+		backup_status_json(n->backup, j);
+		json_end_object(j);
+	}
+	json_begin_array(j, "jobs");
+	view_jobs_json(n, j);
+	json_end_array(j);
 }
 
 /* Only root and the mount's owner may read or set it. */
@@ -82,8 +110,9 @@ static bool xattr_owner_only(const char *key)
 	enum job_type t;
 	const char *verb;
 
-	return job_key(key, &t, &verb) || !strncmp(key, "bitmap.", strlen("bitmap.")) ||
-	       !strcmp(key, "last-error") || !strcmp(key, "jobs") || !strcmp(key, "snapshot");
+	return job_key(key, &t, &verb) || !strncmp(key, "backup.", strlen("backup.")) ||
+	       !strncmp(key, "bitmap.", strlen("bitmap.")) || !strcmp(key, "last-error") ||
+	       !strcmp(key, "jobs") || !strcmp(key, "snapshot");
 }
 
 /* The value of one attribute, or NULL if there is no such attribute. */
@@ -121,9 +150,13 @@ static GString *xattr_value(struct vnode *n, const char *key, bool mirror)
 
 		json_init(&j, s);
 		json_begin_array(&j, NULL);
-		if (n->mirror)
-			job_any_json(n->mirror, &j);
+		view_jobs_json(n, &j);
 		json_end_array(&j);
+	} else if (!strcmp(key, "backup.status")) {
+		if (n->backup)
+			backup_status_line(n->backup, s);
+		else
+			g_string_append(s, "phase=none");
 	} else if (!strcmp(key, "last-error")) {
 		pthread_mutex_lock(&last_error_lock);
 		g_string_append(s, n->last_error ? n->last_error : "");
@@ -195,7 +228,8 @@ void xattr_list(fuse_req_t req, struct vnode *n, size_t size)
 	g_string_free(s, TRUE);
 }
 
-static void xattr_env(struct mirror_env *env)
+/* What a job's start needs to know about this mount. */
+static void view_env(struct mirror_env *env)
 {
 	env->mountpoint = vfs_cfg.mountpoint;
 	env->read_only = vfs_cfg.read_only;
@@ -210,7 +244,12 @@ int xattr_job_start(struct vnode *n, enum job_type type, const struct mirror_opt
 
 	if (!n->mirror)
 		return -ENOMEM;
-	xattr_env(&env);
+	if (backup_busy(n->backup)) { /* one job per view (the hook is the backup's) */
+		vd_err("%s: a backup runs on this view: cancel it or wait for its end",
+		       n->img->path);
+		return -EBUSY;
+	}
+	view_env(&env);
 	/* The job must see every write: none may pass through. */
 	snprintf(verb, sizeof(verb), "start a %s", job_type_name(type));
 	ret = pt_block(n, verb);
@@ -347,6 +386,12 @@ void xattr_snapshot(struct vnode *n, const char *path, vd_done_fn done, void *op
 		done(opaque, -ENOTSUP);
 		return;
 	}
+	if (backup_busy(n->backup)) { /* it reads the image the snapshot retires */
+		vd_err("%s: snapshot: a backup runs on this view: cancel it or wait for its end",
+		       n->img->path);
+		done(opaque, -EBUSY);
+		return;
+	}
 	/* The old image must see no write from now on: none may pass through. */
 	ret = pt_block(n, "take a snapshot");
 	if (ret) {
@@ -358,7 +403,7 @@ void xattr_snapshot(struct vnode *n, const char *path, vd_done_fn done, void *op
 		pt_unblock(n);
 		return;
 	}
-	xattr_env(&env);
+	view_env(&env);
 	snapshot_take(n->mirror, path, &env, xattr_snapshot_done, c);
 }
 
@@ -445,6 +490,119 @@ static void xattr_snapshot_set(fuse_req_t req, struct vnode *n, const char *valu
 	g_free(v);
 }
 
+/* A pull backup whose point in time is fixed gets its frozen file. */
+struct pull_start {
+	struct vnode *n;
+	char *view;
+	vd_done_fn done;
+	void *opaque;
+};
+
+static void pull_ignore(void *opaque, int err)
+{
+	(void)opaque;
+	(void)err;
+}
+
+static void pull_started(void *opaque, int err)
+{
+	struct pull_start *p = opaque;
+
+	if (!err) {
+		err = tree_frozen_add(p->n, p->view);
+		if (err) /* the name went meanwhile: no backup without its file */
+			backup_cancel(p->n->backup, pull_ignore, NULL);
+	}
+	p->done(p->opaque, err);
+	g_free(p->view);
+	free(p);
+}
+
+void xattr_backup_start(struct vnode *n, const struct backup_opts *o, vd_done_fn done, void *opaque)
+{
+	struct pull_start *p = NULL;
+	struct mirror_env env;
+	int ret = backup_opts_check(o);
+
+	if (!ret && !n->backup)
+		ret = -ENOMEM;
+	if (!ret && o->view)
+		ret = tree_frozen_check(o->view);
+	if (!ret && o->view) {
+		p = malloc(sizeof(*p));
+		ret = p ? 0 : -ENOMEM;
+	}
+	if (ret) {
+		done(opaque, ret);
+		return;
+	}
+	view_env(&env);
+	if (!p) {
+		backup_start(n->backup, o, &env, done, opaque);
+		return;
+	}
+	p->n = n;
+	p->view = g_strdup(o->view);
+	p->done = done;
+	p->opaque = opaque;
+	backup_start(n->backup, o, &env, pull_started, p);
+}
+
+static void backup_stopped(void *opaque, int err)
+{
+	struct vnode_call *c = opaque;
+
+	if (!err)
+		tree_frozen_remove(c->n);
+	c->done(c->opaque, err);
+	free(c);
+}
+
+void xattr_backup_stop(struct vnode *n, bool end, vd_done_fn done, void *opaque)
+{
+	struct vnode_call *c = vnode_call_new(n, done, opaque);
+
+	if (!c)
+		return;
+	if (end)
+		backup_end(n->backup, backup_stopped, c);
+	else
+		backup_cancel(n->backup, backup_stopped, c);
+}
+
+/* The backup verbs: start (value: options), cancel, end (a pull backup);
+ * answered once the job's point in time is fixed, or once it ended. */
+static void xattr_backup(fuse_req_t req, struct vnode *n, const char *verb, const char *value,
+			 size_t size)
+{
+	struct xattr_wait *w;
+
+	if (!strcmp(verb, "start")) {
+		struct backup_opts o;
+		char *v = g_strndup(value, size);
+		int ret;
+
+		g_strchomp(v);
+		backup_opts_init(&o);
+		ret = backup_opts_parse(&o, v);
+		g_free(v);
+		if (ret) {
+			backup_opts_free(&o);
+			vnode_note_verb(n, ret);
+			fuse_reply_err(req, -ret);
+			return;
+		}
+		w = xattr_wait_new(req, n);
+		if (w)
+			xattr_backup_start(n, &o, xattr_verb_done, w);
+		backup_opts_free(&o);
+		return;
+	}
+	w = xattr_wait_new(req, n);
+	if (w)
+		xattr_backup_stop(n, !strcmp(verb, "end"), xattr_verb_done, w);
+}
+
 /* user.vdiskfs.active: 1 activates (at once), 0 inactivates (answered once
  * the view's requests drained and the image is written back). */
 static void xattr_active(fuse_req_t req, struct vnode *n, const char *value, size_t size)
@@ -494,6 +652,11 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 	}
 	if (!strcmp(key, "snapshot")) {
 		xattr_snapshot_set(req, n, value, size);
+		return;
+	}
+	if (!strcmp(key, "backup.start") || !strcmp(key, "backup.cancel") ||
+	    !strcmp(key, "backup.end")) {
+		xattr_backup(req, n, key + strlen("backup."), value, size);
 		return;
 	}
 	if (!strcmp(key, "active")) {

@@ -44,6 +44,13 @@ int vd_bitmap_cmd_parse(const char *word, enum vd_bitmap_cmd *cmd)
 	return -EINVAL;
 }
 
+void vd_bitmap_bits_free(struct vd_bitmap_bits *b)
+{
+	free(b->words);
+	b->words = NULL;
+	b->nbits = 0;
+}
+
 void vd_map_init(struct vd_map *m)
 {
 	/* Not the inline extents: every slot is written whole before use. */

@@ -121,6 +121,17 @@ enum vd_bitmap_cmd {
 	VD_BITMAP_CLEAR,   /* every bit zero */
 };
 
+/* A copy of a persistent bitmap's bits: bit i (words[i / 64] >> i % 64 & 1)
+ * covers guest bytes [i << gbits, (i + 1) << gbits); nbits covers the disk.
+ * words is malloc'd (vd_bitmap_bits_free()). */
+struct vd_bitmap_bits {
+	uint64_t *words;
+	uint64_t nbits;
+	unsigned gbits;
+};
+
+void vd_bitmap_bits_free(struct vd_bitmap_bits *b);
+
 /* "add", "remove", "enable", "disable", "clear"; the command by that name:
  * 0 or -EINVAL. */
 const char *vd_bitmap_cmd_name(enum vd_bitmap_cmd cmd);
@@ -353,6 +364,16 @@ struct vd_format {
 	 * Changes nothing in struct vd_image (the image layer does). NULL: the
 	 * format cannot change its backing file here (raw, vhdx). */
 	int (*set_backing)(struct vd_image *img, const char *name, const char *fmt);
+	/* Optional (with bitmap): a copy of the enabled bitmap name's bits,
+	 * and with clear the bitmap cleared in the same step under the
+	 * driver's lock, so that no write falls between (durable when it
+	 * returns; a failed call changes nothing). bitmap_merge ORs bits of
+	 * the same granularity and size back into it, durably. 0 or -errno
+	 * with a logged reason. */
+	int (*bitmap_take)(struct vd_image *img, const char *name, bool clear,
+			   struct vd_bitmap_bits *out);
+	int (*bitmap_merge)(struct vd_image *img, const char *name,
+			    const struct vd_bitmap_bits *in);
 
 	/* Optional: is parent the right backing for img (vhdx linkage GUID)? */
 	int (*check_backing)(struct vd_image *img, struct vd_image *parent);

@@ -662,29 +662,59 @@ int image_truncate(struct vd_image *img, uint64_t size)
 	return ret;
 }
 
-int image_bitmap(struct vd_image *img, enum vd_bitmap_cmd cmd, const char *name,
-		 uint32_t granularity)
+/* May a bitmap verb run on img now? 0 with the active lock held for
+ * reading, or -errno (logged) without it. */
+static int bitmap_enter(struct vd_image *img, const char *verb, const char *name, bool have_op)
 {
-	int ret;
-
-	if (!img->fmt->bitmap) {
-		vd_err("%s: bitmap %s %s: %s images keep no persistent bitmaps", img->path,
-		       vd_bitmap_cmd_name(cmd), name, img->fmt->name);
+	if (!img->fmt->bitmap || !have_op) {
+		vd_err("%s: bitmap %s %s: %s images keep no persistent bitmaps", img->path, verb,
+		       name, img->fmt->name);
 		return -ENOTSUP;
 	}
 	if (img->read_only) {
-		vd_err("%s: bitmap %s %s: the image is read-only", img->path,
-		       vd_bitmap_cmd_name(cmd), name);
+		vd_err("%s: bitmap %s %s: the image is read-only", img->path, verb, name);
 		return -EROFS;
 	}
 	pthread_rwlock_rdlock(&img->active_lock);
 	if (atomic_load(&img->inactive)) {
-		vd_err("%s: bitmap %s %s: the image is inactive", img->path,
-		       vd_bitmap_cmd_name(cmd), name);
-		ret = -EBUSY;
-	} else {
-		ret = img->fmt->bitmap(img, cmd, name, granularity);
+		pthread_rwlock_unlock(&img->active_lock);
+		vd_err("%s: bitmap %s %s: the image is inactive", img->path, verb, name);
+		return -EBUSY;
 	}
+	return 0;
+}
+
+int image_bitmap(struct vd_image *img, enum vd_bitmap_cmd cmd, const char *name,
+		 uint32_t granularity)
+{
+	int ret = bitmap_enter(img, vd_bitmap_cmd_name(cmd), name, true);
+
+	if (ret)
+		return ret;
+	ret = img->fmt->bitmap(img, cmd, name, granularity);
+	pthread_rwlock_unlock(&img->active_lock);
+	return ret;
+}
+
+int image_bitmap_take(struct vd_image *img, const char *name, bool clear,
+		      struct vd_bitmap_bits *out)
+{
+	int ret = bitmap_enter(img, "take", name, img->fmt->bitmap_take);
+
+	if (ret)
+		return ret;
+	ret = img->fmt->bitmap_take(img, name, clear, out);
+	pthread_rwlock_unlock(&img->active_lock);
+	return ret;
+}
+
+int image_bitmap_merge(struct vd_image *img, const char *name, const struct vd_bitmap_bits *in)
+{
+	int ret = bitmap_enter(img, "merge", name, img->fmt->bitmap_merge);
+
+	if (ret)
+		return ret;
+	ret = img->fmt->bitmap_merge(img, name, in);
 	pthread_rwlock_unlock(&img->active_lock);
 	return ret;
 }

@@ -146,6 +146,13 @@ int image_truncate(struct vd_image *img, uint64_t size);
  * inactive, -ENOTSUP the format keeps no bitmaps (raw, vhdx). */
 int image_bitmap(struct vd_image *img, enum vd_bitmap_cmd cmd, const char *name,
 		 uint32_t granularity);
+/* A backup's use of a persistent bitmap (the driver's bitmap_take and
+ * bitmap_merge, format.h): take a copy of its bits (and clear it in the same
+ * step), or OR bits back into it after a failed backup. Same errors as
+ * image_bitmap(). */
+int image_bitmap_take(struct vd_image *img, const char *name, bool clear,
+		      struct vd_bitmap_bits *out);
+int image_bitmap_merge(struct vd_image *img, const char *name, const struct vd_bitmap_bits *in);
 
 /* The blocking form of image_submit(), for tests, tools and start-up: runs
  * the calling thread's ring until the request is done, and until the parked

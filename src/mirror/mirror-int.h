@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
+#include "mirror/job-target.h"
 #include "mirror/mirror.h"
 #include "mirror/rangelock.h"
 #include "io/uring.h"
@@ -194,7 +195,7 @@ struct mirror_job *job_new(struct mirror *m, enum job_type type, uint64_t speed,
 int job_publish(struct mirror_job *job);
 void job_abandon(struct mirror *m, struct mirror_job *job);
 
-/* mirror-start.c */
+/* mirror-start.c (the shared part: mirror/job-target.h) */
 int mirror_open_target(struct mirror *m, const struct mirror_opts *o, const struct mirror_env *env,
 		       struct mirror_job *job);
 

@@ -29,8 +29,7 @@ static int opts_bad(const char *key, const char *val, const char *why)
 	return -EINVAL;
 }
 
-/* "200M", "200M/s", "1048576" */
-static int opts_speed(const char *val, uint64_t *out)
+int mirror_parse_speed(const char *val, uint64_t *out)
 {
 	size_t n = strlen(val);
 	char *copy;
@@ -59,7 +58,7 @@ int mirror_opts_set(struct mirror_opts *o, const char *key, const char *val)
 		g_free(o->format);
 		o->format = g_strdup(val);
 	} else if (!strcmp(key, "speed")) {
-		if (opts_speed(val, &v))
+		if (mirror_parse_speed(val, &v))
 			return opts_bad(key, val, "want bytes per second, e.g. 200M or 200M/s");
 		o->speed = v;
 	} else if (!strcmp(key, "granularity")) {

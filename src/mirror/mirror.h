@@ -53,6 +53,8 @@ int mirror_opts_parse(struct mirror_opts *o, const char *value);
  * for a commit). Options of another kind of job are refused. */
 int job_opts_parse(struct mirror_opts *o, enum job_type type, const char *value);
 int job_opts_set(struct mirror_opts *o, enum job_type type, const char *key, const char *val);
+/* A rate: "200M", "200M/s", "1048576" (bytes/s). 0 or -EINVAL. */
+int mirror_parse_speed(const char *val, uint64_t *out);
 
 /* ---- the per-view mirror (mirror.c) ---- */
 struct mirror;
