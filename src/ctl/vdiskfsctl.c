@@ -312,11 +312,6 @@ static int job_follow(const char *view, const char *type, const char *until)
 	return ret < 0 ? EXIT_RUNTIME : ret;
 }
 
-static int mirror_follow(const char *view, const char *until)
-{
-	return job_follow(view, "mirror", until);
-}
-
 /* ---- commands ---- */
 
 /* The driver's facts, one "FORMAT KEY: VALUE" line per JSON member it writes

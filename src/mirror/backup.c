@@ -663,7 +663,8 @@ void backup_free(struct backup *b)
 struct backup_snap {
 	enum backup_phase phase;
 	const char *target, *sync, *bitmap, *format, *view;
-	uint64_t copied, total, percent, rate, eta;
+	uint64_t copied, total, percent, rate;
+	int64_t eta; /* seconds, -1: unknown (as every job's status) */
 	char error[256];
 };
 
@@ -688,7 +689,10 @@ static void backup_snap(struct backup *b, struct backup_snap *s)
 	end = job->end_ns ? job->end_ns : vd_now_ns();
 	ns = job->start_ns && end > job->start_ns ? end - job->start_ns : 0;
 	s->rate = ns ? (uint64_t)((double)s->copied * 1e9 / ns) : 0;
-	s->eta = s->rate ? (s->total - s->copied + s->rate - 1) / s->rate : 0;
+	if (s->copied >= s->total)
+		s->eta = 0;
+	else
+		s->eta = s->rate ? (int64_t)((s->total - s->copied + s->rate - 1) / s->rate) : -1;
 	snprintf(s->error, sizeof(s->error), "%s", job->error);
 }
 
@@ -704,8 +708,8 @@ void backup_status_line(struct backup *b, GString *out)
 		g_string_append_printf(
 			out,
 			"phase=%s target=%s format=%s sync=%s bitmap=%s copied=%" PRIu64
-			" total=%" PRIu64 " percent=%" PRIu64 " rate=%" PRIu64 " eta=%" PRIu64
-			" view=%s error=%s",
+			" total=%" PRIu64 " percent=%" PRIu64 " rate=%" PRIu64 " eta=%" PRId64
+			" view=%s type=backup error=%s",
 			phase_names[s.phase], s.target, s.format, s.sync, s.bitmap, s.copied,
 			s.total, s.percent, s.rate, s.eta, s.view, s.error);
 	pthread_mutex_unlock(&b->lock);
@@ -728,7 +732,10 @@ void backup_status_json(struct backup *b, struct json_writer *j)
 		json_u64(j, "total", s.total);
 		json_u64(j, "percent", s.percent);
 		json_u64(j, "rate", s.rate);
-		json_u64(j, "eta", s.eta);
+		if (s.eta >= 0)
+			json_u64(j, "eta", (uint64_t)s.eta);
+		else
+			json_str(j, "eta", NULL); /* unknown */
 		json_str(j, "error", s.error[0] ? s.error : NULL);
 	}
 	pthread_mutex_unlock(&b->lock);

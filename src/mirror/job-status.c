@@ -39,7 +39,7 @@ static void job_snap(struct mirror *m, int want, struct job_snap *s)
 		if (s->total < s->copied)
 			s->total = s->copied;
 		s->dirty = s->total - s->copied + job->guest_bytes +
-			   atomic_load(&job->ndirty) * job->granularity;
+			   atomic_load(&job->ndirty) * job->dirty_gran;
 		s->speed = atomic_load(&job->speed);
 		s->rate = atomic_load(&job->rate);
 		s->paused = job->paused;

@@ -306,7 +306,7 @@ static int copy_count(struct mirror_job *job)
 
 void mirror_mark_dirty(struct mirror_job *job, uint64_t off, uint64_t len)
 {
-	uint64_t first = off / job->granularity, last = (off + len - 1) / job->granularity;
+	uint64_t first = off / job->dirty_gran, last = (off + len - 1) / job->dirty_gran;
 
 	if (!len || !job->dirty)
 		return;
@@ -323,7 +323,7 @@ void mirror_mark_dirty(struct mirror_job *job, uint64_t off, uint64_t len)
 /* Take the next dirty chunk from the scan position on: its index, or -1. */
 static int64_t dirty_take(struct mirror_job *job)
 {
-	uint64_t n = (job->total + job->granularity - 1) / job->granularity;
+	uint64_t n = (job->total + job->dirty_gran - 1) / job->dirty_gran;
 
 	if (!atomic_load(&job->ndirty))
 		return -1;
@@ -344,9 +344,9 @@ static int64_t dirty_take(struct mirror_job *job)
 /* Background mode is ready when what is dirty would take little time. */
 static bool dirty_small(struct mirror_job *job)
 {
-	uint64_t bytes = atomic_load(&job->ndirty) * job->granularity;
+	uint64_t bytes = atomic_load(&job->ndirty) * job->dirty_gran;
 
-	return bytes <= 16 * job->granularity || bytes <= (16ull << 20);
+	return bytes <= 16 * job->dirty_gran || bytes <= (16ull << 20);
 }
 
 /* Update the measured rate about once a second. */
@@ -373,11 +373,15 @@ static void copy_rate(struct mirror_job *job)
  * and a complete's final drain copies them even while paused. */
 static bool copy_may_go(struct mirror_job *job)
 {
-	bool copying = job->phase == MP_RUNNING || (job->background && job->phase == MP_READY) ||
+	/* In ready a background mirror spares the guest: it copies only once
+	 * what is dirty grew past small, two chunks at a time; a chunk the
+	 * guest writes again meanwhile is copied once. */
+	bool spare = job->background && job->phase == MP_READY;
+	bool copying = job->phase == MP_RUNNING || (spare && !dirty_small(job)) ||
 		       (job->final_drain && job->phase == MP_COMPLETING);
 
 	return copying && !job->stop && (!job->paused || job->final_drain) &&
-	       job->copy_inflight < job->depth &&
+	       job->copy_inflight < (spare ? 2 : job->depth) &&
 	       (job->pos < job->total || atomic_load(&job->ndirty));
 }
 
@@ -397,9 +401,9 @@ static int copy_take(struct mirror_job *job, struct mirror_chunk **out)
 
 			if (i < 0)
 				return 0;
-			off = (uint64_t)i * job->granularity;
-			len = job->total - off < job->granularity ? job->total - off
-								  : job->granularity;
+			off = (uint64_t)i * job->dirty_gran;
+			len = job->total - off < job->dirty_gran ? job->total - off
+								 : job->dirty_gran;
 			atomic_fetch_add(&job->work, len);
 			dirty = true;
 			break;

@@ -71,8 +71,9 @@ struct mirror_job {
 	atomic_ullong speed;   /* copy limit in bytes/s, 0: none (set-speed stores it) */
 	atomic_ullong rate;    /* measured copy rate in bytes/s (the copier's) */
 	struct rangelock rl;   /* has its own lock */
-	/* Background mode: one bit per granularity chunk written by the guest
+	/* Background mode: one bit per dirty_gran bytes written by the guest
 	 * since the copier last took it (atomic words), and their count. */
+	uint64_t dirty_gran;
 	_Atomic uint64_t *dirty;
 	atomic_ullong ndirty;
 	uint64_t dirty_pos; /* the copier's scan position (chunks) */

@@ -930,6 +930,11 @@ int job_begin(struct mirror *m, const char *what, bool read_only_mount)
 		vd_err("%s: cannot %s an inactive view: activate it first", src->path, what);
 		return -EBUSY;
 	}
+	if (atomic_load(&m->hook) || m->hook_inflight) {
+		pthread_mutex_unlock(&m->lock);
+		vd_err("%s: a backup runs on this view: cancel it or wait for its end", src->path);
+		return -EBUSY;
+	}
 	job = atomic_load(&m->job);
 	if (job || m->starting || m->quiesce) {
 		pthread_mutex_unlock(&m->lock);
@@ -1001,7 +1006,7 @@ int job_publish(struct mirror_job *job)
 	if (ret)
 		return ret;
 	if (job->background) {
-		uint64_t n = (job->total + job->granularity - 1) / job->granularity;
+		uint64_t n = (job->total + job->dirty_gran - 1) / job->dirty_gran;
 
 		job->dirty = calloc((n + 63) / 64, sizeof(*job->dirty));
 		if (!job->dirty)
@@ -1032,6 +1037,9 @@ int mirror_start(struct mirror *m, const struct mirror_opts *o, const struct mir
 		return -ENOMEM;
 	}
 	job->background = o->background;
+	/* What the guest dirties is tracked finer than the first pass copies
+	 * (granularity= sets both): a 4K write costs a 64K copy, not 1M. */
+	job->dirty_gran = o->granularity ? o->granularity : MIRROR_BACKGROUND_GRANULARITY;
 	job->top_only = o->sync_top;
 	job->base = o->sync_top ? job->src->backing : NULL;
 	job->fan_out = job->lock_guest = !o->background;

@@ -13,9 +13,10 @@
 #include "mirror/rangelock.h"
 #include "util/json.h"
 
-#define MIRROR_DEFAULT_GRANULARITY (1u << 20)
-#define MIRROR_MIN_GRANULARITY	   (4u << 10)
-#define MIRROR_MAX_GRANULARITY	   (64u << 20)
+#define MIRROR_DEFAULT_GRANULARITY    (1u << 20)
+#define MIRROR_BACKGROUND_GRANULARITY (64u << 10) /* mode=background's dirty bitmap */
+#define MIRROR_MIN_GRANULARITY	      (4u << 10)
+#define MIRROR_MAX_GRANULARITY	      (64u << 20)
 
 /* What a job is. One job runs on a view at a time; the verbs below name the
  * kind they mean and refuse (-ESRCH) when the view's job is of another. */

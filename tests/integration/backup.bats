@@ -297,7 +297,7 @@ PY
 	[[ "$output" == *"Invalid argument"* ]]
 	start_writer "$v" 32 16 # the delta stays within [32M, 48M)
 	at_start "$v" "$T/at-full.raw" "view=snap,bitmap=bm"
-	[[ "$(bstatus "$v")" == "phase=running target= format= sync=full bitmap=bm "*" view=snap error=" ]]
+	[[ "$(bstatus "$v")" == "phase=running target= format= sync=full bitmap=bm "*" view=snap type=backup error=" ]]
 	run dd if=/dev/zero of="$T/mnt/snap" bs=4k count=1 conv=notrunc status=none
 	[ "$status" -ne 0 ]
 	sleep 0.5

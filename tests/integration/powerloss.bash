@@ -5,15 +5,16 @@
 # helpers.bash (vd_mount, vd_umount).
 
 PL_TOOL="$VDISKFS_SRC/tests/integration/powerloss.py"
-PL_SCENARIOS="empty backing snapshot compressed c512 evict vhdx"
+PL_SCENARIOS="empty backing snapshot compressed c512 evict vhdx commit backup"
 
 # pl_fixture NAME DIR: DIR/img.FMT and DIR/base.raw (what the guest sees
 # before the run); sets PL_FMT, PL_OPS (writer operations), PL_WRITER (its
 # threads, sync percentage, discard unit and percentage, write alignment:
-# $PL_ALIGN, default 512), PL_OPTS (mount options).
+# $PL_ALIGN, default 512), PL_OPTS (mount options), PL_JOB (a job's
+# attribute and value, started on the view before the writer).
 pl_fixture() {
 	local name=$1 d=$2 q
-	PL_FMT=qcow2 PL_OPS=300 PL_OPTS=() PL_WRITER=(4 8 512 12 "${PL_ALIGN:-512}")
+	PL_FMT=qcow2 PL_OPS=300 PL_OPTS=() PL_WRITER=(4 8 512 12 "${PL_ALIGN:-512}") PL_JOB=()
 	q=$d/img.qcow2
 	case $name in
 	empty)
@@ -40,6 +41,19 @@ pl_fixture() {
 		qemu-img create -q -f qcow2 -o cluster_size=4096 "$q" 64M
 		PL_OPTS=(-o cache_size=16K)
 		;;
+	commit) # an active commit into lower.qcow2 runs while the guest writes
+		python3 "$PL_TOOL" stamp "$d/lower.raw" 16777216 2
+		qemu-img convert -f raw -O qcow2 "$d/lower.raw" "$d/lower.qcow2"
+		qemu-img create -q -f qcow2 -b "$d/lower.qcow2" -F qcow2 "$q" 16M
+		qemu-io -f qcow2 -c "write -P 0x33 0 6M" "$q" >/dev/null
+		PL_JOB=(commit.start speed=4M)
+		;;
+	backup) # a push backup with a persistent bitmap, copy-before-write
+		python3 "$PL_TOOL" stamp "$d/data.raw" 16777216 2
+		qemu-img convert -f raw -O qcow2 "$d/data.raw" "$q"
+		qemu-img bitmap --add "$q" b0
+		PL_JOB=(backup.start "target=$d/bk.qcow2,bitmap=b0,speed=4M")
+		;;
 	vhdx) # 1 MiB log, 1 MiB blocks: frequent flushes of BAT updates (blocks
 		# discarded whole and written again) wrap the log
 		PL_FMT=vhdx
@@ -65,6 +79,10 @@ pl_run() {
 	view=$d/view
 	touch "$view"
 	VDISKFS_IOLOG=$d/iolog vd_mount "$d/img.$PL_FMT" "$view" "${PL_OPTS[@]}" || return 1
+	if [ ${#PL_JOB[@]} -gt 0 ] && ! setfattr -n "user.vdiskfs.${PL_JOB[0]}" -v "${PL_JOB[1]}" "$view"; then
+		vd_umount "$view"
+		return 1
+	fi
 	if ! python3 "$PL_TOOL" write "$view" "$d/wlog" "$seed" "$PL_OPS" "${PL_WRITER[@]}"; then
 		vd_umount "$view"
 		return 1

@@ -64,6 +64,14 @@ pl_scenario() {
 	pl_scenario evict
 }
 
+@test "powerloss: an active commit runs while the guest writes; the top stays the image of record" {
+	pl_scenario commit
+}
+
+@test "powerloss: a push backup with a persistent bitmap runs while the guest writes" {
+	pl_scenario backup
+}
+
 @test "powerloss: dynamic vhdx, the log wraps; a state without an fsync'd write is caught" {
 	pl_scenario vhdx drop-acked
 }

@@ -570,6 +570,14 @@ def cmd_scenario(name, init, img, iolog, focus_path):
         if not wraps:
             sys.exit("vhdx: the log at 0x%x (%d bytes) never wrapped" % (off, ln))
         what += "; the log wrapped %d times" % wraps
+    elif name in ("commit", "backup"):
+        # the job wrote its other file while the guest wrote the image
+        other = os.path.join(os.path.dirname(img), "lower.qcow2" if name == "commit" else "bk.qcow2")
+        ofid = io.fid(other)
+        n = sum(1 for r in io.ops if ofid is not None and r.fid == ofid and r.kind == "w")
+        if not n:
+            sys.exit("%s: the job wrote nothing to %s" % (name, other))
+        what += "; the %s wrote %d times to %s" % (name, n, os.path.basename(other))
     print("%s: %s" % (name, what))
     with open(focus_path, "w") as f:
         f.write("".join("%d\n" % x for x in focus))
