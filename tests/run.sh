@@ -105,9 +105,9 @@ else
 	total_fail=$((total_fail + 1))
 fi
 
-# The libFuzzer targets, each for a bounded time (FUZZ_SECONDS, default 60),
+# The libFuzzer targets, each for a bounded time (FUZZ_SECONDS, default 45),
 # from the committed seeds; a crash fails the run and keeps its input.
-fuzz_seconds=${FUZZ_SECONDS:-60}
+fuzz_seconds=${FUZZ_SECONDS:-45}
 echo "== fuzz build"
 if [ -d build-fuzz ]; then
 	CC=clang-14 meson setup --reconfigure build-fuzz -Dfuzz=true \
