@@ -323,10 +323,11 @@ void mirror_mark_dirty(struct mirror_job *job, uint64_t off, uint64_t len)
 /* Take the next dirty chunk from the scan position on: its index, or -1. */
 static int64_t dirty_take(struct mirror_job *job)
 {
-	uint64_t n = (job->total + job->dirty_gran - 1) / job->dirty_gran;
+	uint64_t n;
 
-	if (!atomic_load(&job->ndirty))
+	if (!job->dirty || !atomic_load(&job->ndirty))
 		return -1;
+	n = (job->total + job->dirty_gran - 1) / job->dirty_gran;
 	for (uint64_t k = 0; k < n; k++) {
 		uint64_t i = (job->dirty_pos + k) % n, bit = 1ull << (i % 64);
 

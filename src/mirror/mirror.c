@@ -990,6 +990,7 @@ struct mirror_job *job_new(struct mirror *m, enum job_type type, uint64_t speed,
 	job->zero_op = IMAGE_ZERO;
 	atomic_init(&job->speed, speed);
 	job->granularity = granularity ? granularity : MIRROR_DEFAULT_GRANULARITY;
+	job->dirty_gran = job->granularity;
 	job->depth = job->granularity <= (1u << 20) ? 8 : 4;
 	rangelock_init(&job->rl);
 	return job;
