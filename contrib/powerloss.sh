@@ -7,8 +7,8 @@
 #   contrib/powerloss.sh [--scenario NAME|all] [--runs R] [--states N]
 #                        [--seed S] [--vdiskfs PATH]
 # Defaults: every scenario (empty backing snapshot compressed c512 evict
-# vhdx), 2 runs of 500 states each, seed from the clock, build/vdiskfs. Needs
-# root (or fuse access), qemu-img and python3. Scratch under
+# vhdx commit backup), 2 runs of 500 states each, seed from the clock,
+# build/vdiskfs. Needs root (or fuse access), qemu-img and python3. Scratch under
 # $VDISKFS_TESTDIR (/var/tmp); failing states are kept there, each with a
 # one-line command that checks it again; the rest is removed.
 set -uo pipefail

@@ -11,10 +11,12 @@ PL_SCENARIOS="empty backing snapshot compressed c512 evict vhdx commit backup"
 # before the run); sets PL_FMT, PL_OPS (writer operations), PL_WRITER (its
 # threads, sync percentage, discard unit and percentage, write alignment:
 # $PL_ALIGN, default 512), PL_OPTS (mount options), PL_JOB (a job's
-# attribute and value, started on the view before the writer).
+# attribute and value, started on the view before the writer), PL_STATES_ARGS
+# (more arguments of the state builder).
 pl_fixture() {
 	local name=$1 d=$2 q
 	PL_FMT=qcow2 PL_OPS=300 PL_OPTS=() PL_WRITER=(4 8 512 12 "${PL_ALIGN:-512}") PL_JOB=()
+	PL_STATES_ARGS=()
 	q=$d/img.qcow2
 	case $name in
 	empty)
@@ -47,6 +49,9 @@ pl_fixture() {
 		qemu-img create -q -f qcow2 -b "$d/lower.qcow2" -F qcow2 "$q" 16M
 		qemu-io -f qcow2 -c "write -P 0x33 0 6M" "$q" >/dev/null
 		PL_JOB=(commit.start speed=4M)
+		# the commit writes the backing file too: it crashes with the image
+		cp "$d/lower.qcow2" "$d/init-lower.qcow2"
+		PL_STATES_ARGS=(--backing-state "$d/lower.qcow2" "$d/init-lower.qcow2")
 		;;
 	backup) # a push backup with a persistent bitmap, copy-before-write
 		python3 "$PL_TOOL" stamp "$d/data.raw" 16777216 2
@@ -108,5 +113,5 @@ pl_states() {
 	python3 "$PL_TOOL" states --fmt "$PL_FMT" --image "$d/img.$PL_FMT" \
 		--init "$d/init.$PL_FMT" --iolog "$d/iolog" --wlog "$d/wlog" --base "$d/base.raw" \
 		--vdiskfs "$VDISKFS" --work "$d/work" --states "$n" --seed "$seed" \
-		--focus "$d/focus" "$@"
+		--focus "$d/focus" "${PL_STATES_ARGS[@]}" "$@"
 }

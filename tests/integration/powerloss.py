@@ -618,7 +618,8 @@ def cmd_states(a):
         else:
             c = rnd.randrange(1, io.last + 2)
         n = build_state(io, fid, a.init, state, c, rnd)
-        err = check_state(a, io, glog, base, state, c)
+        err = crash_backing(a, io, state, c, rnd)
+        err = err or check_state(a, io, glog, base, state, c)
         print("state %d: crash before record %d of %d (%d forced, %d kept, %d torn, "
               "%d dropped): %s" % (i, c, io.last, n["forced"], n["kept"], n["torn"],
                                    n["dropped"], err or "ok"))
@@ -631,6 +632,22 @@ def cmd_states(a):
                 print("  kept %s; again: %s" % (kept, repro(a, i)))
     print("%s: %d states, %d failed" % (a.image, a.states, bad))
     return 1 if bad else 0
+
+
+def crash_backing(a, io, state, c, rnd):
+    """With --backing-state: the backing file crashed at the same point c,
+    checked by qemu-img, and the state made to back onto it."""
+    if not a.backing_state:
+        return None
+    path, init = a.backing_state
+    out = os.path.join(a.work, "backing-state.qcow2")
+    build_state(io, io.fid(path), init, out, c, rnd)
+    _, err = qemu_check("qcow2", out, a.work)
+    if err:
+        return "the backing file's state: " + err
+    subprocess.run(["qemu-img", "rebase", "-u", "-f", a.fmt, "-F", "qcow2", "-b",
+                    os.path.abspath(out), state], check=True, timeout=QEMU_TIMEOUT)
+    return None
 
 
 def repro(a, i):
@@ -660,6 +677,9 @@ def main():
     ap.add_argument("--keep")
     ap.add_argument("--focus")
     ap.add_argument("--control", choices=["drop-acked", "refcount"])
+    ap.add_argument("--backing-state", nargs=2, metavar=("FILE", "INIT"),
+                    help="the image's qcow2 backing file, written in the same run (a "
+                         "commit): crashed at the same point, and the state backs onto it")
     return cmd_states(ap.parse_args())
 
 
