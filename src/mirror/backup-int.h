@@ -13,6 +13,7 @@
 
 #include "io/uring.h"
 #include "mirror/backup.h"
+#include "mirror/job-copy.h"
 #include "mirror/rangelock.h"
 
 /* The old data of the chunks guest writes changed before the copier wrote
@@ -104,8 +105,7 @@ struct backup_job {
 	bool thread_started;
 	struct uring_op poll;
 	uint64_t pos;
-	double tokens;
-	uint64_t last_ns;
+	struct copy_bucket bucket;
 	bool flushing;
 	int flush_err;
 	atomic_bool finished; /* the thread returned (or never ran) */

@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
+#include "mirror/job-copy.h"
 #include "mirror/job-target.h"
 #include "mirror/mirror.h"
 #include "mirror/rangelock.h"
@@ -96,8 +97,8 @@ struct mirror_job {
 	void *op_opaque;
 	struct mirror_job *old_next; /* on m->old once ended */
 
-	/* The copier thread's own (mirror-copy.c): pos, tokens, last_ns,
-	 * flushing and poll are used only there. thread and thread_started
+	/* The copier thread's own (mirror-copy.c): pos, bucket, flushing and
+	 * poll are used only there. thread and thread_started
 	 * are written by mirror_copy_start() on the starting thread and used by
 	 * whoever joins; efd is made by mirror_copy_init() before the job is published
 	 * and written by mirror_copy_kick() from any thread. */
@@ -105,8 +106,7 @@ struct mirror_job {
 	int efd;
 	struct uring_op poll;
 	uint64_t pos;
-	double tokens;
-	uint64_t last_ns;
+	struct copy_bucket bucket;
 	uint64_t rate_ns, rate_copied; /* the last rate sample */
 	bool flushing;
 	bool thread_started;
