@@ -276,6 +276,19 @@ static bool copy_detached(struct backup_job *job)
 	return d;
 }
 
+void backup_bitmap_return(struct backup_job *job)
+{
+	int ret;
+
+	if (!job->took)
+		return;
+	ret = image_bitmap_merge(job->src, job->bitmap, &job->taken);
+	if (ret)
+		vd_err("%s: backup: bitmap %s could not get its bits back (%s): the next "
+		       "incremental backup must be a full one",
+		       job->src->path, job->bitmap, strerror(-ret));
+}
+
 /* Everything copied and flushed, or stopped: end the job. */
 static void copy_end(struct backup_job *job)
 {
@@ -284,7 +297,6 @@ static void copy_end(struct backup_job *job)
 	vd_done_fn done;
 	void *opaque;
 	bool ok;
-	int ret;
 
 	pthread_mutex_lock(&b->lock);
 	ok = !job->stop && job->flush_err == 1;
@@ -292,13 +304,8 @@ static void copy_end(struct backup_job *job)
 	pthread_mutex_unlock(&b->lock);
 	mirror_hook_detach(b->m, end_detached, job);
 	copy_run_until(job, copy_detached);
-	if (!ok && job->took) {
-		ret = image_bitmap_merge(job->src, job->bitmap, &job->taken);
-		if (ret)
-			vd_err("%s: backup: bitmap %s could not get its bits back (%s): the next "
-			       "incremental backup must be a full one",
-			       job->src->path, job->bitmap, strerror(-ret));
-	}
+	if (!ok)
+		backup_bitmap_return(job);
 	pthread_mutex_lock(&b->lock);
 	dst = job->dst;
 	job->dst = NULL;

@@ -152,5 +152,9 @@ int backup_pull_end(struct backup *b, bool cancel, vd_done_fn done, void *opaque
 /* backup-copy.c */
 int backup_copy_start(struct backup_job *job);
 void backup_copy_join(struct backup_job *job);
+/* A job that did not complete gives the bits it took back to its bitmap
+ * (the next incremental backup then copies them again); logged if it
+ * cannot. */
+void backup_bitmap_return(struct backup_job *job);
 
 #endif
