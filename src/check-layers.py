@@ -9,8 +9,8 @@ A file may include headers of its own folder and of the folders below it,
 with two narrowings: a driver (formats/) sees the image layer only through
 the driver contract image/format.h, and a module's private header is for
 that module alone (formats/qcow2.h and formats/vhdx.h for their driver,
-mirror/mirror-int.h, backup-int.h and job-target.h for the mirror
-folder's jobs).
+mirror/mirror-int.h, backup-int.h, job-target.h, job-copy.h and job-opts.h
+for the mirror folder's jobs).
 
 Usage: check-layers.py SRC_DIR STAMP  (writes STAMP when every file passes)
 """
@@ -27,6 +27,8 @@ PRIVATE = {
     "mirror/mirror-int.h": ("mirror",),
     "mirror/backup-int.h": ("mirror",),
     "mirror/job-target.h": ("mirror",),
+    "mirror/job-copy.h": ("mirror",),
+    "mirror/job-opts.h": ("mirror",),
 }
 # The one exception to ORDER: the drivers sit below the image layer that
 # lists them, and see it only through the driver contract.

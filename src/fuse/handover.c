@@ -49,16 +49,9 @@ void handover_inactivate(struct vnode *n, vd_done_fn done, void *opaque)
 		return;
 	}
 	/* Another host is about to write the file: the kernel must not. */
-	ret = pt_block(n, "inactivate the view");
-	if (ret) {
-		done(opaque, ret);
+	w = vnode_call_blocked(n, "inactivate the view", done, opaque);
+	if (!w)
 		return;
-	}
-	w = vnode_call_new(n, done, opaque);
-	if (!w) {
-		pt_unblock(n);
-		return;
-	}
 	ret = mirror_hold(n->mirror, inactivate_drained, w);
 	if (ret) {
 		pt_unblock(n);

@@ -158,6 +158,11 @@ struct vnode_call {
 };
 /* NULL (with done(opaque, -ENOMEM) called) when out of memory. */
 struct vnode_call *vnode_call_new(struct vnode *n, vd_done_fn done, void *opaque);
+/* The same with the view's passthrough blocked first (pt_block(n, verb));
+ * NULL with done called (the error, or -ENOMEM) and nothing blocked. The
+ * verb unblocks once it is done. */
+struct vnode_call *vnode_call_blocked(struct vnode *n, const char *verb, vd_done_fn done,
+				      void *opaque);
 /* The verbs that adjust a running job: "pause", "resume", or "speed" with
  * value a rate (like speed= of start). 0 or -errno, logged. */
 int xattr_job_adjust(struct vnode *n, enum job_type type, const char *verb, const char *value);

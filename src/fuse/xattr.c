@@ -342,6 +342,22 @@ struct vnode_call *vnode_call_new(struct vnode *n, vd_done_fn done, void *opaque
 	return c;
 }
 
+struct vnode_call *vnode_call_blocked(struct vnode *n, const char *verb, vd_done_fn done,
+				      void *opaque)
+{
+	struct vnode_call *c;
+	int ret = pt_block(n, verb);
+
+	if (ret) {
+		done(opaque, ret);
+		return NULL;
+	}
+	c = vnode_call_new(n, done, opaque);
+	if (!c)
+		pt_unblock(n);
+	return c;
+}
+
 /* A verb that may have moved the view onto another image (a mirror's or
  * active commit's complete, a snapshot): in a directory mount SOURCE/name
  * then names the new image. */
@@ -376,7 +392,6 @@ void xattr_snapshot(struct vnode *n, const char *path, vd_done_fn done, void *op
 {
 	struct vnode_call *c;
 	struct mirror_env env;
-	int ret;
 
 	if (!vfs_cfg.single) {
 		/* SOURCE/name would have to name the overlay, whose backing
@@ -393,16 +408,9 @@ void xattr_snapshot(struct vnode *n, const char *path, vd_done_fn done, void *op
 		return;
 	}
 	/* The old image must see no write from now on: none may pass through. */
-	ret = pt_block(n, "take a snapshot");
-	if (ret) {
-		done(opaque, ret);
+	c = vnode_call_blocked(n, "take a snapshot", done, opaque);
+	if (!c)
 		return;
-	}
-	c = vnode_call_new(n, done, opaque);
-	if (!c) {
-		pt_unblock(n);
-		return;
-	}
 	view_env(&env);
 	snapshot_take(n->mirror, path, &env, xattr_snapshot_done, c);
 }

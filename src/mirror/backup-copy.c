@@ -68,16 +68,6 @@ static void chunk_written(void *opaque, int err)
 	chunk_end(c, !err);
 }
 
-static bool buf_is_zero(const void *buf, size_t len)
-{
-	const uint64_t *p = buf;
-
-	for (size_t i = 0; i < len / 8; i++)
-		if (p[i])
-			return false;
-	return true; /* len is a multiple of 512 */
-}
-
 static void chunk_read(void *opaque, int err)
 {
 	struct backup_chunk *c = opaque;
@@ -146,22 +136,6 @@ static void chunk_wake(struct rl_range *r)
 	backup_kick(job);
 }
 
-/* 0 if a chunk may go now, else ms to wait (the speed limit). */
-static int copy_throttle(struct backup_job *job)
-{
-	uint64_t now = vd_now_ns();
-
-	if (!job->speed)
-		return 0;
-	job->tokens += (double)(now - job->last_ns) * job->speed / 1e9;
-	job->last_ns = now;
-	if (job->tokens > job->chunk)
-		job->tokens = job->chunk;
-	if (job->tokens >= 0)
-		return 0;
-	return (int)(-job->tokens * 1000 / job->speed) + 1;
-}
-
 static void copy_flushed(void *opaque, int err)
 {
 	struct backup_job *job = opaque;
@@ -202,7 +176,7 @@ static int copy_pump(struct backup_job *job)
 		pthread_mutex_unlock(&b->lock);
 		if (!go)
 			break;
-		wait = copy_throttle(job);
+		wait = copy_bucket_wait(&job->bucket, job->speed, job->chunk);
 		if (wait)
 			return wait;
 		c = calloc(1, sizeof(*c));
@@ -215,8 +189,7 @@ static int copy_pump(struct backup_job *job)
 		c->idx = job->pos++;
 		c->off = c->idx * job->chunk;
 		c->len = min_u64(job->chunk, job->size - c->off);
-		if (job->speed)
-			job->tokens -= c->len;
+		copy_bucket_take(&job->bucket, job->speed, c->len);
 		pthread_mutex_lock(&b->lock);
 		job->inflight++;
 		pthread_mutex_unlock(&b->lock);
@@ -303,6 +276,19 @@ static bool copy_detached(struct backup_job *job)
 	return d;
 }
 
+void backup_bitmap_return(struct backup_job *job)
+{
+	int ret;
+
+	if (!job->took)
+		return;
+	ret = image_bitmap_merge(job->src, job->bitmap, &job->taken);
+	if (ret)
+		vd_err("%s: backup: bitmap %s could not get its bits back (%s): the next "
+		       "incremental backup must be a full one",
+		       job->src->path, job->bitmap, strerror(-ret));
+}
+
 /* Everything copied and flushed, or stopped: end the job. */
 static void copy_end(struct backup_job *job)
 {
@@ -311,7 +297,6 @@ static void copy_end(struct backup_job *job)
 	vd_done_fn done;
 	void *opaque;
 	bool ok;
-	int ret;
 
 	pthread_mutex_lock(&b->lock);
 	ok = !job->stop && job->flush_err == 1;
@@ -319,13 +304,8 @@ static void copy_end(struct backup_job *job)
 	pthread_mutex_unlock(&b->lock);
 	mirror_hook_detach(b->m, end_detached, job);
 	copy_run_until(job, copy_detached);
-	if (!ok && job->took) {
-		ret = image_bitmap_merge(job->src, job->bitmap, &job->taken);
-		if (ret)
-			vd_err("%s: backup: bitmap %s could not get its bits back (%s): the next "
-			       "incremental backup must be a full one",
-			       job->src->path, job->bitmap, strerror(-ret));
-	}
+	if (!ok)
+		backup_bitmap_return(job);
 	pthread_mutex_lock(&b->lock);
 	dst = job->dst;
 	job->dst = NULL;
@@ -366,7 +346,7 @@ static void *copy_main(void *arg)
 		 * write resumes here: copy_run_until() just waits. */
 		backup_fail(job, "cannot set up the copier's io_uring: %s", strerror(-ret));
 	} else {
-		job->last_ns = vd_now_ns();
+		copy_bucket_init(&job->bucket);
 		job->poll.data = job;
 		uring_poll(&job->poll, job->efd, POLLIN, true, copy_on_kick);
 	}

@@ -13,6 +13,7 @@
 
 #include "io/uring.h"
 #include "mirror/backup.h"
+#include "mirror/job-copy.h"
 #include "mirror/rangelock.h"
 
 /* The old data of the chunks guest writes changed before the copier wrote
@@ -104,8 +105,7 @@ struct backup_job {
 	bool thread_started;
 	struct uring_op poll;
 	uint64_t pos;
-	double tokens;
-	uint64_t last_ns;
+	struct copy_bucket bucket;
 	bool flushing;
 	int flush_err;
 	atomic_bool finished; /* the thread returned (or never ran) */
@@ -152,5 +152,9 @@ int backup_pull_end(struct backup *b, bool cancel, vd_done_fn done, void *opaque
 /* backup-copy.c */
 int backup_copy_start(struct backup_job *job);
 void backup_copy_join(struct backup_job *job);
+/* A job that did not complete gives the bits it took back to its bitmap
+ * (the next incremental backup then copies them again); logged if it
+ * cannot. */
+void backup_bitmap_return(struct backup_job *job);
 
 #endif

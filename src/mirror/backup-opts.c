@@ -6,6 +6,7 @@
 
 #include "util/log.h"
 #include "mirror/backup.h"
+#include "mirror/job-opts.h"
 
 void backup_opts_init(struct backup_opts *o)
 {
@@ -24,8 +25,7 @@ void backup_opts_free(struct backup_opts *o)
 
 static int opts_bad(const char *key, const char *val, const char *why)
 {
-	vd_err("backup: bad value \"%s\" for %s: %s", val, key, why);
-	return -EINVAL;
+	return job_opt_bad("backup", key, val, why);
 }
 
 static void opts_str(char **slot, const char *val)
@@ -41,9 +41,7 @@ int backup_opts_set(struct backup_opts *o, const char *key, const char *val)
 			return opts_bad(key, val, "want an absolute path");
 		opts_str(!strcmp(key, "target") ? &o->target : &o->base, val);
 	} else if (!strcmp(key, "format")) {
-		if (strcmp(val, "raw") && strcmp(val, "qcow2") && strcmp(val, "vhdx"))
-			return opts_bad(key, val, "want raw, qcow2 or vhdx");
-		opts_str(&o->format, val);
+		return job_opt_format("backup", key, val, &o->format);
 	} else if (!strcmp(key, "sync")) {
 		if (strcmp(val, "full") && strcmp(val, "incremental"))
 			return opts_bad(key, val, "want full or incremental");
@@ -58,8 +56,7 @@ int backup_opts_set(struct backup_opts *o, const char *key, const char *val)
 					"want a file name (no '/', not starting with '.')");
 		opts_str(&o->view, val);
 	} else if (!strcmp(key, "speed")) {
-		if (mirror_parse_speed(val, &o->speed))
-			return opts_bad(key, val, "want bytes per second, e.g. 200M or 200M/s");
+		return job_opt_speed("backup", key, val, &o->speed);
 	} else {
 		vd_err("backup: unknown option \"%s\" (known: target, format, sync, bitmap, "
 		       "base, speed, view)",
@@ -109,10 +106,13 @@ int backup_opts_check(const struct backup_opts *o)
 	return 0;
 }
 
+static int opts_set(void *o, const char *key, const char *val)
+{
+	return backup_opts_set(o, key, val);
+}
+
 int backup_opts_parse(struct backup_opts *o, const char *value)
 {
-	gchar **items;
-	int ret = 0;
 
 	if (!value || !*value) {
 		vd_err("backup: empty start value (want target=PATH,...)");
@@ -122,18 +122,5 @@ int backup_opts_parse(struct backup_opts *o, const char *value)
 		opts_str(&o->target, value);
 		return 0;
 	}
-	items = g_strsplit(value, ",", -1);
-	for (gchar **it = items; *it && !ret; it++) {
-		char *eq = strchr(*it, '=');
-
-		if (!eq || eq == *it) {
-			vd_err("backup: \"%s\" is neither an absolute path nor key=value", *it);
-			ret = -EINVAL;
-			break;
-		}
-		*eq = '\0';
-		ret = backup_opts_set(o, *it, eq + 1);
-	}
-	g_strfreev(items);
-	return ret;
+	return job_opts_split("backup", "an absolute path", value, opts_set, o);
 }

@@ -45,18 +45,12 @@ static void pull_done(struct backup_job *job)
 	vd_done_fn done;
 	void *opaque;
 	bool ok;
-	int ret;
 
 	pthread_mutex_lock(&b->lock);
 	ok = !job->cancel && job->phase == BP_RUNNING;
 	pthread_mutex_unlock(&b->lock);
-	if (!ok && job->took) {
-		ret = image_bitmap_merge(job->src, job->bitmap, &job->taken);
-		if (ret)
-			vd_err("%s: backup: bitmap %s could not get its bits back (%s): the next "
-			       "incremental backup must be a full one",
-			       job->src->path, job->bitmap, strerror(-ret));
-	}
+	if (!ok)
+		backup_bitmap_return(job);
 	pthread_mutex_lock(&b->lock);
 	cbw_store_close(&job->store);
 	job->end_ns = vd_now_ns();

@@ -83,10 +83,7 @@ bool backup_busy(struct backup *b)
 
 void backup_kick(struct backup_job *job)
 {
-	uint64_t one = 1;
-
-	if (job->efd >= 0 && write(job->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-		vd_warn("backup: cannot wake the copier: %s", strerror(errno));
+	copy_kick(job->efd, "backup");
 }
 
 void backup_fail(struct backup_job *job, const char *fmt, ...)

@@ -1,8 +1,9 @@
 /* The jobs on a view's backing chain: stream (the chain's data into the
  * top image), commit (an image into one below it) and the live external
- * snapshot (a new overlay on top). Stream and commit run on the copier and
- * gate of mirror.c; the snapshot needs no copy, only the view's requests
- * held while the overlay is stacked on its image. */
+ * snapshot (a new overlay on top). Stream and commit run on the copier
+ * (mirror-copy.c) and gate (mirror-gate.c) of the mirror; the snapshot needs
+ * no copy, only the view's requests held while the overlay is stacked on its
+ * image. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>

@@ -14,6 +14,7 @@
 
 #include "util/clock.h"
 #include "util/log.h"
+#include "mirror/job-copy.h"
 #include "mirror/mirror-int.h"
 
 #define COPY_ZERO_MAX (64ull << 20) /* one zeroing op locks at most this much */
@@ -33,10 +34,7 @@ static __thread struct mirror_job *copy_self;
 
 void mirror_copy_kick(struct mirror_job *job)
 {
-	uint64_t one = 1;
-
-	if (job->efd >= 0 && write(job->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-		vd_warn("mirror: cannot wake the copier: %s", strerror(errno));
+	copy_kick(job->efd, "mirror");
 }
 
 static void chunk_end(struct mirror_chunk *c, bool copied)
@@ -70,17 +68,6 @@ static void chunk_written(void *opaque, int err)
 			    " of the destination: %s",
 			    c->len, c->off, strerror(-err));
 	chunk_end(c, !err);
-}
-
-static bool buf_is_zero(const void *buf, size_t len)
-{
-	const uint64_t *p = buf;
-	size_t n = len / 8;
-
-	for (size_t i = 0; i < n; i++)
-		if (p[i])
-			return false;
-	return !memcmp((const char *)buf + n * 8, "\0\0\0\0\0\0\0", len % 8);
 }
 
 static void chunk_read(void *opaque, int err)
@@ -194,25 +181,6 @@ static void copy_flushed(void *opaque, int err)
 		mirror_copy_kick(job);
 	if (cont)
 		cont(m);
-}
-
-/* Refill the bucket; return 0 if a chunk may go now, else ms to wait. */
-static int copy_throttle(struct mirror_job *job)
-{
-	uint64_t now = vd_now_ns(), speed = atomic_load(&job->speed);
-
-	if (!speed) {
-		job->last_ns = now;
-		job->tokens = 0; /* a limit set later starts from an empty bucket */
-		return 0;
-	}
-	job->tokens += (double)(now - job->last_ns) * speed / 1e9;
-	job->last_ns = now;
-	if (job->tokens > job->granularity)
-		job->tokens = job->granularity;
-	if (job->tokens >= 0)
-		return 0;
-	return (int)(-job->tokens * 1000 / speed) + 1;
 }
 
 /* What the run at off is to this job: *pnum bytes of one kind.
@@ -462,13 +430,15 @@ static int copy_pump(struct mirror_job *job)
 		pthread_mutex_unlock(&m->lock);
 		if (!go)
 			break;
-		wait = drain ? 0 : copy_throttle(job);
+		wait = drain ? 0
+			     : copy_bucket_wait(&job->bucket, atomic_load(&job->speed),
+						job->granularity);
 		if (wait)
 			return wait;
 		if (copy_take(job, &c) <= 0)
 			break;
-		if (!c->zero && atomic_load(&job->speed))
-			job->tokens -= c->len;
+		if (!c->zero)
+			copy_bucket_take(&job->bucket, atomic_load(&job->speed), c->len);
 		pthread_mutex_lock(&m->lock);
 		job->copy_inflight++;
 		pthread_mutex_unlock(&m->lock);
@@ -537,7 +507,7 @@ static void *copy_main(void *arg)
 	ret = copy_count(job);
 	if (ret)
 		mirror_fail(job, "block status of the source: %s", strerror(-ret));
-	job->last_ns = vd_now_ns();
+	copy_bucket_init(&job->bucket);
 	job->poll.data = job;
 	uring_poll(&job->poll, job->efd, POLLIN, true, copy_on_kick);
 	for (;;) {

@@ -1,6 +1,8 @@
 /* Inside the mirror: the job, its phases and the copier's state, shared by
- * mirror.c (start, phases, guest-write fan-out), mirror-copy.c (the copier
- * thread) and mirror-start.c (destination checks and creation). */
+ * mirror.c (phases and verbs), mirror-gate.c (the gate, the guest-write
+ * fan-out, hold and hooks), job-start.c (starting a job), mirror-copy.c (the
+ * copier thread), mirror-start.c (destination checks and creation),
+ * job-chain.c (stream and commit) and job-status.c. */
 #ifndef VDISKFS_MIRROR_INT_H
 #define VDISKFS_MIRROR_INT_H
 
@@ -8,6 +10,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
+#include "mirror/job-copy.h"
 #include "mirror/job-target.h"
 #include "mirror/mirror.h"
 #include "mirror/rangelock.h"
@@ -94,8 +97,8 @@ struct mirror_job {
 	void *op_opaque;
 	struct mirror_job *old_next; /* on m->old once ended */
 
-	/* The copier thread's own (mirror-copy.c): pos, tokens, last_ns,
-	 * flushing and poll are used only there. thread and thread_started
+	/* The copier thread's own (mirror-copy.c): pos, bucket, flushing and
+	 * poll are used only there. thread and thread_started
 	 * are written by mirror_copy_start() on the starting thread and used by
 	 * whoever joins; efd is made by mirror_copy_init() before the job is published
 	 * and written by mirror_copy_kick() from any thread. */
@@ -103,8 +106,7 @@ struct mirror_job {
 	int efd;
 	struct uring_op poll;
 	uint64_t pos;
-	double tokens;
-	uint64_t last_ns;
+	struct copy_bucket bucket;
 	uint64_t rate_ns, rate_copied; /* the last rate sample */
 	bool flushing;
 	bool thread_started;
@@ -187,14 +189,38 @@ void mirror_copy_join(struct mirror_job *job);
 /* Background mode: the guest wrote [off, off+len). */
 void mirror_mark_dirty(struct mirror_job *job, uint64_t off, uint64_t len);
 
-/* Starting a job (mirror.c): job_begin() refuses or reserves the view,
- * job_new() makes the job on the view's image, job_publish() runs it;
- * job_abandon() undoes a begin (and frees a job not published). */
+/* job-start.c: job_begin() refuses or reserves the view, job_new() makes
+ * the job on the view's image, job_publish() runs it; job_abandon() undoes
+ * a begin (and frees a job not published). */
 int job_begin(struct mirror *m, const char *what, bool read_only_mount);
 struct mirror_job *job_new(struct mirror *m, enum job_type type, uint64_t speed,
 			   uint64_t granularity);
 int job_publish(struct mirror_job *job);
 void job_abandon(struct mirror *m, struct mirror_job *job);
+/* Free a job whose copier thread is joined (or never ran). */
+void job_free(struct mirror_job *job);
+/* Join and free an ended job's thread (it may still hold the old source for
+ * its grace period: hurry tells it to drop it now). Takes m->lock. */
+void mirror_reap(struct mirror_job *job);
+
+/* mirror-gate.c: the parked requests of a quiesced view. */
+/* Quiesce the view and run fn once nothing is in flight (m->lock held on
+ * entry, dropped on return). */
+void mirror_quiesce_then(struct mirror *m, mirror_cont_fn *fn);
+/* Take the parked requests and end the quiesce (with m->lock held); resume
+ * them with mirror_resume_parked() once the lock is dropped. */
+struct mirror_req *mirror_unquiesce_locked(struct mirror *m);
+void mirror_resume_parked(struct mirror_req *list);
+
+/* Take who waits for a verb (with m->lock held): it is answered once. */
+static inline vd_done_fn done_take(vd_done_fn *slot, void *slot_opaque, void **opaque)
+{
+	vd_done_fn done = *slot;
+
+	*slot = NULL;
+	*opaque = slot_opaque;
+	return done;
+}
 
 /* mirror-start.c (the shared part: mirror/job-target.h) */
 int mirror_open_target(struct mirror *m, const struct mirror_opts *o, const struct mirror_env *env,

@@ -6,8 +6,9 @@
 #include <string.h>
 
 #include "util/log.h"
-#include "mirror/mirror.h"
 #include "util/size.h"
+#include "mirror/job-opts.h"
+#include "mirror/mirror.h"
 
 void mirror_opts_init(struct mirror_opts *o)
 {
@@ -23,10 +24,15 @@ void mirror_opts_free(struct mirror_opts *o)
 	mirror_opts_init(o);
 }
 
+int job_opt_bad(const char *who, const char *key, const char *val, const char *why)
+{
+	vd_err("%s: bad value \"%s\" for %s: %s", who, val, key, why);
+	return -EINVAL;
+}
+
 static int opts_bad(const char *key, const char *val, const char *why)
 {
-	vd_err("mirror: bad value \"%s\" for %s: %s", val, key, why);
-	return -EINVAL;
+	return job_opt_bad("mirror", key, val, why);
 }
 
 int mirror_parse_speed(const char *val, uint64_t *out)
@@ -43,6 +49,46 @@ int mirror_parse_speed(const char *val, uint64_t *out)
 	return ret;
 }
 
+int job_opt_format(const char *who, const char *key, const char *val, char **slot)
+{
+	if (strcmp(val, "raw") && strcmp(val, "qcow2") && strcmp(val, "vhdx"))
+		return job_opt_bad(who, key, val, "want raw, qcow2 or vhdx");
+	g_free(*slot);
+	*slot = g_strdup(val);
+	return 0;
+}
+
+int job_opt_speed(const char *who, const char *key, const char *val, uint64_t *out)
+{
+	uint64_t v;
+
+	if (mirror_parse_speed(val, &v))
+		return job_opt_bad(who, key, val, "want bytes per second, e.g. 200M or 200M/s");
+	*out = v;
+	return 0;
+}
+
+int job_opts_split(const char *who, const char *plain, const char *value, job_opt_set_fn *set,
+		   void *ctx)
+{
+	gchar **items = g_strsplit(value, ",", -1);
+	int ret = 0;
+
+	for (gchar **it = items; *it && !ret; it++) {
+		char *eq = strchr(*it, '=');
+
+		if (!eq || eq == *it) {
+			vd_err("%s: \"%s\" is neither %s nor key=value", who, *it, plain);
+			ret = -EINVAL;
+			break;
+		}
+		*eq = '\0';
+		ret = set(ctx, *it, eq + 1);
+	}
+	g_strfreev(items);
+	return ret;
+}
+
 int mirror_opts_set(struct mirror_opts *o, const char *key, const char *val)
 {
 	uint64_t v;
@@ -53,14 +99,9 @@ int mirror_opts_set(struct mirror_opts *o, const char *key, const char *val)
 		g_free(o->target);
 		o->target = g_strdup(val);
 	} else if (!strcmp(key, "format")) {
-		if (strcmp(val, "raw") && strcmp(val, "qcow2") && strcmp(val, "vhdx"))
-			return opts_bad(key, val, "want raw, qcow2 or vhdx");
-		g_free(o->format);
-		o->format = g_strdup(val);
+		return job_opt_format("mirror", key, val, &o->format);
 	} else if (!strcmp(key, "speed")) {
-		if (mirror_parse_speed(val, &v))
-			return opts_bad(key, val, "want bytes per second, e.g. 200M or 200M/s");
-		o->speed = v;
+		return job_opt_speed("mirror", key, val, &o->speed);
 	} else if (!strcmp(key, "granularity")) {
 		if (parse_size(val, &v))
 			return opts_bad(key, val, "want a size, e.g. 1M");
@@ -93,10 +134,23 @@ int mirror_opts_set(struct mirror_opts *o, const char *key, const char *val)
 	return 0;
 }
 
+/* The items of one kind of job's start value. */
+struct opts_ctx {
+	struct mirror_opts *o;
+	enum job_type type;
+};
+
+static int opts_ctx_set(void *opaque, const char *key, const char *val)
+{
+	struct opts_ctx *ctx = opaque;
+
+	return job_opts_set(ctx->o, ctx->type, key, val);
+}
+
 int mirror_opts_parse(struct mirror_opts *o, const char *value)
 {
-	gchar **items;
-	int ret = 0;
+	struct opts_ctx ctx = {o, JOB_MIRROR};
+	int ret;
 
 	if (!value || !*value) {
 		vd_err("mirror: empty start value (want a target path)");
@@ -107,19 +161,7 @@ int mirror_opts_parse(struct mirror_opts *o, const char *value)
 		o->target = g_strdup(value);
 		return 0;
 	}
-	items = g_strsplit(value, ",", -1);
-	for (gchar **it = items; *it && !ret; it++) {
-		char *eq = strchr(*it, '=');
-
-		if (!eq || eq == *it) {
-			vd_err("mirror: \"%s\" is neither an absolute path nor key=value", *it);
-			ret = -EINVAL;
-			break;
-		}
-		*eq = '\0';
-		ret = job_opts_set(o, JOB_MIRROR, *it, eq + 1);
-	}
-	g_strfreev(items);
+	ret = job_opts_split("mirror", "an absolute path", value, opts_ctx_set, &ctx);
 	if (!ret && !o->target) {
 		vd_err("mirror: no target given (want target=PATH)");
 		ret = -EINVAL;
@@ -151,25 +193,11 @@ int job_opts_set(struct mirror_opts *o, enum job_type type, const char *key, con
 
 int job_opts_parse(struct mirror_opts *o, enum job_type type, const char *value)
 {
-	gchar **items;
-	int ret = 0;
+	struct opts_ctx ctx = {o, type};
 
 	if (type == JOB_MIRROR)
 		return mirror_opts_parse(o, value);
 	if (!value || !*value || !strcmp(value, "1"))
 		return 0;
-	items = g_strsplit(value, ",", -1);
-	for (gchar **it = items; *it && !ret; it++) {
-		char *eq = strchr(*it, '=');
-
-		if (!eq || eq == *it) {
-			vd_err("%s: \"%s\" is neither 1 nor key=value", job_type_name(type), *it);
-			ret = -EINVAL;
-			break;
-		}
-		*eq = '\0';
-		ret = job_opts_set(o, type, *it, eq + 1);
-	}
-	g_strfreev(items);
-	return ret;
+	return job_opts_split(job_type_name(type), "1", value, opts_ctx_set, &ctx);
 }

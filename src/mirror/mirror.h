@@ -57,7 +57,7 @@ int job_opts_set(struct mirror_opts *o, enum job_type type, const char *key, con
 /* A rate: "200M", "200M/s", "1048576" (bytes/s). 0 or -EINVAL. */
 int mirror_parse_speed(const char *val, uint64_t *out);
 
-/* ---- the per-view mirror (mirror.c) ---- */
+/* ---- the per-view mirror (mirror.c, job-start.c, mirror-gate.c) ---- */
 struct mirror;
 
 /* What start needs to know about the mount it runs in. */
@@ -157,7 +157,7 @@ void mirror_hook_detach(struct mirror *m, vd_done_fn done, void *opaque);
 /* ---- the view's data path ----
  * Every data request of a view comes here. Without a job it goes straight to
  * the view's image; with one, writes go to both sides under the job's range
- * lock (mirror.c). done(opaque, err) runs once, with the source's result; c is
+ * lock (mirror-gate.c). done(opaque, err) runs once, with the source's result; c is
  * the caller's and must stay valid until then. */
 struct mirror_call {
 	struct mirror *m;
