@@ -49,6 +49,9 @@ static const struct {
 	{"backup-cancel", CONTROL_BACKUP_CANCEL, 1, 1, " NAME"},
 	{"backup-end", CONTROL_BACKUP_END, 1, 1, " NAME"},
 	{"backup-status", CONTROL_BACKUP_STATUS, 1, 1, " NAME"},
+	{"backup-pause", CONTROL_BACKUP_PAUSE, 1, 1, " NAME"},
+	{"backup-resume", CONTROL_BACKUP_RESUME, 1, 1, " NAME"},
+	{"backup-speed", CONTROL_BACKUP_SPEED, 2, 2, " NAME RATE"},
 	/* clang-format on */
 };
 
@@ -187,7 +190,8 @@ int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString 
 				       "activate, inactivate, bitmap-add, "
 				       "bitmap-remove, bitmap-enable, bitmap-disable, "
 				       "bitmap-clear, backup-start, backup-cancel, "
-				       "backup-end, backup-status)\n",
+				       "backup-end, backup-status, backup-pause, "
+				       "backup-resume, backup-speed)\n",
 				       argv[0]);
 		goto out;
 	}
@@ -201,7 +205,8 @@ int control_parse(const char *buf, size_t len, struct control_cmd *cmd, GString 
 	cmd->job = control_verbs[i].job;
 	if (argc > 1)
 		cmd->name = g_strdup(argv[1]);
-	if (cmd->verb == CONTROL_JOB_SPEED || cmd->verb == CONTROL_BITMAP)
+	if (cmd->verb == CONTROL_JOB_SPEED || cmd->verb == CONTROL_BITMAP ||
+	    cmd->verb == CONTROL_BACKUP_SPEED)
 		cmd->arg = g_strdup(argv[2]);
 	ret = 0;
 	if (cmd->verb == CONTROL_JOB_START)

@@ -205,6 +205,23 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 		ret = xattr_bitmap(n, cmd->bitmap, cmd->arg, cmd->granularity);
 		ret = control_result(n, out, ret, -1, "ok\n");
 		break;
+	case CONTROL_BACKUP_PAUSE:
+	case CONTROL_BACKUP_RESUME:
+	case CONTROL_BACKUP_SPEED:
+		ret = xattr_backup_adjust(n,
+					  cmd->verb == CONTROL_BACKUP_PAUSE    ? "pause"
+					  : cmd->verb == CONTROL_BACKUP_RESUME ? "resume"
+									       : "speed",
+					  cmd->arg);
+		vnode_note_verb(n, ret);
+		if (ret) {
+			control_error(out, ret);
+		} else {
+			g_string_append(out, "ok: ");
+			backup_status_line(n->backup, out);
+			g_string_append_c(out, '\n');
+		}
+		break;
 	case CONTROL_BACKUP_STATUS:
 		backup_status_line(n->backup, out);
 		g_string_append_c(out, '\n');

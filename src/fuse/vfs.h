@@ -166,6 +166,8 @@ struct vnode_call *vnode_call_blocked(struct vnode *n, const char *verb, vd_done
 /* The verbs that adjust a running job: "pause", "resume", or "speed" with
  * value a rate (like speed= of start). 0 or -errno, logged. */
 int xattr_job_adjust(struct vnode *n, enum job_type type, const char *verb, const char *value);
+/* The same for the view's running push backup. */
+int xattr_backup_adjust(struct vnode *n, const char *verb, const char *value);
 /* A command on a persistent bitmap of the view's image (image_bitmap()), the
  * mount's read-only state checked first. 0 or -errno, logged. */
 int xattr_bitmap(struct vnode *n, enum vd_bitmap_cmd cmd, const char *name, uint32_t gran);
@@ -195,6 +197,9 @@ enum control_verb {
 	CONTROL_BACKUP_CANCEL,
 	CONTROL_BACKUP_END,
 	CONTROL_BACKUP_STATUS,
+	CONTROL_BACKUP_PAUSE,
+	CONTROL_BACKUP_RESUME,
+	CONTROL_BACKUP_SPEED,
 };
 
 struct control_cmd {

@@ -287,6 +287,22 @@ int xattr_job_adjust(struct vnode *n, enum job_type type, const char *verb, cons
 	return ret;
 }
 
+int xattr_backup_adjust(struct vnode *n, const char *verb, const char *value)
+{
+	uint64_t speed;
+
+	if (!n->backup)
+		return -ENOMEM;
+	if (!strcmp(verb, "pause") || !strcmp(verb, "resume"))
+		return backup_pause(n->backup, !strcmp(verb, "pause"));
+	if (mirror_parse_speed(value, &speed)) {
+		vd_err("backup: bad value \"%s\" for speed: want bytes per second, e.g. 200M",
+		       value);
+		return -EINVAL;
+	}
+	return backup_set_speed(n->backup, speed);
+}
+
 int xattr_bitmap(struct vnode *n, enum vd_bitmap_cmd cmd, const char *name, uint32_t gran)
 {
 	if (vfs_cfg.read_only) {
@@ -606,6 +622,17 @@ static void xattr_backup(fuse_req_t req, struct vnode *n, const char *verb, cons
 		backup_opts_free(&o);
 		return;
 	}
+	if (!strcmp(verb, "pause") || !strcmp(verb, "resume") || !strcmp(verb, "speed")) {
+		char *v = g_strndup(value, size);
+		int ret;
+
+		g_strchomp(v);
+		ret = xattr_backup_adjust(n, verb, v);
+		g_free(v);
+		vnode_note_verb(n, ret);
+		fuse_reply_err(req, -ret);
+		return;
+	}
 	w = xattr_wait_new(req, n);
 	if (w)
 		xattr_backup_stop(n, !strcmp(verb, "end"), xattr_verb_done, w);
@@ -663,7 +690,8 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 		return;
 	}
 	if (!strcmp(key, "backup.start") || !strcmp(key, "backup.cancel") ||
-	    !strcmp(key, "backup.end")) {
+	    !strcmp(key, "backup.end") || !strcmp(key, "backup.pause") ||
+	    !strcmp(key, "backup.resume") || !strcmp(key, "backup.speed")) {
 		xattr_backup(req, n, key + strlen("backup."), value, size);
 		return;
 	}

@@ -172,11 +172,12 @@ static int copy_pump(struct backup_job *job)
 		pthread_mutex_lock(&b->lock);
 		while (job->pos < job->nchunks && !bits_test(job->need, job->pos))
 			job->pos++;
-		go = !job->stop && job->inflight < COPY_DEPTH && job->pos < job->nchunks;
+		go = !job->stop && !job->paused && job->inflight < COPY_DEPTH &&
+		     job->pos < job->nchunks;
 		pthread_mutex_unlock(&b->lock);
 		if (!go)
 			break;
-		wait = copy_bucket_wait(&job->bucket, job->speed, job->chunk);
+		wait = copy_bucket_wait(&job->bucket, atomic_load(&job->speed), job->chunk);
 		if (wait)
 			return wait;
 		c = calloc(1, sizeof(*c));
@@ -189,7 +190,7 @@ static int copy_pump(struct backup_job *job)
 		c->idx = job->pos++;
 		c->off = c->idx * job->chunk;
 		c->len = min_u64(job->chunk, job->size - c->off);
-		copy_bucket_take(&job->bucket, job->speed, c->len);
+		copy_bucket_take(&job->bucket, atomic_load(&job->speed), c->len);
 		pthread_mutex_lock(&b->lock);
 		job->inflight++;
 		pthread_mutex_unlock(&b->lock);

@@ -75,8 +75,8 @@ struct backup_job {
 	uint32_t chunk;
 	uint64_t size, nchunks;
 	struct rangelock rl;
-	uint64_t speed;
-	int efd; /* wakes the copier */
+	atomic_ullong speed; /* bytes/s, 0: none (backup_set_speed() stores it) */
+	int efd;	     /* wakes the copier */
 
 	/* Under b->lock. dst is the copier's to close at the end. */
 	struct vd_image *dst;
@@ -90,6 +90,7 @@ struct backup_job {
 	enum backup_phase phase;
 	char error[256];
 	bool stop;   /* the copier issues nothing more; the hook lets writes by */
+	bool paused; /* the copier issues nothing more until resumed */
 	bool cancel; /* stopped by a cancel (or unmount) */
 	bool detached;
 	bool ending;			/* pull: an end or cancel is under way */

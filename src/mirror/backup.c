@@ -567,7 +567,7 @@ void backup_start(struct backup *b, const struct backup_opts *o, const struct mi
 	job->src = src;
 	job->size = src->size;
 	job->sync = o->sync;
-	job->speed = o->speed;
+	atomic_init(&job->speed, o->speed);
 	job->efd = -1;
 	job->store.fd = -1;
 	job->chunk = BACKUP_CHUNK;
@@ -626,6 +626,65 @@ void backup_cancel(struct backup *b, vd_done_fn done, void *opaque)
 	backup_kick(job);
 }
 
+/* The running push backup a pause, resume or speed acts on: with b->lock
+ * held, or NULL (unlocked, -errno logged in *err). */
+static struct backup_job *backup_adjust_lock(struct backup *b, const char *verb, int *err)
+{
+	struct backup_job *job;
+
+	pthread_mutex_lock(&b->lock);
+	job = b->job;
+	*err = 0;
+	if (!job || job->phase != BP_RUNNING || job->stop || job->end_done)
+		*err = -ESRCH;
+	else if (job->pull)
+		*err = -EINVAL; /* no copier: the reader sets the pace */
+	if (!*err)
+		return job;
+	pthread_mutex_unlock(&b->lock);
+	vd_err("%s: backup %s: %s", (*b->slot)->path, verb,
+	       *err == -ESRCH ? "no backup is running"
+			      : "a pull backup has no copy to pause or to limit");
+	return NULL;
+}
+
+int backup_pause(struct backup *b, bool pause)
+{
+	struct backup_job *job;
+	int err;
+	bool was;
+
+	job = backup_adjust_lock(b, pause ? "pause" : "resume", &err);
+	if (!job)
+		return err;
+	was = job->paused;
+	job->paused = pause;
+	pthread_mutex_unlock(&b->lock);
+	if (was != pause)
+		vd_info("%s: backup to %s %s", (*b->slot)->path, job->target,
+			pause ? "paused: the copy waits, guest writes go on (copied before "
+				"they land where the backup still needs the old data)"
+			      : "resumed");
+	backup_kick(job);
+	return 0;
+}
+
+int backup_set_speed(struct backup *b, uint64_t speed)
+{
+	struct backup_job *job;
+	int err;
+
+	job = backup_adjust_lock(b, "speed", &err);
+	if (!job)
+		return err;
+	atomic_store(&job->speed, speed);
+	pthread_mutex_unlock(&b->lock);
+	vd_info("%s: backup to %s: speed limit %" PRIu64 " bytes/s%s", (*b->slot)->path,
+		job->target, speed, speed ? "" : " (none)");
+	backup_kick(job);
+	return 0;
+}
+
 void backup_free(struct backup *b)
 {
 	struct backup_job *job;
@@ -660,8 +719,9 @@ void backup_free(struct backup *b)
 struct backup_snap {
 	enum backup_phase phase;
 	const char *target, *sync, *bitmap, *format, *view;
-	uint64_t copied, total, percent, rate;
+	uint64_t copied, total, percent, rate, speed;
 	int64_t eta; /* seconds, -1: unknown (as every job's status) */
+	bool paused;
 	char error[256];
 };
 
@@ -681,6 +741,8 @@ static void backup_snap(struct backup *b, struct backup_snap *s)
 	s->sync = job->sync == BACKUP_FULL ? "full" : "incremental";
 	s->bitmap = job->bitmap ? job->bitmap : "";
 	s->copied = atomic_load(&job->copied);
+	s->speed = atomic_load(&job->speed);
+	s->paused = job->paused;
 	s->total = job->total;
 	s->percent = s->total ? s->copied * 100 / s->total : 100;
 	end = job->end_ns ? job->end_ns : vd_now_ns();
@@ -706,9 +768,9 @@ void backup_status_line(struct backup *b, GString *out)
 			out,
 			"phase=%s target=%s format=%s sync=%s bitmap=%s copied=%" PRIu64
 			" total=%" PRIu64 " percent=%" PRIu64 " rate=%" PRIu64 " eta=%" PRId64
-			" view=%s type=backup error=%s",
+			" speed=%" PRIu64 " paused=%d view=%s type=backup error=%s",
 			phase_names[s.phase], s.target, s.format, s.sync, s.bitmap, s.copied,
-			s.total, s.percent, s.rate, s.eta, s.view, s.error);
+			s.total, s.percent, s.rate, s.eta, s.speed, s.paused, s.view, s.error);
 	pthread_mutex_unlock(&b->lock);
 }
 
@@ -733,6 +795,8 @@ void backup_status_json(struct backup *b, struct json_writer *j)
 			json_u64(j, "eta", (uint64_t)s.eta);
 		else
 			json_str(j, "eta", NULL); /* unknown */
+		json_u64(j, "speed", s.speed);
+		json_bool(j, "paused", s.paused);
 		json_str(j, "error", s.error[0] ? s.error : NULL);
 	}
 	pthread_mutex_unlock(&b->lock);

@@ -57,6 +57,11 @@ void backup_start(struct backup *b, const struct backup_opts *o, const struct mi
 /* Cancel a running job: done(opaque, 0) once it ended (the target closed,
  * the bitmap's bits merged back), or -ESRCH (no job running), logged. */
 void backup_cancel(struct backup *b, vd_done_fn done, void *opaque);
+/* Pause or resume the copy of a running push backup (guest writes go on,
+ * through the copy-before-write), or change its speed limit (bytes/s, 0:
+ * none). 0, or -ESRCH (none running), -EINVAL (a pull backup), logged. */
+int backup_pause(struct backup *b, bool pause);
+int backup_set_speed(struct backup *b, uint64_t speed);
 /* Is a job starting or running (a mirror, a truncate must wait)? */
 bool backup_busy(struct backup *b);
 /* Is the calling thread the copier of b's job (backup_free() must then run

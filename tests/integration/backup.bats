@@ -58,6 +58,34 @@ same() {
 	same "$T/src.qcow2" "$T/ref.raw"
 }
 
+@test "pause, resume and a new speed of a running backup (xattr, vdiskfsctl); guest writes go on" {
+	make_image "$T/src.qcow2" qcow2 64 32
+	touch "$T/view"
+	vd_mount "$T/src.qcow2" "$T/view"
+	start_writer "$T/view" 0 64
+	at_start "$T/view" "$T/at-start.raw" "target=$T/full.qcow2,speed=4M"
+	bset "$T/view" pause 1
+	[ "$(field "$T/view" paused)" = 1 ]
+	sleep 0.5
+	c1=$(field "$T/view" copied)
+	sleep 1
+	[ "$(field "$T/view" copied)" = "$c1" ] # nothing copied while paused
+	[ "$(field "$T/view" phase)" = running ]
+	"$VDISKFSCTL" set-speed "$T/view" 0 # acts on the view's job: the backup
+	[ "$(field "$T/view" speed)" = 0 ]
+	"$VDISKFSCTL" resume "$T/view"
+	[ "$(field "$T/view" paused)" = 0 ]
+	wait_job_phase backup "$T/view" completed 60
+	stop_writer
+	same "$T/full.qcow2" "$T/at-start.raw"
+	run bset "$T/view" pause 1
+	[[ "$output" == *"No such process"* ]]
+	run bset "$T/view" speed fast
+	[[ "$output" == *"Invalid argument"* ]]
+	vd_umount "$T/view"
+	same "$T/src.qcow2" "$T/ref.raw"
+}
+
 @test "raw and vhdx targets of a qcow2 disk under writes" {
 	make_image "$T/src.qcow2" qcow2 32 12
 	touch "$T/view"
