@@ -315,6 +315,8 @@ static void copy_end(struct backup_job *job)
 	pthread_mutex_lock(&b->lock);
 	cbw_store_close(&job->store);
 	job->end_ns = vd_now_ns();
+	if (ok && job->bitmap) /* the base of the next incremental by default */
+		g_hash_table_replace(b->last, g_strdup(job->bitmap), g_strdup(job->target));
 	if (ok)
 		job->phase = BP_COMPLETED;
 	else if (job->cancel)

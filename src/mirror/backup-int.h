@@ -123,6 +123,9 @@ struct backup {
 	bool starting;
 	vd_done_fn start_done;
 	void *start_opaque;
+	/* Under lock: bitmap name -> the target of the last push backup made
+	 * with it that completed in this mount (an incremental's default base). */
+	GHashTable *last;
 };
 
 static inline bool bits_test(const uint64_t *w, uint64_t i)

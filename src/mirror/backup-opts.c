@@ -88,12 +88,6 @@ int backup_opts_check(const struct backup_opts *o)
 		vd_err("backup: sync=incremental needs bitmap=NAME");
 		return -EINVAL;
 	}
-	if (o->sync == BACKUP_INCREMENTAL && !o->base) {
-		vd_err("backup: sync=incremental needs base=PATH (the previous backup made "
-		       "with bitmap %s)",
-		       o->bitmap);
-		return -EINVAL;
-	}
 	if (o->sync == BACKUP_FULL && o->base) {
 		vd_err("backup: base= goes with sync=incremental only");
 		return -EINVAL;

@@ -39,6 +39,7 @@ struct backup *backup_new(struct mirror *m, struct vd_image **slot)
 	b->slot = slot;
 	b->hook.before = hook_before;
 	b->hook.after = hook_after;
+	b->last = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
 	return b;
 }
 
@@ -481,6 +482,7 @@ static int start_prepare(struct backup_job *job, const struct backup_opts *o,
 	struct vd_image *src = job->src;
 	struct job_target t = {.who = "backup", .path = o->target, .format = o->format};
 	struct vd_bitmap_bits probe = {0};
+	g_autofree char *last = NULL;
 	char *dir;
 	uint64_t words;
 	int ret;
@@ -488,6 +490,11 @@ static int start_prepare(struct backup_job *job, const struct backup_opts *o,
 	ret = backup_opts_check(o);
 	if (ret)
 		return ret;
+	if (o->bitmap) {
+		pthread_mutex_lock(&job->b->lock);
+		last = g_strdup(g_hash_table_lookup(job->b->last, o->bitmap));
+		pthread_mutex_unlock(&job->b->lock);
+	}
 	if (o->bitmap) { /* it exists, is enabled, the format keeps bitmaps */
 		ret = image_bitmap_take(src, o->bitmap, false, &probe);
 		if (ret)
@@ -497,8 +504,14 @@ static int start_prepare(struct backup_job *job, const struct backup_opts *o,
 	}
 	if (o->sync == BACKUP_INCREMENTAL && !job->pull) {
 		t.format = "qcow2";
-		t.backing = o->base;
-		ret = base_format(o->base, &t.backing_fmt);
+		t.backing = o->base ? o->base : last;
+		if (!t.backing) {
+			vd_err("backup: sync=incremental needs base=PATH: no backup with bitmap %s "
+			       "completed in this mount yet (name the previous one)",
+			       o->bitmap);
+			return -EINVAL;
+		}
+		ret = base_format(t.backing, &t.backing_fmt);
 		if (ret)
 			return ret;
 	}
@@ -710,6 +723,7 @@ void backup_free(struct backup *b)
 		backup_kick(job);
 		job_free(job); /* joins the copier after the job's end */
 	}
+	g_hash_table_destroy(b->last);
 	pthread_mutex_destroy(&b->lock);
 	free(b);
 }

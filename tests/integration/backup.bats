@@ -130,10 +130,13 @@ same() {
 	wait_job_phase backup "$T/view" completed 30
 	[ "$(field "$T/view" total)" -gt 0 ]
 	same "$T/inc2.qcow2" "$T/view"
-	bset "$T/view" start "target=$T/inc3.qcow2,sync=incremental,bitmap=bm,base=$T/inc2.qcow2"
+	# without base=: the last backup with that bitmap in this mount (inc2)
+	bset "$T/view" start "target=$T/inc3.qcow2,sync=incremental,bitmap=bm"
 	wait_job_phase backup "$T/view" completed 30
 	[ "$(field "$T/view" total)" = 0 ]
 	same "$T/inc3.qcow2" "$T/view"
+	run qemu-img info -U --output=json "$T/inc3.qcow2"
+	[[ "$output" == *"\"backing-filename\": \"$T/inc2.qcow2\""* ]]
 	vd_umount "$T/view"
 	qemu_check "$T/src.qcow2"
 	qemu_check "$T/full.qcow2"
