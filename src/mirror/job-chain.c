@@ -136,6 +136,7 @@ int commit_start(struct mirror *m, const struct mirror_opts *o, const struct mir
 	}
 	image_ref(base);
 	job->rd = top;
+	job->total = top->size; /* an image further down may be smaller than the view */
 	job->base = base;
 	job->dst = base;
 	job->fan_out = job->lock_guest = top == src; /* guest writes reach the base too */
