@@ -106,6 +106,15 @@ static int commit_pick(struct vd_image *src, const struct mirror_opts *o, struct
 
 		while (upper->backing != *top)
 			upper = upper->backing;
+		if (upper->size > (*top)->size && (*base)->size > (*top)->size) {
+			/* The image above reads zeroes past top's end, where it
+			 * would read the base's data once it backs onto it. */
+			vd_err("%s: commit: %s is shorter than %s above it and than base %s: "
+			       "the chain would read differently past its end (stream into %s "
+			       "instead)",
+			       src->path, (*top)->path, upper->path, (*base)->path, upper->path);
+			return -ENOTSUP;
+		}
 		return relink_supported(upper, "commit");
 	}
 	return 0;

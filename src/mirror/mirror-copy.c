@@ -212,6 +212,13 @@ int copy_status(struct mirror_job *job, uint64_t off, uint64_t len, uint64_t *pn
 			return 0;
 		}
 		from = from->backing;
+		if (off >= from->size) {
+			/* Past a shorter backing file the top reads zeroes: so
+			 * must it once it backs onto a longer base. */
+			*pnum = n;
+			*kind = job->base && off < job->base->size ? COPY_ZERO : COPY_SKIP;
+			return 0;
+		}
 	}
 	ret = image_block_status_above(from, job->base, off, n, pnum, &st);
 	if (!ret)

@@ -181,6 +181,35 @@ backing_of() {
 	qemu-img compare -F raw "$T/top.qcow2" "$T/ref.raw"
 }
 
+@test "stream and commit over a backing file shorter than the view" {
+	# base 64M with data everywhere, mid 32M over it, top 64M over mid:
+	# past mid's end the view reads zeroes, not base's data
+	make_image "$T/base.qcow2" qcow2 64 64
+	qemu-img create -q -f qcow2 -b "$T/base.qcow2" -F qcow2 "$T/mid.qcow2" 32M
+	qemu-io -f qcow2 -c "write -P 0x11 1M 1M" "$T/mid.qcow2" >/dev/null
+	qemu-img create -q -f qcow2 -b "$T/mid.qcow2" -F qcow2 "$T/top.qcow2" 64M
+	qemu-io -f qcow2 -c "write -P 0x22 40M 1M" "$T/top.qcow2" >/dev/null
+	qemu-img convert -O raw "$T/top.qcow2" "$T/ref.raw"
+	cp "$T/top.qcow2" "$T/top2.qcow2"
+	touch "$T/view"
+	vd_mount "$T/top.qcow2" "$T/view"
+	setfattr -n user.vdiskfs.stream.start -v "base=$T/base.qcow2" "$T/view"
+	wait_phase "$T/view" completed 60 stream
+	cmp "$T/view" "$T/ref.raw"
+	vd_umount "$T/view"
+	[ "$(backing_of "$T/top.qcow2")" = "$T/base.qcow2" ]
+	qemu-img compare -F raw "$T/top.qcow2" "$T/ref.raw"
+	# committing the short image into the long base would change what the
+	# image above reads past its end: refused, the chain unchanged
+	vd_mount "$T/top2.qcow2" "$T/view"
+	run setfattr -n user.vdiskfs.commit.start -v "top=$T/mid.qcow2" "$T/view"
+	[[ "$output" == *"not supported"* ]]
+	[[ "$(getfattr --only-values -n user.vdiskfs.last-error "$T/view")" == *"shorter than"* ]]
+	cmp "$T/view" "$T/ref.raw"
+	vd_umount "$T/view"
+	[ "$(backing_of "$T/top2.qcow2")" = "$T/mid.qcow2" ]
+}
+
 @test "commit of the active image: ready, complete moves the view onto the base" {
 	make_chain
 	touch "$T/view"
