@@ -674,8 +674,8 @@ void xattr_set(fuse_req_t req, struct vnode *n, const char *name, const char *va
 	}
 	key = name + strlen(XATTR_PREFIX);
 	if ((xattr_owner_only(key) || !strcmp(key, "active")) && !vfs_req_by_owner(req)) {
-		vd_err("%s: %s: only the owner of the mount may run jobs, change bitmaps or "
-		       "hand views over",
+		vd_err("%s: %s: only the owner of the mount may run mirrors and other jobs, "
+		       "change bitmaps or hand views over",
 		       n->img->path, name);
 		fuse_reply_err(req, EACCES);
 		return;
