@@ -90,17 +90,24 @@ static char *view_get(const char *path, const char *key)
 	char *buf;
 
 	snprintf(name, sizeof(name), XATTR_PREFIX "%s", key);
-	n = getxattr(path, name, NULL, 0);
-	if (n < 0)
-		return NULL;
-	buf = g_malloc(n + 1);
-	n = getxattr(path, name, buf, n);
-	if (n < 0) {
+	/* A status may grow between asking its size and reading it (a rate
+	 * gains a digit): read again with room to spare. */
+	for (int tries = 0; tries < 8; tries++) {
+		n = getxattr(path, name, NULL, 0);
+		if (n < 0)
+			return NULL;
+		n += 256;
+		buf = g_malloc(n + 1);
+		n = getxattr(path, name, buf, n);
+		if (n >= 0) {
+			buf[n] = '\0';
+			return buf;
+		}
 		g_free(buf);
-		return NULL;
+		if (errno != ERANGE)
+			return NULL;
 	}
-	buf[n] = '\0';
-	return buf;
+	return NULL;
 }
 
 /* Set user.vdiskfs.KEY; on refusal say why (errno and last-error). */
