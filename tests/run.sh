@@ -95,8 +95,8 @@ LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$top/tests/lsan.supp:print_suppression
 # Whole-daemon mutation fuzzing (contrib/fuzz-mount.sh), a fixed slice: the
 # same mutated images every run (FUZZ_MOUNT_ROUNDS, seed FUZZ_MOUNT_SEED);
 # a crash, hang, escape or difference from qemu-img fails the run.
-echo "== fuzz-mount: ${FUZZ_MOUNT_ROUNDS:-120} mutated images"
-if contrib/fuzz-mount.sh --vdiskfs build-asan/vdiskfs --rounds "${FUZZ_MOUNT_ROUNDS:-120}" \
+echo "== fuzz-mount: ${FUZZ_MOUNT_ROUNDS:-90} mutated images"
+if contrib/fuzz-mount.sh --vdiskfs build-asan/vdiskfs --rounds "${FUZZ_MOUNT_ROUNDS:-90}" \
 	--seed "${FUZZ_MOUNT_SEED:-20261206}" --out build-asan/fuzz-mount-out; then
 	summary+=("fuzz-mount: 1 passed, 0 failed")
 	total_pass=$((total_pass + 1))
