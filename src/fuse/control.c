@@ -100,15 +100,27 @@ void control_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info 
 	g_free(copy);
 }
 
-/* A command answered when a mirror verb finishes. */
+/* What a verb's success answers: "ok", or "ok: " and a status line, a job
+ * type's (>= 0) or the backup's. */
+enum { ANSWER_OK = -1, ANSWER_BACKUP = -2 };
+
+static void answer_status(struct vnode *n, int answer, GString *out)
+{
+	g_string_append(out, "ok: ");
+	if (answer == ANSWER_BACKUP)
+		backup_status_line(n->backup, out);
+	else
+		job_status_line(n->mirror, answer, out);
+	g_string_append_c(out, '\n');
+}
+
+/* A command answered when a verb finishes. */
 struct control_wait {
 	fuse_req_t req;
 	struct control_fh *fh;
 	struct vnode *n;
 	size_t size;
-	enum job_type job; /* whose status line the answer shows */
-	bool status;	   /* show it (else "ok") */
-	bool backup;	   /* a backup verb: its status answers */
+	int answer; /* ANSWER_OK, ANSWER_BACKUP or a job type */
 };
 
 static void control_reply(struct control_wait *w, int err)
@@ -130,13 +142,8 @@ static void control_verb_done(void *opaque, int err)
 		g_string_append_printf(w->fh->text, "error: %s\n", strerror(-err));
 	} else if (atomic_load(&w->n->img->inactive)) {
 		g_string_append(w->fh->text, "ok: inactive\n");
-	} else if (w->status) {
-		g_string_append(w->fh->text, "ok: ");
-		if (w->backup)
-			backup_status_line(w->n->backup, w->fh->text);
-		else
-			job_status_line(w->n->mirror, w->job, w->fh->text);
-		g_string_append_c(w->fh->text, '\n');
+	} else if (w->answer != ANSWER_OK) {
+		answer_status(w->n, w->answer, w->fh->text);
 	} else {
 		g_string_append(w->fh->text, "ok\n");
 	}
@@ -146,17 +153,15 @@ static void control_verb_done(void *opaque, int err)
 	loop_req_end();
 }
 
-/* A verb's answer: noted on the view, and "error: ..." or ok (the text, or
- * with status the mirror's status line) in out. Returns err. */
-static int control_result(struct vnode *n, GString *out, int err, int status, const char *ok)
+/* A verb's answer: noted on the view, and "error: ..." or ok (the text ok
+ * for ANSWER_OK, else the status line answer names) in out. Returns err. */
+static int control_result(struct vnode *n, GString *out, int err, int answer, const char *ok)
 {
 	vnode_note_verb(n, err);
 	if (err) {
 		control_error(out, err);
-	} else if (status >= 0) {
-		g_string_append(out, "ok: ");
-		job_status_line(n->mirror, status, out);
-		g_string_append_c(out, '\n');
+	} else if (answer != ANSWER_OK) {
+		answer_status(n, answer, out);
 	} else {
 		g_string_append(out, ok);
 	}
@@ -182,7 +187,7 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 	switch (cmd->verb) {
 	case CONTROL_JOB_START:
 		ret = xattr_job_start(n, cmd->job, &cmd->opts);
-		ret = control_result(n, out, ret, -1, "ok\n");
+		ret = control_result(n, out, ret, ANSWER_OK, "ok\n");
 		break;
 	case CONTROL_JOB_STATUS:
 		job_status_line(n->mirror, cmd->job, out);
@@ -199,11 +204,11 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 		ret = control_result(n, out, ret, cmd->job, NULL);
 		break;
 	case CONTROL_ACTIVATE:
-		ret = control_result(n, out, handover_activate(n), -1, "ok: active\n");
+		ret = control_result(n, out, handover_activate(n), ANSWER_OK, "ok: active\n");
 		break;
 	case CONTROL_BITMAP:
 		ret = xattr_bitmap(n, cmd->bitmap, cmd->arg, cmd->granularity);
-		ret = control_result(n, out, ret, -1, "ok\n");
+		ret = control_result(n, out, ret, ANSWER_OK, "ok\n");
 		break;
 	case CONTROL_BACKUP_PAUSE:
 	case CONTROL_BACKUP_RESUME:
@@ -213,14 +218,7 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 					  : cmd->verb == CONTROL_BACKUP_RESUME ? "resume"
 									       : "speed",
 					  cmd->arg);
-		vnode_note_verb(n, ret);
-		if (ret) {
-			control_error(out, ret);
-		} else {
-			g_string_append(out, "ok: ");
-			backup_status_line(n->backup, out);
-			g_string_append_c(out, '\n');
-		}
+		ret = control_result(n, out, ret, ANSWER_BACKUP, NULL);
 		break;
 	case CONTROL_BACKUP_STATUS:
 		backup_status_line(n->backup, out);
@@ -230,7 +228,7 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 	case CONTROL_BACKUP_CANCEL:
 	case CONTROL_BACKUP_END:
 		w->n = n; /* the lookup reference is dropped when the verb is done */
-		w->backup = w->status = true;
+		w->answer = ANSWER_BACKUP;
 		loop_req_begin();
 		if (cmd->verb == CONTROL_BACKUP_START)
 			xattr_backup_start(n, &cmd->bopts, control_verb_done, w);
@@ -245,8 +243,7 @@ static int control_mirror(struct control_cmd *cmd, struct control_wait *w)
 	case CONTROL_JOB_COMPLETE:
 	case CONTROL_JOB_CANCEL:
 		w->n = n; /* the lookup reference is dropped when the verb is done */
-		w->job = cmd->job;
-		w->status = true;
+		w->answer = cmd->job;
 		loop_req_begin();
 		if (cmd->verb == CONTROL_JOB_COMPLETE)
 			xattr_job_complete(n, cmd->job, control_verb_done, w);
@@ -299,6 +296,7 @@ void control_write(fuse_req_t req, const char *buf, size_t size, struct fuse_fil
 	fh->fresh = true;
 	fh->cursor = 0;
 	w->req = req;
+	w->answer = ANSWER_OK;
 	w->fh = fh;
 	w->size = size;
 	ret = control_run(buf, size, w);
