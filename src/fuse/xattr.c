@@ -65,21 +65,10 @@ void vnode_note_verb(struct vnode *n, int err)
  * backup (running, or the last one that ended). */
 static void view_jobs_json(struct vnode *n, struct json_writer *j)
 {
-	GString *line;
-
 	if (n->mirror)
 		job_any_json(n->mirror, j);
-	if (!n->backup)
-		return;
-	line = g_string_new(NULL);
-	backup_status_line(n->backup, line);
-	if (!g_str_has_prefix(line->str, "phase=none")) {
-		json_begin_object(j, NULL);
-		json_str(j, "type", "backup");
-		backup_status_json(n->backup, j);
-		json_end_object(j);
-	}
-	g_string_free(line, TRUE);
+	if (n->backup)
+		backup_any_json(n->backup, j);
 }
 
 void view_info_json(struct vnode *n, struct json_writer *j, bool mirror)
@@ -270,21 +259,27 @@ int xattr_job_start(struct vnode *n, enum job_type type, const struct mirror_opt
 	return ret;
 }
 
+/* The rate of a speed verb: 0, or -EINVAL logged naming who. */
+static int adjust_speed(const char *who, const char *value, uint64_t *speed)
+{
+	if (!mirror_parse_speed(value, speed))
+		return 0;
+	vd_err("%s: bad value \"%s\" for speed: want bytes per second, e.g. 200M or 200M/s", who,
+	       value);
+	return -EINVAL;
+}
+
 int xattr_job_adjust(struct vnode *n, enum job_type type, const char *verb, const char *value)
 {
-	struct mirror_opts o;
-	int ret;
+	uint64_t speed;
 
 	if (!n->mirror)
 		return -ENOMEM;
 	if (!strcmp(verb, "pause") || !strcmp(verb, "resume"))
 		return job_pause(n->mirror, type, !strcmp(verb, "pause"));
-	mirror_opts_init(&o);
-	ret = mirror_opts_set(&o, "speed", value);
-	if (!ret)
-		ret = job_set_speed(n->mirror, type, o.speed);
-	mirror_opts_free(&o);
-	return ret;
+	if (adjust_speed(job_type_name(type), value, &speed))
+		return -EINVAL;
+	return job_set_speed(n->mirror, type, speed);
 }
 
 int xattr_backup_adjust(struct vnode *n, const char *verb, const char *value)
@@ -295,11 +290,8 @@ int xattr_backup_adjust(struct vnode *n, const char *verb, const char *value)
 		return -ENOMEM;
 	if (!strcmp(verb, "pause") || !strcmp(verb, "resume"))
 		return backup_pause(n->backup, !strcmp(verb, "pause"));
-	if (mirror_parse_speed(value, &speed)) {
-		vd_err("backup: bad value \"%s\" for speed: want bytes per second, e.g. 200M",
-		       value);
+	if (adjust_speed("backup", value, &speed))
 		return -EINVAL;
-	}
 	return backup_set_speed(n->backup, speed);
 }
 

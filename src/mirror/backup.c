@@ -788,30 +788,51 @@ void backup_status_line(struct backup *b, GString *out)
 	pthread_mutex_unlock(&b->lock);
 }
 
+static void snap_json(const struct backup_snap *s, struct json_writer *j)
+{
+	json_str(j, "phase", phase_names[s->phase]);
+	if (s->phase == BP_NONE)
+		return;
+	json_str(j, "target", s->target[0] ? s->target : NULL);
+	json_str(j, "view", s->view[0] ? s->view : NULL);
+	json_str(j, "format", s->format);
+	json_str(j, "sync", s->sync);
+	json_str(j, "bitmap", s->bitmap[0] ? s->bitmap : NULL);
+	json_u64(j, "copied", s->copied);
+	json_u64(j, "total", s->total);
+	json_u64(j, "percent", s->percent);
+	json_u64(j, "rate", s->rate);
+	if (s->eta >= 0)
+		json_u64(j, "eta", (uint64_t)s->eta);
+	else
+		json_str(j, "eta", NULL); /* unknown */
+	json_u64(j, "speed", s->speed);
+	json_bool(j, "paused", s->paused);
+	json_str(j, "error", s->error[0] ? s->error : NULL);
+}
+
 void backup_status_json(struct backup *b, struct json_writer *j)
 {
 	struct backup_snap s;
 
 	pthread_mutex_lock(&b->lock);
 	backup_snap(b, &s);
-	json_str(j, "phase", phase_names[s.phase]);
+	snap_json(&s, j);
+	pthread_mutex_unlock(&b->lock);
+}
+
+bool backup_any_json(struct backup *b, struct json_writer *j)
+{
+	struct backup_snap s;
+
+	pthread_mutex_lock(&b->lock);
+	backup_snap(b, &s);
 	if (s.phase != BP_NONE) {
-		json_str(j, "target", s.target[0] ? s.target : NULL);
-		json_str(j, "view", s.view[0] ? s.view : NULL);
-		json_str(j, "format", s.format);
-		json_str(j, "sync", s.sync);
-		json_str(j, "bitmap", s.bitmap[0] ? s.bitmap : NULL);
-		json_u64(j, "copied", s.copied);
-		json_u64(j, "total", s.total);
-		json_u64(j, "percent", s.percent);
-		json_u64(j, "rate", s.rate);
-		if (s.eta >= 0)
-			json_u64(j, "eta", (uint64_t)s.eta);
-		else
-			json_str(j, "eta", NULL); /* unknown */
-		json_u64(j, "speed", s.speed);
-		json_bool(j, "paused", s.paused);
-		json_str(j, "error", s.error[0] ? s.error : NULL);
+		json_begin_object(j, NULL);
+		json_str(j, "type", "backup");
+		snap_json(&s, j);
+		json_end_object(j);
 	}
 	pthread_mutex_unlock(&b->lock);
+	return s.phase != BP_NONE;
 }

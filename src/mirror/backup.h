@@ -92,5 +92,9 @@ void backup_end(struct backup *b, vd_done_fn done, void *opaque);
 void backup_status_line(struct backup *b, GString *s);
 /* The same as members of the current JSON object. */
 void backup_status_json(struct backup *b, struct json_writer *j);
+/* The job (or the last one) as one JSON object, with "type": "backup",
+ * inside an open array, as job_any_json(); false (nothing written) when
+ * there is none. */
+bool backup_any_json(struct backup *b, struct json_writer *j);
 
 #endif
