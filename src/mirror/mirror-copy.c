@@ -281,17 +281,24 @@ static int copy_count(struct mirror_job *job)
 
 void mirror_mark_dirty(struct mirror_job *job, uint64_t off, uint64_t len)
 {
-	uint64_t first = off / job->dirty_gran, last = (off + len - 1) / job->dirty_gran;
+	uint64_t first, last;
+	bool added = false;
 
 	if (!len || !job->dirty)
 		return;
+	first = off / job->dirty_gran;
+	last = (off + len - 1) / job->dirty_gran;
 	for (uint64_t i = first; i <= last; i++) {
 		uint64_t bit = 1ull << (i % 64);
 
-		if (!(atomic_fetch_or(&job->dirty[i / 64], bit) & bit))
+		if (!(atomic_fetch_or(&job->dirty[i / 64], bit) & bit)) {
 			atomic_fetch_add(&job->ndirty, 1);
+			added = true;
+		}
 	}
-	if (copy_self != job)
+	/* A write to chunks dirty already gives the copier no new work: no
+	 * wake-up (an eventfd write) on the guest's path for it. */
+	if (added && copy_self != job)
 		mirror_copy_kick(job);
 }
 
