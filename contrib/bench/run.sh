@@ -6,14 +6,21 @@
 #   contrib/bench/run.sh [--vdiskfs PATH] [--format qcow2|vhdx|raw] [--quick]
 #                        [--reps N] [--runtime SEC] [--size SIZE] [--dir DIR]
 #                        [--out FILE.json] [--only WORKLOAD[,WORKLOAD...]]
-#                        [--uring on|off] [--passthrough on|off]
+#                        [--transport dev|ring|both] [--passthrough on|off]
 #                        [--opts VDISKFS_MOUNT_OPTIONS]
 #
-# --uring on (the default where the kernel has it) turns the fuse module's
-# enable_uring switch on for the run (and back afterwards) and mounts vdiskfs
-# with -o uring=on; off measures the /dev/fuse transport.
-# --passthrough on (the default with --format raw) adds a fourth target,
-# vdiskfs-pt: vdiskfs with -o passthrough=on, beside vdiskfs without it.
+# --transport names the FUSE transports measured, each as its own target:
+# vdiskfs-dev is vdiskfs over /dev/fuse (-o uring=off: what a user gets while
+# the kernel's enable_uring switch is off, its default), vdiskfs-ring is FUSE
+# over io_uring (-o uring=on). both (the default where the kernel has FUSE
+# over io_uring) measures the two in the same run; ring and both turn the
+# fuse module's enable_uring switch on for the run (and back afterwards).
+# --passthrough on (the default with --format raw) adds vdiskfs-pt: vdiskfs
+# with -o passthrough=on over /dev/fuse.
+#
+# The *-4j workloads run four fio threads (numjobs=4) at a quarter of the
+# queue depth each, so that the client, like a VMM's vCPUs and I/O threads,
+# can use every CPU.
 #
 # Needs root (FUSE mounts, dropping caches), fio, qemu-img and
 # qemu-storage-daemon (packages fio qemu-utils qemu-system-common).
@@ -31,7 +38,7 @@ out=
 only=
 quick=0
 uring_param=/sys/module/fuse/parameters/enable_uring
-uring=$([ -w "$uring_param" ] && echo on || echo off)
+transport=$([ -w "$uring_param" ] && echo both || echo dev)
 opts=
 passthrough=
 
@@ -46,29 +53,29 @@ while [ $# -gt 0 ]; do
 	--out) out=$2; shift ;;
 	--only) only=$2; shift ;;
 	--quick) quick=1 ;;
-	--uring) uring=$2; shift ;;
+	--transport) transport=$2; shift ;;
 	--passthrough) passthrough=$2; shift ;;
 	--opts) opts=,$2; shift ;;
-	-h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+	-h|--help) sed -n '2,28p' "$0"; exit 0 ;;
 	*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 	shift
 done
 ramp=1
 if [ "$quick" = 1 ]; then
-	# one-second runs (3 reps, 10 workloads, 3 or 4 targets): three to four minutes
+	# one-second runs (3 reps, 14 workloads, 4 or 5 targets): six to eight minutes
 	reps=3 runtime=1 size=256M ramp=0
 fi
 case $format in qcow2|vhdx|raw) ;; *) echo "run.sh: --format qcow2|vhdx|raw" >&2; exit 2 ;; esac
-case $uring in on|off) ;; *) echo "run.sh: --uring on|off" >&2; exit 2 ;; esac
+case $transport in dev|ring|both) ;; *) echo "run.sh: --transport dev|ring|both" >&2; exit 2 ;; esac
 [ -n "$passthrough" ] || passthrough=$([ "$format" = raw ] && echo on || echo off)
 case $passthrough in on|off) ;; *) echo "run.sh: --passthrough on|off" >&2; exit 2 ;; esac
 if [ "$passthrough" = on ] && [ "$format" != raw ]; then
 	echo "run.sh: --passthrough on needs --format raw (only raw views pass through)" >&2
 	exit 2
 fi
-if [ "$uring" = on ] && [ ! -w "$uring_param" ]; then
-	echo "run.sh: --uring on needs FUSE over io_uring in the kernel ($uring_param)" >&2
+if [ "$transport" != dev ] && [ ! -w "$uring_param" ]; then
+	echo "run.sh: --transport $transport needs FUSE over io_uring in the kernel ($uring_param)" >&2
 	exit 2
 fi
 for t in fio qemu-img qemu-storage-daemon python3; do
@@ -92,7 +99,7 @@ cleanup() {
 	[ -z "${uring_saved:-}" ] || echo "$uring_saved" >"$uring_param"
 }
 trap cleanup EXIT
-if [ "$uring" = on ]; then
+if [ "$transport" != dev ]; then
 	uring_saved=$(cat "$uring_param")
 	echo 1 >"$uring_param"
 fi
@@ -109,14 +116,22 @@ declare -A wl=(
 	[seqwrite-1m-qd8]="--rw=write --bs=1M --iodepth=8"
 	[fdatasync-4k]="--rw=randwrite --bs=4k --iodepth=1 --fdatasync=1"
 	[buffered-seqread]="--rw=read --bs=1M --iodepth=1 --direct=0"
+	[randread-qd1-4j]="--rw=randread --bs=4k --iodepth=1 --numjobs=4"
+	[randread-qd16-4j]="--rw=randread --bs=4k --iodepth=4 --numjobs=4"
+	[randwrite-qd16-4j]="--rw=randwrite --bs=4k --iodepth=4 --numjobs=4"
+	[fdatasync-4k-4j]="--rw=randwrite --bs=4k --iodepth=1 --fdatasync=1 --numjobs=4"
 )
 order=(randread-qd1 randwrite-qd1 randread-qd16 randwrite-qd16 randwrite-qd16-empty randrw-70-30-qd16
-       seqread-1m-qd8 seqwrite-1m-qd8 fdatasync-4k buffered-seqread)
+       seqread-1m-qd8 seqwrite-1m-qd8 fdatasync-4k buffered-seqread
+       randread-qd1-4j randread-qd16-4j randwrite-qd16-4j fdatasync-4k-4j)
 if [ -n "$only" ]; then
 	IFS=, read -r -a order <<<"$only"
 fi
-targets=(host vdiskfs qsd)
-[ "$passthrough" = off ] || targets=(host vdiskfs vdiskfs-pt qsd)
+targets=(host)
+[ "$transport" = ring ] || targets+=(vdiskfs-dev)
+[ "$transport" = dev ] || targets+=(vdiskfs-ring)
+[ "$passthrough" = off ] || targets+=(vdiskfs-pt)
+targets+=(qsd)
 
 # fill_image FILE FORMAT: write zeroes as data (not as holes) over all of it
 fill_image() {
@@ -180,10 +195,14 @@ mount_target() {
 		echo "$work/$name.raw"
 		return
 		;;
-	vdiskfs|vdiskfs-pt)
+	vdiskfs-*)
+		local o=uring=off
+		case $t in
+		vdiskfs-ring) o=uring=on ;;
+		vdiskfs-pt) o=uring=off,passthrough=on ;;
+		esac
 		touch "$mnt"
-		"$vdiskfs" -f -o uring="$uring$opts$([ "$t" = vdiskfs ] || echo ,passthrough=on)" \
-			"$img" "$mnt" >>"$work/vdiskfs.log" 2>&1 &
+		"$vdiskfs" -f -o "$o$opts" "$img" "$mnt" >>"$work/vdiskfs.log" 2>&1 &
 		tpid=$!
 		;;
 	qsd)
@@ -223,7 +242,7 @@ run_fio() {
 	c0=$(cpu_ticks "$pid")
 	# shellcheck disable=SC2086
 	fio --name="$w" --filename="$file" --ioengine=io_uring --direct=1 ${wl[$w]} \
-		--size="$size" --time_based --runtime="$runtime" --ramp_time="$ramp" \
+		--thread --group_reporting --size="$size" --time_based --runtime="$runtime" --ramp_time="$ramp" \
 		--randrepeat=0 --norandommap --lat_percentiles=1 --output-format=json --output="$json" >/dev/null
 	c1=$(cpu_ticks "$pid")
 	python3 - "$json" "$t" "$w" "$rep" "$((c1 - c0))" "$(getconf CLK_TCK)" >>"$results" <<'PY'
@@ -248,7 +267,7 @@ print(json.dumps({
 PY
 }
 
-echo "== vdiskfs benchmark: format=$format size=$size runtime=${runtime}s reps=$reps vdiskfs -o uring=$uring$opts passthrough=$passthrough"
+echo "== vdiskfs benchmark: format=$format size=$size runtime=${runtime}s reps=$reps targets=${targets[*]} options=${opts#,}"
 echo "== vdiskfs: $vdiskfs ($("$vdiskfs" --version))"
 echo "== $(qemu-storage-daemon --version | head -1)"
 echo "== work dir $work ($(findmnt -n -o FSTYPE --target "$work"))"
