@@ -235,7 +235,7 @@ cpu_ticks() { # PID -> utime+stime in clock ticks (0 for none)
 
 # run_fio TARGET WORKLOAD FILE PID REP
 run_fio() {
-	local t=$1 w=$2 file=$3 pid=$4 rep=$5 c0 c1 json
+	local t=$1 w=$2 file=$3 pid=$4 rep=$5 c0 c1 json nj
 	json=$work/$w-$t-$rep.json
 	sync
 	echo 3 >/proc/sys/vm/drop_caches
@@ -245,9 +245,11 @@ run_fio() {
 		--thread --group_reporting --size="$size" --time_based --runtime="$runtime" --ramp_time="$ramp" \
 		--randrepeat=0 --norandommap --lat_percentiles=1 --output-format=json --output="$json" >/dev/null
 	c1=$(cpu_ticks "$pid")
-	python3 - "$json" "$t" "$w" "$rep" "$((c1 - c0))" "$(getconf CLK_TCK)" >>"$results" <<'PY'
+	nj=1
+	[[ ${wl[$w]} =~ numjobs=([0-9]+) ]] && nj=${BASH_REMATCH[1]}
+	python3 - "$json" "$t" "$w" "$rep" "$((c1 - c0))" "$(getconf CLK_TCK)" "$nj" >>"$results" <<'PY'
 import json, sys
-path, target, wl, rep, ticks, hz = sys.argv[1:]
+path, target, wl, rep, ticks, hz, numjobs = sys.argv[1:]
 job = json.load(open(path))["jobs"][0]
 r, w, s = job["read"], job["write"], job.get("sync", {})
 iops = r["iops"] + w["iops"]
@@ -262,7 +264,9 @@ print(json.dumps({
     "target": target, "workload": wl, "rep": int(rep), "iops": iops, "mib_s": bw,
     "lat_mean_us": lat["mean"] / 1000, "lat_p50_us": pct.get("50.000000", 0) / 1000,
     "sync_p50_us": sp.get("50.000000", 0) / 1000, "sync_p99_us": sp.get("99.000000", 0) / 1000,
-    "cpu_s": cpu, "iops_per_cpu_s": (iops * job["job_runtime"] / 1000 / cpu) if cpu else None,
+    # job_runtime of a group of numjobs threads is the sum of theirs
+    "cpu_s": cpu,
+    "iops_per_cpu_s": (iops * job["job_runtime"] / int(numjobs) / 1000 / cpu) if cpu else None,
 }))
 PY
 }
