@@ -136,6 +136,9 @@ PY
 echo "== vdiskfs jobs benchmark: qcow2 size=$size (half data) runtime=${runtime}s reps=$reps"
 echo "== vdiskfs: $vdiskfs ($("$vdiskfs" --version))"
 echo "== work dir $work ($(findmnt -n -o FSTYPE --target "$work"))"
+# vdiskfs mounts with -o uring=auto: FUSE over io_uring where the switch is on
+echo "== transport: $([ "$(cat /sys/module/fuse/parameters/enable_uring 2>/dev/null)" = Y ] &&
+	echo "FUSE over io_uring (enable_uring on)" || echo "/dev/fuse")"
 scenarios=(idle mirror-wb mirror-bg backup)
 for rep in $(seq 1 "$reps"); do
 	for s in "${scenarios[@]}"; do
