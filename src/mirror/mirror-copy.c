@@ -351,18 +351,49 @@ static void copy_rate(struct mirror_job *job)
 	job->rate_copied = copied;
 }
 
+/* A background mirror in ready whose dirty count did not fall over the
+ * last second is losing to the guest: a chunk it copies is written again
+ * before complete drains it, so copying it costs the guest for nothing.
+ * Once a second, note whether the count fell. */
+static void lag_check(struct mirror_job *job, uint64_t now)
+{
+	uint64_t n = atomic_load(&job->ndirty);
+
+	if (!job->lag_ns) {
+		job->lag_ns = now;
+		job->lag_dirty = n;
+		return;
+	}
+	if (now - job->lag_ns < 1000000000ull)
+		return;
+	job->lagging = n >= job->lag_dirty;
+	job->lag_ns = now;
+	job->lag_dirty = n;
+}
+
 /* May the copier start another chunk now (with m->lock held)? The first
  * pass runs while running; background mode copies dirty chunks in ready too,
  * and a complete's final drain copies them even while paused. */
 static bool copy_may_go(struct mirror_job *job)
 {
 	/* In ready a background mirror spares the guest: it copies only once
-	 * what is dirty grew past small, two chunks at a time; a chunk the
-	 * guest writes again meanwhile is copied once. */
+	 * what is dirty grew past small, two chunks at a time, and while the
+	 * guest dirties faster than that, one chunk every 100 ms (still enough
+	 * to notice when the guest slows down: the count then falls). */
 	bool spare = job->background && job->phase == MP_READY;
 	bool copying = job->phase == MP_RUNNING || (spare && !dirty_small(job)) ||
 		       (job->final_drain && job->phase == MP_COMPLETING);
+	uint64_t now;
 
+	if (!spare) {
+		job->lag_ns = 0;
+		job->lagging = false;
+	} else {
+		now = vd_now_ns();
+		lag_check(job, now);
+		if (job->lagging && (job->copy_inflight || now < job->lag_next_ns))
+			return false;
+	}
 	return copying && !job->stop && (!job->paused || job->final_drain) &&
 	       job->copy_inflight < (spare ? 2 : job->depth) &&
 	       (job->pos < job->total || atomic_load(&job->ndirty));
@@ -455,6 +486,8 @@ static int copy_pump(struct mirror_job *job)
 			copy_bucket_take(&job->bucket, atomic_load(&job->speed), c->len);
 		pthread_mutex_lock(&m->lock);
 		job->copy_inflight++;
+		if (job->lagging)
+			job->lag_next_ns = vd_now_ns() + 100000000ull;
 		pthread_mutex_unlock(&m->lock);
 		if (rangelock_lock(&job->rl, &c->range, c->off, c->len, chunk_wake))
 			chunk_go(c);

@@ -108,6 +108,10 @@ struct mirror_job {
 	uint64_t pos;
 	struct copy_bucket bucket;
 	uint64_t rate_ns, rate_copied; /* the last rate sample */
+	/* Background mode in ready: the dirty count a second ago, and whether
+	 * it did not fall (the guest dirties faster than the copier copies). */
+	uint64_t lag_ns, lag_dirty, lag_next_ns;
+	bool lagging;
 	bool flushing;
 	bool thread_started;
 	atomic_bool finished; /* the copier thread has returned (or never ran) */

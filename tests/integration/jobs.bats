@@ -56,6 +56,35 @@ backing_of() {
 	qemu-img compare -f qcow2 -F raw "$T/dst.qcow2" "$T/ref.raw"
 }
 
+@test "background mirror in ready: paced while the guest outruns it, caught up once it stops" {
+	make_image "$T/src.qcow2" qcow2 64 32
+	touch "$T/view"
+	vd_mount "$T/src.qcow2" "$T/view"
+	setfattr -n user.vdiskfs.mirror.start -v "target=$T/dst.qcow2,mode=background" "$T/view"
+	wait_phase "$T/view" ready 60
+	# a writer at full speed over the whole disk dirties every 64 KiB chunk
+	# faster than the copier copies: it slows to a chunk every 100 ms...
+	start_writer "$T/view" 0 64
+	sleep 3
+	stop_writer
+	st=$(mstatus "$T/view")
+	[[ "$st" == "phase=ready"* ]]
+	# ...and once the dirty count falls again it copies at full speed, down
+	# to what ready allows (16 MiB) within seconds, not minutes
+	for i in $(seq 1 150); do
+		dirty=$(field "$(mstatus "$T/view")" dirty)
+		[ "$dirty" -le $((16 << 20)) ] && break
+		sleep 0.1
+	done
+	echo "dirty after the writer: $(field "$st" dirty), now $dirty" >&2
+	[ "$dirty" -le $((16 << 20)) ]
+	setfattr -n user.vdiskfs.mirror.complete -v 1 "$T/view"
+	[[ "$(mstatus "$T/view")" == "phase=completed target=$T/dst.qcow2"* ]]
+	vd_umount "$T/view"
+	qemu_check "$T/dst.qcow2"
+	qemu-img compare -f qcow2 -F raw "$T/dst.qcow2" "$T/ref.raw"
+}
+
 @test "background mirror: writes land on the source only until complete" {
 	make_image "$T/src.raw" raw 16 8
 	touch "$T/view"
