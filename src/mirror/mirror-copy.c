@@ -354,11 +354,19 @@ static void copy_rate(struct mirror_job *job)
 /* A background mirror in ready whose dirty count did not fall over the
  * last second is losing to the guest: a chunk it copies is written again
  * before complete drains it, so copying it costs the guest for nothing.
- * Once a second, note whether the count fell. */
-static void lag_check(struct mirror_job *job, uint64_t now)
+ * Once a second, note whether the count fell (with m->lock held, once per
+ * pump); out of ready, forget it. */
+static void lag_check(struct mirror_job *job)
 {
-	uint64_t n = atomic_load(&job->ndirty);
+	uint64_t now, n;
 
+	if (!job->background || job->phase != MP_READY) {
+		job->lag_ns = 0;
+		job->lagging = false;
+		return;
+	}
+	now = vd_now_ns();
+	n = atomic_load(&job->ndirty);
 	if (!job->lag_ns) {
 		job->lag_ns = now;
 		job->lag_dirty = n;
@@ -383,17 +391,9 @@ static bool copy_may_go(struct mirror_job *job)
 	bool spare = job->background && job->phase == MP_READY;
 	bool copying = job->phase == MP_RUNNING || (spare && !dirty_small(job)) ||
 		       (job->final_drain && job->phase == MP_COMPLETING);
-	uint64_t now;
 
-	if (!spare) {
-		job->lag_ns = 0;
-		job->lagging = false;
-	} else {
-		now = vd_now_ns();
-		lag_check(job, now);
-		if (job->lagging && (job->copy_inflight || now < job->lag_next_ns))
-			return false;
-	}
+	if (spare && job->lagging && (job->copy_inflight || vd_now_ns() < job->lag_next_ns))
+		return false;
 	return copying && !job->stop && (!job->paused || job->final_drain) &&
 	       job->copy_inflight < (spare ? 2 : job->depth) &&
 	       (job->pos < job->total || atomic_load(&job->ndirty));
@@ -459,6 +459,7 @@ static int copy_pump(struct mirror_job *job)
 	pthread_mutex_lock(&m->lock);
 	ready = job->ready;
 	job->ready = NULL;
+	lag_check(job);
 	pthread_mutex_unlock(&m->lock);
 	for (; ready; ready = c) {
 		c = ready->next;
