@@ -798,14 +798,7 @@ static void snap_json(const struct backup_snap *s, struct json_writer *j)
 	json_str(j, "format", s->format);
 	json_str(j, "sync", s->sync);
 	json_str(j, "bitmap", s->bitmap[0] ? s->bitmap : NULL);
-	json_u64(j, "copied", s->copied);
-	json_u64(j, "total", s->total);
-	json_u64(j, "percent", s->percent);
-	json_u64(j, "rate", s->rate);
-	if (s->eta >= 0)
-		json_u64(j, "eta", (uint64_t)s->eta);
-	else
-		json_str(j, "eta", NULL); /* unknown */
+	job_progress_json(j, s->copied, s->total, s->percent, s->rate, s->eta);
 	json_u64(j, "speed", s->speed);
 	json_bool(j, "paused", s->paused);
 	json_str(j, "error", s->error[0] ? s->error : NULL);

@@ -1,11 +1,13 @@
 /* What the job engine's copier and the backup's share: the token bucket of
- * the speed limit, the zero test that spares the copy of zeroes and the
- * eventfd wake-up of a copier thread (job-copy.h). */
+ * the speed limit, the zero test that spares the copy of zeroes, the
+ * eventfd wake-up of a copier thread and the progress in their JSON status
+ * (job-copy.h). */
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "util/clock.h"
+#include "util/json.h"
 #include "util/log.h"
 #include "mirror/job-copy.h"
 
@@ -56,4 +58,17 @@ void copy_kick(int efd, const char *who)
 
 	if (efd >= 0 && write(efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
 		vd_warn("%s: cannot wake the copier: %s", who, strerror(errno));
+}
+
+void job_progress_json(struct json_writer *j, uint64_t copied, uint64_t total, uint64_t percent,
+		       uint64_t rate, int64_t eta)
+{
+	json_u64(j, "copied", copied);
+	json_u64(j, "total", total);
+	json_u64(j, "percent", percent);
+	json_u64(j, "rate", rate);
+	if (eta >= 0)
+		json_u64(j, "eta", (uint64_t)eta);
+	else
+		json_str(j, "eta", NULL); /* unknown */
 }

@@ -91,14 +91,7 @@ static void snap_json(const struct job_snap *s, struct json_writer *j)
 	json_str(j, "type", job_type_name(s->type));
 	json_str(j, "target", s->target);
 	json_str(j, "format", s->format);
-	json_u64(j, "copied", s->copied);
-	json_u64(j, "total", s->total);
-	json_u64(j, "percent", s->percent);
-	json_u64(j, "rate", s->rate);
-	if (s->eta >= 0)
-		json_u64(j, "eta", (uint64_t)s->eta);
-	else
-		json_str(j, "eta", NULL); /* unknown */
+	job_progress_json(j, s->copied, s->total, s->percent, s->rate, s->eta);
 	json_u64(j, "dirty", s->dirty);
 	json_u64(j, "speed", s->speed);
 	json_bool(j, "paused", s->paused);
